@@ -1,0 +1,145 @@
+//! Publishing to and subscribing to channels.
+
+use super::{ApiError, ApiState};
+use crate::network::router::{Delivery, Subscription};
+use crate::types::{Channels, LaggedEvent, MessageEvent};
+use agentmesh_protocol::{Channel, ChannelPattern};
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::Json;
+use base64::Engine;
+use futures::Stream;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
+
+pub fn is_json(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    essence == "application/json" || essence.ends_with("+json")
+}
+
+pub async fn list(State(s): State<ApiState>) -> Result<Json<Channels>, ApiError> {
+    Ok(Json(s.network.channels().await?))
+}
+
+/// `POST /v1/channels/{name}/messages`: the request body is the message
+/// body, the request's Content-Type its content type.
+pub async fn publish(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<crate::types::PublishReceipt>, ApiError> {
+    let channel = Channel::parse(&name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let content_type = match headers.get(header::CONTENT_TYPE) {
+        None => DEFAULT_CONTENT_TYPE.to_string(),
+        Some(v) => v
+            .to_str()
+            .map_err(|_| ApiError::bad_request("Content-Type header is not ASCII"))?
+            .to_string(),
+    };
+    let body = axum::body::to_bytes(body, s.max_message_bytes)
+        .await
+        .map_err(|_| {
+            ApiError::too_large(format!(
+                "message body is larger than max_message_bytes ({} bytes)",
+                s.max_message_bytes
+            ))
+        })?;
+    if body.is_empty() {
+        return Err(ApiError::bad_request("message body is empty"));
+    }
+    if is_json(&content_type) {
+        serde_json::from_slice::<serde::de::IgnoredAny>(&body)
+            .map_err(|e| ApiError::bad_request(format!("body is not valid JSON: {e}")))?;
+    }
+    let receipt = s
+        .network
+        .publish(channel, content_type, body.to_vec())
+        .await??;
+    Ok(Json(receipt))
+}
+
+/// `GET /v1/channels/{pattern}/events`: server-sent events, one `message`
+/// event per message (data: [`MessageEvent`]), and a `lagged` event if the
+/// client read too slowly and messages were dropped for it.
+pub async fn events(
+    State(s): State<ApiState>,
+    Path(pattern): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let pattern =
+        ChannelPattern::parse(&pattern).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let subscription = s.network.subscribe(pattern).await?;
+    let stream = futures::stream::unfold(subscription, |mut sub: Subscription| async move {
+        let item = sub.next().await?;
+        let event = match item {
+            Ok(delivery) => message_event(&delivery),
+            Err(missed) => Event::default()
+                .event("lagged")
+                .json_data(LaggedEvent { missed })
+                .unwrap_or_default(),
+        };
+        Some((Ok(event), sub))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+fn message_event(d: &Arc<Delivery>) -> Event {
+    let env = &d.envelope;
+    let (encoding, body) = encode_body(&env.content_type, &env.body);
+    let data = MessageEvent {
+        id: env.id.to_string(),
+        channel: env.channel.to_string(),
+        sender: env.sender.to_string(),
+        timestamp_ms: env.timestamp_ms,
+        received_ms: d.received_ms,
+        content_type: env.content_type.clone(),
+        encoding: encoding.into(),
+        body,
+    };
+    Event::default()
+        .event("message")
+        .id(data.id.clone())
+        .json_data(data)
+        .unwrap_or_default()
+}
+
+/// JSON bodies are embedded as JSON, text as a string, anything else (or a
+/// body that does not match its declared type) as base64.
+fn encode_body(content_type: &str, body: &[u8]) -> (&'static str, serde_json::Value) {
+    if is_json(content_type) {
+        if let Ok(v) = serde_json::from_slice(body) {
+            return ("json", v);
+        }
+    } else if content_type.starts_with("text/") {
+        if let Ok(s) = std::str::from_utf8(body) {
+            return ("text", serde_json::Value::String(s.to_string()));
+        }
+    }
+    let b64 = base64::engine::general_purpose::STANDARD.encode(body);
+    ("base64", serde_json::Value::String(b64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_shown_in_the_most_readable_faithful_form() {
+        assert_eq!(encode_body("application/json", b"{\"a\":1}").0, "json");
+        assert_eq!(
+            encode_body("application/vnd.x+json; charset=utf-8", b"[1]").0,
+            "json"
+        );
+        assert_eq!(encode_body("application/json", b"{nope").0, "base64");
+        assert_eq!(encode_body("text/plain", b"hi").1, serde_json::json!("hi"));
+        assert_eq!(encode_body("text/plain", &[0xff]).0, "base64");
+        assert_eq!(
+            encode_body("application/octet-stream", &[1, 2]).1,
+            serde_json::json!("AQI=")
+        );
+    }
+}

@@ -1,0 +1,214 @@
+//! Command-line interface of the `agentmesh` binary.
+
+use crate::config::{Config, ConfigError};
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "agentmesh", version, about = "A peer-to-peer node for fleets of software agents", long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a node (settings: config file < AGENTMESH_* environment < flags).
+    Run(Box<RunArgs>),
+    /// Print this node's peer id (creates the identity if there is none yet).
+    Id {
+        #[arg(long, env = "AGENTMESH_DATA_DIR", default_value = "agentmesh-data")]
+        data_dir: PathBuf,
+    },
+    /// Write a new identity key file (mode 0600).
+    Keygen {
+        /// Where to write the key.
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show the status of a running node.
+    Status(ClientArgs),
+    /// List the peers a running node is connected to.
+    Peers(ClientArgs),
+    /// Publish a message on a channel.
+    Publish {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Channel name, e.g. `coordination` or `metrics:cpu`.
+        channel: String,
+        /// The message body; `-` reads it from standard input.
+        body: String,
+        /// Content type of the body.
+        #[arg(long, default_value = "application/json")]
+        content_type: String,
+    },
+    /// Print messages from a channel or prefix (`metrics:*`) as JSON lines.
+    Subscribe {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Channel name or prefix pattern ending in `:*`.
+        pattern: String,
+        /// Exit after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ClientArgs {
+    /// Address of the node's agent API.
+    #[arg(long, env = "AGENTMESH_API", default_value = "127.0.0.1:7700")]
+    pub api: SocketAddr,
+    /// Print raw JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Every setting of [`Config`] as a flag and an `AGENTMESH_*` variable.
+#[derive(Args, Debug, Default, Clone)]
+pub struct RunArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "AGENTMESH_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Network id; nodes only talk to nodes of the same network [default: agentmesh].
+    #[arg(long, env = "AGENTMESH_NETWORK")]
+    pub network: Option<String>,
+    /// Directory for the identity key and database [default: agentmesh-data].
+    #[arg(long, env = "AGENTMESH_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Listen multiaddr, repeatable [default: /ip4/0.0.0.0/udp/4001/quic-v1 and /ip4/0.0.0.0/tcp/4001].
+    #[arg(long, env = "AGENTMESH_LISTEN", value_delimiter = ',')]
+    pub listen: Option<Vec<String>>,
+    /// Address other hosts reach this node on (announced to peers), repeatable.
+    #[arg(long, env = "AGENTMESH_EXTERNAL_ADDRESS", value_delimiter = ',')]
+    pub external_address: Option<Vec<String>>,
+    /// Bootstrap peer: a multiaddr ending in /p2p/<peer id>, repeatable.
+    #[arg(long, env = "AGENTMESH_BOOTSTRAP", value_delimiter = ',')]
+    pub bootstrap: Option<Vec<String>>,
+    /// Disable the QUIC transport.
+    #[arg(long, env = "AGENTMESH_NO_QUIC")]
+    pub no_quic: bool,
+    /// Disable the TCP transport.
+    #[arg(long, env = "AGENTMESH_NO_TCP")]
+    pub no_tcp: bool,
+    /// Agent API address [default: 127.0.0.1:7700; port 0 picks a free port].
+    #[arg(long, env = "AGENTMESH_API")]
+    pub api: Option<String>,
+    /// Allow a non-loopback API address (the API has no authentication).
+    #[arg(long, env = "AGENTMESH_API_ALLOW_REMOTE")]
+    pub api_allow_remote: bool,
+    /// Log format: human or json [default: human].
+    #[arg(long, env = "AGENTMESH_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Largest message body in bytes [default: 262144].
+    #[arg(long, env = "AGENTMESH_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<usize>,
+    /// Most established connections [default: 256].
+    #[arg(long, env = "AGENTMESH_MAX_CONNECTIONS")]
+    pub max_connections: Option<u32>,
+    /// Most connections to one peer [default: 2].
+    #[arg(long, env = "AGENTMESH_MAX_CONNECTIONS_PER_PEER")]
+    pub max_connections_per_peer: Option<u32>,
+    /// Most connections being set up at once, per direction [default: 64].
+    #[arg(long, env = "AGENTMESH_MAX_PENDING_CONNECTIONS")]
+    pub max_pending_connections: Option<u32>,
+    /// Dial discovered peers while fewer than this many are connected [default: 64].
+    #[arg(long, env = "AGENTMESH_TARGET_PEERS")]
+    pub target_peers: Option<usize>,
+    /// Peers remembered on disk for rejoining [default: 1000].
+    #[arg(long, env = "AGENTMESH_MAX_KNOWN_PEERS")]
+    pub max_known_peers: Option<usize>,
+    /// Seconds between keep-alive pings [default: 30].
+    #[arg(long, env = "AGENTMESH_PING_INTERVAL_SECS")]
+    pub ping_interval_secs: Option<u64>,
+    /// Consecutive failed pings before a connection is closed [default: 3].
+    #[arg(long, env = "AGENTMESH_PING_MAX_FAILURES")]
+    pub ping_max_failures: Option<u32>,
+    /// Seconds an idle connection stays open [default: 3600].
+    #[arg(long, env = "AGENTMESH_IDLE_CONNECTION_TIMEOUT_SECS")]
+    pub idle_connection_timeout_secs: Option<u64>,
+    /// Seconds between periodic Kademlia bootstraps [default: 300].
+    #[arg(long, env = "AGENTMESH_BOOTSTRAP_INTERVAL_SECS")]
+    pub bootstrap_interval_secs: Option<u64>,
+    /// Gossipsub heartbeat in milliseconds [default: 500].
+    #[arg(long, env = "AGENTMESH_GOSSIP_HEARTBEAT_MS")]
+    pub gossip_heartbeat_ms: Option<u64>,
+    /// Messages buffered per channel family for slow local subscribers [default: 4096].
+    #[arg(long, env = "AGENTMESH_SUBSCRIBER_BUFFER")]
+    pub subscriber_buffer: Option<usize>,
+}
+
+impl RunArgs {
+    /// The config file (if any) with environment and flags laid over it.
+    pub fn resolve(&self) -> Result<Config, ConfigError> {
+        let mut c = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        macro_rules! overlay {
+            ($($field:ident => $target:ident),* $(,)?) => {
+                $(if let Some(v) = &self.$field { c.$target = v.clone(); })*
+            };
+        }
+        overlay!(
+            network => network, data_dir => data_dir, listen => listen,
+            external_address => external_addresses, bootstrap => bootstrap, api => api,
+            log_format => log_format, max_message_bytes => max_message_bytes,
+            max_connections => max_connections, max_connections_per_peer => max_connections_per_peer,
+            max_pending_connections => max_pending_connections, target_peers => target_peers,
+            max_known_peers => max_known_peers, ping_interval_secs => ping_interval_secs,
+            ping_max_failures => ping_max_failures,
+            idle_connection_timeout_secs => idle_connection_timeout_secs,
+            bootstrap_interval_secs => bootstrap_interval_secs,
+            gossip_heartbeat_ms => gossip_heartbeat_ms, subscriber_buffer => subscriber_buffer,
+        );
+        if self.no_quic {
+            c.quic = false;
+        }
+        if self.no_tcp {
+            c.tcp = false;
+        }
+        if self.api_allow_remote {
+            c.api_allow_remote = true;
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "network = \"file\"\ntarget_peers = 5\nquic = true\n").unwrap();
+        let cli = Cli::try_parse_from([
+            "agentmesh",
+            "run",
+            "--config",
+            path.to_str().unwrap(),
+            "--network",
+            "flag",
+            "--no-quic",
+            "--bootstrap",
+            "/ip4/1.2.3.4/tcp/1/p2p/x",
+            "--bootstrap",
+            "/ip4/1.2.3.5/tcp/1/p2p/y",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        let c = args.resolve().unwrap();
+        assert_eq!(c.network, "flag");
+        assert_eq!(c.target_peers, 5);
+        assert!(!c.quic);
+        assert_eq!(c.bootstrap.len(), 2);
+    }
+}

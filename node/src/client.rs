@@ -1,0 +1,269 @@
+//! A client for the agent API, used by the CLI and the testnet driver.
+
+use crate::types::{
+    Channels, ErrorBody, LaggedEvent, MessageEvent, PeerInfo, PublishReceipt, Status,
+};
+use futures::{Stream, StreamExt};
+use serde::de::DeserializeOwned;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "cannot reach the agentmesh API at {addr} ({source}); is `agentmesh run` running there?"
+    )]
+    Unreachable {
+        addr: SocketAddr,
+        source: reqwest::Error,
+    },
+    #[error("the node answered {status}: {message}")]
+    Rejected { status: u16, message: String },
+    #[error("unexpected answer from the node: {0}")]
+    Protocol(String),
+}
+
+/// One item of a subscription stream.
+#[derive(Debug, Clone)]
+pub enum SubscriptionItem {
+    Message(MessageEvent),
+    /// This many messages were dropped because the reader was too slow.
+    Lagged(u64),
+}
+
+#[derive(Clone)]
+pub struct ApiClient {
+    addr: SocketAddr,
+    http: reqwest::Client,
+}
+
+impl ApiClient {
+    pub fn new(addr: SocketAddr) -> ApiClient {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .build()
+            .expect("a client without TLS or proxies always builds");
+        ApiClient { addr, http }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    fn unreachable(&self, source: reqwest::Error) -> ClientError {
+        ClientError::Unreachable {
+            addr: self.addr,
+            source,
+        }
+    }
+
+    async fn check(&self, response: reqwest::Response) -> Result<reqwest::Response, ClientError> {
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<ErrorBody>(&text)
+            .map(|b| b.error)
+            .unwrap_or(text);
+        Err(ClientError::Rejected { status, message })
+    }
+
+    async fn read_json<T: DeserializeOwned>(
+        &self,
+        response: reqwest::Response,
+    ) -> Result<T, ClientError> {
+        let response = self.check(response).await?;
+        response
+            .json()
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let response = self
+            .http
+            .get(self.url(path))
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        self.read_json(response).await
+    }
+
+    pub async fn status(&self) -> Result<Status, ClientError> {
+        self.get("/v1/status").await
+    }
+
+    pub async fn peers(&self) -> Result<Vec<PeerInfo>, ClientError> {
+        self.get("/v1/peers").await
+    }
+
+    pub async fn channels(&self) -> Result<Channels, ClientError> {
+        self.get("/v1/channels").await
+    }
+
+    pub async fn publish(
+        &self,
+        channel: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Result<PublishReceipt, ClientError> {
+        let response = self
+            .http
+            .post(self.url(&format!("/v1/channels/{channel}/messages")))
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        self.read_json(response).await
+    }
+
+    /// Subscribes to a channel or prefix pattern. When this returns, the
+    /// node has registered the subscription: later messages will be seen.
+    pub async fn subscribe(
+        &self,
+        pattern: &str,
+    ) -> Result<
+        impl Stream<Item = Result<SubscriptionItem, ClientError>> + Unpin + use<>,
+        ClientError,
+    > {
+        let response = self
+            .http
+            .get(self.url(&format!("/v1/channels/{pattern}/events")))
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let response = self.check(response).await?;
+        let bytes = response.bytes_stream();
+        let stream = futures::stream::unfold(
+            (
+                bytes,
+                SseParser::default(),
+                std::collections::VecDeque::new(),
+            ),
+            |(mut bytes, mut parser, mut ready)| async move {
+                loop {
+                    if let Some(item) = ready.pop_front() {
+                        return Some((item, (bytes, parser, ready)));
+                    }
+                    match bytes.next().await {
+                        Some(Ok(chunk)) => {
+                            ready.extend(parser.feed(&chunk).into_iter().filter_map(to_item))
+                        }
+                        Some(Err(e)) => {
+                            return Some((
+                                Err(ClientError::Protocol(e.to_string())),
+                                (bytes, parser, ready),
+                            ))
+                        }
+                        None => return None,
+                    }
+                }
+            },
+        );
+        Ok(Box::pin(stream))
+    }
+}
+
+fn to_item(event: SseEvent) -> Option<Result<SubscriptionItem, ClientError>> {
+    let parse_err =
+        |e: serde_json::Error| ClientError::Protocol(format!("bad {} event: {e}", event.event));
+    match event.event.as_str() {
+        "message" => Some(
+            serde_json::from_str(&event.data)
+                .map(SubscriptionItem::Message)
+                .map_err(parse_err),
+        ),
+        "lagged" => Some(
+            serde_json::from_str::<LaggedEvent>(&event.data)
+                .map(|l| SubscriptionItem::Lagged(l.missed))
+                .map_err(parse_err),
+        ),
+        _ => None,
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct SseEvent {
+    pub event: String,
+    pub data: String,
+}
+
+/// Incremental parser for the `text/event-stream` format (the subset the
+/// node emits: `event:`, `data:`, `id:` and comment lines).
+#[derive(Default)]
+pub struct SseParser {
+    buffer: Vec<u8>,
+    event: String,
+    data: Vec<String>,
+}
+
+impl SseParser {
+    pub fn feed(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
+        self.buffer.extend_from_slice(chunk);
+        let mut out = Vec::new();
+        while let Some(pos) = self.buffer.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.buffer.drain(..=pos).collect();
+            let line = String::from_utf8_lossy(&line);
+            let line = line.trim_end_matches(['\n', '\r']);
+            if line.is_empty() {
+                if !self.data.is_empty() {
+                    let event = std::mem::take(&mut self.event);
+                    out.push(SseEvent {
+                        event: if event.is_empty() {
+                            "message".into()
+                        } else {
+                            event
+                        },
+                        data: std::mem::take(&mut self.data).join("\n"),
+                    });
+                }
+                self.event.clear();
+                continue;
+            }
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "event" => self.event = value.to_string(),
+                "data" => self.data.push(value.to_string()),
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_events_split_across_chunks_are_reassembled() {
+        let mut p = SseParser::default();
+        assert!(p.feed(b": keep-alive\n\nevent: mess").is_empty());
+        assert!(p.feed(b"age\nid: 1\ndata: {\"a\"").is_empty());
+        let events = p.feed(b":1}\n\ndata: x\ndata: y\n\n");
+        assert_eq!(
+            events,
+            vec![
+                SseEvent {
+                    event: "message".into(),
+                    data: "{\"a\":1}".into()
+                },
+                SseEvent {
+                    event: "message".into(),
+                    data: "x\ny".into()
+                },
+            ]
+        );
+    }
+}

@@ -1,0 +1,415 @@
+//! Node configuration: one serde struct with defaults, read from a TOML file,
+//! overridden by `AGENTMESH_*` environment variables and then by flags (clap
+//! resolves env < flag; [`RunArgs::overlay`] puts both over the file).
+//! [`Settings::from_config`] validates everything and names the setting that
+//! is wrong.
+
+use libp2p::{multiaddr::Protocol, Multiaddr, PeerId};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Network id: nodes only talk to nodes with the same id.
+    pub network: String,
+    /// Directory for the identity key and the database.
+    pub data_dir: PathBuf,
+    /// Multiaddrs to listen on (QUIC and TCP).
+    pub listen: Vec<String>,
+    /// Addresses other hosts should dial us on (announced through identify).
+    pub external_addresses: Vec<String>,
+    /// Peers to join through, as full multiaddrs ending in /p2p/<peer id>.
+    pub bootstrap: Vec<String>,
+    pub quic: bool,
+    pub tcp: bool,
+    /// Agent API address (HTTP/JSON).
+    pub api: String,
+    /// Allow the agent API on a non-loopback address (it has no authentication).
+    pub api_allow_remote: bool,
+    /// `human` or `json`.
+    pub log_format: String,
+    /// Largest message body accepted from agents and peers, in bytes.
+    pub max_message_bytes: usize,
+    /// Most established connections in total.
+    pub max_connections: u32,
+    /// Most established connections to one peer.
+    pub max_connections_per_peer: u32,
+    /// Most connections being set up at once (each direction).
+    pub max_pending_connections: u32,
+    /// Discovered peers are dialled while fewer than this many are connected.
+    pub target_peers: usize,
+    /// Peers remembered on disk for rejoining after a restart.
+    pub max_known_peers: usize,
+    pub ping_interval_secs: u64,
+    /// Consecutive ping failures after which a connection is closed.
+    pub ping_max_failures: u32,
+    pub idle_connection_timeout_secs: u64,
+    /// Periodic Kademlia bootstrap.
+    pub bootstrap_interval_secs: u64,
+    pub gossip_heartbeat_ms: u64,
+    /// Buffered messages per local channel family before slow subscribers miss some.
+    pub subscriber_buffer: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            network: "agentmesh".into(),
+            data_dir: PathBuf::from("agentmesh-data"),
+            listen: vec![
+                "/ip4/0.0.0.0/udp/4001/quic-v1".into(),
+                "/ip4/0.0.0.0/tcp/4001".into(),
+            ],
+            external_addresses: vec![],
+            bootstrap: vec![],
+            quic: true,
+            tcp: true,
+            api: "127.0.0.1:7700".into(),
+            api_allow_remote: false,
+            log_format: "human".into(),
+            max_message_bytes: 256 * 1024,
+            max_connections: 256,
+            max_connections_per_peer: 2,
+            max_pending_connections: 64,
+            target_peers: 64,
+            max_known_peers: 1000,
+            ping_interval_secs: 30,
+            ping_max_failures: 3,
+            idle_connection_timeout_secs: 3600,
+            bootstrap_interval_secs: 300,
+            gossip_heartbeat_ms: 500,
+            subscriber_buffer: 4096,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid setting '{setting}': {reason}")]
+    Invalid {
+        setting: &'static str,
+        reason: String,
+    },
+}
+
+fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting,
+        reason: reason.into(),
+    }
+}
+
+impl Config {
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })
+    }
+}
+
+/// A bootstrap peer: who, and where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BootstrapPeer {
+    pub peer_id: PeerId,
+    pub addr: Multiaddr,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// The validated configuration the node runs with.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub network: String,
+    pub data_dir: PathBuf,
+    pub listen: Vec<Multiaddr>,
+    pub external_addresses: Vec<Multiaddr>,
+    pub bootstrap: Vec<BootstrapPeer>,
+    pub quic: bool,
+    pub tcp: bool,
+    pub api: SocketAddr,
+    pub log_format: LogFormat,
+    pub max_message_bytes: usize,
+    pub max_connections: u32,
+    pub max_connections_per_peer: u32,
+    pub max_pending_connections: u32,
+    pub target_peers: usize,
+    pub max_known_peers: usize,
+    pub ping_interval: Duration,
+    pub ping_max_failures: u32,
+    pub idle_connection_timeout: Duration,
+    pub bootstrap_interval: Duration,
+    pub gossip_heartbeat: Duration,
+    pub subscriber_buffer: usize,
+}
+
+/// Largest accepted `max_message_bytes`: gossipsub keeps messages in memory
+/// for its history window, so very large messages belong in another protocol.
+pub const MAX_MESSAGE_BYTES_LIMIT: usize = 16 * 1024 * 1024;
+
+pub fn is_quic(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| matches!(p, Protocol::QuicV1))
+}
+
+pub fn is_tcp(addr: &Multiaddr) -> bool {
+    !is_quic(addr) && addr.iter().any(|p| matches!(p, Protocol::Tcp(_)))
+}
+
+fn parse_addr(setting: &'static str, s: &str) -> Result<Multiaddr, ConfigError> {
+    s.parse::<Multiaddr>()
+        .map_err(|e| invalid(setting, format!("{s:?} is not a valid multiaddr: {e}")))
+}
+
+fn parse_bootstrap(s: &str) -> Result<BootstrapPeer, ConfigError> {
+    let mut addr = parse_addr("bootstrap", s)?;
+    match addr.pop() {
+        Some(Protocol::P2p(peer_id)) if !addr.is_empty() => Ok(BootstrapPeer { peer_id, addr }),
+        _ => Err(invalid(
+            "bootstrap",
+            format!("{s:?} must be a full address ending in /p2p/<peer id>, e.g. /ip4/10.0.0.1/tcp/4001/p2p/12D3KooW..."),
+        )),
+    }
+}
+
+fn positive(setting: &'static str, v: u64) -> Result<u64, ConfigError> {
+    if v == 0 {
+        Err(invalid(setting, "must be greater than 0"))
+    } else {
+        Ok(v)
+    }
+}
+
+impl Settings {
+    pub fn from_config(c: &Config) -> Result<Settings, ConfigError> {
+        if c.network.is_empty()
+            || c.network.len() > 64
+            || !c
+                .network
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | '.'))
+        {
+            return Err(invalid(
+                "network",
+                format!(
+                    "{:?} must be 1-64 characters of letters, digits, '-', '_' or '.'",
+                    c.network
+                ),
+            ));
+        }
+        if !c.quic && !c.tcp {
+            return Err(invalid(
+                "quic",
+                "QUIC and TCP are both disabled; enable at least one",
+            ));
+        }
+        let mut listen = Vec::new();
+        for s in &c.listen {
+            let addr = parse_addr("listen", s)?;
+            if !is_quic(&addr) && !is_tcp(&addr) {
+                return Err(invalid("listen", format!("{s:?} is neither a TCP (/tcp/<port>) nor a QUIC (/udp/<port>/quic-v1) address")));
+            }
+            // A disabled transport's listen addresses are dropped, so that
+            // `--no-quic` works with the default listen list.
+            if (is_quic(&addr) && c.quic) || (is_tcp(&addr) && c.tcp) {
+                listen.push(addr);
+            }
+        }
+        if listen.is_empty() {
+            return Err(invalid(
+                "listen",
+                "no address to listen on for the enabled transports",
+            ));
+        }
+        let external_addresses = c
+            .external_addresses
+            .iter()
+            .map(|s| parse_addr("external_addresses", s))
+            .collect::<Result<_, _>>()?;
+        let bootstrap = c
+            .bootstrap
+            .iter()
+            .map(|s| parse_bootstrap(s))
+            .collect::<Result<_, _>>()?;
+        let api: SocketAddr = c.api.parse().map_err(|_| {
+            invalid(
+                "api",
+                format!(
+                    "{:?} is not an IP:port address such as 127.0.0.1:7700",
+                    c.api
+                ),
+            )
+        })?;
+        if !api.ip().is_loopback() && !c.api_allow_remote {
+            return Err(invalid(
+                "api",
+                format!("{api} is not a loopback address; the agent API has no authentication, set api_allow_remote = true to expose it anyway"),
+            ));
+        }
+        let log_format = match c.log_format.as_str() {
+            "human" => LogFormat::Human,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(invalid(
+                    "log_format",
+                    format!("{other:?} is not 'human' or 'json'"),
+                ))
+            }
+        };
+        if c.max_message_bytes == 0 || c.max_message_bytes > MAX_MESSAGE_BYTES_LIMIT {
+            return Err(invalid(
+                "max_message_bytes",
+                format!("must be between 1 and {MAX_MESSAGE_BYTES_LIMIT}"),
+            ));
+        }
+        positive("max_connections", c.max_connections.into())?;
+        positive(
+            "max_connections_per_peer",
+            c.max_connections_per_peer.into(),
+        )?;
+        positive("max_pending_connections", c.max_pending_connections.into())?;
+        positive("target_peers", c.target_peers as u64)?;
+        positive("max_known_peers", c.max_known_peers as u64)?;
+        positive("ping_max_failures", c.ping_max_failures.into())?;
+        positive("subscriber_buffer", c.subscriber_buffer as u64)?;
+        if c.gossip_heartbeat_ms < 50 {
+            return Err(invalid("gossip_heartbeat_ms", "must be at least 50"));
+        }
+        Ok(Settings {
+            network: c.network.clone(),
+            data_dir: c.data_dir.clone(),
+            listen,
+            external_addresses,
+            bootstrap,
+            quic: c.quic,
+            tcp: c.tcp,
+            api,
+            log_format,
+            max_message_bytes: c.max_message_bytes,
+            max_connections: c.max_connections,
+            max_connections_per_peer: c.max_connections_per_peer,
+            max_pending_connections: c.max_pending_connections,
+            target_peers: c.target_peers,
+            max_known_peers: c.max_known_peers,
+            ping_interval: Duration::from_secs(positive(
+                "ping_interval_secs",
+                c.ping_interval_secs,
+            )?),
+            ping_max_failures: c.ping_max_failures,
+            idle_connection_timeout: Duration::from_secs(positive(
+                "idle_connection_timeout_secs",
+                c.idle_connection_timeout_secs,
+            )?),
+            bootstrap_interval: Duration::from_secs(positive(
+                "bootstrap_interval_secs",
+                c.bootstrap_interval_secs,
+            )?),
+            gossip_heartbeat: Duration::from_millis(c.gossip_heartbeat_ms),
+            subscriber_buffer: c.subscriber_buffer,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setting_of(err: ConfigError) -> &'static str {
+        match err {
+            ConfigError::Invalid { setting, .. } => setting,
+            other => panic!("expected an invalid setting, got {other}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let s = Settings::from_config(&Config::default()).unwrap();
+        assert_eq!(s.listen.len(), 2);
+        assert!(s.api.ip().is_loopback());
+    }
+
+    #[test]
+    fn each_bad_value_names_its_setting() {
+        type Mutation = fn(&mut Config);
+        let cases: Vec<(Mutation, &str)> = vec![
+            (|c| c.network = "bad network".into(), "network"),
+            (|c| c.listen = vec!["/ip4/1.2.3.4/tcpx/1".into()], "listen"),
+            (|c| c.listen = vec!["/ip4/1.2.3.4/udp/1".into()], "listen"),
+            (
+                |c| c.bootstrap = vec!["/ip4/1.2.3.4/tcp/1".into()],
+                "bootstrap",
+            ),
+            (|c| c.bootstrap = vec!["nonsense".into()], "bootstrap"),
+            (
+                |c| c.external_addresses = vec!["x".into()],
+                "external_addresses",
+            ),
+            (|c| c.api = "localhost".into(), "api"),
+            (|c| c.api = "0.0.0.0:7700".into(), "api"),
+            (|c| c.log_format = "xml".into(), "log_format"),
+            (|c| c.max_message_bytes = 0, "max_message_bytes"),
+            (|c| c.ping_interval_secs = 0, "ping_interval_secs"),
+            (|c| c.gossip_heartbeat_ms = 1, "gossip_heartbeat_ms"),
+            (
+                |c| {
+                    c.quic = false;
+                    c.tcp = false
+                },
+                "quic",
+            ),
+        ];
+        for (mutate, setting) in cases {
+            let mut c = Config::default();
+            mutate(&mut c);
+            assert_eq!(setting_of(Settings::from_config(&c).unwrap_err()), setting);
+        }
+    }
+
+    #[test]
+    fn disabling_a_transport_drops_its_listen_addresses() {
+        let c = Config {
+            quic: false,
+            ..Config::default()
+        };
+        let s = Settings::from_config(&c).unwrap();
+        assert!(s.listen.iter().all(is_tcp));
+    }
+
+    #[test]
+    fn bootstrap_addresses_are_split_into_peer_and_address() {
+        let id = PeerId::random();
+        let c = Config {
+            bootstrap: vec![format!("/ip4/10.0.0.1/tcp/4001/p2p/{id}")],
+            ..Config::default()
+        };
+        let s = Settings::from_config(&c).unwrap();
+        assert_eq!(s.bootstrap[0].peer_id, id);
+        assert_eq!(s.bootstrap[0].addr.to_string(), "/ip4/10.0.0.1/tcp/4001");
+    }
+
+    #[test]
+    fn unknown_file_settings_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "network = \"x\"\nlisten_prot = 3\n").unwrap();
+        let err = Config::from_file(&path).unwrap_err().to_string();
+        assert!(err.contains("listen_prot"), "{err}");
+    }
+}

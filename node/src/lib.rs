@@ -1,0 +1,14 @@
+//! The agentmesh node: configuration, libp2p networking, channels and the
+//! agent API. The `agentmesh` binary is a thin CLI over this library; Rust
+//! programs can embed a node with [`node::start`].
+
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod identity;
+pub mod logging;
+pub mod network;
+pub mod node;
+pub mod ready;
+pub mod types;

@@ -1,0 +1,166 @@
+use agentmesh_node::cli::{Cli, ClientArgs, Command};
+use agentmesh_node::client::{ApiClient, SubscriptionItem};
+use agentmesh_node::config::{LogFormat, Settings};
+use agentmesh_node::{identity, logging, node};
+use anyhow::{Context, Result};
+use clap::Parser;
+use futures::StreamExt;
+use std::io::Read;
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("agentmesh: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(dispatch(cli.command)) {
+        eprintln!("agentmesh: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn dispatch(command: Command) -> Result<()> {
+    match command {
+        Command::Run(args) => run(*args).await,
+        Command::Id { data_dir } => {
+            logging::init(LogFormat::Human, "warn");
+            let key = identity::load_or_create(&identity::key_path(&data_dir))?;
+            println!("{}", identity::libp2p_keypair(&key)?.public().to_peer_id());
+            Ok(())
+        }
+        Command::Keygen { out, force } => {
+            if force && out.exists() {
+                std::fs::remove_file(&out)
+                    .with_context(|| format!("cannot replace {}", out.display()))?;
+            }
+            identity::ensure_not_exists(&out)?;
+            let key = agentmesh_protocol::NodeKey::generate()?;
+            identity::write_new(&out, &key)?;
+            println!("{}", identity::libp2p_keypair(&key)?.public().to_peer_id());
+            Ok(())
+        }
+        Command::Status(args) => {
+            let status = ApiClient::new(args.api).status().await?;
+            print_json_or(&args, &status, || {
+                println!("peer id      {}", status.peer_id);
+                println!("network      {}", status.network);
+                println!("uptime       {} s", status.uptime_secs);
+                println!("listening    {}", status.listen_addrs.join(" "));
+                println!(
+                    "peers        {} connected, {} in routing table, {} known",
+                    status.connected_peers, status.routing_table_peers, status.known_peers
+                );
+                let m = &status.messages;
+                println!(
+                    "messages     {} published, {} received, {} rejected",
+                    m.published, m.received, m.rejected
+                );
+            })
+        }
+        Command::Peers(args) => {
+            let peers = ApiClient::new(args.api).peers().await?;
+            print_json_or(&args, &peers, || {
+                println!(
+                    "{:<54} {:<9} {:>9} {:>8}  address",
+                    "peer id", "transport", "rtt ms", "rejected"
+                );
+                for p in &peers {
+                    let rtt = p
+                        .rtt
+                        .as_ref()
+                        .map_or("-".to_string(), |r| format!("{:.2}", r.mean_ms));
+                    let addr = p.connections.first().map_or("", |c| c.remote_addr.as_str());
+                    let transport = serde_json::to_value(&p.transport)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default();
+                    println!(
+                        "{:<54} {:<9} {:>9} {:>8}  {}",
+                        p.peer_id, transport, rtt, p.rejected_messages, addr
+                    );
+                }
+            })
+        }
+        Command::Publish {
+            client,
+            channel,
+            body,
+            content_type,
+        } => {
+            let body = if body == "-" {
+                let mut buf = Vec::new();
+                std::io::stdin()
+                    .read_to_end(&mut buf)
+                    .context("reading the body from standard input")?;
+                buf
+            } else {
+                body.into_bytes()
+            };
+            let receipt = ApiClient::new(client.api)
+                .publish(&channel, &content_type, body)
+                .await?;
+            println!("{}", serde_json::to_string(&receipt)?);
+            Ok(())
+        }
+        Command::Subscribe {
+            client,
+            pattern,
+            count,
+        } => {
+            let mut stream = ApiClient::new(client.api).subscribe(&pattern).await?;
+            let mut seen = 0u64;
+            while count.is_none_or(|c| seen < c) {
+                match stream.next().await {
+                    Some(Ok(SubscriptionItem::Message(m))) => {
+                        println!("{}", serde_json::to_string(&m)?);
+                        seen += 1;
+                    }
+                    Some(Ok(SubscriptionItem::Lagged(n))) => eprintln!(
+                        "agentmesh: {n} messages were dropped because this reader was too slow"
+                    ),
+                    Some(Err(e)) => return Err(e.into()),
+                    None => anyhow::bail!("the node closed the subscription"),
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_json_or<T: serde::Serialize>(
+    args: &ClientArgs,
+    value: &T,
+    table: impl FnOnce(),
+) -> Result<()> {
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        table();
+    }
+    Ok(())
+}
+
+async fn run(args: agentmesh_node::cli::RunArgs) -> Result<()> {
+    let config = args.resolve()?;
+    let settings = Settings::from_config(&config)?;
+    logging::init(settings.log_format, "info,libp2p_gossipsub=warn");
+    if settings.bootstrap.is_empty() {
+        tracing::info!("no bootstrap peers configured: starting alone or from remembered peers");
+    }
+    let running = node::start(settings).await?;
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    running.shutdown().await
+}
+
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for SIGINT"),
+        _ = term.recv() => Ok(()),
+    }
+}

@@ -1,0 +1,152 @@
+//! The libp2p behaviour and transports of a node.
+
+use crate::config::Settings;
+use agentmesh_protocol::{envelope::ENVELOPE_OVERHEAD, sha256};
+use anyhow::{Context, Result};
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::{Boxed, OptionalTransport};
+use libp2p::core::upgrade;
+use libp2p::futures::future::Either;
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{
+    connection_limits, gossipsub, identify, identity::Keypair, kad, noise, ping, quic, tcp, yamux,
+    PeerId, StreamProtocol, Swarm, Transport,
+};
+use std::num::NonZeroU8;
+use std::time::Duration;
+
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    pub limits: connection_limits::Behaviour,
+    pub identify: identify::Behaviour,
+    pub ping: ping::Behaviour,
+    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub gossipsub: gossipsub::Behaviour,
+}
+
+/// Identify's protocol version doubles as the network check: peers that
+/// announce another network are disconnected.
+pub fn identify_protocol_version(network: &str) -> String {
+    format!("/agentmesh/{network}/1.0.0")
+}
+
+pub fn kad_protocol(network: &str) -> StreamProtocol {
+    StreamProtocol::try_from_owned(format!("/agentmesh/{network}/kad/1.0.0"))
+        .expect("network names are validated to printable ASCII without spaces")
+}
+
+/// Bytes gossipsub must accept for a message carrying the largest body: the
+/// envelope overhead plus gossipsub's own framing (signature, key, seqno).
+pub fn gossip_transmit_limit(max_message_bytes: usize) -> usize {
+    max_message_bytes + ENVELOPE_OVERHEAD + 1024
+}
+
+pub fn gossipsub_config(settings: &Settings) -> Result<gossipsub::Config> {
+    gossipsub::ConfigBuilder::default()
+        // Every message is signed by its author and checked on receipt.
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        // Nothing is forwarded until the node has validated the envelope.
+        .validate_messages()
+        // Content-addressed ids: the same bytes are the same message,
+        // whichever way they arrive.
+        .message_id_fn(|m| gossipsub::MessageId::from(sha256(&m.data).to_vec()))
+        .max_transmit_size(gossip_transmit_limit(settings.max_message_bytes))
+        .heartbeat_interval(settings.gossip_heartbeat)
+        .build()
+        .context("invalid gossipsub configuration")
+}
+
+type BoxedTransport = Boxed<(PeerId, StreamMuxerBox)>;
+
+/// QUIC and/or TCP (Noise + yamux), as enabled.
+fn base_transport(keypair: &Keypair, settings: &Settings) -> Result<BoxedTransport> {
+    let tcp = if settings.tcp {
+        let t = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+            .upgrade(upgrade::Version::V1Lazy)
+            .authenticate(noise::Config::new(keypair).context("noise configuration")?)
+            .multiplex(yamux::Config::default())
+            .timeout(Duration::from_secs(20))
+            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
+        OptionalTransport::some(t)
+    } else {
+        OptionalTransport::none()
+    };
+    let quic = if settings.quic {
+        let t = quic::tokio::Transport::new(quic::Config::new(keypair))
+            .map(|(peer, conn), _| (peer, StreamMuxerBox::new(conn)));
+        OptionalTransport::some(t)
+    } else {
+        OptionalTransport::none()
+    };
+    // Which one is dialled first is decided by the order of the addresses
+    // the node dials (QUIC first), not by this composition.
+    Ok(quic
+        .or_transport(tcp)
+        .map(|either, _| match either {
+            Either::Left(out) | Either::Right(out) => out,
+        })
+        .boxed())
+}
+
+fn build_transport(keypair: &Keypair, settings: &Settings) -> Result<BoxedTransport> {
+    // DNS lets operators write /dns4/host/tcp/4001 addresses.
+    match libp2p::dns::tokio::Transport::system(base_transport(keypair, settings)?) {
+        Ok(dns) => Ok(dns.boxed()),
+        Err(e) => {
+            tracing::warn!(error = %e, "no usable system DNS configuration; /dns addresses will not resolve");
+            base_transport(keypair, settings)
+        }
+    }
+}
+
+pub fn build_swarm(keypair: Keypair, settings: &Settings) -> Result<Swarm<Behaviour>> {
+    let transport = build_transport(&keypair, settings)?;
+    let local_peer_id = keypair.public().to_peer_id();
+
+    let limits = connection_limits::Behaviour::new(
+        connection_limits::ConnectionLimits::default()
+            .with_max_established(Some(settings.max_connections))
+            .with_max_established_per_peer(Some(settings.max_connections_per_peer))
+            .with_max_pending_incoming(Some(settings.max_pending_connections))
+            .with_max_pending_outgoing(Some(settings.max_pending_connections)),
+    );
+    let identify = identify::Behaviour::new(
+        identify::Config::new(
+            identify_protocol_version(&settings.network),
+            keypair.public(),
+        )
+        .with_agent_version(format!("agentmesh/{}", env!("CARGO_PKG_VERSION")))
+        .with_push_listen_addr_updates(true),
+    );
+    let ping = ping::Behaviour::new(ping::Config::new().with_interval(settings.ping_interval));
+
+    let mut kad_config = kad::Config::new(kad_protocol(&settings.network));
+    kad_config.set_periodic_bootstrap_interval(Some(settings.bootstrap_interval));
+    let mut kad = kad::Behaviour::with_config(
+        local_peer_id,
+        kad::store::MemoryStore::new(local_peer_id),
+        kad_config,
+    );
+    // Without this kad waits for a confirmed external address before serving
+    // queries, and a fresh mesh on private addresses would never have one.
+    kad.set_mode(Some(kad::Mode::Server));
+
+    let gossipsub = gossipsub::Behaviour::new(
+        gossipsub::MessageAuthenticity::Signed(keypair.clone()),
+        gossipsub_config(settings)?,
+    )
+    .map_err(|e| anyhow::anyhow!("gossipsub: {e}"))?;
+
+    let behaviour = Behaviour {
+        limits,
+        identify,
+        ping,
+        kad,
+        gossipsub,
+    };
+    let config = libp2p::swarm::Config::with_tokio_executor()
+        .with_idle_connection_timeout(settings.idle_connection_timeout)
+        // One address at a time, in the order given: QUIC before TCP.
+        .with_dial_concurrency_factor(NonZeroU8::MIN);
+    Ok(Swarm::new(transport, behaviour, local_peer_id, config))
+}

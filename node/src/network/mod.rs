@@ -1,0 +1,708 @@
+//! The network task: owns the libp2p `Swarm`; everything else talks to it
+//! through a bounded command channel ([`NetworkHandle`]).
+
+pub mod behaviour;
+mod counters;
+mod peers;
+pub mod router;
+
+use crate::config::{is_quic, Settings};
+use crate::identity::node_id_of;
+use crate::types::{
+    ChannelFamilyInfo, Channels, MessageCounters, PeerInfo, PublishReceipt, RemoteDelivery, Status,
+};
+use agentmesh_protocol::{Channel, ChannelPattern, Envelope, MessageId, NodeId};
+use agentmesh_store::{KnownPeer, KnownPeers, PeerBook};
+use backon::{BackoffBuilder, ExponentialBuilder};
+use behaviour::{Behaviour, BehaviourEvent};
+use counters::ChannelCounters;
+use futures::StreamExt;
+use libp2p::core::transport::ListenerId;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{gossipsub, identify, kad, ping, Multiaddr, PeerId, Swarm};
+use peers::PeerTable;
+use router::{Delivery, Router, Subscription};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot};
+
+/// Commands waiting for the network task; senders wait when it is full.
+const COMMAND_QUEUE: usize = 1024;
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub fn topic_for(network: &str, family: &str) -> gossipsub::IdentTopic {
+    gossipsub::IdentTopic::new(format!("/agentmesh/{network}/channel/{family}"))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("message of {0} bytes is larger than the network accepts")]
+    TooLarge(usize),
+    #[error("the send queues to all {0} subscribed peers are full; retry later")]
+    QueuesFull(usize),
+    #[error("publishing failed: {0}")]
+    Failed(String),
+}
+
+pub enum Command {
+    Publish {
+        channel: Channel,
+        content_type: String,
+        body: Vec<u8>,
+        reply: oneshot::Sender<Result<PublishReceipt, PublishError>>,
+    },
+    Subscribe {
+        pattern: ChannelPattern,
+        reply: oneshot::Sender<Subscription>,
+    },
+    Status(oneshot::Sender<Status>),
+    Peers(oneshot::Sender<Vec<PeerInfo>>),
+    Channels(oneshot::Sender<Channels>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the network task has stopped")]
+pub struct NetworkStopped;
+
+/// A cheap, cloneable way to talk to the network task.
+#[derive(Clone)]
+pub struct NetworkHandle {
+    commands: mpsc::Sender<Command>,
+}
+
+impl NetworkHandle {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, NetworkStopped> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| NetworkStopped)?;
+        rx.await.map_err(|_| NetworkStopped)
+    }
+
+    pub async fn publish(
+        &self,
+        channel: Channel,
+        content_type: String,
+        body: Vec<u8>,
+    ) -> Result<Result<PublishReceipt, PublishError>, NetworkStopped> {
+        self.ask(|reply| Command::Publish {
+            channel,
+            content_type,
+            body,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn subscribe(&self, pattern: ChannelPattern) -> Result<Subscription, NetworkStopped> {
+        self.ask(|reply| Command::Subscribe { pattern, reply })
+            .await
+    }
+
+    pub async fn status(&self) -> Result<Status, NetworkStopped> {
+        self.ask(Command::Status).await
+    }
+
+    pub async fn peers(&self) -> Result<Vec<PeerInfo>, NetworkStopped> {
+        self.ask(Command::Peers).await
+    }
+
+    pub async fn channels(&self) -> Result<Channels, NetworkStopped> {
+        self.ask(Command::Channels).await
+    }
+
+    /// Asks the network task to persist what it knows and stop.
+    pub async fn shutdown(&self) -> Result<(), NetworkStopped> {
+        self.ask(Command::Shutdown).await
+    }
+}
+
+pub struct Network {
+    swarm: Swarm<Behaviour>,
+    settings: Settings,
+    local_node: NodeId,
+    peer_book: PeerBook,
+    table: PeerTable,
+    router: Router,
+    counters: ChannelCounters,
+    totals: MessageCounters,
+    commands: mpsc::Receiver<Command>,
+    started: Instant,
+    listen_addrs: Vec<Multiaddr>,
+    pending_listeners: HashSet<ListenerId>,
+    on_listening: Option<oneshot::Sender<Vec<Multiaddr>>>,
+    /// When to redial bootstrap and known peers while no peer is connected.
+    rejoin: Rejoin,
+    last_prune: Instant,
+}
+
+/// Exponential backoff (1 s, 2 s, 4 s ... capped at 60 s, with jitter) for
+/// rejoining the mesh while the node has no connection at all.
+struct Rejoin {
+    delays: backon::ExponentialBackoff,
+    next_at: Instant,
+}
+
+impl Rejoin {
+    fn new() -> Rejoin {
+        Rejoin {
+            delays: Self::builder().build(),
+            next_at: Instant::now(),
+        }
+    }
+
+    fn builder() -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_secs(1))
+            .with_max_delay(Duration::from_secs(60))
+            .with_jitter()
+            .without_max_times()
+    }
+
+    fn reset(&mut self) {
+        self.delays = Self::builder().build();
+    }
+
+    fn schedule_next(&mut self, now: Instant) {
+        let delay = self.delays.next().unwrap_or(Duration::from_secs(60));
+        self.next_at = now + delay;
+    }
+}
+
+impl Network {
+    /// Builds the swarm and starts listening. Fails on addresses that cannot
+    /// be bound (port in use, unsupported address).
+    pub fn new(
+        swarm: Swarm<Behaviour>,
+        settings: Settings,
+        local_node: NodeId,
+        peer_book: PeerBook,
+    ) -> anyhow::Result<(Network, NetworkHandle, oneshot::Receiver<Vec<Multiaddr>>)> {
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        let (listening_tx, listening_rx) = oneshot::channel();
+        let router = Router::new(settings.subscriber_buffer);
+        let mut network = Network {
+            swarm,
+            settings,
+            local_node,
+            peer_book,
+            table: PeerTable::default(),
+            router,
+            counters: ChannelCounters::default(),
+            totals: MessageCounters::default(),
+            commands: rx,
+            started: Instant::now(),
+            listen_addrs: Vec::new(),
+            pending_listeners: HashSet::new(),
+            on_listening: Some(listening_tx),
+            rejoin: Rejoin::new(),
+            last_prune: Instant::now(),
+        };
+        for addr in network.settings.listen.clone() {
+            let id = network
+                .swarm
+                .listen_on(addr.clone())
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+            network.pending_listeners.insert(id);
+        }
+        for addr in network.settings.external_addresses.clone() {
+            network.swarm.add_external_address(addr);
+        }
+        network.add_initial_peers();
+        Ok((network, NetworkHandle { commands: tx }, listening_rx))
+    }
+
+    /// Bootstrap peers from the configuration, then every peer remembered
+    /// from earlier runs.
+    fn add_initial_peers(&mut self) {
+        for b in self.settings.bootstrap.clone() {
+            self.swarm
+                .behaviour_mut()
+                .kad
+                .add_address(&b.peer_id, b.addr);
+        }
+        match self.peer_book.all() {
+            Ok(KnownPeers {
+                peers: known,
+                damaged,
+            }) => {
+                for e in damaged {
+                    tracing::warn!(error = %e, "skipping a damaged known-peer record");
+                }
+                for (node, peer) in known {
+                    let Ok(peer_id) = crate::identity::peer_id_of(&node) else {
+                        continue;
+                    };
+                    for addr in peer
+                        .addrs
+                        .iter()
+                        .filter_map(|a| a.parse::<Multiaddr>().ok())
+                    {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read known peers"),
+        }
+    }
+
+    pub async fn run(mut self) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                command = self.commands.recv() => match command {
+                    Some(Command::Shutdown(reply)) => {
+                        self.persist_connected_peers();
+                        let _ = reply.send(());
+                        break;
+                    }
+                    Some(command) => self.on_command(command),
+                    None => break,
+                },
+                _ = tick.tick() => self.maintain(),
+            }
+        }
+        tracing::info!("network task stopped");
+    }
+
+    fn maintain(&mut self) {
+        let now = Instant::now();
+        for family in self.router.collect_unused() {
+            let topic = topic_for(&self.settings.network, &family);
+            self.swarm.behaviour_mut().gossipsub.unsubscribe(&topic);
+        }
+        if self.table.is_empty() && now >= self.rejoin.next_at {
+            self.rejoin_mesh();
+            self.rejoin.schedule_next(now);
+        }
+        if now.duration_since(self.last_prune) > Duration::from_secs(600) {
+            self.last_prune = now;
+            if let Err(e) = self.peer_book.prune(self.settings.max_known_peers) {
+                tracing::warn!(error = %e, "cannot prune known peers");
+            }
+        }
+    }
+
+    /// With no connection at all: dial bootstrap and known peers again and
+    /// restart the Kademlia bootstrap (its own periodic one is too slow).
+    fn rejoin_mesh(&mut self) {
+        self.add_initial_peers();
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let mut candidates = Vec::new();
+        for bucket in kad.kbuckets() {
+            for entry in bucket.iter() {
+                candidates.push((
+                    *entry.node.key.preimage(),
+                    entry.node.value.iter().cloned().collect::<Vec<_>>(),
+                ));
+            }
+        }
+        if candidates.is_empty() {
+            return;
+        }
+        tracing::debug!(
+            peers = candidates.len(),
+            "no connections; dialling known peers"
+        );
+        for (peer, addrs) in candidates {
+            self.dial(peer, addrs);
+        }
+        let _ = self.swarm.behaviour_mut().kad.bootstrap();
+    }
+
+    /// Dials `peer`, QUIC addresses first, unless connected or already dialling.
+    fn dial(&mut self, peer: PeerId, mut addrs: Vec<Multiaddr>) {
+        if peer == *self.swarm.local_peer_id() {
+            return;
+        }
+        addrs.retain(|a| (is_quic(a) && self.settings.quic) || (!is_quic(a) && self.settings.tcp));
+        addrs.sort_by_key(|a| !is_quic(a));
+        let opts = DialOpts::peer_id(peer)
+            .addresses(addrs)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .extend_addresses_through_behaviour()
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!(%peer, error = %e, "dial not started");
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr {
+                listener_id,
+                address,
+            } => {
+                tracing::info!(%address, "listening");
+                self.listen_addrs.push(address);
+                self.pending_listeners.remove(&listener_id);
+                if self.pending_listeners.is_empty() {
+                    if let Some(tx) = self.on_listening.take() {
+                        let _ = tx.send(self.listen_addrs.clone());
+                    }
+                }
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listen_addrs.retain(|a| *a != address);
+            }
+            SwarmEvent::ListenerError { error, .. } => tracing::warn!(%error, "listener error"),
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                if node_id_of(&peer_id).is_none() {
+                    tracing::warn!(peer = %peer_id, "peer has no Ed25519 identity; disconnecting");
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                    return;
+                }
+                tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+                self.table.connected(peer_id, connection_id, &endpoint);
+                self.rejoin.reset();
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                cause,
+                ..
+            } => {
+                tracing::debug!(peer = %peer_id, cause = ?cause, "connection closed");
+                self.table.closed(&peer_id, connection_id);
+                if self.table.is_empty() {
+                    self.rejoin.next_at = Instant::now() + Duration::from_secs(1);
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::debug!(peer = ?peer_id, %error, "dial failed");
+            }
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            _ => {}
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                self.on_identified(peer_id, info)
+            }
+            BehaviourEvent::Kad(kad::Event::RoutingUpdated {
+                peer,
+                addresses,
+                is_new_peer,
+                ..
+            }) if is_new_peer
+                && !self.swarm.is_connected(&peer)
+                && self.table.len() < self.settings.target_peers =>
+            {
+                self.dial(peer, addresses.into_vec());
+            }
+            BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result,
+            }) => match result {
+                Ok(rtt) => self.table.ping_ok(&peer, rtt),
+                Err(error) => {
+                    let failures = self.table.ping_failed(&peer);
+                    tracing::debug!(%peer, %error, failures, "ping failed");
+                    if failures >= self.settings.ping_max_failures {
+                        tracing::info!(%peer, failures, "peer stopped answering pings; closing the connection");
+                        self.swarm.close_connection(connection);
+                    }
+                }
+            },
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            }) => self.on_gossip_message(propagation_source, message_id, message),
+            _ => {}
+        }
+    }
+
+    fn on_identified(&mut self, peer: PeerId, info: identify::Info) {
+        let ours = behaviour::identify_protocol_version(&self.settings.network);
+        if info.protocol_version != ours {
+            tracing::info!(%peer, theirs = %info.protocol_version, %ours, "peer belongs to another network; disconnecting");
+            let _ = self.swarm.disconnect_peer_id(peer);
+            return;
+        }
+        let mut addrs = info.listen_addrs;
+        addrs.sort_by_key(|a| !is_quic(a));
+        addrs.truncate(16);
+        self.table
+            .identified(&peer, info.agent_version, addrs.clone());
+        let kad_protocol = behaviour::kad_protocol(&self.settings.network);
+        if info.protocols.contains(&kad_protocol) {
+            for addr in &addrs {
+                self.swarm
+                    .behaviour_mut()
+                    .kad
+                    .add_address(&peer, addr.clone());
+            }
+        }
+        if let Some(node) = node_id_of(&peer) {
+            let record = KnownPeer {
+                addrs: addrs.iter().map(|a| a.to_string()).collect(),
+                last_seen_ms: now_ms(),
+            };
+            if let Err(e) = self.peer_book.put(&node, &record) {
+                tracing::warn!(%peer, error = %e, "cannot remember peer");
+            }
+        }
+    }
+
+    fn persist_connected_peers(&mut self) {
+        for info in self.table.info() {
+            let (Ok(peer), false) = (info.peer_id.parse::<PeerId>(), info.listen_addrs.is_empty())
+            else {
+                continue;
+            };
+            if let Some(node) = node_id_of(&peer) {
+                let _ = self.peer_book.put(
+                    &node,
+                    &KnownPeer {
+                        addrs: info.listen_addrs,
+                        last_seen_ms: now_ms(),
+                    },
+                );
+            }
+        }
+    }
+
+    fn family_of_topic(&self, topic: &gossipsub::TopicHash) -> Option<String> {
+        let prefix = format!("/agentmesh/{}/channel/", self.settings.network);
+        topic.as_str().strip_prefix(&prefix).map(str::to_string)
+    }
+
+    /// Validates a gossip message before gossipsub may forward it.
+    fn check_message(&self, message: &gossipsub::Message) -> Result<Envelope, String> {
+        let family = self
+            .family_of_topic(&message.topic)
+            .ok_or("topic is not an agentmesh channel")?;
+        let envelope = Envelope::decode(&message.data, self.settings.max_message_bytes)
+            .map_err(|e| e.to_string())?;
+        let source = message
+            .source
+            .ok_or("message is not signed by its author")?;
+        if node_id_of(&source) != Some(envelope.sender) {
+            return Err("envelope sender is not the peer that signed the message".into());
+        }
+        if envelope.channel.family() != family {
+            return Err(format!(
+                "channel {} does not belong to topic family {family}",
+                envelope.channel
+            ));
+        }
+        Ok(envelope)
+    }
+
+    fn on_gossip_message(
+        &mut self,
+        source: PeerId,
+        id: gossipsub::MessageId,
+        message: gossipsub::Message,
+    ) {
+        let verdict = self.check_message(&message);
+        let acceptance = match &verdict {
+            Ok(_) => gossipsub::MessageAcceptance::Accept,
+            Err(_) => gossipsub::MessageAcceptance::Reject,
+        };
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(&id, &source, acceptance);
+        match verdict {
+            Ok(envelope) => {
+                self.totals.received += 1;
+                self.counters.received(&envelope.channel);
+                let delivery = Arc::new(Delivery {
+                    envelope,
+                    received_ms: now_ms(),
+                });
+                self.totals.delivered_locally += self.router.deliver(delivery) as u64;
+            }
+            Err(reason) => {
+                tracing::debug!(peer = %source, %reason, "rejected a message");
+                self.totals.rejected += 1;
+                self.counters
+                    .rejected(self.family_of_topic(&message.topic).as_deref());
+                self.table.rejected(&source);
+            }
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Publish {
+                channel,
+                content_type,
+                body,
+                reply,
+            } => {
+                let _ = reply.send(self.publish(channel, content_type, body));
+            }
+            Command::Subscribe { pattern, reply } => {
+                let (subscription, is_new) = self.router.subscribe(pattern);
+                if is_new {
+                    let topic = topic_for(&self.settings.network, subscription.pattern.family());
+                    if let Err(e) = self.swarm.behaviour_mut().gossipsub.subscribe(&topic) {
+                        tracing::warn!(%topic, error = %e, "cannot join topic");
+                    }
+                }
+                let _ = reply.send(subscription);
+            }
+            Command::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Command::Peers(reply) => {
+                let _ = reply.send(self.table.info());
+            }
+            Command::Channels(reply) => {
+                let _ = reply.send(self.channels());
+            }
+            Command::Shutdown(_) => unreachable!("handled in run"),
+        }
+    }
+
+    fn remote_subscribers(&self, topic: &gossipsub::TopicHash) -> usize {
+        self.swarm
+            .behaviour()
+            .gossipsub
+            .all_peers()
+            .filter(|(_, topics)| topics.contains(&topic))
+            .count()
+    }
+
+    fn publish(
+        &mut self,
+        channel: Channel,
+        content_type: String,
+        body: Vec<u8>,
+    ) -> Result<PublishReceipt, PublishError> {
+        let id =
+            MessageId::random().ok_or_else(|| PublishError::Failed("system RNG failed".into()))?;
+        let envelope = Envelope {
+            channel,
+            id,
+            sender: self.local_node,
+            timestamp_ms: now_ms(),
+            content_type,
+            body,
+        };
+        envelope
+            .validate(self.settings.max_message_bytes)
+            .map_err(|e| PublishError::Failed(e.to_string()))?;
+        let bytes = envelope
+            .encode()
+            .map_err(|e| PublishError::Failed(e.to_string()))?;
+        let topic = topic_for(&self.settings.network, envelope.channel.family());
+        let remote_subscribers = self.remote_subscribers(&topic.hash());
+        let remote = match self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
+            Ok(_) => RemoteDelivery::Sent,
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
+                RemoteDelivery::NoRemoteSubscribers
+            }
+            Err(gossipsub::PublishError::MessageTooLarge) => {
+                return Err(PublishError::TooLarge(envelope.body.len()))
+            }
+            Err(gossipsub::PublishError::AllQueuesFull(n)) => {
+                return Err(PublishError::QueuesFull(n))
+            }
+            Err(e) => return Err(PublishError::Failed(e.to_string())),
+        };
+        self.totals.published += 1;
+        self.counters.published(&envelope.channel);
+        let receipt = PublishReceipt {
+            id: envelope.id.to_string(),
+            channel: envelope.channel.to_string(),
+            timestamp_ms: envelope.timestamp_ms,
+            local_subscribers: 0,
+            remote,
+            remote_subscribers,
+        };
+        let delivery = Arc::new(Delivery {
+            envelope,
+            received_ms: now_ms(),
+        });
+        let local = self.router.deliver(delivery);
+        self.totals.delivered_locally += local as u64;
+        Ok(PublishReceipt {
+            local_subscribers: local,
+            ..receipt
+        })
+    }
+
+    fn status(&mut self) -> Status {
+        let kad_peers = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .kbuckets()
+            .map(|bucket| bucket.num_entries())
+            .sum();
+        Status {
+            peer_id: self.swarm.local_peer_id().to_string(),
+            node_id: self.local_node.to_string(),
+            network: self.settings.network.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            listen_addrs: self.listen_addrs.iter().map(|a| a.to_string()).collect(),
+            external_addrs: self
+                .swarm
+                .external_addresses()
+                .map(|a| a.to_string())
+                .collect(),
+            connected_peers: self.table.len(),
+            known_peers: self.peer_book.len(),
+            routing_table_peers: kad_peers,
+            quic: self.settings.quic,
+            tcp: self.settings.tcp,
+            messages: self.totals.clone(),
+        }
+    }
+
+    /// Families this node subscribes to, and families only its peers
+    /// subscribe to (so a publisher can see who would receive a message).
+    fn channels(&self) -> Channels {
+        let gossipsub = &self.swarm.behaviour().gossipsub;
+        let mut families: HashSet<String> = self.router.families().map(str::to_string).collect();
+        for (_, topics) in gossipsub.all_peers() {
+            families.extend(topics.iter().filter_map(|t| self.family_of_topic(t)));
+        }
+        let mut subscribed: Vec<ChannelFamilyInfo> = families
+            .into_iter()
+            .map(|family| {
+                let topic = topic_for(&self.settings.network, &family).hash();
+                ChannelFamilyInfo {
+                    local_subscribers: self.router.local_subscribers(&family),
+                    remote_subscribers: self.remote_subscribers(&topic),
+                    mesh_peers: gossipsub.mesh_peers(&topic).count(),
+                    topic: topic.to_string(),
+                    family,
+                }
+            })
+            .collect();
+        subscribed.sort_by(|a, b| a.family.cmp(&b.family));
+        Channels {
+            subscribed,
+            counters: self.counters.info(),
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! Bookkeeping for connected peers: connections with their transport,
+//! rolling RTT, ping failures, identify data and rejected messages.
+
+use crate::config::{is_quic, is_tcp};
+use crate::types::{ConnectionInfo, PeerInfo, RttInfo, Transport};
+use libp2p::{core::ConnectedPoint, swarm::ConnectionId, Multiaddr, PeerId};
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+const RTT_WINDOW: usize = 16;
+
+/// RTT samples over a sliding window.
+#[derive(Debug, Default, Clone)]
+pub struct RollingRtt {
+    samples: VecDeque<Duration>,
+}
+
+impl RollingRtt {
+    pub fn record(&mut self, rtt: Duration) {
+        if self.samples.len() == RTT_WINDOW {
+            self.samples.pop_front();
+        }
+        self.samples.push_back(rtt);
+    }
+
+    pub fn info(&self) -> Option<RttInfo> {
+        let last = *self.samples.back()?;
+        let total: Duration = self.samples.iter().sum();
+        Some(RttInfo {
+            last_ms: last.as_secs_f64() * 1e3,
+            mean_ms: total.as_secs_f64() * 1e3 / self.samples.len() as f64,
+            samples: self.samples.len(),
+        })
+    }
+}
+
+pub fn transport_of(addr: &Multiaddr) -> Transport {
+    if is_quic(addr) {
+        Transport::Quic
+    } else if is_tcp(addr) {
+        Transport::Tcp
+    } else {
+        Transport::Other
+    }
+}
+
+#[derive(Debug)]
+struct Connection {
+    remote_addr: Multiaddr,
+    outbound: bool,
+    since: Instant,
+}
+
+#[derive(Debug, Default)]
+struct PeerEntry {
+    connections: Vec<(ConnectionId, Connection)>,
+    listen_addrs: Vec<Multiaddr>,
+    agent_version: Option<String>,
+    rtt: RollingRtt,
+    ping_failures: u32,
+    rejected_messages: u64,
+}
+
+/// Connected peers only: an entry goes when its last connection closes, so
+/// the table is bounded by the connection limit.
+#[derive(Debug, Default)]
+pub struct PeerTable {
+    peers: HashMap<PeerId, PeerEntry>,
+}
+
+impl PeerTable {
+    pub fn connected(&mut self, peer: PeerId, id: ConnectionId, endpoint: &ConnectedPoint) {
+        let conn = Connection {
+            remote_addr: endpoint.get_remote_address().clone(),
+            outbound: endpoint.is_dialer(),
+            since: Instant::now(),
+        };
+        self.peers
+            .entry(peer)
+            .or_default()
+            .connections
+            .push((id, conn));
+    }
+
+    pub fn closed(&mut self, peer: &PeerId, id: ConnectionId) {
+        if let Some(entry) = self.peers.get_mut(peer) {
+            entry.connections.retain(|(c, _)| *c != id);
+            if entry.connections.is_empty() {
+                self.peers.remove(peer);
+            }
+        }
+    }
+
+    pub fn identified(
+        &mut self,
+        peer: &PeerId,
+        agent_version: String,
+        listen_addrs: Vec<Multiaddr>,
+    ) {
+        if let Some(entry) = self.peers.get_mut(peer) {
+            entry.agent_version = Some(agent_version);
+            entry.listen_addrs = listen_addrs;
+        }
+    }
+
+    pub fn ping_ok(&mut self, peer: &PeerId, rtt: Duration) {
+        if let Some(entry) = self.peers.get_mut(peer) {
+            entry.rtt.record(rtt);
+            entry.ping_failures = 0;
+        }
+    }
+
+    /// Counts a failed ping and returns the consecutive failures so far.
+    pub fn ping_failed(&mut self, peer: &PeerId) -> u32 {
+        match self.peers.get_mut(peer) {
+            Some(entry) => {
+                entry.ping_failures += 1;
+                entry.ping_failures
+            }
+            None => 0,
+        }
+    }
+
+    pub fn rejected(&mut self, peer: &PeerId) {
+        if let Some(entry) = self.peers.get_mut(peer) {
+            entry.rejected_messages += 1;
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
+    }
+
+    pub fn info(&self) -> Vec<PeerInfo> {
+        let now = Instant::now();
+        let mut out: Vec<PeerInfo> = self
+            .peers
+            .iter()
+            .map(|(peer, e)| PeerInfo {
+                peer_id: peer.to_string(),
+                transport: e
+                    .connections
+                    .iter()
+                    .min_by_key(|(_, c)| c.since)
+                    .map(|(_, c)| transport_of(&c.remote_addr))
+                    .unwrap_or(Transport::Other),
+                connections: e
+                    .connections
+                    .iter()
+                    .map(|(_, c)| ConnectionInfo {
+                        remote_addr: c.remote_addr.to_string(),
+                        transport: transport_of(&c.remote_addr),
+                        direction: if c.outbound { "outbound" } else { "inbound" }.into(),
+                        established_secs: now.duration_since(c.since).as_secs(),
+                    })
+                    .collect(),
+                listen_addrs: e.listen_addrs.iter().map(|a| a.to_string()).collect(),
+                agent_version: e.agent_version.clone(),
+                rtt: e.rtt.info(),
+                ping_failures: e.ping_failures,
+                rejected_messages: e.rejected_messages,
+            })
+            .collect();
+        out.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rtt_window_keeps_the_latest_samples() {
+        let mut rtt = RollingRtt::default();
+        assert!(rtt.info().is_none());
+        for ms in 1..=20u64 {
+            rtt.record(Duration::from_millis(ms));
+        }
+        let info = rtt.info().unwrap();
+        assert_eq!(info.samples, RTT_WINDOW);
+        assert_eq!(info.last_ms, 20.0);
+        // mean of 5..=20
+        assert!((info.mean_ms - 12.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn transports_are_told_apart_by_address() {
+        let q: Multiaddr = "/ip4/127.0.0.1/udp/1/quic-v1".parse().unwrap();
+        let t: Multiaddr = "/ip4/127.0.0.1/tcp/1".parse().unwrap();
+        assert_eq!(transport_of(&q), Transport::Quic);
+        assert_eq!(transport_of(&t), Transport::Tcp);
+    }
+
+    #[test]
+    fn a_peer_leaves_the_table_with_its_last_connection() {
+        let mut table = PeerTable::default();
+        let peer = PeerId::random();
+        let ep = ConnectedPoint::Listener {
+            local_addr: "/ip4/127.0.0.1/tcp/1".parse().unwrap(),
+            send_back_addr: "/ip4/127.0.0.1/tcp/2".parse().unwrap(),
+        };
+        let (a, b) = (
+            ConnectionId::new_unchecked(1),
+            ConnectionId::new_unchecked(2),
+        );
+        table.connected(peer, a, &ep);
+        table.connected(peer, b, &ep);
+        table.closed(&peer, a);
+        assert_eq!(table.len(), 1);
+        assert_eq!(table.info()[0].connections.len(), 1);
+        table.closed(&peer, b);
+        assert!(table.is_empty());
+    }
+}

@@ -1,0 +1,122 @@
+//! Starting and stopping a whole node: identity, store, network task and
+//! agent API. Rust programs can embed a node through [`RunningNode`].
+
+use crate::api::{self, ApiState};
+use crate::config::Settings;
+use crate::identity;
+use crate::network::{behaviour, Network, NetworkHandle};
+use crate::ready::{self, ReadyInfo};
+use agentmesh_store::Store;
+use anyhow::{Context, Result};
+use libp2p::{Multiaddr, PeerId};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub struct RunningNode {
+    pub peer_id: PeerId,
+    pub api_addr: SocketAddr,
+    pub listen_addrs: Vec<Multiaddr>,
+    pub network: NetworkHandle,
+    settings: Settings,
+    store: Store,
+    network_task: JoinHandle<()>,
+    api_task: JoinHandle<()>,
+    stop_api: oneshot::Sender<()>,
+}
+
+pub async fn start(settings: Settings) -> Result<RunningNode> {
+    let dir = &settings.data_dir;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    ready::remove(dir);
+    let key = identity::load_or_create(&identity::key_path(dir))?;
+    let keypair = identity::libp2p_keypair(&key)?;
+    let peer_id = keypair.public().to_peer_id();
+    let db_path = dir.join("db");
+    let store = Store::open(&db_path).with_context(|| {
+        format!(
+            "cannot open the database at {} (is another node using this data directory?)",
+            db_path.display()
+        )
+    })?;
+
+    let swarm = behaviour::build_swarm(keypair, &settings)?;
+    let (network, handle, listening) =
+        Network::new(swarm, settings.clone(), key.node_id(), store.peers()?)?;
+    let network_task = tokio::spawn(network.run());
+    let listen_addrs = tokio::time::timeout(Duration::from_secs(10), listening)
+        .await
+        .context("timed out waiting for the listeners to come up")?
+        .context("the network task stopped during start-up")?;
+
+    let listener = tokio::net::TcpListener::bind(settings.api)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot bind the API address {} (setting 'api')",
+                settings.api
+            )
+        })?;
+    let api_addr = listener.local_addr()?;
+    let app = api::router(ApiState {
+        network: handle.clone(),
+        max_message_bytes: settings.max_message_bytes,
+    });
+    let (stop_api, stopped) = oneshot::channel::<()>();
+    let api_task = tokio::spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async {
+            let _ = stopped.await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "agent API server failed");
+        }
+    });
+
+    ready::write(
+        dir,
+        &ReadyInfo {
+            peer_id: peer_id.to_string(),
+            node_id: key.node_id().to_string(),
+            network: settings.network.clone(),
+            api: api_addr,
+            listen_addrs: listen_addrs.iter().map(|a| a.to_string()).collect(),
+            pid: std::process::id(),
+        },
+    )?;
+    tracing::info!(%peer_id, api = %api_addr, network = %settings.network, "node started");
+    Ok(RunningNode {
+        peer_id,
+        api_addr,
+        listen_addrs,
+        network: handle,
+        settings,
+        store,
+        network_task,
+        api_task,
+        stop_api,
+    })
+}
+
+impl RunningNode {
+    /// Stops the API (open event streams end), persists peers, stops the
+    /// network and flushes the database.
+    pub async fn shutdown(self) -> Result<()> {
+        ready::remove(&self.settings.data_dir);
+        let _ = self.stop_api.send(());
+        // Open SSE streams keep graceful shutdown waiting; they end when the
+        // network task drops the subscriptions below, but do not wait forever.
+        let _ = self.network.shutdown().await;
+        let _ = self.network_task.await;
+        if tokio::time::timeout(Duration::from_secs(5), self.api_task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("agent API did not stop within 5 s");
+        }
+        self.store.flush().await.context("flushing the database")?;
+        tracing::info!("node stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,17 @@
+//! Wire and disk types shared by every agentmesh crate.
+//!
+//! Nothing here touches sockets, clocks or threads: callers pass time in and
+//! get bytes out. Every decoder takes a size limit so that a peer cannot make
+//! a node allocate more than it agreed to accept.
+
+pub mod channel;
+pub mod codec;
+pub mod envelope;
+pub mod ids;
+pub mod keys;
+
+pub use channel::{Channel, ChannelError, ChannelPattern};
+pub use codec::{decode, encode, CodecError};
+pub use envelope::{Envelope, EnvelopeError, MessageId};
+pub use ids::{sha256, NodeId};
+pub use keys::{KeyError, NodeKey};

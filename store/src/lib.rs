@@ -1,0 +1,48 @@
+//! agentmesh storage: one sled database per node, one typed tree per kind of
+//! record. Values are CBOR (see `agentmesh-protocol`).
+
+mod peers;
+
+pub use peers::{KnownPeer, KnownPeers, PeerBook};
+
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("stored record under {key} is corrupt: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("encoding a record failed: {0}")]
+    Encode(String),
+}
+
+/// Largest stored record we will decode; records are written by this node,
+/// so anything larger means the file was damaged.
+pub(crate) const MAX_RECORD_BYTES: usize = 1 << 20;
+
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            // The node flushes explicitly on shutdown; this bounds loss on a crash.
+            .flush_every_ms(Some(1000))
+            .open()?;
+        Ok(Store { db })
+    }
+
+    pub fn peers(&self) -> Result<PeerBook, StoreError> {
+        Ok(PeerBook::new(self.db.open_tree("peers")?))
+    }
+
+    /// Writes everything buffered to disk.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+}

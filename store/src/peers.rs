@@ -1,0 +1,139 @@
+//! Peers this node has known, so that a restarted node can rejoin the mesh
+//! without being given bootstrap peers again.
+
+use crate::{StoreError, MAX_RECORD_BYTES};
+use agentmesh_protocol::{codec, NodeId};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KnownPeer {
+    /// Addresses as multiaddr strings, most preferred first.
+    pub addrs: Vec<String>,
+    /// When we last had a confirmed connection, ms since the Unix epoch.
+    pub last_seen_ms: u64,
+}
+
+/// What [`PeerBook::all`] read: the good records, and one error per damaged one.
+pub struct KnownPeers {
+    pub peers: Vec<(NodeId, KnownPeer)>,
+    pub damaged: Vec<StoreError>,
+}
+
+/// The `peers` tree: node id → [`KnownPeer`].
+#[derive(Clone)]
+pub struct PeerBook {
+    tree: sled::Tree,
+}
+
+impl PeerBook {
+    pub(crate) fn new(tree: sled::Tree) -> PeerBook {
+        PeerBook { tree }
+    }
+
+    pub fn put(&self, id: &NodeId, peer: &KnownPeer) -> Result<(), StoreError> {
+        let bytes = codec::encode(peer).map_err(|e| StoreError::Encode(e.to_string()))?;
+        self.tree.insert(id.as_bytes(), bytes)?;
+        Ok(())
+    }
+
+    pub fn remove(&self, id: &NodeId) -> Result<(), StoreError> {
+        self.tree.remove(id.as_bytes())?;
+        Ok(())
+    }
+
+    /// All known peers. A damaged record is skipped (and reported in the
+    /// returned error list) rather than making the whole book unreadable.
+    pub fn all(&self) -> Result<KnownPeers, StoreError> {
+        let mut peers = Vec::new();
+        let mut damaged = Vec::new();
+        for item in self.tree.iter() {
+            let (key, value) = item?;
+            let key_hex = hex::encode(&key);
+            let Some(id) = NodeId::from_slice(&key) else {
+                damaged.push(StoreError::Corrupt {
+                    key: key_hex,
+                    reason: "key is not a 32-byte node id".into(),
+                });
+                continue;
+            };
+            match codec::decode::<KnownPeer>(&value, MAX_RECORD_BYTES) {
+                Ok(peer) => peers.push((id, peer)),
+                Err(e) => damaged.push(StoreError::Corrupt {
+                    key: key_hex,
+                    reason: e.to_string(),
+                }),
+            }
+        }
+        Ok(KnownPeers { peers, damaged })
+    }
+
+    pub fn len(&self) -> usize {
+        self.tree.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tree.is_empty()
+    }
+
+    /// Keeps the `max` most recently seen peers and forgets the rest.
+    /// Returns how many were removed.
+    pub fn prune(&self, max: usize) -> Result<usize, StoreError> {
+        let mut peers = self.all()?.peers;
+        if peers.len() <= max {
+            return Ok(0);
+        }
+        peers.sort_by_key(|(_, p)| std::cmp::Reverse(p.last_seen_ms));
+        let stale = peers.split_off(max);
+        for (id, _) in &stale {
+            self.remove(id)?;
+        }
+        Ok(stale.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Store;
+
+    fn peer(seen: u64) -> KnownPeer {
+        KnownPeer {
+            addrs: vec![format!("/ip4/127.0.0.1/tcp/{seen}")],
+            last_seen_ms: seen,
+        }
+    }
+
+    #[test]
+    fn peers_survive_reopening_and_prune_keeps_the_most_recent() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let book = store.peers().unwrap();
+            for i in 0..5u8 {
+                book.put(&NodeId([i; 32]), &peer(i as u64)).unwrap();
+            }
+            assert_eq!(book.prune(3).unwrap(), 2);
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let KnownPeers { mut peers, damaged } = store.peers().unwrap().all().unwrap();
+        assert!(damaged.is_empty());
+        peers.sort_by_key(|(_, p)| p.last_seen_ms);
+        let seen: Vec<u64> = peers.iter().map(|(_, p)| p.last_seen_ms).collect();
+        assert_eq!(seen, vec![2, 3, 4]);
+    }
+
+    #[test]
+    fn a_damaged_record_is_reported_and_the_rest_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let book = store.peers().unwrap();
+        book.put(&NodeId([1; 32]), &peer(1)).unwrap();
+        book.tree
+            .insert([2u8; 32], &b"\xff\xff garbage"[..])
+            .unwrap();
+        book.tree.insert(b"short", &b""[..]).unwrap();
+        let KnownPeers { peers, damaged } = book.all().unwrap();
+        assert_eq!(peers.len(), 1);
+        assert_eq!(damaged.len(), 2);
+    }
+}

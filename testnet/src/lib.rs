@@ -1,0 +1,16 @@
+//! Launches and drives local agentmesh node processes: the testnet demo,
+//! the integration tests and the benchmarks all go through this crate, so
+//! they exercise the real binary over real sockets.
+
+pub mod bench;
+pub mod binary;
+pub mod collect;
+pub mod demo;
+pub mod mesh;
+pub mod process;
+pub mod rogue;
+pub mod state;
+pub mod wait;
+
+pub use mesh::{Testnet, TestnetOptions};
+pub use process::{NodeProcess, NodeSpec};

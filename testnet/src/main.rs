@@ -1,0 +1,240 @@
+use agentmesh_testnet::bench::{self, GossipBench};
+use agentmesh_testnet::demo;
+use agentmesh_testnet::process::{pid_alive, signal};
+use agentmesh_testnet::state::{NodeState, TestnetState};
+use agentmesh_testnet::{binary, wait, Testnet, TestnetOptions};
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "agentmesh-testnet",
+    version,
+    about = "Run a local agentmesh testnet, its demo and benchmarks"
+)]
+struct Cli {
+    /// The agentmesh binary [default: beside this program, or $AGENTMESH_BIN].
+    #[arg(long, global = true)]
+    bin: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start N nodes, wait for the mesh, exchange messages, print a summary, stop.
+    Demo {
+        #[arg(default_value_t = 5)]
+        nodes: usize,
+        /// Directory for node data [default: a fresh temporary directory].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Start N nodes in the background and wait for the mesh.
+    Up {
+        #[arg(default_value_t = 5)]
+        nodes: usize,
+        #[arg(long, default_value_os_t = default_dir())]
+        dir: PathBuf,
+    },
+    /// Show the nodes started by `up`.
+    Status {
+        #[arg(long, default_value_os_t = default_dir())]
+        dir: PathBuf,
+    },
+    /// Stop the nodes started by `up`.
+    Down {
+        #[arg(long, default_value_os_t = default_dir())]
+        dir: PathBuf,
+    },
+    /// Benchmarks; each prints one JSON object per line.
+    Bench {
+        #[command(subcommand)]
+        which: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Gossip latency at light load, sustained throughput, peak RSS.
+    Gossip {
+        #[arg(long, default_value_t = 7)]
+        nodes: usize,
+        #[arg(long, default_value_t = 700)]
+        messages: usize,
+        #[arg(long, default_value_t = 10)]
+        interval_ms: u64,
+        #[arg(long, default_value_t = 10)]
+        load_secs: u64,
+        #[arg(long, default_value_t = 8)]
+        in_flight: usize,
+    },
+}
+
+fn default_dir() -> PathBuf {
+    std::env::temp_dir().join("agentmesh-testnet")
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    if let Err(e) = runtime.block_on(run(cli)) {
+        eprintln!("agentmesh-testnet: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let bin = match cli.bin {
+        Some(b) => b,
+        None => binary::locate()?,
+    };
+    match cli.command {
+        Command::Demo { nodes, dir } => {
+            let tmp = tempfile::Builder::new()
+                .prefix("agentmesh-demo-")
+                .tempdir()?;
+            let root = dir.unwrap_or_else(|| tmp.path().to_path_buf());
+            let mut options = TestnetOptions::new(nodes, &root, &bin);
+            options.progress = true;
+            tokio::select! {
+                r = run_demo(options) => r,
+                _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; nodes stopped"),
+            }
+        }
+        Command::Up { nodes, dir } => {
+            if TestnetState::load(&dir).is_ok() {
+                anyhow::bail!(
+                    "a testnet is already up in {}; run `down` first",
+                    dir.display()
+                );
+            }
+            let mut options = TestnetOptions::new(nodes, &dir, &bin);
+            options.progress = true;
+            options.detached = true;
+            options.network = "testnet".into();
+            let net = Testnet::start(options).await?;
+            let state = TestnetState {
+                network: net.options.network.clone(),
+                nodes: net
+                    .nodes
+                    .iter()
+                    .map(|n| NodeState {
+                        pid: n.pid(),
+                        peer_id: n.info.peer_id.clone(),
+                        api: n.info.api,
+                        data_dir: n.spec.data_dir.clone(),
+                    })
+                    .collect(),
+            };
+            state.save(&dir)?;
+            net.wait_full_mesh(Duration::from_secs(60)).await?;
+            demo::print_summary(&net, None).await?;
+            println!("\nnodes keep running; `scripts/testnet.sh status` shows them, `scripts/testnet.sh down` stops them");
+            Ok(())
+        }
+        Command::Status { dir } => {
+            let state = TestnetState::load(&dir)?;
+            println!(
+                "{:<4} {:<8} {:<54} {:<20} {:>6}  state",
+                "node", "pid", "peer id", "api", "peers"
+            );
+            for (i, n) in state.nodes.iter().enumerate() {
+                let client = agentmesh_node::client::ApiClient::new(n.api);
+                let (peers, st) = match client.status().await {
+                    Ok(s) => (s.connected_peers.to_string(), "running".to_string()),
+                    Err(_) if !pid_alive(n.pid) => ("-".into(), "stopped".into()),
+                    Err(e) => ("-".into(), format!("not answering: {e}")),
+                };
+                println!(
+                    "{:<4} {:<8} {:<54} {:<20} {:>6}  {}",
+                    i,
+                    n.pid,
+                    n.peer_id,
+                    n.api.to_string(),
+                    peers,
+                    st
+                );
+            }
+            Ok(())
+        }
+        Command::Down { dir } => {
+            let state = TestnetState::load(&dir)?;
+            for n in &state.nodes {
+                if pid_alive(n.pid) {
+                    signal(n.pid, libc::SIGTERM);
+                }
+            }
+            let pids: Vec<u32> = state.nodes.iter().map(|n| n.pid).collect();
+            let stopped = wait::until("the nodes to stop", Duration::from_secs(15), || {
+                let pids = pids.clone();
+                async move { Ok(pids.iter().all(|p| !pid_alive(*p)).then_some(())) }
+            })
+            .await;
+            if stopped.is_err() {
+                for p in &pids {
+                    signal(*p, libc::SIGKILL);
+                }
+                eprintln!("some nodes did not stop within 15 s and were killed");
+            }
+            TestnetState::remove(&dir);
+            println!(
+                "stopped {} nodes (data kept in {})",
+                pids.len(),
+                dir.display()
+            );
+            Ok(())
+        }
+        Command::Bench { which } => match which {
+            BenchCommand::Gossip {
+                nodes,
+                messages,
+                interval_ms,
+                load_secs,
+                in_flight,
+            } => {
+                let tmp = tempfile::Builder::new()
+                    .prefix("agentmesh-bench-")
+                    .tempdir()?;
+                let options = TestnetOptions::new(nodes, tmp.path(), &bin);
+                let spec = GossipBench {
+                    nodes,
+                    light_messages: messages,
+                    light_interval: Duration::from_millis(interval_ms),
+                    load: Duration::from_secs(load_secs),
+                    in_flight,
+                };
+                let result = bench::gossip(&spec, options)
+                    .await
+                    .context("gossip benchmark")?;
+                println!("{result}");
+                Ok(())
+            }
+        },
+    }
+}
+
+async fn run_demo(options: TestnetOptions) -> Result<()> {
+    let started = std::time::Instant::now();
+    let net = Testnet::start(options).await?;
+    net.wait_full_mesh(Duration::from_secs(60)).await?;
+    eprintln!(
+        "[testnet] mesh formed in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    eprintln!("[testnet] every node publishes on 'coordination'");
+    let report = demo::exchange(&net, "coordination", 1, Duration::from_secs(30)).await?;
+    demo::print_summary(&net, Some(&report)).await?;
+    eprintln!("[testnet] stopping nodes");
+    net.stop().await?;
+    println!("demo finished: OK");
+    Ok(())
+}

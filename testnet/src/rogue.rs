@@ -1,0 +1,107 @@
+//! A misbehaving peer for tests: a bare libp2p swarm that joins a node's
+//! network and publishes whatever bytes it is told to on a channel topic,
+//! bypassing every check an honest node makes before sending.
+
+use agentmesh_node::network::{behaviour, topic_for};
+use anyhow::{anyhow, bail, Context, Result};
+use futures::StreamExt;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{gossipsub, identify, identity::Keypair, noise, tcp, yamux, Multiaddr, PeerId, Swarm};
+use std::time::Duration;
+
+#[derive(NetworkBehaviour)]
+struct RogueBehaviour {
+    identify: identify::Behaviour,
+    gossipsub: gossipsub::Behaviour,
+}
+
+pub struct RoguePeer {
+    swarm: Swarm<RogueBehaviour>,
+    network: String,
+    pub peer_id: PeerId,
+}
+
+impl RoguePeer {
+    pub fn new(network: &str) -> Result<RoguePeer> {
+        let keypair = Keypair::generate_ed25519();
+        let peer_id = keypair.public().to_peer_id();
+        let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default(),
+                noise::Config::new,
+                yamux::Config::default,
+            )?
+            .with_behaviour(|key| {
+                let gossip_config = gossipsub::ConfigBuilder::default()
+                    // Large enough to send what honest nodes refuse.
+                    .max_transmit_size(8 << 20)
+                    .validation_mode(gossipsub::ValidationMode::Permissive)
+                    .heartbeat_interval(Duration::from_millis(200))
+                    .build()?;
+                Ok(RogueBehaviour {
+                    identify: identify::Behaviour::new(identify::Config::new(
+                        behaviour::identify_protocol_version(network),
+                        key.public(),
+                    )),
+                    gossipsub: gossipsub::Behaviour::new(
+                        gossipsub::MessageAuthenticity::Signed(key.clone()),
+                        gossip_config,
+                    )?,
+                })
+            })
+            .map_err(|e| anyhow!("{e}"))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+            .build();
+        Ok(RoguePeer {
+            swarm,
+            network: network.to_string(),
+            peer_id,
+        })
+    }
+
+    /// Connects to `target` (a TCP multiaddr ending in /p2p/<id>) and waits
+    /// until the target announces a subscription to `family`'s topic.
+    pub async fn connect(&mut self, target: &str, family: &str) -> Result<()> {
+        let addr: Multiaddr = target.parse().context("target address")?;
+        let topic = topic_for(&self.network, family);
+        self.swarm.behaviour_mut().gossipsub.subscribe(&topic)?;
+        self.swarm.dial(addr)?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let event = tokio::time::timeout_at(deadline, self.swarm.select_next_some())
+                .await
+                .map_err(|_| anyhow!("rogue peer: target never subscribed to {family}"))?;
+            match event {
+                SwarmEvent::Behaviour(RogueBehaviourEvent::Gossipsub(
+                    gossipsub::Event::Subscribed { topic: t, .. },
+                )) if t == topic.hash() => return Ok(()),
+                SwarmEvent::OutgoingConnectionError { error, .. } => {
+                    bail!("rogue peer cannot connect: {error}")
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Publishes raw bytes on `family`'s topic, signed by this peer.
+    pub fn publish_raw(&mut self, family: &str, data: Vec<u8>) -> Result<()> {
+        let topic = topic_for(&self.network, family);
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(topic, data)
+            .map(|_| ())
+            .map_err(|e| anyhow!("rogue publish failed: {e}"))
+    }
+
+    /// Drives the swarm for `duration` so queued messages go out.
+    pub async fn pump(&mut self, duration: Duration) {
+        let _ = tokio::time::timeout(duration, async {
+            loop {
+                self.swarm.select_next_some().await;
+            }
+        })
+        .await;
+    }
+}

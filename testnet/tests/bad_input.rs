@@ -1,0 +1,294 @@
+//! Bad input anywhere gets a clear error naming the problem, never a crash:
+//! configuration, flags, environment, API bodies and wire messages.
+
+mod common;
+
+use agentmesh_node::identity::node_id_of;
+use agentmesh_protocol::{Channel, Envelope, MessageId, NodeId};
+use agentmesh_testnet::binary;
+use agentmesh_testnet::collect::Collector;
+use agentmesh_testnet::process::pid_alive;
+use agentmesh_testnet::rogue::RoguePeer;
+use common::start;
+use std::process::Command;
+use std::time::Duration;
+
+/// Runs `agentmesh run` with a configuration that must be refused, and
+/// returns its exit status and standard error.
+fn run_refused(args: &[&str], env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
+    let bin = binary::build_for_tests().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(bin);
+    cmd.arg("run")
+        .args(["--data-dir", dir.path().to_str().unwrap()]);
+    // Safe defaults for what the case does not set itself.
+    if !args.contains(&"--api") {
+        cmd.args(["--api", "127.0.0.1:0"]);
+    }
+    if !args.contains(&"--listen") {
+        cmd.args(["--listen", "/ip4/127.0.0.1/tcp/0"]);
+    }
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    // A valid configuration would start a node and never exit: refuse to
+    // wait for that, so a regression fails instead of hanging.
+    let mut child = cmd.stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("agentmesh run {args:?} did not refuse its configuration");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status, stderr)
+}
+
+#[test]
+fn invalid_configuration_is_refused_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad_addr = dir.path().join("bad-addr.toml");
+    std::fs::write(
+        &bad_addr,
+        "bootstrap = [\"/ip4/10.0.0.1/tcp/notaport/p2p/x\"]\n",
+    )
+    .unwrap();
+    let unknown = dir.path().join("unknown.toml");
+    std::fs::write(&unknown, "network = \"x\"\nbootstrap_peers = []\n").unwrap();
+    let wrong_type = dir.path().join("wrong-type.toml");
+    std::fs::write(&wrong_type, "ping_interval_secs = \"often\"\n").unwrap();
+
+    type Env<'a> = Vec<(&'a str, &'a str)>;
+    let cases: Vec<(Vec<&str>, Env, &str)> = vec![
+        (
+            vec!["--config", bad_addr.to_str().unwrap()],
+            vec![],
+            "'bootstrap'",
+        ),
+        (
+            vec!["--config", unknown.to_str().unwrap()],
+            vec![],
+            "bootstrap_peers",
+        ),
+        (
+            vec!["--config", wrong_type.to_str().unwrap()],
+            vec![],
+            "ping_interval_secs",
+        ),
+        (
+            vec!["--config", "/nonexistent/agentmesh.toml"],
+            vec![],
+            "/nonexistent/agentmesh.toml",
+        ),
+        (
+            vec!["--listen", "/ip4/127.0.0.1/tcp/0/garbage"],
+            vec![],
+            "listen",
+        ),
+        (
+            vec!["--bootstrap", "/ip4/127.0.0.1/tcp/4001"],
+            vec![],
+            "/p2p/",
+        ),
+        (
+            vec!["--ping-interval-secs", "soon"],
+            vec![],
+            "--ping-interval-secs",
+        ),
+        (
+            vec![],
+            vec![("AGENTMESH_MAX_MESSAGE_BYTES", "0")],
+            "'max_message_bytes'",
+        ),
+        (
+            vec![],
+            vec![("AGENTMESH_NETWORK", "has spaces")],
+            "'network'",
+        ),
+        (vec!["--api", "0.0.0.0:7700"], vec![], "'api'"),
+        (vec!["--no-quic", "--no-tcp"], vec![], "enable at least one"),
+    ];
+    for (args, env, expected) in cases {
+        let (status, stderr) = run_refused(&args, &env);
+        assert!(!status.success(), "{args:?} {env:?} should fail");
+        assert!(
+            stderr.contains(expected),
+            "{args:?} {env:?}: stderr {stderr:?} does not mention {expected:?}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_api_requests_get_an_error_with_the_reason() {
+    let t = start(1, &["--max-message-bytes", "1024"]).await;
+    let api = t.net.nodes[0].info.api;
+    let http = reqwest::Client::new();
+    let post = |channel: &str, content_type: &str, body: Vec<u8>| {
+        http.post(format!("http://{api}/v1/channels/{channel}/messages"))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    let cases = vec![
+        (
+            post("coordination", "application/json", b"{not json".to_vec())
+                .await
+                .unwrap(),
+            400,
+            "not valid JSON",
+        ),
+        (
+            post("coordination", "text/plain", vec![]).await.unwrap(),
+            400,
+            "empty",
+        ),
+        (
+            post("bad%20channel", "text/plain", b"x".to_vec())
+                .await
+                .unwrap(),
+            400,
+            "channel name",
+        ),
+        (
+            post("a::b", "text/plain", b"x".to_vec()).await.unwrap(),
+            400,
+            "empty segment",
+        ),
+        (
+            post("coordination", "text/plain", vec![b'x'; 2000])
+                .await
+                .unwrap(),
+            413,
+            "max_message_bytes",
+        ),
+        (
+            http.get(format!("http://{api}/v1/channels/met*/events"))
+                .send()
+                .await
+                .unwrap(),
+            400,
+            "':*'",
+        ),
+        (
+            http.get(format!("http://{api}/v1/nothing"))
+                .send()
+                .await
+                .unwrap(),
+            404,
+            "no such endpoint",
+        ),
+    ];
+    for (response, status, reason) in cases {
+        assert_eq!(response.status().as_u16(), status);
+        let body: serde_json::Value = response.json().await.unwrap();
+        let error = body["error"].as_str().unwrap_or_default().to_string();
+        assert!(
+            error.contains(reason),
+            "{error:?} does not mention {reason:?}"
+        );
+    }
+    // Nothing of that was published.
+    let status = t.net.nodes[0].client.status().await.unwrap();
+    assert_eq!(status.messages.published, 0);
+}
+
+fn envelope(channel: &str, sender: NodeId, body: Vec<u8>) -> Vec<u8> {
+    Envelope {
+        channel: Channel::parse(channel).unwrap(),
+        id: MessageId::random().unwrap(),
+        sender,
+        timestamp_ms: 1,
+        content_type: "text/plain".into(),
+        body,
+    }
+    .encode()
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_oversized_and_forged_messages_from_a_peer_are_rejected_and_counted() {
+    let t = start(1, &["--max-message-bytes", "1024"]).await;
+    let node = &t.net.nodes[0];
+    let mut subscriber = Collector::subscribe(&t.net, &[0], "coordination")
+        .await
+        .unwrap();
+    let tcp = node
+        .bootstrap_addrs()
+        .into_iter()
+        .find(|a| a.contains("/tcp/"))
+        .unwrap();
+    let mut rogue = RoguePeer::new(&t.net.options.network).unwrap();
+    rogue.connect(&tcp, "coordination").await.unwrap();
+    let me = node_id_of(&rogue.peer_id).unwrap();
+
+    let rejected_kinds = vec![
+        b"\xff\x00 not cbor at all".to_vec(),
+        envelope("coordination", me, vec![b'x'; 2000]), // body over the node's limit
+        envelope("coordination", NodeId([9; 32]), b"forged sender".to_vec()),
+        envelope("task:assigned", me, b"wrong topic".to_vec()),
+    ];
+    let expected_rejections = rejected_kinds.len() as u64;
+    let rogue_id = rogue.peer_id.to_string();
+    // One at a time, so that each travels in its own frame; keep the rogue's
+    // swarm running while waiting for the node's verdict on it.
+    for (i, data) in rejected_kinds.into_iter().enumerate() {
+        rogue.publish_raw("coordination", data).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            rogue.pump(Duration::from_millis(20)).await;
+            let peers = node.client.peers().await.unwrap();
+            let counted = peers
+                .iter()
+                .find(|p| p.peer_id == rogue_id)
+                .map_or(0, |p| p.rejected_messages);
+            if counted == i as u64 + 1 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "bad message {i} not counted ({counted} so far); node log:\n{}",
+                node.log_tail(40)
+            );
+        }
+    }
+    let valid = envelope("coordination", me, b"hello from a peer".to_vec());
+    rogue.publish_raw("coordination", valid).unwrap();
+    let got = loop {
+        rogue.pump(Duration::from_millis(20)).await;
+        if let Some(got) = subscriber.next(Duration::from_millis(20)).await {
+            break got;
+        }
+    };
+    // It was sent last, so every rejected message had been processed (and,
+    // had it been accepted, delivered) before it.
+    assert_eq!(got.event.body, serde_json::json!("hello from a peer"));
+    assert_eq!(got.event.sender, me.to_string());
+    // A frame larger than the transport limit is dropped before decoding.
+    rogue
+        .publish_raw("coordination", vec![0u8; 200_000])
+        .unwrap();
+    rogue.pump(Duration::from_millis(200)).await;
+    let status = node.client.status().await.unwrap();
+    assert_eq!(status.messages.rejected, expected_rejections);
+    assert_eq!(status.messages.received, 1);
+    assert!(pid_alive(node.pid()));
+    // And the node still serves its other peers: a second node joins and
+    // exchanges messages with it.
+    drop(subscriber);
+    let mut t = t;
+    t.net.add_node(&[]).await.unwrap();
+    t.net.wait_full_mesh(common::MESH_TIMEOUT).await.unwrap();
+    let report =
+        agentmesh_testnet::demo::exchange(&t.net, "coordination", 1, Duration::from_secs(30))
+            .await
+            .unwrap();
+    assert_eq!(report.received, vec![2, 2]);
+}

@@ -1,0 +1,27 @@
+//! Shared set-up for the integration tests: a testnet of real node
+//! processes in a temporary directory, on ports chosen by the OS.
+#![allow(dead_code)]
+
+use agentmesh_testnet::{binary, Testnet, TestnetOptions};
+use std::time::Duration;
+
+pub const MESH_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct TestNet {
+    pub net: Testnet,
+    // Dropped after `net`, so the nodes are killed before their files go.
+    pub dir: tempfile::TempDir,
+}
+
+pub fn options(nodes: usize, dir: &tempfile::TempDir) -> TestnetOptions {
+    let bin = binary::build_for_tests().expect("building the agentmesh binary");
+    TestnetOptions::new(nodes, dir.path(), &bin)
+}
+
+pub async fn start(nodes: usize, extra_args: &[&str]) -> TestNet {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(nodes, &dir);
+    opts.extra_args = extra_args.iter().map(|s| s.to_string()).collect();
+    let net = Testnet::start(opts).await.expect("starting the testnet");
+    TestNet { net, dir }
+}
