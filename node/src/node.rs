@@ -42,9 +42,9 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
         )
     })?;
 
+    let node_id = key.node_id();
     let swarm = behaviour::build_swarm(keypair, &settings)?;
-    let (network, handle, listening) =
-        Network::new(swarm, settings.clone(), key.node_id(), store.peers()?)?;
+    let (network, handle, listening) = Network::new(swarm, settings.clone(), key, store.peers()?)?;
     let network_task = tokio::spawn(network.run());
     let listen_addrs = tokio::time::timeout(Duration::from_secs(10), listening)
         .await
@@ -78,7 +78,7 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
         dir,
         &ReadyInfo {
             peer_id: peer_id.to_string(),
-            node_id: key.node_id().to_string(),
+            node_id: node_id.to_string(),
             network: settings.network.clone(),
             api: api_addr,
             listen_addrs: listen_addrs.iter().map(|a| a.to_string()).collect(),

@@ -14,7 +14,7 @@ pub enum CodecError {
 
 /// Encodes `value` as CBOR. Struct fields are written in declaration order,
 /// so the same value always yields the same bytes (our canonical form).
-pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
     let mut out = Vec::with_capacity(128);
     ciborium::into_writer(value, &mut out).map_err(|e| CodecError::Encode(e.to_string()))?;
     Ok(out)

@@ -7,11 +7,13 @@
 pub mod channel;
 pub mod codec;
 pub mod envelope;
+pub mod frame;
 pub mod ids;
 pub mod keys;
 
 pub use channel::{Channel, ChannelError, ChannelPattern};
 pub use codec::{decode, encode, CodecError};
 pub use envelope::{Envelope, EnvelopeError, MessageId};
+pub use frame::{decode_frame, encode_frame, FrameError};
 pub use ids::{sha256, NodeId};
 pub use keys::{KeyError, NodeKey};

@@ -62,6 +62,27 @@ pub fn build_for_tests() -> Result<PathBuf> {
                 cmd.arg("--release");
             }
             cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+            // cargo sets per-package variables for the test process; some
+            // build scripts (ring's) rerun when they change, which would
+            // rebuild half the dependency tree on every test run.
+            for (key, _) in std::env::vars_os() {
+                let key = key.to_string_lossy();
+                let per_package = key.starts_with("CARGO_PKG_")
+                    || key.starts_with("CARGO_BIN_EXE_")
+                    || matches!(
+                        key.as_ref(),
+                        "CARGO_MANIFEST_DIR"
+                            | "CARGO_MANIFEST_PATH"
+                            | "CARGO_MANIFEST_LINKS"
+                            | "CARGO_CRATE_NAME"
+                            | "CARGO_PRIMARY_PACKAGE"
+                            | "CARGO_TARGET_TMPDIR"
+                            | "OUT_DIR"
+                    );
+                if per_package {
+                    cmd.env_remove(key.as_ref());
+                }
+            }
             let status = cmd.status().map_err(|e| format!("cannot run cargo: {e}"))?;
             if !status.success() {
                 return Err(format!("building agentmesh failed: {status}"));

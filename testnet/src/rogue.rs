@@ -2,11 +2,13 @@
 //! network and publishes whatever bytes it is told to on a channel topic,
 //! bypassing every check an honest node makes before sending.
 
+use agentmesh_node::identity;
 use agentmesh_node::network::{behaviour, topic_for};
+use agentmesh_protocol::{sha256, NodeKey};
 use anyhow::{anyhow, bail, Context, Result};
 use futures::StreamExt;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{gossipsub, identify, identity::Keypair, noise, tcp, yamux, Multiaddr, PeerId, Swarm};
+use libp2p::{gossipsub, identify, noise, tcp, yamux, Multiaddr, PeerId, Swarm};
 use std::time::Duration;
 
 #[derive(NetworkBehaviour)]
@@ -19,11 +21,14 @@ pub struct RoguePeer {
     swarm: Swarm<RogueBehaviour>,
     network: String,
     pub peer_id: PeerId,
+    /// The rogue's node key (its libp2p identity is built from the same seed).
+    pub key: NodeKey,
 }
 
 impl RoguePeer {
     pub fn new(network: &str) -> Result<RoguePeer> {
-        let keypair = Keypair::generate_ed25519();
+        let key = NodeKey::generate()?;
+        let keypair = identity::libp2p_keypair(&key)?;
         let peer_id = keypair.public().to_peer_id();
         let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
@@ -36,7 +41,10 @@ impl RoguePeer {
                 let gossip_config = gossipsub::ConfigBuilder::default()
                     // Large enough to send what honest nodes refuse.
                     .max_transmit_size(8 << 20)
-                    .validation_mode(gossipsub::ValidationMode::Permissive)
+                    .validation_mode(gossipsub::ValidationMode::Anonymous)
+                    // As the nodes do: without it, anonymous messages all
+                    // share one id and only the first one is ever sent.
+                    .message_id_fn(|m| gossipsub::MessageId::from(sha256(&m.data).to_vec()))
                     .heartbeat_interval(Duration::from_millis(200))
                     .build()?;
                 Ok(RogueBehaviour {
@@ -45,7 +53,7 @@ impl RoguePeer {
                         key.public(),
                     )),
                     gossipsub: gossipsub::Behaviour::new(
-                        gossipsub::MessageAuthenticity::Signed(key.clone()),
+                        gossipsub::MessageAuthenticity::Anonymous,
                         gossip_config,
                     )?,
                 })
@@ -57,6 +65,7 @@ impl RoguePeer {
             swarm,
             network: network.to_string(),
             peer_id,
+            key,
         })
     }
 
@@ -84,7 +93,7 @@ impl RoguePeer {
         }
     }
 
-    /// Publishes raw bytes on `family`'s topic, signed by this peer.
+    /// Publishes raw bytes on `family`'s topic.
     pub fn publish_raw(&mut self, family: &str, data: Vec<u8>) -> Result<()> {
         let topic = topic_for(&self.network, family);
         self.swarm

@@ -4,7 +4,8 @@
 mod common;
 
 use agentmesh_node::identity::node_id_of;
-use agentmesh_protocol::{Channel, Envelope, MessageId, NodeId};
+use agentmesh_protocol::frame::{sign_payload, FramePayload};
+use agentmesh_protocol::{codec, encode_frame, Channel, Envelope, MessageId, NodeId, NodeKey};
 use agentmesh_testnet::binary;
 use agentmesh_testnet::collect::Collector;
 use agentmesh_testnet::process::pid_alive;
@@ -200,17 +201,21 @@ async fn invalid_api_requests_get_an_error_with_the_reason() {
     assert_eq!(status.messages.published, 0);
 }
 
-fn envelope(channel: &str, sender: NodeId, body: Vec<u8>) -> Vec<u8> {
+fn envelope(channel: &str, sender: NodeId, body: &[u8]) -> Envelope {
     Envelope {
         channel: Channel::parse(channel).unwrap(),
         id: MessageId::random().unwrap(),
         sender,
         timestamp_ms: 1,
         content_type: "text/plain".into(),
-        body,
+        body: body.to_vec(),
     }
-    .encode()
-    .unwrap()
+}
+
+/// A frame signed by `key`, whatever its envelopes claim.
+fn signed(key: &NodeKey, author: NodeId, envelopes: Vec<Envelope>) -> Vec<u8> {
+    let payload = codec::encode(&FramePayload { author, envelopes }).unwrap();
+    sign_payload(key, payload).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,11 +234,40 @@ async fn malformed_oversized_and_forged_messages_from_a_peer_are_rejected_and_co
     rogue.connect(&tcp, "coordination").await.unwrap();
     let me = node_id_of(&rogue.peer_id).unwrap();
 
+    let rogue_key = NodeKey::from_seed(*rogue.key.seed()).unwrap();
+    let key = &rogue_key;
+    let stranger = NodeKey::generate().unwrap();
     let rejected_kinds = vec![
         b"\xff\x00 not cbor at all".to_vec(),
-        envelope("coordination", me, vec![b'x'; 2000]), // body over the node's limit
-        envelope("coordination", NodeId([9; 32]), b"forged sender".to_vec()),
-        envelope("task:assigned", me, b"wrong topic".to_vec()),
+        // A body over the node's limit.
+        signed(key, me, vec![envelope("coordination", me, &[b'x'; 2000])]),
+        // Signed by another key while claiming to be the rogue's.
+        signed(&stranger, me, vec![envelope("coordination", me, b"forged")]),
+        // The rogue signing an envelope that claims another sender.
+        signed(
+            key,
+            me,
+            vec![envelope(
+                "coordination",
+                stranger.node_id(),
+                b"impersonation",
+            )],
+        ),
+        // A channel of another family on the coordination topic.
+        signed(key, me, vec![envelope("task:assigned", me, b"wrong topic")]),
+        // One bad envelope spoils the whole frame.
+        signed(
+            key,
+            me,
+            vec![
+                envelope("coordination", me, b"fine"),
+                envelope("coordination", stranger.node_id(), b"bad"),
+            ],
+        ),
+        // A lone envelope that is not wrapped in a signed frame.
+        envelope("coordination", me, b"not a frame")
+            .encode()
+            .unwrap(),
     ];
     let expected_rejections = rejected_kinds.len() as u64;
     let rogue_id = rogue.peer_id.to_string();
@@ -259,7 +293,7 @@ async fn malformed_oversized_and_forged_messages_from_a_peer_are_rejected_and_co
             );
         }
     }
-    let valid = envelope("coordination", me, b"hello from a peer".to_vec());
+    let valid = encode_frame(key, &[envelope("coordination", me, b"hello from a peer")]).unwrap();
     rogue.publish_raw("coordination", valid).unwrap();
     let got = loop {
         rogue.pump(Duration::from_millis(20)).await;

@@ -1,7 +1,7 @@
 //! The libp2p behaviour and transports of a node.
 
 use crate::config::Settings;
-use agentmesh_protocol::{envelope::ENVELOPE_OVERHEAD, sha256};
+use agentmesh_protocol::{frame::max_frame_bytes, sha256};
 use anyhow::{Context, Result};
 use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::{Boxed, OptionalTransport};
@@ -35,16 +35,19 @@ pub fn kad_protocol(network: &str) -> StreamProtocol {
         .expect("network names are validated to printable ASCII without spaces")
 }
 
-/// Bytes gossipsub must accept for a message carrying the largest body: the
-/// envelope overhead plus gossipsub's own framing (signature, key, seqno).
+/// Bytes gossipsub must accept for the largest frame: the frame limit plus
+/// gossipsub's own framing (signature, key, seqno, topic).
 pub fn gossip_transmit_limit(max_message_bytes: usize) -> usize {
-    max_message_bytes + ENVELOPE_OVERHEAD + 1024
+    max_frame_bytes(max_message_bytes) + 1024
 }
 
 pub fn gossipsub_config(settings: &Settings) -> Result<gossipsub::Config> {
     gossipsub::ConfigBuilder::default()
-        // Every message is signed by its author and checked on receipt.
-        .validation_mode(gossipsub::ValidationMode::Strict)
+        // Frames carry their author's signature themselves (see
+        // agentmesh_protocol::frame), checked once per distinct frame after
+        // gossipsub has dropped duplicates. Gossipsub's own signing would
+        // verify every duplicate copy as it arrives.
+        .validation_mode(gossipsub::ValidationMode::Anonymous)
         // Nothing is forwarded until the node has validated the envelope.
         .validate_messages()
         // Content-addressed ids: the same bytes are the same message,
@@ -121,7 +124,9 @@ pub fn build_swarm(keypair: Keypair, settings: &Settings) -> Result<Swarm<Behavi
     let ping = ping::Behaviour::new(ping::Config::new().with_interval(settings.ping_interval));
 
     let mut kad_config = kad::Config::new(kad_protocol(&settings.network));
-    kad_config.set_periodic_bootstrap_interval(Some(settings.bootstrap_interval));
+    // The node schedules bootstraps itself (network::maintain): often while
+    // the mesh changes, every `bootstrap_interval` once it is stable.
+    kad_config.set_periodic_bootstrap_interval(None);
     let mut kad = kad::Behaviour::with_config(
         local_peer_id,
         kad::store::MemoryStore::new(local_peer_id),
@@ -132,7 +137,7 @@ pub fn build_swarm(keypair: Keypair, settings: &Settings) -> Result<Swarm<Behavi
     kad.set_mode(Some(kad::Mode::Server));
 
     let gossipsub = gossipsub::Behaviour::new(
-        gossipsub::MessageAuthenticity::Signed(keypair.clone()),
+        gossipsub::MessageAuthenticity::Anonymous,
         gossipsub_config(settings)?,
     )
     .map_err(|e| anyhow::anyhow!("gossipsub: {e}"))?;

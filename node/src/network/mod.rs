@@ -1,19 +1,22 @@
 //! The network task: owns the libp2p `Swarm`; everything else talks to it
 //! through a bounded command channel ([`NetworkHandle`]).
 
+mod backoff;
 pub mod behaviour;
 mod counters;
+mod inbound;
 mod peers;
+mod publish;
 pub mod router;
 
 use crate::config::{is_quic, Settings};
 use crate::identity::node_id_of;
 use crate::types::{
-    ChannelFamilyInfo, Channels, MessageCounters, PeerInfo, PublishReceipt, RemoteDelivery, Status,
+    ChannelFamilyInfo, Channels, MessageCounters, PeerInfo, PublishReceipt, Status,
 };
-use agentmesh_protocol::{Channel, ChannelPattern, Envelope, MessageId, NodeId};
+use agentmesh_protocol::{Channel, ChannelPattern, NodeId, NodeKey};
 use agentmesh_store::{KnownPeer, KnownPeers, PeerBook};
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backoff::Backoff;
 use behaviour::{Behaviour, BehaviourEvent};
 use counters::ChannelCounters;
 use futures::StreamExt;
@@ -22,14 +25,20 @@ use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{gossipsub, identify, kad, ping, Multiaddr, PeerId, Swarm};
 use peers::PeerTable;
-use router::{Delivery, Router, Subscription};
+use router::{Router, Subscription};
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::ops::ControlFlow;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 
 /// Commands waiting for the network task; senders wait when it is full.
 const COMMAND_QUEUE: usize = 1024;
+
+/// Longest wait between attempts to rejoin the mesh with no connection.
+const REJOIN_MAX_DELAY: Duration = Duration::from_secs(60);
+
+/// Most queued commands handled in one go before the swarm is polled again.
+const MAX_COMMAND_BURST: usize = 512;
 
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -42,7 +51,7 @@ pub fn topic_for(network: &str, family: &str) -> gossipsub::IdentTopic {
     gossipsub::IdentTopic::new(format!("/agentmesh/{network}/channel/{family}"))
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PublishError {
     #[error("message of {0} bytes is larger than the network accepts")]
     TooLarge(usize),
@@ -52,13 +61,15 @@ pub enum PublishError {
     Failed(String),
 }
 
+pub struct PublishRequest {
+    channel: Channel,
+    content_type: String,
+    body: Vec<u8>,
+    reply: oneshot::Sender<Result<PublishReceipt, PublishError>>,
+}
+
 pub enum Command {
-    Publish {
-        channel: Channel,
-        content_type: String,
-        body: Vec<u8>,
-        reply: oneshot::Sender<Result<PublishReceipt, PublishError>>,
-    },
+    Publish(PublishRequest),
     Subscribe {
         pattern: ChannelPattern,
         reply: oneshot::Sender<Subscription>,
@@ -98,11 +109,13 @@ impl NetworkHandle {
         content_type: String,
         body: Vec<u8>,
     ) -> Result<Result<PublishReceipt, PublishError>, NetworkStopped> {
-        self.ask(|reply| Command::Publish {
-            channel,
-            content_type,
-            body,
-            reply,
+        self.ask(|reply| {
+            Command::Publish(PublishRequest {
+                channel,
+                content_type,
+                body,
+                reply,
+            })
         })
         .await
     }
@@ -134,6 +147,8 @@ pub struct Network {
     swarm: Swarm<Behaviour>,
     settings: Settings,
     local_node: NodeId,
+    /// Signs the gossip frames this node publishes.
+    key: NodeKey,
     peer_book: PeerBook,
     table: PeerTable,
     router: Router,
@@ -145,41 +160,11 @@ pub struct Network {
     pending_listeners: HashSet<ListenerId>,
     on_listening: Option<oneshot::Sender<Vec<Multiaddr>>>,
     /// When to redial bootstrap and known peers while no peer is connected.
-    rejoin: Rejoin,
+    rejoin: Backoff,
+    /// When to run the next Kademlia bootstrap: soon while the mesh is
+    /// changing, every `bootstrap_interval` once it is stable.
+    discovery: Backoff,
     last_prune: Instant,
-}
-
-/// Exponential backoff (1 s, 2 s, 4 s ... capped at 60 s, with jitter) for
-/// rejoining the mesh while the node has no connection at all.
-struct Rejoin {
-    delays: backon::ExponentialBackoff,
-    next_at: Instant,
-}
-
-impl Rejoin {
-    fn new() -> Rejoin {
-        Rejoin {
-            delays: Self::builder().build(),
-            next_at: Instant::now(),
-        }
-    }
-
-    fn builder() -> ExponentialBuilder {
-        ExponentialBuilder::default()
-            .with_min_delay(Duration::from_secs(1))
-            .with_max_delay(Duration::from_secs(60))
-            .with_jitter()
-            .without_max_times()
-    }
-
-    fn reset(&mut self) {
-        self.delays = Self::builder().build();
-    }
-
-    fn schedule_next(&mut self, now: Instant) {
-        let delay = self.delays.next().unwrap_or(Duration::from_secs(60));
-        self.next_at = now + delay;
-    }
 }
 
 impl Network {
@@ -188,16 +173,18 @@ impl Network {
     pub fn new(
         swarm: Swarm<Behaviour>,
         settings: Settings,
-        local_node: NodeId,
+        key: NodeKey,
         peer_book: PeerBook,
     ) -> anyhow::Result<(Network, NetworkHandle, oneshot::Receiver<Vec<Multiaddr>>)> {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let (listening_tx, listening_rx) = oneshot::channel();
         let router = Router::new(settings.subscriber_buffer);
+        let discovery = Backoff::new(settings.bootstrap_interval, Instant::now());
         let mut network = Network {
             swarm,
             settings,
-            local_node,
+            local_node: key.node_id(),
+            key,
             peer_book,
             table: PeerTable::default(),
             router,
@@ -208,7 +195,8 @@ impl Network {
             listen_addrs: Vec::new(),
             pending_listeners: HashSet::new(),
             on_listening: Some(listening_tx),
-            rejoin: Rejoin::new(),
+            rejoin: Backoff::new(REJOIN_MAX_DELAY, Instant::now()),
+            discovery,
             last_prune: Instant::now(),
         };
         for addr in network.settings.listen.clone() {
@@ -266,12 +254,11 @@ impl Network {
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 command = self.commands.recv() => match command {
-                    Some(Command::Shutdown(reply)) => {
-                        self.persist_connected_peers();
-                        let _ = reply.send(());
-                        break;
+                    Some(command) => {
+                        if self.on_commands(command).is_break() {
+                            break;
+                        }
                     }
-                    Some(command) => self.on_command(command),
                     None => break,
                 },
                 _ = tick.tick() => self.maintain(),
@@ -286,9 +273,16 @@ impl Network {
             let topic = topic_for(&self.settings.network, &family);
             self.swarm.behaviour_mut().gossipsub.unsubscribe(&topic);
         }
-        if self.table.is_empty() && now >= self.rejoin.next_at {
-            self.rejoin_mesh();
-            self.rejoin.schedule_next(now);
+        if self.table.is_empty() {
+            if self.rejoin.is_due(now) {
+                self.rejoin_mesh();
+                self.rejoin.schedule_next(now);
+            }
+        } else if self.discovery.is_due(now) {
+            // Peers that joined after our last lookup are only found by
+            // looking again; the schedule restarts whenever one appears.
+            let _ = self.swarm.behaviour_mut().kad.bootstrap();
+            self.discovery.schedule_next(now);
         }
         if now.duration_since(self.last_prune) > Duration::from_secs(600) {
             self.last_prune = now;
@@ -374,7 +368,7 @@ impl Network {
                 }
                 tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
                 self.table.connected(peer_id, connection_id, &endpoint);
-                self.rejoin.reset();
+                self.rejoin.restart(Instant::now());
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -385,7 +379,7 @@ impl Network {
                 tracing::debug!(peer = %peer_id, cause = ?cause, "connection closed");
                 self.table.closed(&peer_id, connection_id);
                 if self.table.is_empty() {
-                    self.rejoin.next_at = Instant::now() + Duration::from_secs(1);
+                    self.rejoin.restart(Instant::now());
                 }
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
@@ -404,13 +398,14 @@ impl Network {
             BehaviourEvent::Kad(kad::Event::RoutingUpdated {
                 peer,
                 addresses,
-                is_new_peer,
+                is_new_peer: true,
                 ..
-            }) if is_new_peer
-                && !self.swarm.is_connected(&peer)
-                && self.table.len() < self.settings.target_peers =>
-            {
-                self.dial(peer, addresses.into_vec());
+            }) => {
+                self.discovery.restart(Instant::now());
+                if !self.swarm.is_connected(&peer) && self.table.len() < self.settings.target_peers
+                {
+                    self.dial(peer, addresses.into_vec());
+                }
             }
             BehaviourEvent::Ping(ping::Event {
                 peer,
@@ -486,78 +481,37 @@ impl Network {
         }
     }
 
-    fn family_of_topic(&self, topic: &gossipsub::TopicHash) -> Option<String> {
-        let prefix = format!("/agentmesh/{}/channel/", self.settings.network);
-        topic.as_str().strip_prefix(&prefix).map(str::to_string)
-    }
-
-    /// Validates a gossip message before gossipsub may forward it.
-    fn check_message(&self, message: &gossipsub::Message) -> Result<Envelope, String> {
-        let family = self
-            .family_of_topic(&message.topic)
-            .ok_or("topic is not an agentmesh channel")?;
-        let envelope = Envelope::decode(&message.data, self.settings.max_message_bytes)
-            .map_err(|e| e.to_string())?;
-        let source = message
-            .source
-            .ok_or("message is not signed by its author")?;
-        if node_id_of(&source) != Some(envelope.sender) {
-            return Err("envelope sender is not the peer that signed the message".into());
-        }
-        if envelope.channel.family() != family {
-            return Err(format!(
-                "channel {} does not belong to topic family {family}",
-                envelope.channel
-            ));
-        }
-        Ok(envelope)
-    }
-
-    fn on_gossip_message(
-        &mut self,
-        source: PeerId,
-        id: gossipsub::MessageId,
-        message: gossipsub::Message,
-    ) {
-        let verdict = self.check_message(&message);
-        let acceptance = match &verdict {
-            Ok(_) => gossipsub::MessageAcceptance::Accept,
-            Err(_) => gossipsub::MessageAcceptance::Reject,
-        };
-        self.swarm
-            .behaviour_mut()
-            .gossipsub
-            .report_message_validation_result(&id, &source, acceptance);
-        match verdict {
-            Ok(envelope) => {
-                self.totals.received += 1;
-                self.counters.received(&envelope.channel);
-                let delivery = Arc::new(Delivery {
-                    envelope,
-                    received_ms: now_ms(),
-                });
-                self.totals.delivered_locally += self.router.deliver(delivery) as u64;
+    /// Handles `first` and whatever else is already queued (up to a bound,
+    /// so the swarm is polled again soon). Consecutive publishes are handled
+    /// together so they can share gossip frames. Breaks on shutdown.
+    fn on_commands(&mut self, first: Command) -> ControlFlow<()> {
+        let mut publishes = Vec::new();
+        let mut next = Some(first);
+        let mut handled = 0;
+        while let Some(command) = next.take() {
+            handled += 1;
+            match command {
+                Command::Publish(request) => publishes.push(request),
+                other => {
+                    self.publish_all(std::mem::take(&mut publishes));
+                    let shutdown = matches!(other, Command::Shutdown(_));
+                    self.on_command(other);
+                    if shutdown {
+                        return ControlFlow::Break(());
+                    }
+                }
             }
-            Err(reason) => {
-                tracing::debug!(peer = %source, %reason, "rejected a message");
-                self.totals.rejected += 1;
-                self.counters
-                    .rejected(self.family_of_topic(&message.topic).as_deref());
-                self.table.rejected(&source);
+            if handled < MAX_COMMAND_BURST {
+                next = self.commands.try_recv().ok();
             }
         }
+        self.publish_all(publishes);
+        ControlFlow::Continue(())
     }
 
     fn on_command(&mut self, command: Command) {
         match command {
-            Command::Publish {
-                channel,
-                content_type,
-                body,
-                reply,
-            } => {
-                let _ = reply.send(self.publish(channel, content_type, body));
-            }
+            Command::Publish(request) => self.publish_all(vec![request]),
             Command::Subscribe { pattern, reply } => {
                 let (subscription, is_new) = self.router.subscribe(pattern);
                 if is_new {
@@ -577,7 +531,10 @@ impl Network {
             Command::Channels(reply) => {
                 let _ = reply.send(self.channels());
             }
-            Command::Shutdown(_) => unreachable!("handled in run"),
+            Command::Shutdown(reply) => {
+                self.persist_connected_peers();
+                let _ = reply.send(());
+            }
         }
     }
 
@@ -588,65 +545,6 @@ impl Network {
             .all_peers()
             .filter(|(_, topics)| topics.contains(&topic))
             .count()
-    }
-
-    fn publish(
-        &mut self,
-        channel: Channel,
-        content_type: String,
-        body: Vec<u8>,
-    ) -> Result<PublishReceipt, PublishError> {
-        let id =
-            MessageId::random().ok_or_else(|| PublishError::Failed("system RNG failed".into()))?;
-        let envelope = Envelope {
-            channel,
-            id,
-            sender: self.local_node,
-            timestamp_ms: now_ms(),
-            content_type,
-            body,
-        };
-        envelope
-            .validate(self.settings.max_message_bytes)
-            .map_err(|e| PublishError::Failed(e.to_string()))?;
-        let bytes = envelope
-            .encode()
-            .map_err(|e| PublishError::Failed(e.to_string()))?;
-        let topic = topic_for(&self.settings.network, envelope.channel.family());
-        let remote_subscribers = self.remote_subscribers(&topic.hash());
-        let remote = match self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
-            Ok(_) => RemoteDelivery::Sent,
-            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
-                RemoteDelivery::NoRemoteSubscribers
-            }
-            Err(gossipsub::PublishError::MessageTooLarge) => {
-                return Err(PublishError::TooLarge(envelope.body.len()))
-            }
-            Err(gossipsub::PublishError::AllQueuesFull(n)) => {
-                return Err(PublishError::QueuesFull(n))
-            }
-            Err(e) => return Err(PublishError::Failed(e.to_string())),
-        };
-        self.totals.published += 1;
-        self.counters.published(&envelope.channel);
-        let receipt = PublishReceipt {
-            id: envelope.id.to_string(),
-            channel: envelope.channel.to_string(),
-            timestamp_ms: envelope.timestamp_ms,
-            local_subscribers: 0,
-            remote,
-            remote_subscribers,
-        };
-        let delivery = Arc::new(Delivery {
-            envelope,
-            received_ms: now_ms(),
-        });
-        let local = self.router.deliver(delivery);
-        self.totals.delivered_locally += local as u64;
-        Ok(PublishReceipt {
-            local_subscribers: local,
-            ..receipt
-        })
     }
 
     fn status(&mut self) -> Status {

@@ -1,0 +1,121 @@
+//! Publishing. Publish requests that are queued together are packed into
+//! gossip frames per channel family (see `agentmesh_protocol::frame`): at
+//! light load a frame holds one message and nothing waits; under load the
+//! gossip layer's per-message costs are shared by many messages.
+
+use super::{now_ms, topic_for, Network, PublishError, PublishRequest};
+use crate::network::router::Delivery;
+use crate::types::{PublishReceipt, RemoteDelivery};
+use agentmesh_protocol::envelope::ENVELOPE_OVERHEAD;
+use agentmesh_protocol::frame::{encode_frame, pack};
+use agentmesh_protocol::{Envelope, MessageId};
+use libp2p::gossipsub;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+type Reply = oneshot::Sender<Result<PublishReceipt, PublishError>>;
+
+impl Network {
+    /// Publishes the requests in order; each gets its own receipt or error.
+    pub(super) fn publish_all(&mut self, requests: Vec<PublishRequest>) {
+        // Group by family, keeping each family's messages in request order.
+        let mut groups: Vec<(String, Vec<(Envelope, Reply)>)> = Vec::new();
+        for request in requests {
+            let envelope = match self.envelope_for(&request) {
+                Ok(envelope) => envelope,
+                Err(e) => {
+                    let _ = request.reply.send(Err(e));
+                    continue;
+                }
+            };
+            let family = envelope.channel.family().to_string();
+            match groups.iter_mut().find(|(f, _)| *f == family) {
+                Some((_, members)) => members.push((envelope, request.reply)),
+                None => groups.push((family, vec![(envelope, request.reply)])),
+            }
+        }
+        for (family, members) in groups {
+            // Upper bounds of the encoded sizes, so packed frames stay
+            // within budget without encoding anything twice.
+            let sizes: Vec<usize> = members
+                .iter()
+                .map(|(e, _)| e.body.len() + ENVELOPE_OVERHEAD)
+                .collect();
+            let mut members = members.into_iter();
+            for run in pack(&sizes) {
+                let frame: Vec<(Envelope, Reply)> = members.by_ref().take(run).collect();
+                self.publish_frame(&family, frame);
+            }
+        }
+    }
+
+    fn envelope_for(&self, request: &PublishRequest) -> Result<Envelope, PublishError> {
+        let id =
+            MessageId::random().ok_or_else(|| PublishError::Failed("system RNG failed".into()))?;
+        let envelope = Envelope {
+            channel: request.channel.clone(),
+            id,
+            sender: self.local_node,
+            timestamp_ms: now_ms(),
+            content_type: request.content_type.clone(),
+            body: request.body.clone(),
+        };
+        envelope
+            .validate(self.settings.max_message_bytes)
+            .map_err(|e| PublishError::Failed(e.to_string()))?;
+        Ok(envelope)
+    }
+
+    fn publish_frame(&mut self, family: &str, members: Vec<(Envelope, Reply)>) {
+        let (envelopes, replies): (Vec<Envelope>, Vec<Reply>) = members.into_iter().unzip();
+        let outcome = self.send_frame(family, &envelopes);
+        for (envelope, reply) in envelopes.into_iter().zip(replies) {
+            let result = outcome.clone().map(|(remote, remote_subscribers)| {
+                self.totals.published += 1;
+                self.counters.published(&envelope.channel);
+                let receipt = PublishReceipt {
+                    id: envelope.id.to_string(),
+                    channel: envelope.channel.to_string(),
+                    timestamp_ms: envelope.timestamp_ms,
+                    local_subscribers: 0,
+                    remote,
+                    remote_subscribers,
+                };
+                let delivery = Arc::new(Delivery {
+                    envelope,
+                    received_ms: now_ms(),
+                });
+                let local = self.router.deliver(delivery);
+                self.totals.delivered_locally += local as u64;
+                PublishReceipt {
+                    local_subscribers: local,
+                    ..receipt
+                }
+            });
+            let _ = reply.send(result);
+        }
+    }
+
+    /// Hands one frame to gossipsub. Having no subscribed peer is not an
+    /// error: local subscribers still get the messages and the receipt says so.
+    fn send_frame(
+        &mut self,
+        family: &str,
+        envelopes: &[Envelope],
+    ) -> Result<(RemoteDelivery, usize), PublishError> {
+        let bytes =
+            encode_frame(&self.key, envelopes).map_err(|e| PublishError::Failed(e.to_string()))?;
+        let topic = topic_for(&self.settings.network, family);
+        let remote_subscribers = self.remote_subscribers(&topic.hash());
+        let size = bytes.len();
+        match self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
+            Ok(_) => Ok((RemoteDelivery::Sent, remote_subscribers)),
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
+                Ok((RemoteDelivery::NoRemoteSubscribers, remote_subscribers))
+            }
+            Err(gossipsub::PublishError::MessageTooLarge) => Err(PublishError::TooLarge(size)),
+            Err(gossipsub::PublishError::AllQueuesFull(n)) => Err(PublishError::QueuesFull(n)),
+            Err(e) => Err(PublishError::Failed(e.to_string())),
+        }
+    }
+}
