@@ -1,7 +1,8 @@
 //! A client for the agent API, used by the CLI and the testnet driver.
 
 use crate::types::{
-    Channels, ErrorBody, LaggedEvent, MessageEvent, PeerInfo, PublishReceipt, Status,
+    BatchReceipts, Channels, ErrorBody, LaggedEvent, MessageEvent, PeerInfo, PublishBatch,
+    PublishReceipt, Status,
 };
 use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
@@ -124,6 +125,22 @@ impl ApiClient {
             .await
             .map_err(|e| self.unreachable(e))?;
         self.read_json(response).await
+    }
+
+    /// Publishes several JSON messages in one request (`POST /v1/messages`).
+    pub async fn publish_many(
+        &self,
+        batch: &PublishBatch,
+    ) -> Result<Vec<PublishReceipt>, ClientError> {
+        let response = self
+            .http
+            .post(self.url("/v1/messages"))
+            .json(batch)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        Ok(self.read_json::<BatchReceipts>(response).await?.receipts)
     }
 
     /// Subscribes to a channel or prefix pattern. When this returns, the

@@ -118,6 +118,24 @@ pub struct PublishReceipt {
     pub remote_subscribers: usize,
 }
 
+/// `POST /v1/messages`: several JSON messages in one request.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PublishBatch {
+    pub messages: Vec<BatchMessage>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BatchMessage {
+    pub channel: String,
+    /// Any JSON value; published with content type `application/json`.
+    pub body: serde_json::Value,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BatchReceipts {
+    pub receipts: Vec<PublishReceipt>,
+}
+
 /// One message as a subscriber sees it (the `data` of a `message` SSE event).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MessageEvent {

@@ -3,12 +3,11 @@
 
 use crate::collect::Collector;
 use crate::mesh::{Testnet, TestnetOptions};
+use agentmesh_node::types::{BatchMessage, PublishBatch};
 use anyhow::Result;
 use futures::future::join_all;
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Debug)]
@@ -18,10 +17,10 @@ pub struct GossipBench {
     pub light_messages: usize,
     /// Pause between light-load publishes.
     pub light_interval: Duration,
-    /// Length of the sustained-load phase.
-    pub load: Duration,
-    /// Concurrent publish requests per node during the load phase.
-    pub in_flight: usize,
+    /// Offered rates (messages/s over all nodes) of the throughput steps.
+    pub rates: Vec<u64>,
+    /// Length of each throughput step.
+    pub step: Duration,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -85,64 +84,40 @@ pub async fn gossip(bench: &GossipBench, mut options: TestnetOptions) -> Result<
         .await?;
     latencies.sort_by(|a, b| a.total_cmp(b));
 
-    // Phase 2: sustained load from every node at once.
-    progress(&format!(
-        "throughput: {:?} of load, {} requests in flight per node",
-        bench.load, bench.in_flight
-    ));
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let publishers = net.nodes.iter().map(|node| {
-        let client = node.client.clone();
-        let stop = stop.clone();
-        let in_flight = bench.in_flight;
-        async move {
-            let workers = (0..in_flight).map(|_| {
-                let client = client.clone();
-                let stop = stop.clone();
-                async move {
-                    let mut ids = Vec::new();
-                    while !stop.load(Ordering::Relaxed) {
-                        match client
-                            .publish(CHANNEL, "text/plain", b"load".to_vec())
-                            .await
-                        {
-                            Ok(r) => ids.push(r.id),
-                            Err(e) => tracing::debug!(error = %e, "publish failed under load"),
-                        }
-                    }
-                    ids
-                }
-            });
-            join_all(workers)
-                .await
-                .into_iter()
-                .flatten()
-                .collect::<Vec<_>>()
+    // Phase 2: sustained throughput. Every node publishes at a fixed rate
+    // (batches through POST /v1/messages every 10 ms); the offered rate
+    // steps up until some message is not delivered to every node in time
+    // or a subscriber lags. The figure is the highest achieved rate at
+    // which every message reached every node.
+    let mut steps = Vec::new();
+    let mut sustained = 0.0f64;
+    for &rate in &bench.rates {
+        let step = load_step(&net, &mut collector, rate, bench.step).await?;
+        progress(&format!(
+            "offered {rate}/s: published {:.0}/s, {} of {} delivered everywhere{}",
+            step.published_per_s,
+            step.fully_delivered,
+            step.published,
+            if step.lagged > 0 {
+                format!(", {} dropped for slow readers", step.lagged)
+            } else {
+                String::new()
+            }
+        ));
+        let complete = step.fully_delivered == step.published && step.lagged == 0;
+        steps.push(json!({
+            "offered_msgs_per_s": rate,
+            "published_msgs_per_s": step.published_per_s,
+            "published": step.published,
+            "fully_delivered": step.fully_delivered,
+            "lagged": step.lagged,
+            "complete": complete,
+        }));
+        if !complete {
+            break;
         }
-    });
-    let stopper = {
-        let stop = stop.clone();
-        let load = bench.load;
-        async move {
-            tokio::time::sleep(load).await;
-            stop.store(true, Ordering::Relaxed);
-        }
-    };
-    let (published, ()) = tokio::join!(join_all(publishers), stopper);
-    let load_ids: HashSet<String> = published.into_iter().flatten().collect();
-    progress(&format!(
-        "published {} messages; waiting for delivery everywhere",
-        load_ids.len()
-    ));
-    let delivered_all = collector
-        .wait_for_all(&load_ids, Duration::from_secs(60), |_| {})
-        .await;
-    let elapsed = started.elapsed().as_secs_f64();
-    let fully_delivered = load_ids
-        .iter()
-        .filter(|id| collector.counts.iter().all(|c| c.contains_key(*id)))
-        .count();
+        sustained = sustained.max(step.published_per_s);
+    }
     let peak_rss = net
         .nodes
         .iter()
@@ -157,18 +132,90 @@ pub async fn gossip(bench: &GossipBench, mut options: TestnetOptions) -> Result<
             "p99": percentile(&latencies, 99.0),
         },
         "latency_samples": latencies.len(),
-        "throughput_msgs_per_s": fully_delivered as f64 / elapsed,
-        "deliveries_per_s": (fully_delivered * net.nodes.len()) as f64 / elapsed,
-        "load_messages": load_ids.len(),
-        "load_fully_delivered": fully_delivered,
-        "load_complete": delivered_all.is_ok(),
-        "subscriber_lagged": collector.lagged,
+        "throughput_msgs_per_s": sustained,
+        "deliveries_per_s": sustained * net.nodes.len() as f64,
+        "steps": steps,
         "peak_rss_mb": peak_rss,
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
     });
     drop(collector);
     net.stop().await?;
     Ok(result)
+}
+
+struct StepResult {
+    published: usize,
+    published_per_s: f64,
+    fully_delivered: usize,
+    lagged: u64,
+}
+
+const TICK: Duration = Duration::from_millis(10);
+
+async fn load_step(
+    net: &Testnet,
+    collector: &mut Collector,
+    rate: u64,
+    length: Duration,
+) -> Result<StepResult> {
+    let per_tick = ((rate as f64 / net.nodes.len() as f64) * TICK.as_secs_f64()).max(1.0);
+    let lagged_before = collector.lagged;
+    let started = Instant::now();
+    let publishers = net.nodes.iter().map(|node| {
+        let client = node.client.clone();
+        async move {
+            let mut ids = Vec::new();
+            let mut tick = tokio::time::interval(TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut owed = 0.0f64;
+            while started.elapsed() < length {
+                tick.tick().await;
+                owed += per_tick;
+                let n = owed.floor() as usize;
+                owed -= n as f64;
+                if n == 0 {
+                    continue;
+                }
+                let batch = PublishBatch {
+                    messages: (0..n)
+                        .map(|i| BatchMessage {
+                            channel: CHANNEL.into(),
+                            body: json!(i),
+                        })
+                        .collect(),
+                };
+                match client.publish_many(&batch).await {
+                    Ok(receipts) => ids.extend(receipts.into_iter().map(|r| r.id)),
+                    Err(e) => tracing::debug!(error = %e, "publish failed under load"),
+                }
+            }
+            ids
+        }
+    });
+    // Keep reading subscriptions while publishing, as a real agent would.
+    let publish_all = join_all(publishers);
+    tokio::pin!(publish_all);
+    let published = loop {
+        tokio::select! {
+            ids = &mut publish_all => break ids,
+            _ = collector.next(Duration::from_millis(100)) => {}
+        }
+    };
+    let publish_secs = started.elapsed().as_secs_f64();
+    let ids: HashSet<String> = published.into_iter().flatten().collect();
+    let _ = collector
+        .wait_for_all(&ids, Duration::from_secs(15), |_| {})
+        .await;
+    let fully_delivered = ids
+        .iter()
+        .filter(|id| collector.counts.iter().all(|c| c.contains_key(*id)))
+        .count();
+    Ok(StepResult {
+        published: ids.len(),
+        published_per_s: ids.len() as f64 / publish_secs,
+        fully_delivered,
+        lagged: collector.lagged - lagged_before,
+    })
 }
 
 fn record_latency(

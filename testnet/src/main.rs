@@ -66,10 +66,16 @@ enum BenchCommand {
         messages: usize,
         #[arg(long, default_value_t = 10)]
         interval_ms: u64,
-        #[arg(long, default_value_t = 10)]
-        load_secs: u64,
-        #[arg(long, default_value_t = 8)]
-        in_flight: usize,
+        /// Offered rates (messages/s, all nodes together) of the throughput steps.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "1000,2000,4000,8000,12000,16000,24000,32000"
+        )]
+        rates: Vec<u64>,
+        /// Seconds per throughput step.
+        #[arg(long, default_value_t = 4)]
+        step_secs: u64,
     },
 }
 
@@ -198,8 +204,8 @@ async fn run(cli: Cli) -> Result<()> {
                 nodes,
                 messages,
                 interval_ms,
-                load_secs,
-                in_flight,
+                rates,
+                step_secs,
             } => {
                 let tmp = tempfile::Builder::new()
                     .prefix("agentmesh-bench-")
@@ -209,8 +215,8 @@ async fn run(cli: Cli) -> Result<()> {
                     nodes,
                     light_messages: messages,
                     light_interval: Duration::from_millis(interval_ms),
-                    load: Duration::from_secs(load_secs),
-                    in_flight,
+                    rates,
+                    step: Duration::from_secs(step_secs),
                 };
                 let result = bench::gossip(&spec, options)
                     .await

@@ -179,6 +179,37 @@ async fn invalid_api_requests_get_an_error_with_the_reason() {
             "':*'",
         ),
         (
+            http.post(format!("http://{api}/v1/messages"))
+                .json(&serde_json::json!({ "messages": [] }))
+                .send()
+                .await
+                .unwrap(),
+            400,
+            "1 to 1024 messages",
+        ),
+        (
+            http.post(format!("http://{api}/v1/messages"))
+                .json(&serde_json::json!({ "messages": [
+                    { "channel": "coordination", "body": 1 },
+                    { "channel": "coordination", "body": 2 },
+                    { "channel": "no spaces", "body": 3 },
+                ] }))
+                .send()
+                .await
+                .unwrap(),
+            400,
+            "message 2",
+        ),
+        (
+            http.post(format!("http://{api}/v1/messages"))
+                .body("[1, 2")
+                .send()
+                .await
+                .unwrap(),
+            400,
+            "not a valid batch",
+        ),
+        (
             http.get(format!("http://{api}/v1/nothing"))
                 .send()
                 .await

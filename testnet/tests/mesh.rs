@@ -3,7 +3,7 @@
 
 mod common;
 
-use agentmesh_node::types::{RemoteDelivery, Transport};
+use agentmesh_node::types::{BatchMessage, PublishBatch, RemoteDelivery, Transport};
 use agentmesh_testnet::collect::Collector;
 use agentmesh_testnet::{demo, wait, NodeProcess};
 use common::{start, MESH_TIMEOUT};
@@ -185,4 +185,37 @@ async fn a_lone_node_says_when_nobody_else_subscribes() {
         )
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_messages_reaches_every_node() {
+    let t = start(3, &[]).await;
+    let net = &t.net;
+    net.wait_full_mesh(MESH_TIMEOUT).await.unwrap();
+    let all: Vec<usize> = (0..3).collect();
+    let mut collector = Collector::subscribe(net, &all, "task:*").await.unwrap();
+    net.wait_topic("task", MESH_TIMEOUT).await.unwrap();
+    let batch = PublishBatch {
+        messages: (0..300)
+            .map(|i| BatchMessage {
+                channel: if i % 2 == 0 {
+                    "task:assigned"
+                } else {
+                    "task:completed"
+                }
+                .into(),
+                body: serde_json::json!({ "task": i }),
+            })
+            .collect(),
+    };
+    let receipts = net.nodes[1].client.publish_many(&batch).await.unwrap();
+    assert_eq!(receipts.len(), 300);
+    assert!(receipts.iter().all(|r| r.remote == RemoteDelivery::Sent));
+    let ids: HashSet<String> = receipts.into_iter().map(|r| r.id).collect();
+    assert_eq!(ids.len(), 300, "every message has its own id");
+    collector
+        .wait_for_all(&ids, Duration::from_secs(30), |_| {})
+        .await
+        .unwrap();
+    assert!(collector.duplicates().is_empty());
 }

@@ -2,7 +2,7 @@
 
 use super::{ApiError, ApiState};
 use crate::network::router::{Delivery, Subscription};
-use crate::types::{Channels, LaggedEvent, MessageEvent};
+use crate::types::{BatchReceipts, Channels, LaggedEvent, MessageEvent, PublishBatch};
 use agentmesh_protocol::{Channel, ChannelPattern};
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -61,6 +61,50 @@ pub async fn publish(
         .publish(channel, content_type, body.to_vec())
         .await??;
     Ok(Json(receipt))
+}
+
+/// Most messages in one `POST /v1/messages` request.
+pub const MAX_BATCH_MESSAGES: usize = 1024;
+
+/// `POST /v1/messages`: `{"messages": [{"channel": "...", "body": <JSON>}, ...]}`.
+/// All messages are checked before any is published; the answer lists one
+/// receipt per message, in order.
+pub async fn publish_batch(
+    State(s): State<ApiState>,
+    body: Body,
+) -> Result<Json<BatchReceipts>, ApiError> {
+    let limit = (s.max_message_bytes + 256) * MAX_BATCH_MESSAGES.min(64);
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::too_large(format!("batch is larger than {limit} bytes")))?;
+    let batch: PublishBatch = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("body is not a valid batch: {e}")))?;
+    if batch.messages.is_empty() || batch.messages.len() > MAX_BATCH_MESSAGES {
+        return Err(ApiError::bad_request(format!(
+            "a batch holds 1 to {MAX_BATCH_MESSAGES} messages, not {}",
+            batch.messages.len()
+        )));
+    }
+    let mut messages = Vec::with_capacity(batch.messages.len());
+    for (i, m) in batch.messages.into_iter().enumerate() {
+        let channel = Channel::parse(&m.channel)
+            .map_err(|e| ApiError::bad_request(format!("message {i}: {e}")))?;
+        let body = serde_json::to_vec(&m.body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        if body.len() > s.max_message_bytes {
+            return Err(ApiError::too_large(format!(
+                "message {i}: body is larger than max_message_bytes ({} bytes)",
+                s.max_message_bytes
+            )));
+        }
+        messages.push((channel, "application/json".to_string(), body));
+    }
+    let receipts = s
+        .network
+        .publish_many(messages)
+        .await?
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(BatchReceipts { receipts }))
 }
 
 /// `GET /v1/channels/{pattern}/events`: server-sent events, one `message`

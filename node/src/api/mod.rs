@@ -21,6 +21,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/peers", get(peers))
         .route("/v1/channels", get(channels::list))
+        .route("/v1/messages", post(channels::publish_batch))
         .route("/v1/channels/{name}/messages", post(channels::publish))
         .route("/v1/channels/{name}/events", get(channels::events))
         .fallback(|| async {

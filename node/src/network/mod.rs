@@ -70,6 +70,8 @@ pub struct PublishRequest {
 
 pub enum Command {
     Publish(PublishRequest),
+    /// Several publishes from one agent request, kept together.
+    PublishMany(Vec<PublishRequest>),
     Subscribe {
         pattern: ChannelPattern,
         reply: oneshot::Sender<Subscription>,
@@ -118,6 +120,34 @@ impl NetworkHandle {
             })
         })
         .await
+    }
+
+    /// Publishes several messages in order; one result per message.
+    pub async fn publish_many(
+        &self,
+        messages: Vec<(Channel, String, Vec<u8>)>,
+    ) -> Result<Vec<Result<PublishReceipt, PublishError>>, NetworkStopped> {
+        let mut requests = Vec::with_capacity(messages.len());
+        let mut replies = Vec::with_capacity(messages.len());
+        for (channel, content_type, body) in messages {
+            let (reply, rx) = oneshot::channel();
+            requests.push(PublishRequest {
+                channel,
+                content_type,
+                body,
+                reply,
+            });
+            replies.push(rx);
+        }
+        self.commands
+            .send(Command::PublishMany(requests))
+            .await
+            .map_err(|_| NetworkStopped)?;
+        let mut results = Vec::with_capacity(replies.len());
+        for rx in replies {
+            results.push(rx.await.map_err(|_| NetworkStopped)?);
+        }
+        Ok(results)
     }
 
     pub async fn subscribe(&self, pattern: ChannelPattern) -> Result<Subscription, NetworkStopped> {
@@ -492,6 +522,7 @@ impl Network {
             handled += 1;
             match command {
                 Command::Publish(request) => publishes.push(request),
+                Command::PublishMany(requests) => publishes.extend(requests),
                 other => {
                     self.publish_all(std::mem::take(&mut publishes));
                     let shutdown = matches!(other, Command::Shutdown(_));
@@ -512,6 +543,7 @@ impl Network {
     fn on_command(&mut self, command: Command) {
         match command {
             Command::Publish(request) => self.publish_all(vec![request]),
+            Command::PublishMany(requests) => self.publish_all(requests),
             Command::Subscribe { pattern, reply } => {
                 let (subscription, is_new) = self.router.subscribe(pattern);
                 if is_new {
