@@ -20,12 +20,13 @@ pub struct Received {
 
 /// One subscriber per node (or several), all feeding one queue.
 pub struct Collector {
-    rx: mpsc::Receiver<Received>,
+    rx: mpsc::Receiver<(usize, SubscriptionItem, Instant)>,
     tasks: Vec<JoinHandle<()>>,
     /// Per subscriber: message id → times received.
     pub counts: Vec<HashMap<String, u32>>,
     /// Which node each subscriber sits on.
     pub subscriber_node: Vec<usize>,
+    /// Messages the nodes dropped because a subscriber read too slowly.
     pub lagged: u64,
 }
 
@@ -41,33 +42,14 @@ impl Collector {
     /// Subscribes to `pattern` on each listed node; when this returns every
     /// subscription is registered with its node.
     pub async fn subscribe(net: &Testnet, nodes: &[usize], pattern: &str) -> Result<Collector> {
-        let (tx, rx) = mpsc::channel(1 << 16);
+        let (tx, rx) = mpsc::channel::<(usize, SubscriptionItem, Instant)>(1 << 16);
         let mut tasks = Vec::new();
         for (sub_index, &node) in nodes.iter().enumerate() {
             let mut stream = net.nodes[node].client.subscribe(pattern).await?;
             let tx = tx.clone();
             tasks.push(tokio::spawn(async move {
-                while let Some(item) = stream.next().await {
-                    let event = match item {
-                        Ok(SubscriptionItem::Message(m)) => m,
-                        Ok(SubscriptionItem::Lagged(n)) => MessageEvent {
-                            id: format!("lagged:{n}"),
-                            channel: String::new(),
-                            sender: String::new(),
-                            timestamp_ms: 0,
-                            received_ms: 0,
-                            content_type: String::new(),
-                            encoding: String::new(),
-                            body: serde_json::Value::Null,
-                        },
-                        Err(_) => break,
-                    };
-                    let r = Received {
-                        node: sub_index,
-                        event,
-                        at: Instant::now(),
-                    };
-                    if tx.send(r).await.is_err() {
+                while let Some(Ok(item)) = stream.next().await {
+                    if tx.send((sub_index, item, Instant::now())).await.is_err() {
                         break;
                     }
                 }
@@ -82,15 +64,22 @@ impl Collector {
         })
     }
 
-    /// Takes the next received message (also counted), or `None` on timeout.
+    /// Takes the next received message (also counted), or `None` on
+    /// timeout. Lag reports are added to [`Collector::lagged`].
     pub async fn next(&mut self, timeout: Duration) -> Option<Received> {
-        let r = tokio::time::timeout(timeout, self.rx.recv()).await.ok()??;
-        if let Some(n) = r.event.id.strip_prefix("lagged:") {
-            self.lagged += n.parse::<u64>().unwrap_or(0);
-        } else {
-            *self.counts[r.node].entry(r.event.id.clone()).or_default() += 1;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let (node, item, at) = tokio::time::timeout_at(deadline, self.rx.recv())
+                .await
+                .ok()??;
+            match item {
+                SubscriptionItem::Lagged(n) => self.lagged += n,
+                SubscriptionItem::Message(event) => {
+                    *self.counts[node].entry(event.id.clone()).or_default() += 1;
+                    return Some(Received { node, event, at });
+                }
+            }
         }
-        Some(r)
     }
 
     /// Waits until every subscriber has received every id in `expected`,

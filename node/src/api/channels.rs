@@ -66,6 +66,10 @@ pub async fn publish(
 /// Most messages in one `POST /v1/messages` request.
 pub const MAX_BATCH_MESSAGES: usize = 1024;
 
+/// Most bytes in one `POST /v1/messages` request (or one message's worth,
+/// if `max_message_bytes` is larger).
+pub const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+
 /// `POST /v1/messages`: `{"messages": [{"channel": "...", "body": <JSON>}, ...]}`.
 /// All messages are checked before any is published; the answer lists one
 /// receipt per message, in order.
@@ -73,7 +77,7 @@ pub async fn publish_batch(
     State(s): State<ApiState>,
     body: Body,
 ) -> Result<Json<BatchReceipts>, ApiError> {
-    let limit = (s.max_message_bytes + 256) * MAX_BATCH_MESSAGES.min(64);
+    let limit = MAX_BATCH_BYTES.max(s.max_message_bytes + 1024);
     let bytes = axum::body::to_bytes(body, limit)
         .await
         .map_err(|_| ApiError::too_large(format!("batch is larger than {limit} bytes")))?;

@@ -21,17 +21,17 @@ impl Network {
         // Group by family, keeping each family's messages in request order.
         let mut groups: Vec<(String, Vec<(Envelope, Reply)>)> = Vec::new();
         for request in requests {
-            let envelope = match self.envelope_for(&request) {
-                Ok(envelope) => envelope,
-                Err(e) => {
-                    let _ = request.reply.send(Err(e));
+            let (envelope, reply) = match self.envelope_for(request) {
+                Ok(pair) => pair,
+                Err((e, reply)) => {
+                    let _ = reply.send(Err(e));
                     continue;
                 }
             };
             let family = envelope.channel.family().to_string();
             match groups.iter_mut().find(|(f, _)| *f == family) {
-                Some((_, members)) => members.push((envelope, request.reply)),
-                None => groups.push((family, vec![(envelope, request.reply)])),
+                Some((_, members)) => members.push((envelope, reply)),
+                None => groups.push((family, vec![(envelope, reply)])),
             }
         }
         for (family, members) in groups {
@@ -49,21 +49,31 @@ impl Network {
         }
     }
 
-    fn envelope_for(&self, request: &PublishRequest) -> Result<Envelope, PublishError> {
-        let id =
-            MessageId::random().ok_or_else(|| PublishError::Failed("system RNG failed".into()))?;
+    fn envelope_for(
+        &self,
+        request: PublishRequest,
+    ) -> Result<(Envelope, Reply), (PublishError, Reply)> {
+        let PublishRequest {
+            channel,
+            content_type,
+            body,
+            reply,
+        } = request;
+        let Some(id) = MessageId::random() else {
+            return Err((PublishError::Failed("system RNG failed".into()), reply));
+        };
         let envelope = Envelope {
-            channel: request.channel.clone(),
+            channel,
             id,
             sender: self.local_node,
             timestamp_ms: now_ms(),
-            content_type: request.content_type.clone(),
-            body: request.body.clone(),
+            content_type,
+            body,
         };
-        envelope
-            .validate(self.settings.max_message_bytes)
-            .map_err(|e| PublishError::Failed(e.to_string()))?;
-        Ok(envelope)
+        match envelope.validate(self.settings.max_message_bytes) {
+            Ok(()) => Ok((envelope, reply)),
+            Err(e) => Err((PublishError::Failed(e.to_string()), reply)),
+        }
     }
 
     fn publish_frame(&mut self, family: &str, members: Vec<(Envelope, Reply)>) {
