@@ -1,8 +1,6 @@
 //! The testnet command itself: `up`, `status` and `down` leave nodes running
 //! between invocations and stop them cleanly.
 
-mod common;
-
 use agentmesh_testnet::process::pid_alive;
 use agentmesh_testnet::state::TestnetState;
 use std::process::Command;
