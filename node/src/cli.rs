@@ -125,6 +125,18 @@ pub struct RunArgs {
     /// Seconds between keep-alive pings [default: 30].
     #[arg(long, env = "AGENTMESH_PING_INTERVAL_SECS")]
     pub ping_interval_secs: Option<u64>,
+    /// Seconds before an unanswered ping counts as failed [default: 10].
+    #[arg(long, env = "AGENTMESH_PING_TIMEOUT_SECS")]
+    pub ping_timeout_secs: Option<u64>,
+    /// Milliseconds a QUIC dial may take before TCP is tried [default: 1500].
+    #[arg(long, env = "AGENTMESH_QUIC_DIAL_TIMEOUT_MS")]
+    pub quic_dial_timeout_ms: Option<u64>,
+    /// Seconds a peer's QUIC circuit breaker stays open (TCP only) [default: 300].
+    #[arg(long, env = "AGENTMESH_BREAKER_COOLDOWN_SECS")]
+    pub breaker_cooldown_secs: Option<u64>,
+    /// Longest wait in seconds between redials of a lost peer [default: 60].
+    #[arg(long, env = "AGENTMESH_RECONNECT_MAX_DELAY_SECS")]
+    pub reconnect_max_delay_secs: Option<u64>,
     /// Consecutive failed pings before a connection is closed [default: 3].
     #[arg(long, env = "AGENTMESH_PING_MAX_FAILURES")]
     pub ping_max_failures: Option<u32>,
@@ -161,7 +173,10 @@ impl RunArgs {
             max_connections => max_connections, max_connections_per_peer => max_connections_per_peer,
             max_pending_connections => max_pending_connections, target_peers => target_peers,
             max_known_peers => max_known_peers, ping_interval_secs => ping_interval_secs,
-            ping_max_failures => ping_max_failures,
+            ping_max_failures => ping_max_failures, ping_timeout_secs => ping_timeout_secs,
+            quic_dial_timeout_ms => quic_dial_timeout_ms,
+            breaker_cooldown_secs => breaker_cooldown_secs,
+            reconnect_max_delay_secs => reconnect_max_delay_secs,
             idle_connection_timeout_secs => idle_connection_timeout_secs,
             bootstrap_interval_secs => bootstrap_interval_secs,
             gossip_heartbeat_ms => gossip_heartbeat_ms, subscriber_buffer => subscriber_buffer,

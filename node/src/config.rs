@@ -44,8 +44,16 @@ pub struct Config {
     /// Peers remembered on disk for rejoining after a restart.
     pub max_known_peers: usize,
     pub ping_interval_secs: u64,
+    /// A ping unanswered this long counts as failed.
+    pub ping_timeout_secs: u64,
     /// Consecutive ping failures after which a connection is closed.
     pub ping_max_failures: u32,
+    /// A QUIC dial not answered within this time fails, and TCP is tried.
+    pub quic_dial_timeout_ms: u64,
+    /// How long a peer's circuit breaker stays open (TCP only) before QUIC is tried again.
+    pub breaker_cooldown_secs: u64,
+    /// Longest wait between redials of a peer whose connection dropped.
+    pub reconnect_max_delay_secs: u64,
     pub idle_connection_timeout_secs: u64,
     /// Periodic Kademlia bootstrap.
     pub bootstrap_interval_secs: u64,
@@ -77,7 +85,11 @@ impl Default for Config {
             target_peers: 64,
             max_known_peers: 1000,
             ping_interval_secs: 30,
+            ping_timeout_secs: 10,
             ping_max_failures: 3,
+            quic_dial_timeout_ms: 1500,
+            breaker_cooldown_secs: 300,
+            reconnect_max_delay_secs: 60,
             idle_connection_timeout_secs: 3600,
             bootstrap_interval_secs: 300,
             gossip_heartbeat_ms: 500,
@@ -154,7 +166,11 @@ pub struct Settings {
     pub target_peers: usize,
     pub max_known_peers: usize,
     pub ping_interval: Duration,
+    pub ping_timeout: Duration,
     pub ping_max_failures: u32,
+    pub quic_dial_timeout: Duration,
+    pub breaker_cooldown: Duration,
+    pub reconnect_max_delay: Duration,
     pub idle_connection_timeout: Duration,
     pub bootstrap_interval: Duration,
     pub gossip_heartbeat: Duration,
@@ -312,7 +328,20 @@ impl Settings {
                 "ping_interval_secs",
                 c.ping_interval_secs,
             )?),
+            ping_timeout: Duration::from_secs(positive("ping_timeout_secs", c.ping_timeout_secs)?),
             ping_max_failures: c.ping_max_failures,
+            quic_dial_timeout: Duration::from_millis(positive(
+                "quic_dial_timeout_ms",
+                c.quic_dial_timeout_ms,
+            )?),
+            breaker_cooldown: Duration::from_secs(positive(
+                "breaker_cooldown_secs",
+                c.breaker_cooldown_secs,
+            )?),
+            reconnect_max_delay: Duration::from_secs(positive(
+                "reconnect_max_delay_secs",
+                c.reconnect_max_delay_secs,
+            )?),
             idle_connection_timeout: Duration::from_secs(positive(
                 "idle_connection_timeout_secs",
                 c.idle_connection_timeout_secs,

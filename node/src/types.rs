@@ -68,6 +68,11 @@ pub struct PeerInfo {
     pub ping_failures: u32,
     /// Messages from this peer that failed validation.
     pub rejected_messages: u64,
+    /// This peer's QUIC circuit breaker: `closed` (QUIC first), `open`
+    /// (TCP only) or `half_open` (trial QUIC dials).
+    pub breaker: String,
+    pub quic_failures: u64,
+    pub quic_successes: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -75,7 +75,10 @@ fn base_transport(keypair: &Keypair, settings: &Settings) -> Result<BoxedTranspo
         OptionalTransport::none()
     };
     let quic = if settings.quic {
-        let t = quic::tokio::Transport::new(quic::Config::new(keypair))
+        let mut config = quic::Config::new(keypair);
+        // An unanswered QUIC dial gives way to the next address (TCP) after this.
+        config.handshake_timeout = settings.quic_dial_timeout;
+        let t = quic::tokio::Transport::new(config)
             .map(|(peer, conn), _| (peer, StreamMuxerBox::new(conn)));
         OptionalTransport::some(t)
     } else {
@@ -121,7 +124,11 @@ pub fn build_swarm(keypair: Keypair, settings: &Settings) -> Result<Swarm<Behavi
         .with_agent_version(format!("agentmesh/{}", env!("CARGO_PKG_VERSION")))
         .with_push_listen_addr_updates(true),
     );
-    let ping = ping::Behaviour::new(ping::Config::new().with_interval(settings.ping_interval));
+    let ping = ping::Behaviour::new(
+        ping::Config::new()
+            .with_interval(settings.ping_interval)
+            .with_timeout(settings.ping_timeout),
+    );
 
     let mut kad_config = kad::Config::new(kad_protocol(&settings.network));
     // The node schedules bootstraps itself (network::maintain): often while

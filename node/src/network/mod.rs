@@ -3,7 +3,10 @@
 
 mod backoff;
 pub mod behaviour;
+pub mod breaker;
+mod connections;
 mod counters;
+mod dialer;
 mod inbound;
 mod peers;
 mod publish;
@@ -19,14 +22,15 @@ use agentmesh_store::{KnownPeer, KnownPeers, PeerBook};
 use backoff::Backoff;
 use behaviour::{Behaviour, BehaviourEvent};
 use counters::ChannelCounters;
+use dialer::Dialer;
 use futures::StreamExt;
 use libp2p::core::transport::ListenerId;
-use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::ConnectionId;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{gossipsub, identify, kad, ping, Multiaddr, PeerId, Swarm};
 use peers::PeerTable;
 use router::{Router, Subscription};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
@@ -191,6 +195,13 @@ pub struct Network {
     on_listening: Option<oneshot::Sender<Vec<Multiaddr>>>,
     /// When to redial bootstrap and known peers while no peer is connected.
     rejoin: Backoff,
+    /// Dial policy, circuit breakers and redials of lost peers.
+    dialer: Dialer,
+    /// QUIC trial dials under way.
+    trials: HashMap<ConnectionId, PeerId>,
+    /// Peers disconnected on purpose (wrong network, no Ed25519 key); never
+    /// redialled. Cleared when it grows past its bound.
+    unwanted: HashSet<PeerId>,
     /// When to run the next Kademlia bootstrap: soon while the mesh is
     /// changing, every `bootstrap_interval` once it is stable.
     discovery: Backoff,
@@ -210,6 +221,12 @@ impl Network {
         let (listening_tx, listening_rx) = oneshot::channel();
         let router = Router::new(settings.subscriber_buffer);
         let discovery = Backoff::new(settings.bootstrap_interval, Instant::now());
+        let dialer = Dialer::new(
+            settings.breaker_cooldown,
+            settings.reconnect_max_delay,
+            settings.quic,
+            settings.tcp,
+        );
         let mut network = Network {
             swarm,
             settings,
@@ -226,6 +243,9 @@ impl Network {
             pending_listeners: HashSet::new(),
             on_listening: Some(listening_tx),
             rejoin: Backoff::new(REJOIN_MAX_DELAY, Instant::now()),
+            dialer,
+            trials: HashMap::new(),
+            unwanted: HashSet::new(),
             discovery,
             last_prune: Instant::now(),
         };
@@ -303,6 +323,7 @@ impl Network {
             let topic = topic_for(&self.settings.network, &family);
             self.swarm.behaviour_mut().gossipsub.unsubscribe(&topic);
         }
+        self.dial_due(now);
         if self.table.is_empty() {
             if self.rejoin.is_due(now) {
                 self.rejoin_mesh();
@@ -349,23 +370,6 @@ impl Network {
         let _ = self.swarm.behaviour_mut().kad.bootstrap();
     }
 
-    /// Dials `peer`, QUIC addresses first, unless connected or already dialling.
-    fn dial(&mut self, peer: PeerId, mut addrs: Vec<Multiaddr>) {
-        if peer == *self.swarm.local_peer_id() {
-            return;
-        }
-        addrs.retain(|a| (is_quic(a) && self.settings.quic) || (!is_quic(a) && self.settings.tcp));
-        addrs.sort_by_key(|a| !is_quic(a));
-        let opts = DialOpts::peer_id(peer)
-            .addresses(addrs)
-            .condition(PeerCondition::DisconnectedAndNotDialing)
-            .extend_addresses_through_behaviour()
-            .build();
-        if let Err(e) = self.swarm.dial(opts) {
-            tracing::debug!(%peer, error = %e, "dial not started");
-        }
-    }
-
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::NewListenAddr {
@@ -389,31 +393,33 @@ impl Network {
                 peer_id,
                 connection_id,
                 endpoint,
+                concurrent_dial_errors,
                 ..
             } => {
-                if node_id_of(&peer_id).is_none() {
-                    tracing::warn!(peer = %peer_id, "peer has no Ed25519 identity; disconnecting");
-                    let _ = self.swarm.disconnect_peer_id(peer_id);
-                    return;
-                }
-                tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
-                self.table.connected(peer_id, connection_id, &endpoint);
-                self.rejoin.restart(Instant::now());
+                let failed = concurrent_dial_errors
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(addr, _)| addr)
+                    .collect();
+                self.on_connection_established(peer_id, connection_id, &endpoint, failed);
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 connection_id,
                 cause,
+                num_established,
                 ..
             } => {
                 tracing::debug!(peer = %peer_id, cause = ?cause, "connection closed");
-                self.table.closed(&peer_id, connection_id);
-                if self.table.is_empty() {
-                    self.rejoin.restart(Instant::now());
-                }
+                self.on_connection_closed(peer_id, connection_id, num_established);
             }
-            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+            SwarmEvent::OutgoingConnectionError {
+                peer_id,
+                connection_id,
+                error,
+            } => {
                 tracing::debug!(peer = ?peer_id, %error, "dial failed");
+                self.on_dial_error(peer_id, connection_id, &error);
             }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
             _ => {}
@@ -465,17 +471,21 @@ impl Network {
         let ours = behaviour::identify_protocol_version(&self.settings.network);
         if info.protocol_version != ours {
             tracing::info!(%peer, theirs = %info.protocol_version, %ours, "peer belongs to another network; disconnecting");
+            self.mark_unwanted(peer);
             let _ = self.swarm.disconnect_peer_id(peer);
             return;
         }
         let mut addrs = info.listen_addrs;
         addrs.sort_by_key(|a| !is_quic(a));
         addrs.truncate(16);
+        self.dialer.remember_addrs(peer, addrs.clone());
+        let quic_allowed = self.dialer.allows_quic(peer, Instant::now());
         self.table
             .identified(&peer, info.agent_version, addrs.clone());
         let kad_protocol = behaviour::kad_protocol(&self.settings.network);
         if info.protocols.contains(&kad_protocol) {
-            for addr in &addrs {
+            // While the breaker is open, Kademlia must not dial QUIC either.
+            for addr in addrs.iter().filter(|a| quic_allowed || !is_quic(a)) {
                 self.swarm
                     .behaviour_mut()
                     .kad
@@ -558,7 +568,7 @@ impl Network {
                 let _ = reply.send(self.status());
             }
             Command::Peers(reply) => {
-                let _ = reply.send(self.table.info());
+                let _ = reply.send(self.peers());
             }
             Command::Channels(reply) => {
                 let _ = reply.send(self.channels());
@@ -577,6 +587,20 @@ impl Network {
             .all_peers()
             .filter(|(_, topics)| topics.contains(&topic))
             .count()
+    }
+
+    fn peers(&mut self) -> Vec<PeerInfo> {
+        let now = Instant::now();
+        let mut peers = self.table.info();
+        for info in &mut peers {
+            if let Ok(peer) = info.peer_id.parse::<PeerId>() {
+                let (state, failures, successes) = self.dialer.breaker_state(peer, now);
+                info.breaker = state.name().to_string();
+                info.quic_failures = failures;
+                info.quic_successes = successes;
+            }
+        }
+        peers
     }
 
     fn status(&mut self) -> Status {

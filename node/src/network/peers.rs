@@ -127,6 +127,29 @@ impl PeerTable {
         }
     }
 
+    /// Open connections to `peer`.
+    pub fn connections(&self, peer: &PeerId) -> usize {
+        self.peers.get(peer).map_or(0, |e| e.connections.len())
+    }
+
+    pub fn has_quic(&self, peer: &PeerId) -> bool {
+        self.peers.get(peer).is_some_and(|e| {
+            e.connections
+                .iter()
+                .any(|(_, c)| transport_of(&c.remote_addr) == Transport::Quic)
+        })
+    }
+
+    pub fn non_quic_connections(&self, peer: &PeerId) -> Vec<ConnectionId> {
+        self.peers.get(peer).map_or_else(Vec::new, |e| {
+            e.connections
+                .iter()
+                .filter(|(_, c)| transport_of(&c.remote_addr) != Transport::Quic)
+                .map(|(id, _)| *id)
+                .collect()
+        })
+    }
+
     pub fn len(&self) -> usize {
         self.peers.len()
     }
@@ -163,6 +186,10 @@ impl PeerTable {
                 rtt: e.rtt.info(),
                 ping_failures: e.ping_failures,
                 rejected_messages: e.rejected_messages,
+                // Filled in by the network task, which owns the breakers.
+                breaker: String::new(),
+                quic_failures: 0,
+                quic_successes: 0,
             })
             .collect();
         out.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));

@@ -1,0 +1,184 @@
+//! Connection lifecycle: dialling by the dial policy, feeding dial outcomes
+//! to the per-peer circuit breakers, half-open QUIC trials, and redialling
+//! peers whose connections dropped.
+
+use super::breaker::BreakerState;
+use super::Network;
+use crate::config::is_quic;
+use crate::identity::node_id_of;
+use libp2p::core::ConnectedPoint;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{ConnectionId, DialError};
+use libp2p::{Multiaddr, PeerId};
+use std::time::Instant;
+
+impl Network {
+    /// Dials `peer` unless connected or already dialling: QUIC addresses
+    /// first, or TCP only while the peer's breaker is open.
+    pub(super) fn dial(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        if peer == *self.swarm.local_peer_id() {
+            return;
+        }
+        let addrs = self.dialer.dial_order(peer, addrs, Instant::now());
+        let opts = DialOpts::peer_id(peer)
+            .addresses(addrs)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .extend_addresses_through_behaviour()
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!(%peer, error = %e, "dial not started");
+        }
+    }
+
+    /// Remembers a peer we disconnected on purpose, so it is not redialled.
+    pub(super) fn mark_unwanted(&mut self, peer: PeerId) {
+        const MAX_UNWANTED: usize = 4096;
+        if self.unwanted.len() >= MAX_UNWANTED {
+            self.unwanted.clear();
+        }
+        self.unwanted.insert(peer);
+    }
+
+    /// Redials lost peers whose backoff has run out, and starts the QUIC
+    /// trials of half-open breakers.
+    pub(super) fn dial_due(&mut self, now: Instant) {
+        for peer in self.dialer.redials_due(now) {
+            if !self.swarm.is_connected(&peer) {
+                tracing::debug!(%peer, "redialling a lost peer");
+                let addrs = self.dialer.known_addrs(&peer);
+                self.dial(peer, addrs);
+            }
+        }
+        for peer in self.dialer.trials_due(now) {
+            let quic: Vec<Multiaddr> = self
+                .dialer
+                .known_addrs(&peer)
+                .into_iter()
+                .filter(is_quic)
+                .collect();
+            if quic.is_empty() {
+                self.dialer.trial_failed(peer, now);
+                continue;
+            }
+            // A trial may run beside an existing TCP connection.
+            let opts = DialOpts::peer_id(peer)
+                .addresses(quic)
+                .condition(PeerCondition::Always)
+                .build();
+            let id = opts.connection_id();
+            match self.swarm.dial(opts) {
+                Ok(()) => {
+                    tracing::debug!(%peer, "QUIC trial dial");
+                    self.trials.insert(id, peer);
+                }
+                Err(_) => self.dialer.trial_failed(peer, now),
+            }
+        }
+    }
+
+    pub(super) fn on_connection_established(
+        &mut self,
+        peer: PeerId,
+        id: ConnectionId,
+        endpoint: &ConnectedPoint,
+        dial_errors: Vec<Multiaddr>,
+    ) {
+        if node_id_of(&peer).is_none() {
+            tracing::warn!(%peer, "peer has no Ed25519 identity; disconnecting");
+            self.mark_unwanted(peer);
+            let _ = self.swarm.disconnect_peer_id(peer);
+            return;
+        }
+        let now = Instant::now();
+        tracing::debug!(%peer, addr = %endpoint.get_remote_address(), "connected");
+        self.table.connected(peer, id, endpoint);
+        self.dialer.connected(peer, now);
+        self.rejoin.restart(now);
+        let ConnectedPoint::Dialer { address, .. } = endpoint else {
+            return;
+        };
+        let before = self.dialer.breaker_state(peer, now).0;
+        let after = self.dialer.dial_succeeded(peer, address, &dial_errors, now);
+        let was_trial = self.trials.remove(&id).is_some();
+        self.on_breaker_change(peer, before, after);
+        if was_trial
+            && matches!(after, BreakerState::HalfOpen { .. })
+            && self.table.connections(&peer) > 1
+        {
+            // Trials only test QUIC; the TCP connection stays in use.
+            self.swarm.close_connection(id);
+        }
+    }
+
+    pub(super) fn on_connection_closed(&mut self, peer: PeerId, id: ConnectionId, remaining: u32) {
+        self.table.closed(&peer, id);
+        if remaining > 0 {
+            return;
+        }
+        if self.unwanted.contains(&peer) {
+            self.dialer.forget(&peer);
+        } else {
+            self.dialer.lost(peer, Instant::now());
+        }
+        if self.table.is_empty() {
+            self.rejoin.restart(Instant::now());
+        }
+    }
+
+    pub(super) fn on_dial_error(
+        &mut self,
+        peer: Option<PeerId>,
+        id: ConnectionId,
+        error: &DialError,
+    ) {
+        let now = Instant::now();
+        if let Some(peer) = self.trials.remove(&id) {
+            tracing::debug!(%peer, %error, "QUIC trial failed");
+            let before = self.dialer.breaker_state(peer, now).0;
+            self.dialer.trial_failed(peer, now);
+            let after = self.dialer.breaker_state(peer, now).0;
+            self.on_breaker_change(peer, before, after);
+            return;
+        }
+        let (Some(peer), DialError::Transport(errors)) = (peer, error) else {
+            return;
+        };
+        let failed: Vec<Multiaddr> = errors.iter().map(|(a, _)| a.clone()).collect();
+        let before = self.dialer.breaker_state(peer, now).0;
+        let after = self.dialer.dial_failed(peer, &failed, now);
+        self.on_breaker_change(peer, before, after);
+    }
+
+    /// Keeps Kademlia's addresses and the open connections in line with a
+    /// breaker that just opened or closed.
+    fn on_breaker_change(&mut self, peer: PeerId, before: BreakerState, after: BreakerState) {
+        let quic: Vec<Multiaddr> = self
+            .dialer
+            .known_addrs(&peer)
+            .into_iter()
+            .filter(is_quic)
+            .collect();
+        match (before, after) {
+            (BreakerState::Closed, BreakerState::Open { .. }) => {
+                tracing::info!(%peer, "QUIC to this peer keeps failing; using TCP only (breaker open)");
+                // Kademlia's own dials must not try QUIC either.
+                for addr in &quic {
+                    self.swarm.behaviour_mut().kad.remove_address(&peer, addr);
+                }
+            }
+            (BreakerState::HalfOpen { .. }, BreakerState::Closed) => {
+                tracing::info!(%peer, "QUIC works again (breaker closed)");
+                for addr in quic {
+                    self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+                }
+                // Move the peer back to QUIC: close its other connections.
+                if self.table.has_quic(&peer) {
+                    for id in self.table.non_quic_connections(&peer) {
+                        self.swarm.close_connection(id);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! Dial policy: which addresses to dial a peer on (QUIC first unless the
+//! peer's circuit breaker is open), when to run half-open QUIC trials, and
+//! when to redial peers whose connections dropped (exponential backoff per
+//! peer, reset after a stable connection). No I/O: the network task feeds it
+//! events and the current time and carries out what it returns.
+
+use super::backoff::Backoff;
+use super::breaker::{BreakerState, CircuitBreaker};
+use crate::config::is_quic;
+use libp2p::{Multiaddr, PeerId};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// A connection that lasted this long resets the peer's redial backoff.
+pub const STABLE_AFTER: Duration = Duration::from_secs(30);
+/// Redials of a lost peer before it is left to discovery.
+pub const MAX_REDIALS: u32 = 30;
+/// Peers tracked at most (breakers and redial schedules).
+const MAX_TRACKED: usize = 4096;
+
+struct Redial {
+    backoff: Backoff,
+    attempts: u32,
+}
+
+pub struct Dialer {
+    cooldown: Duration,
+    redial_max: Duration,
+    quic: bool,
+    tcp: bool,
+    breakers: HashMap<PeerId, CircuitBreaker>,
+    /// Peers to redial, with their schedule.
+    redials: HashMap<PeerId, Redial>,
+    /// Addresses each tracked peer announced (identify), QUIC first.
+    addrs: HashMap<PeerId, Vec<Multiaddr>>,
+    /// When the current connection to a peer came up.
+    connected_since: HashMap<PeerId, Instant>,
+}
+
+impl Dialer {
+    pub fn new(cooldown: Duration, redial_max: Duration, quic: bool, tcp: bool) -> Dialer {
+        Dialer {
+            cooldown,
+            redial_max,
+            quic,
+            tcp,
+            breakers: HashMap::new(),
+            redials: HashMap::new(),
+            addrs: HashMap::new(),
+            connected_since: HashMap::new(),
+        }
+    }
+
+    fn breaker(&mut self, peer: PeerId) -> &mut CircuitBreaker {
+        if self.breakers.len() >= MAX_TRACKED && !self.breakers.contains_key(&peer) {
+            // Forget a peer that is neither connected nor being redialled.
+            let idle = self
+                .breakers
+                .keys()
+                .find(|p| !self.connected_since.contains_key(p) && !self.redials.contains_key(p))
+                .copied();
+            if let Some(idle) = idle {
+                self.breakers.remove(&idle);
+                self.addrs.remove(&idle);
+            }
+        }
+        let cooldown = self.cooldown;
+        self.breakers
+            .entry(peer)
+            .or_insert_with(|| CircuitBreaker::new(cooldown))
+    }
+
+    pub fn allows_quic(&mut self, peer: PeerId, now: Instant) -> bool {
+        self.quic && self.breaker(peer).allows_quic(now)
+    }
+
+    pub fn breaker_state(&mut self, peer: PeerId, now: Instant) -> (BreakerState, u64, u64) {
+        let b = self.breaker(peer);
+        (b.state(now), b.quic_failures, b.quic_successes)
+    }
+
+    /// Addresses to dial, in order: QUIC first when allowed, else TCP only.
+    pub fn dial_order(
+        &mut self,
+        peer: PeerId,
+        mut addrs: Vec<Multiaddr>,
+        now: Instant,
+    ) -> Vec<Multiaddr> {
+        let quic_ok = self.allows_quic(peer, now);
+        let tcp_ok = self.tcp;
+        addrs.retain(|a| if is_quic(a) { quic_ok } else { tcp_ok });
+        addrs.sort_by_key(|a| !is_quic(a));
+        addrs.dedup();
+        addrs
+    }
+
+    pub fn remember_addrs(&mut self, peer: PeerId, mut addrs: Vec<Multiaddr>) {
+        addrs.sort_by_key(|a| !is_quic(a));
+        if self.addrs.len() < MAX_TRACKED || self.addrs.contains_key(&peer) {
+            self.addrs.insert(peer, addrs);
+        }
+    }
+
+    pub fn known_addrs(&self, peer: &PeerId) -> Vec<Multiaddr> {
+        self.addrs.get(peer).cloned().unwrap_or_default()
+    }
+
+    /// An outbound dial finished with a connection on `addr`, after the
+    /// failed attempts `failed`. Returns the breaker state afterwards.
+    pub fn dial_succeeded(
+        &mut self,
+        peer: PeerId,
+        addr: &Multiaddr,
+        failed: &[Multiaddr],
+        now: Instant,
+    ) -> BreakerState {
+        let breaker = self.breaker(peer);
+        if failed.iter().any(is_quic) {
+            breaker.record(false, now);
+        }
+        if is_quic(addr) {
+            breaker.record(true, now);
+        }
+        breaker.state(now)
+    }
+
+    /// An outbound dial failed on every address in `failed`.
+    pub fn dial_failed(
+        &mut self,
+        peer: PeerId,
+        failed: &[Multiaddr],
+        now: Instant,
+    ) -> BreakerState {
+        let breaker = self.breaker(peer);
+        if failed.iter().any(is_quic) {
+            breaker.record(false, now);
+        }
+        breaker.state(now)
+    }
+
+    /// A trial dial could not be made or did not connect.
+    pub fn trial_failed(&mut self, peer: PeerId, now: Instant) {
+        self.breaker(peer).record(false, now);
+    }
+
+    /// Peers whose breaker wants a QUIC trial dial now (claimed).
+    pub fn trials_due(&mut self, now: Instant) -> Vec<PeerId> {
+        let mut due = Vec::new();
+        for (peer, breaker) in self.breakers.iter_mut() {
+            if breaker.start_trial(now) {
+                due.push(*peer);
+            }
+        }
+        due
+    }
+
+    pub fn connected(&mut self, peer: PeerId, now: Instant) {
+        self.connected_since.entry(peer).or_insert(now);
+        self.redials.remove(&peer);
+    }
+
+    /// The last connection to `peer` closed without us wanting it to:
+    /// schedule redials (sooner if the connection had been stable).
+    pub fn lost(&mut self, peer: PeerId, now: Instant) {
+        let since = self.connected_since.remove(&peer);
+        if self.redials.len() >= MAX_TRACKED {
+            return;
+        }
+        let stable = since.is_some_and(|t| now.duration_since(t) >= STABLE_AFTER);
+        let max = self.redial_max;
+        let redial = self.redials.entry(peer).or_insert_with(|| Redial {
+            backoff: Backoff::new(max, now),
+            attempts: 0,
+        });
+        if stable {
+            redial.attempts = 0;
+        }
+        redial.backoff.restart(now);
+    }
+
+    /// We closed the last connection ourselves: no redials.
+    pub fn forget(&mut self, peer: &PeerId) {
+        self.connected_since.remove(peer);
+        self.redials.remove(peer);
+    }
+
+    /// Peers to redial now; each call counts as one attempt per peer.
+    pub fn redials_due(&mut self, now: Instant) -> Vec<PeerId> {
+        let mut due = Vec::new();
+        self.redials.retain(|peer, r| {
+            if !r.backoff.is_due(now) {
+                return true;
+            }
+            if r.attempts >= MAX_REDIALS {
+                return false;
+            }
+            r.attempts += 1;
+            r.backoff.schedule_next(now);
+            due.push(*peer);
+            true
+        });
+        due
+    }
+
+    #[cfg(test)]
+    pub fn redial_attempts(&self, peer: &PeerId) -> Option<u32> {
+        self.redials.get(peer).map(|r| r.attempts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addrs() -> Vec<Multiaddr> {
+        vec![
+            "/ip4/10.0.0.2/tcp/4001".parse().unwrap(),
+            "/ip4/10.0.0.2/udp/4001/quic-v1".parse().unwrap(),
+        ]
+    }
+
+    #[test]
+    fn quic_first_until_the_breaker_opens_then_tcp_only() {
+        let now = Instant::now();
+        let peer = PeerId::random();
+        let mut d = Dialer::new(Duration::from_secs(5), Duration::from_secs(60), true, true);
+        let order = d.dial_order(peer, addrs(), now);
+        assert!(is_quic(&order[0]) && !is_quic(&order[1]));
+        // QUIC timed out, TCP worked.
+        let state = d.dial_succeeded(peer, &addrs()[0], &addrs()[1..], now);
+        assert_eq!(state.name(), "open");
+        assert_eq!(d.dial_order(peer, addrs(), now), vec![addrs()[0].clone()]);
+        // After the cooldown: trials, one at a time.
+        let later = now + Duration::from_secs(5);
+        assert_eq!(d.trials_due(later), vec![peer]);
+        assert!(d.trials_due(later).is_empty());
+        for _ in 0..2 {
+            d.dial_succeeded(peer, &addrs()[1], &[], later);
+            assert_eq!(d.trials_due(later), vec![peer]);
+        }
+        assert_eq!(
+            d.dial_succeeded(peer, &addrs()[1], &[], later).name(),
+            "closed"
+        );
+        assert!(is_quic(&d.dial_order(peer, addrs(), later)[0]));
+    }
+
+    #[test]
+    fn lost_peers_are_redialled_with_growing_delays_until_they_return() {
+        let t0 = Instant::now();
+        let peer = PeerId::random();
+        let mut d = Dialer::new(Duration::from_secs(5), Duration::from_secs(8), true, true);
+        d.connected(peer, t0);
+        d.lost(peer, t0 + Duration::from_secs(1));
+        assert!(
+            d.redials_due(t0 + Duration::from_secs(1)).is_empty(),
+            "not at once"
+        );
+        let mut now = t0 + Duration::from_secs(1);
+        let mut attempts = 0;
+        while attempts < 5 {
+            now += Duration::from_millis(250);
+            attempts += d.redials_due(now).len();
+        }
+        assert_eq!(d.redial_attempts(&peer), Some(5));
+        d.connected(peer, now);
+        assert_eq!(d.redial_attempts(&peer), None);
+        // A peer we dropped on purpose is not redialled.
+        d.forget(&peer);
+        assert!(d.redials_due(now + Duration::from_secs(100)).is_empty());
+    }
+
+    #[test]
+    fn redials_stop_after_the_limit() {
+        let t0 = Instant::now();
+        let peer = PeerId::random();
+        let mut d = Dialer::new(Duration::from_secs(5), Duration::from_secs(1), true, true);
+        d.lost(peer, t0);
+        let mut total = 0;
+        for s in 1..200 {
+            total += d.redials_due(t0 + Duration::from_secs(s * 3)).len();
+        }
+        assert_eq!(total, MAX_REDIALS as usize);
+        assert_eq!(d.redial_attempts(&peer), None);
+    }
+}
