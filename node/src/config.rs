@@ -213,6 +213,11 @@ fn positive(setting: &'static str, v: u64) -> Result<u64, ConfigError> {
     }
 }
 
+/// A positive number of seconds.
+fn secs(setting: &'static str, v: u64) -> Result<Duration, ConfigError> {
+    positive(setting, v).map(Duration::from_secs)
+}
+
 impl Settings {
     pub fn from_config(c: &Config) -> Result<Settings, ConfigError> {
         if c.network.is_empty()
@@ -324,32 +329,20 @@ impl Settings {
             max_pending_connections: c.max_pending_connections,
             target_peers: c.target_peers,
             max_known_peers: c.max_known_peers,
-            ping_interval: Duration::from_secs(positive(
-                "ping_interval_secs",
-                c.ping_interval_secs,
-            )?),
-            ping_timeout: Duration::from_secs(positive("ping_timeout_secs", c.ping_timeout_secs)?),
+            ping_interval: secs("ping_interval_secs", c.ping_interval_secs)?,
+            ping_timeout: secs("ping_timeout_secs", c.ping_timeout_secs)?,
             ping_max_failures: c.ping_max_failures,
             quic_dial_timeout: Duration::from_millis(positive(
                 "quic_dial_timeout_ms",
                 c.quic_dial_timeout_ms,
             )?),
-            breaker_cooldown: Duration::from_secs(positive(
-                "breaker_cooldown_secs",
-                c.breaker_cooldown_secs,
-            )?),
-            reconnect_max_delay: Duration::from_secs(positive(
-                "reconnect_max_delay_secs",
-                c.reconnect_max_delay_secs,
-            )?),
-            idle_connection_timeout: Duration::from_secs(positive(
+            breaker_cooldown: secs("breaker_cooldown_secs", c.breaker_cooldown_secs)?,
+            reconnect_max_delay: secs("reconnect_max_delay_secs", c.reconnect_max_delay_secs)?,
+            idle_connection_timeout: secs(
                 "idle_connection_timeout_secs",
                 c.idle_connection_timeout_secs,
-            )?),
-            bootstrap_interval: Duration::from_secs(positive(
-                "bootstrap_interval_secs",
-                c.bootstrap_interval_secs,
-            )?),
+            )?,
+            bootstrap_interval: secs("bootstrap_interval_secs", c.bootstrap_interval_secs)?,
             gossip_heartbeat: Duration::from_millis(c.gossip_heartbeat_ms),
             subscriber_buffer: c.subscriber_buffer,
         })

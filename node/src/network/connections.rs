@@ -4,7 +4,6 @@
 
 use super::breaker::BreakerState;
 use super::Network;
-use crate::config::is_quic;
 use crate::identity::node_id_of;
 use libp2p::core::ConnectedPoint;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
@@ -50,12 +49,7 @@ impl Network {
             }
         }
         for peer in self.dialer.trials_due(now) {
-            let quic: Vec<Multiaddr> = self
-                .dialer
-                .known_addrs(&peer)
-                .into_iter()
-                .filter(is_quic)
-                .collect();
+            let quic = self.dialer.quic_addrs(&peer);
             if quic.is_empty() {
                 self.dialer.trial_failed(peer, now);
                 continue;
@@ -152,12 +146,7 @@ impl Network {
     /// Keeps Kademlia's addresses and the open connections in line with a
     /// breaker that just opened or closed.
     fn on_breaker_change(&mut self, peer: PeerId, before: BreakerState, after: BreakerState) {
-        let quic: Vec<Multiaddr> = self
-            .dialer
-            .known_addrs(&peer)
-            .into_iter()
-            .filter(is_quic)
-            .collect();
+        let quic = self.dialer.quic_addrs(&peer);
         match (before, after) {
             (BreakerState::Closed, BreakerState::Open { .. }) => {
                 tracing::info!(%peer, "QUIC to this peer keeps failing; using TCP only (breaker open)");

@@ -105,6 +105,13 @@ impl Dialer {
         self.addrs.get(peer).cloned().unwrap_or_default()
     }
 
+    pub fn quic_addrs(&self, peer: &PeerId) -> Vec<Multiaddr> {
+        self.addrs
+            .get(peer)
+            .map(|a| a.iter().filter(|a| is_quic(a)).cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// An outbound dial finished with a connection on `addr`, after the
     /// failed attempts `failed`. Returns the breaker state afterwards.
     pub fn dial_succeeded(
