@@ -6,6 +6,7 @@ pub mod bench;
 pub mod binary;
 pub mod collect;
 pub mod demo;
+pub mod hosts;
 pub mod mesh;
 pub mod process;
 pub mod rogue;

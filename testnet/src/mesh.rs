@@ -1,11 +1,13 @@
 //! A local testnet: N node processes, node 0 alone, every other node given
 //! only node 0 as its bootstrap peer.
 
+use crate::hosts::Hosts;
 use crate::process::{NodeProcess, NodeSpec};
 use crate::wait;
 use anyhow::{Context, Result};
 use futures::future::join_all;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Clone, Debug)]
@@ -20,6 +22,8 @@ pub struct TestnetOptions {
     pub progress: bool,
     /// Nodes outlive this process (for `up`/`down`).
     pub detached: bool,
+    /// Run node i on namespaced host i instead of loopback.
+    pub hosts: Option<Arc<Hosts>>,
 }
 
 impl TestnetOptions {
@@ -32,12 +36,17 @@ impl TestnetOptions {
             extra_args: vec![],
             progress: false,
             detached: false,
+            hosts: None,
         }
     }
 
     pub fn spec(&self, index: usize) -> NodeSpec {
-        let mut spec = NodeSpec::local(self.root.join(format!("node-{index}")), &self.network);
-        spec.extra_args = self.extra_args.clone();
+        let dir = self.root.join(format!("node-{index}"));
+        let mut spec = match &self.hosts {
+            Some(hosts) => NodeSpec::on_host(dir, &self.network, hosts, index),
+            None => NodeSpec::local(dir, &self.network),
+        };
+        spec.extra_args.extend(self.extra_args.iter().cloned());
         spec
     }
 }
@@ -149,6 +158,22 @@ impl Testnet {
             },
         )
         .await
+    }
+
+    /// Kills node `i` with SIGKILL (a crash: nothing is flushed) and returns
+    /// how to start it again.
+    pub fn kill(&mut self, i: usize) -> NodeSpec {
+        let spec = self.nodes[i].spec.clone();
+        let placeholder = self.nodes.remove(i);
+        placeholder.kill();
+        spec
+    }
+
+    /// Starts a node again from `spec` (same data directory) at index `i`.
+    pub async fn restart(&mut self, i: usize, spec: NodeSpec) -> Result<()> {
+        let node = NodeProcess::start(&self.options.bin, spec, self.options.detached).await?;
+        self.nodes.insert(i, node);
+        Ok(())
     }
 
     /// Stops every node with SIGTERM (in parallel).

@@ -1,6 +1,7 @@
 //! One node process: started from the real binary with its own data
 //! directory, ports chosen by the OS, stopped with SIGTERM (or killed).
 
+use crate::hosts::Hosts;
 use crate::wait;
 use agentmesh_node::client::ApiClient;
 use agentmesh_node::ready::{self, ReadyInfo};
@@ -19,6 +20,8 @@ pub struct NodeSpec {
     pub listen: Vec<String>,
     pub api: String,
     pub extra_args: Vec<String>,
+    /// Command prefix the node runs under (e.g. `ip netns exec <ns>`).
+    pub wrapper: Vec<String>,
 }
 
 impl NodeSpec {
@@ -33,6 +36,25 @@ impl NodeSpec {
             ],
             api: "127.0.0.1:0".into(),
             extra_args: vec![],
+            wrapper: vec![],
+        }
+    }
+
+    /// A node on a namespaced host: fixed ports on the host's own address
+    /// (nothing else uses it), the API reachable from outside the namespace.
+    pub fn on_host(data_dir: PathBuf, network: &str, hosts: &Hosts, i: usize) -> NodeSpec {
+        let addr = hosts.addr(i);
+        NodeSpec {
+            data_dir,
+            network: network.to_string(),
+            bootstrap: vec![],
+            listen: vec![
+                format!("/ip4/{addr}/udp/4001/quic-v1"),
+                format!("/ip4/{addr}/tcp/4001"),
+            ],
+            api: format!("{addr}:7700"),
+            extra_args: vec!["--api-allow-remote".into()],
+            wrapper: hosts.exec_prefix(i),
         }
     }
 
@@ -77,7 +99,15 @@ impl NodeProcess {
             .create(true)
             .append(true)
             .open(&log_path)?;
-        let mut cmd = Command::new(bin);
+        // `ip netns exec` execs the program, so the pid stays the node's.
+        let mut cmd = match spec.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         cmd.args(spec.args())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
