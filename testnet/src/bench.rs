@@ -23,7 +23,7 @@ pub struct GossipBench {
     pub step: Duration,
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -31,11 +31,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
-fn progress(line: &str) {
+pub fn progress(line: &str) {
     eprintln!("[bench] {line}");
 }
 
-const CHANNEL: &str = "bench:gossip";
+pub const CHANNEL: &str = "bench:gossip";
 
 pub async fn gossip(bench: &GossipBench, mut options: TestnetOptions) -> Result<serde_json::Value> {
     options.nodes = bench.nodes;
@@ -52,37 +52,21 @@ pub async fn gossip(bench: &GossipBench, mut options: TestnetOptions) -> Result<
         "latency: {} messages, one every {:?}",
         bench.light_messages, bench.light_interval
     ));
-    let mut sent_at: HashMap<String, (usize, Instant)> = HashMap::new();
-    let mut latencies = Vec::new();
-    let mut expected = HashSet::new();
-    for seq in 0..bench.light_messages {
-        let publisher = seq % net.nodes.len();
-        let t0 = Instant::now();
-        let receipt = net.nodes[publisher]
-            .client
-            .publish(
-                CHANNEL,
-                "application/json",
-                json!({ "seq": seq }).to_string().into_bytes(),
-            )
-            .await?;
-        sent_at.insert(receipt.id.clone(), (publisher, t0));
-        expected.insert(receipt.id);
-        // Drain arrivals while pacing, so timing is taken as they arrive.
-        let pace_until = Instant::now() + bench.light_interval;
-        while let Some(r) = collector
-            .next(pace_until.saturating_duration_since(Instant::now()))
-            .await
-        {
-            record_latency(&sent_at, &r, &mut latencies);
-        }
-    }
-    collector
-        .wait_for_all(&expected, Duration::from_secs(30), |r| {
-            record_latency(&sent_at, r, &mut latencies)
-        })
-        .await?;
-    latencies.sort_by(|a, b| a.total_cmp(b));
+    let light = paced_latency(
+        &net,
+        &mut collector,
+        bench.light_messages,
+        bench.light_interval,
+        Duration::from_secs(30),
+    )
+    .await?;
+    anyhow::ensure!(
+        light.delivered == light.expected,
+        "light load: only {} of {} deliveries arrived",
+        light.delivered,
+        light.expected
+    );
+    let latencies = light.latencies_ms;
 
     // Phase 2: sustained throughput. Every node publishes at a fixed rate
     // (batches through POST /v1/messages every 10 ms); the offered rate
@@ -215,6 +199,69 @@ async fn load_step(
         published_per_s: ids.len() as f64 / publish_secs,
         fully_delivered,
         lagged: collector.lagged - lagged_before,
+    })
+}
+
+/// What a paced run of messages measured.
+pub struct PacedRun {
+    /// Publish→delivery latencies at the other nodes, sorted, in ms.
+    pub latencies_ms: Vec<f64>,
+    /// Deliveries expected (messages × subscribers) and seen.
+    pub expected: usize,
+    pub delivered: usize,
+}
+
+/// Publishes `messages` messages one at a time, publishers taking turns,
+/// one every `interval`, and measures the latency of every delivery at the
+/// other nodes (HTTP publish and SSE delivery included). Waits up to
+/// `grace` after the last publish for stragglers; never fails on loss.
+pub async fn paced_latency(
+    net: &Testnet,
+    collector: &mut Collector,
+    messages: usize,
+    interval: Duration,
+    grace: Duration,
+) -> Result<PacedRun> {
+    let mut sent_at: HashMap<String, (usize, Instant)> = HashMap::new();
+    let mut latencies = Vec::new();
+    let mut expected = HashSet::new();
+    for seq in 0..messages {
+        let publisher = seq % net.nodes.len();
+        let t0 = Instant::now();
+        let receipt = net.nodes[publisher]
+            .client
+            .publish(
+                CHANNEL,
+                "application/json",
+                json!({ "seq": seq }).to_string().into_bytes(),
+            )
+            .await?;
+        sent_at.insert(receipt.id.clone(), (publisher, t0));
+        expected.insert(receipt.id);
+        // Drain arrivals while pacing, so timing is taken as they arrive.
+        let pace_until = Instant::now() + interval;
+        while let Some(r) = collector
+            .next(pace_until.saturating_duration_since(Instant::now()))
+            .await
+        {
+            record_latency(&sent_at, &r, &mut latencies);
+        }
+    }
+    let _ = collector
+        .wait_for_all(&expected, grace, |r| {
+            record_latency(&sent_at, r, &mut latencies)
+        })
+        .await;
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    let delivered = collector
+        .counts
+        .iter()
+        .map(|c| expected.iter().filter(|id| c.contains_key(*id)).count())
+        .sum();
+    Ok(PacedRun {
+        latencies_ms: latencies,
+        expected: expected.len() * collector.counts.len(),
+        delivered,
     })
 }
 

@@ -11,6 +11,7 @@ pub mod mesh;
 pub mod process;
 pub mod rogue;
 pub mod state;
+pub mod transport_bench;
 pub mod wait;
 
 pub use mesh::{Testnet, TestnetOptions};

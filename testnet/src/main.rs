@@ -1,5 +1,6 @@
 use agentmesh_testnet::bench::{self, GossipBench};
 use agentmesh_testnet::demo;
+use agentmesh_testnet::hosts::Hosts;
 use agentmesh_testnet::process::{pid_alive, signal};
 use agentmesh_testnet::state::{NodeState, TestnetState};
 use agentmesh_testnet::{binary, wait, Testnet, TestnetOptions};
@@ -31,6 +32,10 @@ enum Command {
         /// Directory for node data [default: a fresh temporary directory].
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Run the nodes on N separate hosts: one Linux network namespace
+        /// each, on a shared bridge (needs root, ip and iptables). Overrides N.
+        #[arg(long)]
+        hosts: Option<usize>,
     },
     /// Start N nodes in the background and wait for the mesh.
     Up {
@@ -58,6 +63,9 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// TCP fallback time with UDP blocked, dead-peer detection, reconnection,
+    /// gossip under 5% and 10% packet loss (namespaced hosts; needs root).
+    Transport,
     /// Gossip latency at light load, sustained throughput, peak RSS.
     Gossip {
         #[arg(long, default_value_t = 7)]
@@ -104,13 +112,18 @@ async fn run(cli: Cli) -> Result<()> {
         None => binary::locate()?,
     };
     match cli.command {
-        Command::Demo { nodes, dir } => {
+        Command::Demo { nodes, dir, hosts } => {
             let tmp = tempfile::Builder::new()
                 .prefix("agentmesh-demo-")
                 .tempdir()?;
             let root = dir.unwrap_or_else(|| tmp.path().to_path_buf());
-            let mut options = TestnetOptions::new(nodes, &root, &bin);
+            let mut options = TestnetOptions::new(hosts.unwrap_or(nodes), &root, &bin);
             options.progress = true;
+            if let Some(n) = hosts {
+                eprintln!("[testnet] creating {n} hosts (network namespaces on a bridge)");
+                // Removed when the demo ends, fails or is interrupted.
+                options.hosts = Some(std::sync::Arc::new(Hosts::create(n)?));
+            }
             tokio::select! {
                 r = run_demo(options) => r,
                 _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; nodes stopped"),
@@ -200,6 +213,12 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench { which } => match which {
+            BenchCommand::Transport => {
+                for line in agentmesh_testnet::transport_bench::transport(&bin).await? {
+                    println!("{line}");
+                }
+                Ok(())
+            }
             BenchCommand::Gossip {
                 nodes,
                 messages,

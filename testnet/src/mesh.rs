@@ -123,6 +123,17 @@ impl Testnet {
         .await
     }
 
+    /// Waits until node `i` is connected to exactly `count` peers.
+    pub async fn wait_connected(&self, i: usize, count: usize, timeout: Duration) -> Result<()> {
+        let client = &self.nodes[i].client;
+        wait::until(
+            &format!("node {i} to have {count} peers"),
+            timeout,
+            || async move { Ok((client.status().await?.connected_peers == count).then_some(())) },
+        )
+        .await
+    }
+
     /// Waits until, on every node, every other node subscribes to `family`'s
     /// topic (so a publish reaches everyone).
     pub async fn wait_topic(&self, family: &str, timeout: Duration) -> Result<()> {

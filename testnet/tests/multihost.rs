@@ -113,7 +113,9 @@ async fn with_udp_blocked_two_hosts_use_tcp_then_return_to_quic() {
             .map(|_| ()))
     })
     .await
-    .unwrap();
+    .unwrap_or_else(|e| {
+        panic!("{e:#}; node {a} log:\n{}", net.nodes[a].log_tail(30));
+    });
     let report = demo::exchange(net, "coordination", 1, LONG).await.unwrap();
     assert_eq!(report.received, vec![3; 3]);
 }
@@ -150,16 +152,9 @@ async fn a_partitioned_mesh_works_on_both_sides_and_heals() {
     // Each side notices the other is gone.
     for (side, others) in [(&left[..], right.len()), (&right[..], left.len())] {
         for &i in side {
-            let total = net.nodes.len() - 1;
-            let client = net.nodes[i].client.clone();
-            wait::until("the partition to be noticed", LONG, || {
-                let client = client.clone();
-                async move {
-                    Ok((client.status().await?.connected_peers == total - others).then_some(()))
-                }
-            })
-            .await
-            .unwrap();
+            net.wait_connected(i, net.nodes.len() - 1 - others, LONG)
+                .await
+                .unwrap();
         }
     }
     // Both sides keep working inside themselves.
@@ -197,13 +192,7 @@ async fn a_crashed_node_is_noticed_and_rejoins_after_restart() {
     };
     let mut spec = h.net.kill(2);
     for i in 0..2 {
-        let client = h.net.nodes[i].client.clone();
-        wait::until("peers to notice the crash", LONG, || {
-            let client = client.clone();
-            async move { Ok((client.status().await?.connected_peers == 1).then_some(())) }
-        })
-        .await
-        .unwrap();
+        h.net.wait_connected(i, 1, LONG).await.unwrap();
     }
     spec.bootstrap.clear();
     h.net.restart(2, spec).await.unwrap();

@@ -100,6 +100,25 @@ impl CircuitBreaker {
         }
     }
 
+    /// Takes back a trial claimed by [`start_trial`](Self::start_trial) that
+    /// never reached the network (refused locally): it is no QUIC outcome.
+    pub fn withdraw_trial(&mut self) {
+        if let BreakerState::HalfOpen {
+            started,
+            succeeded,
+            finished,
+        } = self.state
+        {
+            if started > finished {
+                self.state = BreakerState::HalfOpen {
+                    started: started - 1,
+                    succeeded,
+                    finished,
+                };
+            }
+        }
+    }
+
     /// Records the outcome of a QUIC attempt (an ordinary dial or a trial).
     pub fn record(&mut self, success: bool, now: Instant) {
         if success {
@@ -208,6 +227,17 @@ mod tests {
             b.record(true, later);
         }
         assert_eq!(b.state(later), BreakerState::Closed);
+    }
+
+    #[test]
+    fn a_withdrawn_trial_can_be_started_again() {
+        let t = Instant::now() + COOLDOWN;
+        let mut b = CircuitBreaker::new(COOLDOWN);
+        b.record(false, t - COOLDOWN);
+        assert!(b.start_trial(t));
+        b.withdraw_trial();
+        assert!(b.start_trial(t));
+        assert_eq!(b.state(t).name(), "half_open");
     }
 
     #[test]

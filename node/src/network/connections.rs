@@ -86,6 +86,13 @@ impl Network {
         let now = Instant::now();
         tracing::debug!(%peer, addr = %endpoint.get_remote_address(), "connected");
         self.table.connected(peer, id, endpoint);
+        // When both ends dial at once they end up with two connections of
+        // one transport; both ends agree which one to keep.
+        let local = *self.swarm.local_peer_id();
+        if let Some(duplicate) = self.table.duplicate_to_close(&peer, &local) {
+            tracing::debug!(%peer, "closing a duplicate connection");
+            self.swarm.close_connection(duplicate);
+        }
         self.dialer.connected(peer, now);
         self.rejoin.restart(now);
         let ConnectedPoint::Dialer { address, .. } = endpoint else {
@@ -127,7 +134,13 @@ impl Network {
     ) {
         let now = Instant::now();
         if let Some(peer) = self.trials.remove(&id) {
-            tracing::debug!(%peer, %error, "QUIC trial failed");
+            if matches!(error, DialError::Denied { .. }) {
+                // Our own connection limit said no: QUIC was not tried.
+                tracing::debug!(%peer, error = ?error, "QUIC trial refused locally; will retry");
+                self.dialer.trial_withdrawn(peer);
+                return;
+            }
+            tracing::debug!(%peer, error = ?error, "QUIC trial failed");
             let before = self.dialer.breaker_state(peer, now).0;
             self.dialer.trial_failed(peer, now);
             let after = self.dialer.breaker_state(peer, now).0;

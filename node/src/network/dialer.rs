@@ -150,6 +150,11 @@ impl Dialer {
         self.breaker(peer).record(false, now);
     }
 
+    /// A trial refused before reaching the network (a local limit).
+    pub fn trial_withdrawn(&mut self, peer: PeerId) {
+        self.breaker(peer).withdraw_trial();
+    }
+
     /// Peers whose breaker wants a QUIC trial dial now (claimed).
     pub fn trials_due(&mut self, now: Instant) -> Vec<PeerId> {
         let mut due = Vec::new();

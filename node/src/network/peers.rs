@@ -132,6 +132,34 @@ impl PeerTable {
         self.peers.get(peer).map_or(0, |e| e.connections.len())
     }
 
+    /// If `peer` has two connections of the same transport, the one to
+    /// close: both ends keep the connection dialled by the smaller peer id
+    /// (the oldest, if one side dialled both).
+    pub fn duplicate_to_close(&self, peer: &PeerId, local: &PeerId) -> Option<ConnectionId> {
+        let entry = self.peers.get(peer)?;
+        let smaller_dialed = |c: &Connection| {
+            let dialer = if c.outbound { local } else { peer };
+            dialer == local.min(peer)
+        };
+        for (i, (id_a, a)) in entry.connections.iter().enumerate() {
+            for (id_b, b) in &entry.connections[i + 1..] {
+                let transport = transport_of(&a.remote_addr);
+                if transport != transport_of(&b.remote_addr) {
+                    continue;
+                }
+                // Keep a over b if a was dialled by the smaller id and b was
+                // not, or if both were and a is older.
+                let keep_a = match (smaller_dialed(a), smaller_dialed(b)) {
+                    (true, false) => true,
+                    (false, true) => false,
+                    _ => a.since <= b.since,
+                };
+                return Some(if keep_a { *id_b } else { *id_a });
+            }
+        }
+        None
+    }
+
     pub fn has_quic(&self, peer: &PeerId) -> bool {
         self.peers.get(peer).is_some_and(|e| {
             e.connections
@@ -221,6 +249,38 @@ mod tests {
         let t: Multiaddr = "/ip4/127.0.0.1/tcp/1".parse().unwrap();
         assert_eq!(transport_of(&q), Transport::Quic);
         assert_eq!(transport_of(&t), Transport::Tcp);
+    }
+
+    #[test]
+    fn both_ends_close_the_same_duplicate() {
+        let (x, y) = (PeerId::random(), PeerId::random());
+        let tcp = |port: u16| -> Multiaddr { format!("/ip4/10.0.0.1/tcp/{port}").parse().unwrap() };
+        let dialer = |port| ConnectedPoint::Dialer {
+            address: tcp(port),
+            role_override: libp2p::core::Endpoint::Dialer,
+            port_use: libp2p::core::transport::PortUse::Reuse,
+        };
+        let listener = |port| ConnectedPoint::Listener {
+            local_addr: tcp(1),
+            send_back_addr: tcp(port),
+        };
+        // x dialled y (connection 1) while y dialled x (connection 2).
+        let mut at_x = PeerTable::default();
+        at_x.connected(y, ConnectionId::new_unchecked(1), &dialer(7));
+        at_x.connected(y, ConnectionId::new_unchecked(2), &listener(8));
+        let mut at_y = PeerTable::default();
+        at_y.connected(x, ConnectionId::new_unchecked(2), &dialer(8));
+        at_y.connected(x, ConnectionId::new_unchecked(1), &listener(7));
+        let closed_at_x = at_x.duplicate_to_close(&y, &x).unwrap();
+        let closed_at_y = at_y.duplicate_to_close(&x, &y).unwrap();
+        // The same underlying connection (same ids here by construction).
+        assert_eq!(closed_at_x, closed_at_y);
+        let kept_dialer = if closed_at_x == ConnectionId::new_unchecked(1) {
+            y
+        } else {
+            x
+        };
+        assert_eq!(kept_dialer, x.min(y));
     }
 
     #[test]
