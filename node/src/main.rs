@@ -64,8 +64,8 @@ async fn dispatch(command: Command) -> Result<()> {
             let peers = ApiClient::new(args.api).peers().await?;
             print_json_or(&args, &peers, || {
                 println!(
-                    "{:<54} {:<9} {:>9} {:>8}  address",
-                    "peer id", "transport", "rtt ms", "rejected"
+                    "{:<54} {:<9} {:<9} {:>9} {:>9} {:>8}  address",
+                    "peer id", "transport", "breaker", "quic fail", "rtt ms", "rejected"
                 );
                 for p in &peers {
                     let rtt = p
@@ -78,8 +78,14 @@ async fn dispatch(command: Command) -> Result<()> {
                         .and_then(|v| v.as_str().map(str::to_string))
                         .unwrap_or_default();
                     println!(
-                        "{:<54} {:<9} {:>9} {:>8}  {}",
-                        p.peer_id, transport, rtt, p.rejected_messages, addr
+                        "{:<54} {:<9} {:<9} {:>9} {:>9} {:>8}  {}",
+                        p.peer_id,
+                        transport,
+                        p.breaker,
+                        p.quic_failures,
+                        rtt,
+                        p.rejected_messages,
+                        addr
                     );
                 }
             })

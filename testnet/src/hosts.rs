@@ -28,6 +28,9 @@ pub struct Host {
 pub struct Hosts {
     bridge: String,
     bridge_addr: Ipv4Addr,
+    /// Host-side ends of the veth pairs (gone with their namespace, unless
+    /// creation failed half-way).
+    veths: Vec<String>,
     pub hosts: Vec<Host>,
 }
 
@@ -84,6 +87,7 @@ impl Hosts {
         let mut hosts = Hosts {
             bridge: format!("amb{tag}"),
             bridge_addr: Ipv4Addr::new(10, b, c, 254),
+            veths: Vec::new(),
             hosts: Vec::new(),
         };
         anyhow::ensure!(
@@ -229,6 +233,10 @@ impl Drop for Hosts {
     fn drop(&mut self) {
         for host in &self.hosts {
             let _ = run(&["ip", "netns", "del", &host.ns]);
+        }
+        for veth in &self.veths {
+            // Usually gone already with its namespace.
+            let _ = Command::new("ip").args(["link", "del", veth]).output();
         }
         let br = self.bridge.clone();
         let _ = run(&[
