@@ -112,6 +112,21 @@ impl Dialer {
             .unwrap_or_default()
     }
 
+    /// Records one QUIC failure if any of the failed addresses was QUIC
+    /// (one dial is one attempt, however many QUIC addresses it tried).
+    fn record_quic_failures(
+        &mut self,
+        peer: PeerId,
+        failed: &[Multiaddr],
+        now: Instant,
+    ) -> &mut CircuitBreaker {
+        let breaker = self.breaker(peer);
+        if failed.iter().any(is_quic) {
+            breaker.record(false, now);
+        }
+        breaker
+    }
+
     /// An outbound dial finished with a connection on `addr`, after the
     /// failed attempts `failed`. Returns the breaker state afterwards.
     pub fn dial_succeeded(
@@ -121,10 +136,7 @@ impl Dialer {
         failed: &[Multiaddr],
         now: Instant,
     ) -> BreakerState {
-        let breaker = self.breaker(peer);
-        if failed.iter().any(is_quic) {
-            breaker.record(false, now);
-        }
+        let breaker = self.record_quic_failures(peer, failed, now);
         if is_quic(addr) {
             breaker.record(true, now);
         }
@@ -138,11 +150,7 @@ impl Dialer {
         failed: &[Multiaddr],
         now: Instant,
     ) -> BreakerState {
-        let breaker = self.breaker(peer);
-        if failed.iter().any(is_quic) {
-            breaker.record(false, now);
-        }
-        breaker.state(now)
+        self.record_quic_failures(peer, failed, now).state(now)
     }
 
     /// A trial dial could not be made or did not connect.
