@@ -115,9 +115,23 @@ impl NodeProcess {
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info,libp2p_gossipsub=warn");
         }
+        use std::os::unix::process::CommandExt;
         if detached {
-            use std::os::unix::process::CommandExt;
             cmd.process_group(0);
+        } else {
+            // If the launcher dies without cleaning up (killed by a signal),
+            // its nodes get SIGTERM instead of living on as orphans. The
+            // signal follows the spawning thread, which here is a runtime
+            // worker that lives as long as the launcher needs its nodes.
+            // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
         let mut child = cmd
             .spawn()
