@@ -164,6 +164,17 @@ async fn invalid_api_requests_get_an_error_with_the_reason() {
             "empty segment",
         ),
         (
+            post(
+                "coordination",
+                &format!("text/{}", "x".repeat(200)),
+                b"x".to_vec(),
+            )
+            .await
+            .unwrap(),
+            400,
+            "content type",
+        ),
+        (
             post("coordination", "text/plain", vec![b'x'; 2000])
                 .await
                 .unwrap(),

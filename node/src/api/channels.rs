@@ -102,12 +102,29 @@ pub async fn publish_batch(
         }
         messages.push((channel, "application/json".to_string(), body));
     }
-    let receipts = s
-        .network
-        .publish_many(messages)
-        .await?
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()?;
+    let results = s.network.publish_many(messages).await?;
+    let total = results.len();
+    let mut receipts = Vec::with_capacity(total);
+    for result in results {
+        match result {
+            Ok(receipt) => receipts.push(receipt),
+            // Messages before this one went out: say so, or the agent
+            // cannot know what to retry.
+            Err(e) => {
+                let mut error = ApiError::from(e);
+                let sent = match receipts.len() {
+                    0 => "none was published".to_string(),
+                    n => format!("messages 0 to {} were published", n - 1),
+                };
+                error.message = format!(
+                    "message {} of {total}: {}; {sent}",
+                    receipts.len(),
+                    error.message
+                );
+                return Err(error);
+            }
+        }
+    }
     Ok(Json(BatchReceipts { receipts }))
 }
 

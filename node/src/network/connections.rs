@@ -18,12 +18,17 @@ impl Network {
         if peer == *self.swarm.local_peer_id() {
             return;
         }
-        let addrs = self.dialer.dial_order(peer, addrs, Instant::now());
-        let opts = DialOpts::peer_id(peer)
-            .addresses(addrs)
-            .condition(PeerCondition::DisconnectedAndNotDialing)
-            .extend_addresses_through_behaviour()
-            .build();
+        let now = Instant::now();
+        let addrs = self.dialer.dial_order(peer, addrs, now);
+        let mut opts = DialOpts::peer_id(peer)
+            .addresses(addrs.clone())
+            .condition(PeerCondition::DisconnectedAndNotDialing);
+        // Behaviours (Kademlia) may add addresses in their own order, QUIC
+        // ones included: only when QUIC is allowed, or nothing else is known.
+        if addrs.is_empty() || self.dialer.allows_quic(peer, now) {
+            opts = opts.extend_addresses_through_behaviour();
+        }
+        let opts = opts.build();
         if let Err(e) = self.swarm.dial(opts) {
             tracing::debug!(%peer, error = %e, "dial not started");
         }

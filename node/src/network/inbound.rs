@@ -8,8 +8,10 @@ use std::sync::Arc;
 
 impl Network {
     pub(super) fn family_of_topic(&self, topic: &gossipsub::TopicHash) -> Option<String> {
-        let prefix = format!("/agentmesh/{}/channel/", self.settings.network);
-        topic.as_str().strip_prefix(&prefix).map(str::to_string)
+        topic
+            .as_str()
+            .strip_prefix(&self.topic_prefix)
+            .map(str::to_string)
     }
 
     /// A frame is accepted only if it decodes within the limits, its

@@ -51,12 +51,20 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Every channel topic of `network` starts with this.
+pub fn topic_prefix(network: &str) -> String {
+    format!("/agentmesh/{network}/channel/")
+}
+
 pub fn topic_for(network: &str, family: &str) -> gossipsub::IdentTopic {
-    gossipsub::IdentTopic::new(format!("/agentmesh/{network}/channel/{family}"))
+    gossipsub::IdentTopic::new(format!("{}{family}", topic_prefix(network)))
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PublishError {
+    /// The message itself is unacceptable (the agent's mistake).
+    #[error("invalid message: {0}")]
+    Invalid(String),
     #[error("message of {0} bytes is larger than the network accepts")]
     TooLarge(usize),
     #[error("the send queues to all {0} subscribed peers are full; retry later")]
@@ -180,6 +188,8 @@ impl NetworkHandle {
 pub struct Network {
     swarm: Swarm<Behaviour>,
     settings: Settings,
+    /// `topic_prefix(network)`, computed once: checked for every frame.
+    topic_prefix: String,
     local_node: NodeId,
     /// Signs the gossip frames this node publishes.
     key: NodeKey,
@@ -228,6 +238,7 @@ impl Network {
             settings.tcp,
         );
         let mut network = Network {
+            topic_prefix: topic_prefix(&settings.network),
             swarm,
             settings,
             local_node: key.node_id(),
@@ -510,13 +521,13 @@ impl Network {
                 continue;
             };
             if let Some(node) = node_id_of(&peer) {
-                let _ = self.peer_book.put(
-                    &node,
-                    &KnownPeer {
-                        addrs: info.listen_addrs,
-                        last_seen_ms: now_ms(),
-                    },
-                );
+                let record = KnownPeer {
+                    addrs: info.listen_addrs,
+                    last_seen_ms: now_ms(),
+                };
+                if let Err(e) = self.peer_book.put(&node, &record) {
+                    tracing::warn!(%peer, error = %e, "cannot remember peer at shutdown");
+                }
             }
         }
     }

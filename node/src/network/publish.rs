@@ -72,7 +72,7 @@ impl Network {
         };
         match envelope.validate(self.settings.max_message_bytes) {
             Ok(()) => Ok((envelope, reply)),
-            Err(e) => Err((PublishError::Failed(e.to_string()), reply)),
+            Err(e) => Err((PublishError::Invalid(e.to_string()), reply)),
         }
     }
 
@@ -83,23 +83,24 @@ impl Network {
             let result = outcome.clone().map(|(remote, remote_subscribers)| {
                 self.totals.published += 1;
                 self.counters.published(&envelope.channel);
-                let receipt = PublishReceipt {
-                    id: envelope.id.to_string(),
-                    channel: envelope.channel.to_string(),
-                    timestamp_ms: envelope.timestamp_ms,
-                    local_subscribers: 0,
-                    remote,
-                    remote_subscribers,
-                };
+                let (id, channel, timestamp_ms) = (
+                    envelope.id.to_string(),
+                    envelope.channel.to_string(),
+                    envelope.timestamp_ms,
+                );
                 let delivery = Arc::new(Delivery {
                     envelope,
                     received_ms: now_ms(),
                 });
-                let local = self.router.deliver(delivery);
-                self.totals.delivered_locally += local as u64;
+                let local_subscribers = self.router.deliver(delivery);
+                self.totals.delivered_locally += local_subscribers as u64;
                 PublishReceipt {
-                    local_subscribers: local,
-                    ..receipt
+                    id,
+                    channel,
+                    timestamp_ms,
+                    local_subscribers,
+                    remote,
+                    remote_subscribers,
                 }
             });
             let _ = reply.send(result);
