@@ -6,10 +6,12 @@
 
 pub mod channel;
 pub mod codec;
+pub mod consensus_wire;
 pub mod envelope;
 pub mod frame;
 pub mod ids;
 pub mod keys;
+pub mod vertex;
 
 pub use channel::{Channel, ChannelError, ChannelPattern};
 pub use codec::{decode, encode, CodecError};
@@ -17,3 +19,4 @@ pub use envelope::{Envelope, EnvelopeError, MessageId};
 pub use frame::{decode_frame, encode_frame, FrameError};
 pub use ids::{sha256, NodeId};
 pub use keys::{KeyError, NodeKey};
+pub use vertex::{Transaction, Vertex, VertexError, VertexId, WireVertex};

@@ -1,0 +1,173 @@
+//! Decisions: accepting a vertex rejects its rivals; rejecting a vertex
+//! rejects its descendants. Decided vertices leave memory for the history.
+
+use super::{Engine, KeyState, Output, Processing, MAX_ORPHANS, MAX_REISSUES, RECENT_ACCEPTED};
+use crate::history::{Decision, History};
+use agentmesh_protocol::{Vertex, VertexId};
+use std::collections::VecDeque;
+
+impl<H: History> Engine<H> {
+    /// Accepts every vertex in `candidates` (and then their descendants)
+    /// that meets the acceptance rule, parents first.
+    pub(super) fn accept_ready(&mut self, now_ms: u64, candidates: Vec<VertexId>) {
+        let mut queue: VecDeque<VertexId> = candidates.into();
+        while let Some(id) = queue.pop_front() {
+            if !self.acceptable(&id) {
+                continue;
+            }
+            let Some(p) = self.processing.remove(&id) else {
+                continue;
+            };
+            queue.extend(p.children.iter().copied());
+            self.accept(now_ms, p);
+        }
+    }
+
+    fn acceptable(&self, id: &VertexId) -> bool {
+        let Some(p) = self.processing.get(id) else {
+            return false;
+        };
+        // A parent still processing is not accepted yet; one outside the
+        // processing set is accepted (rejection would have removed us).
+        if p.vertex
+            .parents()
+            .iter()
+            .any(|parent| self.processing.contains_key(parent))
+        {
+            return false;
+        }
+        p.vertex
+            .transactions()
+            .iter()
+            .all(|tx| match self.keys.get(&tx.key) {
+                Some(KeyState::Contested(set)) => set.streak(id) >= self.params.beta_rogue,
+                _ => p.streak >= self.params.beta_virtuous,
+            })
+    }
+
+    fn accept(&mut self, now_ms: u64, p: Processing) {
+        let id = p.vertex.id();
+        self.leaves.remove(&id);
+        self.authored.remove(&(p.vertex.author(), p.vertex.seq()));
+        let mut losers = Vec::new();
+        for tx in p.vertex.transactions() {
+            if let Some(KeyState::Contested(set)) = self.keys.remove(&tx.key) {
+                losers.extend(set.members().filter(|m| *m != id));
+            }
+            self.reissued.remove(&tx.key);
+            self.orphans.remove(&tx.key);
+        }
+        self.recent_accepted.push_back(id);
+        if self.recent_accepted.len() > RECENT_ACCEPTED {
+            self.recent_accepted.pop_front();
+        }
+        self.stats.accepted_vertices += 1;
+        self.stats.accepted_transactions += p.vertex.transactions().len() as u64;
+        self.record(now_ms, p.vertex, Decision::Accepted);
+        self.preferred_memo.clear();
+        for loser in losers {
+            self.reject(now_ms, loser);
+        }
+    }
+
+    /// Rejects a processing vertex and everything that descends from it.
+    pub(super) fn reject(&mut self, now_ms: u64, id: VertexId) {
+        let mut queue = VecDeque::from([id]);
+        while let Some(id) = queue.pop_front() {
+            let Some(p) = self.processing.remove(&id) else {
+                continue;
+            };
+            self.leaves.remove(&id);
+            self.authored.remove(&(p.vertex.author(), p.vertex.seq()));
+            for tx in p.vertex.transactions() {
+                let now_empty = match self.keys.get_mut(&tx.key) {
+                    Some(KeyState::Contested(set)) => {
+                        set.remove(&id);
+                        set.is_empty()
+                    }
+                    Some(KeyState::Single(single)) => *single == id,
+                    None => false,
+                };
+                if now_empty {
+                    self.keys.remove(&tx.key);
+                    // The last candidate is gone: a local transaction that
+                    // was waiting on its rivals goes out again.
+                    if let Some(orphan) = self.orphans.remove(&tx.key) {
+                        self.reissue.push(orphan);
+                    }
+                }
+            }
+            for parent in p.vertex.parents() {
+                if let Some(parent_state) = self.processing.get_mut(parent) {
+                    parent_state.children.retain(|c| *c != id);
+                    if parent_state.children.is_empty() {
+                        self.leaves.insert(*parent);
+                    }
+                }
+            }
+            queue.extend(p.children.iter().copied());
+            for waiter in self.waiting.remove(&id).unwrap_or_default() {
+                if let Some(pending) = self.pending.remove(&waiter) {
+                    self.reject_unprocessed(now_ms, pending.vertex);
+                }
+            }
+            self.plan_reissue(&p.vertex);
+            self.stats.rejected_vertices += 1;
+            self.record(now_ms, p.vertex, Decision::Rejected);
+        }
+        self.preferred_memo.clear();
+    }
+
+    /// Rejects a vertex that never entered the processing set (a parent was
+    /// rejected, or it conflicts with an accepted transaction), and the
+    /// pending vertices waiting for it.
+    pub(super) fn reject_unprocessed(&mut self, now_ms: u64, vertex: Vertex) {
+        let mut queue = VecDeque::from([vertex]);
+        while let Some(vertex) = queue.pop_front() {
+            let id = vertex.id();
+            self.authored.remove(&(vertex.author(), vertex.seq()));
+            for waiter in self.waiting.remove(&id).unwrap_or_default() {
+                if let Some(pending) = self.pending.remove(&waiter) {
+                    queue.push_back(pending.vertex);
+                }
+            }
+            self.plan_reissue(&vertex);
+            self.stats.rejected_vertices += 1;
+            self.record(now_ms, vertex, Decision::Rejected);
+        }
+    }
+
+    /// A rejected local vertex's transactions whose keys are still open go
+    /// out again in a new vertex (a vertex can be rejected for its parents
+    /// alone, which says nothing against its own transactions).
+    fn plan_reissue(&mut self, vertex: &Vertex) {
+        if vertex.author() != self.me {
+            return;
+        }
+        for tx in vertex.transactions() {
+            if self.history.winner(&tx.key).is_some() {
+                continue;
+            }
+            if self.keys.contains_key(&tx.key) {
+                // Rivals are still undecided; if they all fail, it goes out
+                // again then.
+                if self.orphans.len() < MAX_ORPHANS {
+                    self.orphans.insert(tx.key.clone(), tx.clone());
+                }
+                continue;
+            }
+            let attempts = self.reissued.entry(tx.key.clone()).or_insert(0);
+            if *attempts < MAX_REISSUES {
+                *attempts += 1;
+                self.reissue.push(tx.clone());
+            }
+        }
+    }
+
+    fn record(&mut self, now_ms: u64, vertex: Vertex, decision: Decision) {
+        if let Err(e) = self.history.record(&vertex, decision, now_ms) {
+            self.outputs.push(Output::HistoryFailed(e.to_string()));
+        }
+        self.outputs.push(Output::Decided { vertex, decision });
+    }
+}

@@ -1,0 +1,281 @@
+//! Taking vertices in: duplicates, equivocation, missing ancestors (pending
+//! and fetched), conflicts with accepted transactions, the processing set.
+
+use super::{Engine, FetchState, KeyState, Output, Pending, Processing};
+use crate::graylist::Misbehaviour;
+use crate::history::{Decision, History};
+use crate::snowball::ConflictSet;
+use agentmesh_protocol::{NodeId, Vertex, VertexId};
+use rand::seq::IndexedRandom;
+use std::collections::{HashMap, HashSet, VecDeque};
+
+/// Attempts to fetch one missing vertex before the waiters give up on it.
+const MAX_FETCH_ATTEMPTS: u32 = 3;
+
+impl<H: History> Engine<H> {
+    pub(super) fn receive(&mut self, now_ms: u64, from: Option<NodeId>, vertex: Vertex) {
+        let id = vertex.id();
+        if self.processing.contains_key(&id)
+            || self.pending.contains_key(&id)
+            || self.history.decision(&id).is_some()
+        {
+            return;
+        }
+        self.fetching.remove(&id);
+        self.check_equivocation(now_ms, &vertex);
+
+        let mut missing = HashSet::new();
+        for parent in vertex.parents() {
+            if self.processing.contains_key(parent) {
+                continue;
+            }
+            match self.history.decision(parent) {
+                Some((Decision::Accepted, _)) => {}
+                Some((Decision::Rejected, _)) => {
+                    self.reject_unprocessed(now_ms, vertex);
+                    return;
+                }
+                None => {
+                    missing.insert(*parent);
+                }
+            }
+        }
+        if missing.is_empty() {
+            self.insert_ready(now_ms, vertex);
+        } else {
+            self.add_pending(now_ms, from, vertex, missing);
+        }
+    }
+
+    fn check_equivocation(&mut self, now_ms: u64, vertex: &Vertex) {
+        let slot = (vertex.author(), vertex.seq());
+        let other = self
+            .authored
+            .get(&slot)
+            .copied()
+            .or_else(|| self.history.authored(&slot.0, slot.1));
+        match other {
+            Some(other) if other != vertex.id() => {
+                self.misbehaved(now_ms, vertex.author(), Misbehaviour::Equivocation)
+            }
+            Some(_) => {}
+            None => {
+                self.authored.insert(slot, vertex.id());
+            }
+        }
+    }
+
+    /// Inserts a vertex whose parents are all processing or accepted, then
+    /// any pending vertices that were waiting only for it.
+    fn insert_ready(&mut self, now_ms: u64, vertex: Vertex) {
+        let mut ready = VecDeque::from([vertex]);
+        while let Some(vertex) = ready.pop_front() {
+            let id = vertex.id();
+            if self.processing.len() >= 2 * self.params.max_processing {
+                // Over the hard bound: dropped, fetched again if a later
+                // vertex names it.
+                self.authored.remove(&(vertex.author(), vertex.seq()));
+                self.drop_waiters(&id);
+                continue;
+            }
+            let accepted_rival = vertex
+                .transactions()
+                .iter()
+                .any(|tx| self.history.winner(&tx.key).is_some_and(|w| w != id));
+            if accepted_rival {
+                self.reject_unprocessed(now_ms, vertex);
+                continue;
+            }
+            self.add_processing(vertex);
+            for waiter in self.waiting.remove(&id).unwrap_or_default() {
+                let Some(p) = self.pending.get_mut(&waiter) else {
+                    continue;
+                };
+                p.missing.remove(&id);
+                if p.missing.is_empty() {
+                    if let Some(p) = self.pending.remove(&waiter) {
+                        ready.push_back(p.vertex);
+                    }
+                }
+            }
+        }
+    }
+
+    fn add_processing(&mut self, vertex: Vertex) {
+        let id = vertex.id();
+        let mut height = 0;
+        for parent in vertex.parents() {
+            if let Some(p) = self.processing.get_mut(parent) {
+                height = height.max(p.height + 1);
+                p.children.push(id);
+                self.leaves.remove(parent);
+            }
+        }
+        for tx in vertex.transactions() {
+            match self.keys.get_mut(&tx.key) {
+                None => {
+                    self.keys.insert(tx.key.clone(), KeyState::Single(id));
+                }
+                Some(KeyState::Single(first)) => {
+                    let set = ConflictSet::new(*first, id);
+                    self.keys.insert(tx.key.clone(), KeyState::Contested(set));
+                }
+                Some(KeyState::Contested(set)) => set.add(id),
+            }
+        }
+        self.leaves.insert(id);
+        self.unpolled.push_back(id);
+        self.processing.insert(
+            id,
+            Processing {
+                vertex,
+                height,
+                children: Vec::new(),
+                streak: 0,
+            },
+        );
+    }
+
+    fn add_pending(
+        &mut self,
+        now_ms: u64,
+        from: Option<NodeId>,
+        vertex: Vertex,
+        missing: HashSet<VertexId>,
+    ) {
+        if self.pending.len() >= self.params.max_pending {
+            self.authored.remove(&(vertex.author(), vertex.seq()));
+            return;
+        }
+        let id = vertex.id();
+        let mut to_fetch = Vec::new();
+        for m in &missing {
+            self.waiting.entry(*m).or_default().push(id);
+            if !self.pending.contains_key(m) && !self.fetching.contains_key(m) {
+                to_fetch.push(*m);
+            }
+        }
+        self.pending.insert(
+            id,
+            Pending {
+                vertex,
+                missing,
+                since_ms: now_ms,
+            },
+        );
+        to_fetch.sort();
+        if let Some(from) = from {
+            self.fetch(now_ms, from, to_fetch);
+        }
+    }
+
+    pub(super) fn fetch(&mut self, now_ms: u64, from: NodeId, ids: Vec<VertexId>) {
+        if ids.is_empty() || from == self.me {
+            return;
+        }
+        for id in &ids {
+            self.fetching.insert(
+                *id,
+                FetchState {
+                    sent_ms: now_ms,
+                    attempts: 1,
+                },
+            );
+        }
+        for chunk in ids.chunks(agentmesh_protocol::consensus_wire::MAX_FETCH_IDS) {
+            self.outputs.push(Output::Fetch {
+                from,
+                ids: chunk.to_vec(),
+            });
+        }
+    }
+
+    /// Missing vertices not delivered in time are asked of another peer;
+    /// after a few attempts the vertices waiting for them are dropped.
+    pub(super) fn retry_fetches(&mut self, now_ms: u64) {
+        let timeout = self.params.fetch_timeout_ms;
+        // Sorted here and below: iteration order of hash maps differs from
+        // run to run, and the simulator must replay a seed exactly.
+        let mut overdue: Vec<VertexId> = self
+            .fetching
+            .iter()
+            .filter(|(_, f)| now_ms.saturating_sub(f.sent_ms) >= timeout)
+            .map(|(id, _)| *id)
+            .collect();
+        overdue.sort();
+        let candidates: Vec<NodeId> = self
+            .peers
+            .iter()
+            .filter(|p| !self.graylist.is_graylisted(p, now_ms))
+            .copied()
+            .collect();
+        let mut by_peer: HashMap<NodeId, Vec<VertexId>> = HashMap::new();
+        for id in overdue {
+            let attempts = self.fetching.get(&id).map_or(0, |f| f.attempts);
+            let peer = candidates.choose(&mut self.rng).copied();
+            match peer {
+                Some(peer) if attempts < MAX_FETCH_ATTEMPTS && self.waiting.contains_key(&id) => {
+                    self.fetching.insert(
+                        id,
+                        FetchState {
+                            sent_ms: now_ms,
+                            attempts: attempts + 1,
+                        },
+                    );
+                    by_peer.entry(peer).or_default().push(id);
+                }
+                _ => {
+                    self.fetching.remove(&id);
+                    self.drop_waiters(&id);
+                }
+            }
+        }
+        let mut by_peer: Vec<_> = by_peer.into_iter().collect();
+        by_peer.sort();
+        for (peer, ids) in by_peer {
+            for chunk in ids.chunks(agentmesh_protocol::consensus_wire::MAX_FETCH_IDS) {
+                self.outputs.push(Output::Fetch {
+                    from: peer,
+                    ids: chunk.to_vec(),
+                });
+            }
+        }
+    }
+
+    pub(super) fn expire_pending(&mut self, now_ms: u64) {
+        let timeout = self.params.pending_timeout_ms;
+        let mut stale: Vec<VertexId> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| now_ms.saturating_sub(p.since_ms) >= timeout)
+            .map(|(id, _)| *id)
+            .collect();
+        stale.sort();
+        for id in stale {
+            self.drop_pending(&id);
+        }
+    }
+
+    /// Forgets pending vertices (transitively) waiting for `missing`,
+    /// without deciding them: they come back if named again.
+    fn drop_waiters(&mut self, missing: &VertexId) {
+        for waiter in self.waiting.remove(missing).unwrap_or_default() {
+            self.drop_pending(&waiter);
+        }
+    }
+
+    fn drop_pending(&mut self, id: &VertexId) {
+        if let Some(p) = self.pending.remove(id) {
+            self.authored.remove(&(p.vertex.author(), p.vertex.seq()));
+            for m in &p.missing {
+                if let Some(list) = self.waiting.get_mut(m) {
+                    list.retain(|w| w != id);
+                    if list.is_empty() {
+                        self.waiting.remove(m);
+                    }
+                }
+            }
+            self.drop_waiters(id);
+        }
+    }
+}

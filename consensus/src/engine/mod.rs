@@ -1,0 +1,618 @@
+//! The Avalanche engine as a pure state machine.
+//!
+//! Callers feed it inputs (a vertex arrived, a query arrived, votes arrived,
+//! a query failed, a local proposal, a tick) together with the current time,
+//! and collect [`Output`]s to carry out: send a query, answer one, broadcast
+//! or fetch vertices, announce decisions, graylist a peer. It owns no
+//! sockets, clocks or threads, so the node and the simulator drive the very
+//! same code.
+//!
+//! Model: every undecided ("processing") vertex keeps a streak of
+//! consecutive successful polls; every conflict key with more than one
+//! candidate vertex keeps Snowball counters. A yes vote for a vertex is a
+//! yes vote for all of its undecided ancestors (chits). A vertex is accepted
+//! once its parents are accepted and each of its transactions is accepted:
+//! an uncontested one after `beta_virtuous` consecutive successes, a
+//! contested one after `beta_rogue` consecutive successes in its conflict
+//! set. Accepting a vertex rejects its rivals and, transitively, their
+//! descendants. Decided vertices leave memory for the [`History`].
+
+mod decide;
+mod insert;
+mod poll;
+
+use crate::graylist::{Graylist, Misbehaviour};
+use crate::history::{Decision, History, HistoryError};
+use crate::params::Params;
+use crate::snowball::ConflictSet;
+use agentmesh_protocol::{NodeId, NodeKey, Transaction, Vertex, VertexError, VertexId};
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+
+pub type PollId = u64;
+/// The driver's handle for an inbound request it must answer.
+pub type RequestId = u64;
+
+/// What the engine asks its driver to do.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// Send `Query { ids }` to each peer; report answers with
+    /// [`Engine::on_votes`] and failures with [`Engine::on_query_failed`].
+    Query {
+        poll: PollId,
+        peers: Vec<NodeId>,
+        ids: Vec<VertexId>,
+    },
+    /// Answer an inbound query.
+    Votes {
+        to: NodeId,
+        request: RequestId,
+        votes: Vec<bool>,
+        /// Accepted rivals of queried vertices this node rejected.
+        hints: Vec<VertexId>,
+    },
+    /// Gossip a vertex this node proposed.
+    Broadcast(Vertex),
+    /// Ask `from` for these vertices; hand them to [`Engine::on_vertex`].
+    Fetch { from: NodeId, ids: Vec<VertexId> },
+    /// Answer an inbound fetch.
+    Vertices {
+        to: NodeId,
+        request: RequestId,
+        vertices: Vec<Vertex>,
+    },
+    /// A vertex was finally accepted or rejected.
+    Decided { vertex: Vertex, decision: Decision },
+    /// A peer is left out of samples until `until_ms`.
+    Graylisted {
+        peer: NodeId,
+        reason: Misbehaviour,
+        until_ms: u64,
+    },
+    /// Recording a decision failed; the decision stands in memory.
+    HistoryFailed(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProposeError {
+    #[error("{0} undecided vertices are in flight; retry when some are decided")]
+    Busy(usize),
+    #[error(transparent)]
+    Invalid(#[from] VertexError),
+    #[error(transparent)]
+    History(#[from] HistoryError),
+}
+
+/// Where a vertex stands, as this node sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VertexStatus {
+    Unknown,
+    /// Waiting for missing ancestors.
+    Pending,
+    /// Being polled; `confidence` is the weakest consecutive-success streak
+    /// among its transactions.
+    Processing {
+        confidence: u32,
+        preferred: bool,
+    },
+    Accepted,
+    Rejected,
+}
+
+/// Undecided candidates for one conflict key.
+#[derive(Debug)]
+enum KeyState {
+    Single(VertexId),
+    Contested(ConflictSet),
+}
+
+#[derive(Debug)]
+struct Processing {
+    vertex: Vertex,
+    height: u64,
+    children: Vec<VertexId>,
+    /// Consecutive polls in which this vertex got an alpha majority.
+    streak: u32,
+}
+
+#[derive(Debug)]
+struct Pending {
+    vertex: Vertex,
+    missing: HashSet<VertexId>,
+    since_ms: u64,
+}
+
+#[derive(Debug)]
+struct FetchState {
+    sent_ms: u64,
+    attempts: u32,
+}
+
+/// Tracking state of one poll.
+#[derive(Debug)]
+struct Poll {
+    ids: Vec<VertexId>,
+    /// Sampled voters; a voter's index is its bit in the masks.
+    voters: Vec<NodeId>,
+    answered: u64,
+    yes: Vec<u64>,
+    alpha: usize,
+    deadline_ms: u64,
+    repoll: bool,
+}
+
+/// How many times a local transaction is re-proposed after its vertex was
+/// rejected for reasons other than losing its own conflict.
+const MAX_REISSUES: u8 = 5;
+/// Ids of recently accepted vertices kept as parents for new proposals.
+const RECENT_ACCEPTED: usize = 16;
+/// Most orphaned local transactions remembered for re-proposal.
+const MAX_ORPHANS: usize = 16_384;
+/// Most rival hints in one answer.
+const MAX_HINTS: usize = 64;
+
+pub struct Engine<H: History> {
+    params: Params,
+    key: NodeKey,
+    me: NodeId,
+    history: H,
+    rng: SmallRng,
+    peers: Vec<NodeId>,
+    graylist: Graylist,
+
+    processing: HashMap<VertexId, Processing>,
+    /// Processing vertices without processing children.
+    leaves: BTreeSet<VertexId>,
+    keys: HashMap<String, KeyState>,
+    /// (author, seq) of processing vertices, to catch equivocation early.
+    authored: HashMap<(NodeId, u64), VertexId>,
+    unpolled: VecDeque<VertexId>,
+    recent_accepted: VecDeque<VertexId>,
+
+    pending: HashMap<VertexId, Pending>,
+    waiting: HashMap<VertexId, Vec<VertexId>>,
+    fetching: HashMap<VertexId, FetchState>,
+
+    polls: HashMap<PollId, Poll>,
+    next_poll: PollId,
+    next_repoll_ms: u64,
+    /// Memo of "strongly preferred" answers, cleared when a preference moves.
+    preferred_memo: HashMap<VertexId, bool>,
+
+    reissue: Vec<Transaction>,
+    reissued: HashMap<String, u8>,
+    /// Local transactions whose vertex was rejected while rivals for the
+    /// same key were still undecided.
+    orphans: HashMap<String, Transaction>,
+    outputs: Vec<Output>,
+    stats: EngineStats,
+}
+
+/// Counters for metrics and benchmarks.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct EngineStats {
+    pub polls_started: u64,
+    pub polls_succeeded: u64,
+    pub accepted_vertices: u64,
+    pub rejected_vertices: u64,
+    pub accepted_transactions: u64,
+    pub queries_answered: u64,
+}
+
+impl<H: History> Engine<H> {
+    /// `seed` drives peer sampling; the node passes OS randomness, the
+    /// simulator a fixed seed.
+    pub fn new(params: Params, key: NodeKey, history: H, seed: u64) -> Engine<H> {
+        let me = key.node_id();
+        Engine {
+            params,
+            key,
+            me,
+            history,
+            rng: SmallRng::seed_from_u64(seed),
+            peers: Vec::new(),
+            graylist: Graylist::default(),
+            processing: HashMap::new(),
+            leaves: BTreeSet::new(),
+            keys: HashMap::new(),
+            authored: HashMap::new(),
+            unpolled: VecDeque::new(),
+            recent_accepted: VecDeque::new(),
+            pending: HashMap::new(),
+            waiting: HashMap::new(),
+            fetching: HashMap::new(),
+            polls: HashMap::new(),
+            next_poll: 1,
+            next_repoll_ms: 0,
+            preferred_memo: HashMap::new(),
+            reissue: Vec::new(),
+            reissued: HashMap::new(),
+            orphans: HashMap::new(),
+            outputs: Vec::new(),
+            stats: EngineStats::default(),
+        }
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.me
+    }
+
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    pub fn history(&self) -> &H {
+        &self.history
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        self.stats
+    }
+
+    /// Everything the engine wants done since the last call.
+    pub fn take_outputs(&mut self) -> Vec<Output> {
+        std::mem::take(&mut self.outputs)
+    }
+
+    /// The peers that may be sampled (self excluded; it is always a voter).
+    pub fn set_peers(&mut self, mut peers: Vec<NodeId>) {
+        peers.retain(|p| *p != self.me);
+        peers.sort();
+        peers.dedup();
+        self.peers = peers;
+    }
+
+    pub fn graylisted(&self, now_ms: u64) -> Vec<(NodeId, u64)> {
+        self.graylist.graylisted(now_ms)
+    }
+
+    /// Every undecided vertex and where it stands.
+    pub fn undecided(&self) -> Vec<(VertexId, VertexStatus)> {
+        let mut all: Vec<_> = self
+            .processing
+            .keys()
+            .chain(self.pending.keys())
+            .map(|id| (*id, self.status(id)))
+            .collect();
+        all.sort_by_key(|(id, _)| *id);
+        all
+    }
+
+    pub fn processing_len(&self) -> usize {
+        self.processing.len()
+    }
+
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn polls_in_flight(&self) -> usize {
+        self.polls.len()
+    }
+
+    /// A local proposal: signs a vertex of `transactions` on the preferred
+    /// frontier, gossips it and starts polling it.
+    pub fn propose(
+        &mut self,
+        now_ms: u64,
+        transactions: Vec<Transaction>,
+    ) -> Result<VertexId, ProposeError> {
+        if self.processing.len() >= self.params.max_processing {
+            return Err(ProposeError::Busy(self.processing.len()));
+        }
+        let parents = self.choose_parents(now_ms);
+        let seq = self.history.next_seq();
+        let vertex = Vertex::sign(&self.key, parents, seq, now_ms, transactions)?;
+        // The sequence number is durable before the vertex leaves: a node
+        // restarted after a crash never signs two vertices with one number.
+        self.history.set_next_seq(seq + 1)?;
+        let id = vertex.id();
+        self.outputs.push(Output::Broadcast(vertex.clone()));
+        self.receive(now_ms, None, vertex);
+        self.issue_polls(now_ms);
+        Ok(id)
+    }
+
+    /// A vertex arrived from `from` (gossip or fetch), already verified.
+    pub fn on_vertex(&mut self, now_ms: u64, from: NodeId, vertex: Vertex) {
+        self.receive(now_ms, Some(from), vertex);
+        self.issue_polls(now_ms);
+    }
+
+    /// `from` sent a vertex that failed verification.
+    pub fn on_invalid_vertex(&mut self, now_ms: u64, from: NodeId) {
+        self.misbehaved(now_ms, from, Misbehaviour::InvalidVertex);
+    }
+
+    /// Answers a query: one vote per id, yes when this node strongly
+    /// prefers the vertex. Unknown ids get a no and are fetched from the
+    /// asker, who evidently has them.
+    pub fn on_query(&mut self, now_ms: u64, from: NodeId, request: RequestId, ids: &[VertexId]) {
+        let mut unknown = Vec::new();
+        let mut hints = Vec::new();
+        let votes = ids
+            .iter()
+            .map(|id| {
+                if self.processing.contains_key(id) {
+                    return self.strongly_preferred(id);
+                }
+                match self.history.decision(id) {
+                    Some((Decision::Accepted, _)) => true,
+                    Some((Decision::Rejected, _)) => {
+                        if hints.len() < MAX_HINTS {
+                            hints.extend(self.rivals_that_won(id));
+                        }
+                        false
+                    }
+                    None => {
+                        if !self.pending.contains_key(id) && !self.fetching.contains_key(id) {
+                            unknown.push(*id);
+                        }
+                        false
+                    }
+                }
+            })
+            .collect();
+        self.stats.queries_answered += 1;
+        hints.sort();
+        hints.dedup();
+        self.outputs.push(Output::Votes {
+            to: from,
+            request,
+            votes,
+            hints,
+        });
+        self.fetch(now_ms, from, unknown);
+    }
+
+    /// Answers a fetch with the vertices this node holds.
+    pub fn on_fetch(&mut self, from: NodeId, request: RequestId, ids: &[VertexId]) {
+        let budget = agentmesh_protocol::consensus_wire::FETCH_RESPONSE_BUDGET;
+        let mut used = 0;
+        let mut vertices = Vec::new();
+        for id in ids {
+            let found = match self.processing.get(id) {
+                Some(p) => Some(p.vertex.clone()),
+                None => match self.pending.get(id) {
+                    Some(p) => Some(p.vertex.clone()),
+                    None => self.history.vertex(id),
+                },
+            };
+            if let Some(vertex) = found {
+                let size = approximate_size(&vertex);
+                if used > 0 && used + size > budget {
+                    break;
+                }
+                used += size;
+                vertices.push(vertex);
+            }
+        }
+        self.outputs.push(Output::Vertices {
+            to: from,
+            request,
+            vertices,
+        });
+    }
+
+    /// Periodic work: expire polls, retry fetches, drop stale pending
+    /// vertices, re-propose orphaned local transactions, start polls.
+    pub fn tick(&mut self, now_ms: u64) {
+        self.expire_polls(now_ms);
+        self.retry_fetches(now_ms);
+        self.expire_pending(now_ms);
+        self.graylist.prune(now_ms);
+        if !self.reissue.is_empty() && self.processing.len() < self.params.max_processing {
+            let mut txs = std::mem::take(&mut self.reissue);
+            let mut seen = HashSet::new();
+            txs.retain(|tx| seen.insert(tx.key.clone()));
+            for chunk in txs.chunks(agentmesh_protocol::vertex::MAX_VERTEX_TRANSACTIONS) {
+                if let Err(e) = self.propose(now_ms, chunk.to_vec()) {
+                    self.outputs.push(Output::HistoryFailed(format!(
+                        "could not re-propose transactions: {e}"
+                    )));
+                }
+            }
+        }
+        self.issue_polls(now_ms);
+    }
+
+    /// Where `id` stands here.
+    pub fn status(&self, id: &VertexId) -> VertexStatus {
+        if let Some(p) = self.processing.get(id) {
+            return VertexStatus::Processing {
+                confidence: self.confidence(p),
+                preferred: self.preferred(p),
+            };
+        }
+        if self.pending.contains_key(id) {
+            return VertexStatus::Pending;
+        }
+        match self.history.decision(id) {
+            Some((Decision::Accepted, _)) => VertexStatus::Accepted,
+            Some((Decision::Rejected, _)) => VertexStatus::Rejected,
+            None => VertexStatus::Unknown,
+        }
+    }
+
+    /// The undecided candidates for a conflict key (preferred first).
+    pub fn candidates(&self, key: &str) -> Vec<VertexId> {
+        match self.keys.get(key) {
+            None => Vec::new(),
+            Some(KeyState::Single(id)) => vec![*id],
+            Some(KeyState::Contested(set)) => {
+                let preferred = set.preference();
+                let mut all = vec![preferred];
+                all.extend(set.members().filter(|m| *m != preferred));
+                all
+            }
+        }
+    }
+
+    /// A processing or pending vertex's content (decided ones are in the
+    /// history).
+    pub fn undecided_vertex(&self, id: &VertexId) -> Option<&Vertex> {
+        self.processing
+            .get(id)
+            .map(|p| &p.vertex)
+            .or_else(|| self.pending.get(id).map(|p| &p.vertex))
+    }
+
+    fn rivals_that_won(&self, id: &VertexId) -> Vec<VertexId> {
+        let Some(vertex) = self.history.vertex(id) else {
+            return Vec::new();
+        };
+        vertex
+            .transactions()
+            .iter()
+            .filter_map(|tx| self.history.winner(&tx.key))
+            .filter(|w| w != id)
+            .collect()
+    }
+
+    fn misbehaved(&mut self, now_ms: u64, peer: NodeId, reason: Misbehaviour) {
+        if peer == self.me {
+            return;
+        }
+        let until_ms = self
+            .graylist
+            .graylist(peer, now_ms, self.params.graylist_ms);
+        self.outputs.push(Output::Graylisted {
+            peer,
+            reason,
+            until_ms,
+        });
+    }
+
+    fn preferred(&self, p: &Processing) -> bool {
+        let id = p.vertex.id();
+        p.vertex
+            .transactions()
+            .iter()
+            .all(|tx| match self.keys.get(&tx.key) {
+                Some(KeyState::Contested(set)) => set.preference() == id,
+                _ => true,
+            })
+    }
+
+    fn confidence(&self, p: &Processing) -> u32 {
+        let id = p.vertex.id();
+        p.vertex
+            .transactions()
+            .iter()
+            .map(|tx| match self.keys.get(&tx.key) {
+                Some(KeyState::Contested(set)) => set.streak(&id),
+                _ => p.streak,
+            })
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Preferred, and so are all undecided ancestors. Iterative so a long
+    /// chain of undecided vertices cannot exhaust the stack.
+    fn strongly_preferred(&mut self, id: &VertexId) -> bool {
+        if let Some(answer) = self.preferred_memo.get(id) {
+            return *answer;
+        }
+        let mut stack = vec![(*id, false)];
+        while let Some((v, expanded)) = stack.pop() {
+            if self.preferred_memo.contains_key(&v) {
+                continue;
+            }
+            let Some(p) = self.processing.get(&v) else {
+                continue;
+            };
+            if !expanded {
+                stack.push((v, true));
+                for parent in p.vertex.parents() {
+                    if self.processing.contains_key(parent)
+                        && !self.preferred_memo.contains_key(parent)
+                    {
+                        stack.push((*parent, false));
+                    }
+                }
+                continue;
+            }
+            // Parents outside the processing set are accepted: a vertex
+            // with a rejected parent is rejected with it.
+            let answer = self.preferred(p)
+                && p.vertex
+                    .parents()
+                    .iter()
+                    .all(|parent| *self.preferred_memo.get(parent).unwrap_or(&true));
+            self.preferred_memo.insert(v, answer);
+        }
+        *self.preferred_memo.get(id).unwrap_or(&false)
+    }
+
+    /// No transaction of this vertex or of its undecided ancestors has a
+    /// rival. New vertices build only on such vertices: a vertex built on a
+    /// contested one is rejected with it if it loses, which says nothing
+    /// about the new vertex's own transactions.
+    fn uncontested_ancestry(&self, id: &VertexId) -> bool {
+        let mut stack = vec![*id];
+        let mut seen = HashSet::new();
+        while let Some(v) = stack.pop() {
+            let Some(p) = self.processing.get(&v) else {
+                continue;
+            };
+            let contested = p
+                .vertex
+                .transactions()
+                .iter()
+                .any(|tx| matches!(self.keys.get(&tx.key), Some(KeyState::Contested(_))));
+            if contested {
+                return false;
+            }
+            for parent in p.vertex.parents() {
+                if seen.insert(*parent) {
+                    stack.push(*parent);
+                }
+            }
+        }
+        true
+    }
+
+    /// Strongly preferred leaves with uncontested ancestry, by authors not
+    /// graylisted, highest first;
+    /// recently accepted vertices when there are none.
+    fn choose_parents(&mut self, now_ms: u64) -> Vec<VertexId> {
+        let leaves: Vec<VertexId> = self.leaves.iter().copied().collect();
+        let mut chosen: Vec<(u64, VertexId)> = Vec::new();
+        for id in leaves {
+            let trusted = self
+                .processing
+                .get(&id)
+                .is_some_and(|p| !self.graylist.is_graylisted(&p.vertex.author(), now_ms));
+            if trusted && self.strongly_preferred(&id) && self.uncontested_ancestry(&id) {
+                if let Some(p) = self.processing.get(&id) {
+                    chosen.push((p.height, id));
+                }
+            }
+        }
+        chosen.sort_by(|a, b| b.cmp(a));
+        chosen.truncate(self.params.max_parents);
+        if chosen.is_empty() {
+            return self
+                .recent_accepted
+                .iter()
+                .rev()
+                .take(self.params.max_parents)
+                .copied()
+                .collect();
+        }
+        chosen.into_iter().map(|(_, id)| id).collect()
+    }
+}
+
+fn approximate_size(vertex: &Vertex) -> usize {
+    200 + 40 * vertex.parents().len()
+        + vertex
+            .transactions()
+            .iter()
+            .map(|tx| tx.key.len() + tx.payload.len() + 8)
+            .sum::<usize>()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,392 @@
+//! Polls: sampling voters, batching vertex ids into queries, counting votes
+//! transitively, and updating streaks and Snowball counters.
+
+use super::{Engine, KeyState, Output, Poll, PollId};
+use crate::graylist::Misbehaviour;
+use crate::history::{Decision, History};
+use agentmesh_protocol::{NodeId, VertexId};
+use rand::seq::index;
+use std::collections::{HashMap, HashSet};
+
+fn ones(mask: u64) -> usize {
+    mask.count_ones() as usize
+}
+
+impl Poll {
+    fn outstanding(&self) -> usize {
+        self.voters.len() - ones(self.answered)
+    }
+
+    /// Done when every voter answered, or when no outstanding answer could
+    /// change any id's outcome (alpha reached, or out of reach).
+    fn done(&self) -> bool {
+        let outstanding = self.outstanding();
+        outstanding == 0
+            || self
+                .yes
+                .iter()
+                .all(|m| ones(*m) >= self.alpha || ones(*m) + outstanding < self.alpha)
+    }
+}
+
+impl<H: History> Engine<H> {
+    /// Starts polls while there is room: new vertices first, then the
+    /// undecided frontier again.
+    pub(super) fn issue_polls(&mut self, now_ms: u64) {
+        let mut started = 0;
+        while self.polls.len() < self.params.max_polls_in_flight
+            && started < self.params.max_polls_in_flight
+        {
+            let mut ids = Vec::new();
+            while ids.len() < self.params.batch_size {
+                let Some(id) = self.unpolled.pop_front() else {
+                    break;
+                };
+                if self.processing.contains_key(&id) {
+                    ids.push(id);
+                }
+            }
+            let repoll = ids.is_empty();
+            if repoll {
+                if self.processing.is_empty() || now_ms < self.next_repoll_ms {
+                    break;
+                }
+                ids = self.repoll_batch();
+                if ids.is_empty() {
+                    break;
+                }
+            }
+            started += 1;
+            self.start_poll(now_ms, ids, repoll);
+        }
+    }
+
+    /// The undecided vertices closest to the accepted part of the DAG.
+    /// Asking about them directly (not only through descendants) matters: a
+    /// virtuous vertex below a contested one gets yes votes from both sides
+    /// of the conflict only when it is asked about itself.
+    fn repoll_batch(&self) -> Vec<VertexId> {
+        let mut all: Vec<(u64, VertexId)> = self
+            .processing
+            .iter()
+            .map(|(id, p)| (p.height, *id))
+            .collect();
+        all.sort_unstable();
+        all.truncate(self.params.batch_size);
+        all.into_iter().map(|(_, id)| id).collect()
+    }
+
+    fn sample_voters(&mut self, now_ms: u64) -> Vec<NodeId> {
+        let mut population: Vec<NodeId> = self
+            .peers
+            .iter()
+            .filter(|p| !self.graylist.is_graylisted(p, now_ms))
+            .copied()
+            .collect();
+        population.push(self.me);
+        let size = self.params.k.min(population.len());
+        index::sample(&mut self.rng, population.len(), size)
+            .into_iter()
+            .map(|i| population[i])
+            .collect()
+    }
+
+    fn start_poll(&mut self, now_ms: u64, ids: Vec<VertexId>, repoll: bool) {
+        let voters = self.sample_voters(now_ms);
+        let alpha = self.params.alpha_for(voters.len());
+        let poll_id = self.next_poll;
+        self.next_poll += 1;
+        self.stats.polls_started += 1;
+        let mut poll = Poll {
+            yes: vec![0; ids.len()],
+            ids,
+            voters,
+            answered: 0,
+            alpha,
+            deadline_ms: now_ms + self.params.query_timeout_ms,
+            repoll,
+        };
+        let peers: Vec<NodeId> = poll
+            .voters
+            .iter()
+            .filter(|v| **v != self.me)
+            .copied()
+            .collect();
+        if let Some(bit) = poll.voters.iter().position(|v| *v == self.me) {
+            poll.answered |= 1 << bit;
+            for (i, id) in poll.ids.iter().enumerate() {
+                if self.strongly_preferred(id) {
+                    poll.yes[i] |= 1 << bit;
+                }
+            }
+        }
+        if !peers.is_empty() {
+            self.outputs.push(Output::Query {
+                poll: poll_id,
+                peers,
+                ids: poll.ids.clone(),
+            });
+        }
+        if poll.done() {
+            self.finish_poll(now_ms, poll);
+        } else {
+            self.polls.insert(poll_id, poll);
+        }
+    }
+
+    /// Votes from `from` for poll `poll`, one per queried id, and hints of
+    /// accepted rivals (fetched from `from` when unknown here).
+    pub fn on_votes(
+        &mut self,
+        now_ms: u64,
+        from: NodeId,
+        poll_id: PollId,
+        votes: &[bool],
+        hints: &[VertexId],
+    ) {
+        let Some(poll) = self.polls.get(&poll_id) else {
+            return; // finished early, or timed out
+        };
+        let Some(bit) = poll.voters.iter().position(|v| *v == from) else {
+            return;
+        };
+        if poll.answered & (1 << bit) != 0 {
+            return;
+        }
+        let ids = poll.ids.clone();
+        self.graylist.answered(&from);
+        let unknown: Vec<VertexId> = hints
+            .iter()
+            .filter(|h| {
+                !self.processing.contains_key(h)
+                    && !self.pending.contains_key(h)
+                    && !self.fetching.contains_key(h)
+                    && self.history.decision(h).is_none()
+            })
+            .copied()
+            .collect();
+        self.fetch(now_ms, from, unknown);
+        let mut counted = Vec::with_capacity(votes.len());
+        if votes.len() != ids.len() {
+            self.misbehaved(now_ms, from, Misbehaviour::InconsistentVotes);
+        } else {
+            for (id, vote) in ids.iter().zip(votes) {
+                counted.push(*vote && !self.contradicts_finalized(now_ms, from, id));
+            }
+        }
+        let Some(poll) = self.polls.get_mut(&poll_id) else {
+            return;
+        };
+        poll.answered |= 1 << bit;
+        for (i, vote) in counted.into_iter().enumerate() {
+            if vote {
+                poll.yes[i] |= 1 << bit;
+            }
+        }
+        if poll.done() {
+            if let Some(poll) = self.polls.remove(&poll_id) {
+                self.finish_poll(now_ms, poll);
+            }
+        }
+        self.issue_polls(now_ms);
+    }
+
+    /// A yes for a vertex this node rejected long enough ago that every
+    /// honest node has seen the outcome too.
+    fn contradicts_finalized(&mut self, now_ms: u64, from: NodeId, id: &VertexId) -> bool {
+        if self.processing.contains_key(id) {
+            return false;
+        }
+        let Some((Decision::Rejected, at_ms)) = self.history.decision(id) else {
+            return false;
+        };
+        if now_ms < at_ms + self.params.contradiction_grace_ms {
+            return false;
+        }
+        if self
+            .graylist
+            .contradicted(from, self.params.contradiction_strikes)
+        {
+            self.misbehaved(now_ms, from, Misbehaviour::ContradictsFinalized);
+        }
+        true
+    }
+
+    /// The query to `peer` for `poll` failed (no connection, timeout,
+    /// refused): the peer votes no and earns a silence strike.
+    pub fn on_query_failed(&mut self, now_ms: u64, peer: NodeId, poll_id: PollId) {
+        let Some(poll) = self.polls.get_mut(&poll_id) else {
+            return;
+        };
+        let Some(bit) = poll.voters.iter().position(|v| *v == peer) else {
+            return;
+        };
+        if poll.answered & (1 << bit) != 0 {
+            return;
+        }
+        poll.answered |= 1 << bit;
+        self.silent(now_ms, peer);
+        if self.polls.get(&poll_id).is_some_and(Poll::done) {
+            if let Some(poll) = self.polls.remove(&poll_id) {
+                self.finish_poll(now_ms, poll);
+            }
+        }
+        self.issue_polls(now_ms);
+    }
+
+    fn silent(&mut self, now_ms: u64, peer: NodeId) {
+        if self.graylist.silent(peer, self.params.silence_strikes) {
+            self.misbehaved(now_ms, peer, Misbehaviour::Silence);
+        }
+    }
+
+    pub(super) fn expire_polls(&mut self, now_ms: u64) {
+        let mut expired: Vec<PollId> = self
+            .polls
+            .iter()
+            .filter(|(_, p)| p.deadline_ms <= now_ms)
+            .map(|(id, _)| *id)
+            .collect();
+        expired.sort_unstable();
+        for poll_id in expired {
+            let Some(poll) = self.polls.remove(&poll_id) else {
+                continue;
+            };
+            for (bit, voter) in poll.voters.iter().enumerate() {
+                if poll.answered & (1 << bit) == 0 {
+                    self.silent(now_ms, *voter);
+                }
+            }
+            self.finish_poll(now_ms, poll);
+        }
+    }
+
+    /// Applies a finished poll: votes flow to undecided ancestors, streaks
+    /// and Snowball counters move, and vertices that qualify are accepted.
+    fn finish_poll(&mut self, now_ms: u64, poll: Poll) {
+        let mut masks: HashMap<VertexId, u64> = HashMap::new();
+        for (id, yes) in poll.ids.iter().zip(&poll.yes) {
+            if self.processing.contains_key(id) {
+                *masks.entry(*id).or_default() |= *yes;
+            }
+        }
+        let touched = self.ancestry_by_height(masks.keys().copied().collect());
+        // Children before parents: a parent collects its children's votes.
+        for id in touched.iter().rev() {
+            let mask = masks.get(id).copied().unwrap_or(0);
+            if mask == 0 {
+                continue;
+            }
+            if let Some(p) = self.processing.get(id) {
+                for parent in p.vertex.parents() {
+                    if self.processing.contains_key(parent) {
+                        *masks.entry(*parent).or_default() |= mask;
+                    }
+                }
+            }
+        }
+        let contested = self.contested_keys(&touched);
+        let liars = self.double_voters(&contested, &masks);
+        if liars != 0 {
+            for (bit, voter) in poll.voters.iter().enumerate() {
+                if liars & (1 << bit) != 0 {
+                    self.misbehaved(now_ms, *voter, Misbehaviour::InconsistentVotes);
+                }
+            }
+            for mask in masks.values_mut() {
+                *mask &= !liars;
+            }
+        }
+        let alpha = poll.alpha;
+        let mut progress = false;
+        for id in &touched {
+            let won = ones(masks.get(id).copied().unwrap_or(0)) >= alpha;
+            if let Some(p) = self.processing.get_mut(id) {
+                p.streak = if won { p.streak + 1 } else { 0 };
+                progress |= won;
+            }
+        }
+        let mut moved = false;
+        for key in &contested {
+            if let Some(KeyState::Contested(set)) = self.keys.get_mut(key) {
+                let best = set
+                    .members()
+                    .map(|m| (ones(masks.get(&m).copied().unwrap_or(0)), m))
+                    .filter(|(votes, _)| *votes >= alpha)
+                    .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+                match best {
+                    Some((_, winner)) => moved |= set.record_success(winner),
+                    None => {
+                        let votes: Vec<(VertexId, usize)> = set
+                            .members()
+                            .map(|m| (m, ones(masks.get(&m).copied().unwrap_or(0))))
+                            .collect();
+                        moved |= set.record_failure(&votes);
+                    }
+                }
+            }
+        }
+        if moved {
+            self.preferred_memo.clear();
+        }
+        if progress {
+            self.stats.polls_succeeded += 1;
+        } else if poll.repoll {
+            self.next_repoll_ms = now_ms + self.params.repoll_delay_ms;
+        }
+        self.accept_ready(now_ms, touched);
+    }
+
+    /// `roots` and their undecided ancestors, parents before children.
+    fn ancestry_by_height(&self, roots: Vec<VertexId>) -> Vec<VertexId> {
+        let mut seen: HashSet<VertexId> = roots.iter().copied().collect();
+        let mut stack = roots;
+        let mut all = Vec::new();
+        while let Some(id) = stack.pop() {
+            let Some(p) = self.processing.get(&id) else {
+                continue;
+            };
+            all.push((p.height, id));
+            for parent in p.vertex.parents() {
+                if self.processing.contains_key(parent) && seen.insert(*parent) {
+                    stack.push(*parent);
+                }
+            }
+        }
+        all.sort();
+        all.into_iter().map(|(_, id)| id).collect()
+    }
+
+    fn contested_keys(&self, touched: &[VertexId]) -> Vec<String> {
+        let mut keys = HashSet::new();
+        for id in touched {
+            if let Some(p) = self.processing.get(id) {
+                for tx in p.vertex.transactions() {
+                    if matches!(self.keys.get(&tx.key), Some(KeyState::Contested(_))) {
+                        keys.insert(tx.key.clone());
+                    }
+                }
+            }
+        }
+        let mut keys: Vec<String> = keys.into_iter().collect();
+        keys.sort();
+        keys
+    }
+
+    /// Voters that said yes (directly or through descendants) to two rival
+    /// vertices: no honest node prefers both sides of a conflict at once.
+    fn double_voters(&self, contested: &[String], masks: &HashMap<VertexId, u64>) -> u64 {
+        let mut liars = 0;
+        for key in contested {
+            if let Some(KeyState::Contested(set)) = self.keys.get(key) {
+                let mut seen = 0u64;
+                for member in set.members() {
+                    let mask = masks.get(&member).copied().unwrap_or(0);
+                    liars |= seen & mask;
+                    seen |= mask;
+                }
+            }
+        }
+        liars
+    }
+}

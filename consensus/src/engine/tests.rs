@@ -1,0 +1,129 @@
+use super::*;
+use crate::history::MemoryHistory;
+
+fn key(n: u8) -> NodeKey {
+    NodeKey::from_seed([n; 32]).unwrap()
+}
+
+fn tx(k: &str) -> Transaction {
+    Transaction {
+        key: k.into(),
+        payload: vec![1],
+    }
+}
+
+fn engine(n: u8) -> Engine<MemoryHistory> {
+    Engine::new(
+        Params::default(),
+        key(n),
+        MemoryHistory::default(),
+        n as u64,
+    )
+}
+
+#[test]
+fn nothing_is_final_on_insertion_and_a_lone_node_decides_by_polling_itself() {
+    let mut e = engine(1);
+    let id = e.propose(0, vec![tx("task:1")]).unwrap();
+    assert!(matches!(e.status(&id), VertexStatus::Processing { .. }));
+    let mut now = 0;
+    while e.status(&id) != VertexStatus::Accepted && now < 10_000 {
+        now += 10;
+        e.tick(now);
+    }
+    assert_eq!(e.status(&id), VertexStatus::Accepted);
+    assert!(e.take_outputs().iter().any(|o| matches!(
+        o,
+        Output::Decided {
+            decision: Decision::Accepted,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn a_peer_with_peers_queries_them_and_counts_their_votes() {
+    let mut e = engine(1);
+    let peer = key(2).node_id();
+    e.set_peers(vec![peer]);
+    let id = e.propose(0, vec![tx("a")]).unwrap();
+    let outputs = e.take_outputs();
+    let poll = outputs
+        .iter()
+        .find_map(|o| match o {
+            Output::Query { poll, peers, ids } if peers == &vec![peer] && ids == &vec![id] => {
+                Some(*poll)
+            }
+            _ => None,
+        })
+        .expect("a query to the peer");
+    // With two voters, alpha is 2: the peer's no vote fails the poll.
+    e.on_votes(1, peer, poll, &[false], &[]);
+    assert_eq!(
+        e.status(&id),
+        VertexStatus::Processing {
+            confidence: 0,
+            preferred: true
+        }
+    );
+}
+
+#[test]
+fn equivocation_and_bad_vertices_graylist_the_peer() {
+    let mut e = engine(1);
+    let rogue = key(3);
+    e.set_peers(vec![rogue.node_id()]);
+    let a = Vertex::sign(&rogue, vec![], 1, 0, vec![tx("x")]).unwrap();
+    let b = Vertex::sign(&rogue, vec![], 1, 0, vec![tx("y")]).unwrap();
+    e.on_vertex(0, rogue.node_id(), a);
+    e.on_vertex(0, rogue.node_id(), b);
+    assert_eq!(e.graylisted(1).len(), 1);
+    let reasons: Vec<_> = e
+        .take_outputs()
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Graylisted { reason, .. } => Some(reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reasons, vec![Misbehaviour::Equivocation]);
+    let other = key(4).node_id();
+    e.on_invalid_vertex(0, other);
+    assert!(e.graylisted(1).iter().any(|(p, _)| *p == other));
+    // Graylisted peers are not sampled: only self votes now.
+    e.on_vertex(
+        2,
+        other,
+        Vertex::sign(&key(5), vec![], 1, 0, vec![tx("z")]).unwrap(),
+    );
+    let queried: Vec<_> = e
+        .take_outputs()
+        .into_iter()
+        .filter(|o| matches!(o, Output::Query { .. }))
+        .collect();
+    assert!(queried.is_empty(), "{queried:?}");
+}
+
+#[test]
+fn unknown_parents_are_fetched_from_the_sender_and_queries_answer_no() {
+    let mut e = engine(1);
+    let peer = key(2);
+    let parent = Vertex::sign(&peer, vec![], 1, 0, vec![tx("p")]).unwrap();
+    let child = Vertex::sign(&peer, vec![parent.id()], 2, 0, vec![tx("c")]).unwrap();
+    e.on_vertex(0, peer.node_id(), child.clone());
+    assert_eq!(e.status(&child.id()), VertexStatus::Pending);
+    let fetched = e.take_outputs().into_iter().any(
+        |o| matches!(o, Output::Fetch { from, ids } if from == peer.node_id() && ids == vec![parent.id()]),
+    );
+    assert!(fetched);
+    e.on_query(1, peer.node_id(), 7, &[child.id()]);
+    assert!(e
+        .take_outputs()
+        .iter()
+        .any(|o| matches!(o, Output::Votes { request: 7, votes, .. } if votes == &vec![false])));
+    e.on_vertex(2, peer.node_id(), parent);
+    assert!(matches!(
+        e.status(&child.id()),
+        VertexStatus::Processing { .. }
+    ));
+}

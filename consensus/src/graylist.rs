@@ -1,0 +1,118 @@
+//! Misbehaving peers: strikes for silence and contradicting votes, and a
+//! graylist of peers left out of samples until a deadline.
+
+use agentmesh_protocol::NodeId;
+use std::collections::HashMap;
+
+/// Why a peer was graylisted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Misbehaviour {
+    /// Sent a vertex with a bad signature or malformed content.
+    InvalidVertex,
+    /// Signed two different vertices with the same sequence number.
+    Equivocation,
+    /// Left queries unanswered `silence_strikes` times in a row.
+    Silence,
+    /// Voted for vertices this node had long rejected.
+    ContradictsFinalized,
+    /// Voted for two conflicting vertices in one response, or sent a vote
+    /// list that does not match the query.
+    InconsistentVotes,
+}
+
+impl Misbehaviour {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Misbehaviour::InvalidVertex => "invalid vertex",
+            Misbehaviour::Equivocation => "equivocation",
+            Misbehaviour::Silence => "unanswered queries",
+            Misbehaviour::ContradictsFinalized => "votes against finalized outcomes",
+            Misbehaviour::InconsistentVotes => "inconsistent votes",
+        }
+    }
+}
+
+#[derive(Default, Debug)]
+struct Record {
+    silent_in_a_row: u32,
+    contradictions: u32,
+    until_ms: u64,
+}
+
+/// Bounded: records of peers that are neither graylisted nor striking are
+/// forgotten by [`Graylist::prune`].
+#[derive(Default, Debug)]
+pub struct Graylist {
+    records: HashMap<NodeId, Record>,
+}
+
+impl Graylist {
+    pub fn is_graylisted(&self, peer: &NodeId, now_ms: u64) -> bool {
+        self.records.get(peer).is_some_and(|r| r.until_ms > now_ms)
+    }
+
+    /// Graylists `peer` until `now + duration`; returns the deadline.
+    pub fn graylist(&mut self, peer: NodeId, now_ms: u64, duration_ms: u64) -> u64 {
+        let record = self.records.entry(peer).or_default();
+        record.until_ms = record.until_ms.max(now_ms + duration_ms);
+        record.silent_in_a_row = 0;
+        record.contradictions = 0;
+        record.until_ms
+    }
+
+    /// Counts an unanswered query; true when the peer reached `limit`.
+    pub fn silent(&mut self, peer: NodeId, limit: u32) -> bool {
+        let record = self.records.entry(peer).or_default();
+        record.silent_in_a_row += 1;
+        record.silent_in_a_row >= limit
+    }
+
+    pub fn answered(&mut self, peer: &NodeId) {
+        if let Some(record) = self.records.get_mut(peer) {
+            record.silent_in_a_row = 0;
+        }
+    }
+
+    /// Counts a contradicting vote; true when the peer reached `limit`.
+    pub fn contradicted(&mut self, peer: NodeId, limit: u32) -> bool {
+        let record = self.records.entry(peer).or_default();
+        record.contradictions += 1;
+        record.contradictions >= limit
+    }
+
+    pub fn graylisted(&self, now_ms: u64) -> Vec<(NodeId, u64)> {
+        self.records
+            .iter()
+            .filter(|(_, r)| r.until_ms > now_ms)
+            .map(|(p, r)| (*p, r.until_ms))
+            .collect()
+    }
+
+    pub fn prune(&mut self, now_ms: u64) {
+        self.records
+            .retain(|_, r| r.until_ms > now_ms || r.silent_in_a_row > 0 || r.contradictions > 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strikes_reset_on_answers_and_graylisting_expires() {
+        let peer = NodeId([1; 32]);
+        let mut g = Graylist::default();
+        assert!(!g.silent(peer, 3));
+        assert!(!g.silent(peer, 3));
+        g.answered(&peer);
+        assert!(!g.silent(peer, 3));
+        assert!(!g.silent(peer, 3));
+        assert!(g.silent(peer, 3));
+        let until = g.graylist(peer, 100, 50);
+        assert_eq!(until, 150);
+        assert!(g.is_graylisted(&peer, 149));
+        assert!(!g.is_graylisted(&peer, 150));
+        g.prune(200);
+        assert!(g.graylisted(200).is_empty());
+    }
+}

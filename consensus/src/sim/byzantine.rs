@@ -1,0 +1,127 @@
+//! Byzantine strategies. A Byzantine node runs a normal engine (so it knows
+//! the DAG) and twists what it tells others.
+
+use super::{Msg, Sim};
+use agentmesh_protocol::{Transaction, Vertex};
+use rand::Rng;
+
+/// Chance that an attacking node answers an honest vertex it sees with an
+/// attack. With 20 attackers of 100 nodes, about half of the honest
+/// vertices draw one: attackers act about as often as honest nodes propose,
+/// and enough honest transactions stay uncontested to check liveness.
+const ATTACK_RATE: f64 = 0.03;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    Honest,
+    /// Votes the opposite of its honest preference, always.
+    Contrary,
+    /// Flips each vote with probability one half.
+    Flip,
+    /// Never answers queries or fetches.
+    Silent,
+    /// Signs two different vertices with one sequence number and sends
+    /// each to half of the nodes.
+    Equivocate,
+    /// Answers every query with all yes, and for honest vertices it sees
+    /// issues rivals: the same conflict keys, other payloads.
+    ConflictSpam,
+}
+
+impl Sim {
+    pub(super) fn byzantine_votes(&mut self, i: usize, mut votes: Vec<bool>) -> Vec<bool> {
+        match self.nodes[i].strategy {
+            Strategy::Contrary => votes.iter_mut().for_each(|v| *v = !*v),
+            Strategy::Flip => {
+                for v in votes.iter_mut() {
+                    if self.rng.random_bool(0.5) {
+                        *v = !*v;
+                    }
+                }
+            }
+            Strategy::ConflictSpam => votes.iter_mut().for_each(|v| *v = true),
+            Strategy::Honest | Strategy::Silent | Strategy::Equivocate => {}
+        }
+        votes
+    }
+
+    /// Lets Byzantine node `i` react to a vertex it received.
+    pub(super) fn byzantine_sees(&mut self, i: usize, seen: &Vertex) {
+        let strategy = self.nodes[i].strategy;
+        let honest_author = self
+            .index
+            .get(&seen.author())
+            .is_none_or(|a| self.nodes[*a].strategy == Strategy::Honest);
+        if !honest_author {
+            return;
+        }
+        match strategy {
+            Strategy::Equivocate if self.rng.random_bool(ATTACK_RATE) => {
+                let seq = self.next_byz_seq(i);
+                let key = format!("eq:{i}:{seq}");
+                let a = self.byz_vertex(i, vec![seen.id()], seq, &key, b"left");
+                let b = self.byz_vertex(i, vec![seen.id()], seq, &key, b"right");
+                let n = self.nodes.len();
+                for to in (0..n).filter(|t| *t != i) {
+                    let v = if to % 2 == 0 { a.clone() } else { b.clone() };
+                    self.send(i, to, Msg::Vertex(v));
+                }
+            }
+            Strategy::ConflictSpam if self.rng.random_bool(ATTACK_RATE) => {
+                let seq = self.next_byz_seq(i);
+                let txs: Vec<Transaction> = seen
+                    .transactions()
+                    .iter()
+                    .map(|tx| Transaction {
+                        key: tx.key.clone(),
+                        payload: b"spam".to_vec(),
+                    })
+                    .collect();
+                let Ok(v) = Vertex::sign(
+                    &self.nodes[i].key,
+                    seen.parents().to_vec(),
+                    seq,
+                    self.now,
+                    txs.clone(),
+                ) else {
+                    return;
+                };
+                for tx in txs {
+                    self.issued.entry(tx.key).or_default().push((i, tx.payload));
+                }
+                let n = self.nodes.len();
+                for to in (0..n).filter(|t| *t != i) {
+                    if self.rng.random_bool(0.5) {
+                        self.send(i, to, Msg::Vertex(v.clone()));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn next_byz_seq(&mut self, i: usize) -> u64 {
+        self.nodes[i].byz_seq += 1;
+        self.nodes[i].byz_seq
+    }
+
+    fn byz_vertex(
+        &mut self,
+        i: usize,
+        parents: Vec<agentmesh_protocol::VertexId>,
+        seq: u64,
+        key: &str,
+        payload: &[u8],
+    ) -> Vertex {
+        let tx = Transaction {
+            key: key.to_string(),
+            payload: payload.to_vec(),
+        };
+        self.issued
+            .entry(tx.key.clone())
+            .or_default()
+            .push((i, tx.payload.clone()));
+        Vertex::sign(&self.nodes[i].key, parents, seq, self.now, vec![tx])
+            .expect("a one-transaction vertex is valid")
+    }
+}

@@ -1,0 +1,422 @@
+//! A deterministic simulator: many engines in one process, a simulated
+//! network with seeded latency and loss, and Byzantine strategies.
+//!
+//! Everything random (latency, loss, sampling, Byzantine choices, workload)
+//! comes from the seed, so a failing seed replays exactly.
+
+mod byzantine;
+mod report;
+
+pub use byzantine::Strategy;
+pub use report::Report;
+
+use crate::engine::{Engine, Output};
+use crate::history::{Decision, MemoryHistory};
+use crate::params::Params;
+use agentmesh_protocol::{NodeId, NodeKey, Transaction, Vertex, VertexId};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+
+/// What a simulation run looks like.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub seed: u64,
+    pub params: Params,
+    /// One strategy per node; honest nodes are `Strategy::Honest`.
+    pub strategies: Vec<Strategy>,
+    /// One-way latency, uniform in this range (ms).
+    pub latency_ms: (u64, u64),
+    /// Probability that a message is lost.
+    pub loss: f64,
+    pub tick_ms: u64,
+    /// Uncontested transactions each honest node proposes.
+    pub virtuous_per_node: usize,
+    /// Keys claimed by several honest nodes at about the same time.
+    pub contested_keys: usize,
+    pub claimants_per_key: usize,
+    /// Proposals are spread over this window (ms).
+    pub workload_ms: u64,
+    /// The run stops here even if undecided vertices remain (ms).
+    pub deadline_ms: u64,
+}
+
+impl SimConfig {
+    pub fn new(nodes: usize, seed: u64) -> SimConfig {
+        SimConfig {
+            seed,
+            params: Params::default(),
+            strategies: vec![Strategy::Honest; nodes],
+            latency_ms: (5, 50),
+            loss: 0.0,
+            tick_ms: 10,
+            virtuous_per_node: 2,
+            contested_keys: 3,
+            claimants_per_key: 3,
+            workload_ms: 1_000,
+            deadline_ms: 60_000,
+        }
+    }
+
+    /// Makes the first `count` nodes after the honest ones follow `strategy`
+    /// (nodes are filled from the end).
+    pub fn with_byzantine(mut self, strategy: Strategy, count: usize) -> SimConfig {
+        let mut placed = 0;
+        for s in self.strategies.iter_mut().rev() {
+            if placed == count {
+                break;
+            }
+            if *s == Strategy::Honest {
+                *s = strategy;
+                placed += 1;
+            }
+        }
+        self
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Msg {
+    Vertex(Vertex),
+    Query {
+        poll: u64,
+        ids: Vec<VertexId>,
+    },
+    Votes {
+        poll: u64,
+        votes: Vec<bool>,
+        hints: Vec<VertexId>,
+    },
+    Fetch {
+        ids: Vec<VertexId>,
+    },
+    Vertices(Vec<Vertex>),
+    QueryFailed {
+        poll: u64,
+        peer: usize,
+    },
+    /// Proposal of the workload: (transactions).
+    Propose(Vec<Transaction>),
+    Tick,
+}
+
+struct Event {
+    to: usize,
+    from: usize,
+    msg: Msg,
+}
+
+pub(crate) struct SimNode {
+    pub(crate) engine: Engine<MemoryHistory>,
+    pub(crate) key: NodeKey,
+    pub(crate) strategy: Strategy,
+    pub(crate) byz_seq: u64,
+}
+
+pub struct Sim {
+    config: SimConfig,
+    now: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<(u64, u64)>>,
+    events: HashMap<u64, Event>,
+    pub(crate) nodes: Vec<SimNode>,
+    index: HashMap<NodeId, usize>,
+    pub(crate) rng: SmallRng,
+    /// Every transaction any node signed, by key: (author, payload) pairs.
+    pub(crate) issued: BTreeMap<String, Vec<(usize, Vec<u8>)>>,
+    /// When each key was first proposed, for finality times.
+    proposed_at: HashMap<String, u64>,
+    finality_ms: Vec<u64>,
+    messages: u64,
+}
+
+fn node_key(seed: u64, i: usize) -> NodeKey {
+    let mut bytes = [0u8; 32];
+    bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    bytes[8..16].copy_from_slice(&(i as u64).to_le_bytes());
+    bytes[16] = 0xa7;
+    // A 32-byte seed is always a valid Ed25519 seed.
+    NodeKey::from_seed(bytes).expect("valid seed")
+}
+
+impl Sim {
+    pub fn new(config: SimConfig) -> Sim {
+        let mut rng = SmallRng::seed_from_u64(config.seed);
+        let keys: Vec<NodeKey> = (0..config.strategies.len())
+            .map(|i| node_key(config.seed, i))
+            .collect();
+        let ids: Vec<NodeId> = keys.iter().map(NodeKey::node_id).collect();
+        let nodes = keys
+            .into_iter()
+            .zip(&config.strategies)
+            .map(|(key, strategy)| {
+                let engine_key = NodeKey::from_seed(*key.seed()).expect("valid seed");
+                let mut engine = Engine::new(
+                    config.params.clone(),
+                    engine_key,
+                    MemoryHistory::default(),
+                    rng.random(),
+                );
+                engine.set_peers(ids.clone());
+                SimNode {
+                    engine,
+                    key,
+                    strategy: *strategy,
+                    byz_seq: 1 << 40,
+                }
+            })
+            .collect();
+        let index = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+        let mut sim = Sim {
+            config,
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            events: HashMap::new(),
+            nodes,
+            index,
+            rng,
+            issued: BTreeMap::new(),
+            proposed_at: HashMap::new(),
+            finality_ms: Vec::new(),
+            messages: 0,
+        };
+        sim.schedule_workload();
+        for i in 0..sim.nodes.len() {
+            let jitter = sim.rng.random_range(0..sim.config.tick_ms);
+            sim.push(jitter, i, i, Msg::Tick);
+        }
+        sim
+    }
+
+    fn schedule_workload(&mut self) {
+        let honest: Vec<usize> = (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].strategy == Strategy::Honest)
+            .collect();
+        let window = self.config.workload_ms.max(1);
+        for &i in &honest {
+            for j in 0..self.config.virtuous_per_node {
+                let tx = Transaction {
+                    key: format!("n{i}:t{j}"),
+                    payload: vec![i as u8, j as u8],
+                };
+                let at = self.rng.random_range(0..window);
+                self.push(at, i, i, Msg::Propose(vec![tx]));
+            }
+        }
+        for c in 0..self.config.contested_keys {
+            let at = self.rng.random_range(0..window);
+            let claimants = self.config.claimants_per_key.min(honest.len());
+            for n in rand::seq::index::sample(&mut self.rng, honest.len(), claimants) {
+                let i = honest[n];
+                let tx = Transaction {
+                    key: format!("task:{c}"),
+                    payload: format!("claimed by {i}").into_bytes(),
+                };
+                let skew = self.rng.random_range(0..20);
+                self.push(at + skew, i, i, Msg::Propose(vec![tx]));
+            }
+        }
+    }
+
+    fn push(&mut self, delay: u64, to: usize, from: usize, msg: Msg) {
+        self.seq += 1;
+        self.queue.push(Reverse((self.now + delay, self.seq)));
+        self.events.insert(self.seq, Event { to, from, msg });
+    }
+
+    /// Sends over the simulated network: latency, and loss.
+    pub(super) fn send(&mut self, from: usize, to: usize, msg: Msg) {
+        self.messages += 1;
+        if self.config.loss > 0.0 && self.rng.random_bool(self.config.loss) {
+            if let Msg::Query { poll, .. } = msg {
+                // The querier learns of the loss only by its own timeout;
+                // request-response reports a failure at the deadline.
+                let timeout = self.config.params.query_timeout_ms;
+                self.push(timeout, from, to, Msg::QueryFailed { poll, peer: to });
+            }
+            return;
+        }
+        let (lo, hi) = self.config.latency_ms;
+        let delay = self.rng.random_range(lo..=hi.max(lo));
+        self.push(delay, to, from, msg);
+    }
+
+    /// Hands `vertices` to every node in its own random order, each
+    /// apparently relayed by some other node.
+    pub fn deliver_shuffled(&mut self, vertices: &[Vertex]) {
+        for to in 0..self.nodes.len() {
+            let mut order: Vec<usize> = (0..vertices.len()).collect();
+            for k in (1..order.len()).rev() {
+                let j = self.rng.random_range(0..=k);
+                order.swap(k, j);
+            }
+            for (slot, idx) in order.into_iter().enumerate() {
+                let from = (to + 1 + slot) % self.nodes.len();
+                let at = slot as u64 * 3;
+                self.push(at, to, from, Msg::Vertex(vertices[idx].clone()));
+                for tx in vertices[idx].transactions() {
+                    self.issued
+                        .entry(tx.key.clone())
+                        .or_default()
+                        .push((usize::MAX, tx.payload.clone()));
+                }
+            }
+        }
+    }
+
+    pub fn node_id(&self, i: usize) -> NodeId {
+        self.nodes[i].key.node_id()
+    }
+
+    /// Runs until nothing is undecided anywhere or the deadline passes.
+    pub fn run(&mut self) -> Report {
+        while let Some(Reverse((at, seq))) = self.queue.pop() {
+            if at > self.config.deadline_ms {
+                break;
+            }
+            self.now = at;
+            let Some(event) = self.events.remove(&seq) else {
+                continue;
+            };
+            if matches!(event.msg, Msg::Tick) {
+                if self.quiescent() {
+                    break;
+                }
+                let tick = self.config.tick_ms;
+                self.push(tick, event.to, event.to, Msg::Tick);
+            }
+            self.deliver(event);
+        }
+        Report::collect(self)
+    }
+
+    fn quiescent(&self) -> bool {
+        self.now > self.config.workload_ms + 100
+            && !self
+                .events
+                .values()
+                .any(|e| matches!(e.msg, Msg::Propose(_)))
+            && self.nodes.iter().all(|n| {
+                n.strategy != Strategy::Honest
+                    || (n.engine.processing_len() == 0 && n.engine.pending_len() == 0)
+            })
+    }
+
+    fn deliver(&mut self, event: Event) {
+        let now = self.now;
+        let to = event.to;
+        let from_id = self.node_id(event.from);
+        match event.msg {
+            Msg::Tick => self.nodes[to].engine.tick(now),
+            Msg::Propose(txs) => {
+                for tx in &txs {
+                    self.issued
+                        .entry(tx.key.clone())
+                        .or_default()
+                        .push((to, tx.payload.clone()));
+                    self.proposed_at.entry(tx.key.clone()).or_insert(now);
+                }
+                // Busy is the engine saying "later": try again shortly.
+                if self.nodes[to].engine.propose(now, txs.clone()).is_err() {
+                    self.push(50, to, to, Msg::Propose(txs));
+                }
+            }
+            Msg::Vertex(vertex) => {
+                self.byzantine_sees(to, &vertex);
+                self.nodes[to].engine.on_vertex(now, from_id, vertex);
+            }
+            Msg::Query { poll, ids } => {
+                if self.nodes[to].strategy == Strategy::Silent {
+                    return;
+                }
+                self.nodes[to].engine.on_query(now, from_id, poll, &ids);
+            }
+            Msg::Votes { poll, votes, hints } => self.nodes[to]
+                .engine
+                .on_votes(now, from_id, poll, &votes, &hints),
+            Msg::QueryFailed { poll, peer } => {
+                let peer = self.node_id(peer);
+                self.nodes[to].engine.on_query_failed(now, peer, poll);
+            }
+            Msg::Fetch { ids } => {
+                if self.nodes[to].strategy == Strategy::Silent {
+                    return;
+                }
+                self.nodes[to].engine.on_fetch(from_id, 0, &ids);
+            }
+            Msg::Vertices(vertices) => {
+                for vertex in vertices {
+                    self.nodes[to].engine.on_vertex(now, from_id, vertex);
+                }
+            }
+        }
+        self.route_outputs(to);
+    }
+
+    fn route_outputs(&mut self, i: usize) {
+        let outputs = self.nodes[i].engine.take_outputs();
+        for output in outputs {
+            match output {
+                Output::Query { poll, peers, ids } => {
+                    for peer in peers {
+                        let to = self.index[&peer];
+                        self.send(
+                            i,
+                            to,
+                            Msg::Query {
+                                poll,
+                                ids: ids.clone(),
+                            },
+                        );
+                    }
+                }
+                Output::Votes {
+                    to,
+                    request,
+                    votes,
+                    hints,
+                } => {
+                    let to = self.index[&to];
+                    let votes = self.byzantine_votes(i, votes);
+                    let msg = Msg::Votes {
+                        poll: request,
+                        votes,
+                        hints,
+                    };
+                    self.send(i, to, msg);
+                }
+                Output::Broadcast(vertex) => {
+                    for to in 0..self.nodes.len() {
+                        if to != i {
+                            self.send(i, to, Msg::Vertex(vertex.clone()));
+                        }
+                    }
+                }
+                Output::Fetch { from, ids } => {
+                    let to = self.index[&from];
+                    self.send(i, to, Msg::Fetch { ids });
+                }
+                Output::Vertices { to, vertices, .. } => {
+                    let to = self.index[&to];
+                    self.send(i, to, Msg::Vertices(vertices));
+                }
+                Output::Decided { vertex, decision } => {
+                    if decision == Decision::Accepted && self.nodes[i].strategy == Strategy::Honest
+                    {
+                        for tx in vertex.transactions() {
+                            if let Some(at) = self.proposed_at.get(&tx.key) {
+                                self.finality_ms.push(self.now - at);
+                            }
+                        }
+                    }
+                }
+                Output::Graylisted { .. } | Output::HistoryFailed(_) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
