@@ -46,6 +46,40 @@ pub enum Command {
         #[arg(long, default_value = "application/json")]
         content_type: String,
     },
+    /// Propose transactions for consensus: KEY=PAYLOAD pairs, one vertex.
+    Propose {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Transactions as KEY=PAYLOAD (two with one key conflict).
+        #[arg(required = true)]
+        transactions: Vec<String>,
+    },
+    /// Claim a task for an agent; with --wait, print the final winner.
+    Claim {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Task id (the claim is a transaction with key task:<id>).
+        task: String,
+        /// Who claims it (an agent name).
+        #[arg(long)]
+        claimant: String,
+        /// Wait up to this many seconds for the final winner.
+        #[arg(long)]
+        wait: Option<u64>,
+    },
+    /// Show who holds a task (the final winner) or the undecided claims.
+    Task {
+        #[command(flatten)]
+        client: ClientArgs,
+        task: String,
+    },
+    /// Show a vertex and where consensus stands on it.
+    Vertex {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Vertex id (64 hex digits).
+        id: String,
+    },
     /// Print messages from a channel or prefix (`metrics:*`) as JSON lines.
     Subscribe {
         #[command(flatten)]
@@ -152,6 +186,27 @@ pub struct RunArgs {
     /// Messages buffered per channel family for slow local subscribers [default: 4096].
     #[arg(long, env = "AGENTMESH_SUBSCRIBER_BUFFER")]
     pub subscriber_buffer: Option<usize>,
+    /// Consensus: peers sampled per poll [default: 20].
+    #[arg(long, env = "AGENTMESH_CONSENSUS_K")]
+    pub consensus_k: Option<usize>,
+    /// Consensus: yes votes of k that make a poll successful, a majority [default: 14].
+    #[arg(long, env = "AGENTMESH_CONSENSUS_ALPHA")]
+    pub consensus_alpha: Option<usize>,
+    /// Consensus: consecutive successful polls accepting an uncontested transaction [default: 15].
+    #[arg(long, env = "AGENTMESH_CONSENSUS_BETA_VIRTUOUS")]
+    pub consensus_beta_virtuous: Option<u32>,
+    /// Consensus: consecutive successful polls accepting a contested transaction [default: 20].
+    #[arg(long, env = "AGENTMESH_CONSENSUS_BETA_ROGUE")]
+    pub consensus_beta_rogue: Option<u32>,
+    /// Consensus: polls in flight at once [default: 4].
+    #[arg(long, env = "AGENTMESH_CONSENSUS_POLLS_IN_FLIGHT")]
+    pub consensus_polls_in_flight: Option<usize>,
+    /// Consensus: vertex ids per query [default: 64].
+    #[arg(long, env = "AGENTMESH_CONSENSUS_BATCH_SIZE")]
+    pub consensus_batch_size: Option<usize>,
+    /// Consensus: milliseconds before an unanswered query counts as a no vote [default: 2000].
+    #[arg(long, env = "AGENTMESH_CONSENSUS_QUERY_TIMEOUT_MS")]
+    pub consensus_query_timeout_ms: Option<u64>,
 }
 
 impl RunArgs {
@@ -180,6 +235,12 @@ impl RunArgs {
             idle_connection_timeout_secs => idle_connection_timeout_secs,
             bootstrap_interval_secs => bootstrap_interval_secs,
             gossip_heartbeat_ms => gossip_heartbeat_ms, subscriber_buffer => subscriber_buffer,
+            consensus_k => consensus_k, consensus_alpha => consensus_alpha,
+            consensus_beta_virtuous => consensus_beta_virtuous,
+            consensus_beta_rogue => consensus_beta_rogue,
+            consensus_polls_in_flight => consensus_polls_in_flight,
+            consensus_batch_size => consensus_batch_size,
+            consensus_query_timeout_ms => consensus_query_timeout_ms,
         );
         if self.no_quic {
             c.quic = false;

@@ -1,8 +1,9 @@
 //! A client for the agent API, used by the CLI and the testnet driver.
 
 use crate::types::{
-    BatchReceipts, Channels, ErrorBody, LaggedEvent, MessageEvent, PeerInfo, PublishBatch,
-    PublishReceipt, Status,
+    BatchReceipts, Channels, ClaimRequest, ConsensusStatus, ErrorBody, LaggedEvent, MessageEvent,
+    PeerInfo, ProposeReceipt, ProposeRequest, PublishBatch, PublishReceipt, Status, TaskInfo,
+    TransactionBody, VertexInfo,
 };
 use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
@@ -95,6 +96,50 @@ impl ApiClient {
             .await
             .map_err(|e| self.unreachable(e))?;
         self.read_json(response).await
+    }
+
+    async fn post_json<B: serde::Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let response = self
+            .http
+            .post(self.url(path))
+            .json(body)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        self.read_json(response).await
+    }
+
+    pub async fn propose(
+        &self,
+        transactions: Vec<TransactionBody>,
+    ) -> Result<ProposeReceipt, ClientError> {
+        self.post_json("/v1/transactions", &ProposeRequest { transactions })
+            .await
+    }
+
+    pub async fn vertex(&self, id: &str) -> Result<VertexInfo, ClientError> {
+        self.get(&format!("/v1/vertices/{id}")).await
+    }
+
+    pub async fn claim(&self, task: &str, claimant: &str) -> Result<ProposeReceipt, ClientError> {
+        let body = ClaimRequest {
+            claimant: claimant.to_string(),
+        };
+        self.post_json(&format!("/v1/tasks/{task}/claim"), &body)
+            .await
+    }
+
+    pub async fn task(&self, task: &str) -> Result<TaskInfo, ClientError> {
+        self.get(&format!("/v1/tasks/{task}")).await
+    }
+
+    pub async fn consensus(&self) -> Result<ConsensusStatus, ClientError> {
+        self.get("/v1/consensus").await
     }
 
     pub async fn status(&self) -> Result<Status, ClientError> {

@@ -4,6 +4,7 @@
 //! [`Settings::from_config`] validates everything and names the setting that
 //! is wrong.
 
+use agentmesh_consensus::Params;
 use libp2p::{multiaddr::Protocol, Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -60,6 +61,20 @@ pub struct Config {
     pub gossip_heartbeat_ms: u64,
     /// Buffered messages per local channel family before slow subscribers miss some.
     pub subscriber_buffer: usize,
+    /// Consensus: peers sampled per poll.
+    pub consensus_k: usize,
+    /// Consensus: yes votes of `consensus_k` that make a poll successful.
+    pub consensus_alpha: usize,
+    /// Consensus: consecutive successful polls accepting an uncontested transaction.
+    pub consensus_beta_virtuous: u32,
+    /// Consensus: consecutive successful polls accepting a contested transaction.
+    pub consensus_beta_rogue: u32,
+    /// Consensus: polls in flight at once.
+    pub consensus_polls_in_flight: usize,
+    /// Consensus: vertex ids per query.
+    pub consensus_batch_size: usize,
+    /// Consensus: a peer's unanswered query counts as a no vote after this long.
+    pub consensus_query_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -94,6 +109,13 @@ impl Default for Config {
             bootstrap_interval_secs: 300,
             gossip_heartbeat_ms: 500,
             subscriber_buffer: 4096,
+            consensus_k: Params::default().k,
+            consensus_alpha: Params::default().alpha,
+            consensus_beta_virtuous: Params::default().beta_virtuous,
+            consensus_beta_rogue: Params::default().beta_rogue,
+            consensus_polls_in_flight: Params::default().max_polls_in_flight,
+            consensus_batch_size: Params::default().batch_size,
+            consensus_query_timeout_ms: Params::default().query_timeout_ms,
         }
     }
 }
@@ -147,6 +169,33 @@ pub enum LogFormat {
     Json,
 }
 
+fn consensus_params(c: &Config) -> Result<Params, ConfigError> {
+    let params = Params {
+        k: c.consensus_k,
+        alpha: c.consensus_alpha,
+        beta_virtuous: c.consensus_beta_virtuous,
+        beta_rogue: c.consensus_beta_rogue,
+        max_polls_in_flight: c.consensus_polls_in_flight,
+        batch_size: c.consensus_batch_size,
+        query_timeout_ms: c.consensus_query_timeout_ms,
+        ..Params::default()
+    };
+    params.validate().map_err(|e| {
+        let setting = match e.name {
+            "k" => "consensus_k",
+            "alpha" => "consensus_alpha",
+            "beta_virtuous" => "consensus_beta_virtuous",
+            "beta_rogue" => "consensus_beta_rogue",
+            "max_polls_in_flight" => "consensus_polls_in_flight",
+            "batch_size" => "consensus_batch_size",
+            "query_timeout_ms" => "consensus_query_timeout_ms",
+            other => other,
+        };
+        invalid(setting, e.problem)
+    })?;
+    Ok(params)
+}
+
 /// The validated configuration the node runs with.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -175,6 +224,7 @@ pub struct Settings {
     pub bootstrap_interval: Duration,
     pub gossip_heartbeat: Duration,
     pub subscriber_buffer: usize,
+    pub consensus: Params,
 }
 
 /// Largest accepted `max_message_bytes`: gossipsub keeps messages in memory
@@ -313,6 +363,7 @@ impl Settings {
         if c.gossip_heartbeat_ms < 50 {
             return Err(invalid("gossip_heartbeat_ms", "must be at least 50"));
         }
+        let consensus = consensus_params(c)?;
         Ok(Settings {
             network: c.network.clone(),
             data_dir: c.data_dir.clone(),
@@ -345,6 +396,7 @@ impl Settings {
             bootstrap_interval: secs("bootstrap_interval_secs", c.bootstrap_interval_secs)?,
             gossip_heartbeat: Duration::from_millis(c.gossip_heartbeat_ms),
             subscriber_buffer: c.subscriber_buffer,
+            consensus,
         })
     }
 }

@@ -1,6 +1,7 @@
 use agentmesh_node::cli::{Cli, ClientArgs, Command};
 use agentmesh_node::client::{ApiClient, SubscriptionItem};
 use agentmesh_node::config::{LogFormat, Settings};
+use agentmesh_node::types::TransactionBody;
 use agentmesh_node::{identity, logging, node};
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -109,6 +110,62 @@ async fn dispatch(command: Command) -> Result<()> {
                 .publish(&channel, &content_type, body)
                 .await?;
             println!("{}", serde_json::to_string(&receipt)?);
+            Ok(())
+        }
+        Command::Propose {
+            client,
+            transactions,
+        } => {
+            let mut bodies = Vec::new();
+            for t in transactions {
+                let (key, payload) = t
+                    .split_once('=')
+                    .with_context(|| format!("{t:?} is not KEY=PAYLOAD"))?;
+                bodies.push(TransactionBody {
+                    key: key.to_string(),
+                    payload: payload.to_string(),
+                });
+            }
+            let receipt = ApiClient::new(client.api).propose(bodies).await?;
+            println!("{}", serde_json::to_string(&receipt)?);
+            Ok(())
+        }
+        Command::Claim {
+            client,
+            task,
+            claimant,
+            wait,
+        } => {
+            let api = ApiClient::new(client.api);
+            let receipt = api.claim(&task, &claimant).await?;
+            let Some(wait) = wait else {
+                println!("{}", serde_json::to_string(&receipt)?);
+                return Ok(());
+            };
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait);
+            loop {
+                let info = api.task(&task).await?;
+                if info.winner.is_some() {
+                    println!("{}", serde_json::to_string(&info)?);
+                    return Ok(());
+                }
+                if std::time::Instant::now() >= deadline {
+                    anyhow::bail!(
+                        "task {task} has no final winner after {wait} s: {}",
+                        info.status
+                    );
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+        Command::Task { client, task } => {
+            let info = ApiClient::new(client.api).task(&task).await?;
+            println!("{}", serde_json::to_string_pretty(&info)?);
+            Ok(())
+        }
+        Command::Vertex { client, id } => {
+            let info = ApiClient::new(client.api).vertex(&id).await?;
+            println!("{}", serde_json::to_string_pretty(&info)?);
             Ok(())
         }
         Command::Subscribe {

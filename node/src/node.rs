@@ -3,15 +3,21 @@
 
 use crate::api::{self, ApiState};
 use crate::config::Settings;
+use crate::consensus::{ConsensusHandle, ConsensusService, SledHistory, REQUEST_QUEUE};
 use crate::identity;
+use crate::network::consensus_io::CONSENSUS_EVENT_QUEUE;
 use crate::network::{behaviour, Network, NetworkHandle};
 use crate::ready::{self, ReadyInfo};
+use agentmesh_consensus::Engine;
+use agentmesh_protocol::{NodeId, NodeKey};
 use agentmesh_store::Store;
 use anyhow::{Context, Result};
 use libp2p::{Multiaddr, PeerId};
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 pub struct RunningNode {
@@ -19,7 +25,9 @@ pub struct RunningNode {
     pub api_addr: SocketAddr,
     pub listen_addrs: Vec<Multiaddr>,
     pub network: NetworkHandle,
+    pub consensus: ConsensusHandle,
     settings: Settings,
+    consensus_task: JoinHandle<()>,
     store: Store,
     network_task: JoinHandle<()>,
     api_task: JoinHandle<()>,
@@ -43,9 +51,36 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
     })?;
 
     let node_id = key.node_id();
+    let decisions = store.decisions()?;
+    decisions.next_seq().context(
+        "the consensus history is damaged (remove the data directory's db to start over)",
+    )?;
+    let engine = Engine::new(
+        settings.consensus.clone(),
+        NodeKey::from_seed(*key.seed())?,
+        SledHistory::new(decisions),
+        RandomState::new().build_hasher().finish(),
+    );
     let swarm = behaviour::build_swarm(keypair, &settings)?;
-    let (network, handle, listening) = Network::new(swarm, settings.clone(), key, store.peers()?)?;
+    let (consensus_events, events_rx) = mpsc::channel(CONSENSUS_EVENT_QUEUE);
+    let (network, handle, listening) = Network::new(
+        swarm,
+        settings.clone(),
+        key,
+        store.peers()?,
+        consensus_events,
+    )?;
     let network_task = tokio::spawn(network.run());
+    let (requests, requests_rx) = mpsc::channel(REQUEST_QUEUE);
+    let service = ConsensusService::new(
+        engine,
+        handle.clone(),
+        events_rx,
+        requests_rx,
+        known_consensus_peers(&settings, &store),
+    );
+    let consensus_task = tokio::spawn(service.run());
+    let consensus = ConsensusHandle::new(requests);
     let listen_addrs = tokio::time::timeout(Duration::from_secs(10), listening)
         .await
         .context("timed out waiting for the listeners to come up")?
@@ -62,6 +97,8 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
     let api_addr = listener.local_addr()?;
     let app = api::router(ApiState {
         network: handle.clone(),
+        consensus: consensus.clone(),
+        node_id,
         max_message_bytes: settings.max_message_bytes,
     });
     let (stop_api, stopped) = oneshot::channel::<()>();
@@ -91,12 +128,33 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
         api_addr,
         listen_addrs,
         network: handle,
+        consensus,
+        consensus_task,
         settings,
         store,
         network_task,
         api_task,
         stop_api,
     })
+}
+
+/// Bootstrap peers and peers remembered from earlier runs, with how long
+/// ago each was last seen.
+fn known_consensus_peers(settings: &Settings, store: &Store) -> Vec<(NodeId, Duration)> {
+    let mut peers: Vec<(NodeId, Duration)> = settings
+        .bootstrap
+        .iter()
+        .filter_map(|b| identity::node_id_of(&b.peer_id))
+        .map(|node| (node, Duration::ZERO))
+        .collect();
+    let now = crate::network::now_ms();
+    if let Ok(book) = store.peers().and_then(|p| p.all()) {
+        for (node, peer) in book.peers {
+            let age = Duration::from_millis(now.saturating_sub(peer.last_seen_ms));
+            peers.push((node, age));
+        }
+    }
+    peers
 }
 
 impl RunningNode {
@@ -109,6 +167,10 @@ impl RunningNode {
         // network task drops the subscriptions below, but do not wait forever.
         let _ = self.network.shutdown().await;
         let _ = self.network_task.await;
+        // With the network gone the service stops at its next send; its
+        // decisions are already in sled.
+        self.consensus_task.abort();
+        let _ = self.consensus_task.await;
         if tokio::time::timeout(Duration::from_secs(5), self.api_task)
             .await
             .is_err()

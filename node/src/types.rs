@@ -168,3 +168,111 @@ pub struct LaggedEvent {
 pub struct ErrorBody {
     pub error: String,
 }
+
+/// One transaction as agents see it: the payload is UTF-8 text (often JSON).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TransactionBody {
+    pub key: String,
+    pub payload: String,
+}
+
+/// `POST /v1/transactions`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProposeRequest {
+    pub transactions: Vec<TransactionBody>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProposeReceipt {
+    pub vertex: String,
+    pub transactions: usize,
+    pub status: String,
+}
+
+/// `GET /v1/vertices/{id}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VertexInfo {
+    pub id: String,
+    /// pending (ancestors missing), processing, accepted or rejected.
+    pub status: String,
+    /// Accepted or rejected: the decision will not change.
+    #[serde(rename = "final")]
+    pub is_final: bool,
+    /// Weakest consecutive-success streak among its transactions.
+    pub confidence: u32,
+    pub preferred: bool,
+    pub author: String,
+    pub seq: u64,
+    pub timestamp_ms: u64,
+    pub parents: Vec<String>,
+    pub transactions: Vec<TransactionBody>,
+}
+
+/// `POST /v1/tasks/{id}/claim`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimRequest {
+    pub claimant: String,
+}
+
+/// The payload of a task-claim transaction (key `task:<id>`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claim {
+    pub claimant: String,
+    /// Node id of the node the claim was made through.
+    pub node: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClaimInfo {
+    pub claimant: String,
+    pub node: String,
+    pub vertex: String,
+}
+
+/// `GET /v1/tasks/{id}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskInfo {
+    pub task: String,
+    /// unclaimed, contested (undecided claims) or claimed (final winner).
+    pub status: String,
+    pub winner: Option<ClaimInfo>,
+    /// Undecided claims, the one this node prefers first.
+    pub candidates: Vec<ClaimInfo>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Percentiles {
+    pub samples: usize,
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GraylistEntry {
+    pub node_id: String,
+    pub until_ms: u64,
+}
+
+/// `GET /v1/consensus`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConsensusStatus {
+    pub peers_sampled_from: usize,
+    pub processing: usize,
+    pub pending: usize,
+    pub polls_in_flight: usize,
+    pub polls_started: u64,
+    pub polls_succeeded: u64,
+    pub queries_answered: u64,
+    pub accepted_vertices: u64,
+    pub rejected_vertices: u64,
+    pub accepted_transactions: u64,
+    pub decided_on_disk: usize,
+    pub graylisted: Vec<GraylistEntry>,
+    /// Proposal to acceptance of this node's own vertices (ms).
+    pub finality_ms: Percentiles,
+    /// Query round trips to peers (ms).
+    pub query_rtt_ms: Percentiles,
+}

@@ -1,7 +1,10 @@
 //! agentmesh storage: one sled database per node, one typed tree per kind of
 //! record. Values are CBOR (see `agentmesh-protocol`).
 
+mod decisions;
 mod peers;
+
+pub use decisions::{DecisionLog, StoredDecision};
 
 pub use peers::{KnownPeer, KnownPeers, PeerBook};
 
@@ -32,12 +35,19 @@ impl Store {
             .path(path)
             // The node flushes explicitly on shutdown; this bounds loss on a crash.
             .flush_every_ms(Some(1000))
+            // sled's page cache would otherwise grow to 1 GiB; decided
+            // vertices are read rarely, so a small cache keeps nodes small.
+            .cache_capacity(32 * 1024 * 1024)
             .open()?;
         Ok(Store { db })
     }
 
     pub fn peers(&self) -> Result<PeerBook, StoreError> {
         Ok(PeerBook::new(self.db.open_tree("peers")?))
+    }
+
+    pub fn decisions(&self) -> Result<DecisionLog, StoreError> {
+        DecisionLog::open(&self.db)
     }
 
     /// Writes everything buffered to disk.

@@ -3,6 +3,7 @@
 //! bypassing every check an honest node makes before sending.
 
 use agentmesh_node::identity;
+use agentmesh_node::network::consensus_io::consensus_topic;
 use agentmesh_node::network::{behaviour, topic_for};
 use agentmesh_protocol::{sha256, NodeKey};
 use anyhow::{anyhow, bail, Context, Result};
@@ -72,8 +73,30 @@ impl RoguePeer {
     /// Connects to `target` (a TCP multiaddr ending in /p2p/<id>) and waits
     /// until the target announces a subscription to `family`'s topic.
     pub async fn connect(&mut self, target: &str, family: &str) -> Result<()> {
-        let addr: Multiaddr = target.parse().context("target address")?;
         let topic = topic_for(&self.network, family);
+        self.connect_topic(target, topic).await
+    }
+
+    /// Like [`RoguePeer::connect`], for the consensus vertex topic.
+    pub async fn connect_consensus(&mut self, target: &str) -> Result<()> {
+        let topic = consensus_topic(&self.network);
+        self.connect_topic(target, topic).await
+    }
+
+    /// Gossips raw bytes as if they were a vertex.
+    pub fn publish_vertex_bytes(&mut self, data: Vec<u8>) -> Result<()> {
+        let topic = consensus_topic(&self.network);
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(topic, data)
+            .map(|_| ())
+            .map_err(|e| anyhow!("rogue publish failed: {e}"))
+    }
+
+    async fn connect_topic(&mut self, target: &str, topic: gossipsub::IdentTopic) -> Result<()> {
+        let family = topic.to_string();
+        let addr: Multiaddr = target.parse().context("target address")?;
         self.swarm.behaviour_mut().gossipsub.subscribe(&topic)?;
         self.swarm.dial(addr)?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);

@@ -1,6 +1,7 @@
 //! The libp2p behaviour and transports of a node.
 
 use crate::config::Settings;
+use crate::network::consensus_codec::{consensus_protocol, ConsensusCodec};
 use agentmesh_protocol::{frame::max_frame_bytes, sha256};
 use anyhow::{Context, Result};
 use libp2p::core::muxing::StreamMuxerBox;
@@ -9,8 +10,8 @@ use libp2p::core::upgrade;
 use libp2p::futures::future::Either;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
-    connection_limits, gossipsub, identify, identity::Keypair, kad, noise, ping, quic, tcp, yamux,
-    PeerId, StreamProtocol, Swarm, Transport,
+    connection_limits, gossipsub, identify, identity::Keypair, kad, noise, ping, quic,
+    request_response, tcp, yamux, PeerId, StreamProtocol, Swarm, Transport,
 };
 use std::num::NonZeroU8;
 use std::time::Duration;
@@ -22,6 +23,7 @@ pub struct Behaviour {
     pub ping: ping::Behaviour,
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
     pub gossipsub: gossipsub::Behaviour,
+    pub consensus: request_response::Behaviour<ConsensusCodec>,
 }
 
 /// Identify's protocol version doubles as the network check: peers that
@@ -53,7 +55,11 @@ pub fn gossipsub_config(settings: &Settings) -> Result<gossipsub::Config> {
         // Content-addressed ids: the same bytes are the same message,
         // whichever way they arrive.
         .message_id_fn(|m| gossipsub::MessageId::from(sha256(&m.data).to_vec()))
-        .max_transmit_size(gossip_transmit_limit(settings.max_message_bytes))
+        // Vertices travel on gossip too.
+        .max_transmit_size(
+            gossip_transmit_limit(settings.max_message_bytes)
+                .max(agentmesh_protocol::vertex::MAX_VERTEX_BYTES + 1024),
+        )
         .heartbeat_interval(settings.gossip_heartbeat)
         .build()
         .context("invalid gossipsub configuration")
@@ -149,12 +155,24 @@ pub fn build_swarm(keypair: Keypair, settings: &Settings) -> Result<Swarm<Behavi
     )
     .map_err(|e| anyhow::anyhow!("gossipsub: {e}"))?;
 
+    let consensus = request_response::Behaviour::with_codec(
+        ConsensusCodec,
+        [(
+            consensus_protocol(&settings.network),
+            request_response::ProtocolSupport::Full,
+        )],
+        request_response::Config::default()
+            .with_request_timeout(Duration::from_millis(settings.consensus.query_timeout_ms))
+            .with_max_concurrent_streams(1024),
+    );
+
     let behaviour = Behaviour {
         limits,
         identify,
         ping,
         kad,
         gossipsub,
+        consensus,
     };
     let config = libp2p::swarm::Config::with_tokio_executor()
         .with_idle_connection_timeout(settings.idle_connection_timeout)

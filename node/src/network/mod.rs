@@ -5,6 +5,8 @@ mod backoff;
 pub mod behaviour;
 pub mod breaker;
 mod connections;
+pub mod consensus_codec;
+pub mod consensus_io;
 mod counters;
 mod dialer;
 mod inbound;
@@ -92,6 +94,7 @@ pub enum Command {
     Peers(oneshot::Sender<Vec<PeerInfo>>),
     Channels(oneshot::Sender<Channels>),
     Shutdown(oneshot::Sender<()>),
+    Consensus(consensus_io::ConsensusCommand),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -179,6 +182,18 @@ impl NetworkHandle {
         self.ask(Command::Channels).await
     }
 
+    /// Hands a consensus command to the network task (waits when its queue
+    /// is full).
+    pub async fn consensus(
+        &self,
+        command: consensus_io::ConsensusCommand,
+    ) -> Result<(), NetworkStopped> {
+        self.commands
+            .send(Command::Consensus(command))
+            .await
+            .map_err(|_| NetworkStopped)
+    }
+
     /// Asks the network task to persist what it knows and stop.
     pub async fn shutdown(&self) -> Result<(), NetworkStopped> {
         self.ask(Command::Shutdown).await
@@ -216,6 +231,7 @@ pub struct Network {
     /// changing, every `bootstrap_interval` once it is stable.
     discovery: Backoff,
     last_prune: Instant,
+    consensus: consensus_io::ConsensusIo,
 }
 
 impl Network {
@@ -226,6 +242,7 @@ impl Network {
         settings: Settings,
         key: NodeKey,
         peer_book: PeerBook,
+        consensus_events: mpsc::Sender<consensus_io::ConsensusEvent>,
     ) -> anyhow::Result<(Network, NetworkHandle, oneshot::Receiver<Vec<Multiaddr>>)> {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let (listening_tx, listening_rx) = oneshot::channel();
@@ -237,7 +254,9 @@ impl Network {
             settings.quic,
             settings.tcp,
         );
+        let consensus = consensus_io::ConsensusIo::new(&settings.network, consensus_events);
         let mut network = Network {
+            consensus,
             topic_prefix: topic_prefix(&settings.network),
             swarm,
             settings,
@@ -270,6 +289,13 @@ impl Network {
         for addr in network.settings.external_addresses.clone() {
             network.swarm.add_external_address(addr);
         }
+        let topic = network.consensus.topic().clone();
+        network
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(&topic)
+            .map_err(|e| anyhow::anyhow!("cannot join the consensus topic: {e}"))?;
         network.add_initial_peers();
         Ok((network, NetworkHandle { commands: tx }, listening_rx))
     }
@@ -335,6 +361,7 @@ impl Network {
             self.swarm.behaviour_mut().gossipsub.unsubscribe(&topic);
         }
         self.dial_due(now);
+        self.maintain_consensus();
         if self.table.is_empty() {
             if self.rejoin.is_due(now) {
                 self.rejoin_mesh();
@@ -413,6 +440,8 @@ impl Network {
                     .map(|(addr, _)| addr)
                     .collect();
                 self.on_connection_established(peer_id, connection_id, &endpoint, failed);
+                // Consensus samples from connected peers: tell it at once.
+                self.maintain_consensus();
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -423,6 +452,7 @@ impl Network {
             } => {
                 tracing::debug!(peer = %peer_id, cause = ?cause, "connection closed");
                 self.on_connection_closed(peer_id, connection_id, num_established);
+                self.maintain_consensus();
             }
             SwarmEvent::OutgoingConnectionError {
                 peer_id,
@@ -473,7 +503,14 @@ impl Network {
                 propagation_source,
                 message_id,
                 message,
-            }) => self.on_gossip_message(propagation_source, message_id, message),
+            }) => {
+                if self.is_consensus_topic(&message.topic) {
+                    self.on_vertex_gossip(propagation_source, message_id, &message.data);
+                } else {
+                    self.on_gossip_message(propagation_source, message_id, message);
+                }
+            }
+            BehaviourEvent::Consensus(event) => self.on_consensus_event(event),
             _ => {}
         }
     }
@@ -588,6 +625,7 @@ impl Network {
                 self.persist_connected_peers();
                 let _ = reply.send(());
             }
+            Command::Consensus(command) => self.on_consensus_command(command),
         }
     }
 

@@ -1,0 +1,385 @@
+//! The consensus driver: a task that owns the engine, feeds it network
+//! events, API requests and ticks, and carries out what it returns.
+
+use super::history::SledHistory;
+use super::views;
+use crate::network::consensus_io::{ConsensusCommand, ConsensusEvent};
+use crate::network::{now_ms, NetworkHandle};
+use crate::types::{ConsensusStatus, GraylistEntry, Percentiles, TaskInfo, VertexInfo};
+use agentmesh_consensus::{Decision, Engine, Output, ProposeError};
+use agentmesh_protocol::consensus_wire::ConsensusResponse;
+use agentmesh_protocol::{Channel, NodeId, Transaction, VertexId};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// How often the engine's clock advances without other input.
+const TICK: Duration = Duration::from_millis(10);
+/// Peers stay in the sampling population this long after they were last
+/// connected: a node cut off from the mesh must not find itself the only
+/// voter and decide alone. Unreachable peers time out as no votes, and are
+/// graylisted for silence.
+const PEER_LINGER: Duration = Duration::from_secs(600);
+/// Decisions become durable (and visible) at least this often.
+const FLUSH_EVERY: Duration = Duration::from_millis(20);
+/// Latency samples kept for percentiles.
+const SAMPLES: usize = 20_000;
+/// Requests from the API waiting for the service.
+pub const REQUEST_QUEUE: usize = 1024;
+
+pub const FINALIZED_CHANNEL: &str = "consensus:finalized";
+
+/// Where a proposal's outcome goes: the vertex id, or why not.
+pub type ProposeReply = oneshot::Sender<Result<VertexId, String>>;
+
+pub enum Request {
+    Propose {
+        transactions: Vec<Transaction>,
+        reply: ProposeReply,
+    },
+    Vertex {
+        id: VertexId,
+        reply: oneshot::Sender<Option<VertexInfo>>,
+    },
+    Task {
+        task: String,
+        reply: oneshot::Sender<TaskInfo>,
+    },
+    Status(oneshot::Sender<ConsensusStatus>),
+}
+
+/// Why a proposal was refused, for the API's status code.
+pub const BUSY_PREFIX: &str = "busy: ";
+
+pub struct ConsensusService {
+    engine: Engine<SledHistory>,
+    network: NetworkHandle,
+    events: mpsc::Receiver<ConsensusEvent>,
+    requests: mpsc::Receiver<Request>,
+    last_seen: HashMap<NodeId, Instant>,
+    connected: HashSet<NodeId>,
+    rtt_ms: VecDeque<f64>,
+    finality_ms: VecDeque<f64>,
+    finalized_channel: Channel,
+    /// Decisions recorded but not yet flushed to disk, and the events that
+    /// announce them: nothing is shown as final before it is durable, so a
+    /// node killed at any moment keeps every decision it reported.
+    unflushed: Vec<ConsensusCommand>,
+    dirty: bool,
+}
+
+fn push_sample(samples: &mut VecDeque<f64>, value: f64) {
+    if samples.len() == SAMPLES {
+        samples.pop_front();
+    }
+    samples.push_back(value);
+}
+
+fn percentiles(samples: &VecDeque<f64>) -> Percentiles {
+    let mut sorted: Vec<f64> = samples.iter().copied().collect();
+    if sorted.is_empty() {
+        return Percentiles::default();
+    }
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    let at = |p: f64| sorted[((sorted.len() - 1) as f64 * p).round() as usize];
+    Percentiles {
+        samples: sorted.len(),
+        p50: at(0.50),
+        p95: at(0.95),
+        p99: at(0.99),
+    }
+}
+
+impl ConsensusService {
+    pub fn new(
+        engine: Engine<SledHistory>,
+        network: NetworkHandle,
+        events: mpsc::Receiver<ConsensusEvent>,
+        requests: mpsc::Receiver<Request>,
+        known_peers: Vec<(NodeId, Duration)>,
+    ) -> ConsensusService {
+        // Peers known from earlier runs and bootstrap peers count from the
+        // start: a node must not decide alone before its connections are up.
+        let now = Instant::now();
+        let last_seen = known_peers
+            .into_iter()
+            .filter(|(_, age)| *age < PEER_LINGER)
+            .map(|(peer, age)| (peer, now.checked_sub(age).unwrap_or(now)))
+            .collect();
+        let mut service = ConsensusService {
+            engine,
+            network,
+            events,
+            requests,
+            last_seen,
+            connected: HashSet::new(),
+            rtt_ms: VecDeque::new(),
+            finality_ms: VecDeque::new(),
+            finalized_channel: Channel::parse(FINALIZED_CHANNEL).expect("a valid channel name"),
+            unflushed: Vec::new(),
+            dirty: false,
+        };
+        service.refresh_peers();
+        service
+    }
+
+    pub async fn run(mut self) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut peer_refresh = tokio::time::interval(Duration::from_secs(1));
+        let mut flush = tokio::time::interval(FLUSH_EVERY);
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                event = self.events.recv() => match event {
+                    Some(event) => self.on_event(event),
+                    None => break,
+                },
+                request = self.requests.recv() => match request {
+                    Some(request) => {
+                        // Answers reflect only durable decisions.
+                        if self.flush().await.is_err() {
+                            break;
+                        }
+                        self.on_requests(request)
+                    }
+                    None => break,
+                },
+                _ = flush.tick() => {
+                    if self.flush().await.is_err() {
+                        break;
+                    }
+                }
+                _ = tick.tick() => self.engine.tick(now_ms()),
+                _ = peer_refresh.tick() => self.refresh_peers(),
+            }
+            if self.execute().await.is_err() {
+                break;
+            }
+        }
+        tracing::info!("consensus service stopped");
+    }
+
+    fn on_event(&mut self, event: ConsensusEvent) {
+        let now = now_ms();
+        match event {
+            ConsensusEvent::Vertex { from, vertex } => self.engine.on_vertex(now, from, vertex),
+            ConsensusEvent::InvalidVertex { from, reason } => {
+                tracing::warn!(peer = %from, %reason, "peer sent an invalid vertex");
+                self.engine.on_invalid_vertex(now, from);
+            }
+            ConsensusEvent::Query { from, request, ids } => {
+                self.engine.on_query(now, from, request, &ids)
+            }
+            ConsensusEvent::Fetch { from, request, ids } => {
+                self.engine.on_fetch(from, request, &ids)
+            }
+            ConsensusEvent::Votes {
+                from,
+                poll,
+                votes,
+                hints,
+                rtt,
+            } => {
+                push_sample(&mut self.rtt_ms, rtt.as_secs_f64() * 1000.0);
+                self.engine.on_votes(now, from, poll, &votes, &hints);
+            }
+            ConsensusEvent::Vertices { from, vertices } => {
+                for vertex in vertices {
+                    self.engine.on_vertex(now, from, vertex);
+                }
+            }
+            ConsensusEvent::QueryFailed { peer, poll } => {
+                self.engine.on_query_failed(now, peer, poll)
+            }
+            ConsensusEvent::Peers(peers) => {
+                let now = Instant::now();
+                for peer in &self.connected {
+                    self.last_seen.insert(*peer, now);
+                }
+                self.connected = peers.into_iter().collect();
+                self.refresh_peers();
+            }
+        }
+    }
+
+    fn refresh_peers(&mut self) {
+        let now = Instant::now();
+        for peer in &self.connected {
+            self.last_seen.insert(*peer, now);
+        }
+        self.last_seen
+            .retain(|_, seen| now.duration_since(*seen) < PEER_LINGER);
+        self.engine
+            .set_peers(self.last_seen.keys().copied().collect());
+    }
+
+    /// Handles `first` and whatever else is queued. Proposals waiting
+    /// together share vertices (up to the per-vertex limit, keys distinct).
+    fn on_requests(&mut self, first: Request) {
+        let mut proposals = Vec::new();
+        let mut next = Some(first);
+        while let Some(request) = next.take() {
+            match request {
+                Request::Propose {
+                    transactions,
+                    reply,
+                } => proposals.push((transactions, reply)),
+                other => self.on_query_request(other),
+            }
+            if proposals.len() < REQUEST_QUEUE {
+                next = self.requests.try_recv().ok();
+            }
+        }
+        self.propose_together(proposals);
+    }
+
+    fn propose_together(&mut self, proposals: Vec<(Vec<Transaction>, ProposeReply)>) {
+        let limit = agentmesh_protocol::vertex::MAX_VERTEX_TRANSACTIONS;
+        let mut batch: Vec<Transaction> = Vec::new();
+        let mut keys: HashSet<String> = HashSet::new();
+        let mut waiting = Vec::new();
+        for (transactions, reply) in proposals {
+            let fits = batch.len() + transactions.len() <= limit
+                && transactions.iter().all(|tx| !keys.contains(&tx.key));
+            if !fits && !batch.is_empty() {
+                self.propose_batch(std::mem::take(&mut batch), std::mem::take(&mut waiting));
+                keys.clear();
+            }
+            keys.extend(transactions.iter().map(|tx| tx.key.clone()));
+            batch.extend(transactions);
+            waiting.push(reply);
+        }
+        if !batch.is_empty() {
+            self.propose_batch(batch, waiting);
+        }
+    }
+
+    fn propose_batch(&mut self, batch: Vec<Transaction>, replies: Vec<ProposeReply>) {
+        let result = self.engine.propose(now_ms(), batch).map_err(|e| match e {
+            ProposeError::Busy(_) => format!("{BUSY_PREFIX}{e}"),
+            other => other.to_string(),
+        });
+        for reply in replies {
+            let _ = reply.send(result.clone());
+        }
+    }
+
+    fn on_query_request(&mut self, request: Request) {
+        match request {
+            Request::Vertex { id, reply } => {
+                let _ = reply.send(views::vertex_info(&self.engine, &id));
+            }
+            Request::Task { task, reply } => {
+                let _ = reply.send(views::task_info(&self.engine, &task));
+            }
+            Request::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Request::Propose { .. } => {}
+        }
+    }
+
+    fn status(&self) -> ConsensusStatus {
+        let stats = self.engine.stats();
+        let now = now_ms();
+        ConsensusStatus {
+            peers_sampled_from: self.last_seen.len(),
+            processing: self.engine.processing_len(),
+            pending: self.engine.pending_len(),
+            polls_in_flight: self.engine.polls_in_flight(),
+            polls_started: stats.polls_started,
+            polls_succeeded: stats.polls_succeeded,
+            queries_answered: stats.queries_answered,
+            accepted_vertices: stats.accepted_vertices,
+            rejected_vertices: stats.rejected_vertices,
+            accepted_transactions: stats.accepted_transactions,
+            decided_on_disk: self.engine.history().decided(),
+            graylisted: self
+                .engine
+                .graylisted(now)
+                .into_iter()
+                .map(|(peer, until_ms)| GraylistEntry {
+                    node_id: peer.to_string(),
+                    until_ms,
+                })
+                .collect(),
+            finality_ms: percentiles(&self.finality_ms),
+            query_rtt_ms: percentiles(&self.rtt_ms),
+        }
+    }
+
+    /// Flushes recorded decisions, then announces them. A failed flush is
+    /// logged and retried; events wait for it.
+    async fn flush(&mut self) -> Result<(), crate::network::NetworkStopped> {
+        if !self.dirty {
+            return Ok(());
+        }
+        if let Err(e) = self.engine.history().flush().await {
+            tracing::error!(error = %e, "cannot flush consensus decisions to disk");
+            return Ok(());
+        }
+        self.dirty = false;
+        for command in std::mem::take(&mut self.unflushed) {
+            self.network.consensus(command).await?;
+        }
+        Ok(())
+    }
+
+    /// Carries out the engine's outputs. Fails only when the network task
+    /// has stopped.
+    async fn execute(&mut self) -> Result<(), crate::network::NetworkStopped> {
+        for output in self.engine.take_outputs() {
+            let command = match output {
+                Output::Query { poll, peers, ids } => ConsensusCommand::Query { poll, peers, ids },
+                Output::Votes {
+                    request,
+                    votes,
+                    hints,
+                    ..
+                } => ConsensusCommand::Respond {
+                    request,
+                    response: ConsensusResponse::Votes { votes, hints },
+                },
+                Output::Broadcast(vertex) => ConsensusCommand::Broadcast(vertex.encode()),
+                Output::Fetch { from, ids } => ConsensusCommand::Fetch { peer: from, ids },
+                Output::Vertices {
+                    request, vertices, ..
+                } => ConsensusCommand::Respond {
+                    request,
+                    response: ConsensusResponse::Vertices {
+                        vertices: vertices.into_iter().map(|v| v.into_wire()).collect(),
+                    },
+                },
+                Output::Decided { vertex, decision } => {
+                    let now = now_ms();
+                    if vertex.author() == self.engine.node_id() && decision == Decision::Accepted {
+                        let started = vertex.timestamp_ms();
+                        push_sample(&mut self.finality_ms, now.saturating_sub(started) as f64);
+                    }
+                    self.dirty = true;
+                    self.unflushed.push(ConsensusCommand::Local {
+                        channel: self.finalized_channel.clone(),
+                        content_type: "application/json".into(),
+                        body: views::decided_event(&vertex, decision, now),
+                    });
+                    continue;
+                }
+                Output::Graylisted {
+                    peer,
+                    reason,
+                    until_ms,
+                } => {
+                    tracing::warn!(%peer, reason = reason.as_str(), until_ms, "graylisted a peer");
+                    continue;
+                }
+                Output::HistoryFailed(e) => {
+                    tracing::error!(error = %e, "consensus history write failed");
+                    continue;
+                }
+            };
+            self.network.consensus(command).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,411 @@
+//! Consensus traffic inside the network task: vertices gossiped on the
+//! consensus topic, queries and fetches over request-response. The consensus
+//! service (crate::consensus) drives the engine on the other end of the
+//! channels; this module only moves and checks bytes.
+
+use super::{now_ms, Network};
+use crate::identity::{node_id_of, peer_id_of};
+use crate::network::router::Delivery;
+use agentmesh_protocol::consensus_wire::{ConsensusRequest, ConsensusResponse};
+use agentmesh_protocol::{Channel, Envelope, MessageId, NodeId, Vertex, VertexId};
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::{gossipsub, PeerId};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// What the network hands the consensus service.
+#[derive(Debug)]
+pub enum ConsensusEvent {
+    /// A verified vertex from gossip, relayed by `from`.
+    Vertex {
+        from: NodeId,
+        vertex: Vertex,
+    },
+    /// `from` sent a vertex that failed verification.
+    InvalidVertex {
+        from: NodeId,
+        reason: String,
+    },
+    Query {
+        from: NodeId,
+        request: u64,
+        ids: Vec<VertexId>,
+    },
+    Fetch {
+        from: NodeId,
+        request: u64,
+        ids: Vec<VertexId>,
+    },
+    Votes {
+        from: NodeId,
+        poll: u64,
+        votes: Vec<bool>,
+        hints: Vec<VertexId>,
+        rtt: Duration,
+    },
+    /// Verified vertices from a fetch response.
+    Vertices {
+        from: NodeId,
+        vertices: Vec<Vertex>,
+    },
+    QueryFailed {
+        peer: NodeId,
+        poll: u64,
+    },
+    /// The connected peers, whenever the set changes.
+    Peers(Vec<NodeId>),
+}
+
+/// What the consensus service asks the network to do.
+#[derive(Debug)]
+pub enum ConsensusCommand {
+    Query {
+        poll: u64,
+        peers: Vec<NodeId>,
+        ids: Vec<VertexId>,
+    },
+    Fetch {
+        peer: NodeId,
+        ids: Vec<VertexId>,
+    },
+    Respond {
+        request: u64,
+        response: ConsensusResponse,
+    },
+    /// Gossip an encoded vertex.
+    Broadcast(Vec<u8>),
+    /// Deliver an event to local subscribers of `channel` (not gossiped:
+    /// every node reports its own decisions).
+    Local {
+        channel: Channel,
+        content_type: String,
+        body: Vec<u8>,
+    },
+}
+
+enum Outbound {
+    Query {
+        peer: NodeId,
+        poll: u64,
+        sent: Instant,
+    },
+    Fetch,
+}
+
+/// Events waiting for the consensus service; beyond this, gossip vertices
+/// and requests are dropped (the engine recovers through fetches and
+/// timeouts) rather than stalling the network task.
+pub const CONSENSUS_EVENT_QUEUE: usize = 16_384;
+
+pub struct ConsensusIo {
+    events: mpsc::Sender<ConsensusEvent>,
+    topic: gossipsub::IdentTopic,
+    inbound: HashMap<u64, ResponseChannel<ConsensusResponse>>,
+    next_inbound: u64,
+    outbound: HashMap<OutboundRequestId, Outbound>,
+    node_ids: HashMap<PeerId, NodeId>,
+    peer_ids: HashMap<NodeId, PeerId>,
+    last_peers: Vec<NodeId>,
+    pub dropped_events: u64,
+}
+
+pub fn consensus_topic(network: &str) -> gossipsub::IdentTopic {
+    gossipsub::IdentTopic::new(format!("/agentmesh/{network}/consensus/vertices"))
+}
+
+impl ConsensusIo {
+    pub fn new(network: &str, events: mpsc::Sender<ConsensusEvent>) -> ConsensusIo {
+        ConsensusIo {
+            events,
+            topic: consensus_topic(network),
+            inbound: HashMap::new(),
+            next_inbound: 0,
+            outbound: HashMap::new(),
+            node_ids: HashMap::new(),
+            peer_ids: HashMap::new(),
+            last_peers: Vec::new(),
+            dropped_events: 0,
+        }
+    }
+
+    pub fn topic(&self) -> &gossipsub::IdentTopic {
+        &self.topic
+    }
+
+    fn emit(&mut self, event: ConsensusEvent) {
+        if self.events.try_send(event).is_err() {
+            self.dropped_events += 1;
+        }
+    }
+
+    fn node_of(&mut self, peer: &PeerId) -> Option<NodeId> {
+        if let Some(node) = self.node_ids.get(peer) {
+            return Some(*node);
+        }
+        let node = node_id_of(peer)?;
+        if self.node_ids.len() > 100_000 {
+            self.node_ids.clear();
+        }
+        self.node_ids.insert(*peer, node);
+        Some(node)
+    }
+
+    fn peer_of(&mut self, node: &NodeId) -> Option<PeerId> {
+        if let Some(peer) = self.peer_ids.get(node) {
+            return Some(*peer);
+        }
+        let peer = peer_id_of(node).ok()?;
+        if self.peer_ids.len() > 100_000 {
+            self.peer_ids.clear();
+        }
+        self.peer_ids.insert(*node, peer);
+        Some(peer)
+    }
+}
+
+impl Network {
+    pub(super) fn is_consensus_topic(&self, topic: &gossipsub::TopicHash) -> bool {
+        *topic == self.consensus.topic().hash()
+    }
+
+    /// A gossiped vertex: verified before gossipsub may forward it.
+    pub(super) fn on_vertex_gossip(
+        &mut self,
+        source: PeerId,
+        id: gossipsub::MessageId,
+        data: &[u8],
+    ) {
+        let verdict = Vertex::decode(data);
+        let acceptance = match &verdict {
+            Ok(_) => gossipsub::MessageAcceptance::Accept,
+            Err(_) => gossipsub::MessageAcceptance::Reject,
+        };
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(&id, &source, acceptance);
+        let Some(from) = self.consensus.node_of(&source) else {
+            return;
+        };
+        match verdict {
+            Ok(vertex) => self.consensus.emit(ConsensusEvent::Vertex { from, vertex }),
+            Err(e) => {
+                tracing::debug!(peer = %source, error = %e, "rejected a gossiped vertex");
+                self.table.rejected(&source);
+                self.consensus.emit(ConsensusEvent::InvalidVertex {
+                    from,
+                    reason: e.to_string(),
+                });
+            }
+        }
+    }
+
+    pub(super) fn on_consensus_command(&mut self, command: ConsensusCommand) {
+        match command {
+            ConsensusCommand::Query { poll, peers, ids } => {
+                let sent = Instant::now();
+                for node in peers {
+                    let Some(peer) = self.consensus.peer_of(&node) else {
+                        self.consensus
+                            .emit(ConsensusEvent::QueryFailed { peer: node, poll });
+                        continue;
+                    };
+                    let request = ConsensusRequest::Query { ids: ids.clone() };
+                    let id = self
+                        .swarm
+                        .behaviour_mut()
+                        .consensus
+                        .send_request(&peer, request);
+                    self.consensus.outbound.insert(
+                        id,
+                        Outbound::Query {
+                            peer: node,
+                            poll,
+                            sent,
+                        },
+                    );
+                }
+            }
+            ConsensusCommand::Fetch { peer, ids } => {
+                if let Some(peer) = self.consensus.peer_of(&peer) {
+                    let request = ConsensusRequest::Fetch { ids };
+                    let id = self
+                        .swarm
+                        .behaviour_mut()
+                        .consensus
+                        .send_request(&peer, request);
+                    self.consensus.outbound.insert(id, Outbound::Fetch);
+                }
+            }
+            ConsensusCommand::Respond { request, response } => {
+                if let Some(channel) = self.consensus.inbound.remove(&request) {
+                    // Fails only if the asker gave up; nothing to do then.
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .consensus
+                        .send_response(channel, response);
+                }
+            }
+            ConsensusCommand::Broadcast(bytes) => {
+                let topic = self.consensus.topic().clone();
+                if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
+                    // Alone in the mesh: peers fetch it when they hear of it.
+                    tracing::debug!(error = %e, "vertex not gossiped");
+                }
+            }
+            ConsensusCommand::Local {
+                channel,
+                content_type,
+                body,
+            } => {
+                let Some(id) = MessageId::random() else {
+                    return;
+                };
+                let envelope = Envelope {
+                    channel,
+                    id,
+                    sender: self.local_node,
+                    timestamp_ms: now_ms(),
+                    content_type,
+                    body,
+                };
+                let delivery = Arc::new(Delivery {
+                    envelope,
+                    received_ms: now_ms(),
+                });
+                self.totals.delivered_locally += self.router.deliver(delivery) as u64;
+            }
+        }
+    }
+
+    pub(super) fn on_consensus_event(
+        &mut self,
+        event: request_response::Event<ConsensusRequest, ConsensusResponse>,
+    ) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => {
+                let Some(from) = self.consensus.node_of(&peer) else {
+                    return;
+                };
+                match message {
+                    request_response::Message::Request {
+                        request, channel, ..
+                    } => {
+                        let id = self.consensus.next_inbound;
+                        self.consensus.next_inbound += 1;
+                        self.consensus.inbound.insert(id, channel);
+                        let event = match request {
+                            ConsensusRequest::Query { ids } => ConsensusEvent::Query {
+                                from,
+                                request: id,
+                                ids,
+                            },
+                            ConsensusRequest::Fetch { ids } => ConsensusEvent::Fetch {
+                                from,
+                                request: id,
+                                ids,
+                            },
+                        };
+                        self.consensus.emit(event);
+                    }
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    } => self.on_consensus_response(peer, from, request_id, response),
+                }
+            }
+            request_response::Event::OutboundFailure {
+                request_id, error, ..
+            } => {
+                if let Some(Outbound::Query { peer, poll, .. }) =
+                    self.consensus.outbound.remove(&request_id)
+                {
+                    tracing::debug!(%peer, %error, "consensus query failed");
+                    self.consensus
+                        .emit(ConsensusEvent::QueryFailed { peer, poll });
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "inbound consensus request failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn on_consensus_response(
+        &mut self,
+        peer: PeerId,
+        from: NodeId,
+        request_id: OutboundRequestId,
+        response: ConsensusResponse,
+    ) {
+        let outbound = self.consensus.outbound.remove(&request_id);
+        match (outbound, response) {
+            (
+                Some(Outbound::Query { poll, sent, .. }),
+                ConsensusResponse::Votes { votes, hints },
+            ) => self.consensus.emit(ConsensusEvent::Votes {
+                from,
+                poll,
+                votes,
+                hints,
+                rtt: sent.elapsed(),
+            }),
+            (Some(Outbound::Fetch), ConsensusResponse::Vertices { vertices }) => {
+                let mut good = Vec::with_capacity(vertices.len());
+                for wire in vertices {
+                    match Vertex::verify(wire) {
+                        Ok(v) => good.push(v),
+                        Err(e) => {
+                            self.table.rejected(&peer);
+                            self.consensus.emit(ConsensusEvent::InvalidVertex {
+                                from,
+                                reason: e.to_string(),
+                            });
+                        }
+                    }
+                }
+                self.consensus.emit(ConsensusEvent::Vertices {
+                    from,
+                    vertices: good,
+                });
+            }
+            (Some(Outbound::Query { poll, .. }), _) => {
+                // Answered a query with something else: a vote list that
+                // does not match, as far as the engine is concerned.
+                self.consensus.emit(ConsensusEvent::Votes {
+                    from,
+                    poll,
+                    votes: Vec::new(),
+                    hints: Vec::new(),
+                    rtt: Duration::ZERO,
+                })
+            }
+            _ => {}
+        }
+    }
+
+    /// Tells the consensus service when the set of connected peers changed,
+    /// and forgets inbound requests whose askers gave up.
+    pub(super) fn maintain_consensus(&mut self) {
+        let mut peers: Vec<NodeId> = self
+            .swarm
+            .connected_peers()
+            .copied()
+            .collect::<Vec<_>>()
+            .iter()
+            .filter_map(|p| self.consensus.node_of(p))
+            .collect();
+        peers.sort();
+        if peers != self.consensus.last_peers {
+            self.consensus.last_peers = peers.clone();
+            self.consensus.emit(ConsensusEvent::Peers(peers));
+        }
+        self.consensus
+            .inbound
+            .retain(|_, channel| channel.is_open());
+    }
+}

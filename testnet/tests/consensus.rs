@@ -1,0 +1,176 @@
+//! Consensus over real node processes: contested task claims settle on one
+//! winner everywhere, decisions survive restarts, and a peer gossiping
+//! forged vertices is graylisted while the others carry on.
+
+mod common;
+
+use agentmesh_node::client::ApiClient;
+use agentmesh_node::types::{ClaimInfo, TransactionBody};
+use agentmesh_protocol::{codec, NodeKey, Transaction, Vertex};
+use agentmesh_testnet::rogue::RoguePeer;
+use agentmesh_testnet::{wait, Testnet};
+use common::{start, MESH_TIMEOUT};
+use std::time::Duration;
+
+const DECIDE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Every node's final winner for `task`, once all of them have one.
+async fn winners(net: &Testnet, task: &str) -> anyhow::Result<Vec<ClaimInfo>> {
+    wait::until(
+        &format!("a final winner of {task} on every node"),
+        DECIDE_TIMEOUT,
+        || async {
+            let mut all = Vec::new();
+            for node in &net.nodes {
+                match node.client.task(task).await?.winner {
+                    Some(w) => all.push(w),
+                    None => return Ok(None),
+                }
+            }
+            Ok(Some(all))
+        },
+    )
+    .await
+}
+
+/// Claims `task` from each of `claimants` (node index, agent) at once.
+async fn claim_at_once(net: &Testnet, task: &str, claimants: &[(usize, String)]) {
+    let claims = claimants.iter().map(|(i, agent)| {
+        let client: ApiClient = net.nodes[*i].client.clone();
+        let (task, agent) = (task.to_string(), agent.clone());
+        async move { client.claim(&task, &agent).await }
+    });
+    for receipt in futures::future::join_all(claims).await {
+        let receipt = receipt.expect("a claim is accepted for processing");
+        assert_eq!(receipt.status, "processing");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_claims_on_seven_nodes_have_exactly_one_winner_everywhere() {
+    let t = start(7, &[]).await;
+    let net = &t.net;
+    net.wait_full_mesh(MESH_TIMEOUT).await.unwrap();
+    for task in ["build-42", "scan-7", "report-1"] {
+        let claimants: Vec<(usize, String)> =
+            (0..5).map(|i| (i, format!("agent-{i}-{task}"))).collect();
+        claim_at_once(net, task, &claimants).await;
+        let all = winners(net, task).await.unwrap();
+        assert!(all.iter().all(|w| *w == all[0]), "winners differ: {all:?}");
+        assert!(
+            claimants.iter().any(|(_, a)| *a == all[0].claimant),
+            "the winner {:?} is one of the claimants",
+            all[0]
+        );
+        // A late claim is refused with the winner's name.
+        let late = net.nodes[6]
+            .client
+            .claim(task, "latecomer")
+            .await
+            .unwrap_err();
+        assert!(late.to_string().contains(&all[0].claimant), "{late}");
+    }
+    // An uncontested transaction is accepted everywhere.
+    let receipt = net.nodes[6]
+        .client
+        .propose(vec![TransactionBody {
+            key: "note:1".into(),
+            payload: "{\"hello\":1}".into(),
+        }])
+        .await
+        .unwrap();
+    for node in &net.nodes {
+        let status = wait::until("the proposal to be final", DECIDE_TIMEOUT, || async {
+            let v = node.client.vertex(&receipt.vertex).await;
+            Ok(v.ok().filter(|v| v.is_final))
+        })
+        .await
+        .unwrap();
+        assert_eq!(status.status, "accepted");
+        assert_eq!(status.transactions[0].payload, "{\"hello\":1}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_keeps_what_it_finalized() {
+    let mut t = start(3, &[]).await;
+    t.net.wait_full_mesh(MESH_TIMEOUT).await.unwrap();
+    claim_at_once(&t.net, "deploy", &[(0, "a".into()), (1, "b".into())]).await;
+    let before = match winners(&t.net, "deploy").await {
+        Ok(w) => w,
+        Err(e) => {
+            for node in &t.net.nodes {
+                eprintln!("{:?}", node.client.task("deploy").await);
+                eprintln!("{:?}", node.client.consensus().await);
+                eprintln!("{}", node.log_tail(30));
+            }
+            panic!("{e}");
+        }
+    };
+    let vertex = before[2].vertex.clone();
+    let spec = t.net.kill(2);
+    t.net.restart(2, spec).await.unwrap();
+    let node = &t.net.nodes[2];
+    // Straight from disk, before it has talked to anyone.
+    let after = node.client.task("deploy").await.unwrap();
+    assert_eq!(after.winner.as_ref(), Some(&before[2]));
+    let v = node.client.vertex(&vertex).await.unwrap();
+    assert_eq!((v.status.as_str(), v.is_final), ("accepted", true));
+    // And it still takes part: a new claim settles on all three.
+    t.net.wait_full_mesh(MESH_TIMEOUT).await.unwrap();
+    claim_at_once(&t.net, "deploy-2", &[(2, "c".into()), (0, "d".into())]).await;
+    let all = winners(&t.net, "deploy-2").await.unwrap();
+    assert!(all.iter().all(|w| *w == all[0]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_gossiping_forged_vertices_is_graylisted_and_the_rest_still_decide() {
+    let t = start(3, &[]).await;
+    let net = &t.net;
+    net.wait_full_mesh(MESH_TIMEOUT).await.unwrap();
+    let mut rogue = RoguePeer::new(&net.options.network).unwrap();
+    let target = net.nodes[0]
+        .info
+        .listen_addrs
+        .iter()
+        .find(|a| a.contains("/tcp/"))
+        .map(|a| format!("{a}/p2p/{}", net.nodes[0].info.peer_id))
+        .unwrap();
+    rogue.connect_consensus(&target).await.unwrap();
+    // A well-formed vertex whose signature does not match its content.
+    let key = NodeKey::generate().unwrap();
+    let tx = Transaction {
+        key: "task:forged".into(),
+        payload: b"{}".to_vec(),
+    };
+    let mut wire = Vertex::sign(&key, vec![], 1, 0, vec![tx])
+        .unwrap()
+        .into_wire();
+    wire.signature[0] ^= 0xff;
+    rogue
+        .publish_vertex_bytes(codec::encode(&wire).unwrap())
+        .unwrap();
+    let rogue_node = key_of(&rogue);
+    let client = net.nodes[0].client.clone();
+    let pump = tokio::spawn(async move {
+        rogue.pump(Duration::from_secs(30)).await;
+    });
+    wait::until("node 0 to graylist the rogue", DECIDE_TIMEOUT, || async {
+        let status = client.consensus().await?;
+        Ok(status
+            .graylisted
+            .iter()
+            .any(|g| g.node_id == rogue_node)
+            .then_some(()))
+    })
+    .await
+    .unwrap();
+    claim_at_once(net, "after-forgery", &[(0, "x".into()), (1, "y".into())]).await;
+    let all = winners(net, "after-forgery").await.unwrap();
+    assert!(all.iter().all(|w| *w == all[0]));
+    pump.abort();
+}
+
+fn key_of(rogue: &RoguePeer) -> String {
+    rogue.key.node_id().to_string()
+}
