@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod binary;
+pub mod claims;
 pub mod collect;
 pub mod demo;
 pub mod hosts;

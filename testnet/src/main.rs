@@ -1,5 +1,5 @@
 use agentmesh_testnet::bench::{self, GossipBench};
-use agentmesh_testnet::demo;
+use agentmesh_testnet::{claims, demo};
 use agentmesh_testnet::hosts::Hosts;
 use agentmesh_testnet::process::{pid_alive, signal};
 use agentmesh_testnet::state::{NodeState, TestnetState};
@@ -258,6 +258,9 @@ async fn run_demo(options: TestnetOptions) -> Result<()> {
     eprintln!("[testnet] every node publishes on 'coordination'");
     let report = demo::exchange(&net, "coordination", 1, Duration::from_secs(30)).await?;
     demo::print_summary(&net, Some(&report)).await?;
+    eprintln!("[testnet] every node claims task 'demo-task' for its agent at the same moment");
+    let contest = claims::contested_claim(&net, "demo-task", Duration::from_secs(60)).await?;
+    claims::print_contest(&contest);
     eprintln!("[testnet] stopping nodes");
     net.stop().await?;
     println!("demo finished: OK");

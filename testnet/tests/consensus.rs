@@ -4,46 +4,23 @@
 
 mod common;
 
-use agentmesh_node::client::ApiClient;
 use agentmesh_node::types::{ClaimInfo, TransactionBody};
 use agentmesh_protocol::{codec, NodeKey, Transaction, Vertex};
 use agentmesh_testnet::rogue::RoguePeer;
-use agentmesh_testnet::{wait, Testnet};
+use agentmesh_testnet::{claims, wait, Testnet};
 use common::{start, MESH_TIMEOUT};
 use std::time::Duration;
 
 const DECIDE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Every node's final winner for `task`, once all of them have one.
 async fn winners(net: &Testnet, task: &str) -> anyhow::Result<Vec<ClaimInfo>> {
-    wait::until(
-        &format!("a final winner of {task} on every node"),
-        DECIDE_TIMEOUT,
-        || async {
-            let mut all = Vec::new();
-            for node in &net.nodes {
-                match node.client.task(task).await?.winner {
-                    Some(w) => all.push(w),
-                    None => return Ok(None),
-                }
-            }
-            Ok(Some(all))
-        },
-    )
-    .await
+    claims::final_winners(net, task, DECIDE_TIMEOUT).await
 }
 
-/// Claims `task` from each of `claimants` (node index, agent) at once.
 async fn claim_at_once(net: &Testnet, task: &str, claimants: &[(usize, String)]) {
-    let claims = claimants.iter().map(|(i, agent)| {
-        let client: ApiClient = net.nodes[*i].client.clone();
-        let (task, agent) = (task.to_string(), agent.clone());
-        async move { client.claim(&task, &agent).await }
-    });
-    for receipt in futures::future::join_all(claims).await {
-        let receipt = receipt.expect("a claim is accepted for processing");
-        assert_eq!(receipt.status, "processing");
-    }
+    claims::claim_at_once(net, task, claimants)
+        .await
+        .expect("claims are accepted for processing");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,17 +73,7 @@ async fn a_restarted_node_keeps_what_it_finalized() {
     let mut t = start(3, &[]).await;
     t.net.wait_full_mesh(MESH_TIMEOUT).await.unwrap();
     claim_at_once(&t.net, "deploy", &[(0, "a".into()), (1, "b".into())]).await;
-    let before = match winners(&t.net, "deploy").await {
-        Ok(w) => w,
-        Err(e) => {
-            for node in &t.net.nodes {
-                eprintln!("{:?}", node.client.task("deploy").await);
-                eprintln!("{:?}", node.client.consensus().await);
-                eprintln!("{}", node.log_tail(30));
-            }
-            panic!("{e}");
-        }
-    };
+    let before = winners(&t.net, "deploy").await.unwrap();
     let vertex = before[2].vertex.clone();
     let spec = t.net.kill(2);
     t.net.restart(2, spec).await.unwrap();
