@@ -21,6 +21,11 @@ pub struct Params {
     /// Undecided vertices held; local proposals are refused beyond it and
     /// remote vertices are dropped beyond twice it (re-fetched on demand).
     pub max_processing: usize,
+    /// Transactions in undecided vertices; local proposals are refused
+    /// beyond it (the API answers 503) and remote vertices are dropped
+    /// beyond twice it. This is the node's backpressure: what is in flight
+    /// bounds both memory and finality time.
+    pub max_processing_transactions: usize,
     /// Vertices waiting for missing ancestors.
     pub max_pending: usize,
     /// Most parents a new local vertex names.
@@ -54,6 +59,7 @@ impl Default for Params {
             max_polls_in_flight: 4,
             batch_size: 64,
             max_processing: 4096,
+            max_processing_transactions: 10_000,
             max_pending: 4096,
             max_parents: 8,
             query_timeout_ms: 2_000,
@@ -119,6 +125,10 @@ impl Params {
         for (name, value) in [
             ("max_polls_in_flight", self.max_polls_in_flight),
             ("max_processing", self.max_processing),
+            (
+                "max_processing_transactions",
+                self.max_processing_transactions,
+            ),
             ("max_pending", self.max_pending),
             ("max_parents", self.max_parents),
         ] {

@@ -1,22 +1,23 @@
 //! Consensus decisions on disk: decided vertices with their status, the
-//! winner of each decided conflict key, the (author, seq) index used to
-//! detect equivocation, and this node's next sequence number.
+//! (author, seq) index used to detect equivocation, and this node's next
+//! sequence number; plus the in-memory index of conflict-key winners,
+//! rebuilt from the accepted vertices when the log is opened.
 //!
 //! Write order makes a crash safe: content and indexes first, the status
 //! last, and readers treat a vertex without a status as undecided.
 
+use crate::winners::WinnerIndex;
 use crate::{StoreError, MAX_RECORD_BYTES};
 use agentmesh_protocol::{codec, NodeId, Vertex, VertexId, WireVertex};
 
 const NEXT_SEQ: &[u8] = b"next_seq";
 
-#[derive(Clone)]
 pub struct DecisionLog {
     status: sled::Tree,
     vertices: sled::Tree,
-    winners: sled::Tree,
     authored: sled::Tree,
     meta: sled::Tree,
+    winners: WinnerIndex,
 }
 
 /// A decided vertex's status: accepted or rejected, and when (ms).
@@ -33,6 +34,16 @@ fn authored_key(author: &NodeId, seq: u64) -> [u8; 40] {
     key
 }
 
+/// Whether the stored vertex `id` has a transaction with conflict key `key`
+/// (decoded only: the content was verified before it was stored).
+fn holds_key(vertices: &sled::Tree, id: &VertexId, key: &str) -> bool {
+    let Ok(Some(bytes)) = vertices.get(id.0) else {
+        return false;
+    };
+    codec::decode::<WireVertex>(&bytes, MAX_RECORD_BYTES)
+        .is_ok_and(|w| w.vertex.transactions.iter().any(|tx| tx.key == key))
+}
+
 fn corrupt(key: &[u8], reason: impl ToString) -> StoreError {
     StoreError::Corrupt {
         key: hex::encode(key),
@@ -42,25 +53,58 @@ fn corrupt(key: &[u8], reason: impl ToString) -> StoreError {
 
 impl DecisionLog {
     pub(crate) fn open(db: &sled::Db) -> Result<DecisionLog, StoreError> {
-        Ok(DecisionLog {
+        let mut log = DecisionLog {
             status: db.open_tree("consensus_status")?,
             vertices: db.open_tree("consensus_vertices")?,
-            winners: db.open_tree("consensus_winners")?,
             authored: db.open_tree("consensus_authored")?,
             meta: db.open_tree("consensus_meta")?,
-        })
+            winners: WinnerIndex::default(),
+        };
+        log.rebuild_winners()?;
+        Ok(log)
     }
 
-    pub fn record(&self, vertex: &Vertex, accepted: bool, at_ms: u64) -> Result<(), StoreError> {
+    fn rebuild_winners(&mut self) -> Result<(), StoreError> {
+        let mut accepted = Vec::new();
+        for item in self.status.iter() {
+            let (key, value) = item?;
+            if value.first() == Some(&1) {
+                if let Ok(id) = <[u8; 32]>::try_from(key.as_ref()) {
+                    accepted.push(VertexId(id));
+                }
+            }
+        }
+        for id in accepted {
+            match self.vertex(&id)? {
+                Some(vertex) => self.index_winners(&vertex),
+                None => return Err(corrupt(&id.0, "accepted vertex is missing its content")),
+            }
+        }
+        Ok(())
+    }
+
+    fn index_winners(&mut self, vertex: &Vertex) {
+        let vertices = &self.vertices;
+        for tx in vertex.transactions() {
+            self.winners.insert(&tx.key, vertex.id(), |other, key| {
+                holds_key(vertices, other, key)
+            });
+        }
+    }
+
+    pub fn record(
+        &mut self,
+        vertex: &Vertex,
+        accepted: bool,
+        at_ms: u64,
+    ) -> Result<(), StoreError> {
         let id = vertex.id();
         let bytes = codec::encode(vertex.wire()).map_err(|e| StoreError::Encode(e.to_string()))?;
         self.vertices.insert(id.0, bytes)?;
         self.authored
             .insert(authored_key(&vertex.author(), vertex.seq()), &id.0)?;
         if accepted {
-            for tx in vertex.transactions() {
-                self.winners.insert(tx.key.as_bytes(), &id.0)?;
-            }
+            self.index_winners(vertex);
         }
         let mut status = [0u8; 9];
         status[0] = accepted as u8;
@@ -99,8 +143,19 @@ impl DecisionLog {
         Ok(Some(vertex))
     }
 
+    /// The accepted vertex holding a transaction with conflict key `key`.
     pub fn winner(&self, key: &str) -> Result<Option<VertexId>, StoreError> {
-        self.id_at(&self.winners, key.as_bytes())
+        for candidate in self.winners.candidates(key) {
+            if holds_key(&self.vertices, &candidate, key) {
+                return Ok(Some(candidate));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Conflict keys with a known winner.
+    pub fn winners(&self) -> usize {
+        self.winners.count()
     }
 
     pub fn authored(&self, author: &NodeId, seq: u64) -> Result<Option<VertexId>, StoreError> {
@@ -165,7 +220,7 @@ mod tests {
         let v = Vertex::sign(&key, vec![], 3, 10, vec![tx]).unwrap();
         {
             let store = Store::open(dir.path()).unwrap();
-            let log = store.decisions().unwrap();
+            let mut log = store.decisions().unwrap();
             assert_eq!(log.next_seq().unwrap(), 1);
             log.record(&v, true, 42).unwrap();
             log.set_next_seq(4).unwrap();
@@ -180,7 +235,12 @@ mod tests {
             })
         );
         assert_eq!(log.vertex(&v.id()).unwrap().unwrap().id(), v.id());
-        assert_eq!(log.winner("task:1").unwrap(), Some(v.id()));
+        assert_eq!(
+            log.winner("task:1").unwrap(),
+            Some(v.id()),
+            "rebuilt on open"
+        );
+        assert_eq!(log.winner("task:2").unwrap(), None);
         assert_eq!(log.authored(&key.node_id(), 3).unwrap(), Some(v.id()));
         assert_eq!(log.next_seq().unwrap(), 4);
         log.vertices.insert(v.id().0, &b"garbage"[..]).unwrap();

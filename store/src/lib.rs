@@ -3,6 +3,7 @@
 
 mod decisions;
 mod peers;
+mod winners;
 
 pub use decisions::{DecisionLog, StoredDecision};
 
@@ -22,7 +23,7 @@ pub enum StoreError {
 
 /// Largest stored record we will decode; records are written by this node,
 /// so anything larger means the file was damaged.
-pub(crate) const MAX_RECORD_BYTES: usize = 1 << 20;
+pub(crate) const MAX_RECORD_BYTES: usize = 2 << 20;
 
 #[derive(Clone)]
 pub struct Store {

@@ -50,7 +50,11 @@ pub struct ContestReport {
 
 /// Every node claims `task` at once for its own agent; every node must then
 /// report the same single winner.
-pub async fn contested_claim(net: &Testnet, task: &str, timeout: Duration) -> Result<ContestReport> {
+pub async fn contested_claim(
+    net: &Testnet,
+    task: &str,
+    timeout: Duration,
+) -> Result<ContestReport> {
     let claimants: Vec<(usize, String)> = (0..net.nodes.len())
         .map(|i| (i, format!("agent-{i}")))
         .collect();
@@ -78,7 +82,11 @@ pub fn print_contest(report: &ContestReport) {
         report.winners.len()
     );
     for (i, w) in report.winners.iter().enumerate() {
-        println!("  node {i} says the winner is {} (vertex {}…)", w.claimant, &w.vertex[..12]);
+        println!(
+            "  node {i} says the winner is {} (vertex {}…)",
+            w.claimant,
+            &w.vertex[..12]
+        );
     }
     println!(
         "one winner everywhere: {} — final on all nodes {:.0} ms after the claims",

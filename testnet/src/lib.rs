@@ -6,6 +6,7 @@ pub mod bench;
 pub mod binary;
 pub mod claims;
 pub mod collect;
+pub mod consensus_bench;
 pub mod demo;
 pub mod hosts;
 pub mod mesh;

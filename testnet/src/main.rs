@@ -1,9 +1,10 @@
 use agentmesh_testnet::bench::{self, GossipBench};
-use agentmesh_testnet::{claims, demo};
+use agentmesh_testnet::consensus_bench::{self, ConsensusBench};
 use agentmesh_testnet::hosts::Hosts;
 use agentmesh_testnet::process::{pid_alive, signal};
 use agentmesh_testnet::state::{NodeState, TestnetState};
 use agentmesh_testnet::{binary, wait, Testnet, TestnetOptions};
+use agentmesh_testnet::{claims, demo};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -66,6 +67,29 @@ enum BenchCommand {
     /// TCP fallback time with UDP blocked, dead-peer detection, reconnection,
     /// gossip under 5% and 10% packet loss (namespaced hosts; needs root).
     Transport,
+    /// Finalized transactions/s, finality and query round-trip percentiles,
+    /// peak RSS; all honest, then with one contrary voter; and the
+    /// simulator's cost per round at 100 nodes.
+    Consensus {
+        #[arg(long, default_value_t = 7)]
+        nodes: usize,
+        /// Byzantine node counts to run, one scenario each (0 or 1).
+        #[arg(long, value_delimiter = ',', default_value = "0,1")]
+        byzantine: Vec<usize>,
+        /// Transactions per proposal request.
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+        /// Proposal requests in flight per node.
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 3)]
+        warmup_secs: u64,
+        #[arg(long, default_value_t = 10)]
+        measure_secs: u64,
+        /// Engines in the simulator run.
+        #[arg(long, default_value_t = 100)]
+        sim_nodes: usize,
+    },
     /// Gossip latency at light load, sustained throughput, peak RSS.
     Gossip {
         #[arg(long, default_value_t = 7)]
@@ -217,6 +241,38 @@ async fn run(cli: Cli) -> Result<()> {
                 for line in agentmesh_testnet::transport_bench::transport(&bin).await? {
                     println!("{line}");
                 }
+                Ok(())
+            }
+            BenchCommand::Consensus {
+                nodes,
+                byzantine,
+                batch,
+                concurrency,
+                warmup_secs,
+                measure_secs,
+                sim_nodes,
+            } => {
+                anyhow::ensure!(nodes >= 2, "--nodes must be at least 2");
+                for b in byzantine {
+                    anyhow::ensure!(b <= 1, "--byzantine takes 0 or 1 (one contrary voter)");
+                    let tmp = tempfile::Builder::new()
+                        .prefix("agentmesh-bench-")
+                        .tempdir()?;
+                    let options = TestnetOptions::new(nodes, tmp.path(), &bin);
+                    let spec = ConsensusBench {
+                        nodes,
+                        byzantine: b,
+                        batch,
+                        concurrency,
+                        warmup: Duration::from_secs(warmup_secs),
+                        measure: Duration::from_secs(measure_secs),
+                    };
+                    let result = consensus_bench::consensus(&spec, options)
+                        .await
+                        .context("consensus benchmark")?;
+                    println!("{result}");
+                }
+                println!("{}", consensus_bench::simulator(sim_nodes, 1));
                 Ok(())
             }
             BenchCommand::Gossip {

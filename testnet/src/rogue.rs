@@ -1,21 +1,25 @@
-//! A misbehaving peer for tests: a bare libp2p swarm that joins a node's
-//! network and publishes whatever bytes it is told to on a channel topic,
-//! bypassing every check an honest node makes before sending.
+//! A misbehaving peer for tests and benchmarks: a bare libp2p swarm that
+//! joins a node's network, publishes whatever bytes it is told to (channel
+//! frames, forged vertices), bypassing every check an honest node makes
+//! before sending, and votes "no" on every consensus query.
 
 use agentmesh_node::identity;
+use agentmesh_node::network::consensus_codec::{consensus_protocol, ConsensusCodec};
 use agentmesh_node::network::consensus_io::consensus_topic;
 use agentmesh_node::network::{behaviour, topic_for};
+use agentmesh_protocol::consensus_wire::{ConsensusRequest, ConsensusResponse};
 use agentmesh_protocol::{sha256, NodeKey};
 use anyhow::{anyhow, bail, Context, Result};
 use futures::StreamExt;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{gossipsub, identify, noise, tcp, yamux, Multiaddr, PeerId, Swarm};
+use libp2p::{gossipsub, identify, noise, request_response, tcp, yamux, Multiaddr, PeerId, Swarm};
 use std::time::Duration;
 
 #[derive(NetworkBehaviour)]
 struct RogueBehaviour {
     identify: identify::Behaviour,
     gossipsub: gossipsub::Behaviour,
+    consensus: request_response::Behaviour<ConsensusCodec>,
 }
 
 pub struct RoguePeer {
@@ -57,6 +61,14 @@ impl RoguePeer {
                         gossipsub::MessageAuthenticity::Anonymous,
                         gossip_config,
                     )?,
+                    consensus: request_response::Behaviour::with_codec(
+                        ConsensusCodec,
+                        [(
+                            consensus_protocol(network),
+                            request_response::ProtocolSupport::Full,
+                        )],
+                        request_response::Config::default(),
+                    ),
                 })
             })
             .map_err(|e| anyhow!("{e}"))?
@@ -127,11 +139,38 @@ impl RoguePeer {
             .map_err(|e| anyhow!("rogue publish failed: {e}"))
     }
 
-    /// Drives the swarm for `duration` so queued messages go out.
+    /// Drives the swarm for `duration` so queued messages go out. Consensus
+    /// queries get contrary answers: "no" to everything asked, which no
+    /// node can tell apart from a slow honest peer; fetches get nothing.
     pub async fn pump(&mut self, duration: Duration) {
         let _ = tokio::time::timeout(duration, async {
             loop {
-                self.swarm.select_next_some().await;
+                let event = self.swarm.select_next_some().await;
+                if let SwarmEvent::Behaviour(RogueBehaviourEvent::Consensus(
+                    request_response::Event::Message {
+                        message:
+                            request_response::Message::Request {
+                                request, channel, ..
+                            },
+                        ..
+                    },
+                )) = event
+                {
+                    let response = match request {
+                        ConsensusRequest::Query { ids } => ConsensusResponse::Votes {
+                            votes: vec![false; ids.len()],
+                            hints: Vec::new(),
+                        },
+                        ConsensusRequest::Fetch { .. } => ConsensusResponse::Vertices {
+                            vertices: Vec::new(),
+                        },
+                    };
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .consensus
+                        .send_response(channel, response);
+                }
             }
         })
         .await;

@@ -18,6 +18,7 @@ impl<H: History> Engine<H> {
             let Some(p) = self.processing.remove(&id) else {
                 continue;
             };
+            self.processing_txs -= p.vertex.transactions().len();
             queue.extend(p.children.iter().copied());
             self.accept(now_ms, p);
         }
@@ -36,12 +37,10 @@ impl<H: History> Engine<H> {
         {
             return false;
         }
-        p.vertex
-            .transactions()
-            .iter()
-            .all(|tx| match self.keys.get(&tx.key) {
-                Some(KeyState::Contested(set)) => set.streak(id) >= self.params.beta_rogue,
-                _ => p.streak >= self.params.beta_virtuous,
+        (!p.has_uncontested() || p.streak >= self.params.beta_virtuous)
+            && p.contested.iter().all(|key| {
+                self.contested_set(key)
+                    .is_none_or(|set| set.streak(id) >= self.params.beta_rogue)
             })
     }
 
@@ -77,6 +76,7 @@ impl<H: History> Engine<H> {
             let Some(p) = self.processing.remove(&id) else {
                 continue;
             };
+            self.processing_txs -= p.vertex.transactions().len();
             self.leaves.remove(&id);
             self.authored.remove(&(p.vertex.author(), p.vertex.seq()));
             for tx in p.vertex.transactions() {

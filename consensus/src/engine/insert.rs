@@ -71,7 +71,7 @@ impl<H: History> Engine<H> {
         let mut ready = VecDeque::from([vertex]);
         while let Some(vertex) = ready.pop_front() {
             let id = vertex.id();
-            if self.processing.len() >= 2 * self.params.max_processing {
+            if !self.has_room(vertex.transactions().len(), 2) {
                 // Over the hard bound: dropped, fetched again if a later
                 // vertex names it.
                 self.authored.remove(&(vertex.author(), vertex.seq()));
@@ -111,20 +111,34 @@ impl<H: History> Engine<H> {
                 self.leaves.remove(parent);
             }
         }
+        let mut contested = Vec::new();
         for tx in vertex.transactions() {
             match self.keys.get_mut(&tx.key) {
                 None => {
                     self.keys.insert(tx.key.clone(), KeyState::Single(id));
                 }
                 Some(KeyState::Single(first)) => {
-                    let set = ConflictSet::new(*first, id);
+                    let first = *first;
+                    let set = ConflictSet::new(first, id);
                     self.keys.insert(tx.key.clone(), KeyState::Contested(set));
+                    if let Some(p) = self.processing.get_mut(&first) {
+                        p.contested.push(tx.key.clone());
+                    }
+                    contested.push(tx.key.clone());
                 }
-                Some(KeyState::Contested(set)) => set.add(id),
+                Some(KeyState::Contested(set)) => {
+                    set.add(id);
+                    contested.push(tx.key.clone());
+                }
             }
+        }
+        if !contested.is_empty() {
+            // Preferences now depend on this set.
+            self.preferred_memo.clear();
         }
         self.leaves.insert(id);
         self.unpolled.push_back(id);
+        self.processing_txs += vertex.transactions().len();
         self.processing.insert(
             id,
             Processing {
@@ -132,6 +146,7 @@ impl<H: History> Engine<H> {
                 height,
                 children: Vec::new(),
                 streak: 0,
+                contested,
             },
         );
     }

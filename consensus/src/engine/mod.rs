@@ -76,7 +76,7 @@ pub enum Output {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProposeError {
-    #[error("{0} undecided vertices are in flight; retry when some are decided")]
+    #[error("{0} undecided transactions are in flight; retry when some are decided")]
     Busy(usize),
     #[error(transparent)]
     Invalid(#[from] VertexError),
@@ -114,6 +114,16 @@ struct Processing {
     children: Vec<VertexId>,
     /// Consecutive polls in which this vertex got an alpha majority.
     streak: u32,
+    /// Conflict keys of its transactions that have rivals, so the common
+    /// case (nothing contested) costs nothing per transaction.
+    contested: Vec<String>,
+}
+
+impl Processing {
+    /// Some transaction has no rival (its acceptance follows `streak`).
+    fn has_uncontested(&self) -> bool {
+        self.vertex.transactions().len() > self.contested.len()
+    }
 }
 
 #[derive(Debug)]
@@ -162,6 +172,8 @@ pub struct Engine<H: History> {
     graylist: Graylist,
 
     processing: HashMap<VertexId, Processing>,
+    /// Transactions in `processing`.
+    processing_txs: usize,
     /// Processing vertices without processing children.
     leaves: BTreeSet<VertexId>,
     keys: HashMap<String, KeyState>,
@@ -214,6 +226,7 @@ impl<H: History> Engine<H> {
             peers: Vec::new(),
             graylist: Graylist::default(),
             processing: HashMap::new(),
+            processing_txs: 0,
             leaves: BTreeSet::new(),
             keys: HashMap::new(),
             authored: HashMap::new(),
@@ -298,8 +311,8 @@ impl<H: History> Engine<H> {
         now_ms: u64,
         transactions: Vec<Transaction>,
     ) -> Result<VertexId, ProposeError> {
-        if self.processing.len() >= self.params.max_processing {
-            return Err(ProposeError::Busy(self.processing.len()));
+        if !self.has_room(transactions.len(), 1) {
+            return Err(ProposeError::Busy(self.processing_txs));
         }
         let parents = self.choose_parents(now_ms);
         let seq = self.history.next_seq();
@@ -402,7 +415,7 @@ impl<H: History> Engine<H> {
         self.retry_fetches(now_ms);
         self.expire_pending(now_ms);
         self.graylist.prune(now_ms);
-        if !self.reissue.is_empty() && self.processing.len() < self.params.max_processing {
+        if !self.reissue.is_empty() && self.has_room(self.reissue.len(), 1) {
             let mut txs = std::mem::take(&mut self.reissue);
             let mut seen = HashSet::new();
             txs.retain(|tx| seen.insert(tx.key.clone()));
@@ -484,28 +497,41 @@ impl<H: History> Engine<H> {
         });
     }
 
+    /// Room for `txs` more transactions (in a proposal when `factor` is 1;
+    /// remote vertices get twice the room, `factor` 2).
+    fn has_room(&self, txs: usize, factor: usize) -> bool {
+        self.processing.len() < factor * self.params.max_processing
+            && (self.processing_txs == 0
+                || self.processing_txs + txs <= factor * self.params.max_processing_transactions)
+    }
+
+    fn contested_set(&self, key: &str) -> Option<&ConflictSet> {
+        match self.keys.get(key) {
+            Some(KeyState::Contested(set)) => Some(set),
+            _ => None,
+        }
+    }
+
     fn preferred(&self, p: &Processing) -> bool {
         let id = p.vertex.id();
-        p.vertex
-            .transactions()
-            .iter()
-            .all(|tx| match self.keys.get(&tx.key) {
-                Some(KeyState::Contested(set)) => set.preference() == id,
-                _ => true,
-            })
+        p.contested.iter().all(|key| {
+            self.contested_set(key)
+                .is_none_or(|set| set.preference() == id)
+        })
     }
 
     fn confidence(&self, p: &Processing) -> u32 {
         let id = p.vertex.id();
-        p.vertex
-            .transactions()
+        let contested = p
+            .contested
             .iter()
-            .map(|tx| match self.keys.get(&tx.key) {
-                Some(KeyState::Contested(set)) => set.streak(&id),
-                _ => p.streak,
-            })
-            .min()
-            .unwrap_or(0)
+            .filter_map(|key| self.contested_set(key).map(|set| set.streak(&id)))
+            .min();
+        match (contested, p.has_uncontested()) {
+            (Some(c), true) => c.min(p.streak),
+            (Some(c), false) => c,
+            (None, _) => p.streak,
+        }
     }
 
     /// Preferred, and so are all undecided ancestors. Iterative so a long
@@ -556,12 +582,7 @@ impl<H: History> Engine<H> {
             let Some(p) = self.processing.get(&v) else {
                 continue;
             };
-            let contested = p
-                .vertex
-                .transactions()
-                .iter()
-                .any(|tx| matches!(self.keys.get(&tx.key), Some(KeyState::Contested(_))));
-            if contested {
+            if !p.contested.is_empty() {
                 return false;
             }
             for parent in p.vertex.parents() {

@@ -361,11 +361,7 @@ impl<H: History> Engine<H> {
         let mut keys = HashSet::new();
         for id in touched {
             if let Some(p) = self.processing.get(id) {
-                for tx in p.vertex.transactions() {
-                    if matches!(self.keys.get(&tx.key), Some(KeyState::Contested(_))) {
-                        keys.insert(tx.key.clone());
-                    }
-                }
+                keys.extend(p.contested.iter().cloned());
             }
         }
         let mut keys: Vec<String> = keys.into_iter().collect();
