@@ -2,17 +2,19 @@
 # Local agentmesh testnet.
 #
 #   scripts/testnet.sh demo [N]        start N nodes (default 5), form the mesh, exchange
-#                                      messages, print a summary, stop
+#                                      messages, settle a contested task claim, print a
+#                                      summary, stop
 #   scripts/testnet.sh up [N]          start N nodes in the background and wait for the mesh
 #   scripts/testnet.sh status          show the nodes started by `up`
 #   scripts/testnet.sh down            stop them
-#   scripts/testnet.sh bench gossip    benchmarks (JSON on stdout)
+#   scripts/testnet.sh bench gossip|transport|consensus
+#                                      benchmarks (JSON on stdout)
 #
 # Builds in release mode first. Extra options: scripts/testnet.sh <command> --help
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ $# -eq 0 ]; then
-  sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 fi
 echo "[testnet] building agentmesh (release)..." >&2

@@ -115,6 +115,16 @@ fn invalid_configuration_is_refused_naming_the_setting() {
         ),
         (vec!["--api", "0.0.0.0:7700"], vec![], "'api'"),
         (vec!["--no-quic", "--no-tcp"], vec![], "enable at least one"),
+        (
+            vec!["--consensus-alpha", "5"],
+            vec![],
+            "'consensus_alpha'",
+        ),
+        (
+            vec![],
+            vec![("AGENTMESH_CONSENSUS_BETA_ROGUE", "1")],
+            "'consensus_beta_rogue'",
+        ),
     ];
     for (args, env, expected) in cases {
         let (status, stderr) = run_refused(&args, &env);
@@ -241,6 +251,90 @@ async fn invalid_api_requests_get_an_error_with_the_reason() {
     // Nothing of that was published.
     let status = t.net.nodes[0].client.status().await.unwrap();
     assert_eq!(status.messages.published, 0);
+
+    let propose = |body: serde_json::Value| {
+        http.post(format!("http://{api}/v1/transactions"))
+            .json(&body)
+            .send()
+    };
+    let claim = |body: serde_json::Value| {
+        http.post(format!("http://{api}/v1/tasks/t1/claim"))
+            .json(&body)
+            .send()
+    };
+    let tx = |key: &str, payload: String| serde_json::json!({ "key": key, "payload": payload });
+    let consensus_cases = vec![
+        (
+            propose(serde_json::json!({ "transactions": [] })).await.unwrap(),
+            400,
+            "between 1 and 1024",
+        ),
+        (
+            propose(serde_json::json!({ "transactions": [tx("a", "x".into()), tx("a", "y".into())] }))
+                .await
+                .unwrap(),
+            400,
+            "appears twice",
+        ),
+        (
+            propose(serde_json::json!({ "transactions": [tx("", "x".into())] }))
+                .await
+                .unwrap(),
+            400,
+            "transactions[0].key",
+        ),
+        (
+            propose(serde_json::json!({ "transactions": [tx("k", "x".repeat(5000))] }))
+                .await
+                .unwrap(),
+            413,
+            "payload is over 4096",
+        ),
+        (
+            propose(serde_json::json!({ "txs": [] })).await.unwrap(),
+            400,
+            "not what this endpoint takes",
+        ),
+        (
+            http.get(format!("http://{api}/v1/vertices/xyz"))
+                .send()
+                .await
+                .unwrap(),
+            400,
+            "not a hex vertex id",
+        ),
+        (
+            http.get(format!("http://{api}/v1/vertices/{}", "0".repeat(64)))
+                .send()
+                .await
+                .unwrap(),
+            404,
+            "unknown to this node",
+        ),
+        (
+            claim(serde_json::json!({})).await.unwrap(),
+            400,
+            "claimant",
+        ),
+        (
+            claim(serde_json::json!({ "claimant": "" })).await.unwrap(),
+            400,
+            "claimant must be",
+        ),
+    ];
+    for (response, status, reason) in consensus_cases {
+        assert_eq!(response.status().as_u16(), status, "{reason}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        let error = body["error"].as_str().unwrap_or_default().to_string();
+        assert!(
+            error.contains(reason),
+            "{error:?} does not mention {reason:?}"
+        );
+    }
+    // Nothing of that was proposed.
+    let consensus = t.net.nodes[0].client.consensus().await.unwrap();
+    assert_eq!(consensus.polls_started, 0);
+    assert_eq!(consensus.processing, 0);
 }
 
 fn envelope(channel: &str, sender: NodeId, body: &[u8]) -> Envelope {
@@ -347,9 +441,10 @@ async fn malformed_oversized_and_forged_messages_from_a_peer_are_rejected_and_co
     // had it been accepted, delivered) before it.
     assert_eq!(got.event.body, serde_json::json!("hello from a peer"));
     assert_eq!(got.event.sender, me.to_string());
-    // A frame larger than the transport limit is dropped before decoding.
+    // A frame larger than the transport limit (which also admits vertices
+    // of up to 1 MiB) is dropped before decoding.
     rogue
-        .publish_raw("coordination", vec![0u8; 200_000])
+        .publish_raw("coordination", vec![0u8; 2_200_000])
         .unwrap();
     rogue.pump(Duration::from_millis(200)).await;
     let status = node.client.status().await.unwrap();
