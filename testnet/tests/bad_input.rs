@@ -115,11 +115,7 @@ fn invalid_configuration_is_refused_naming_the_setting() {
         ),
         (vec!["--api", "0.0.0.0:7700"], vec![], "'api'"),
         (vec!["--no-quic", "--no-tcp"], vec![], "enable at least one"),
-        (
-            vec!["--consensus-alpha", "5"],
-            vec![],
-            "'consensus_alpha'",
-        ),
+        (vec!["--consensus-alpha", "5"], vec![], "'consensus_alpha'"),
         (
             vec![],
             vec![("AGENTMESH_CONSENSUS_BETA_ROGUE", "1")],
@@ -265,14 +261,18 @@ async fn invalid_api_requests_get_an_error_with_the_reason() {
     let tx = |key: &str, payload: String| serde_json::json!({ "key": key, "payload": payload });
     let consensus_cases = vec![
         (
-            propose(serde_json::json!({ "transactions": [] })).await.unwrap(),
+            propose(serde_json::json!({ "transactions": [] }))
+                .await
+                .unwrap(),
             400,
             "between 1 and 1024",
         ),
         (
-            propose(serde_json::json!({ "transactions": [tx("a", "x".into()), tx("a", "y".into())] }))
-                .await
-                .unwrap(),
+            propose(
+                serde_json::json!({ "transactions": [tx("a", "x".into()), tx("a", "y".into())] }),
+            )
+            .await
+            .unwrap(),
             400,
             "appears twice",
         ),
@@ -311,11 +311,7 @@ async fn invalid_api_requests_get_an_error_with_the_reason() {
             404,
             "unknown to this node",
         ),
-        (
-            claim(serde_json::json!({})).await.unwrap(),
-            400,
-            "claimant",
-        ),
+        (claim(serde_json::json!({})).await.unwrap(), 400, "claimant"),
         (
             claim(serde_json::json!({ "claimant": "" })).await.unwrap(),
             400,

@@ -292,6 +292,11 @@ impl<H: History> Engine<H> {
         all
     }
 
+    /// Anything left to decide or to propose again.
+    pub fn is_idle(&self) -> bool {
+        self.processing.is_empty() && self.pending.is_empty() && self.reissue.is_empty()
+    }
+
     pub fn processing_len(&self) -> usize {
         self.processing.len()
     }

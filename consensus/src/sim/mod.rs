@@ -19,6 +19,10 @@ use rand::{Rng, SeedableRng};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
+/// When a lost gossip message arrives after all: gossipsub's IHAVE/IWANT
+/// repair takes a few heartbeats (the node's is 500 ms).
+const GOSSIP_REPAIR_MS: u64 = 1_500;
+
 /// What a simulation run looks like.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -129,6 +133,8 @@ pub struct Sim {
     proposed_at: HashMap<String, u64>,
     finality_ms: Vec<u64>,
     messages: u64,
+    /// Proposals and vertices scheduled but not yet delivered.
+    undelivered_work: usize,
 }
 
 fn node_key(seed: u64, i: usize) -> NodeKey {
@@ -181,6 +187,7 @@ impl Sim {
             proposed_at: HashMap::new(),
             finality_ms: Vec::new(),
             messages: 0,
+            undelivered_work: 0,
         };
         sim.schedule_workload();
         for i in 0..sim.nodes.len() {
@@ -221,6 +228,9 @@ impl Sim {
     }
 
     fn push(&mut self, delay: u64, to: usize, from: usize, msg: Msg) {
+        if matches!(msg, Msg::Propose(_) | Msg::Vertex(_)) {
+            self.undelivered_work += 1;
+        }
         self.seq += 1;
         self.queue.push(Reverse((self.now + delay, self.seq)));
         self.events.insert(self.seq, Event { to, from, msg });
@@ -230,11 +240,19 @@ impl Sim {
     pub(super) fn send(&mut self, from: usize, to: usize, msg: Msg) {
         self.messages += 1;
         if self.config.loss > 0.0 && self.rng.random_bool(self.config.loss) {
-            if let Msg::Query { poll, .. } = msg {
-                // The querier learns of the loss only by its own timeout;
-                // request-response reports a failure at the deadline.
-                let timeout = self.config.params.query_timeout_ms;
-                self.push(timeout, from, to, Msg::QueryFailed { poll, peer: to });
+            match msg {
+                Msg::Query { poll, .. } => {
+                    // The querier learns of the loss only by its own timeout;
+                    // request-response reports a failure at the deadline.
+                    let timeout = self.config.params.query_timeout_ms;
+                    self.push(timeout, from, to, Msg::QueryFailed { poll, peer: to });
+                }
+                Msg::Vertex(_) => {
+                    // Gossipsub repairs lost messages from its history
+                    // (IHAVE/IWANT) a few heartbeats later.
+                    self.push(GOSSIP_REPAIR_MS, to, from, msg);
+                }
+                _ => {}
             }
             return;
         }
@@ -280,6 +298,9 @@ impl Sim {
             let Some(event) = self.events.remove(&seq) else {
                 continue;
             };
+            if matches!(event.msg, Msg::Propose(_) | Msg::Vertex(_)) {
+                self.undelivered_work -= 1;
+            }
             if matches!(event.msg, Msg::Tick) {
                 if self.quiescent() {
                     break;
@@ -294,14 +315,11 @@ impl Sim {
 
     fn quiescent(&self) -> bool {
         self.now > self.config.workload_ms + 100
-            && !self
-                .events
-                .values()
-                .any(|e| matches!(e.msg, Msg::Propose(_)))
-            && self.nodes.iter().all(|n| {
-                n.strategy != Strategy::Honest
-                    || (n.engine.processing_len() == 0 && n.engine.pending_len() == 0)
-            })
+            && self.undelivered_work == 0
+            && self
+                .nodes
+                .iter()
+                .all(|n| n.strategy != Strategy::Honest || n.engine.is_idle())
     }
 
     fn deliver(&mut self, event: Event) {

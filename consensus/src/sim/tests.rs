@@ -1,6 +1,6 @@
 use super::*;
 use crate::history::History;
-use proptest::prelude::{any, prop_assert, proptest, ProptestConfig};
+use proptest::prelude::{any, prop_assert, prop_assert_eq, proptest, ProptestConfig};
 
 /// Simulated time by which everything must be decided: with 5-50 ms
 /// one-way latency, about 360 query round trips.
@@ -151,6 +151,31 @@ fn random_dag(seed: u64, count: usize) -> Vec<Vertex> {
         vertices.push(Vertex::sign(&authors[a], parents, seqs[a], n as u64, vec![tx]).unwrap());
     }
     vertices
+}
+
+const STRATEGIES: [Strategy; 5] = [
+    Strategy::Contrary,
+    Strategy::Flip,
+    Strategy::Silent,
+    Strategy::Equivocate,
+    Strategy::ConflictSpam,
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Many seeds at a smaller scale: 30 engines, a fifth of them Byzantine
+    /// with a strategy drawn per case, random latency and some loss.
+    #[test]
+    fn any_seed_is_safe_and_live(seed in any::<u64>(), strategy in 0usize..5, loss in 0u32..5) {
+        let mut config = SimConfig::new(30, seed).with_byzantine(STRATEGIES[strategy], 6);
+        config.loss = f64::from(loss) / 100.0;
+        config.deadline_ms = ROUND_BOUND_MS;
+        let report = Sim::new(config).run();
+        prop_assert!(report.safety_violations.is_empty(), "{:?}", report.safety_violations);
+        prop_assert!(report.liveness_misses.is_empty(), "{:?}", report.liveness_misses.first());
+        prop_assert_eq!(report.undecided, 0);
+    }
 }
 
 proptest! {
