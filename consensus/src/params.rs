@@ -38,6 +38,10 @@ pub struct Params {
     pub pending_timeout_ms: u64,
     /// How long a misbehaving peer is left out of samples.
     pub graylist_ms: u64,
+    /// How long a silent peer is left out of samples (shorter: silence may
+    /// be a slow or restarting honest peer, and in a small mesh the quorum
+    /// may need it).
+    pub silence_graylist_ms: u64,
     /// Unanswered queries in a row that graylist a peer.
     pub silence_strikes: u32,
     /// Yes votes for vertices this node rejected (longer ago than
@@ -66,6 +70,7 @@ impl Default for Params {
             fetch_timeout_ms: 2_000,
             pending_timeout_ms: 30_000,
             graylist_ms: 60_000,
+            silence_graylist_ms: 5_000,
             silence_strikes: 3,
             contradiction_strikes: 3,
             contradiction_grace_ms: 5_000,

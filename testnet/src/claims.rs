@@ -24,6 +24,21 @@ pub async fn claim_at_once(net: &Testnet, task: &str, claimants: &[(usize, Strin
 
 /// Every node's final winner for `task`, once all of them have one.
 pub async fn final_winners(net: &Testnet, task: &str, timeout: Duration) -> Result<Vec<ClaimInfo>> {
+    let result = wait_winners(net, task, timeout).await;
+    if result.is_err() {
+        // Say where each node stands, so a stall can be understood.
+        let mut state = String::new();
+        for (i, node) in net.nodes.iter().enumerate() {
+            let task_info = node.client.task(task).await;
+            let consensus = node.client.consensus().await;
+            state.push_str(&format!("\nnode {i}: {task_info:?}\n        {consensus:?}"));
+        }
+        return result.map_err(|e| e.context(format!("consensus state:{state}")));
+    }
+    result
+}
+
+async fn wait_winners(net: &Testnet, task: &str, timeout: Duration) -> Result<Vec<ClaimInfo>> {
     wait::until(
         &format!("a final winner of {task} on every node"),
         timeout,

@@ -4,11 +4,13 @@
 
 mod common;
 
+use agentmesh_node::client::SubscriptionItem;
 use agentmesh_node::types::{ClaimInfo, TransactionBody};
 use agentmesh_protocol::{codec, NodeKey, Transaction, Vertex};
 use agentmesh_testnet::rogue::RoguePeer;
 use agentmesh_testnet::{claims, wait, Testnet};
 use common::{start, MESH_TIMEOUT};
+use futures::StreamExt;
 use std::time::Duration;
 
 const DECIDE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -28,6 +30,11 @@ async fn concurrent_claims_on_seven_nodes_have_exactly_one_winner_everywhere() {
     let t = start(7, &[]).await;
     let net = &t.net;
     net.wait_full_mesh(MESH_TIMEOUT).await.unwrap();
+    let mut finalized = net.nodes[3]
+        .client
+        .subscribe("consensus:finalized")
+        .await
+        .unwrap();
     for task in ["build-42", "scan-7", "report-1"] {
         let claimants: Vec<(usize, String)> =
             (0..5).map(|i| (i, format!("agent-{i}-{task}"))).collect();
@@ -39,6 +46,23 @@ async fn concurrent_claims_on_seven_nodes_have_exactly_one_winner_everywhere() {
             "the winner {:?} is one of the claimants",
             all[0]
         );
+        // Node 3 announced the decision on consensus:finalized.
+        let announced = tokio::time::timeout(DECIDE_TIMEOUT, async {
+            while let Some(item) = finalized.next().await {
+                if let Ok(SubscriptionItem::Message(m)) = item {
+                    if m.body["vertex"] == all[0].vertex.as_str() {
+                        return Some(m.body);
+                    }
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+        .expect("the winning vertex announced on consensus:finalized");
+        assert_eq!(announced["decision"], "accepted");
+        assert_eq!(announced["transactions"][0]["key"], format!("task:{task}"));
         // A late claim is refused with the winner's name.
         let late = net.nodes[6]
             .client
@@ -87,7 +111,7 @@ async fn a_restarted_node_keeps_what_it_finalized() {
     t.net.wait_full_mesh(MESH_TIMEOUT).await.unwrap();
     claim_at_once(&t.net, "deploy-2", &[(2, "c".into()), (0, "d".into())]).await;
     let all = winners(&t.net, "deploy-2").await.unwrap();
-    assert!(all.iter().all(|w| *w == all[0]));
+    assert!(all.iter().all(|w| *w == all[0]), "{all:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,4 +164,49 @@ async fn a_peer_gossiping_forged_vertices_is_graylisted_and_the_rest_still_decid
 
 fn key_of(rogue: &RoguePeer) -> String {
     rogue.key.node_id().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_claims_a_task_and_waits_for_the_winner() {
+    // A node with no peers at all is a one-node mesh: it decides alone.
+    let t = start(1, &[]).await;
+    let bin = agentmesh_testnet::binary::build_for_tests().unwrap();
+    let api = t.net.nodes[0].info.api.to_string();
+    let out = tokio::process::Command::new(&bin)
+        .args([
+            "claim",
+            "nightly",
+            "--claimant",
+            "cli-agent",
+            "--wait",
+            "60",
+            "--api",
+            &api,
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["status"], "claimed");
+    assert_eq!(info["winner"]["claimant"], "cli-agent");
+    let out = tokio::process::Command::new(&bin)
+        .args(["claim", "nightly", "--claimant", "other", "--api", &api])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("already claimed by cli-agent"), "{stderr}");
+    let out = tokio::process::Command::new(&bin)
+        .args(["propose", "no-equals-sign", "--api", &api])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("KEY=PAYLOAD"));
 }

@@ -492,9 +492,13 @@ impl<H: History> Engine<H> {
         if peer == self.me {
             return;
         }
-        let until_ms = self
-            .graylist
-            .graylist(peer, now_ms, self.params.graylist_ms);
+        // Silence may be a slow or restarting peer: a short pause. Anything
+        // else is proof of misconduct.
+        let duration = match reason {
+            Misbehaviour::Silence => self.params.silence_graylist_ms,
+            _ => self.params.graylist_ms,
+        };
+        let until_ms = self.graylist.graylist(peer, now_ms, duration);
         self.outputs.push(Output::Graylisted {
             peer,
             reason,

@@ -93,7 +93,13 @@ impl<H: History> Engine<H> {
 
     fn start_poll(&mut self, now_ms: u64, ids: Vec<VertexId>, repoll: bool) {
         let voters = self.sample_voters(now_ms);
-        let alpha = self.params.alpha_for(voters.len());
+        // The quorum follows the whole population, graylisted peers
+        // included: leaving misbehaving (or unreachable) peers out of the
+        // sample must never shrink the number of yes votes a decision
+        // needs, or a node that graylisted everyone would decide alone.
+        // Too few eligible voters stall polls instead.
+        let population = self.peers.len() + 1;
+        let alpha = self.params.alpha_for(self.params.k.min(population));
         let poll_id = self.next_poll;
         self.next_poll += 1;
         self.stats.polls_started += 1;
@@ -212,9 +218,11 @@ impl<H: History> Engine<H> {
         true
     }
 
-    /// The query to `peer` for `poll` failed (no connection, timeout,
-    /// refused): the peer votes no and earns a silence strike.
-    pub fn on_query_failed(&mut self, now_ms: u64, peer: NodeId, poll_id: PollId) {
+    /// The query to `peer` for `poll` failed: the peer votes no. A peer that
+    /// was `silent` (connected, but did not answer in time) earns a silence
+    /// strike; one that could not be reached at all (no connection, the
+    /// connection dropped) does not: that is a network fault, not conduct.
+    pub fn on_query_failed(&mut self, now_ms: u64, peer: NodeId, poll_id: PollId, silent: bool) {
         let Some(poll) = self.polls.get_mut(&poll_id) else {
             return;
         };
@@ -225,7 +233,9 @@ impl<H: History> Engine<H> {
             return;
         }
         poll.answered |= 1 << bit;
-        self.silent(now_ms, peer);
+        if silent {
+            self.silent(now_ms, peer);
+        }
         if self.polls.get(&poll_id).is_some_and(Poll::done) {
             if let Some(poll) = self.polls.remove(&poll_id) {
                 self.finish_poll(now_ms, poll);

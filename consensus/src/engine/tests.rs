@@ -90,18 +90,28 @@ fn equivocation_and_bad_vertices_graylist_the_peer() {
     let other = key(4).node_id();
     e.on_invalid_vertex(0, other);
     assert!(e.graylisted(1).iter().any(|(p, _)| *p == other));
-    // Graylisted peers are not sampled: only self votes now.
-    e.on_vertex(
-        2,
-        other,
-        Vertex::sign(&key(5), vec![], 1, 0, vec![tx("z")]).unwrap(),
-    );
+    // Graylisted peers are not sampled: only self votes now, and self alone
+    // is not a quorum of a three-node population.
+    let z = Vertex::sign(&key(5), vec![], 1, 0, vec![tx("z")]).unwrap();
+    let z_id = z.id();
+    e.on_vertex(2, other, z);
     let queried: Vec<_> = e
         .take_outputs()
         .into_iter()
         .filter(|o| matches!(o, Output::Query { .. }))
         .collect();
     assert!(queried.is_empty(), "{queried:?}");
+    for now in 3..200 {
+        e.tick(now * 10);
+    }
+    assert!(
+        matches!(
+            e.status(&z_id),
+            VertexStatus::Processing { confidence: 0, .. }
+        ),
+        "{:?}",
+        e.status(&z_id)
+    );
 }
 
 #[test]

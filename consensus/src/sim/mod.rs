@@ -356,7 +356,7 @@ impl Sim {
                 .on_votes(now, from_id, poll, &votes, &hints),
             Msg::QueryFailed { poll, peer } => {
                 let peer = self.node_id(peer);
-                self.nodes[to].engine.on_query_failed(now, peer, poll);
+                self.nodes[to].engine.on_query_failed(now, peer, poll, true);
             }
             Msg::Fetch { ids } => {
                 if self.nodes[to].strategy == Strategy::Silent {

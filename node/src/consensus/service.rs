@@ -189,8 +189,8 @@ impl ConsensusService {
                     self.engine.on_vertex(now, from, vertex);
                 }
             }
-            ConsensusEvent::QueryFailed { peer, poll } => {
-                self.engine.on_query_failed(now, peer, poll)
+            ConsensusEvent::QueryFailed { peer, poll, silent } => {
+                self.engine.on_query_failed(now, peer, poll, silent)
             }
             ConsensusEvent::Peers(peers) => {
                 let now = Instant::now();

@@ -19,15 +19,9 @@ use tokio::sync::mpsc;
 #[derive(Debug)]
 pub enum ConsensusEvent {
     /// A verified vertex from gossip, relayed by `from`.
-    Vertex {
-        from: NodeId,
-        vertex: Vertex,
-    },
+    Vertex { from: NodeId, vertex: Vertex },
     /// `from` sent a vertex that failed verification.
-    InvalidVertex {
-        from: NodeId,
-        reason: String,
-    },
+    InvalidVertex { from: NodeId, reason: String },
     Query {
         from: NodeId,
         request: u64,
@@ -46,13 +40,13 @@ pub enum ConsensusEvent {
         rtt: Duration,
     },
     /// Verified vertices from a fetch response.
-    Vertices {
-        from: NodeId,
-        vertices: Vec<Vertex>,
-    },
+    Vertices { from: NodeId, vertices: Vec<Vertex> },
+    /// `silent`: the peer was connected but did not answer in time (as
+    /// opposed to unreachable).
     QueryFailed {
         peer: NodeId,
         poll: u64,
+        silent: bool,
     },
     /// The connected peers, whenever the set changes.
     Peers(Vec<NodeId>),
@@ -208,8 +202,11 @@ impl Network {
                 let sent = Instant::now();
                 for node in peers {
                     let Some(peer) = self.consensus.peer_of(&node) else {
-                        self.consensus
-                            .emit(ConsensusEvent::QueryFailed { peer: node, poll });
+                        self.consensus.emit(ConsensusEvent::QueryFailed {
+                            peer: node,
+                            poll,
+                            silent: false,
+                        });
                         continue;
                     };
                     let request = ConsensusRequest::Query { ids: ids.clone() };
@@ -324,8 +321,15 @@ impl Network {
                     self.consensus.outbound.remove(&request_id)
                 {
                     tracing::debug!(%peer, %error, "consensus query failed");
+                    // Unsupported protocol: connected but cannot vote, as
+                    // good as silent.
+                    let silent = matches!(
+                        error,
+                        request_response::OutboundFailure::Timeout
+                            | request_response::OutboundFailure::UnsupportedProtocols
+                    );
                     self.consensus
-                        .emit(ConsensusEvent::QueryFailed { peer, poll });
+                        .emit(ConsensusEvent::QueryFailed { peer, poll, silent });
                 }
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
