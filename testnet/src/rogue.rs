@@ -98,6 +98,10 @@ impl RoguePeer {
     /// Gossips raw bytes as if they were a vertex.
     pub fn publish_vertex_bytes(&mut self, data: Vec<u8>) -> Result<()> {
         let topic = consensus_topic(&self.network);
+        self.publish_on(topic, data)
+    }
+
+    fn publish_on(&mut self, topic: gossipsub::IdentTopic, data: Vec<u8>) -> Result<()> {
         self.swarm
             .behaviour_mut()
             .gossipsub
@@ -131,12 +135,7 @@ impl RoguePeer {
     /// Publishes raw bytes on `family`'s topic.
     pub fn publish_raw(&mut self, family: &str, data: Vec<u8>) -> Result<()> {
         let topic = topic_for(&self.network, family);
-        self.swarm
-            .behaviour_mut()
-            .gossipsub
-            .publish(topic, data)
-            .map(|_| ())
-            .map_err(|e| anyhow!("rogue publish failed: {e}"))
+        self.publish_on(topic, data)
     }
 
     /// Drives the swarm for `duration` so queued messages go out. Consensus

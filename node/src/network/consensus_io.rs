@@ -7,7 +7,7 @@ use super::{now_ms, Network};
 use crate::identity::{node_id_of, peer_id_of};
 use crate::network::router::Delivery;
 use agentmesh_protocol::consensus_wire::{ConsensusRequest, ConsensusResponse};
-use agentmesh_protocol::{Channel, Envelope, MessageId, NodeId, Vertex, VertexId};
+use agentmesh_protocol::{Channel, NodeId, Vertex, VertexId};
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::{gossipsub, PeerId};
 use std::collections::HashMap;
@@ -172,14 +172,7 @@ impl Network {
         data: &[u8],
     ) {
         let verdict = Vertex::decode(data);
-        let acceptance = match &verdict {
-            Ok(_) => gossipsub::MessageAcceptance::Accept,
-            Err(_) => gossipsub::MessageAcceptance::Reject,
-        };
-        self.swarm
-            .behaviour_mut()
-            .gossipsub
-            .report_message_validation_result(&id, &source, acceptance);
+        self.report_validation(&id, &source, verdict.is_ok());
         let Some(from) = self.consensus.node_of(&source) else {
             return;
         };
@@ -258,16 +251,8 @@ impl Network {
                 content_type,
                 body,
             } => {
-                let Some(id) = MessageId::random() else {
+                let Some(envelope) = self.own_envelope(channel, content_type, body) else {
                     return;
-                };
-                let envelope = Envelope {
-                    channel,
-                    id,
-                    sender: self.local_node,
-                    timestamp_ms: now_ms(),
-                    content_type,
-                    body,
                 };
                 let delivery = Arc::new(Delivery {
                     envelope,

@@ -36,6 +36,25 @@ impl Network {
         Ok(payload.envelopes)
     }
 
+    /// Tells gossipsub whether a message may be forwarded (and whether its
+    /// sender behaved).
+    pub(super) fn report_validation(
+        &mut self,
+        id: &gossipsub::MessageId,
+        source: &PeerId,
+        valid: bool,
+    ) {
+        let acceptance = if valid {
+            gossipsub::MessageAcceptance::Accept
+        } else {
+            gossipsub::MessageAcceptance::Reject
+        };
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(id, source, acceptance);
+    }
+
     pub(super) fn on_gossip_message(
         &mut self,
         source: PeerId,
@@ -43,14 +62,7 @@ impl Network {
         message: gossipsub::Message,
     ) {
         let verdict = self.check_frame(&message);
-        let acceptance = match &verdict {
-            Ok(_) => gossipsub::MessageAcceptance::Accept,
-            Err(_) => gossipsub::MessageAcceptance::Reject,
-        };
-        self.swarm
-            .behaviour_mut()
-            .gossipsub
-            .report_message_validation_result(&id, &source, acceptance);
+        self.report_validation(&id, &source, verdict.is_ok());
         match verdict {
             Ok(envelopes) => {
                 let received_ms = now_ms();

@@ -8,7 +8,7 @@ use crate::network::router::Delivery;
 use crate::types::{PublishReceipt, RemoteDelivery};
 use agentmesh_protocol::envelope::ENVELOPE_OVERHEAD;
 use agentmesh_protocol::frame::{encode_frame, pack};
-use agentmesh_protocol::{Envelope, MessageId};
+use agentmesh_protocol::{Channel, Envelope, MessageId};
 use libp2p::gossipsub;
 use std::sync::Arc;
 use tokio::sync::oneshot;
@@ -49,6 +49,24 @@ impl Network {
         }
     }
 
+    /// An envelope sent by this node now, with a fresh random id (None if
+    /// the system RNG fails).
+    pub(super) fn own_envelope(
+        &self,
+        channel: Channel,
+        content_type: String,
+        body: Vec<u8>,
+    ) -> Option<Envelope> {
+        Some(Envelope {
+            channel,
+            id: MessageId::random()?,
+            sender: self.local_node,
+            timestamp_ms: now_ms(),
+            content_type,
+            body,
+        })
+    }
+
     fn envelope_for(
         &self,
         request: PublishRequest,
@@ -59,16 +77,8 @@ impl Network {
             body,
             reply,
         } = request;
-        let Some(id) = MessageId::random() else {
+        let Some(envelope) = self.own_envelope(channel, content_type, body) else {
             return Err((PublishError::Failed("system RNG failed".into()), reply));
-        };
-        let envelope = Envelope {
-            channel,
-            id,
-            sender: self.local_node,
-            timestamp_ms: now_ms(),
-            content_type,
-            body,
         };
         match envelope.validate(self.settings.max_message_bytes) {
             Ok(()) => Ok((envelope, reply)),
