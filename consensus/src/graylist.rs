@@ -36,8 +36,14 @@ impl Misbehaviour {
 struct Record {
     silent_in_a_row: u32,
     contradictions: u32,
+    /// When the current run of contradictions began.
+    contradictions_since_ms: u64,
     until_ms: u64,
 }
+
+/// Contradicting votes further apart than this are not held together
+/// against a peer: an honest but lagging node may cast one now and then.
+const CONTRADICTION_WINDOW_MS: u64 = 60_000;
 
 /// Bounded: records of peers that are neither graylisted nor striking are
 /// forgotten by [`Graylist::prune`].
@@ -73,9 +79,14 @@ impl Graylist {
         }
     }
 
-    /// Counts a contradicting vote; true when the peer reached `limit`.
-    pub fn contradicted(&mut self, peer: NodeId, limit: u32) -> bool {
+    /// Counts a contradicting vote; true when the peer reached `limit`
+    /// within one window.
+    pub fn contradicted(&mut self, peer: NodeId, now_ms: u64, limit: u32) -> bool {
         let record = self.records.entry(peer).or_default();
+        if now_ms.saturating_sub(record.contradictions_since_ms) > CONTRADICTION_WINDOW_MS {
+            record.contradictions = 0;
+            record.contradictions_since_ms = now_ms;
+        }
         record.contradictions += 1;
         record.contradictions >= limit
     }
@@ -89,8 +100,12 @@ impl Graylist {
     }
 
     pub fn prune(&mut self, now_ms: u64) {
-        self.records
-            .retain(|_, r| r.until_ms > now_ms || r.silent_in_a_row > 0 || r.contradictions > 0);
+        self.records.retain(|_, r| {
+            r.until_ms > now_ms
+                || r.silent_in_a_row > 0
+                || (r.contradictions > 0
+                    && now_ms.saturating_sub(r.contradictions_since_ms) <= CONTRADICTION_WINDOW_MS)
+        });
     }
 }
 
@@ -114,5 +129,9 @@ mod tests {
         assert!(!g.is_graylisted(&peer, 150));
         g.prune(200);
         assert!(g.graylisted(200).is_empty());
+        // Contradictions count within a window only.
+        assert!(!g.contradicted(peer, 1_000, 2));
+        assert!(!g.contradicted(peer, 100_000, 2));
+        assert!(g.contradicted(peer, 100_500, 2));
     }
 }

@@ -73,7 +73,7 @@ impl Default for Params {
             silence_graylist_ms: 5_000,
             silence_strikes: 3,
             contradiction_strikes: 3,
-            contradiction_grace_ms: 5_000,
+            contradiction_grace_ms: 1_000,
             repoll_delay_ms: 20,
         }
     }

@@ -60,7 +60,7 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
         NodeKey::from_seed(*key.seed())?,
         SledHistory::new(decisions),
         RandomState::new().build_hasher().finish(),
-    );
+    )?;
     let swarm = behaviour::build_swarm(keypair, &settings)?;
     let (consensus_events, events_rx) = mpsc::channel(CONSENSUS_EVENT_QUEUE);
     let (network, handle, listening) = Network::new(

@@ -18,6 +18,8 @@ pub struct DecisionLog {
     authored: sled::Tree,
     meta: sled::Tree,
     winners: WinnerIndex,
+    /// Decided vertices (sled's own count scans the whole tree).
+    decided: usize,
 }
 
 /// A decided vertex's status: accepted or rejected, and when (ms).
@@ -59,6 +61,7 @@ impl DecisionLog {
             authored: db.open_tree("consensus_authored")?,
             meta: db.open_tree("consensus_meta")?,
             winners: WinnerIndex::default(),
+            decided: 0,
         };
         log.rebuild_winners()?;
         Ok(log)
@@ -68,6 +71,7 @@ impl DecisionLog {
         let mut accepted = Vec::new();
         for item in self.status.iter() {
             let (key, value) = item?;
+            self.decided += 1;
             if value.first() == Some(&1) {
                 if let Ok(id) = <[u8; 32]>::try_from(key.as_ref()) {
                     accepted.push(VertexId(id));
@@ -109,7 +113,9 @@ impl DecisionLog {
         let mut status = [0u8; 9];
         status[0] = accepted as u8;
         status[1..].copy_from_slice(&at_ms.to_be_bytes());
-        self.status.insert(id.0, &status)?;
+        if self.status.insert(id.0, &status)?.is_none() {
+            self.decided += 1;
+        }
         Ok(())
     }
 
@@ -195,11 +201,11 @@ impl DecisionLog {
 
     /// Decided vertices on disk.
     pub fn len(&self) -> usize {
-        self.status.len()
+        self.decided
     }
 
     pub fn is_empty(&self) -> bool {
-        self.status.is_empty()
+        self.decided == 0
     }
 }
 

@@ -38,7 +38,7 @@ impl Store {
             .flush_every_ms(Some(1000))
             // sled's page cache would otherwise grow to 1 GiB; decided
             // vertices are read rarely, so a small cache keeps nodes small.
-            .cache_capacity(32 * 1024 * 1024)
+            .cache_capacity(8 * 1024 * 1024)
             .open()?;
         Ok(Store { db })
     }

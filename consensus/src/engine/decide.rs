@@ -47,7 +47,7 @@ impl<H: History> Engine<H> {
     fn accept(&mut self, now_ms: u64, p: Processing) {
         let id = p.vertex.id();
         self.leaves.remove(&id);
-        self.authored.remove(&(p.vertex.author(), p.vertex.seq()));
+        self.forget_authored(&p.vertex);
         let mut losers = Vec::new();
         for tx in p.vertex.transactions() {
             if let Some(KeyState::Contested(set)) = self.keys.remove(&tx.key) {
@@ -78,7 +78,7 @@ impl<H: History> Engine<H> {
             };
             self.processing_txs -= p.vertex.transactions().len();
             self.leaves.remove(&id);
-            self.authored.remove(&(p.vertex.author(), p.vertex.seq()));
+            self.forget_authored(&p.vertex);
             for tx in p.vertex.transactions() {
                 let now_empty = match self.keys.get_mut(&tx.key) {
                     Some(KeyState::Contested(set)) => {
@@ -108,6 +108,7 @@ impl<H: History> Engine<H> {
             queue.extend(p.children.iter().copied());
             for waiter in self.waiting.remove(&id).unwrap_or_default() {
                 if let Some(pending) = self.pending.remove(&waiter) {
+                    self.unlink_pending(&waiter, &pending.missing);
                     self.reject_unprocessed(now_ms, pending.vertex);
                 }
             }
@@ -125,9 +126,10 @@ impl<H: History> Engine<H> {
         let mut queue = VecDeque::from([vertex]);
         while let Some(vertex) = queue.pop_front() {
             let id = vertex.id();
-            self.authored.remove(&(vertex.author(), vertex.seq()));
+            self.forget_authored(&vertex);
             for waiter in self.waiting.remove(&id).unwrap_or_default() {
                 if let Some(pending) = self.pending.remove(&waiter) {
+                    self.unlink_pending(&waiter, &pending.missing);
                     queue.push_back(pending.vertex);
                 }
             }

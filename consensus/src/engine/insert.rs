@@ -47,6 +47,15 @@ impl<H: History> Engine<H> {
         }
     }
 
+    /// Frees `vertex`'s (author, seq) slot, unless it belongs to another
+    /// vertex (the first of an equivocating pair keeps it).
+    pub(super) fn forget_authored(&mut self, vertex: &Vertex) {
+        let slot = (vertex.author(), vertex.seq());
+        if self.authored.get(&slot) == Some(&vertex.id()) {
+            self.authored.remove(&slot);
+        }
+    }
+
     fn check_equivocation(&mut self, now_ms: u64, vertex: &Vertex) {
         let slot = (vertex.author(), vertex.seq());
         let other = self
@@ -71,10 +80,21 @@ impl<H: History> Engine<H> {
         let mut ready = VecDeque::from([vertex]);
         while let Some(vertex) = ready.pop_front() {
             let id = vertex.id();
+            // Parents were processing or accepted when this vertex arrived;
+            // one may have been rejected since (while this vertex waited for
+            // another parent), and then this vertex is rejected with it.
+            let parent_rejected = vertex.parents().iter().any(|parent| {
+                !self.processing.contains_key(parent)
+                    && self.history.decision(parent).map(|(d, _)| d) != Some(Decision::Accepted)
+            });
+            if parent_rejected {
+                self.reject_unprocessed(now_ms, vertex);
+                continue;
+            }
             if !self.has_room(vertex.transactions().len(), 2) {
                 // Over the hard bound: dropped, fetched again if a later
                 // vertex names it.
-                self.authored.remove(&(vertex.author(), vertex.seq()));
+                self.forget_authored(&vertex);
                 self.drop_waiters(&id);
                 continue;
             }
@@ -159,7 +179,7 @@ impl<H: History> Engine<H> {
         missing: HashSet<VertexId>,
     ) {
         if self.pending.len() >= self.params.max_pending {
-            self.authored.remove(&(vertex.author(), vertex.seq()));
+            self.forget_authored(&vertex);
             return;
         }
         let id = vertex.id();
@@ -274,23 +294,33 @@ impl<H: History> Engine<H> {
     /// Forgets pending vertices (transitively) waiting for `missing`,
     /// without deciding them: they come back if named again.
     fn drop_waiters(&mut self, missing: &VertexId) {
-        for waiter in self.waiting.remove(missing).unwrap_or_default() {
-            self.drop_pending(&waiter);
+        let mut queue: VecDeque<VertexId> = self.waiting.remove(missing).unwrap_or_default().into();
+        while let Some(id) = queue.pop_front() {
+            if let Some(p) = self.pending.remove(&id) {
+                self.forget_authored(&p.vertex);
+                self.unlink_pending(&id, &p.missing);
+                queue.extend(self.waiting.remove(&id).unwrap_or_default());
+            }
         }
     }
 
     fn drop_pending(&mut self, id: &VertexId) {
         if let Some(p) = self.pending.remove(id) {
-            self.authored.remove(&(p.vertex.author(), p.vertex.seq()));
-            for m in &p.missing {
-                if let Some(list) = self.waiting.get_mut(m) {
-                    list.retain(|w| w != id);
-                    if list.is_empty() {
-                        self.waiting.remove(m);
-                    }
+            self.forget_authored(&p.vertex);
+            self.unlink_pending(id, &p.missing);
+            self.drop_waiters(id);
+        }
+    }
+
+    /// Removes a pending vertex from the waiting lists of its missing parents.
+    pub(super) fn unlink_pending(&mut self, id: &VertexId, missing: &HashSet<VertexId>) {
+        for m in missing {
+            if let Some(list) = self.waiting.get_mut(m) {
+                list.retain(|w| w != id);
+                if list.is_empty() {
+                    self.waiting.remove(m);
                 }
             }
-            self.drop_waiters(id);
         }
     }
 }

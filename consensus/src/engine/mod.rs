@@ -23,7 +23,7 @@ mod poll;
 
 use crate::graylist::{Graylist, Misbehaviour};
 use crate::history::{Decision, History, HistoryError};
-use crate::params::Params;
+use crate::params::{Params, ParamsError};
 use crate::snowball::ConflictSet;
 use agentmesh_protocol::{NodeId, NodeKey, Transaction, Vertex, VertexError, VertexId};
 use rand::rngs::SmallRng;
@@ -159,8 +159,8 @@ const MAX_REISSUES: u8 = 5;
 const RECENT_ACCEPTED: usize = 16;
 /// Most orphaned local transactions remembered for re-proposal.
 const MAX_ORPHANS: usize = 16_384;
-/// Most rival hints in one answer.
-const MAX_HINTS: usize = 64;
+/// Rejected vertices looked up for rival hints, per answered query.
+const MAX_HINT_LOOKUPS: usize = 8;
 
 pub struct Engine<H: History> {
     params: Params,
@@ -215,9 +215,15 @@ pub struct EngineStats {
 impl<H: History> Engine<H> {
     /// `seed` drives peer sampling; the node passes OS randomness, the
     /// simulator a fixed seed.
-    pub fn new(params: Params, key: NodeKey, history: H, seed: u64) -> Engine<H> {
+    pub fn new(
+        params: Params,
+        key: NodeKey,
+        history: H,
+        seed: u64,
+    ) -> Result<Engine<H>, ParamsError> {
+        params.validate()?;
         let me = key.node_id();
-        Engine {
+        Ok(Engine {
             params,
             key,
             me,
@@ -244,7 +250,7 @@ impl<H: History> Engine<H> {
             orphans: HashMap::new(),
             outputs: Vec::new(),
             stats: EngineStats::default(),
-        }
+        })
     }
 
     pub fn node_id(&self) -> NodeId {
@@ -349,6 +355,7 @@ impl<H: History> Engine<H> {
     pub fn on_query(&mut self, now_ms: u64, from: NodeId, request: RequestId, ids: &[VertexId]) {
         let mut unknown = Vec::new();
         let mut hints = Vec::new();
+        let mut hint_lookups = 0;
         let votes = ids
             .iter()
             .map(|id| {
@@ -358,7 +365,10 @@ impl<H: History> Engine<H> {
                 match self.history.decision(id) {
                     Some((Decision::Accepted, _)) => true,
                     Some((Decision::Rejected, _)) => {
-                        if hints.len() < MAX_HINTS {
+                        // Each hint costs a read of a stored vertex: a few
+                        // per query, however many rejected ids it names.
+                        if hint_lookups < MAX_HINT_LOOKUPS {
+                            hint_lookups += 1;
                             hints.extend(self.rivals_that_won(id));
                         }
                         false
@@ -424,8 +434,26 @@ impl<H: History> Engine<H> {
             let mut txs = std::mem::take(&mut self.reissue);
             let mut seen = HashSet::new();
             txs.retain(|tx| seen.insert(tx.key.clone()));
-            for chunk in txs.chunks(agentmesh_protocol::vertex::MAX_VERTEX_TRANSACTIONS) {
-                if let Err(e) = self.propose(now_ms, chunk.to_vec()) {
+            // One vertex's worth at a time; the rest waits for the next tick.
+            let mut size = 0;
+            let take = txs
+                .iter()
+                .take(agentmesh_protocol::vertex::MAX_VERTEX_TRANSACTIONS)
+                .take_while(|tx| {
+                    size += tx.key.len() + tx.payload.len() + 16;
+                    size <= agentmesh_protocol::vertex::MAX_VERTEX_BYTES / 2
+                })
+                .count()
+                .max(1);
+            let rest = txs.split_off(take.min(txs.len()));
+            match self.propose(now_ms, txs.clone()) {
+                Ok(_) => self.reissue = rest,
+                Err(ProposeError::Busy(_)) => {
+                    txs.extend(rest);
+                    self.reissue = txs;
+                }
+                Err(e) => {
+                    self.reissue = rest;
                     self.outputs.push(Output::HistoryFailed(format!(
                         "could not re-propose transactions: {e}"
                     )));

@@ -211,7 +211,7 @@ impl<H: History> Engine<H> {
         }
         if self
             .graylist
-            .contradicted(from, self.params.contradiction_strikes)
+            .contradicted(from, now_ms, self.params.contradiction_strikes)
         {
             self.misbehaved(now_ms, from, Misbehaviour::ContradictsFinalized);
         }
@@ -308,11 +308,23 @@ impl<H: History> Engine<H> {
             }
         }
         let alpha = poll.alpha;
+        // A poll says something about a vertex it asked about, or one that
+        // drew some votes through descendants. An ancestor nobody voted for
+        // only because its descendants were unknown or disliked keeps its
+        // streak (otherwise a stream of unpopular children would keep
+        // resetting honest ancestors).
+        let asked: HashSet<VertexId> = poll.ids.iter().copied().collect();
+        let concerned = |id: &VertexId, mask: u64| mask != 0 || asked.contains(id);
         let mut progress = false;
         for id in &touched {
-            let won = ones(masks.get(id).copied().unwrap_or(0)) >= alpha;
+            let mask = masks.get(id).copied().unwrap_or(0);
+            let won = ones(mask) >= alpha;
             if let Some(p) = self.processing.get_mut(id) {
-                p.streak = if won { p.streak + 1 } else { 0 };
+                if won {
+                    p.streak += 1;
+                } else if concerned(id, mask) {
+                    p.streak = 0;
+                }
                 progress |= won;
             }
         }
@@ -324,8 +336,12 @@ impl<H: History> Engine<H> {
                     .map(|m| (ones(masks.get(&m).copied().unwrap_or(0)), m))
                     .filter(|(votes, _)| *votes >= alpha)
                     .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+                let any_concerned = set
+                    .members()
+                    .any(|m| concerned(&m, masks.get(&m).copied().unwrap_or(0)));
                 match best {
                     Some((_, winner)) => moved |= set.record_success(winner),
+                    None if !any_concerned => {}
                     None => {
                         let votes: Vec<(VertexId, usize)> = set
                             .members()

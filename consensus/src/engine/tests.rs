@@ -19,6 +19,7 @@ fn engine(n: u8) -> Engine<MemoryHistory> {
         MemoryHistory::default(),
         n as u64,
     )
+    .unwrap()
 }
 
 #[test]

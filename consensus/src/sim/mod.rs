@@ -163,7 +163,8 @@ impl Sim {
                     engine_key,
                     MemoryHistory::default(),
                     rng.random(),
-                );
+                )
+                .expect("simulator parameters are valid");
                 engine.set_peers(ids.clone());
                 SimNode {
                     engine,

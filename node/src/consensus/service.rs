@@ -15,11 +15,13 @@ use tokio::sync::{mpsc, oneshot};
 
 /// How often the engine's clock advances without other input.
 const TICK: Duration = Duration::from_millis(10);
-/// Peers stay in the sampling population this long after they were last
-/// connected: a node cut off from the mesh must not find itself the only
-/// voter and decide alone. Unreachable peers time out as no votes, and are
-/// graylisted for silence.
-const PEER_LINGER: Duration = Duration::from_secs(600);
+/// Peers stay in the population the quorum is computed from this long after
+/// they were last connected: a node cut off from the mesh (or a minority
+/// partition) must not find itself a quorum and decide alone. Unreachable
+/// peers count as no votes. The price: if many nodes leave for good at once,
+/// the rest may stall until this passes. (A membership list would replace
+/// this guess.)
+const PEER_LINGER: Duration = Duration::from_secs(24 * 3600);
 /// Decisions become durable (and visible) at least this often.
 const FLUSH_EVERY: Duration = Duration::from_millis(20);
 /// Latency samples kept for percentiles.
@@ -374,8 +376,11 @@ impl ConsensusService {
                     continue;
                 }
                 Output::HistoryFailed(e) => {
-                    tracing::error!(error = %e, "consensus history write failed");
-                    continue;
+                    // A decision that is not on disk cannot be checked
+                    // against later rivals: stop deciding rather than risk
+                    // accepting one.
+                    tracing::error!(error = %e, "consensus history write failed; consensus stops");
+                    return Err(crate::network::NetworkStopped);
                 }
             };
             self.network.consensus(command).await?;

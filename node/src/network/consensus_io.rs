@@ -128,10 +128,14 @@ impl ConsensusIo {
         &self.topic
     }
 
-    fn emit(&mut self, event: ConsensusEvent) {
-        if self.events.try_send(event).is_err() {
+    /// Hands an event to the consensus service; false if its queue is full
+    /// (the event is dropped and counted).
+    fn emit(&mut self, event: ConsensusEvent) -> bool {
+        let sent = self.events.try_send(event).is_ok();
+        if !sent {
             self.dropped_events += 1;
         }
+        sent
     }
 
     fn node_of(&mut self, peer: &PeerId) -> Option<NodeId> {
@@ -177,7 +181,9 @@ impl Network {
             return;
         };
         match verdict {
-            Ok(vertex) => self.consensus.emit(ConsensusEvent::Vertex { from, vertex }),
+            Ok(vertex) => {
+                self.consensus.emit(ConsensusEvent::Vertex { from, vertex });
+            }
             Err(e) => {
                 tracing::debug!(peer = %source, error = %e, "rejected a gossiped vertex");
                 self.table.rejected(&source);
@@ -336,13 +342,15 @@ impl Network {
             (
                 Some(Outbound::Query { poll, sent, .. }),
                 ConsensusResponse::Votes { votes, hints },
-            ) => self.consensus.emit(ConsensusEvent::Votes {
-                from,
-                poll,
-                votes,
-                hints,
-                rtt: sent.elapsed(),
-            }),
+            ) => {
+                self.consensus.emit(ConsensusEvent::Votes {
+                    from,
+                    poll,
+                    votes,
+                    hints,
+                    rtt: sent.elapsed(),
+                });
+            }
             (Some(Outbound::Fetch), ConsensusResponse::Vertices { vertices }) => {
                 let mut good = Vec::with_capacity(vertices.len());
                 for wire in vertices {
@@ -371,7 +379,7 @@ impl Network {
                     votes: Vec::new(),
                     hints: Vec::new(),
                     rtt: Duration::ZERO,
-                })
+                });
             }
             _ => {}
         }
@@ -389,9 +397,11 @@ impl Network {
             .filter_map(|p| self.consensus.node_of(p))
             .collect();
         peers.sort();
-        if peers != self.consensus.last_peers {
-            self.consensus.last_peers = peers.clone();
-            self.consensus.emit(ConsensusEvent::Peers(peers));
+        // Remembered only once delivered, so a dropped update is sent again.
+        if peers != self.consensus.last_peers
+            && self.consensus.emit(ConsensusEvent::Peers(peers.clone()))
+        {
+            self.consensus.last_peers = peers;
         }
         self.consensus
             .inbound
