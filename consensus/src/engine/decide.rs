@@ -107,7 +107,7 @@ impl<H: History> Engine<H> {
             }
             queue.extend(p.children.iter().copied());
             for waiter in self.waiting.remove(&id).unwrap_or_default() {
-                if let Some(pending) = self.pending.remove(&waiter) {
+                if let Some(pending) = self.take_pending(&waiter) {
                     self.unlink_pending(&waiter, &pending.missing);
                     self.reject_unprocessed(now_ms, pending.vertex);
                 }
@@ -128,7 +128,7 @@ impl<H: History> Engine<H> {
             let id = vertex.id();
             self.forget_authored(&vertex);
             for waiter in self.waiting.remove(&id).unwrap_or_default() {
-                if let Some(pending) = self.pending.remove(&waiter) {
+                if let Some(pending) = self.take_pending(&waiter) {
                     self.unlink_pending(&waiter, &pending.missing);
                     queue.push_back(pending.vertex);
                 }

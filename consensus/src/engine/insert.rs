@@ -9,6 +9,11 @@ use agentmesh_protocol::{NodeId, Vertex, VertexId};
 use rand::seq::IndexedRandom;
 use std::collections::{HashMap, HashSet, VecDeque};
 
+/// Bytes of vertices waiting for missing ancestors (vertices are up to 1 MiB
+/// each, so the count bound alone would allow gigabytes).
+const MAX_PENDING_BYTES: usize = 64 * 1024 * 1024;
+/// Most vertices being fetched at once.
+const MAX_FETCHING: usize = 16_384;
 /// Attempts to fetch one missing vertex before the waiters give up on it.
 const MAX_FETCH_ATTEMPTS: u32 = 3;
 
@@ -113,7 +118,7 @@ impl<H: History> Engine<H> {
                 };
                 p.missing.remove(&id);
                 if p.missing.is_empty() {
-                    if let Some(p) = self.pending.remove(&waiter) {
+                    if let Some(p) = self.take_pending(&waiter) {
                         ready.push_back(p.vertex);
                     }
                 }
@@ -178,7 +183,9 @@ impl<H: History> Engine<H> {
         vertex: Vertex,
         missing: HashSet<VertexId>,
     ) {
-        if self.pending.len() >= self.params.max_pending {
+        if self.pending.len() >= self.params.max_pending
+            || self.pending_bytes + super::approximate_size(&vertex) > MAX_PENDING_BYTES
+        {
             self.forget_authored(&vertex);
             return;
         }
@@ -190,6 +197,7 @@ impl<H: History> Engine<H> {
                 to_fetch.push(*m);
             }
         }
+        self.pending_bytes += super::approximate_size(&vertex);
         self.pending.insert(
             id,
             Pending {
@@ -204,8 +212,14 @@ impl<H: History> Engine<H> {
         }
     }
 
-    pub(super) fn fetch(&mut self, now_ms: u64, from: NodeId, ids: Vec<VertexId>) {
-        if ids.is_empty() || from == self.me {
+    pub(super) fn fetch(&mut self, now_ms: u64, from: NodeId, mut ids: Vec<VertexId>) {
+        if from == self.me {
+            return;
+        }
+        // Bounded: ids named by peers beyond this are not chased now (they
+        // come back if named again).
+        ids.truncate(MAX_FETCHING.saturating_sub(self.fetching.len()));
+        if ids.is_empty() {
             return;
         }
         for id in &ids {
@@ -296,7 +310,7 @@ impl<H: History> Engine<H> {
     fn drop_waiters(&mut self, missing: &VertexId) {
         let mut queue: VecDeque<VertexId> = self.waiting.remove(missing).unwrap_or_default().into();
         while let Some(id) = queue.pop_front() {
-            if let Some(p) = self.pending.remove(&id) {
+            if let Some(p) = self.take_pending(&id) {
                 self.forget_authored(&p.vertex);
                 self.unlink_pending(&id, &p.missing);
                 queue.extend(self.waiting.remove(&id).unwrap_or_default());
@@ -305,11 +319,18 @@ impl<H: History> Engine<H> {
     }
 
     fn drop_pending(&mut self, id: &VertexId) {
-        if let Some(p) = self.pending.remove(id) {
+        if let Some(p) = self.take_pending(id) {
             self.forget_authored(&p.vertex);
             self.unlink_pending(id, &p.missing);
             self.drop_waiters(id);
         }
+    }
+
+    /// Takes a vertex out of the pending set (keeping its byte count right).
+    pub(super) fn take_pending(&mut self, id: &VertexId) -> Option<Pending> {
+        let p = self.pending.remove(id)?;
+        self.pending_bytes -= super::approximate_size(&p.vertex);
+        Some(p)
     }
 
     /// Removes a pending vertex from the waiting lists of its missing parents.

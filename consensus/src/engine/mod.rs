@@ -183,6 +183,8 @@ pub struct Engine<H: History> {
     recent_accepted: VecDeque<VertexId>,
 
     pending: HashMap<VertexId, Pending>,
+    /// Approximate bytes of `pending`.
+    pending_bytes: usize,
     waiting: HashMap<VertexId, Vec<VertexId>>,
     fetching: HashMap<VertexId, FetchState>,
 
@@ -239,6 +241,7 @@ impl<H: History> Engine<H> {
             unpolled: VecDeque::new(),
             recent_accepted: VecDeque::new(),
             pending: HashMap::new(),
+            pending_bytes: 0,
             waiting: HashMap::new(),
             fetching: HashMap::new(),
             polls: HashMap::new(),

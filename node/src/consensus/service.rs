@@ -237,18 +237,31 @@ impl ConsensusService {
     }
 
     fn propose_together(&mut self, proposals: Vec<(Vec<Transaction>, ProposeReply)>) {
-        let limit = agentmesh_protocol::vertex::MAX_VERTEX_TRANSACTIONS;
+        use agentmesh_protocol::vertex::{MAX_VERTEX_BYTES, MAX_VERTEX_TRANSACTIONS};
+        let size_of = |txs: &[Transaction]| -> usize {
+            txs.iter()
+                .map(|tx| tx.key.len() + tx.payload.len() + 16)
+                .sum()
+        };
         let mut batch: Vec<Transaction> = Vec::new();
+        let mut bytes = 0;
         let mut keys: HashSet<String> = HashSet::new();
         let mut waiting = Vec::new();
         for (transactions, reply) in proposals {
-            let fits = batch.len() + transactions.len() <= limit
+            // Requests are only combined while the vertex stays well inside
+            // the size limit: a request that fits alone never fails because
+            // it arrived together with another.
+            let size = size_of(&transactions);
+            let fits = batch.len() + transactions.len() <= MAX_VERTEX_TRANSACTIONS
+                && bytes + size <= MAX_VERTEX_BYTES / 2
                 && transactions.iter().all(|tx| !keys.contains(&tx.key));
             if !fits && !batch.is_empty() {
                 self.propose_batch(std::mem::take(&mut batch), std::mem::take(&mut waiting));
                 keys.clear();
+                bytes = 0;
             }
             keys.extend(transactions.iter().map(|tx| tx.key.clone()));
+            bytes += size;
             batch.extend(transactions);
             waiting.push(reply);
         }
