@@ -25,6 +25,9 @@ pub struct ConsensusBench {
     pub concurrency: usize,
     pub warmup: Duration,
     pub measure: Duration,
+    /// Offered transactions per second over all nodes; 0 sends as fast as
+    /// the nodes accept (they answer 503 when too much is undecided).
+    pub rate: u64,
 }
 
 pub async fn consensus(
@@ -86,9 +89,19 @@ pub async fn consensus(
             let client = node.client.clone();
             let (stop, refused) = (stop.clone(), refused.clone());
             let batch = bench.batch;
+            // With an offered rate, each client sends one batch per slot;
+            // without one, back to back.
+            let clients = (honest * bench.concurrency) as f64;
+            let slot = (bench.rate > 0)
+                .then(|| Duration::from_secs_f64(batch as f64 * clients / bench.rate as f64));
             load.push(tokio::spawn(async move {
                 let mut n = 0u64;
+                let mut next = tokio::time::Instant::now();
                 while !stop.load(Ordering::Relaxed) {
+                    if let Some(slot) = slot {
+                        next += slot;
+                        tokio::time::sleep_until(next).await;
+                    }
                     let txs = (0..batch)
                         .map(|j| TransactionBody {
                             key: format!("bench:{i}:{worker}:{n}:{j}"),
@@ -136,6 +149,7 @@ pub async fn consensus(
         "bench": "consensus",
         "nodes": bench.nodes,
         "byzantine": bench.byzantine,
+        "offered_tx_per_s": if bench.rate > 0 { json!(bench.rate) } else { json!("max") },
         "tx_per_s": (tx as f64 / elapsed).round(),
         "vertices_per_s": (vertices as f64 / elapsed * 10.0).round() / 10.0,
         "finality_ms": loaded.finality,

@@ -89,6 +89,10 @@ enum BenchCommand {
         /// Engines in the simulator run.
         #[arg(long, default_value_t = 100)]
         sim_nodes: usize,
+        /// Offered transactions/s over all nodes, one scenario each; 0 means
+        /// as fast as the nodes accept.
+        #[arg(long, value_delimiter = ',', default_value = "10000,0")]
+        rates: Vec<u64>,
     },
     /// Gossip latency at light load, sustained throughput, peak RSS.
     Gossip {
@@ -251,9 +255,13 @@ async fn run(cli: Cli) -> Result<()> {
                 warmup_secs,
                 measure_secs,
                 sim_nodes,
+                rates,
             } => {
                 anyhow::ensure!(nodes >= 2, "--nodes must be at least 2");
-                for b in byzantine {
+                for (b, rate) in byzantine
+                    .iter()
+                    .flat_map(|b| rates.iter().map(move |r| (*b, *r)))
+                {
                     anyhow::ensure!(b <= 1, "--byzantine takes 0 or 1 (one contrary voter)");
                     let tmp = tempfile::Builder::new()
                         .prefix("agentmesh-bench-")
@@ -266,6 +274,7 @@ async fn run(cli: Cli) -> Result<()> {
                         concurrency,
                         warmup: Duration::from_secs(warmup_secs),
                         measure: Duration::from_secs(measure_secs),
+                        rate,
                     };
                     let result = consensus_bench::consensus(&spec, options)
                         .await
