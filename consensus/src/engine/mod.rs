@@ -455,7 +455,12 @@ impl<H: History> Engine<H> {
                     txs.extend(rest);
                     self.reissue = txs;
                 }
-                Err(e) => {
+                Err(ProposeError::Invalid(_)) => {
+                    // Cannot happen for transactions that were valid in a
+                    // vertex before; if it does, they cannot go out again.
+                    self.reissue = rest;
+                }
+                Err(e @ ProposeError::History(_)) => {
                     self.reissue = rest;
                     self.outputs.push(Output::HistoryFailed(format!(
                         "could not re-propose transactions: {e}"
