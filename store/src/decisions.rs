@@ -88,11 +88,8 @@ impl DecisionLog {
     }
 
     fn index_winners(&mut self, vertex: &Vertex) {
-        let vertices = &self.vertices;
         for tx in vertex.transactions() {
-            self.winners.insert(&tx.key, vertex.id(), |other, key| {
-                holds_key(vertices, other, key)
-            });
+            self.winners.insert(&tx.key, vertex.id());
         }
     }
 
