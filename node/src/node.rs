@@ -5,7 +5,7 @@ use crate::api::{self, ApiState};
 use crate::config::Settings;
 use crate::consensus::{ConsensusHandle, ConsensusService, SledHistory, REQUEST_QUEUE};
 use crate::identity;
-use crate::network::consensus_io::CONSENSUS_EVENT_QUEUE;
+use crate::network::consensus_io::consensus_channels;
 use crate::network::{behaviour, Network, NetworkHandle};
 use crate::ready::{self, ReadyInfo};
 use agentmesh_consensus::Engine;
@@ -62,7 +62,7 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
         RandomState::new().build_hasher().finish(),
     )?;
     let swarm = behaviour::build_swarm(keypair, &settings)?;
-    let (consensus_events, events_rx) = mpsc::channel(CONSENSUS_EVENT_QUEUE);
+    let (consensus_events, events_rx) = consensus_channels();
     let (network, handle, listening) = Network::new(
         swarm,
         settings.clone(),

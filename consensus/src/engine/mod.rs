@@ -159,6 +159,8 @@ const MAX_REISSUES: u8 = 5;
 const RECENT_ACCEPTED: usize = 16;
 /// Most orphaned local transactions remembered for re-proposal.
 const MAX_ORPHANS: usize = 16_384;
+/// Sequence numbers reserved per durable write of the next one.
+const SEQ_LEASE: u64 = 1024;
 /// Rejected vertices looked up for rival hints, per answered query.
 const MAX_HINT_LOOKUPS: usize = 8;
 
@@ -194,6 +196,10 @@ pub struct Engine<H: History> {
     /// Memo of "strongly preferred" answers, cleared when a preference moves.
     preferred_memo: HashMap<VertexId, bool>,
 
+    /// The next sequence number to sign with (read from the history on
+    /// first use) and the end of the block leased from it.
+    next_seq: Option<u64>,
+    seq_lease_end: u64,
     reissue: Vec<Transaction>,
     reissued: HashMap<String, u8>,
     /// Local transactions whose vertex was rejected while rivals for the
@@ -248,6 +254,8 @@ impl<H: History> Engine<H> {
             next_poll: 1,
             next_repoll_ms: 0,
             preferred_memo: HashMap::new(),
+            next_seq: None,
+            seq_lease_end: 0,
             reissue: Vec::new(),
             reissued: HashMap::new(),
             orphans: HashMap::new(),
@@ -329,11 +337,20 @@ impl<H: History> Engine<H> {
             return Err(ProposeError::Busy(self.processing_txs));
         }
         let parents = self.choose_parents(now_ms);
-        let seq = self.history.next_seq();
+        let seq = match self.next_seq {
+            Some(seq) => seq,
+            None => self.history.next_seq(),
+        };
         let vertex = Vertex::sign(&self.key, parents, seq, now_ms, transactions)?;
-        // The sequence number is durable before the vertex leaves: a node
-        // restarted after a crash never signs two vertices with one number.
-        self.history.set_next_seq(seq + 1)?;
+        // Sequence numbers are leased from the history in blocks, and the
+        // lease is durable before a vertex using it leaves: a node restarted
+        // after a crash continues after the lease and never signs two
+        // vertices with one number (numbers may be skipped; that is fine).
+        if seq >= self.seq_lease_end {
+            self.history.set_next_seq(seq + SEQ_LEASE)?;
+            self.seq_lease_end = seq + SEQ_LEASE;
+        }
+        self.next_seq = Some(seq + 1);
         let id = vertex.id();
         self.outputs.push(Output::Broadcast(vertex.clone()));
         self.receive(now_ms, None, vertex);

@@ -138,3 +138,18 @@ fn unknown_parents_are_fetched_from_the_sender_and_queries_answer_no() {
         VertexStatus::Processing { .. }
     ));
 }
+
+#[test]
+fn sequence_numbers_are_leased_durably_and_never_repeat() {
+    let mut e = engine(1);
+    let mut seqs = Vec::new();
+    for i in 0..5 {
+        let id = e.propose(i, vec![tx(&format!("k{i}"))]).unwrap();
+        seqs.push(e.undecided_vertex(&id).unwrap().seq());
+    }
+    let mut sorted = seqs.clone();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 5, "{seqs:?}");
+    // What a restarted node would start from lies beyond every number used.
+    assert!(e.history().next_seq() > *seqs.iter().max().unwrap());
+}

@@ -3,7 +3,7 @@
 
 use super::history::SledHistory;
 use super::views;
-use crate::network::consensus_io::{ConsensusCommand, ConsensusEvent};
+use crate::network::consensus_io::{ConsensusCommand, ConsensusEvent, ConsensusReceivers};
 use crate::network::{now_ms, NetworkHandle};
 use crate::types::{ConsensusStatus, GraylistEntry, Percentiles, TaskInfo, VertexInfo};
 use agentmesh_consensus::{Decision, Engine, Output, ProposeError};
@@ -56,7 +56,7 @@ pub const BUSY_PREFIX: &str = "busy: ";
 pub struct ConsensusService {
     engine: Engine<SledHistory>,
     network: NetworkHandle,
-    events: mpsc::Receiver<ConsensusEvent>,
+    events: ConsensusReceivers,
     requests: mpsc::Receiver<Request>,
     last_seen: HashMap<NodeId, Instant>,
     connected: HashSet<NodeId>,
@@ -96,7 +96,7 @@ impl ConsensusService {
     pub fn new(
         engine: Engine<SledHistory>,
         network: NetworkHandle,
-        events: mpsc::Receiver<ConsensusEvent>,
+        events: ConsensusReceivers,
         requests: mpsc::Receiver<Request>,
         known_peers: Vec<(NodeId, Duration)>,
     ) -> ConsensusService {
@@ -133,7 +133,11 @@ impl ConsensusService {
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                event = self.events.recv() => match event {
+                event = self.events.control.recv() => match event {
+                    Some(event) => self.on_event(event),
+                    None => break,
+                },
+                event = self.events.vertices.recv() => match event {
                     Some(event) => self.on_event(event),
                     None => break,
                 },

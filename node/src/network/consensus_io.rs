@@ -88,13 +88,39 @@ enum Outbound {
     Fetch,
 }
 
-/// Events waiting for the consensus service; beyond this, gossip vertices
-/// and requests are dropped (the engine recovers through fetches and
+/// Events waiting for the consensus service, per queue; beyond this they
+/// are dropped and counted (the engine recovers through fetches and
 /// timeouts) rather than stalling the network task.
 pub const CONSENSUS_EVENT_QUEUE: usize = 16_384;
 
+/// The two queues from the network to the consensus service: vertices
+/// (large, slow to process) apart from everything else (queries, votes,
+/// failures, peers), so a queue full of vertices neither delays answers to
+/// queries nor makes votes be dropped.
+pub struct ConsensusSenders {
+    control: mpsc::Sender<ConsensusEvent>,
+    vertices: mpsc::Sender<ConsensusEvent>,
+}
+
+pub struct ConsensusReceivers {
+    pub control: mpsc::Receiver<ConsensusEvent>,
+    pub vertices: mpsc::Receiver<ConsensusEvent>,
+}
+
+pub fn consensus_channels() -> (ConsensusSenders, ConsensusReceivers) {
+    let (control, control_rx) = mpsc::channel(CONSENSUS_EVENT_QUEUE);
+    let (vertices, vertices_rx) = mpsc::channel(CONSENSUS_EVENT_QUEUE);
+    (
+        ConsensusSenders { control, vertices },
+        ConsensusReceivers {
+            control: control_rx,
+            vertices: vertices_rx,
+        },
+    )
+}
+
 pub struct ConsensusIo {
-    events: mpsc::Sender<ConsensusEvent>,
+    events: ConsensusSenders,
     topic: gossipsub::IdentTopic,
     inbound: HashMap<u64, ResponseChannel<ConsensusResponse>>,
     next_inbound: u64,
@@ -110,7 +136,7 @@ pub fn consensus_topic(network: &str) -> gossipsub::IdentTopic {
 }
 
 impl ConsensusIo {
-    pub fn new(network: &str, events: mpsc::Sender<ConsensusEvent>) -> ConsensusIo {
+    pub fn new(network: &str, events: ConsensusSenders) -> ConsensusIo {
         ConsensusIo {
             events,
             topic: consensus_topic(network),
@@ -131,7 +157,13 @@ impl ConsensusIo {
     /// Hands an event to the consensus service; false if its queue is full
     /// (the event is dropped and counted).
     fn emit(&mut self, event: ConsensusEvent) -> bool {
-        let sent = self.events.try_send(event).is_ok();
+        let queue = match event {
+            ConsensusEvent::Vertex { .. } | ConsensusEvent::Vertices { .. } => {
+                &self.events.vertices
+            }
+            _ => &self.events.control,
+        };
+        let sent = queue.try_send(event).is_ok();
         if !sent {
             self.dropped_events += 1;
         }

@@ -242,7 +242,7 @@ impl Network {
         settings: Settings,
         key: NodeKey,
         peer_book: PeerBook,
-        consensus_events: mpsc::Sender<consensus_io::ConsensusEvent>,
+        consensus_events: consensus_io::ConsensusSenders,
     ) -> anyhow::Result<(Network, NetworkHandle, oneshot::Receiver<Vec<Multiaddr>>)> {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let (listening_tx, listening_rx) = oneshot::channel();
