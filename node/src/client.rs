@@ -177,15 +177,8 @@ impl ApiClient {
         &self,
         batch: &PublishBatch,
     ) -> Result<Vec<PublishReceipt>, ClientError> {
-        let response = self
-            .http
-            .post(self.url("/v1/messages"))
-            .json(batch)
-            .timeout(Duration::from_secs(30))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        Ok(self.read_json::<BatchReceipts>(response).await?.receipts)
+        let receipts: BatchReceipts = self.post_json("/v1/messages", batch).await?;
+        Ok(receipts.receipts)
     }
 
     /// Subscribes to a channel or prefix pattern. When this returns, the

@@ -148,11 +148,15 @@ fn known_consensus_peers(settings: &Settings, store: &Store) -> Vec<(NodeId, Dur
         .map(|node| (node, Duration::ZERO))
         .collect();
     let now = crate::network::now_ms();
-    if let Ok(book) = store.peers().and_then(|p| p.all()) {
-        for (node, peer) in book.peers {
-            let age = Duration::from_millis(now.saturating_sub(peer.last_seen_ms));
-            peers.push((node, age));
+    match store.peers().and_then(|p| p.all()) {
+        Ok(book) => {
+            for (node, peer) in book.peers {
+                let age = Duration::from_millis(now.saturating_sub(peer.last_seen_ms));
+                peers.push((node, age));
+            }
         }
+        // The quorum then starts from the bootstrap peers only.
+        Err(e) => tracing::warn!(error = %e, "cannot read known peers for the consensus quorum"),
     }
     peers
 }

@@ -18,6 +18,9 @@ pub struct Status {
     pub quic: bool,
     pub tcp: bool,
     pub messages: MessageCounters,
+    /// Consensus events (vertices, queries, votes) dropped because the
+    /// consensus service's queue was full.
+    pub consensus_events_dropped: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -158,6 +158,11 @@ impl<H: History> Engine<H> {
                 }
                 continue;
             }
+            if self.reissued.len() >= MAX_ORPHANS {
+                // Bounded: forgetting attempt counts only allows a few
+                // extra re-proposals of keys that never settled.
+                self.reissued.clear();
+            }
             let attempts = self.reissued.entry(tx.key.clone()).or_insert(0);
             if *attempts < MAX_REISSUES {
                 *attempts += 1;

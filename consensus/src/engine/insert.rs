@@ -231,9 +231,14 @@ impl<H: History> Engine<H> {
                 },
             );
         }
+        self.push_fetch(from, &ids);
+    }
+
+    /// Asks `peer` for `ids`, in as many requests as the wire limit needs.
+    fn push_fetch(&mut self, peer: NodeId, ids: &[VertexId]) {
         for chunk in ids.chunks(agentmesh_protocol::consensus_wire::MAX_FETCH_IDS) {
             self.outputs.push(Output::Fetch {
-                from,
+                from: peer,
                 ids: chunk.to_vec(),
             });
         }
@@ -282,12 +287,7 @@ impl<H: History> Engine<H> {
         let mut by_peer: Vec<_> = by_peer.into_iter().collect();
         by_peer.sort();
         for (peer, ids) in by_peer {
-            for chunk in ids.chunks(agentmesh_protocol::consensus_wire::MAX_FETCH_IDS) {
-                self.outputs.push(Output::Fetch {
-                    from: peer,
-                    ids: chunk.to_vec(),
-                });
-            }
+            self.push_fetch(peer, &ids);
         }
     }
 

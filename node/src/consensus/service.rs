@@ -22,6 +22,8 @@ const TICK: Duration = Duration::from_millis(10);
 /// the rest may stall until this passes. (A membership list would replace
 /// this guess.)
 const PEER_LINGER: Duration = Duration::from_secs(24 * 3600);
+/// Most peers remembered for the quorum population.
+const MAX_POPULATION: usize = 10_000;
 /// Decisions become durable (and visible) at least this often.
 const FLUSH_EVERY: Duration = Duration::from_millis(20);
 /// Latency samples kept for percentiles.
@@ -216,6 +218,15 @@ impl ConsensusService {
         }
         self.last_seen
             .retain(|_, seen| now.duration_since(*seen) < PEER_LINGER);
+        if self.last_seen.len() > MAX_POPULATION {
+            // Bounded: the peers seen longest ago go first.
+            let mut by_age: Vec<(Instant, NodeId)> =
+                self.last_seen.iter().map(|(p, t)| (*t, *p)).collect();
+            by_age.sort();
+            for (_, peer) in &by_age[..by_age.len() - MAX_POPULATION] {
+                self.last_seen.remove(peer);
+            }
+        }
         self.engine
             .set_peers(self.last_seen.keys().copied().collect());
     }

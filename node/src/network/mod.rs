@@ -678,6 +678,7 @@ impl Network {
             quic: self.settings.quic,
             tcp: self.settings.tcp,
             messages: self.totals.clone(),
+            consensus_events_dropped: self.consensus.dropped_events,
         }
     }
 
