@@ -2,12 +2,12 @@
 # Local agentmesh testnet.
 #
 #   scripts/testnet.sh demo [N]        start N nodes (default 5), form the mesh, exchange
-#                                      messages, settle a contested task claim, print a
-#                                      summary, stop
+#                                      messages, settle a contested task claim, replicate
+#                                      a pattern and its usage count, print a summary, stop
 #   scripts/testnet.sh up [N]          start N nodes in the background and wait for the mesh
 #   scripts/testnet.sh status          show the nodes started by `up`
 #   scripts/testnet.sh down            stop them
-#   scripts/testnet.sh bench gossip|transport|consensus
+#   scripts/testnet.sh bench gossip|transport|consensus|sync
 #                                      benchmarks (JSON on stdout)
 #
 # Builds in release mode first. Extra options: scripts/testnet.sh <command> --help

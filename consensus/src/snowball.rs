@@ -12,7 +12,13 @@ pub struct ConflictSet {
     last: Option<VertexId>,
     /// Consecutive successful polls of `last`.
     count: u32,
+    /// Consecutive polls in which no member got an alpha majority.
+    failures: u32,
 }
+
+/// Failed polls in a row after which the preference follows the plurality
+/// whatever the confidences (see [`ConflictSet::record_failure`]).
+pub const STALLED_AFTER: u32 = 8;
 
 impl ConflictSet {
     pub fn new(first: VertexId, second: VertexId) -> ConflictSet {
@@ -21,6 +27,7 @@ impl ConflictSet {
             preference: first,
             last: None,
             count: 0,
+            failures: 0,
         }
     }
 
@@ -61,6 +68,7 @@ impl ConflictSet {
             return false;
         };
         self.members[pos].1 += 1;
+        self.failures = 0;
         let confidence = self.members[pos].1;
         let preferred = self.confidence(&self.preference);
         let moved = winner != self.preference && confidence > preferred;
@@ -78,13 +86,18 @@ impl ConflictSet {
 
     /// No member got an alpha majority. The streak ends; and if another
     /// member drew more votes than the preference (ties to the smaller id)
-    /// and has at least its confidence, the preference moves to it. Without this, a network small enough
-    /// that every poll samples every node could stay split forever: with no
-    /// sampling noise, no side ever reaches alpha. Acceptance still needs
-    /// `beta` consecutive alpha majorities, so safety does not rest on it.
+    /// and has at least its confidence, or the set has failed
+    /// [`STALLED_AFTER`] polls in a row, the preference moves to it.
+    /// Without this, a network small enough that every poll samples every
+    /// node could stay split forever: with no sampling noise, no side ever
+    /// reaches alpha, and nodes whose earlier successes went to different
+    /// members would each keep their own. Acceptance still needs `beta`
+    /// consecutive alpha majorities, so safety does not rest on it.
     /// Returns true if the preference moved.
     pub fn record_failure(&mut self, votes: &[(VertexId, usize)]) -> bool {
         self.count = 0;
+        self.failures = self.failures.saturating_add(1);
+        let stalled = self.failures >= STALLED_AFTER;
         let rank = |(id, n): &(VertexId, usize)| (*n, std::cmp::Reverse(*id));
         let Some(top) = votes.iter().max_by_key(|v| rank(v)) else {
             return false;
@@ -96,7 +109,7 @@ impl ConflictSet {
         if top.0 != self.preference
             && rank(top) > current
             && top.1 > 0
-            && self.confidence(&top.0) >= self.confidence(&self.preference)
+            && (stalled || self.confidence(&top.0) >= self.confidence(&self.preference))
         {
             self.preference = top.0;
             return true;
@@ -137,6 +150,22 @@ impl ConflictSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stalled_split_follows_the_plurality_despite_confidence() {
+        let (a, b) = (VertexId([1; 32]), VertexId([2; 32]));
+        let mut set = ConflictSet::new(a, b);
+        // Earlier successes went to `a` here, while most nodes prefer `b`.
+        set.record_success(a);
+        set.record_success(a);
+        let split = [(a, 3), (b, 4)];
+        for _ in 1..STALLED_AFTER {
+            assert!(!set.record_failure(&split));
+            assert_eq!(set.preference(), a);
+        }
+        assert!(set.record_failure(&split));
+        assert_eq!(set.preference(), b);
+    }
 
     #[test]
     fn preference_follows_confidence_and_streaks_reset() {

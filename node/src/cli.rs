@@ -80,6 +80,13 @@ pub enum Command {
         /// Vertex id (64 hex digits).
         id: String,
     },
+    /// Shared patterns: create or update, show, list, report outcomes, sync status.
+    Patterns {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        action: PatternsCommand,
+    },
     /// Print messages from a channel or prefix (`metrics:*`) as JSON lines.
     Subscribe {
         #[command(flatten)]
@@ -90,6 +97,39 @@ pub enum Command {
         #[arg(long)]
         count: Option<u64>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PatternsCommand {
+    /// Create or update a pattern from JSON (fields as POST /v1/patterns takes).
+    Put {
+        /// The pattern as JSON; `-` reads it from standard input.
+        json: String,
+    },
+    /// Show one pattern.
+    Get { id: String },
+    /// List patterns, optionally by tag and kind.
+    List {
+        #[arg(long)]
+        tag: Option<String>,
+        #[arg(long)]
+        kind: Option<String>,
+        /// Start after this id (the `next` of the previous page).
+        #[arg(long)]
+        after: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Record a use of a pattern and whether it worked.
+    Outcome {
+        id: String,
+        #[arg(long, conflicts_with = "failure", required_unless_present = "failure")]
+        success: bool,
+        #[arg(long)]
+        failure: bool,
+    },
+    /// Replication and anti-entropy status.
+    Sync,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -207,6 +247,12 @@ pub struct RunArgs {
     /// Consensus: milliseconds before an unanswered query counts as a no vote [default: 2000].
     #[arg(long, env = "AGENTMESH_CONSENSUS_QUERY_TIMEOUT_MS")]
     pub consensus_query_timeout_ms: Option<u64>,
+    /// Patterns: seconds between anti-entropy rounds with a random peer [default: 30].
+    #[arg(long, env = "AGENTMESH_PATTERNS_ANTI_ENTROPY_SECS")]
+    pub patterns_anti_entropy_secs: Option<u64>,
+    /// Patterns: milliseconds local changes are collected before they are gossiped [default: 20].
+    #[arg(long, env = "AGENTMESH_PATTERNS_GOSSIP_DELAY_MS")]
+    pub patterns_gossip_delay_ms: Option<u64>,
 }
 
 impl RunArgs {
@@ -241,6 +287,8 @@ impl RunArgs {
             consensus_polls_in_flight => consensus_polls_in_flight,
             consensus_batch_size => consensus_batch_size,
             consensus_query_timeout_ms => consensus_query_timeout_ms,
+            patterns_anti_entropy_secs => patterns_anti_entropy_secs,
+            patterns_gossip_delay_ms => patterns_gossip_delay_ms,
         );
         if self.no_quic {
             c.quic = false;

@@ -2,8 +2,8 @@
 
 use crate::types::{
     BatchReceipts, Channels, ClaimRequest, ConsensusStatus, ErrorBody, LaggedEvent, MessageEvent,
-    PeerInfo, ProposeReceipt, ProposeRequest, PublishBatch, PublishReceipt, Status, TaskInfo,
-    TransactionBody, VertexInfo,
+    OutcomeInput, PatternInput, PatternList, PatternView, PeerInfo, ProposeReceipt, ProposeRequest,
+    PublishBatch, PublishReceipt, Status, SyncStatus, TaskInfo, TransactionBody, VertexInfo,
 };
 use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
@@ -88,9 +88,18 @@ impl ApiClient {
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.get_query(path, &[]).await
+    }
+
+    async fn get_query<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<T, ClientError> {
         let response = self
             .http
             .get(self.url(path))
+            .query(query)
             .timeout(Duration::from_secs(30))
             .send()
             .await
@@ -136,6 +145,48 @@ impl ApiClient {
 
     pub async fn task(&self, task: &str) -> Result<TaskInfo, ClientError> {
         self.get(&format!("/v1/tasks/{task}")).await
+    }
+
+    /// Creates or updates a pattern.
+    pub async fn put_pattern(&self, input: &PatternInput) -> Result<PatternView, ClientError> {
+        self.post_json("/v1/patterns", input).await
+    }
+
+    pub async fn pattern(&self, id: &str) -> Result<PatternView, ClientError> {
+        self.get(&format!("/v1/patterns/{id}")).await
+    }
+
+    /// One page of patterns, optionally by tag and/or kind.
+    pub async fn patterns(
+        &self,
+        tag: Option<&str>,
+        kind: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<PatternList, ClientError> {
+        let mut query = vec![("limit", limit.to_string())];
+        for (name, value) in [("tag", tag), ("kind", kind), ("after", after)] {
+            if let Some(v) = value {
+                query.push((name, v.to_string()));
+            }
+        }
+        self.get_query("/v1/patterns", &query).await
+    }
+
+    pub async fn pattern_outcome(
+        &self,
+        id: &str,
+        success: bool,
+    ) -> Result<PatternView, ClientError> {
+        self.post_json(
+            &format!("/v1/patterns/{id}/outcomes"),
+            &OutcomeInput { success },
+        )
+        .await
+    }
+
+    pub async fn sync_status(&self) -> Result<SyncStatus, ClientError> {
+        self.get("/v1/sync").await
     }
 
     pub async fn consensus(&self) -> Result<ConsensusStatus, ClientError> {

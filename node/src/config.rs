@@ -75,6 +75,12 @@ pub struct Config {
     pub consensus_batch_size: usize,
     /// Consensus: a peer's unanswered query counts as a no vote after this long.
     pub consensus_query_timeout_ms: u64,
+    /// Patterns: seconds between anti-entropy rounds with a random peer
+    /// (a peer is also reconciled with whenever it connects).
+    pub patterns_anti_entropy_secs: u64,
+    /// Patterns: local changes are gossiped in batches collected over this
+    /// many milliseconds (or 100 changes, whichever comes first).
+    pub patterns_gossip_delay_ms: u64,
 }
 
 impl Default for Config {
@@ -116,6 +122,8 @@ impl Default for Config {
             consensus_polls_in_flight: Params::default().max_polls_in_flight,
             consensus_batch_size: Params::default().batch_size,
             consensus_query_timeout_ms: Params::default().query_timeout_ms,
+            patterns_anti_entropy_secs: 30,
+            patterns_gossip_delay_ms: 20,
         }
     }
 }
@@ -225,6 +233,8 @@ pub struct Settings {
     pub gossip_heartbeat: Duration,
     pub subscriber_buffer: usize,
     pub consensus: Params,
+    pub anti_entropy_interval: Duration,
+    pub pattern_gossip_delay: Duration,
 }
 
 /// Largest accepted `max_message_bytes`: gossipsub keeps messages in memory
@@ -397,6 +407,18 @@ impl Settings {
             gossip_heartbeat: Duration::from_millis(c.gossip_heartbeat_ms),
             subscriber_buffer: c.subscriber_buffer,
             consensus,
+            anti_entropy_interval: secs(
+                "patterns_anti_entropy_secs",
+                c.patterns_anti_entropy_secs,
+            )?,
+            pattern_gossip_delay: Duration::from_millis(
+                (1..=10_000)
+                    .contains(&c.patterns_gossip_delay_ms)
+                    .then_some(c.patterns_gossip_delay_ms)
+                    .ok_or_else(|| {
+                        invalid("patterns_gossip_delay_ms", "must be between 1 and 10000")
+                    })?,
+            ),
         })
     }
 }
@@ -441,6 +463,14 @@ mod tests {
             (|c| c.max_message_bytes = 0, "max_message_bytes"),
             (|c| c.ping_interval_secs = 0, "ping_interval_secs"),
             (|c| c.gossip_heartbeat_ms = 1, "gossip_heartbeat_ms"),
+            (
+                |c| c.patterns_anti_entropy_secs = 0,
+                "patterns_anti_entropy_secs",
+            ),
+            (
+                |c| c.patterns_gossip_delay_ms = 0,
+                "patterns_gossip_delay_ms",
+            ),
             (
                 |c| {
                     c.quic = false;

@@ -11,5 +11,6 @@ pub mod identity;
 pub mod logging;
 pub mod network;
 pub mod node;
+pub mod patterns;
 pub mod ready;
 pub mod types;

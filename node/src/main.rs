@@ -1,7 +1,7 @@
-use agentmesh_node::cli::{Cli, ClientArgs, Command};
+use agentmesh_node::cli::{Cli, ClientArgs, Command, PatternsCommand};
 use agentmesh_node::client::{ApiClient, SubscriptionItem};
 use agentmesh_node::config::{LogFormat, Settings};
-use agentmesh_node::types::TransactionBody;
+use agentmesh_node::types::{PatternInput, TransactionBody};
 use agentmesh_node::{identity, logging, node};
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -168,6 +168,7 @@ async fn dispatch(command: Command) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&info)?);
             Ok(())
         }
+        Command::Patterns { client, action } => patterns(ApiClient::new(client.api), action).await,
         Command::Subscribe {
             client,
             pattern,
@@ -191,6 +192,42 @@ async fn dispatch(command: Command) -> Result<()> {
             Ok(())
         }
     }
+}
+
+async fn patterns(client: ApiClient, action: PatternsCommand) -> Result<()> {
+    let value = match action {
+        PatternsCommand::Put { json } => {
+            let json = if json == "-" {
+                let mut text = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut text)
+                    .context("reading the pattern from standard input")?;
+                text
+            } else {
+                json
+            };
+            let input: PatternInput = serde_json::from_str(&json)
+                .context("the pattern is not valid JSON of the pattern fields")?;
+            serde_json::to_value(client.put_pattern(&input).await?)?
+        }
+        PatternsCommand::Get { id } => serde_json::to_value(client.pattern(&id).await?)?,
+        PatternsCommand::List {
+            tag,
+            kind,
+            after,
+            limit,
+        } => serde_json::to_value(
+            client
+                .patterns(tag.as_deref(), kind.as_deref(), after.as_deref(), limit)
+                .await?,
+        )?,
+        PatternsCommand::Outcome { id, success, .. } => {
+            serde_json::to_value(client.pattern_outcome(&id, success).await?)?
+        }
+        PatternsCommand::Sync => serde_json::to_value(client.sync_status().await?)?,
+    };
+    println!("{}", serde_json::to_string_pretty(&value)?);
+    Ok(())
 }
 
 fn print_json_or<T: serde::Serialize>(

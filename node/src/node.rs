@@ -6,7 +6,9 @@ use crate::config::Settings;
 use crate::consensus::{ConsensusHandle, ConsensusService, SledHistory, REQUEST_QUEUE};
 use crate::identity;
 use crate::network::consensus_io::consensus_channels;
+use crate::network::sync_io::SYNC_EVENT_QUEUE;
 use crate::network::{behaviour, Network, NetworkHandle};
+use crate::patterns::{PatternService, Patterns, Reconciler, SyncStats, CHANGE_QUEUE};
 use crate::ready::{self, ReadyInfo};
 use agentmesh_consensus::Engine;
 use agentmesh_protocol::{NodeId, NodeKey};
@@ -16,8 +18,9 @@ use libp2p::{Multiaddr, PeerId};
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 pub struct RunningNode {
@@ -28,6 +31,7 @@ pub struct RunningNode {
     pub consensus: ConsensusHandle,
     settings: Settings,
     consensus_task: JoinHandle<()>,
+    pattern_tasks: [JoinHandle<()>; 2],
     store: Store,
     network_task: JoinHandle<()>,
     api_task: JoinHandle<()>,
@@ -63,12 +67,14 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
     )?;
     let swarm = behaviour::build_swarm(keypair, &settings)?;
     let (consensus_events, events_rx) = consensus_channels();
+    let (sync_events, sync_events_rx) = mpsc::channel(SYNC_EVENT_QUEUE);
     let (network, handle, listening) = Network::new(
         swarm,
         settings.clone(),
         key,
         store.peers()?,
         consensus_events,
+        sync_events,
     )?;
     let network_task = tokio::spawn(network.run());
     let (requests, requests_rx) = mpsc::channel(REQUEST_QUEUE);
@@ -81,6 +87,33 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
     );
     let consensus_task = tokio::spawn(service.run());
     let consensus = ConsensusHandle::new(requests);
+
+    let sync_stats = Arc::new(SyncStats::default());
+    let (changes, changes_rx) = mpsc::channel(CHANGE_QUEUE);
+    let (sync_peers, sync_peers_rx) = watch::channel(Vec::new());
+    let patterns = Patterns::new(store.patterns(), node_id, changes, sync_stats.clone());
+    let pattern_service = PatternService {
+        store: store.patterns(),
+        node: node_id,
+        network: handle.clone(),
+        stats: sync_stats.clone(),
+        changes: changes_rx,
+        sync_events: sync_events_rx,
+        peers: sync_peers,
+        gossip_delay: settings.pattern_gossip_delay,
+    };
+    let reconciler = Reconciler {
+        local: node_id,
+        store: store.patterns(),
+        network: handle.clone(),
+        stats: sync_stats,
+        peers: sync_peers_rx,
+        interval: settings.anti_entropy_interval,
+    };
+    let pattern_tasks = [
+        tokio::spawn(pattern_service.run()),
+        tokio::spawn(reconciler.run()),
+    ];
     let listen_addrs = tokio::time::timeout(Duration::from_secs(10), listening)
         .await
         .context("timed out waiting for the listeners to come up")?
@@ -98,6 +131,7 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
     let app = api::router(ApiState {
         network: handle.clone(),
         consensus: consensus.clone(),
+        patterns,
         node_id,
         max_message_bytes: settings.max_message_bytes,
     });
@@ -130,6 +164,7 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
         network: handle,
         consensus,
         consensus_task,
+        pattern_tasks,
         settings,
         store,
         network_task,
@@ -175,6 +210,12 @@ impl RunningNode {
         // decisions are already in sled.
         self.consensus_task.abort();
         let _ = self.consensus_task.await;
+        // Pattern writes are complete sled inserts; a round cut short is
+        // finished by the next one.
+        for task in self.pattern_tasks {
+            task.abort();
+            let _ = task.await;
+        }
         if tokio::time::timeout(Duration::from_secs(5), self.api_task)
             .await
             .is_err()

@@ -7,10 +7,13 @@
 pub mod channel;
 pub mod codec;
 pub mod consensus_wire;
+pub mod crdt;
 pub mod envelope;
 pub mod frame;
 pub mod ids;
 pub mod keys;
+pub mod pattern;
+pub mod pattern_wire;
 pub mod vertex;
 
 pub use channel::{Channel, ChannelError, ChannelPattern};
@@ -19,4 +22,5 @@ pub use envelope::{Envelope, EnvelopeError, MessageId};
 pub use frame::{decode_frame, encode_frame, FrameError};
 pub use ids::{sha256, NodeId};
 pub use keys::{KeyError, NodeKey};
+pub use pattern::{Pattern, PatternError};
 pub use vertex::{Transaction, Vertex, VertexError, VertexId, WireVertex};

@@ -2,11 +2,13 @@
 //! record. Values are CBOR (see `agentmesh-protocol`).
 
 mod decisions;
+pub mod patterns;
 mod peers;
 mod winners;
 
 pub use decisions::{DecisionLog, StoredDecision};
 
+pub use patterns::PatternStore;
 pub use peers::{KnownPeer, KnownPeers, PeerBook};
 
 use std::path::Path;
@@ -28,6 +30,7 @@ pub(crate) const MAX_RECORD_BYTES: usize = 2 << 20;
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
+    patterns: PatternStore,
 }
 
 impl Store {
@@ -40,7 +43,8 @@ impl Store {
             // vertices are read rarely, so a small cache keeps nodes small.
             .cache_capacity(8 * 1024 * 1024)
             .open()?;
-        Ok(Store { db })
+        let patterns = PatternStore::open(&db)?;
+        Ok(Store { db, patterns })
     }
 
     pub fn peers(&self) -> Result<PeerBook, StoreError> {
@@ -49,6 +53,11 @@ impl Store {
 
     pub fn decisions(&self) -> Result<DecisionLog, StoreError> {
         DecisionLog::open(&self.db)
+    }
+
+    /// The pattern store (one per database: it holds the write lock).
+    pub fn patterns(&self) -> PatternStore {
+        self.patterns.clone()
     }
 
     /// Writes everything buffered to disk.

@@ -50,13 +50,7 @@ pub async fn consensus(
     if bench.byzantine > 0 {
         let mut rogue = RoguePeer::new(&net.options.network)?;
         for node in &net.nodes {
-            let target = node
-                .info
-                .listen_addrs
-                .iter()
-                .find(|a| a.contains("/tcp/"))
-                .map(|a| format!("{a}/p2p/{}", node.info.peer_id))
-                .context("a node without a TCP address")?;
+            let target = node.tcp_addr().context("a node without a TCP address")?;
             rogue.connect_consensus(&target).await?;
         }
         let total = bench.warmup + bench.measure + Duration::from_secs(30);

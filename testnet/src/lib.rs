@@ -10,9 +10,11 @@ pub mod consensus_bench;
 pub mod demo;
 pub mod hosts;
 pub mod mesh;
+pub mod patterns;
 pub mod process;
 pub mod rogue;
 pub mod state;
+pub mod sync_bench;
 pub mod transport_bench;
 pub mod wait;
 

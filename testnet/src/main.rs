@@ -3,6 +3,7 @@ use agentmesh_testnet::consensus_bench::{self, ConsensusBench};
 use agentmesh_testnet::hosts::Hosts;
 use agentmesh_testnet::process::{pid_alive, signal};
 use agentmesh_testnet::state::{NodeState, TestnetState};
+use agentmesh_testnet::sync_bench::{self, SyncBench};
 use agentmesh_testnet::{binary, wait, Testnet, TestnetOptions};
 use agentmesh_testnet::{claims, demo};
 use anyhow::{Context, Result};
@@ -26,7 +27,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Start N nodes, wait for the mesh, exchange messages, print a summary, stop.
+    /// Start N nodes, wait for the mesh, exchange messages, settle a contested
+    /// claim, replicate a pattern, print a summary, stop.
     Demo {
         #[arg(default_value_t = 5)]
         nodes: usize,
@@ -93,6 +95,19 @@ enum BenchCommand {
         /// as fast as the nodes accept.
         #[arg(long, value_delimiter = ',', default_value = "10000,0")]
         rates: Vec<u64>,
+    },
+    /// Pattern sync: a fresh node reconciling N patterns from a peer (time,
+    /// bytes, peak RSS), and replication throughput across several nodes.
+    Sync {
+        /// Patterns the fresh node reconciles.
+        #[arg(long, default_value_t = 100_000)]
+        patterns: usize,
+        /// Nodes of the replication run.
+        #[arg(long, default_value_t = 5)]
+        nodes: usize,
+        /// Patterns written (spread over the nodes) in the replication run.
+        #[arg(long, default_value_t = 20_000)]
+        replicated: usize,
     },
     /// Gossip latency at light load, sustained throughput, peak RSS.
     Gossip {
@@ -284,6 +299,31 @@ async fn run(cli: Cli) -> Result<()> {
                 println!("{}", consensus_bench::simulator(sim_nodes, 1));
                 Ok(())
             }
+            BenchCommand::Sync {
+                patterns,
+                nodes,
+                replicated,
+            } => {
+                anyhow::ensure!(nodes >= 2, "--nodes must be at least 2");
+                anyhow::ensure!(
+                    patterns >= 1 && replicated >= nodes,
+                    "--patterns and --replicated must be positive"
+                );
+                let tmp = tempfile::Builder::new()
+                    .prefix("agentmesh-bench-")
+                    .tempdir()?;
+                let options = TestnetOptions::new(nodes, tmp.path(), &bin);
+                let spec = SyncBench {
+                    patterns,
+                    nodes,
+                    replicated,
+                };
+                let result = sync_bench::sync(&spec, &options)
+                    .await
+                    .context("sync benchmark")?;
+                println!("{result}");
+                Ok(())
+            }
             BenchCommand::Gossip {
                 nodes,
                 messages,
@@ -326,6 +366,9 @@ async fn run_demo(options: TestnetOptions) -> Result<()> {
     eprintln!("[testnet] every node claims task 'demo-task' for its agent at the same moment");
     let contest = claims::contested_claim(&net, "demo-task", Duration::from_secs(60)).await?;
     claims::print_contest(&contest);
+    eprintln!("[testnet] node 0 shares a pattern; the last node reports using it");
+    let spread = agentmesh_testnet::patterns::spread(&net, Duration::from_secs(60)).await?;
+    agentmesh_testnet::patterns::print_spread(&spread);
     eprintln!("[testnet] stopping nodes");
     net.stop().await?;
     println!("demo finished: OK");

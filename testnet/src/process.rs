@@ -185,6 +185,14 @@ impl NodeProcess {
             .collect()
     }
 
+    /// The node's TCP address with `/p2p/<peer id>` (what a bare libp2p
+    /// peer such as the rogue dials).
+    pub fn tcp_addr(&self) -> Option<String> {
+        self.bootstrap_addrs()
+            .into_iter()
+            .find(|a| a.contains("/tcp/"))
+    }
+
     /// SIGTERM, then wait for a clean exit (SIGKILL after `grace`).
     pub async fn stop(mut self, grace: Duration) -> Result<()> {
         let pid = self.pid();

@@ -4,10 +4,13 @@
 //! before sending, and votes "no" on every consensus query.
 
 use agentmesh_node::identity;
-use agentmesh_node::network::consensus_codec::{consensus_protocol, ConsensusCodec};
+use agentmesh_node::network::cbor_codec::{
+    protocol_name, CborCodec, ConsensusMessages, SyncMessages,
+};
 use agentmesh_node::network::consensus_io::consensus_topic;
 use agentmesh_node::network::{behaviour, topic_for};
 use agentmesh_protocol::consensus_wire::{ConsensusRequest, ConsensusResponse};
+use agentmesh_protocol::pattern_wire::{SyncRequest, SyncResponse};
 use agentmesh_protocol::{sha256, NodeKey};
 use anyhow::{anyhow, bail, Context, Result};
 use futures::StreamExt;
@@ -19,7 +22,8 @@ use std::time::Duration;
 struct RogueBehaviour {
     identify: identify::Behaviour,
     gossipsub: gossipsub::Behaviour,
-    consensus: request_response::Behaviour<ConsensusCodec>,
+    consensus: request_response::Behaviour<CborCodec<ConsensusMessages>>,
+    sync: request_response::Behaviour<CborCodec<SyncMessages>>,
 }
 
 pub struct RoguePeer {
@@ -62,12 +66,21 @@ impl RoguePeer {
                         gossip_config,
                     )?,
                     consensus: request_response::Behaviour::with_codec(
-                        ConsensusCodec,
+                        CborCodec::default(),
                         [(
-                            consensus_protocol(network),
+                            protocol_name::<ConsensusMessages>(network),
                             request_response::ProtocolSupport::Full,
                         )],
                         request_response::Config::default(),
+                    ),
+                    sync: request_response::Behaviour::with_codec(
+                        CborCodec::default(),
+                        [(
+                            protocol_name::<SyncMessages>(network),
+                            request_response::ProtocolSupport::Outbound,
+                        )],
+                        request_response::Config::default()
+                            .with_request_timeout(Duration::from_secs(20)),
                     ),
                 })
             })
@@ -136,6 +149,40 @@ impl RoguePeer {
     pub fn publish_raw(&mut self, family: &str, data: Vec<u8>) -> Result<()> {
         let topic = topic_for(&self.network, family);
         self.publish_on(topic, data)
+    }
+
+    /// Sends an anti-entropy request to `peer` (connected already), bypassing
+    /// the limits an honest node keeps; the answer, or why there was none.
+    pub async fn ask_sync(
+        &mut self,
+        peer: PeerId,
+        request: SyncRequest,
+    ) -> Result<Result<SyncResponse, String>> {
+        let id = self.swarm.behaviour_mut().sync.send_request(&peer, request);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let event = tokio::time::timeout_at(deadline, self.swarm.select_next_some())
+                .await
+                .map_err(|_| anyhow!("rogue peer: no answer to a sync request"))?;
+            match event {
+                SwarmEvent::Behaviour(RogueBehaviourEvent::Sync(
+                    request_response::Event::Message {
+                        message:
+                            request_response::Message::Response {
+                                request_id,
+                                response,
+                            },
+                        ..
+                    },
+                )) if request_id == id => return Ok(Ok(response)),
+                SwarmEvent::Behaviour(RogueBehaviourEvent::Sync(
+                    request_response::Event::OutboundFailure {
+                        request_id, error, ..
+                    },
+                )) if request_id == id => return Ok(Err(error.to_string())),
+                _ => {}
+            }
+        }
     }
 
     /// Drives the swarm for `duration` so queued messages go out. Consensus

@@ -235,15 +235,7 @@ async fn invalid_api_requests_get_an_error_with_the_reason() {
             "no such endpoint",
         ),
     ];
-    for (response, status, reason) in cases {
-        assert_eq!(response.status().as_u16(), status);
-        let body: serde_json::Value = response.json().await.unwrap();
-        let error = body["error"].as_str().unwrap_or_default().to_string();
-        assert!(
-            error.contains(reason),
-            "{error:?} does not mention {reason:?}"
-        );
-    }
+    expect_errors(cases).await;
     // Nothing of that was published.
     let status = t.net.nodes[0].client.status().await.unwrap();
     assert_eq!(status.messages.published, 0);
@@ -318,7 +310,116 @@ async fn invalid_api_requests_get_an_error_with_the_reason() {
             "claimant must be",
         ),
     ];
-    for (response, status, reason) in consensus_cases {
+    expect_errors(consensus_cases).await;
+    // Nothing of that was proposed.
+    let consensus = t.net.nodes[0].client.consensus().await.unwrap();
+    assert_eq!(consensus.polls_started, 0);
+    assert_eq!(consensus.processing, 0);
+
+    let put = |body: serde_json::Value| {
+        http.post(format!("http://{api}/v1/patterns"))
+            .json(&body)
+            .send()
+    };
+    let get = |path: &str| http.get(format!("http://{api}{path}")).send();
+    let pattern = |extra: serde_json::Value| {
+        let mut p = serde_json::json!({ "id": "p1", "kind": "fix", "name": "n" });
+        p.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        p
+    };
+    let pattern_cases = vec![
+        (
+            put(serde_json::json!({ "name": "n" })).await.unwrap(),
+            400,
+            "kind",
+        ),
+        (
+            put(pattern(serde_json::json!({ "colour": "red" })))
+                .await
+                .unwrap(),
+            400,
+            "unknown field `colour`",
+        ),
+        (
+            put(pattern(serde_json::json!({ "id": "has space" })))
+                .await
+                .unwrap(),
+            400,
+            "id: character ' '",
+        ),
+        (
+            put(pattern(serde_json::json!({ "kind": "" })))
+                .await
+                .unwrap(),
+            400,
+            "kind: must not be empty",
+        ),
+        (
+            put(pattern(serde_json::json!({ "tags": ["a b"] })))
+                .await
+                .unwrap(),
+            400,
+            "tags: tag \"a b\" contains whitespace",
+        ),
+        (
+            put(pattern(serde_json::json!({ "metadata": 7 })))
+                .await
+                .unwrap(),
+            400,
+            "metadata: must be a JSON object",
+        ),
+        (
+            put(pattern(serde_json::json!({ "name": "x".repeat(300) })))
+                .await
+                .unwrap(),
+            400,
+            "name: longer than 256",
+        ),
+        (
+            get("/v1/patterns?limit=0").await.unwrap(),
+            400,
+            "limit must be",
+        ),
+        (
+            get("/v1/patterns?colour=red").await.unwrap(),
+            400,
+            "tag, kind, after and limit",
+        ),
+        (
+            get("/v1/patterns/unknown").await.unwrap(),
+            404,
+            "no pattern",
+        ),
+        (
+            http.post(format!("http://{api}/v1/patterns/unknown/outcomes"))
+                .json(&serde_json::json!({ "success": true }))
+                .send()
+                .await
+                .unwrap(),
+            404,
+            "no pattern",
+        ),
+        (
+            http.post(format!("http://{api}/v1/patterns/unknown/outcomes"))
+                .json(&serde_json::json!({ "worked": true }))
+                .send()
+                .await
+                .unwrap(),
+            400,
+            "unknown field",
+        ),
+    ];
+    expect_errors(pattern_cases).await;
+    // Nothing of that was stored.
+    let sync = t.net.nodes[0].client.sync_status().await.unwrap();
+    assert_eq!(sync.patterns, 0);
+}
+
+/// Each response has the status and an error naming the reason.
+async fn expect_errors(cases: Vec<(reqwest::Response, u16, &str)>) {
+    for (response, status, reason) in cases {
         assert_eq!(response.status().as_u16(), status, "{reason}");
         let body: serde_json::Value = response.json().await.unwrap();
         let error = body["error"].as_str().unwrap_or_default().to_string();
@@ -327,10 +428,6 @@ async fn invalid_api_requests_get_an_error_with_the_reason() {
             "{error:?} does not mention {reason:?}"
         );
     }
-    // Nothing of that was proposed.
-    let consensus = t.net.nodes[0].client.consensus().await.unwrap();
-    assert_eq!(consensus.polls_started, 0);
-    assert_eq!(consensus.processing, 0);
 }
 
 fn envelope(channel: &str, sender: NodeId, body: &[u8]) -> Envelope {
@@ -357,11 +454,7 @@ async fn malformed_oversized_and_forged_messages_from_a_peer_are_rejected_and_co
     let mut subscriber = Collector::subscribe(&t.net, &[0], "coordination")
         .await
         .unwrap();
-    let tcp = node
-        .bootstrap_addrs()
-        .into_iter()
-        .find(|a| a.contains("/tcp/"))
-        .unwrap();
+    let tcp = node.tcp_addr().unwrap();
     let mut rogue = RoguePeer::new(&t.net.options.network).unwrap();
     rogue.connect(&tcp, "coordination").await.unwrap();
     let me = node_id_of(&rogue.peer_id).unwrap();

@@ -120,13 +120,7 @@ async fn a_peer_gossiping_forged_vertices_is_graylisted_and_the_rest_still_decid
     let net = &t.net;
     net.wait_full_mesh(MESH_TIMEOUT).await.unwrap();
     let mut rogue = RoguePeer::new(&net.options.network).unwrap();
-    let target = net.nodes[0]
-        .info
-        .listen_addrs
-        .iter()
-        .find(|a| a.contains("/tcp/"))
-        .map(|a| format!("{a}/p2p/{}", net.nodes[0].info.peer_id))
-        .unwrap();
+    let target = net.nodes[0].tcp_addr().unwrap();
     rogue.connect_consensus(&target).await.unwrap();
     // A well-formed vertex whose signature does not match its content.
     let key = NodeKey::generate().unwrap();

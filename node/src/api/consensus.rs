@@ -1,6 +1,6 @@
 //! Agreement: proposing transactions, vertex status, task claims.
 
-use super::{ApiError, ApiState};
+use super::{json_body, ApiError, ApiState};
 use crate::consensus::{views::task_key, ConsensusStopped, BUSY_PREFIX};
 use crate::types::{
     Claim, ClaimRequest, ConsensusStatus, ProposeReceipt, ProposeRequest, TaskInfo, VertexInfo,
@@ -13,11 +13,8 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use serde::de::DeserializeOwned;
 use std::collections::HashSet;
 
-/// Largest request body of these endpoints.
-const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 /// Longest task id and claimant name.
 const MAX_NAME_BYTES: usize = 128;
 
@@ -28,15 +25,6 @@ impl From<ConsensusStopped> for ApiError {
             message: e.to_string(),
         }
     }
-}
-
-async fn json_body<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
-    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
-        .await
-        .map_err(|_| ApiError::too_large(format!("request body over {MAX_BODY_BYTES} bytes")))?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::bad_request(format!("request body is not what this endpoint takes: {e}"))
-    })
 }
 
 fn check_transactions(request: &ProposeRequest) -> Result<Vec<Transaction>, ApiError> {

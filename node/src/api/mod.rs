@@ -4,19 +4,24 @@
 mod channels;
 mod consensus;
 mod error;
+mod patterns;
 
 use crate::consensus::ConsensusHandle;
 use crate::network::NetworkHandle;
+use crate::patterns::Patterns;
 use agentmesh_protocol::NodeId;
+use axum::body::Body;
 use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 pub use error::ApiError;
+use serde::de::DeserializeOwned;
 
 #[derive(Clone)]
 pub struct ApiState {
     pub network: NetworkHandle,
     pub consensus: ConsensusHandle,
+    pub patterns: Patterns,
     /// This node's id, recorded in the task claims made through it.
     pub node_id: NodeId,
     pub max_message_bytes: usize,
@@ -35,6 +40,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/tasks/{id}/claim", post(consensus::claim))
         .route("/v1/tasks/{id}", get(consensus::task))
         .route("/v1/consensus", get(consensus::status))
+        .route("/v1/patterns", post(patterns::put).get(patterns::list))
+        .route("/v1/patterns/{id}", get(patterns::get))
+        .route("/v1/patterns/{id}/outcomes", post(patterns::outcome))
+        .route("/v1/sync", get(patterns::sync_status))
         .fallback(|| async {
             ApiError::not_found("no such endpoint; see the API reference in README.md")
         })
@@ -47,4 +56,17 @@ async fn status(State(s): State<ApiState>) -> Result<Json<crate::types::Status>,
 
 async fn peers(State(s): State<ApiState>) -> Result<Json<Vec<crate::types::PeerInfo>>, ApiError> {
     Ok(Json(s.network.peers().await?))
+}
+
+/// Largest request body of the JSON endpoints.
+const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+
+/// Reads a JSON body, naming what is wrong with it.
+pub(crate) async fn json_body<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
+    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| ApiError::too_large(format!("request body over {MAX_BODY_BYTES} bytes")))?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request(format!("request body is not what this endpoint takes: {e}"))
+    })
 }

@@ -1,7 +1,7 @@
 //! The libp2p behaviour and transports of a node.
 
 use crate::config::Settings;
-use crate::network::consensus_codec::{consensus_protocol, ConsensusCodec};
+use crate::network::cbor_codec::{protocol_name, CborCodec, ConsensusMessages, SyncMessages};
 use agentmesh_protocol::{frame::max_frame_bytes, sha256};
 use anyhow::{Context, Result};
 use libp2p::core::muxing::StreamMuxerBox;
@@ -23,7 +23,8 @@ pub struct Behaviour {
     pub ping: ping::Behaviour,
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
     pub gossipsub: gossipsub::Behaviour,
-    pub consensus: request_response::Behaviour<ConsensusCodec>,
+    pub consensus: request_response::Behaviour<CborCodec<ConsensusMessages>>,
+    pub sync: request_response::Behaviour<CborCodec<SyncMessages>>,
 }
 
 /// Identify's protocol version doubles as the network check: peers that
@@ -156,14 +157,27 @@ pub fn build_swarm(keypair: Keypair, settings: &Settings) -> Result<Swarm<Behavi
     .map_err(|e| anyhow::anyhow!("gossipsub: {e}"))?;
 
     let consensus = request_response::Behaviour::with_codec(
-        ConsensusCodec,
+        CborCodec::default(),
         [(
-            consensus_protocol(&settings.network),
+            protocol_name::<ConsensusMessages>(&settings.network),
             request_response::ProtocolSupport::Full,
         )],
         request_response::Config::default()
             .with_request_timeout(Duration::from_millis(settings.consensus.query_timeout_ms))
             .with_max_concurrent_streams(1024),
+    );
+
+    // Anti-entropy requests walk a hash tree and move batches of patterns;
+    // a peer busy writing a large batch may take a while to answer.
+    let sync = request_response::Behaviour::with_codec(
+        CborCodec::default(),
+        [(
+            protocol_name::<SyncMessages>(&settings.network),
+            request_response::ProtocolSupport::Full,
+        )],
+        request_response::Config::default()
+            .with_request_timeout(Duration::from_secs(30))
+            .with_max_concurrent_streams(64),
     );
 
     let behaviour = Behaviour {
@@ -173,6 +187,7 @@ pub fn build_swarm(keypair: Keypair, settings: &Settings) -> Result<Swarm<Behavi
         kad,
         gossipsub,
         consensus,
+        sync,
     };
     let config = libp2p::swarm::Config::with_tokio_executor()
         .with_idle_connection_timeout(settings.idle_connection_timeout)

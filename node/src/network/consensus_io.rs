@@ -417,8 +417,8 @@ impl Network {
         }
     }
 
-    /// Tells the consensus service when the set of connected peers changed,
-    /// and forgets inbound requests whose askers gave up.
+    /// Tells the consensus and pattern services when the set of connected
+    /// peers changed, and forgets inbound requests whose askers gave up.
     pub(super) fn maintain_consensus(&mut self) {
         let mut peers: Vec<NodeId> = self
             .swarm
@@ -429,6 +429,7 @@ impl Network {
             .filter_map(|p| self.consensus.node_of(p))
             .collect();
         peers.sort();
+        self.maintain_sync(&peers);
         // Remembered only once delivered, so a dropped update is sent again.
         if peers != self.consensus.last_peers
             && self.consensus.emit(ConsensusEvent::Peers(peers.clone()))

@@ -4,8 +4,8 @@
 mod backoff;
 pub mod behaviour;
 pub mod breaker;
+pub mod cbor_codec;
 mod connections;
-pub mod consensus_codec;
 pub mod consensus_io;
 mod counters;
 mod dialer;
@@ -13,6 +13,7 @@ mod inbound;
 mod peers;
 mod publish;
 pub mod router;
+pub mod sync_io;
 
 use crate::config::{is_quic, Settings};
 use crate::identity::node_id_of;
@@ -95,6 +96,7 @@ pub enum Command {
     Channels(oneshot::Sender<Channels>),
     Shutdown(oneshot::Sender<()>),
     Consensus(consensus_io::ConsensusCommand),
+    Sync(sync_io::SyncCommand),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -194,6 +196,14 @@ impl NetworkHandle {
             .map_err(|_| NetworkStopped)
     }
 
+    /// Hands an anti-entropy command to the network task.
+    pub async fn sync(&self, command: sync_io::SyncCommand) -> Result<(), NetworkStopped> {
+        self.commands
+            .send(Command::Sync(command))
+            .await
+            .map_err(|_| NetworkStopped)
+    }
+
     /// Asks the network task to persist what it knows and stop.
     pub async fn shutdown(&self) -> Result<(), NetworkStopped> {
         self.ask(Command::Shutdown).await
@@ -232,6 +242,7 @@ pub struct Network {
     discovery: Backoff,
     last_prune: Instant,
     consensus: consensus_io::ConsensusIo,
+    sync: sync_io::SyncIo,
 }
 
 impl Network {
@@ -243,6 +254,7 @@ impl Network {
         key: NodeKey,
         peer_book: PeerBook,
         consensus_events: consensus_io::ConsensusSenders,
+        sync_events: mpsc::Sender<sync_io::SyncEvent>,
     ) -> anyhow::Result<(Network, NetworkHandle, oneshot::Receiver<Vec<Multiaddr>>)> {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let (listening_tx, listening_rx) = oneshot::channel();
@@ -257,6 +269,7 @@ impl Network {
         let consensus = consensus_io::ConsensusIo::new(&settings.network, consensus_events);
         let mut network = Network {
             consensus,
+            sync: sync_io::SyncIo::new(sync_events),
             topic_prefix: topic_prefix(&settings.network),
             swarm,
             settings,
@@ -511,6 +524,7 @@ impl Network {
                 }
             }
             BehaviourEvent::Consensus(event) => self.on_consensus_event(event),
+            BehaviourEvent::Sync(event) => self.on_sync_event(event),
             _ => {}
         }
     }
@@ -626,6 +640,7 @@ impl Network {
                 let _ = reply.send(());
             }
             Command::Consensus(command) => self.on_consensus_command(command),
+            Command::Sync(command) => self.on_sync_command(command),
         }
     }
 

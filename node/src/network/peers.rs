@@ -61,6 +61,10 @@ struct PeerEntry {
     rejected_messages: u64,
 }
 
+/// Connections to one peer set up closer together than this are taken for
+/// a simultaneous dial by both ends (see [`PeerTable::duplicate_to_close`]).
+const SIMULTANEOUS_DIAL_WINDOW: Duration = Duration::from_secs(3);
+
 /// Connected peers only: an entry goes when its last connection closes, so
 /// the table is bounded by the connection limit.
 #[derive(Debug, Default)]
@@ -133,8 +137,12 @@ impl PeerTable {
     }
 
     /// If `peer` has two connections of the same transport, the one to
-    /// close: both ends keep the connection dialled by the smaller peer id
-    /// (the oldest, if one side dialled both).
+    /// close. Two set up within [`SIMULTANEOUS_DIAL_WINDOW`] are a
+    /// simultaneous dial: both ends keep the connection dialled by the
+    /// smaller peer id (the oldest, if one side dialled both). Further
+    /// apart, the newer one is kept: a peer only dials a peer it has no
+    /// connection to, so the older one is dead on its side (typically the
+    /// peer restarted and this end has not noticed yet).
     pub fn duplicate_to_close(&self, peer: &PeerId, local: &PeerId) -> Option<ConnectionId> {
         let entry = self.peers.get(peer)?;
         let smaller_dialed = |c: &Connection| {
@@ -149,6 +157,10 @@ impl PeerTable {
                 }
                 // Keep a over b if a was dialled by the smaller id and b was
                 // not, or if both were and a is older.
+                let apart = a.since.max(b.since) - a.since.min(b.since);
+                if apart > SIMULTANEOUS_DIAL_WINDOW {
+                    return Some(if a.since < b.since { *id_a } else { *id_b });
+                }
                 let keep_a = match (smaller_dialed(a), smaller_dialed(b)) {
                     (true, false) => true,
                     (false, true) => false,
@@ -281,6 +293,47 @@ mod tests {
             x
         };
         assert_eq!(kept_dialer, x.min(y));
+    }
+
+    #[test]
+    fn a_connection_from_a_restarted_peer_replaces_the_stale_one() {
+        let (x, y) = (PeerId::random(), PeerId::random());
+        let (old, new) = (
+            ConnectionId::new_unchecked(1),
+            ConnectionId::new_unchecked(2),
+        );
+        let quic = |port: u16| -> Multiaddr {
+            format!("/ip4/10.0.0.1/udp/{port}/quic-v1").parse().unwrap()
+        };
+        let mut table = PeerTable::default();
+        // Whichever end dialled the old connection, the new one stays.
+        for old_outbound in [true, false] {
+            let old_end = if old_outbound {
+                ConnectedPoint::Dialer {
+                    address: quic(7),
+                    role_override: libp2p::core::Endpoint::Dialer,
+                    port_use: libp2p::core::transport::PortUse::Reuse,
+                }
+            } else {
+                ConnectedPoint::Listener {
+                    local_addr: quic(1),
+                    send_back_addr: quic(7),
+                }
+            };
+            table.connected(y, old, &old_end);
+            table.peers.get_mut(&y).unwrap().connections[0].1.since -= Duration::from_secs(10);
+            table.connected(
+                y,
+                new,
+                &ConnectedPoint::Listener {
+                    local_addr: quic(1),
+                    send_back_addr: quic(9),
+                },
+            );
+            assert_eq!(table.duplicate_to_close(&y, &x), Some(old));
+            table.closed(&y, old);
+            table.closed(&y, new);
+        }
     }
 
     #[test]

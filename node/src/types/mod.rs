@@ -279,3 +279,6 @@ pub struct ConsensusStatus {
     /// Query round trips to peers (ms).
     pub query_rtt_ms: Percentiles,
 }
+
+mod patterns;
+pub use patterns::*;

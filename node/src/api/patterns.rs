@@ -1,0 +1,111 @@
+//! Shared patterns: create/update, get, list by tag or kind, outcomes, and
+//! the replication status.
+
+use super::{json_body, ApiError, ApiState};
+use crate::patterns::views::view;
+use crate::types::{OutcomeInput, PatternInput, PatternList, PatternView, SyncStatus};
+use agentmesh_store::patterns::{EditError, Filter};
+use agentmesh_store::StoreError;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+
+/// Default and largest page of a listing.
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 1000;
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<EditError> for ApiError {
+    fn from(e: EditError) -> ApiError {
+        match e {
+            EditError::Invalid(e) => ApiError::bad_request(format!("invalid pattern: {e}")),
+            EditError::NotFound(_) => ApiError::not_found(e.to_string()),
+            EditError::Store(e) => e.into(),
+        }
+    }
+}
+
+pub async fn put(
+    State(s): State<ApiState>,
+    body: Body,
+) -> Result<(StatusCode, Json<PatternView>), ApiError> {
+    let input: PatternInput = json_body(body).await?;
+    let (pattern, created) = s.patterns.put(input)?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(view(&pattern))))
+}
+
+pub async fn get(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<PatternView>, ApiError> {
+    match s.patterns.get(&id)? {
+        Some(p) => Ok(Json(view(&p))),
+        None => Err(ApiError::not_found(format!("no pattern with id {id:?}"))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    tag: Option<String>,
+    kind: Option<String>,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+pub async fn list(
+    State(s): State<ApiState>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<PatternList>, ApiError> {
+    let Query(q) = query.map_err(|e| {
+        ApiError::bad_request(format!("{e} (the query takes tag, kind, after and limit)"))
+    })?;
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
+    if limit == 0 || limit > MAX_LIMIT {
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and {MAX_LIMIT}"
+        )));
+    }
+    let filter = Filter {
+        tag: q.tag,
+        kind: q.kind,
+        after: q.after,
+        limit,
+    };
+    let patterns = s.patterns.list(&filter)?;
+    let next = (patterns.len() == limit)
+        .then(|| patterns.last().map(|p| p.id.clone()))
+        .flatten();
+    Ok(Json(PatternList {
+        patterns: patterns.iter().map(view).collect(),
+        next,
+    }))
+}
+
+pub async fn outcome(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Json<PatternView>, ApiError> {
+    let input: OutcomeInput = json_body(body).await?;
+    Ok(Json(view(&s.patterns.record_outcome(&id, input.success)?)))
+}
+
+pub async fn sync_status(State(s): State<ApiState>) -> Result<Json<SyncStatus>, ApiError> {
+    Ok(Json(s.patterns.status()?))
+}

@@ -1,0 +1,147 @@
+//! Request-response codec shared by the node's protocols: one CBOR value
+//! per stream, read with a hard size limit and decoded by the protocol's
+//! own bounded decoder.
+
+use agentmesh_protocol::codec;
+use agentmesh_protocol::consensus_wire::{self, ConsensusRequest, ConsensusResponse};
+use agentmesh_protocol::pattern_wire::{self, SyncRequest, SyncResponse};
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::request_response;
+use libp2p::StreamProtocol;
+use std::io;
+use std::marker::PhantomData;
+
+/// One request-response protocol's messages and limits.
+pub trait Messages: Send + 'static {
+    const NAME: &'static str;
+    const MAX_REQUEST_BYTES: usize;
+    const MAX_RESPONSE_BYTES: usize;
+    type Request: serde::Serialize + Send + Sync + std::fmt::Debug;
+    type Response: serde::Serialize + Send + Sync + std::fmt::Debug;
+    fn decode_request(bytes: &[u8]) -> Result<Self::Request, String>;
+    fn decode_response(bytes: &[u8]) -> Result<Self::Response, String>;
+}
+
+/// `/agentmesh/<network>/consensus/1`: queries and vertex fetches.
+pub struct ConsensusMessages;
+
+impl Messages for ConsensusMessages {
+    const NAME: &'static str = "consensus";
+    const MAX_REQUEST_BYTES: usize = consensus_wire::MAX_REQUEST_BYTES;
+    const MAX_RESPONSE_BYTES: usize = consensus_wire::MAX_RESPONSE_BYTES;
+    type Request = ConsensusRequest;
+    type Response = ConsensusResponse;
+    fn decode_request(bytes: &[u8]) -> Result<ConsensusRequest, String> {
+        ConsensusRequest::decode(bytes).map_err(|e| e.to_string())
+    }
+    fn decode_response(bytes: &[u8]) -> Result<ConsensusResponse, String> {
+        ConsensusResponse::decode(bytes).map_err(|e| e.to_string())
+    }
+}
+
+/// `/agentmesh/<network>/sync/1`: pattern anti-entropy.
+pub struct SyncMessages;
+
+impl Messages for SyncMessages {
+    const NAME: &'static str = "sync";
+    const MAX_REQUEST_BYTES: usize = pattern_wire::MAX_SYNC_REQUEST_BYTES;
+    const MAX_RESPONSE_BYTES: usize = pattern_wire::MAX_SYNC_RESPONSE_BYTES;
+    type Request = SyncRequest;
+    type Response = SyncResponse;
+    fn decode_request(bytes: &[u8]) -> Result<SyncRequest, String> {
+        SyncRequest::decode(bytes).map_err(|e| e.to_string())
+    }
+    fn decode_response(bytes: &[u8]) -> Result<SyncResponse, String> {
+        SyncResponse::decode(bytes).map_err(|e| e.to_string())
+    }
+}
+
+pub fn protocol_name<M: Messages>(network: &str) -> StreamProtocol {
+    StreamProtocol::try_from_owned(format!("/agentmesh/{network}/{}/1", M::NAME))
+        .expect("network names are validated to printable ASCII without spaces")
+}
+
+pub struct CborCodec<M>(PhantomData<M>);
+
+impl<M> Default for CborCodec<M> {
+    fn default() -> Self {
+        CborCodec(PhantomData)
+    }
+}
+
+impl<M> Clone for CborCodec<M> {
+    fn clone(&self) -> Self {
+        CborCodec(PhantomData)
+    }
+}
+
+async fn read_limited<T: AsyncRead + Unpin + Send>(
+    io: &mut T,
+    max: usize,
+    name: &str,
+) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    io.take(max as u64 + 1).read_to_end(&mut bytes).await?;
+    if bytes.len() > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{name} message larger than {max} bytes"),
+        ));
+    }
+    Ok(bytes)
+}
+
+fn invalid(e: impl ToString) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
+
+async fn write_value<T: AsyncWrite + Unpin + Send, V: serde::Serialize>(
+    io: &mut T,
+    value: &V,
+) -> io::Result<()> {
+    let bytes = codec::encode(value).map_err(invalid)?;
+    io.write_all(&bytes).await?;
+    io.close().await
+}
+
+impl<M: Messages> request_response::Codec for CborCodec<M> {
+    type Protocol = StreamProtocol;
+    type Request = M::Request;
+    type Response = M::Response;
+
+    async fn read_request<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<M::Request> {
+        let bytes = read_limited(io, M::MAX_REQUEST_BYTES, M::NAME).await?;
+        M::decode_request(&bytes).map_err(invalid)
+    }
+
+    async fn read_response<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<M::Response> {
+        let bytes = read_limited(io, M::MAX_RESPONSE_BYTES, M::NAME).await?;
+        M::decode_response(&bytes).map_err(invalid)
+    }
+
+    async fn write_request<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        request: M::Request,
+    ) -> io::Result<()> {
+        write_value(io, &request).await
+    }
+
+    async fn write_response<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        response: M::Response,
+    ) -> io::Result<()> {
+        write_value(io, &response).await
+    }
+}

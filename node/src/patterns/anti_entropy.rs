@@ -1,0 +1,335 @@
+//! Anti-entropy: reconciles this node's patterns with one peer at a time,
+//! when a peer connects and every `interval` with a random connected peer.
+//!
+//! A round walks the peer's hash tree top-down (root, pages, buckets, then
+//! the (id, digest) entries of differing buckets), fetches what the peer
+//! holds that this node lacks or holds differently, merges it, and pushes
+//! back what the peer lacks and the merged states it held differently.
+//! Every step is bounded (16 pages, 1024 buckets, 8192 entries, 100
+//! patterns per message), so memory does not grow with the store.
+
+use super::SyncStats;
+use crate::network::sync_io::SyncCommand;
+use crate::network::NetworkHandle;
+use agentmesh_protocol::pattern_wire::{
+    decode_batch, encode_batch, split_batches, Hash, SyncRequest, SyncResponse, MAX_BATCH_PATTERNS,
+    MAX_BUCKETS_PER_REQUEST, MAX_PAGES_PER_REQUEST,
+};
+use agentmesh_protocol::NodeId;
+use agentmesh_store::patterns::merkle::{diff_entries, differing, entry_key};
+use agentmesh_store::{PatternStore, StoreError};
+use futures::stream::{FuturesUnordered, StreamExt};
+use std::collections::hash_map::RandomState;
+use std::collections::{BTreeSet, VecDeque};
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{oneshot, watch};
+
+/// Fetch requests kept in flight: hides the round trip behind the merging.
+const FETCHES_IN_FLIGHT: usize = 8;
+/// Retries of a failed round (after 1, 2, 4, 8 s) before waiting for the
+/// next periodic round or reconnection.
+const MAX_RETRIES: u32 = 4;
+
+#[derive(Debug, thiserror::Error)]
+enum RoundError {
+    #[error("{0}")]
+    Peer(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn unexpected(what: &str, response: &SyncResponse) -> RoundError {
+    match response {
+        SyncResponse::Refused { reason } => RoundError::Peer(format!("peer refused: {reason}")),
+        _ => RoundError::Peer(format!("peer answered {what} with something else")),
+    }
+}
+
+enum Round {
+    InSync,
+    Reconciled { fetched: u64, pushed: u64 },
+}
+
+pub struct Reconciler {
+    /// This node (on connection, the smaller id of a pair starts a round).
+    pub local: NodeId,
+    pub store: PatternStore,
+    pub network: NetworkHandle,
+    pub stats: Arc<SyncStats>,
+    /// Connected peers, as the pattern service last heard from the network.
+    pub peers: watch::Receiver<Vec<NodeId>>,
+    pub interval: Duration,
+}
+
+impl Reconciler {
+    pub async fn run(mut self) {
+        let mut known: BTreeSet<NodeId> = BTreeSet::new();
+        let mut queue: VecDeque<NodeId> = VecDeque::new();
+        // Failed rounds are retried a few times, backing off: a peer that
+        // just connected may still be busy, or its connection may have been
+        // replaced.
+        let mut retries: Vec<(tokio::time::Instant, NodeId, u32)> = Vec::new();
+        let mut next_periodic = tokio::time::Instant::now() + self.interval;
+        loop {
+            let wake = retries
+                .iter()
+                .map(|(at, _, _)| *at)
+                .fold(next_periodic, tokio::time::Instant::min);
+            tokio::select! {
+                changed = self.peers.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let now: BTreeSet<NodeId> = self.peers.borrow_and_update().iter().copied().collect();
+                    // Peers that (re)connected: they may have missed, or
+                    // hold, changes made while apart. A round moves
+                    // patterns both ways, so one end of each pair starts
+                    // it: the smaller id.
+                    for peer in now.difference(&known).filter(|p| self.local < **p) {
+                        if !queue.contains(peer) {
+                            queue.push_back(*peer);
+                        }
+                    }
+                    known = now;
+                }
+                _ = tokio::time::sleep_until(wake) => {
+                    let now = tokio::time::Instant::now();
+                    if now >= next_periodic {
+                        next_periodic = now + self.interval;
+                        if !known.is_empty() {
+                            let pick = RandomState::new().build_hasher().finish() as usize % known.len();
+                            queue.extend(known.iter().nth(pick));
+                        }
+                    }
+                    retries.retain(|(at, peer, _)| {
+                        let due = *at <= now;
+                        if due && !queue.contains(peer) {
+                            queue.push_back(*peer);
+                        }
+                        !due
+                    });
+                }
+            }
+            while let Some(peer) = queue.pop_front() {
+                if !self.peers.borrow().contains(&peer) {
+                    continue;
+                }
+                let attempts = retries
+                    .iter()
+                    .position(|(_, p, _)| *p == peer)
+                    .map_or(0, |i| retries.swap_remove(i).2);
+                if !self.round(peer).await && attempts < MAX_RETRIES {
+                    let delay = Duration::from_secs(1 << attempts);
+                    retries.push((tokio::time::Instant::now() + delay, peer, attempts + 1));
+                }
+            }
+        }
+    }
+
+    /// One round with `peer`; false if it failed.
+    async fn round(&self, peer: NodeId) -> bool {
+        let started = Instant::now();
+        let result = self.reconcile(peer).await;
+        let elapsed = started.elapsed().as_millis() as u64;
+        self.stats.anti_entropy(|s| {
+            s.rounds += 1;
+            s.last_peer = Some(peer.to_string());
+            s.last_round_ms = elapsed;
+            match &result {
+                Ok(Round::InSync) => s.rounds_in_sync += 1,
+                Ok(Round::Reconciled { .. }) => {}
+                Err(e) => {
+                    s.rounds_failed += 1;
+                    s.last_error = Some(e.to_string());
+                }
+            }
+        });
+        match result {
+            Ok(Round::Reconciled { fetched, pushed }) => {
+                tracing::info!(%peer, fetched, pushed, ms = elapsed, "patterns reconciled")
+            }
+            Ok(Round::InSync) => tracing::debug!(%peer, "patterns in sync"),
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "anti-entropy round failed");
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn ask(&self, peer: NodeId, request: SyncRequest) -> Result<SyncResponse, RoundError> {
+        let (reply, answer) = oneshot::channel();
+        self.network
+            .sync(SyncCommand::Ask {
+                peer,
+                request,
+                reply,
+            })
+            .await
+            .map_err(|e| RoundError::Peer(e.to_string()))?;
+        answer
+            .await
+            .map_err(|_| RoundError::Peer("the network task stopped".into()))?
+            .map_err(RoundError::Peer)
+    }
+
+    fn received(&self, bytes: usize) {
+        self.stats
+            .anti_entropy(|s| s.bytes_received += bytes as u64);
+    }
+
+    async fn reconcile(&self, peer: NodeId) -> Result<Round, RoundError> {
+        let root = self.store.root()?;
+        let remote_pages = match self.ask(peer, SyncRequest::Pages { root }).await? {
+            SyncResponse::InSync => return Ok(Round::InSync),
+            SyncResponse::Pages { pages, .. } => pages,
+            other => return Err(unexpected("pages", &other)),
+        };
+        self.received(remote_pages.len() * 32);
+        let remote_pages: Vec<Hash> = remote_pages.into_iter().map(|h| h.into_array()).collect();
+        let pages: Vec<u8> = differing(&self.store.pages()?, &remote_pages)
+            .into_iter()
+            .map(|p| p as u8)
+            .collect();
+        let (mut fetched, mut pushed) = (0, 0);
+        for chunk in pages.chunks(MAX_PAGES_PER_REQUEST) {
+            let request = SyncRequest::Buckets {
+                pages: chunk.to_vec(),
+            };
+            let hashes = match self.ask(peer, request).await? {
+                SyncResponse::Buckets { hashes } if hashes.len() == chunk.len() => hashes,
+                other => return Err(unexpected("buckets", &other)),
+            };
+            self.received(chunk.len() * 256 * 32);
+            let mut buckets = Vec::new();
+            for (page, remote) in chunk.iter().zip(hashes) {
+                let remote: Vec<Hash> = remote.into_iter().map(|h| h.into_array()).collect();
+                let local = self.store.buckets(*page)?;
+                buckets.extend(
+                    differing(&local, &remote)
+                        .into_iter()
+                        .map(|b| (*page as u16) << 8 | b as u16),
+                );
+            }
+            let mut rest = &buckets[..];
+            while !rest.is_empty() {
+                let asked = &rest[..rest.len().min(MAX_BUCKETS_PER_REQUEST)];
+                let request = SyncRequest::Entries {
+                    buckets: asked.to_vec(),
+                };
+                let (covered, remote) = match self.ask(peer, request).await? {
+                    SyncResponse::Entries { buckets, entries }
+                        if (1..=asked.len()).contains(&(buckets as usize)) =>
+                    {
+                        (buckets as usize, entries)
+                    }
+                    other => return Err(unexpected("entries", &other)),
+                };
+                self.received(remote.iter().map(|(id, _)| id.len() + 32).sum());
+                let mut remote: Vec<(String, Hash)> = remote
+                    .into_iter()
+                    .map(|(id, h)| (id, h.into_array()))
+                    .collect();
+                remote.sort_by_cached_key(|(id, _)| entry_key(id));
+                let (_, local) = self.store.entries(&asked[..covered], usize::MAX)?;
+                let diff = diff_entries(&local, &remote);
+                let wanted: Vec<String> = diff
+                    .missing
+                    .into_iter()
+                    .chain(diff.differing.iter().cloned())
+                    .collect();
+                fetched += self.fetch(peer, wanted).await?;
+                let to_send: Vec<String> = diff.differing.into_iter().chain(diff.extra).collect();
+                pushed += self.push(peer, &to_send).await?;
+                rest = &rest[covered..];
+            }
+        }
+        self.stats.anti_entropy(|s| {
+            s.patterns_fetched += fetched;
+            s.patterns_pushed += pushed;
+        });
+        Ok(Round::Reconciled { fetched, pushed })
+    }
+
+    /// Fetches `ids` in batches, a few requests in flight, merging each
+    /// batch as it arrives; returns how many states were received.
+    async fn fetch(&self, peer: NodeId, ids: Vec<String>) -> Result<u64, RoundError> {
+        let mut queue: VecDeque<Vec<String>> = ids
+            .chunks(MAX_BATCH_PATTERNS)
+            .map(<[String]>::to_vec)
+            .collect();
+        // A peer that keeps answering "more" cannot keep us here forever.
+        let mut budget = queue.len() * 2 + 8;
+        let mut in_flight = FuturesUnordered::new();
+        let mut received = 0;
+        loop {
+            while in_flight.len() < FETCHES_IN_FLIGHT && budget > 0 {
+                let Some(ids) = queue.pop_front() else { break };
+                budget -= 1;
+                in_flight.push(self.ask(peer, SyncRequest::Fetch { ids }));
+            }
+            let Some(answer) = in_flight.next().await else {
+                break;
+            };
+            let (batch, more) = match answer? {
+                SyncResponse::Batch { batch, more } => (batch, more),
+                other => return Err(unexpected("fetch", &other)),
+            };
+            self.received(batch.len());
+            let (store, stats) = (self.store.clone(), self.stats.clone());
+            // Decoding and merging a batch take a few milliseconds of CPU.
+            received += tokio::task::spawn_blocking(move || -> Result<u64, RoundError> {
+                let decoded = decode_batch(&batch).map_err(|e| {
+                    stats.replication(|s| s.batches_rejected += 1);
+                    RoundError::Peer(format!("bad batch: {e}"))
+                })?;
+                stats.replication(|s| s.patterns_rejected += decoded.invalid.len() as u64);
+                store.apply(&decoded.patterns)?;
+                Ok(decoded.patterns.len() as u64)
+            })
+            .await
+            .map_err(|e| RoundError::Peer(format!("merging failed: {e}")))??;
+            if !more.is_empty() {
+                queue.push_back(more);
+            }
+        }
+        Ok(received)
+    }
+
+    /// Sends the local states of `ids` to the peer, in batches, a few
+    /// requests in flight.
+    async fn push(&self, peer: NodeId, ids: &[String]) -> Result<u64, RoundError> {
+        let mut chunks = ids.chunks(MAX_BATCH_PATTERNS);
+        let mut ready: VecDeque<Vec<Vec<u8>>> = VecDeque::new();
+        let mut in_flight = FuturesUnordered::new();
+        let mut pushed = 0;
+        loop {
+            while in_flight.len() < FETCHES_IN_FLIGHT {
+                if ready.is_empty() {
+                    let Some(chunk) = chunks.next() else { break };
+                    ready.extend(split_batches(self.store.get_encoded(chunk)?));
+                    continue;
+                }
+                let Some(batch) = ready.pop_front() else {
+                    break;
+                };
+                let count = batch.len() as u64;
+                let bytes = encode_batch(&batch);
+                self.stats
+                    .anti_entropy(|s| s.bytes_sent += bytes.len() as u64);
+                let ask = self.ask(peer, SyncRequest::Push { batch: bytes });
+                in_flight.push(async move { (count, ask.await) });
+            }
+            let Some((count, answer)) = in_flight.next().await else {
+                break;
+            };
+            match answer? {
+                SyncResponse::Pushed { .. } => pushed += count,
+                other => return Err(unexpected("push", &other)),
+            }
+        }
+        Ok(pushed)
+    }
+}

@@ -1,0 +1,114 @@
+//! Shared patterns: local writes through the API, incremental replication
+//! on the `learning:patterns` channel, and anti-entropy with one peer at a
+//! time. The CRDT merge is in agentmesh-protocol, the storage and hash tree
+//! in agentmesh-store; this module moves states between them and the
+//! network.
+
+mod anti_entropy;
+mod service;
+mod stats;
+pub mod views;
+
+pub use anti_entropy::Reconciler;
+pub use service::PatternService;
+pub use stats::SyncStats;
+
+use crate::types::{PatternInput, SyncStatus};
+use agentmesh_protocol::pattern::Pattern;
+use agentmesh_protocol::{MessageId, NodeId};
+use agentmesh_store::patterns::{EditError, Filter};
+use agentmesh_store::{PatternStore, StoreError};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// The channel batches of changed patterns are gossiped on.
+pub const PATTERNS_CHANNEL: &str = "learning:patterns";
+pub const BATCH_CONTENT_TYPE: &str = "application/vnd.agentmesh.patterns+cbor";
+/// Local changes waiting to be gossiped; beyond this they are counted and
+/// left to anti-entropy.
+pub const CHANGE_QUEUE: usize = 65_536;
+
+/// What the API uses: reads go to the store, writes through it and then to
+/// the gossip queue.
+#[derive(Clone)]
+pub struct Patterns {
+    store: PatternStore,
+    node: NodeId,
+    changes: mpsc::Sender<String>,
+    stats: Arc<SyncStats>,
+}
+
+impl Patterns {
+    pub fn new(
+        store: PatternStore,
+        node: NodeId,
+        changes: mpsc::Sender<String>,
+        stats: Arc<SyncStats>,
+    ) -> Patterns {
+        Patterns {
+            store,
+            node,
+            changes,
+            stats,
+        }
+    }
+
+    fn changed(&self, id: &str) {
+        if self.changes.try_send(id.to_string()).is_err() {
+            self.stats.replication(|s| s.changes_not_queued += 1);
+        }
+    }
+
+    /// Creates or updates; also says whether the pattern is new.
+    pub fn put(&self, input: PatternInput) -> Result<(Pattern, bool), EditError> {
+        let id = match &input.id {
+            Some(id) => id.clone(),
+            None => MessageId::random()
+                .ok_or_else(|| StoreError::Encode("the system RNG failed".into()))?
+                .to_string(),
+        };
+        let edit = views::edit_of(input);
+        let now = crate::network::now_ms();
+        let mut created = false;
+        let pattern = self.store.edit(&id, |old| match old {
+            Some(mut p) => {
+                p.update(edit, self.node, now)?;
+                Ok(p)
+            }
+            None => {
+                created = true;
+                Ok(Pattern::create(id.clone(), edit, self.node, now)?)
+            }
+        })?;
+        self.changed(&pattern.id);
+        Ok((pattern, created))
+    }
+
+    pub fn record_outcome(&self, id: &str, success: bool) -> Result<Pattern, EditError> {
+        let pattern = self.store.edit(id, |old| {
+            let mut p = old.ok_or_else(|| EditError::NotFound(id.to_string()))?;
+            p.record_outcome(self.node, success);
+            Ok(p)
+        })?;
+        self.changed(id);
+        Ok(pattern)
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<Pattern>, StoreError> {
+        self.store.get(id)
+    }
+
+    pub fn list(&self, filter: &Filter) -> Result<Vec<Pattern>, StoreError> {
+        self.store.list(filter)
+    }
+
+    pub fn status(&self) -> Result<SyncStatus, StoreError> {
+        let (replication, anti_entropy) = self.stats.snapshot();
+        Ok(SyncStatus {
+            patterns: self.store.count(),
+            root: hex::encode(self.store.root()?),
+            replication,
+            anti_entropy,
+        })
+    }
+}

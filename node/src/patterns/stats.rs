@@ -1,0 +1,31 @@
+//! Counters of pattern replication and anti-entropy, shared by the tasks
+//! that move patterns and read by the API.
+
+use crate::types::{AntiEntropyStats, ReplicationStats};
+use std::sync::Mutex;
+
+/// One lock around plain structs: updated a few times per batch, so
+/// contention is negligible and the snapshot is consistent.
+#[derive(Default)]
+pub struct SyncStats {
+    replication: Mutex<ReplicationStats>,
+    anti_entropy: Mutex<AntiEntropyStats>,
+}
+
+impl SyncStats {
+    pub fn replication(&self, update: impl FnOnce(&mut ReplicationStats)) {
+        update(&mut self.replication.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    pub fn anti_entropy(&self, update: impl FnOnce(&mut AntiEntropyStats)) {
+        update(&mut self.anti_entropy.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    pub fn snapshot(&self) -> (ReplicationStats, AntiEntropyStats) {
+        let mut r = None;
+        let mut a = None;
+        self.replication(|s| r = Some(s.clone()));
+        self.anti_entropy(|s| a = Some(s.clone()));
+        (r.unwrap_or_default(), a.unwrap_or_default())
+    }
+}

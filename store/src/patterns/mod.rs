@@ -1,0 +1,336 @@
+//! Patterns on disk: the CRDT state per id, indexes by tag and kind, and
+//! the (bucket, id) → digest entries that anti-entropy hashes.
+//!
+//! States are keyed like the entries, by hash bucket then id, so that the
+//! patterns of a bucket range (what anti-entropy moves) sit together on
+//! disk: a fetch of 100 of them reads a few pages, not 100.
+//!
+//! Reads go straight to sled from any task. Writes (local edits and merges
+//! of remote states) are serialized by one lock, which also guards the
+//! cached hash tree, so an index never disagrees with the state it
+//! indexes for longer than a write takes.
+
+pub mod merkle;
+
+use crate::StoreError;
+use agentmesh_protocol::pattern::{digest, Pattern, PatternError, MAX_PATTERN_BYTES};
+use agentmesh_protocol::pattern_wire::Hash;
+use merkle::{bucket_of, entry_key, HashCache};
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+#[derive(Clone)]
+pub struct PatternStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    patterns: sled::Tree,
+    by_tag: sled::Tree,
+    by_kind: sled::Tree,
+    entries: sled::Tree,
+    writer: Mutex<HashCache>,
+    count: AtomicU64,
+}
+
+/// Which patterns a listing wants.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pub tag: Option<String>,
+    pub kind: Option<String>,
+    /// Only ids after this one (for paging).
+    pub after: Option<String>,
+    pub limit: usize,
+}
+
+/// What merging a batch of remote states did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// States that changed what this node holds.
+    pub changed: u64,
+    /// States this node already held (or held newer).
+    pub unchanged: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EditError {
+    #[error(transparent)]
+    Invalid(#[from] PatternError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("no pattern with id {0:?}")]
+    NotFound(String),
+}
+
+fn index_key(label: &str, id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(label.len() + id.len() + 1);
+    key.extend_from_slice(label.as_bytes());
+    key.push(0);
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+fn corrupt(key: &[u8], reason: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+fn decode(key: &[u8], bytes: &[u8]) -> Result<Pattern, StoreError> {
+    Pattern::decode(bytes).map_err(|e| corrupt(key, e))
+}
+
+impl PatternStore {
+    pub(crate) fn open(db: &sled::Db) -> Result<PatternStore, StoreError> {
+        let entries = db.open_tree("patterns_entries")?;
+        // One scan of the small entries tree counts the patterns and builds
+        // the hash tree; scanning the patterns themselves would pull every
+        // page of the large tree through sled's cache at each start.
+        let mut cache = HashCache::new();
+        let count = cache.rebuild(&entries)?;
+        Ok(PatternStore {
+            inner: Arc::new(Inner {
+                patterns: db.open_tree("patterns")?,
+                by_tag: db.open_tree("patterns_by_tag")?,
+                by_kind: db.open_tree("patterns_by_kind")?,
+                entries,
+                writer: Mutex::new(cache),
+                count: AtomicU64::new(count),
+            }),
+        })
+    }
+
+    pub fn count(&self) -> u64 {
+        self.inner.count.load(Ordering::Relaxed)
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<Pattern>, StoreError> {
+        match self.inner.patterns.get(entry_key(id))? {
+            Some(bytes) => Ok(Some(decode(id.as_bytes(), &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The stored encoding of `id`, for sending.
+    pub fn get_raw(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.inner.patterns.get(entry_key(id))?.map(|b| b.to_vec()))
+    }
+
+    /// The stored encodings of these ids (absent ones skipped), for sending.
+    pub fn get_encoded(&self, ids: &[String]) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.extend(self.get_raw(id)?);
+        }
+        Ok(out)
+    }
+
+    /// Patterns matching `filter`: by tag or kind in id order, otherwise in
+    /// storage order (stable, by the hash of the id).
+    pub fn list(&self, filter: &Filter) -> Result<Vec<Pattern>, StoreError> {
+        let mut out = Vec::new();
+        let wanted = |p: &Pattern| {
+            filter.tag.as_ref().is_none_or(|t| p.tags.contains(t))
+                && filter
+                    .kind
+                    .as_ref()
+                    .is_none_or(|k| &p.content.value.kind == k)
+        };
+        // The narrowest index available; the pattern itself is checked
+        // against the whole filter, so an index entry left behind by a
+        // crash never shows a pattern that does not match.
+        let (tree, label) = match (&filter.tag, &filter.kind) {
+            (Some(tag), _) => (Some(&self.inner.by_tag), tag.as_str()),
+            (None, Some(kind)) => (Some(&self.inner.by_kind), kind.as_str()),
+            (None, None) => (None, ""),
+        };
+        match tree {
+            Some(tree) => {
+                let prefix = index_key(label, "");
+                let start = index_key(label, filter.after.as_deref().unwrap_or(""));
+                for item in tree.range(start..) {
+                    let (key, _) = item?;
+                    if !key.starts_with(&prefix) || out.len() >= filter.limit {
+                        break;
+                    }
+                    let id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+                    if filter.after.as_deref() == Some(id.as_str()) {
+                        continue;
+                    }
+                    if let Some(p) = self.get(&id)?.filter(wanted) {
+                        out.push(p);
+                    }
+                }
+            }
+            None => {
+                // In storage order (by the hash of the id, see `entry_key`).
+                let after = filter.after.as_deref().map(entry_key);
+                let start = after.clone().unwrap_or_default();
+                for item in self.inner.patterns.range(start..) {
+                    let (key, bytes) = item?;
+                    if out.len() >= filter.limit {
+                        break;
+                    }
+                    if after.as_deref() == Some(&key[..]) {
+                        continue;
+                    }
+                    out.push(decode(&key, &bytes)?);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashCache> {
+        // A panic while holding the lock leaves sled consistent (each write
+        // is complete or absent); the cache is only ever marked stale.
+        self.inner
+            .writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A local write: `edit` gets the current state (if any) and returns
+    /// the new one, which is stored and returned.
+    pub fn edit(
+        &self,
+        id: &str,
+        edit: impl FnOnce(Option<Pattern>) -> Result<Pattern, EditError>,
+    ) -> Result<Pattern, EditError> {
+        let mut cache = self.lock();
+        let old = self.get(id)?;
+        let new = edit(old.clone())?;
+        self.write(&mut cache, old.as_ref(), &new)?;
+        Ok(new)
+    }
+
+    /// Merges remote states (already validated) into what is stored.
+    pub fn apply(&self, states: &[Pattern]) -> Result<Applied, StoreError> {
+        let mut cache = self.lock();
+        let mut applied = Applied::default();
+        for remote in states {
+            let Some(old) = self.get(&remote.id)? else {
+                self.write(&mut cache, None, remote)?;
+                applied.changed += 1;
+                continue;
+            };
+            let mut merged = old.clone();
+            if merged.merge(remote) {
+                self.write(&mut cache, Some(&old), &merged)?;
+                applied.changed += 1;
+            } else {
+                self.repair_entry(&mut cache, &merged)?;
+                applied.unchanged += 1;
+            }
+        }
+        Ok(applied)
+    }
+
+    fn write(
+        &self,
+        cache: &mut HashCache,
+        old: Option<&Pattern>,
+        new: &Pattern,
+    ) -> Result<(), StoreError> {
+        let bytes = new
+            .encode()
+            .map_err(|e| StoreError::Encode(e.to_string()))?;
+        debug_assert!(bytes.len() <= MAX_PATTERN_BYTES);
+        let inner = &self.inner;
+        inner
+            .patterns
+            .insert(entry_key(&new.id), bytes.as_slice())?;
+        if old.is_none() {
+            inner.count.fetch_add(1, Ordering::Relaxed);
+        }
+        self.index(old, new)?;
+        inner
+            .entries
+            .insert(entry_key(&new.id), &digest(&bytes)[..])?;
+        cache.invalidate(bucket_of(&new.id));
+        Ok(())
+    }
+
+    fn index(&self, old: Option<&Pattern>, new: &Pattern) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let old_tags: BTreeSet<&String> =
+            old.map(|p| p.tags.elements().collect()).unwrap_or_default();
+        let new_tags: BTreeSet<&String> = new.tags.elements().collect();
+        for gone in old_tags.difference(&new_tags) {
+            inner.by_tag.remove(index_key(gone, &new.id))?;
+        }
+        for tag in &new_tags {
+            inner.by_tag.insert(index_key(tag, &new.id), &[])?;
+        }
+        let new_kind = &new.content.value.kind;
+        if let Some(old) = old.filter(|o| &o.content.value.kind != new_kind) {
+            inner
+                .by_kind
+                .remove(index_key(&old.content.value.kind, &new.id))?;
+        }
+        inner.by_kind.insert(index_key(new_kind, &new.id), &[])?;
+        Ok(())
+    }
+
+    /// A write interrupted by a crash can leave the state stored but its
+    /// digest entry (or an index) stale; merging a state already held
+    /// checks the entry and rewrites the indexes when it is off, so
+    /// anti-entropy does not fetch the same pattern every round.
+    fn repair_entry(&self, cache: &mut HashCache, state: &Pattern) -> Result<(), StoreError> {
+        let Some(bytes) = self.inner.patterns.get(entry_key(&state.id))? else {
+            return Ok(());
+        };
+        let key = entry_key(&state.id);
+        if self.inner.entries.get(&key)?.as_deref() != Some(&digest(&bytes)[..]) {
+            self.index(None, state)?;
+            self.inner.entries.insert(key, &digest(&bytes)[..])?;
+            cache.invalidate(bucket_of(&state.id));
+        }
+        Ok(())
+    }
+
+    pub fn root(&self) -> Result<Hash, StoreError> {
+        Ok(self.lock().root(&self.inner.entries)?)
+    }
+
+    pub fn pages(&self) -> Result<Vec<Hash>, StoreError> {
+        Ok(self.lock().pages(&self.inner.entries)?)
+    }
+
+    pub fn buckets(&self, page: u8) -> Result<Vec<Hash>, StoreError> {
+        Ok(self.lock().buckets(&self.inner.entries, page)?)
+    }
+
+    /// The (id, digest) entries of `buckets`, in order, whole buckets only
+    /// and at most `max` entries (but always the first bucket, cut at
+    /// `max`); also how many buckets were covered.
+    pub fn entries(
+        &self,
+        buckets: &[u16],
+        max: usize,
+    ) -> Result<(usize, Vec<(String, Hash)>), StoreError> {
+        let mut out = Vec::new();
+        for (covered, bucket) in buckets.iter().enumerate() {
+            let mut these = Vec::new();
+            for item in self.inner.entries.scan_prefix(bucket.to_be_bytes()) {
+                let (key, digest) = item?;
+                let id = String::from_utf8(key[2..].to_vec()).map_err(|e| corrupt(&key, e))?;
+                let digest: Hash = digest[..].try_into().map_err(|e| corrupt(&key, e))?;
+                these.push((id, digest));
+                if these.len() >= max {
+                    break;
+                }
+            }
+            if !out.is_empty() && out.len() + these.len() > max {
+                return Ok((covered, out));
+            }
+            out.extend(these);
+        }
+        Ok((buckets.len(), out))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,197 @@
+use super::merkle::{diff_entries, differing, ZERO};
+use super::*;
+use agentmesh_protocol::pattern::{Content, Edit};
+use agentmesh_protocol::NodeId;
+
+fn store() -> (tempfile::TempDir, PatternStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::Config::new().path(dir.path()).open().unwrap();
+    (dir, PatternStore::open(&db).unwrap())
+}
+
+fn pattern(id: &str, kind: &str, tags: &[&str]) -> Pattern {
+    let edit = Edit {
+        content: Content {
+            kind: kind.into(),
+            name: format!("name of {id}"),
+            description: String::new(),
+            framework: None,
+            language: None,
+            author_agent: "agent".into(),
+            body: "null".into(),
+            metadata: "{}".into(),
+        },
+        tags: tags.iter().map(|t| t.to_string()).collect(),
+    };
+    Pattern::create(id.into(), edit, NodeId([7; 32]), 1).unwrap()
+}
+
+fn all(filter: Filter) -> Filter {
+    Filter {
+        limit: 1000,
+        ..filter
+    }
+}
+
+#[test]
+fn listings_by_tag_and_kind_follow_updates() {
+    let (_dir, s) = store();
+    s.apply(&[
+        pattern("a", "fix", &["rust", "io"]),
+        pattern("b", "fix", &["go"]),
+        pattern("c", "template", &["rust"]),
+    ])
+    .unwrap();
+    let ids =
+        |f: Filter| -> Vec<String> { s.list(&all(f)).unwrap().into_iter().map(|p| p.id).collect() };
+    let tag = |t: &str| Filter {
+        tag: Some(t.into()),
+        ..Filter::default()
+    };
+    assert_eq!(ids(tag("rust")), vec!["a", "c"]);
+    assert_eq!(
+        ids(Filter {
+            kind: Some("fix".into()),
+            ..Filter::default()
+        }),
+        vec!["a", "b"]
+    );
+    assert_eq!(
+        ids(Filter {
+            tag: Some("rust".into()),
+            kind: Some("fix".into()),
+            ..Filter::default()
+        }),
+        vec!["a"]
+    );
+    // Unfiltered listings page through everything, in storage order.
+    let everything = ids(Filter::default());
+    assert_eq!(everything.len(), 3);
+    let rest = ids(Filter {
+        after: Some(everything[0].clone()),
+        ..Filter::default()
+    });
+    assert_eq!(rest, everything[1..]);
+    // Retagging and a kind change move the pattern between index entries.
+    s.edit("a", |old| {
+        let mut p = old.unwrap();
+        let mut edit = Edit {
+            content: p.content.value.clone(),
+            tags: vec!["go".into()],
+        };
+        edit.content.kind = "template".into();
+        p.update(edit, NodeId([7; 32]), 2)?;
+        Ok(p)
+    })
+    .unwrap();
+    assert_eq!(ids(tag("rust")), vec!["c"]);
+    assert_eq!(ids(tag("go")), vec!["a", "b"]);
+    assert_eq!(
+        ids(Filter {
+            kind: Some("fix".into()),
+            ..Filter::default()
+        }),
+        vec!["b"]
+    );
+    assert_eq!(s.count(), 3);
+}
+
+#[test]
+fn applying_a_state_twice_changes_nothing() {
+    let (_dir, s) = store();
+    let p = pattern("a", "fix", &[]);
+    assert_eq!(
+        s.apply(std::slice::from_ref(&p)).unwrap(),
+        Applied {
+            changed: 1,
+            unchanged: 0
+        }
+    );
+    let root = s.root().unwrap();
+    assert_eq!(
+        s.apply(&[p]).unwrap(),
+        Applied {
+            changed: 0,
+            unchanged: 1
+        }
+    );
+    assert_eq!(s.root().unwrap(), root);
+    assert_eq!(s.count(), 1);
+}
+
+#[test]
+fn equal_sets_have_equal_hashes_whatever_the_order() {
+    let (_d1, a) = store();
+    let (_d2, b) = store();
+    assert_eq!(a.root().unwrap(), ZERO);
+    let ps: Vec<Pattern> = (0..300)
+        .map(|i| pattern(&format!("p{i}"), "k", &[]))
+        .collect();
+    a.apply(&ps).unwrap();
+    for p in ps.iter().rev() {
+        b.apply(std::slice::from_ref(p)).unwrap();
+    }
+    assert_eq!(a.root().unwrap(), b.root().unwrap());
+    assert_ne!(a.root().unwrap(), ZERO);
+    // One changed pattern: one page, one bucket, one entry differ.
+    b.edit("p7", |old| {
+        let mut p = old.unwrap();
+        p.record_outcome(NodeId([9; 32]), true);
+        Ok(p)
+    })
+    .unwrap();
+    let pages = differing(&a.pages().unwrap(), &b.pages().unwrap());
+    assert_eq!(pages.len(), 1);
+    let page = pages[0] as u8;
+    let buckets = differing(&a.buckets(page).unwrap(), &b.buckets(page).unwrap());
+    assert_eq!(buckets.len(), 1);
+    let bucket = (page as u16) << 8 | buckets[0] as u16;
+    let (_, mine) = a.entries(&[bucket], 100).unwrap();
+    let (_, theirs) = b.entries(&[bucket], 100).unwrap();
+    let diff = diff_entries(&mine, &theirs);
+    assert_eq!(diff.differing, vec!["p7".to_string()]);
+    assert!(diff.missing.is_empty() && diff.extra.is_empty());
+}
+
+#[test]
+fn entries_are_cut_at_whole_buckets() {
+    let (_dir, s) = store();
+    let ps: Vec<Pattern> = (0..2000)
+        .map(|i| pattern(&format!("p{i}"), "k", &[]))
+        .collect();
+    s.apply(&ps).unwrap();
+    let buckets: Vec<u16> = (0..=u16::MAX).collect();
+    let (covered, entries) = s.entries(&buckets, 500).unwrap();
+    assert!(
+        entries.len() <= 500 && entries.len() > 400,
+        "{}",
+        entries.len()
+    );
+    assert!(covered < buckets.len());
+    let (_, rest) = s.entries(&buckets[covered..], 10_000).unwrap();
+    assert_eq!(entries.len() + rest.len(), 2000);
+}
+
+#[test]
+fn a_lost_digest_entry_is_repaired_by_the_next_merge() {
+    let (_dir, s) = store();
+    let p = pattern("a", "fix", &["t"]);
+    s.apply(std::slice::from_ref(&p)).unwrap();
+    let root = s.root().unwrap();
+    // As if the node crashed between writing the state and its entry.
+    s.inner.entries.remove(entry_key("a")).unwrap();
+    s.inner.by_tag.clear().unwrap();
+    s.lock().invalidate(bucket_of("a"));
+    assert_ne!(s.root().unwrap(), root);
+    s.apply(&[p]).unwrap();
+    assert_eq!(s.root().unwrap(), root);
+    assert_eq!(
+        s.list(&all(Filter {
+            tag: Some("t".into()),
+            ..Filter::default()
+        }))
+        .unwrap()
+        .len(),
+        1
+    );
+}
