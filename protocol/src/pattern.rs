@@ -19,14 +19,22 @@ pub const MAX_NAME_LEN: usize = 256;
 pub const MAX_DESCRIPTION_LEN: usize = 8 * 1024;
 /// Framework, language and author agent.
 pub const MAX_LABEL_LEN: usize = 128;
-pub const MAX_TAGS: usize = 32;
+/// Tags one write may set.
+pub const MAX_EDIT_TAGS: usize = 32;
+/// Tags a replicated state may hold: concurrent writes each add up to
+/// [`MAX_EDIT_TAGS`] and merges keep them all.
+pub const MAX_TAGS: usize = 256;
 pub const MAX_TAG_LEN: usize = 64;
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub const MAX_METADATA_BYTES: usize = 16 * 1024;
 /// Replicas a pattern's counters, clocks and dot sets may name.
-pub const MAX_REPLICAS: usize = 4096;
-/// Largest encoded pattern accepted from a peer or written to disk.
-pub const MAX_PATTERN_BYTES: usize = 192 * 1024;
+pub const MAX_REPLICAS: usize = 512;
+/// Largest encoded pattern accepted from a peer or written to disk (the
+/// field limits above all reached at once fit).
+pub const MAX_PATTERN_BYTES: usize = 256 * 1024;
+/// No honest counter, clock or version gets anywhere near this; a state
+/// claiming more would freeze the pattern (its writes could never win).
+pub const MAX_COUNT: u64 = 1 << 48;
 
 /// The register's value: everything an author writes at once.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -56,7 +64,7 @@ pub struct Pattern {
     pub clock: VectorClock,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PatternError {
     #[error("{field}: {reason}")]
     Invalid { field: &'static str, reason: String },
@@ -71,7 +79,7 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> PatternError {
     }
 }
 
-/// Ids are what agents and URLs use: letters, digits and `._:-/`.
+/// Ids are what agents and URLs use: letters, digits and `._:-`.
 pub fn validate_id(id: &str) -> Result<(), PatternError> {
     if id.is_empty() || id.len() > MAX_ID_LEN {
         return Err(invalid("id", format!("must be 1 to {MAX_ID_LEN} bytes")));
@@ -160,6 +168,16 @@ pub struct Edit {
     pub tags: Vec<String>,
 }
 
+impl Edit {
+    fn validate(&self) -> Result<(), PatternError> {
+        self.content.validate()?;
+        if self.tags.len() > MAX_EDIT_TAGS {
+            return Err(invalid("tags", format!("more than {MAX_EDIT_TAGS}")));
+        }
+        self.tags.iter().try_for_each(|t| validate_tag(t))
+    }
+}
+
 impl Pattern {
     /// A new pattern written by `node` at `now_ms`.
     pub fn create(
@@ -194,6 +212,7 @@ impl Pattern {
     /// A local update: the next version of the content, and the tags set
     /// to `edit.tags` (tags not listed are removed as observed here).
     pub fn update(&mut self, edit: Edit, node: NodeId, now_ms: u64) -> Result<(), PatternError> {
+        edit.validate()?;
         let mut next = self.clone();
         next.content = LwwRegister::new(
             Stamp {
@@ -235,7 +254,9 @@ impl Pattern {
     }
 
     /// Joins `other` (a state of the same id) into this one; true if
-    /// anything changed.
+    /// anything changed. The join of two valid states can exceed the
+    /// limits (more tags or replicas than a state may hold): see
+    /// [`Pattern::merged`].
     pub fn merge(&mut self, other: &Pattern) -> bool {
         let before = self.clone();
         self.content.merge(&other.content);
@@ -245,6 +266,19 @@ impl Pattern {
         self.failures.merge(&other.failures);
         self.clock.merge(&other.clock);
         *self != before
+    }
+
+    /// The join of this state and `other`, if it changes this one and stays
+    /// within the limits; `Err` names the limit the join would break (the
+    /// caller keeps its state and counts the refusal).
+    pub fn merged(&self, other: &Pattern) -> Result<Option<Pattern>, PatternError> {
+        let mut joined = self.clone();
+        if !joined.merge(other) {
+            return Ok(None);
+        }
+        joined.validate()?;
+        joined.encode()?;
+        Ok(Some(joined))
     }
 
     pub fn version(&self) -> u64 {
@@ -278,6 +312,30 @@ impl Pattern {
                 "replicas",
                 format!("counters, clocks or tags name more than {MAX_REPLICAS} nodes"),
             ));
+        }
+        let counts = [
+            &self.uses.0,
+            &self.successes.0,
+            &self.failures.0,
+            &self.clock.0,
+            &self.tags.clock.0,
+        ];
+        if self.version() >= MAX_COUNT || counts.iter().any(|m| m.values().any(|&n| n >= MAX_COUNT))
+        {
+            return Err(invalid(
+                "counts",
+                format!("a version, counter or clock of {MAX_COUNT} or more"),
+            ));
+        }
+        // Every tag is there by some add the set's clock has seen; a state
+        // breaking this would not merge as a join.
+        for (tag, dots) in &self.tags.entries {
+            if dots.is_empty() || dots.iter().any(|(node, n)| self.tags.clock.get(node) < *n) {
+                return Err(invalid(
+                    "tags",
+                    format!("tag {tag:?} has add events its clock has not seen"),
+                ));
+            }
         }
         Ok(())
     }
@@ -381,6 +439,100 @@ mod tests {
         e.content.metadata = "[1]".into();
         let err = Pattern::create("p".into(), e, node(1), 1).unwrap_err();
         assert_eq!(err.to_string(), "metadata: must be a JSON object");
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Update {
+            name: u8,
+            tags: Vec<u8>,
+        },
+        Outcome(bool),
+        /// Merge another replica's state into this one.
+        Pull(usize),
+    }
+
+    use proptest::prelude::*;
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (any::<u8>(), proptest::collection::vec(0u8..6, 0..4))
+                .prop_map(|(name, tags)| Op::Update { name, tags }),
+            any::<bool>().prop_map(Op::Outcome),
+            any::<usize>().prop_map(Op::Pull),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whole patterns, through the same calls the node makes: 3 to 5
+        /// replicas create the pattern concurrently, update it, count uses
+        /// and exchange states in random orders; merging every final state
+        /// in any order gives one valid state, and the counts add up.
+        #[test]
+        fn pattern_replicas_converge(
+            ops in (3usize..=5).prop_flat_map(|n| proptest::collection::vec(
+                proptest::collection::vec(op(), 0..10), n)),
+            schedule in proptest::collection::vec(any_index(), 0..50),
+            order in Just((0..5usize).collect::<Vec<_>>()).prop_shuffle(),
+        ) {
+            let n = ops.len();
+            let mut replicas: Vec<Pattern> = (0..n)
+                .map(|r| Pattern::create("p".into(), edit("start", &["t0"]), node(r as u8), 100 + r as u64).unwrap())
+                .collect();
+            let mut next = vec![0usize; n];
+            let mut time = 1_000;
+            let steps: Vec<usize> = schedule.iter().map(|i| i % n).chain((0..n).flat_map(|r| std::iter::repeat_n(r, 10))).collect();
+            let mut outcomes = 0u64;
+            for r in steps {
+                let Some(op) = ops[r].get(next[r]).cloned() else { continue };
+                next[r] += 1;
+                time += 1;
+                match op {
+                    Op::Update { name, tags } => {
+                        let tags: Vec<String> = tags.iter().map(|t| format!("t{t}")).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+                        let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
+                        replicas[r].update(edit(&format!("n{name}"), &tags), node(r as u8), time).unwrap();
+                    }
+                    Op::Outcome(success) => {
+                        replicas[r].record_outcome(node(r as u8), success);
+                        outcomes += 1;
+                    }
+                    Op::Pull(other) => {
+                        let other = replicas[other % n].clone();
+                        replicas[r].merge(&other);
+                    }
+                }
+            }
+            let mut forward = replicas[0].clone();
+            for p in &replicas[1..] { forward.merge(p); }
+            let mut shuffled = replicas[order.iter().copied().find(|&i| i < n).unwrap()].clone();
+            for &i in order.iter().filter(|&&i| i < n) { shuffled.merge(&replicas[i]); }
+            proptest::prop_assert_eq!(&forward, &shuffled);
+            proptest::prop_assert_eq!(forward.encode().unwrap(), shuffled.encode().unwrap());
+            let mut again = forward.clone();
+            proptest::prop_assert!(!again.merge(&shuffled));
+            forward.validate().unwrap();
+            proptest::prop_assert_eq!(forward.uses.value(), outcomes);
+            proptest::prop_assert_eq!(
+                forward.successes.value() + forward.failures.value(),
+                outcomes
+            );
+        }
+    }
+
+    fn any_index() -> impl Strategy<Value = usize> {
+        any::<usize>()
+    }
+
+    #[test]
+    fn a_state_whose_tags_its_clock_has_not_seen_is_refused() {
+        let mut p = Pattern::create("p".into(), edit("x", &["a"]), node(1), 1).unwrap();
+        p.tags.clock = Default::default();
+        let err = Pattern::decode(&codec::encode(&p).unwrap()).unwrap_err();
+        assert!(err.to_string().starts_with("tags:"), "{err}");
+        let mut p = Pattern::create("p".into(), edit("x", &[]), node(1), 1).unwrap();
+        p.content.stamp.version = u64::MAX;
+        assert!(Pattern::decode(&codec::encode(&p).unwrap()).is_err());
     }
 
     #[test]

@@ -163,8 +163,11 @@ pub const FANOUT: usize = 256;
 pub const MAX_PAGES_PER_REQUEST: usize = 16;
 /// Most buckets asked about in one `Entries` request.
 pub const MAX_BUCKETS_PER_REQUEST: usize = MAX_PAGES_PER_REQUEST * FANOUT;
-/// Most (id, digest) entries in one `Entries` response.
+/// Most (id, digest) entries in one `Entries` response, and most bytes
+/// of them (ids are up to 128 bytes): a page of entries always fits the
+/// response limit.
 pub const MAX_ENTRIES_PER_RESPONSE: usize = 8192;
+pub const ENTRIES_BYTE_BUDGET: usize = 256 * 1024;
 pub const MAX_SYNC_REQUEST_BYTES: usize = MAX_BATCH_PAYLOAD + 64 * 1024;
 pub const MAX_SYNC_RESPONSE_BYTES: usize = MAX_BATCH_PAYLOAD + 64 * 1024;
 
@@ -178,8 +181,12 @@ pub enum SyncRequest {
     },
     /// The 256 bucket hashes of each of these pages.
     Buckets { pages: Vec<u8> },
-    /// (id, digest) of every pattern in these buckets, in bucket order.
-    Entries { buckets: Vec<u16> },
+    /// (id, digest) of the patterns in these buckets, in key order (bucket,
+    /// then id), starting after the entry of `after`; one page at most.
+    Entries {
+        buckets: Vec<u16>,
+        after: Option<String>,
+    },
     /// These patterns, as a batch.
     Fetch { ids: Vec<String> },
     /// A batch the asker holds newer states of: merge it.
@@ -200,11 +207,11 @@ pub enum SyncResponse {
     Buckets {
         hashes: Vec<Vec<serde_bytes::ByteArray<32>>>,
     },
-    /// `buckets` is how many of the asked buckets are covered, all their
-    /// entries included; the asker asks again for the rest.
+    /// A page of entries; `complete` when it reaches the end of the asked
+    /// buckets (otherwise ask again after its last entry).
     Entries {
-        buckets: u16,
         entries: Vec<(String, serde_bytes::ByteArray<32>)>,
+        complete: bool,
     },
     /// The asked patterns that fit one batch; `more` are the asked ids
     /// that did not fit (ask again).
@@ -238,8 +245,13 @@ impl SyncRequest {
         let problem = match &request {
             SyncRequest::Pages { .. } | SyncRequest::Push { .. } => None,
             SyncRequest::Buckets { pages } => over("pages", pages.len(), MAX_PAGES_PER_REQUEST),
-            SyncRequest::Entries { buckets } => {
-                over("buckets", buckets.len(), MAX_BUCKETS_PER_REQUEST)
+            SyncRequest::Entries { buckets, after } => {
+                over("buckets", buckets.len(), MAX_BUCKETS_PER_REQUEST).or_else(|| {
+                    after
+                        .as_ref()
+                        .is_some_and(|id| id.len() > MAX_ID_LEN)
+                        .then(|| SyncWireError::Limit("id too long".into()))
+                })
             }
             SyncRequest::Fetch { ids } => {
                 over("ids", ids.len(), MAX_BATCH_PATTERNS).or_else(|| {
@@ -264,9 +276,10 @@ impl SyncResponse {
             SyncResponse::Buckets { hashes } => {
                 hashes.len() > MAX_PAGES_PER_REQUEST || hashes.iter().any(|h| h.len() != FANOUT)
             }
-            SyncResponse::Entries { entries, .. } => {
+            SyncResponse::Entries { entries, complete } => {
                 entries.len() > MAX_ENTRIES_PER_RESPONSE
                     || entries.iter().any(|(id, _)| id.len() > MAX_ID_LEN)
+                    || (entries.is_empty() && !complete)
             }
             SyncResponse::Batch { more, .. } => more.len() > MAX_BATCH_PATTERNS,
             _ => false,

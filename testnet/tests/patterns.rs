@@ -258,6 +258,7 @@ async fn a_peer_sending_bad_sync_requests_is_refused_and_the_node_stays_up() {
     // More buckets than a request may name: the stream is dropped unread.
     let too_many = SyncRequest::Entries {
         buckets: (0..=u16::MAX).collect(),
+        after: None,
     };
     assert!(rogue.ask_sync(target, too_many).await.unwrap().is_err());
     // A pushed batch that is not one: refused with the reason, and counted.

@@ -3,7 +3,7 @@
 //! peers whose connections dropped.
 
 use super::breaker::BreakerState;
-use super::Network;
+use super::{Network, DUPLICATE_CLOSE_DELAY};
 use crate::identity::node_id_of;
 use libp2p::core::ConnectedPoint;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
@@ -43,6 +43,24 @@ impl Network {
         self.unwanted.insert(peer);
     }
 
+    /// Closes the duplicate connections whose delay has passed.
+    pub(super) fn close_due_duplicates(&mut self, now: Instant) {
+        let mut due = Vec::new();
+        self.closing_duplicates.retain(|(at, id)| {
+            let is_due = *at <= now;
+            if is_due {
+                due.push(*id);
+            }
+            !is_due
+        });
+        for id in due {
+            // False if it closed meanwhile; nothing to do then.
+            if self.swarm.close_connection(id) {
+                tracing::debug!(connection = ?id, "closed a duplicate connection");
+            }
+        }
+    }
+
     /// Redials lost peers whose backoff has run out, and starts the QUIC
     /// trials of half-open breakers.
     pub(super) fn dial_due(&mut self, now: Instant) {
@@ -54,6 +72,12 @@ impl Network {
             }
         }
         for peer in self.dialer.trials_due(now) {
+            // The peer reached us over QUIC: a trial beside that connection
+            // would only be mistaken for a reconnection (and replace it).
+            if self.table.has_quic(&peer) {
+                self.dialer.trial_withdrawn(peer);
+                continue;
+            }
             let quic = self.dialer.quic_addrs(&peer);
             if quic.is_empty() {
                 self.dialer.trial_failed(peer, now);
@@ -92,11 +116,22 @@ impl Network {
         tracing::debug!(%peer, addr = %endpoint.get_remote_address(), "connected");
         self.table.connected(peer, id, endpoint);
         // When both ends dial at once they end up with two connections of
-        // one transport; both ends agree which one to keep.
+        // one transport; both ends agree which one to keep. A QUIC trial
+        // dial is not such a race: it is settled below, by the breaker.
         let local = *self.swarm.local_peer_id();
-        if let Some(duplicate) = self.table.duplicate_to_close(&peer, &local) {
-            tracing::debug!(%peer, "closing a duplicate connection");
-            self.swarm.close_connection(duplicate);
+        let duplicate = if self.trials.contains_key(&id) {
+            None
+        } else {
+            self.table.duplicate_to_close(&peer, &local)
+        };
+        if let Some(duplicate) = duplicate {
+            // Not at once: gossipsub sends its subscriptions on a peer's
+            // first connection only, and closing that one before they are
+            // delivered would leave the peer unaware of them for good.
+            if !self.closing_duplicates.iter().any(|(_, c)| *c == duplicate) {
+                self.closing_duplicates
+                    .push((now + DUPLICATE_CLOSE_DELAY, duplicate));
+            }
         }
         self.dialer.connected(peer, now);
         self.rejoin.restart(now);

@@ -44,6 +44,10 @@ const COMMAND_QUEUE: usize = 1024;
 /// Longest wait between attempts to rejoin the mesh with no connection.
 const REJOIN_MAX_DELAY: Duration = Duration::from_secs(60);
 
+/// How long a duplicate connection stays open before it is closed (see
+/// `on_connection_established`).
+const DUPLICATE_CLOSE_DELAY: Duration = Duration::from_secs(2);
+
 /// Most queued commands handled in one go before the swarm is polled again.
 const MAX_COMMAND_BURST: usize = 512;
 
@@ -234,6 +238,8 @@ pub struct Network {
     dialer: Dialer,
     /// QUIC trial dials under way.
     trials: HashMap<ConnectionId, PeerId>,
+    /// Duplicate connections to close, and when.
+    closing_duplicates: Vec<(Instant, ConnectionId)>,
     /// Peers disconnected on purpose (wrong network, no Ed25519 key); never
     /// redialled. Cleared when it grows past its bound.
     unwanted: HashSet<PeerId>,
@@ -288,6 +294,7 @@ impl Network {
             rejoin: Backoff::new(REJOIN_MAX_DELAY, Instant::now()),
             dialer,
             trials: HashMap::new(),
+            closing_duplicates: Vec::new(),
             unwanted: HashSet::new(),
             discovery,
             last_prune: Instant::now(),
@@ -374,6 +381,7 @@ impl Network {
             self.swarm.behaviour_mut().gossipsub.unsubscribe(&topic);
         }
         self.dial_due(now);
+        self.close_due_duplicates(now);
         self.maintain_consensus();
         if self.table.is_empty() {
             if self.rejoin.is_due(now) {

@@ -5,18 +5,20 @@
 //! the (id, digest) entries of differing buckets), fetches what the peer
 //! holds that this node lacks or holds differently, merges it, and pushes
 //! back what the peer lacks and the merged states it held differently.
-//! Every step is bounded (16 pages, 1024 buckets, 8192 entries, 100
-//! patterns per message), so memory does not grow with the store.
+//! Every step is bounded (16 pages, 4096 buckets, a page of 8192 entries
+//! or 256 KiB, 100 patterns per message), so memory does not grow with
+//! the store.
 
 use super::SyncStats;
 use crate::network::sync_io::SyncCommand;
 use crate::network::NetworkHandle;
 use agentmesh_protocol::pattern_wire::{
-    decode_batch, encode_batch, split_batches, Hash, SyncRequest, SyncResponse, MAX_BATCH_PATTERNS,
-    MAX_BUCKETS_PER_REQUEST, MAX_PAGES_PER_REQUEST,
+    decode_batch, encode_batch, split_batches, Hash, SyncRequest, SyncResponse,
+    ENTRIES_BYTE_BUDGET, MAX_BATCH_PATTERNS, MAX_BUCKETS_PER_REQUEST, MAX_ENTRIES_PER_RESPONSE,
+    MAX_PAGES_PER_REQUEST,
 };
 use agentmesh_protocol::NodeId;
-use agentmesh_store::patterns::merkle::{diff_entries, differing, entry_key};
+use agentmesh_store::patterns::merkle::{compare_pages, differing};
 use agentmesh_store::{PatternStore, StoreError};
 use futures::stream::{FuturesUnordered, StreamExt};
 use std::collections::hash_map::RandomState;
@@ -213,37 +215,10 @@ impl Reconciler {
                         .map(|b| (*page as u16) << 8 | b as u16),
                 );
             }
-            let mut rest = &buckets[..];
-            while !rest.is_empty() {
-                let asked = &rest[..rest.len().min(MAX_BUCKETS_PER_REQUEST)];
-                let request = SyncRequest::Entries {
-                    buckets: asked.to_vec(),
-                };
-                let (covered, remote) = match self.ask(peer, request).await? {
-                    SyncResponse::Entries { buckets, entries }
-                        if (1..=asked.len()).contains(&(buckets as usize)) =>
-                    {
-                        (buckets as usize, entries)
-                    }
-                    other => return Err(unexpected("entries", &other)),
-                };
-                self.received(remote.iter().map(|(id, _)| id.len() + 32).sum());
-                let mut remote: Vec<(String, Hash)> = remote
-                    .into_iter()
-                    .map(|(id, h)| (id, h.into_array()))
-                    .collect();
-                remote.sort_by_cached_key(|(id, _)| entry_key(id));
-                let (_, local) = self.store.entries(&asked[..covered], usize::MAX)?;
-                let diff = diff_entries(&local, &remote);
-                let wanted: Vec<String> = diff
-                    .missing
-                    .into_iter()
-                    .chain(diff.differing.iter().cloned())
-                    .collect();
-                fetched += self.fetch(peer, wanted).await?;
-                let to_send: Vec<String> = diff.differing.into_iter().chain(diff.extra).collect();
-                pushed += self.push(peer, &to_send).await?;
-                rest = &rest[covered..];
+            for asked in buckets.chunks(MAX_BUCKETS_PER_REQUEST) {
+                let (f, p) = self.reconcile_buckets(peer, asked).await?;
+                fetched += f;
+                pushed += p;
             }
         }
         self.stats.anti_entropy(|s| {
@@ -251,6 +226,59 @@ impl Reconciler {
             s.patterns_pushed += pushed;
         });
         Ok(Round::Reconciled { fetched, pushed })
+    }
+
+    /// Compares the entries of `buckets` page by page (a page of the peer's
+    /// beside a page of this node's, over the key range both cover) and
+    /// moves what differs; returns (fetched, pushed).
+    async fn reconcile_buckets(
+        &self,
+        peer: NodeId,
+        buckets: &[u16],
+    ) -> Result<(u64, u64), RoundError> {
+        let (mut fetched, mut pushed) = (0, 0);
+        let mut after: Option<String> = None;
+        loop {
+            let request = SyncRequest::Entries {
+                buckets: buckets.to_vec(),
+                after: after.clone(),
+            };
+            let (remote, remote_complete) = match self.ask(peer, request).await? {
+                SyncResponse::Entries { entries, complete } => (entries, complete),
+                other => return Err(unexpected("entries", &other)),
+            };
+            self.received(remote.iter().map(|(id, _)| id.len() + 32).sum());
+            let remote: Vec<(String, Hash)> = remote
+                .into_iter()
+                .map(|(id, h)| (id, h.into_array()))
+                .collect();
+            let (local, local_complete) = self.store.entries_page(
+                buckets,
+                after.as_deref(),
+                MAX_ENTRIES_PER_RESPONSE,
+                ENTRIES_BYTE_BUDGET,
+            )?;
+            let page = compare_pages(
+                buckets,
+                after.as_deref(),
+                (remote, remote_complete),
+                (local, local_complete),
+            )
+            .map_err(RoundError::Peer)?;
+            let diff = page.diff;
+            let wanted: Vec<String> = diff
+                .missing
+                .into_iter()
+                .chain(diff.differing.iter().cloned())
+                .collect();
+            fetched += self.fetch(peer, wanted).await?;
+            let to_send: Vec<String> = diff.differing.into_iter().chain(diff.extra).collect();
+            pushed += self.push(peer, &to_send).await?;
+            match page.next {
+                None => return Ok((fetched, pushed)),
+                Some(id) => after = Some(id),
+            }
+        }
     }
 
     /// Fetches `ids` in batches, a few requests in flight, merging each
@@ -285,8 +313,8 @@ impl Reconciler {
                     stats.replication(|s| s.batches_rejected += 1);
                     RoundError::Peer(format!("bad batch: {e}"))
                 })?;
-                stats.replication(|s| s.patterns_rejected += decoded.invalid.len() as u64);
-                store.apply(&decoded.patterns)?;
+                let applied = store.apply(&decoded.patterns)?;
+                stats.rejected(&decoded.invalid, &applied.refused);
                 Ok(decoded.patterns.len() as u64)
             })
             .await

@@ -7,7 +7,7 @@ use crate::network::sync_io::{SyncCommand, SyncEvent};
 use crate::network::{NetworkHandle, NetworkStopped, PublishError};
 use agentmesh_protocol::pattern_wire::{
     decode_batch, encode_batch, split_batches, ByteArray, SyncRequest, SyncResponse,
-    BATCH_BYTE_BUDGET, MAX_ENTRIES_PER_RESPONSE,
+    BATCH_BYTE_BUDGET, ENTRIES_BYTE_BUDGET, MAX_ENTRIES_PER_RESPONSE,
 };
 use agentmesh_protocol::{Channel, ChannelPattern, NodeId};
 use agentmesh_store::{PatternStore, StoreError};
@@ -99,22 +99,19 @@ impl PatternService {
             }
         };
         let received = (batch.patterns.len() + batch.invalid.len()) as u64;
-        let rejected = batch.invalid.len() as u64;
-        for e in &batch.invalid {
-            tracing::debug!(peer = %from, error = %e, "rejected a gossiped pattern");
-        }
-        let applied = self.store.apply(&batch.patterns);
         self.stats.replication(|s| {
             s.batches_received += 1;
             s.bytes_received += bytes.len() as u64;
             s.patterns_received += received;
-            s.patterns_rejected += rejected;
         });
-        match applied {
-            Ok(a) => self.stats.replication(|s| {
-                s.patterns_applied += a.changed;
-                s.patterns_unchanged += a.unchanged;
-            }),
+        match self.store.apply(&batch.patterns) {
+            Ok(a) => {
+                self.stats.rejected(&batch.invalid, &a.refused);
+                self.stats.replication(|s| {
+                    s.patterns_applied += a.changed;
+                    s.patterns_unchanged += a.unchanged;
+                });
+            }
             Err(e) => tracing::error!(error = %e, "cannot store gossiped patterns"),
         }
     }
@@ -206,14 +203,19 @@ impl PatternService {
                     .map(|p| Ok(store.buckets(*p)?.into_iter().map(ByteArray::new).collect()))
                     .collect::<Result<_, StoreError>>()?,
             },
-            SyncRequest::Entries { buckets } => {
-                let (covered, entries) = store.entries(&buckets, MAX_ENTRIES_PER_RESPONSE)?;
+            SyncRequest::Entries { buckets, after } => {
+                let (entries, complete) = store.entries_page(
+                    &buckets,
+                    after.as_deref(),
+                    MAX_ENTRIES_PER_RESPONSE,
+                    ENTRIES_BYTE_BUDGET,
+                )?;
                 SyncResponse::Entries {
-                    buckets: covered as u16,
                     entries: entries
                         .into_iter()
                         .map(|(id, d)| (id, ByteArray::new(d)))
                         .collect(),
+                    complete,
                 }
             }
             SyncRequest::Fetch { ids } => {
@@ -238,9 +240,7 @@ impl PatternService {
             SyncRequest::Push { batch } => match decode_batch(&batch) {
                 Ok(decoded) => {
                     let applied = store.apply(&decoded.patterns)?;
-                    self.stats.replication(|s| {
-                        s.patterns_rejected += decoded.invalid.len() as u64;
-                    });
+                    self.stats.rejected(&decoded.invalid, &applied.refused);
                     SyncResponse::Pushed {
                         applied: applied.changed as u32,
                     }

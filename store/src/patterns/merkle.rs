@@ -226,6 +226,79 @@ pub fn diff_entries(local: &[(String, Hash)], remote: &[(String, Hash)]) -> Entr
     diff
 }
 
+/// One side's page of entries: key-ordered (id, digest) pairs, and whether
+/// it reaches the end of the asked buckets.
+pub type EntryPage = (Vec<(String, Hash)>, bool);
+
+/// What comparing a page of the peer's entries with a page of this node's
+/// gives: the differences over the key range both pages cover, and where
+/// the next pages start (`None`: the buckets are done).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PageComparison {
+    pub diff: EntryDiff,
+    pub next: Option<String>,
+}
+
+/// Compares two pages of entries of `buckets` that both start after
+/// `after`. The compared range ends where the shorter page ends, so each
+/// side's entries past it are compared on the next round. Entries of the
+/// peer outside the asked range are dropped; an incomplete remote page
+/// without any entry in range is an error (it would never progress).
+pub fn compare_pages(
+    buckets: &[u16],
+    after: Option<&str>,
+    remote: EntryPage,
+    local: EntryPage,
+) -> Result<PageComparison, String> {
+    let start = after.map(entry_key);
+    let (remote, remote_complete) = remote;
+    let (local, local_complete) = local;
+    let mut remote: Vec<(Vec<u8>, String, Hash)> = remote
+        .into_iter()
+        .map(|(id, h)| (entry_key(&id), id, h))
+        .filter(|(key, _, _)| {
+            start.as_ref().is_none_or(|s| key > s)
+                && buckets.contains(&u16::from_be_bytes([key[0], key[1]]))
+        })
+        .collect();
+    remote.sort();
+    remote.dedup_by(|a, b| a.0 == b.0);
+    let remote_end = match remote.last() {
+        _ if remote_complete => None,
+        Some((key, _, _)) => Some(key.clone()),
+        None => return Err("peer sent an empty page of entries that is not the last".into()),
+    };
+    let local_end = local
+        .last()
+        .filter(|_| !local_complete)
+        .map(|(id, _)| entry_key(id));
+    let end = match (remote_end, local_end) {
+        (Some(r), Some(l)) => Some(r.min(l)),
+        (r, l) => r.or(l),
+    };
+    let within = |key: &Vec<u8>| end.as_ref().is_none_or(|e| key <= e);
+    let remote: Vec<(String, Hash)> = remote
+        .into_iter()
+        .filter(|(key, _, _)| within(key))
+        .map(|(_, id, h)| (id, h))
+        .collect();
+    let local: Vec<(String, Hash)> = local
+        .into_iter()
+        .filter(|(id, _)| within(&entry_key(id)))
+        .collect();
+    let next = match end {
+        None => None,
+        Some(key) => Some(
+            String::from_utf8(key[2..].to_vec())
+                .map_err(|_| "an entry id is not UTF-8".to_string())?,
+        ),
+    };
+    Ok(PageComparison {
+        diff: diff_entries(&local, &remote),
+        next,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,6 +321,47 @@ mod tests {
         assert_eq!(diff.differing, vec!["c".to_string()]);
         assert_eq!(diff.extra, vec!["a".to_string()]);
         assert_eq!(diff_entries(&local, &local), EntryDiff::default());
+    }
+
+    /// Two sides page through their entries with small, different page
+    /// sizes; the differences found page by page are exactly the
+    /// differences of the whole sets.
+    #[test]
+    fn paged_comparison_finds_what_a_whole_comparison_finds() {
+        use proptest::prelude::*;
+        proptest!(|(
+            ids in proptest::collection::btree_map(0u16..400, (any::<bool>(), any::<bool>(), 0u8..3), 0..300),
+            remote_page in 1usize..40,
+            local_page in 1usize..40,
+        )| {
+            let (mut local, mut remote) = (Vec::new(), Vec::new());
+            for (n, (in_local, in_remote, digest)) in &ids {
+                let id = format!("id-{n}");
+                if *in_local { local.push((id.clone(), [*digest; 32])); }
+                if *in_remote { remote.push((id.clone(), [digest.wrapping_add(*n as u8 % 2); 32])); }
+            }
+            local.sort_by_key(|(id, _)| entry_key(id));
+            remote.sort_by_key(|(id, _)| entry_key(id));
+            let buckets: Vec<u16> = (0..=u16::MAX).collect();
+            let page = |all: &[(String, Hash)], after: &Option<String>, size: usize| -> EntryPage {
+                let start = after.as_deref().map(entry_key);
+                let rest: Vec<_> = all.iter().filter(|(id, _)| start.as_ref().is_none_or(|s| entry_key(id) > *s)).cloned().collect();
+                let complete = rest.len() <= size;
+                (rest.into_iter().take(size).collect(), complete)
+            };
+            let mut found = EntryDiff::default();
+            let mut after = None;
+            for _ in 0..1000 {
+                let cmp = compare_pages(&buckets, after.as_deref(), page(&remote, &after, remote_page), page(&local, &after, local_page)).unwrap();
+                found.missing.extend(cmp.diff.missing);
+                found.differing.extend(cmp.diff.differing);
+                found.extra.extend(cmp.diff.extra);
+                after = cmp.next;
+                if after.is_none() { break; }
+            }
+            prop_assert!(after.is_none(), "paging did not finish");
+            prop_assert_eq!(found, diff_entries(&local, &remote));
+        });
     }
 
     #[test]

@@ -17,6 +17,7 @@ use agentmesh_protocol::pattern::{digest, Pattern, PatternError, MAX_PATTERN_BYT
 use agentmesh_protocol::pattern_wire::Hash;
 use merkle::{bucket_of, entry_key, HashCache};
 use std::collections::BTreeSet;
+use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -51,6 +52,9 @@ pub struct Applied {
     pub changed: u64,
     /// States this node already held (or held newer).
     pub unchanged: u64,
+    /// States whose join with the stored one would break a limit (too many
+    /// tags or replicas): the stored state is kept.
+    pub refused: Vec<(String, PatternError)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -211,18 +215,28 @@ impl PatternStore {
         let mut cache = self.lock();
         let mut applied = Applied::default();
         for remote in states {
-            let Some(old) = self.get(&remote.id)? else {
+            let old = match self.get(&remote.id) {
+                Ok(old) => old,
+                // A record that no longer decodes is replaced by the
+                // peer's state rather than blocking every later merge.
+                Err(StoreError::Corrupt { .. }) => None,
+                Err(e) => return Err(e),
+            };
+            let Some(old) = old else {
                 self.write(&mut cache, None, remote)?;
                 applied.changed += 1;
                 continue;
             };
-            let mut merged = old.clone();
-            if merged.merge(remote) {
-                self.write(&mut cache, Some(&old), &merged)?;
-                applied.changed += 1;
-            } else {
-                self.repair_entry(&mut cache, &merged)?;
-                applied.unchanged += 1;
+            match old.merged(remote) {
+                Ok(Some(merged)) => {
+                    self.write(&mut cache, Some(&old), &merged)?;
+                    applied.changed += 1;
+                }
+                Ok(None) => {
+                    self.repair_entry(&mut cache, &old)?;
+                    applied.unchanged += 1;
+                }
+                Err(e) => applied.refused.push((remote.id.clone(), e)),
             }
         }
         Ok(applied)
@@ -303,32 +317,43 @@ impl PatternStore {
         Ok(self.lock().buckets(&self.inner.entries, page)?)
     }
 
-    /// The (id, digest) entries of `buckets`, in order, whole buckets only
-    /// and at most `max` entries (but always the first bucket, cut at
-    /// `max`); also how many buckets were covered.
-    pub fn entries(
+    /// A page of the (id, digest) entries of `buckets`, in key order,
+    /// starting after the entry of `after`: at most `max_entries` entries
+    /// and about `max_bytes` bytes (at least one entry). True when the page
+    /// reaches the end of the buckets.
+    pub fn entries_page(
         &self,
         buckets: &[u16],
-        max: usize,
-    ) -> Result<(usize, Vec<(String, Hash)>), StoreError> {
+        after: Option<&str>,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<(String, Hash)>, bool), StoreError> {
+        let after = after.map(entry_key);
         let mut out = Vec::new();
-        for (covered, bucket) in buckets.iter().enumerate() {
-            let mut these = Vec::new();
-            for item in self.inner.entries.scan_prefix(bucket.to_be_bytes()) {
+        let mut bytes = 0;
+        for bucket in buckets {
+            let prefix = bucket.to_be_bytes();
+            let start = match &after {
+                Some(key) if key[..2] > prefix[..] => continue,
+                Some(key) if key[..2] == prefix[..] => Bound::Excluded(key.clone()),
+                _ => Bound::Included(prefix.to_vec()),
+            };
+            for item in self.inner.entries.range((start, Bound::Unbounded)) {
                 let (key, digest) = item?;
-                let id = String::from_utf8(key[2..].to_vec()).map_err(|e| corrupt(&key, e))?;
-                let digest: Hash = digest[..].try_into().map_err(|e| corrupt(&key, e))?;
-                these.push((id, digest));
-                if these.len() >= max {
+                if !key.starts_with(&prefix) {
                     break;
                 }
+                let size = key.len() + 32;
+                if !out.is_empty() && (out.len() >= max_entries || bytes + size > max_bytes) {
+                    return Ok((out, false));
+                }
+                let id = String::from_utf8(key[2..].to_vec()).map_err(|e| corrupt(&key, e))?;
+                let digest: Hash = digest[..].try_into().map_err(|e| corrupt(&key, e))?;
+                out.push((id, digest));
+                bytes += size;
             }
-            if !out.is_empty() && out.len() + these.len() > max {
-                return Ok((covered, out));
-            }
-            out.extend(these);
         }
-        Ok((buckets.len(), out))
+        Ok((out, true))
     }
 }
 

@@ -104,7 +104,8 @@ fn applying_a_state_twice_changes_nothing() {
         s.apply(std::slice::from_ref(&p)).unwrap(),
         Applied {
             changed: 1,
-            unchanged: 0
+            unchanged: 0,
+            refused: vec![]
         }
     );
     let root = s.root().unwrap();
@@ -112,7 +113,8 @@ fn applying_a_state_twice_changes_nothing() {
         s.apply(&[p]).unwrap(),
         Applied {
             changed: 0,
-            unchanged: 1
+            unchanged: 1,
+            refused: vec![]
         }
     );
     assert_eq!(s.root().unwrap(), root);
@@ -146,30 +148,64 @@ fn equal_sets_have_equal_hashes_whatever_the_order() {
     let buckets = differing(&a.buckets(page).unwrap(), &b.buckets(page).unwrap());
     assert_eq!(buckets.len(), 1);
     let bucket = (page as u16) << 8 | buckets[0] as u16;
-    let (_, mine) = a.entries(&[bucket], 100).unwrap();
-    let (_, theirs) = b.entries(&[bucket], 100).unwrap();
+    let (mine, _) = a.entries_page(&[bucket], None, 100, 1 << 20).unwrap();
+    let (theirs, _) = b.entries_page(&[bucket], None, 100, 1 << 20).unwrap();
     let diff = diff_entries(&mine, &theirs);
     assert_eq!(diff.differing, vec!["p7".to_string()]);
     assert!(diff.missing.is_empty() && diff.extra.is_empty());
 }
 
 #[test]
-fn entries_are_cut_at_whole_buckets() {
+fn entries_come_in_pages_that_resume_after_the_last_one() {
     let (_dir, s) = store();
     let ps: Vec<Pattern> = (0..2000)
         .map(|i| pattern(&format!("p{i}"), "k", &[]))
         .collect();
     s.apply(&ps).unwrap();
     let buckets: Vec<u16> = (0..=u16::MAX).collect();
-    let (covered, entries) = s.entries(&buckets, 500).unwrap();
-    assert!(
-        entries.len() <= 500 && entries.len() > 400,
-        "{}",
-        entries.len()
-    );
-    assert!(covered < buckets.len());
-    let (_, rest) = s.entries(&buckets[covered..], 10_000).unwrap();
-    assert_eq!(entries.len() + rest.len(), 2000);
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let (page, complete) = s
+            .entries_page(&buckets, after.as_deref(), 300, 8 * 1024)
+            .unwrap();
+        assert!(
+            page.len() <= 300
+                && page.iter().map(|(id, _)| id.len() + 34).sum::<usize>() <= 8 * 1024
+        );
+        seen.extend(page.iter().map(|(id, _)| entry_key(id)));
+        if complete {
+            break;
+        }
+        after = page.last().map(|(id, _)| id.clone());
+    }
+    // Every entry once, in key order.
+    assert_eq!(seen.len(), 2000);
+    assert!(seen.windows(2).all(|w| w[0] < w[1]));
+}
+
+#[test]
+fn a_join_past_the_limits_is_refused_and_the_stored_state_kept() {
+    let (_dir, s) = store();
+    let base = pattern("a", "fix", &[]);
+    s.apply(std::slice::from_ref(&base)).unwrap();
+    // Nine replicas each add 32 tags of their own: 288 tags, over the 256
+    // a state may hold.
+    let mut refused = 0;
+    for r in 0..9u8 {
+        let mut p = base.clone();
+        let tags: Vec<String> = (0..32).map(|t| format!("r{r}-t{t}")).collect();
+        let edit = Edit {
+            content: p.content.value.clone(),
+            tags,
+        };
+        p.update(edit, NodeId([r; 32]), 10).unwrap();
+        refused += s.apply(&[p]).unwrap().refused.len();
+    }
+    assert_eq!(refused, 1);
+    let stored = s.get("a").unwrap().unwrap();
+    assert!(stored.tags.len() <= agentmesh_protocol::pattern::MAX_TAGS);
+    stored.validate().unwrap();
 }
 
 #[test]
