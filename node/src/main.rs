@@ -196,15 +196,15 @@ async fn dispatch(command: Command) -> Result<()> {
 
 async fn patterns(client: ApiClient, action: PatternsCommand) -> Result<()> {
     let value = match action {
-        PatternsCommand::Put { json } => {
-            let json = if json == "-" {
+        PatternsCommand::Put { pattern } => {
+            let json = if pattern == "-" {
                 let mut text = String::new();
                 std::io::stdin()
                     .read_to_string(&mut text)
                     .context("reading the pattern from standard input")?;
                 text
             } else {
-                json
+                pattern
             };
             let input: PatternInput = serde_json::from_str(&json)
                 .context("the pattern is not valid JSON of the pattern fields")?;

@@ -285,3 +285,43 @@ async fn a_peer_sending_bad_sync_requests_is_refused_and_the_node_stays_up() {
     assert_eq!(status.replication.batches_rejected, 1);
     assert_eq!(node.client.pattern("kept").await.unwrap().tags, ["t"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_writes_reads_lists_and_counts_patterns() {
+    let t = start(1, &[]).await;
+    let bin = agentmesh_testnet::binary::build_for_tests().unwrap();
+    let api = t.net.nodes[0].info.api.to_string();
+    let cli = |args: &[&str]| {
+        let mut all: Vec<&str> = vec!["patterns"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--api", &api]);
+        std::process::Command::new(&bin).args(all).output().unwrap()
+    };
+    let json = |out: &std::process::Output| -> serde_json::Value {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let put = json(&cli(&[
+        "put",
+        r#"{"id": "cli-1", "kind": "fix", "name": "from the CLI", "tags": ["cli"], "body": {"steps": 2}}"#,
+    ]));
+    assert_eq!(put["version"], 1);
+    assert_eq!(put["body"]["steps"], 2);
+    json(&cli(&["outcome", "cli-1", "--failure"]));
+    let got = json(&cli(&["get", "cli-1"]));
+    assert_eq!(got["stats"]["failures"], 1);
+    let listed = json(&cli(&["list", "--tag", "cli"]));
+    assert_eq!(listed["patterns"][0]["id"], "cli-1");
+    let sync = json(&cli(&["sync"]));
+    assert_eq!(sync["patterns"], 1);
+    // Bad input: a one-line reason and a non-zero exit.
+    let out = cli(&["put", r#"{"kind": "fix"}"#]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("name"));
+    let out = cli(&["outcome", "cli-1"]);
+    assert!(!out.status.success(), "--success or --failure is required");
+}
