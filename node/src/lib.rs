@@ -9,6 +9,7 @@ pub mod config;
 pub mod consensus;
 pub mod identity;
 pub mod logging;
+pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod patterns;

@@ -68,6 +68,7 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
     let swarm = behaviour::build_swarm(keypair, &settings)?;
     let (consensus_events, events_rx) = consensus_channels();
     let (sync_events, sync_events_rx) = mpsc::channel(SYNC_EVENT_QUEUE);
+    let (metrics, network_metrics) = crate::metrics::build();
     let (network, handle, listening) = Network::new(
         swarm,
         settings.clone(),
@@ -75,6 +76,7 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
         store.peers()?,
         consensus_events,
         sync_events,
+        network_metrics,
     )?;
     let network_task = tokio::spawn(network.run());
     let (requests, requests_rx) = mpsc::channel(REQUEST_QUEUE);
@@ -132,6 +134,7 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
         network: handle.clone(),
         consensus: consensus.clone(),
         patterns,
+        metrics,
         node_id,
         max_message_bytes: settings.max_message_bytes,
     });

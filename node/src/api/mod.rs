@@ -22,6 +22,7 @@ pub struct ApiState {
     pub network: NetworkHandle,
     pub consensus: ConsensusHandle,
     pub patterns: Patterns,
+    pub metrics: crate::metrics::Metrics,
     /// This node's id, recorded in the task claims made through it.
     pub node_id: NodeId,
     pub max_message_bytes: usize,
@@ -44,6 +45,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/patterns/{id}", get(patterns::get))
         .route("/v1/patterns/{id}/outcomes", post(patterns::outcome))
         .route("/v1/sync", get(patterns::sync_status))
+        .route("/metrics", get(metrics))
         .fallback(|| async {
             ApiError::not_found("no such endpoint; see the API reference in README.md")
         })
@@ -52,6 +54,24 @@ pub fn router(state: ApiState) -> Router {
 
 async fn status(State(s): State<ApiState>) -> Result<Json<crate::types::Status>, ApiError> {
     Ok(Json(s.network.status().await?))
+}
+
+/// Prometheus scrape: libp2p's metrics and the node's, in the text format.
+async fn metrics(State(s): State<ApiState>) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let snapshot = crate::metrics::Snapshot {
+        status: s.network.status().await?,
+        channels: s.network.channels().await?,
+        peers: s.network.peers().await?,
+        consensus: s.consensus.status().await?,
+        sync: s.patterns.status()?,
+    };
+    let text = s.metrics.encode(snapshot).map_err(|e| ApiError {
+        status: axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+        message: format!("encoding the metrics failed: {e}"),
+    })?;
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    Ok(([(axum::http::header::CONTENT_TYPE, content_type)], text).into_response())
 }
 
 async fn peers(State(s): State<ApiState>) -> Result<Json<Vec<crate::types::PeerInfo>>, ApiError> {

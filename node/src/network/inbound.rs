@@ -68,6 +68,11 @@ impl Network {
                 let received_ms = now_ms();
                 for envelope in envelopes {
                     self.totals.received += 1;
+                    // Clocks of different hosts differ: never below zero.
+                    let latency_ms = received_ms.saturating_sub(envelope.timestamp_ms);
+                    self.metrics
+                        .delivery_latency
+                        .observe(latency_ms as f64 / 1e3);
                     self.counters.received(&envelope.channel);
                     let delivery = Arc::new(Delivery {
                         envelope,

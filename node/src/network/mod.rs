@@ -28,6 +28,7 @@ use counters::ChannelCounters;
 use dialer::Dialer;
 use futures::StreamExt;
 use libp2p::core::transport::ListenerId;
+use libp2p::metrics::Recorder;
 use libp2p::swarm::ConnectionId;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{gossipsub, identify, kad, ping, Multiaddr, PeerId, Swarm};
@@ -249,6 +250,7 @@ pub struct Network {
     last_prune: Instant,
     consensus: consensus_io::ConsensusIo,
     sync: sync_io::SyncIo,
+    metrics: crate::metrics::NetworkMetrics,
 }
 
 impl Network {
@@ -261,6 +263,7 @@ impl Network {
         peer_book: PeerBook,
         consensus_events: consensus_io::ConsensusSenders,
         sync_events: mpsc::Sender<sync_io::SyncEvent>,
+        metrics: crate::metrics::NetworkMetrics,
     ) -> anyhow::Result<(Network, NetworkHandle, oneshot::Receiver<Vec<Multiaddr>>)> {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let (listening_tx, listening_rx) = oneshot::channel();
@@ -276,6 +279,7 @@ impl Network {
         let mut network = Network {
             consensus,
             sync: sync_io::SyncIo::new(sync_events),
+            metrics,
             topic_prefix: topic_prefix(&settings.network),
             swarm,
             settings,
@@ -430,6 +434,7 @@ impl Network {
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        self.metrics.libp2p.record(&event);
         match event {
             SwarmEvent::NewListenAddr {
                 listener_id,
@@ -489,6 +494,13 @@ impl Network {
     }
 
     fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        match &event {
+            BehaviourEvent::Gossipsub(e) => self.metrics.libp2p.record(e),
+            BehaviourEvent::Identify(e) => self.metrics.libp2p.record(e),
+            BehaviourEvent::Kad(e) => self.metrics.libp2p.record(e),
+            BehaviourEvent::Ping(e) => self.metrics.libp2p.record(e),
+            _ => {}
+        }
         match event {
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 self.on_identified(peer_id, info)

@@ -1,0 +1,360 @@
+//! `GET /metrics`: libp2p's own metrics (libp2p-metrics, recorded by the
+//! network task), a histogram of publish-to-delivery latency, and the
+//! node's counters, read at scrape time from the same snapshots the JSON
+//! API serves (so the two never disagree).
+
+use crate::types::{Channels, ConsensusStatus, PeerInfo, Status, SyncStatus};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+/// What the node's own part of a scrape shows.
+pub struct Snapshot {
+    pub status: Status,
+    pub channels: Channels,
+    pub peers: Vec<PeerInfo>,
+    pub consensus: ConsensusStatus,
+    pub sync: SyncStatus,
+}
+
+/// The registry behind `/metrics`, built once at start-up.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    snapshot: Arc<Mutex<Option<Snapshot>>>,
+    /// One scrape at a time, so each encodes the snapshot it put in.
+    scrape: Arc<Mutex<()>>,
+}
+
+/// Metrics the network task records as events happen.
+pub struct NetworkMetrics {
+    pub libp2p: libp2p::metrics::Metrics,
+    /// Seconds from a message's publication (sender's clock) to its
+    /// arrival here, for messages from peers.
+    pub delivery_latency: Histogram,
+}
+
+pub fn build() -> (Metrics, NetworkMetrics) {
+    let mut registry = Registry::default();
+    let libp2p = libp2p::metrics::Metrics::new(&mut registry);
+    // 0.5 ms to about 16 s.
+    let delivery_latency = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+    registry.register(
+        "agentmesh_message_delivery_latency_seconds",
+        "Publication (sender's clock) to arrival here of messages from peers",
+        delivery_latency.clone(),
+    );
+    let snapshot = Arc::new(Mutex::new(None));
+    registry.register_collector(Box::new(NodeCollector(snapshot.clone())));
+    (
+        Metrics {
+            registry: Arc::new(registry),
+            snapshot,
+            scrape: Arc::new(Mutex::new(())),
+        },
+        NetworkMetrics {
+            libp2p,
+            delivery_latency,
+        },
+    )
+}
+
+impl Metrics {
+    /// The text exposition (OpenMetrics, which Prometheus reads) with the
+    /// node's counters taken from `snapshot`.
+    pub fn encode(&self, snapshot: Snapshot) -> Result<String, fmt::Error> {
+        let _one_at_a_time = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
+        // Released before encoding: the collector locks it to read.
+        *self.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Some(snapshot);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+#[derive(Debug)]
+struct NodeCollector(Arc<Mutex<Option<Snapshot>>>);
+
+impl fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Snapshot")
+    }
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
+    let metric = ConstCounter::new(value);
+    metric.encode(e.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> fmt::Result {
+    let metric = ConstGauge::new(value);
+    metric.encode(e.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+fn counters(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: impl IntoIterator<Item = (Labels, u64)>,
+) -> fmt::Result {
+    let mut family = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in rows {
+        ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauges(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: impl IntoIterator<Item = (Labels, f64)>,
+) -> fmt::Result {
+    let mut family = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in rows {
+        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl prometheus_client::collector::Collector for NodeCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> fmt::Result {
+        let guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(s) = guard.as_ref() else {
+            return Ok(());
+        };
+        let m = &s.status.messages;
+        counter(
+            &mut e,
+            "agentmesh_messages_published",
+            "Messages published by this node's agents",
+            m.published,
+        )?;
+        counter(
+            &mut e,
+            "agentmesh_messages_received",
+            "Messages from peers that passed validation",
+            m.received,
+        )?;
+        counter(
+            &mut e,
+            "agentmesh_messages_rejected",
+            "Messages from peers that failed validation",
+            m.rejected,
+        )?;
+        counter(
+            &mut e,
+            "agentmesh_messages_delivered",
+            "Deliveries to local subscribers",
+            m.delivered_locally,
+        )?;
+        let per_channel = |pick: fn(&crate::types::ChannelCountersInfo) -> u64| {
+            s.channels
+                .counters
+                .iter()
+                .map(move |c| (vec![("channel", c.channel.clone())], pick(c)))
+        };
+        counters(
+            &mut e,
+            "agentmesh_channel_messages_published",
+            "Messages published per channel",
+            per_channel(|c| c.published),
+        )?;
+        counters(
+            &mut e,
+            "agentmesh_channel_messages_received",
+            "Messages received per channel",
+            per_channel(|c| c.received),
+        )?;
+        counters(
+            &mut e,
+            "agentmesh_channel_messages_rejected",
+            "Messages rejected per channel (or topic family)",
+            per_channel(|c| c.rejected),
+        )?;
+        gauges(
+            &mut e,
+            "agentmesh_channel_subscribers",
+            "Subscribers per channel family: local streams and connected peers",
+            s.channels.subscribed.iter().flat_map(|f| {
+                [
+                    (
+                        vec![("family", f.family.clone()), ("where", "local".to_string())],
+                        f.local_subscribers as f64,
+                    ),
+                    (
+                        vec![
+                            ("family", f.family.clone()),
+                            ("where", "remote".to_string()),
+                        ],
+                        f.remote_subscribers as f64,
+                    ),
+                ]
+            }),
+        )?;
+        let mut by_state: BTreeMap<(String, String), u64> = BTreeMap::new();
+        for p in &s.peers {
+            let transport = serde_json::to_value(&p.transport)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            *by_state.entry((transport, p.breaker.clone())).or_default() += 1;
+        }
+        gauges(
+            &mut e,
+            "agentmesh_peers",
+            "Connected peers by the transport in use and the state of their QUIC circuit breaker",
+            by_state
+                .into_iter()
+                .map(|((t, b), n)| (vec![("transport", t), ("breaker", b)], n as f64)),
+        )?;
+        gauge(
+            &mut e,
+            "agentmesh_known_peers",
+            "Peers remembered on disk",
+            s.status.known_peers as i64,
+        )?;
+        let c = &s.consensus;
+        counter(
+            &mut e,
+            "agentmesh_consensus_polls",
+            "Consensus polls started",
+            c.polls_started,
+        )?;
+        counter(
+            &mut e,
+            "agentmesh_consensus_polls_succeeded",
+            "Polls that reached an alpha majority",
+            c.polls_succeeded,
+        )?;
+        counter(
+            &mut e,
+            "agentmesh_consensus_accepted_vertices",
+            "Vertices finalized as accepted",
+            c.accepted_vertices,
+        )?;
+        counter(
+            &mut e,
+            "agentmesh_consensus_rejected_vertices",
+            "Vertices finalized as rejected",
+            c.rejected_vertices,
+        )?;
+        counter(
+            &mut e,
+            "agentmesh_consensus_accepted_transactions",
+            "Transactions finalized as accepted",
+            c.accepted_transactions,
+        )?;
+        gauge(
+            &mut e,
+            "agentmesh_consensus_processing_vertices",
+            "Vertices being polled",
+            c.processing as i64,
+        )?;
+        gauge(
+            &mut e,
+            "agentmesh_consensus_graylisted_peers",
+            "Peers whose votes are ignored for now",
+            c.graylisted.len() as i64,
+        )?;
+        let quantiles = |p: &crate::types::Percentiles| {
+            [("0.5", p.p50), ("0.95", p.p95), ("0.99", p.p99)]
+                .map(|(q, v)| (vec![("quantile", q.to_string())], v / 1e3))
+        };
+        gauges(
+            &mut e,
+            "agentmesh_consensus_finality_seconds",
+            "Proposal to acceptance of this node's recent vertices, by quantile",
+            quantiles(&c.finality_ms),
+        )?;
+        gauges(
+            &mut e,
+            "agentmesh_consensus_query_rtt_seconds",
+            "Consensus query round trips, by quantile",
+            quantiles(&c.query_rtt_ms),
+        )?;
+        let r = &s.sync.replication;
+        let a = &s.sync.anti_entropy;
+        gauge(
+            &mut e,
+            "agentmesh_patterns",
+            "Patterns held",
+            s.sync.patterns as i64,
+        )?;
+        counter(
+            &mut e,
+            "agentmesh_pattern_batches_sent",
+            "Pattern batches gossiped",
+            r.batches_sent,
+        )?;
+        counter(
+            &mut e,
+            "agentmesh_pattern_batches_received",
+            "Pattern batches received by gossip",
+            r.batches_received,
+        )?;
+        counter(
+            &mut e,
+            "agentmesh_pattern_batches_rejected",
+            "Pattern batches refused whole (frame, checksum, encoding)",
+            r.batches_rejected,
+        )?;
+        counter(
+            &mut e,
+            "agentmesh_patterns_sent",
+            "Pattern states gossiped",
+            r.patterns_sent,
+        )?;
+        counter(
+            &mut e,
+            "agentmesh_patterns_applied",
+            "Gossiped pattern states that changed what this node holds",
+            r.patterns_applied,
+        )?;
+        counter(
+            &mut e,
+            "agentmesh_patterns_rejected",
+            "Pattern states refused (invalid, or a join past the limits)",
+            r.patterns_rejected,
+        )?;
+        counter(
+            &mut e,
+            "agentmesh_anti_entropy_rounds",
+            "Anti-entropy rounds this node started",
+            a.rounds,
+        )?;
+        counter(
+            &mut e,
+            "agentmesh_anti_entropy_rounds_failed",
+            "Anti-entropy rounds that failed",
+            a.rounds_failed,
+        )?;
+        counter(
+            &mut e,
+            "agentmesh_anti_entropy_patterns_fetched",
+            "Pattern states fetched by anti-entropy",
+            a.patterns_fetched,
+        )?;
+        counter(
+            &mut e,
+            "agentmesh_anti_entropy_patterns_pushed",
+            "Pattern states pushed by anti-entropy",
+            a.patterns_pushed,
+        )?;
+        gauge(
+            &mut e,
+            "agentmesh_uptime_seconds",
+            "Seconds since the node started",
+            s.status.uptime_secs as i64,
+        )?;
+        Ok(())
+    }
+}
