@@ -87,17 +87,20 @@ impl ConflictSet {
     /// No member got an alpha majority. The streak ends; and if another
     /// member drew more votes than the preference (ties to the smaller id)
     /// and has at least its confidence, or the set has failed
-    /// [`STALLED_AFTER`] polls in a row, the preference moves to it.
+    /// [`STALLED_AFTER`] polls in a row that each sampled the whole
+    /// population, the preference moves to it. (In a sampled network the
+    /// plurality of one sample is noise; following it there after every
+    /// stall makes preferences flap, and sampling noise breaks ties anyway.)
     /// Without this, a network small enough that every poll samples every
     /// node could stay split forever: with no sampling noise, no side ever
     /// reaches alpha, and nodes whose earlier successes went to different
     /// members would each keep their own. Acceptance still needs `beta`
     /// consecutive alpha majorities, so safety does not rest on it.
     /// Returns true if the preference moved.
-    pub fn record_failure(&mut self, votes: &[(VertexId, usize)]) -> bool {
+    pub fn record_failure(&mut self, votes: &[(VertexId, usize)], whole_population: bool) -> bool {
         self.count = 0;
         self.failures = self.failures.saturating_add(1);
-        let stalled = self.failures >= STALLED_AFTER;
+        let stalled = whole_population && self.failures >= STALLED_AFTER;
         let rank = |(id, n): &(VertexId, usize)| (*n, std::cmp::Reverse(*id));
         let Some(top) = votes.iter().max_by_key(|v| rank(v)) else {
             return false;
@@ -159,11 +162,16 @@ mod tests {
         set.record_success(a);
         set.record_success(a);
         let split = [(a, 3), (b, 4)];
+        // Samples of part of the network never trigger it.
+        let mut sampled = set.clone();
+        for _ in 0..2 * STALLED_AFTER {
+            assert!(!sampled.record_failure(&split, false));
+        }
         for _ in 1..STALLED_AFTER {
-            assert!(!set.record_failure(&split));
+            assert!(!set.record_failure(&split, true));
             assert_eq!(set.preference(), a);
         }
-        assert!(set.record_failure(&split));
+        assert!(set.record_failure(&split, true));
         assert_eq!(set.preference(), b);
     }
 
@@ -177,7 +185,7 @@ mod tests {
         assert_eq!(set.streak(&b), 1);
         set.record_success(b);
         assert_eq!(set.streak(&b), 2);
-        set.record_failure(&[]);
+        set.record_failure(&[], false);
         assert_eq!(set.streak(&b), 0);
         set.record_success(a);
         assert_eq!(set.preference(), b, "a has 1 success, b has 2");

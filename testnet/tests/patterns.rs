@@ -140,6 +140,7 @@ async fn a_node_that_missed_5000_writes_catches_up_after_restart() {
     let statuses = wait_converged(&t.net, &[0, 4], 5000, SYNC_TIMEOUT)
         .await
         .unwrap();
+
     // Gossip carried none of it (the node was down): the restarted node
     // fetched the patterns, or peers pushed them, through anti-entropy.
     let restarted = &statuses[1].anti_entropy;

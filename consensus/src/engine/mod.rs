@@ -150,6 +150,8 @@ struct Poll {
     alpha: usize,
     deadline_ms: u64,
     repoll: bool,
+    /// Every node of the population was sampled (no sampling noise).
+    whole_population: bool,
 }
 
 /// How many times a local transaction is re-proposed after its vertex was

@@ -106,6 +106,7 @@ impl<H: History> Engine<H> {
         let mut poll = Poll {
             yes: vec![0; ids.len()],
             ids,
+            whole_population: voters.len() == population,
             voters,
             answered: 0,
             alpha,
@@ -347,7 +348,7 @@ impl<H: History> Engine<H> {
                             .members()
                             .map(|m| (m, ones(masks.get(&m).copied().unwrap_or(0))))
                             .collect();
-                        moved |= set.record_failure(&votes);
+                        moved |= set.record_failure(&votes, poll.whole_population);
                     }
                 }
             }

@@ -3,6 +3,7 @@
 //! peers whose connections dropped.
 
 use super::breaker::BreakerState;
+use super::peers::Duplicate;
 use super::{Network, DUPLICATE_CLOSE_DELAY};
 use crate::identity::node_id_of;
 use libp2p::core::ConnectedPoint;
@@ -124,14 +125,26 @@ impl Network {
         } else {
             self.table.duplicate_to_close(&peer, &local)
         };
-        if let Some(duplicate) = duplicate {
+        match duplicate {
             // Not at once: gossipsub sends its subscriptions on a peer's
             // first connection only, and closing that one before they are
             // delivered would leave the peer unaware of them for good.
-            if !self.closing_duplicates.iter().any(|(_, c)| *c == duplicate) {
+            Some(Duplicate::Race(duplicate))
+                if !self.closing_duplicates.iter().any(|(_, c)| *c == duplicate) =>
+            {
                 self.closing_duplicates
                     .push((now + DUPLICATE_CLOSE_DELAY, duplicate));
             }
+            // The peer restarted. Keeping the new connection alone would
+            // leave it without this node's subscriptions (gossipsub sent
+            // them on the stale one); closing both lets it reconnect to a
+            // clean slate, where both ends exchange them again.
+            Some(Duplicate::Reconnection { stale, new }) => {
+                tracing::debug!(%peer, "peer reconnected over a stale connection; closing both");
+                self.swarm.close_connection(stale);
+                self.swarm.close_connection(new);
+            }
+            Some(Duplicate::Race(_)) | None => {}
         }
         self.dialer.connected(peer, now);
         self.rejoin.restart(now);

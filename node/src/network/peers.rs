@@ -65,6 +65,18 @@ struct PeerEntry {
 /// a simultaneous dial by both ends (see [`PeerTable::duplicate_to_close`]).
 const SIMULTANEOUS_DIAL_WINDOW: Duration = Duration::from_secs(3);
 
+/// Two connections of one transport to one peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Duplicate {
+    /// Both ends dialled at once: close this one (both ends pick the same).
+    Race(ConnectionId),
+    /// The peer reconnected while `stale` still looked open here.
+    Reconnection {
+        stale: ConnectionId,
+        new: ConnectionId,
+    },
+}
+
 /// Connected peers only: an entry goes when its last connection closes, so
 /// the table is bounded by the connection limit.
 #[derive(Debug, Default)]
@@ -136,14 +148,14 @@ impl PeerTable {
         self.peers.get(peer).map_or(0, |e| e.connections.len())
     }
 
-    /// If `peer` has two connections of the same transport, the one to
-    /// close. Two set up within [`SIMULTANEOUS_DIAL_WINDOW`] are a
-    /// simultaneous dial: both ends keep the connection dialled by the
-    /// smaller peer id (the oldest, if one side dialled both). Further
-    /// apart, the newer one is kept: a peer only dials a peer it has no
-    /// connection to, so the older one is dead on its side (typically the
-    /// peer restarted and this end has not noticed yet).
-    pub fn duplicate_to_close(&self, peer: &PeerId, local: &PeerId) -> Option<ConnectionId> {
+    /// If `peer` has two connections of the same transport, what to close.
+    /// Two set up within [`SIMULTANEOUS_DIAL_WINDOW`] are a simultaneous
+    /// dial: both ends keep the connection dialled by the smaller peer id
+    /// (the oldest, if one side dialled both). Further apart, it is a
+    /// reconnection: a peer only dials a peer it has no connection to, so
+    /// the older one is dead on its side (typically the peer restarted and
+    /// this end has not noticed yet).
+    pub fn duplicate_to_close(&self, peer: &PeerId, local: &PeerId) -> Option<Duplicate> {
         let entry = self.peers.get(peer)?;
         let smaller_dialed = |c: &Connection| {
             let dialer = if c.outbound { local } else { peer };
@@ -155,18 +167,23 @@ impl PeerTable {
                 if transport != transport_of(&b.remote_addr) {
                     continue;
                 }
-                // Keep a over b if a was dialled by the smaller id and b was
-                // not, or if both were and a is older.
                 let apart = a.since.max(b.since) - a.since.min(b.since);
                 if apart > SIMULTANEOUS_DIAL_WINDOW {
-                    return Some(if a.since < b.since { *id_a } else { *id_b });
+                    let (stale, new) = if a.since < b.since {
+                        (*id_a, *id_b)
+                    } else {
+                        (*id_b, *id_a)
+                    };
+                    return Some(Duplicate::Reconnection { stale, new });
                 }
+                // Keep a over b if a was dialled by the smaller id and b was
+                // not, or if both were and a is older.
                 let keep_a = match (smaller_dialed(a), smaller_dialed(b)) {
                     (true, false) => true,
                     (false, true) => false,
                     _ => a.since <= b.since,
                 };
-                return Some(if keep_a { *id_b } else { *id_a });
+                return Some(Duplicate::Race(if keep_a { *id_b } else { *id_a }));
             }
         }
         None
@@ -283,8 +300,12 @@ mod tests {
         let mut at_y = PeerTable::default();
         at_y.connected(x, ConnectionId::new_unchecked(2), &dialer(8));
         at_y.connected(x, ConnectionId::new_unchecked(1), &listener(7));
-        let closed_at_x = at_x.duplicate_to_close(&y, &x).unwrap();
-        let closed_at_y = at_y.duplicate_to_close(&x, &y).unwrap();
+        let Some(Duplicate::Race(closed_at_x)) = at_x.duplicate_to_close(&y, &x) else {
+            panic!("a race")
+        };
+        let Some(Duplicate::Race(closed_at_y)) = at_y.duplicate_to_close(&x, &y) else {
+            panic!("a race")
+        };
         // The same underlying connection (same ids here by construction).
         assert_eq!(closed_at_x, closed_at_y);
         let kept_dialer = if closed_at_x == ConnectionId::new_unchecked(1) {
@@ -330,7 +351,10 @@ mod tests {
                     send_back_addr: quic(9),
                 },
             );
-            assert_eq!(table.duplicate_to_close(&y, &x), Some(old));
+            assert_eq!(
+                table.duplicate_to_close(&y, &x),
+                Some(Duplicate::Reconnection { stale: old, new })
+            );
             table.closed(&y, old);
             table.closed(&y, new);
         }

@@ -221,10 +221,6 @@ impl Reconciler {
                 pushed += p;
             }
         }
-        self.stats.anti_entropy(|s| {
-            s.patterns_fetched += fetched;
-            s.patterns_pushed += pushed;
-        });
         Ok(Round::Reconciled { fetched, pushed })
     }
 
@@ -315,6 +311,9 @@ impl Reconciler {
                 })?;
                 let applied = store.apply(&decoded.patterns)?;
                 stats.rejected(&decoded.invalid, &applied.refused);
+                // Counted as they arrive: a round cut short still moved these.
+                let count = decoded.patterns.len() as u64;
+                stats.anti_entropy(|s| s.patterns_fetched += count);
                 Ok(decoded.patterns.len() as u64)
             })
             .await
@@ -354,7 +353,10 @@ impl Reconciler {
                 break;
             };
             match answer? {
-                SyncResponse::Pushed { .. } => pushed += count,
+                SyncResponse::Pushed { .. } => {
+                    pushed += count;
+                    self.stats.anti_entropy(|s| s.patterns_pushed += count);
+                }
                 other => return Err(unexpected("push", &other)),
             }
         }
