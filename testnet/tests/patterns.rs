@@ -140,6 +140,13 @@ async fn a_node_that_missed_5000_writes_catches_up_after_restart() {
     let statuses = wait_converged(&t.net, &[0, 4], 5000, SYNC_TIMEOUT)
         .await
         .unwrap();
+    // The others held connections to the dead process; the restarted node
+    // still learns every peer's subscriptions again, so its gossip reaches
+    // them.
+    t.net
+        .wait_remote_subscribers(4, "learning", 4, SYNC_TIMEOUT)
+        .await
+        .unwrap();
 
     // Gossip carried none of it (the node was down): the restarted node
     // fetched the patterns, or peers pushed them, through anti-entropy.

@@ -13,6 +13,7 @@ use libp2p::{
     connection_limits, gossipsub, identify, identity::Keypair, kad, noise, ping, quic,
     request_response, tcp, yamux, PeerId, StreamProtocol, Swarm, Transport,
 };
+use std::hash::{BuildHasher, Hasher};
 use std::num::NonZeroU8;
 use std::time::Duration;
 
@@ -128,7 +129,15 @@ pub fn build_swarm(keypair: Keypair, settings: &Settings) -> Result<Swarm<Behavi
             identify_protocol_version(&settings.network),
             keypair.public(),
         )
-        .with_agent_version(format!("agentmesh/{}", env!("CARGO_PKG_VERSION")))
+        // The run nonce tells peers this process apart from an earlier one
+        // with the same identity (see `peers::run_of`).
+        .with_agent_version(format!(
+            "agentmesh/{} run/{:016x}",
+            env!("CARGO_PKG_VERSION"),
+            std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish()
+        ))
         .with_push_listen_addr_updates(true),
     );
     let ping = ping::Behaviour::new(

@@ -73,10 +73,13 @@ impl Network {
             }
         }
         for peer in self.dialer.trials_due(now) {
-            // The peer reached us over QUIC: a trial beside that connection
-            // would only be mistaken for a reconnection (and replace it).
+            // The peer reached us over QUIC: that connection is the trial's
+            // answer (QUIC works both ways), and a second one beside it
+            // would only be mistaken for a reconnection.
             if self.table.has_quic(&peer) {
-                self.dialer.trial_withdrawn(peer);
+                let before = self.dialer.breaker_state(peer, now).0;
+                let after = self.dialer.trial_succeeded(peer, now);
+                self.on_breaker_change(peer, before, after);
                 continue;
             }
             let quic = self.dialer.quic_addrs(&peer);

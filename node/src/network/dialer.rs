@@ -153,6 +153,14 @@ impl Dialer {
         self.record_quic_failures(peer, failed, now).state(now)
     }
 
+    /// A trial that needs no dial: a QUIC connection to the peer is up
+    /// (it dialled us), so QUIC between us works. Returns the state after.
+    pub fn trial_succeeded(&mut self, peer: PeerId, now: Instant) -> BreakerState {
+        let breaker = self.breaker(peer);
+        breaker.record(true, now);
+        breaker.state(now)
+    }
+
     /// A trial dial could not be made or did not connect.
     pub fn trial_failed(&mut self, peer: PeerId, now: Instant) {
         self.breaker(peer).record(false, now);

@@ -562,8 +562,16 @@ impl Network {
         addrs.truncate(16);
         self.dialer.remember_addrs(peer, addrs.clone());
         let quic_allowed = self.dialer.allows_quic(peer, Instant::now());
-        self.table
-            .identified(&peer, info.agent_version, addrs.clone());
+        if self
+            .table
+            .identified(&peer, info.agent_version, addrs.clone())
+        {
+            // Its old connections are dead, and gossipsub sent this node's
+            // subscriptions on them only: start over with the new process.
+            tracing::info!(%peer, "peer restarted; reconnecting to it from scratch");
+            let _ = self.swarm.disconnect_peer_id(peer);
+            return;
+        }
         let kad_protocol = behaviour::kad_protocol(&self.settings.network);
         if info.protocols.contains(&kad_protocol) {
             // While the breaker is open, Kademlia must not dial QUIC either.

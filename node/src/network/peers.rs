@@ -65,6 +65,12 @@ struct PeerEntry {
 /// a simultaneous dial by both ends (see [`PeerTable::duplicate_to_close`]).
 const SIMULTANEOUS_DIAL_WINDOW: Duration = Duration::from_secs(3);
 
+/// The per-process part of an agentmesh agent version
+/// (`agentmesh/<version> run/<nonce>`).
+pub fn run_of(agent_version: &str) -> Option<&str> {
+    agent_version.rsplit_once(" run/").map(|(_, run)| run)
+}
+
 /// Two connections of one transport to one peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Duplicate {
@@ -107,16 +113,25 @@ impl PeerTable {
         }
     }
 
+    /// Records what a peer announced; true if it announced another run
+    /// (process) than before while this node still had a connection to the
+    /// old one: the peer restarted.
     pub fn identified(
         &mut self,
         peer: &PeerId,
         agent_version: String,
         listen_addrs: Vec<Multiaddr>,
-    ) {
-        if let Some(entry) = self.peers.get_mut(peer) {
-            entry.agent_version = Some(agent_version);
-            entry.listen_addrs = listen_addrs;
-        }
+    ) -> bool {
+        let Some(entry) = self.peers.get_mut(peer) else {
+            return false;
+        };
+        let restarted = match (&entry.agent_version, run_of(&agent_version)) {
+            (Some(before), Some(now)) => run_of(before).is_some_and(|b| b != now),
+            _ => false,
+        };
+        entry.agent_version = Some(agent_version);
+        entry.listen_addrs = listen_addrs;
+        restarted
     }
 
     pub fn ping_ok(&mut self, peer: &PeerId, rtt: Duration) {
@@ -358,6 +373,22 @@ mod tests {
             table.closed(&y, old);
             table.closed(&y, new);
         }
+    }
+
+    #[test]
+    fn a_new_run_of_a_connected_peer_is_a_restart() {
+        let mut table = PeerTable::default();
+        let peer = PeerId::random();
+        let ep = ConnectedPoint::Listener {
+            local_addr: "/ip4/127.0.0.1/tcp/1".parse().unwrap(),
+            send_back_addr: "/ip4/127.0.0.1/tcp/2".parse().unwrap(),
+        };
+        table.connected(peer, ConnectionId::new_unchecked(1), &ep);
+        assert!(!table.identified(&peer, "agentmesh/0.1.0 run/aa".into(), vec![]));
+        assert!(!table.identified(&peer, "agentmesh/0.1.0 run/aa".into(), vec![]));
+        assert!(table.identified(&peer, "agentmesh/0.1.0 run/bb".into(), vec![]));
+        // Other software has no run: never taken for a restart.
+        assert!(!table.identified(&peer, "rust-libp2p/0.47".into(), vec![]));
     }
 
     #[test]
