@@ -332,7 +332,7 @@ mod tests {
     }
 
     #[test]
-    fn a_connection_from_a_restarted_peer_replaces_the_stale_one() {
+    fn a_connection_long_after_another_is_a_reconnection_not_a_race() {
         let (x, y) = (PeerId::random(), PeerId::random());
         let (old, new) = (
             ConnectionId::new_unchecked(1),
@@ -342,7 +342,8 @@ mod tests {
             format!("/ip4/10.0.0.1/udp/{port}/quic-v1").parse().unwrap()
         };
         let mut table = PeerTable::default();
-        // Whichever end dialled the old connection, the new one stays.
+        // Whichever end dialled the old connection, both are named (the
+        // node closes both and the peer reconnects).
         for old_outbound in [true, false] {
             let old_end = if old_outbound {
                 ConnectedPoint::Dialer {
