@@ -30,6 +30,7 @@ pub struct ApiState {
 
 pub fn router(state: ApiState) -> Router {
     Router::new()
+        .route("/", get(dashboard))
         .route("/v1/status", get(status))
         .route("/v1/peers", get(peers))
         .route("/v1/channels", get(channels::list))
@@ -54,6 +55,11 @@ pub fn router(state: ApiState) -> Router {
 
 async fn status(State(s): State<ApiState>) -> Result<Json<crate::types::Status>, ApiError> {
     Ok(Json(s.network.status().await?))
+}
+
+/// The live dashboard: one page that polls this API.
+async fn dashboard() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("dashboard.html"))
 }
 
 /// Prometheus scrape: libp2p's metrics and the node's, in the text format.
