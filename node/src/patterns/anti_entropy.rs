@@ -105,23 +105,23 @@ impl Reconciler {
                             queue.extend(known.iter().nth(pick));
                         }
                     }
-                    retries.retain(|(at, peer, _)| {
-                        let due = *at <= now;
-                        if due && !queue.contains(peer) {
+                    // Due retries stay listed (with their attempt count)
+                    // until their round starts below.
+                    for (at, peer, _) in &retries {
+                        if *at <= now && !queue.contains(peer) {
                             queue.push_back(*peer);
                         }
-                        !due
-                    });
+                    }
                 }
             }
             while let Some(peer) = queue.pop_front() {
-                if !self.peers.borrow().contains(&peer) {
-                    continue;
-                }
                 let attempts = retries
                     .iter()
                     .position(|(_, p, _)| *p == peer)
                     .map_or(0, |i| retries.swap_remove(i).2);
+                if !self.peers.borrow().contains(&peer) {
+                    continue;
+                }
                 if !self.round(peer).await && attempts < MAX_RETRIES {
                     let delay = Duration::from_secs(1 << attempts);
                     retries.push((tokio::time::Instant::now() + delay, peer, attempts + 1));
