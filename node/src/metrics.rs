@@ -99,17 +99,29 @@ fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> fmt::
     metric.encode(e.encode_descriptor(name, help, None, metric.metric_type())?)
 }
 
+/// A metric with one sample per label set.
+fn family<M: EncodeMetric>(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    metric_type: MetricType,
+    rows: impl IntoIterator<Item = (Labels, M)>,
+) -> fmt::Result {
+    let mut family = e.encode_descriptor(name, help, None, metric_type)?;
+    for (labels, metric) in rows {
+        metric.encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
 fn counters(
     e: &mut DescriptorEncoder,
     name: &str,
     help: &str,
     rows: impl IntoIterator<Item = (Labels, u64)>,
 ) -> fmt::Result {
-    let mut family = e.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for (labels, value) in rows {
-        ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
-    }
-    Ok(())
+    let rows = rows.into_iter().map(|(l, v)| (l, ConstCounter::new(v)));
+    family(e, name, help, MetricType::Counter, rows)
 }
 
 fn gauges(
@@ -118,11 +130,8 @@ fn gauges(
     help: &str,
     rows: impl IntoIterator<Item = (Labels, f64)>,
 ) -> fmt::Result {
-    let mut family = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    for (labels, value) in rows {
-        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
-    }
-    Ok(())
+    let rows = rows.into_iter().map(|(l, v)| (l, ConstGauge::new(v)));
+    family(e, name, help, MetricType::Gauge, rows)
 }
 
 impl prometheus_client::collector::Collector for NodeCollector {

@@ -169,12 +169,13 @@ pub struct Edit {
 }
 
 impl Edit {
+    /// What a state may hold but one write may not; the rest is checked on
+    /// the resulting state.
     fn validate(&self) -> Result<(), PatternError> {
-        self.content.validate()?;
         if self.tags.len() > MAX_EDIT_TAGS {
             return Err(invalid("tags", format!("more than {MAX_EDIT_TAGS}")));
         }
-        self.tags.iter().try_for_each(|t| validate_tag(t))
+        Ok(())
     }
 }
 
@@ -259,26 +260,31 @@ impl Pattern {
     /// [`Pattern::merged`].
     pub fn merge(&mut self, other: &Pattern) -> bool {
         let before = self.clone();
+        self.join(other);
+        *self != before
+    }
+
+    fn join(&mut self, other: &Pattern) {
         self.content.merge(&other.content);
         self.tags.merge(&other.tags);
         self.uses.merge(&other.uses);
         self.successes.merge(&other.successes);
         self.failures.merge(&other.failures);
         self.clock.merge(&other.clock);
-        *self != before
     }
 
-    /// The join of this state and `other`, if it changes this one and stays
-    /// within the limits; `Err` names the limit the join would break (the
-    /// caller keeps its state and counts the refusal).
-    pub fn merged(&self, other: &Pattern) -> Result<Option<Pattern>, PatternError> {
+    /// The join of this state and `other` and its encoding, if it changes
+    /// this one and stays within the limits; `Err` names the limit the join
+    /// would break (the caller keeps its state and counts the refusal).
+    pub fn merged(&self, other: &Pattern) -> Result<Option<(Pattern, Vec<u8>)>, PatternError> {
         let mut joined = self.clone();
-        if !joined.merge(other) {
+        joined.join(other);
+        if joined == *self {
             return Ok(None);
         }
         joined.validate()?;
-        joined.encode()?;
-        Ok(Some(joined))
+        let bytes = joined.encode()?;
+        Ok(Some((joined, bytes)))
     }
 
     pub fn version(&self) -> u64 {

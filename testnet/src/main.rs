@@ -130,6 +130,19 @@ enum BenchCommand {
     },
 }
 
+/// A benchmark's testnet options, in a fresh temporary directory (removed
+/// when the returned guard drops).
+fn bench_testnet(
+    nodes: usize,
+    bin: &std::path::Path,
+) -> Result<(tempfile::TempDir, TestnetOptions)> {
+    let tmp = tempfile::Builder::new()
+        .prefix("agentmesh-bench-")
+        .tempdir()?;
+    let options = TestnetOptions::new(nodes, tmp.path(), bin);
+    Ok((tmp, options))
+}
+
 fn default_dir() -> PathBuf {
     std::env::temp_dir().join("agentmesh-testnet")
 }
@@ -278,10 +291,7 @@ async fn run(cli: Cli) -> Result<()> {
                     .flat_map(|b| rates.iter().map(move |r| (*b, *r)))
                 {
                     anyhow::ensure!(b <= 1, "--byzantine takes 0 or 1 (one contrary voter)");
-                    let tmp = tempfile::Builder::new()
-                        .prefix("agentmesh-bench-")
-                        .tempdir()?;
-                    let options = TestnetOptions::new(nodes, tmp.path(), &bin);
+                    let (_tmp, options) = bench_testnet(nodes, &bin)?;
                     let spec = ConsensusBench {
                         nodes,
                         byzantine: b,
@@ -309,10 +319,7 @@ async fn run(cli: Cli) -> Result<()> {
                     patterns >= 1 && replicated >= nodes,
                     "--patterns and --replicated must be positive"
                 );
-                let tmp = tempfile::Builder::new()
-                    .prefix("agentmesh-bench-")
-                    .tempdir()?;
-                let options = TestnetOptions::new(nodes, tmp.path(), &bin);
+                let (_tmp, options) = bench_testnet(nodes, &bin)?;
                 let spec = SyncBench {
                     patterns,
                     nodes,
@@ -331,10 +338,7 @@ async fn run(cli: Cli) -> Result<()> {
                 rates,
                 step_secs,
             } => {
-                let tmp = tempfile::Builder::new()
-                    .prefix("agentmesh-bench-")
-                    .tempdir()?;
-                let options = TestnetOptions::new(nodes, tmp.path(), &bin);
+                let (_tmp, options) = bench_testnet(nodes, &bin)?;
                 let spec = GossipBench {
                     nodes,
                     light_messages: messages,

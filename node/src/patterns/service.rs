@@ -188,11 +188,12 @@ impl PatternService {
         let store = &self.store;
         Ok(match request {
             SyncRequest::Pages { root } => {
-                if store.root()? == root {
+                let ours = store.root()?;
+                if ours == root {
                     SyncResponse::InSync
                 } else {
                     SyncResponse::Pages {
-                        root: store.root()?,
+                        root: ours,
                         pages: store.pages()?.into_iter().map(ByteArray::new).collect(),
                     }
                 }

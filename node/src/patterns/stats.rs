@@ -37,10 +37,15 @@ impl SyncStats {
     }
 
     pub fn snapshot(&self) -> (ReplicationStats, AntiEntropyStats) {
-        let mut r = None;
-        let mut a = None;
-        self.replication(|s| r = Some(s.clone()));
-        self.anti_entropy(|s| a = Some(s.clone()));
-        (r.unwrap_or_default(), a.unwrap_or_default())
+        (
+            self.replication
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            self.anti_entropy
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
     }
 }

@@ -13,7 +13,7 @@
 pub mod merkle;
 
 use crate::StoreError;
-use agentmesh_protocol::pattern::{digest, Pattern, PatternError, MAX_PATTERN_BYTES};
+use agentmesh_protocol::pattern::{digest, Pattern, PatternError};
 use agentmesh_protocol::pattern_wire::Hash;
 use merkle::{bucket_of, entry_key, HashCache};
 use std::collections::BTreeSet;
@@ -206,7 +206,8 @@ impl PatternStore {
         let mut cache = self.lock();
         let old = self.get(id)?;
         let new = edit(old.clone())?;
-        self.write(&mut cache, old.as_ref(), &new)?;
+        let bytes = new.encode()?;
+        self.write(&mut cache, old.as_ref(), &new, &bytes)?;
         Ok(new)
     }
 
@@ -223,13 +224,18 @@ impl PatternStore {
                 Err(e) => return Err(e),
             };
             let Some(old) = old else {
-                self.write(&mut cache, None, remote)?;
-                applied.changed += 1;
+                match remote.encode() {
+                    Ok(bytes) => {
+                        self.write(&mut cache, None, remote, &bytes)?;
+                        applied.changed += 1;
+                    }
+                    Err(e) => applied.refused.push((remote.id.clone(), e)),
+                }
                 continue;
             };
             match old.merged(remote) {
-                Ok(Some(merged)) => {
-                    self.write(&mut cache, Some(&old), &merged)?;
+                Ok(Some((merged, bytes))) => {
+                    self.write(&mut cache, Some(&old), &merged, &bytes)?;
                     applied.changed += 1;
                 }
                 Ok(None) => {
@@ -242,27 +248,23 @@ impl PatternStore {
         Ok(applied)
     }
 
+    /// Stores `new` (whose encoding is `bytes`) in place of `old`.
     fn write(
         &self,
         cache: &mut HashCache,
         old: Option<&Pattern>,
         new: &Pattern,
+        bytes: &[u8],
     ) -> Result<(), StoreError> {
-        let bytes = new
-            .encode()
-            .map_err(|e| StoreError::Encode(e.to_string()))?;
-        debug_assert!(bytes.len() <= MAX_PATTERN_BYTES);
         let inner = &self.inner;
-        inner
-            .patterns
-            .insert(entry_key(&new.id), bytes.as_slice())?;
+        inner.patterns.insert(entry_key(&new.id), bytes)?;
         if old.is_none() {
             inner.count.fetch_add(1, Ordering::Relaxed);
         }
         self.index(old, new)?;
         inner
             .entries
-            .insert(entry_key(&new.id), &digest(&bytes)[..])?;
+            .insert(entry_key(&new.id), &digest(bytes)[..])?;
         cache.invalidate(bucket_of(&new.id));
         Ok(())
     }
