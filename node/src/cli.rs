@@ -30,6 +30,11 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Network authority: create its key, issue and inspect membership certificates.
+    Ca {
+        #[command(subcommand)]
+        action: CaCommand,
+    },
     /// Show the status of a running node.
     Status(ClientArgs),
     /// List the peers a running node is connected to.
@@ -96,6 +101,44 @@ pub enum Command {
         /// Exit after this many messages.
         #[arg(long)]
         count: Option<u64>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CaCommand {
+    /// Create the authority key pair (private key file mode 0600); prints the
+    /// public key to set as `authority` on every node.
+    Init {
+        /// Where to write the authority's private key.
+        #[arg(long, default_value = "authority.key")]
+        key: PathBuf,
+    },
+    /// Issue a membership certificate for a peer.
+    Issue {
+        /// The authority's private key file.
+        #[arg(long, default_value = "authority.key")]
+        key: PathBuf,
+        /// The member's peer id (`agentmesh id` prints it).
+        #[arg(long)]
+        peer: String,
+        /// Comma-separated scopes: `publish:<channel or prefix:*>`, `publish:*`,
+        /// `propose`, `model`, `patterns`, or `all`.
+        #[arg(long)]
+        scopes: String,
+        /// Validity, e.g. `90d`, `12h`, `30m`.
+        #[arg(long)]
+        expires: String,
+        /// Where to write the certificate [default: <peer id>.cert].
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Print a certificate's contents (and check it against an authority).
+    Show {
+        /// The certificate file.
+        file: PathBuf,
+        /// The authority's public key (hex); without it the signature is not checked.
+        #[arg(long, env = "AGENTMESH_AUTHORITY")]
+        authority: Option<String>,
     },
 }
 
@@ -264,6 +307,27 @@ pub struct RunArgs {
     /// Patterns: milliseconds local changes are collected before they are gossiped [default: 20].
     #[arg(long, env = "AGENTMESH_PATTERNS_GOSSIP_DELAY_MS")]
     pub patterns_gossip_delay_ms: Option<u64>,
+    /// Membership: the network authority's public key (hex, from `ca init`); unset = open network.
+    #[arg(long, env = "AGENTMESH_AUTHORITY")]
+    pub authority: Option<String>,
+    /// Membership: this node's certificate file (from `ca issue`).
+    #[arg(long, env = "AGENTMESH_CERTIFICATE")]
+    pub certificate: Option<PathBuf>,
+    /// Membership: milliseconds a peer has to prove its membership [default: 10000].
+    #[arg(long, env = "AGENTMESH_MEMBERSHIP_TIMEOUT_MS")]
+    pub membership_timeout_ms: Option<u64>,
+    /// Channel messages per second accepted from one author [default: 50000].
+    #[arg(long, env = "AGENTMESH_PEER_MESSAGE_RATE")]
+    pub peer_message_rate: Option<u32>,
+    /// Requests per second answered for one peer [default: 5000].
+    #[arg(long, env = "AGENTMESH_PEER_REQUEST_RATE")]
+    pub peer_request_rate: Option<u32>,
+    /// Misbehaviour points before a peer is banned (malformed 20, bad signature 50, over rate 1 each) [default: 100].
+    #[arg(long, env = "AGENTMESH_BAN_THRESHOLD")]
+    pub ban_threshold: Option<u32>,
+    /// Seconds a misbehaving peer stays banned (kept across restarts) [default: 3600].
+    #[arg(long, env = "AGENTMESH_BAN_SECS")]
+    pub ban_secs: Option<u64>,
 }
 
 impl RunArgs {
@@ -300,7 +364,16 @@ impl RunArgs {
             consensus_query_timeout_ms => consensus_query_timeout_ms,
             patterns_anti_entropy_secs => patterns_anti_entropy_secs,
             patterns_gossip_delay_ms => patterns_gossip_delay_ms,
+            membership_timeout_ms => membership_timeout_ms,
+            peer_message_rate => peer_message_rate, peer_request_rate => peer_request_rate,
+            ban_secs => ban_secs, ban_threshold => ban_threshold,
         );
+        if let Some(authority) = &self.authority {
+            c.authority = Some(authority.clone());
+        }
+        if let Some(certificate) = &self.certificate {
+            c.certificate = Some(certificate.clone());
+        }
         if self.no_quic {
             c.quic = false;
         }
@@ -368,6 +441,23 @@ mod tests {
             &["patterns", "outcome", "p", "--success"],
             &["patterns", "sync"],
         ];
+        for args in [
+            &["ca", "init", "--key", "k"][..],
+            &[
+                "ca",
+                "issue",
+                "--peer",
+                "p",
+                "--scopes",
+                "all",
+                "--expires",
+                "1d",
+            ],
+            &["ca", "show", "c.cert"],
+        ] {
+            Cli::try_parse_from(["agentmesh"].iter().chain(args.iter()))
+                .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        }
         for args in commands {
             let line = ["agentmesh"]
                 .iter()

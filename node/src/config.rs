@@ -5,9 +5,11 @@
 //! is wrong.
 
 use agentmesh_consensus::Params;
+use agentmesh_protocol::NodeId;
 use libp2p::{multiaddr::Protocol, Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -81,6 +83,29 @@ pub struct Config {
     /// Patterns: local changes are gossiped in batches collected over this
     /// many milliseconds (or 100 changes, whichever comes first).
     pub patterns_gossip_delay_ms: u64,
+    /// Membership: the network authority's public key (64 hex characters,
+    /// printed by `agentmesh ca init`). Set, every peer must present a
+    /// certificate it signed; unset, the node runs open to any peer.
+    pub authority: Option<String>,
+    /// Membership: this node's certificate file (`agentmesh ca issue`);
+    /// required when `authority` is set.
+    pub certificate: Option<PathBuf>,
+    /// Membership: a connected peer that has not proved its membership
+    /// within this many milliseconds is disconnected.
+    pub membership_timeout_ms: u64,
+    /// Limits: channel messages per second accepted from one author (bursts
+    /// of twice this pass); more are dropped and count against the author.
+    pub peer_message_rate: u32,
+    /// Limits: requests per second (consensus queries, sync, handshakes)
+    /// answered for one peer (bursts of twice this pass).
+    pub peer_request_rate: u32,
+    /// Limits: misbehaviour points after which a peer is banned. Malformed
+    /// or unauthorised data costs 20, a bad signature 50, each message or
+    /// request over the rate 1; a peer recovers 1 point per second.
+    pub ban_threshold: u32,
+    /// Limits: how long a misbehaving peer stays banned, in seconds (bans
+    /// are kept on disk across restarts).
+    pub ban_secs: u64,
 }
 
 impl Default for Config {
@@ -124,6 +149,13 @@ impl Default for Config {
             consensus_query_timeout_ms: Params::default().query_timeout_ms,
             patterns_anti_entropy_secs: 30,
             patterns_gossip_delay_ms: 20,
+            authority: None,
+            certificate: None,
+            membership_timeout_ms: 10_000,
+            peer_message_rate: 50_000,
+            peer_request_rate: 5_000,
+            ban_threshold: 100,
+            ban_secs: 3600,
         }
     }
 }
@@ -235,6 +267,56 @@ pub struct Settings {
     pub consensus: Params,
     pub anti_entropy_interval: Duration,
     pub pattern_gossip_delay: Duration,
+    /// The authority's key and this node's certificate; `None` = open mode.
+    pub membership: Option<MembershipSettings>,
+    pub membership_timeout: Duration,
+    pub peer_message_rate: NonZeroU32,
+    pub peer_request_rate: NonZeroU32,
+    pub ban_threshold: NonZeroU32,
+    pub ban_duration: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct MembershipSettings {
+    pub authority: NodeId,
+    pub certificate: PathBuf,
+}
+
+fn membership_settings(c: &Config) -> Result<Option<MembershipSettings>, ConfigError> {
+    let Some(text) = &c.authority else {
+        if c.certificate.is_some() {
+            return Err(invalid(
+                "certificate",
+                "a certificate is only used with an authority; set 'authority' too",
+            ));
+        }
+        return Ok(None);
+    };
+    let authority = hex::decode(text.trim())
+        .ok()
+        .and_then(|bytes| NodeId::from_slice(&bytes))
+        .ok_or_else(|| {
+            invalid(
+                "authority",
+                format!(
+                    "{text:?} is not a public key of 64 hex characters (see `agentmesh ca init`)"
+                ),
+            )
+        })?;
+    let certificate = c.certificate.clone().ok_or_else(|| {
+        invalid(
+            "certificate",
+            "a node in a network with an authority needs its certificate file (see `agentmesh ca issue`)",
+        )
+    })?;
+    Ok(Some(MembershipSettings {
+        authority,
+        certificate,
+    }))
+}
+
+fn non_zero(setting: &'static str, v: u32) -> Result<NonZeroU32, ConfigError> {
+    NonZeroU32::new(v).ok_or_else(|| invalid(setting, "must be greater than 0"))
 }
 
 /// Largest accepted `max_message_bytes`: gossipsub keeps messages in memory
@@ -419,6 +501,15 @@ impl Settings {
                         invalid("patterns_gossip_delay_ms", "must be between 1 and 10000")
                     })?,
             ),
+            membership: membership_settings(c)?,
+            membership_timeout: Duration::from_millis(positive(
+                "membership_timeout_ms",
+                c.membership_timeout_ms,
+            )?),
+            peer_message_rate: non_zero("peer_message_rate", c.peer_message_rate)?,
+            peer_request_rate: non_zero("peer_request_rate", c.peer_request_rate)?,
+            ban_threshold: non_zero("ban_threshold", c.ban_threshold)?,
+            ban_duration: secs("ban_secs", c.ban_secs)?,
         })
     }
 }
@@ -478,6 +569,17 @@ mod tests {
                 },
                 "quic",
             ),
+            (|c| c.authority = Some("abc".into()), "authority"),
+            (|c| c.authority = Some("00".repeat(32)), "certificate"),
+            (
+                |c| c.certificate = Some("member.cert".into()),
+                "certificate",
+            ),
+            (|c| c.membership_timeout_ms = 0, "membership_timeout_ms"),
+            (|c| c.peer_message_rate = 0, "peer_message_rate"),
+            (|c| c.peer_request_rate = 0, "peer_request_rate"),
+            (|c| c.ban_secs = 0, "ban_secs"),
+            (|c| c.ban_threshold = 0, "ban_threshold"),
         ];
         for (mutate, setting) in cases {
             let mut c = Config::default();

@@ -45,6 +45,12 @@ pub fn load(path: &Path) -> Result<NodeKey> {
 
 /// Writes `key` to a new file with mode 0600; never overwrites.
 pub fn write_new(path: &Path, key: &NodeKey) -> Result<()> {
+    write_private_file(path, key.seed(), "key file")
+}
+
+/// Writes `bytes` to a new file only its owner can read (mode 0600),
+/// synced to disk; never overwrites. `what` names the file in errors.
+pub fn write_private_file(path: &Path, bytes: &[u8], what: &str) -> Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -55,16 +61,16 @@ pub fn write_new(path: &Path, key: &NodeKey) -> Result<()> {
     let mut file = options.open(path).with_context(|| {
         if path.exists() {
             format!(
-                "{} already exists; refusing to overwrite a key",
+                "{} already exists; refusing to overwrite a {what}",
                 path.display()
             )
         } else {
-            format!("cannot create key file {}", path.display())
+            format!("cannot create {what} {}", path.display())
         }
     })?;
-    file.write_all(key.seed())
+    file.write_all(bytes)
         .and_then(|_| file.sync_all())
-        .with_context(|| format!("cannot write key file {}", path.display()))
+        .with_context(|| format!("cannot write {what} {}", path.display()))
 }
 
 fn warn_if_readable_by_others(path: &Path) {

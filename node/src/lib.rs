@@ -3,6 +3,7 @@
 //! programs can embed a node with [`node::start`].
 
 pub mod api;
+pub mod ca;
 pub mod cli;
 pub mod client;
 pub mod config;

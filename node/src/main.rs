@@ -43,6 +43,7 @@ async fn dispatch(command: Command) -> Result<()> {
             println!("{}", identity::libp2p_keypair(&key)?.public().to_peer_id());
             Ok(())
         }
+        Command::Ca { action } => agentmesh_node::ca::run(action),
         Command::Status(args) => {
             let status = ApiClient::new(args.api).status().await?;
             print_json_or(&args, &status, || {

@@ -231,6 +231,33 @@ impl prometheus_client::collector::Collector for NodeCollector {
             "Peers remembered on disk",
             s.status.known_peers as i64,
         )?;
+        let sec = &s.status.security;
+        counters(
+            &mut e,
+            "agentmesh_peer_offences",
+            "Misbehaviour seen from peers, by kind (malformed, bad_signature, unauthorised, over_rate)",
+            sec.offences
+                .iter()
+                .map(|(kind, n)| (vec![("kind", kind.clone())], *n)),
+        )?;
+        gauge(
+            &mut e,
+            "agentmesh_banned_peers",
+            "Peers banned now (bans survive restarts)",
+            sec.banned_peers as i64,
+        )?;
+        counter(
+            &mut e,
+            "agentmesh_peer_bans",
+            "Bans issued since start-up",
+            sec.bans_issued,
+        )?;
+        counter(
+            &mut e,
+            "agentmesh_membership_refused_peers",
+            "Peers refused for lacking a valid membership certificate",
+            sec.refused_peers,
+        )?;
         let c = &s.consensus;
         counter(
             &mut e,

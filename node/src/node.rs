@@ -6,8 +6,9 @@ use crate::config::Settings;
 use crate::consensus::{ConsensusHandle, ConsensusService, SledHistory, REQUEST_QUEUE};
 use crate::identity;
 use crate::network::consensus_io::consensus_channels;
+use crate::network::membership::Membership;
 use crate::network::sync_io::SYNC_EVENT_QUEUE;
-use crate::network::{behaviour, Network, NetworkHandle};
+use crate::network::{behaviour, Network, NetworkHandle, ServiceSenders};
 use crate::patterns::{PatternService, Patterns, Reconciler, SyncStats, CHANGE_QUEUE};
 use crate::ready::{self, ReadyInfo};
 use agentmesh_consensus::Engine;
@@ -59,12 +60,15 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
     decisions.next_seq().context(
         "the consensus history is damaged (remove the data directory's db to start over)",
     )?;
-    let engine = Engine::new(
+    let membership = Membership::load(&settings, node_id)?;
+    let own_scopes = membership.own_scopes();
+    let mut engine = Engine::new(
         settings.consensus.clone(),
         NodeKey::from_seed(*key.seed())?,
         SledHistory::new(decisions),
         RandomState::new().build_hasher().finish(),
     )?;
+    engine.set_certificate(membership.own_certificate().map(<[u8]>::to_vec));
     let swarm = behaviour::build_swarm(keypair, &settings)?;
     let (consensus_events, events_rx) = consensus_channels();
     let (sync_events, sync_events_rx) = mpsc::channel(SYNC_EVENT_QUEUE);
@@ -73,10 +77,13 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
         swarm,
         settings.clone(),
         key,
-        store.peers()?,
-        consensus_events,
-        sync_events,
+        &store,
+        ServiceSenders {
+            consensus: consensus_events,
+            sync: sync_events,
+        },
         network_metrics,
+        membership,
     )?;
     let network_task = tokio::spawn(network.run());
     let (requests, requests_rx) = mpsc::channel(REQUEST_QUEUE);
@@ -111,6 +118,7 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
         stats: sync_stats,
         peers: sync_peers_rx,
         interval: settings.anti_entropy_interval,
+        may_push: own_scopes.as_ref().is_none_or(|v| v.may_share_patterns()),
     };
     let pattern_tasks = [
         tokio::spawn(pattern_service.run()),
@@ -137,6 +145,7 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
         metrics,
         node_id,
         max_message_bytes: settings.max_message_bytes,
+        own_scopes,
     });
     let (stop_api, stopped) = oneshot::channel::<()>();
     let api_task = tokio::spawn(async move {

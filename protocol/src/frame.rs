@@ -12,6 +12,7 @@ use crate::codec::{self, CodecError};
 use crate::envelope::{Envelope, EnvelopeError, ENVELOPE_OVERHEAD};
 use crate::ids::NodeId;
 use crate::keys::{verify, NodeKey};
+use crate::membership::MAX_CERTIFICATE_BYTES;
 use serde::{Deserialize, Serialize};
 
 /// Most envelopes in one frame.
@@ -60,11 +61,16 @@ pub struct SignedFrame {
     pub payload: Vec<u8>,
     #[serde(with = "serde_bytes")]
     pub signature: Vec<u8>,
+    /// The author's membership certificate, when the network has an
+    /// authority (see `membership`). Not covered by the frame signature: the
+    /// authority's signature covers it, and it names its holder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<serde_bytes::ByteBuf>,
 }
 
 /// Largest encoded frame a node accepts when bodies may be `max_body` bytes.
 pub fn max_frame_bytes(max_body: usize) -> usize {
-    (max_body + ENVELOPE_OVERHEAD).max(FRAME_PACK_BYTES) + FRAME_OVERHEAD
+    (max_body + ENVELOPE_OVERHEAD).max(FRAME_PACK_BYTES) + FRAME_OVERHEAD + MAX_CERTIFICATE_BYTES
 }
 
 fn signed_message(payload: &[u8]) -> Vec<u8> {
@@ -75,16 +81,26 @@ fn signed_message(payload: &[u8]) -> Vec<u8> {
 }
 
 /// Signs `payload_bytes` (an encoded [`FramePayload`]) with `key`.
-pub fn sign_payload(key: &NodeKey, payload_bytes: Vec<u8>) -> Result<Vec<u8>, FrameError> {
+pub fn sign_payload(
+    key: &NodeKey,
+    payload_bytes: Vec<u8>,
+    certificate: Option<&[u8]>,
+) -> Result<Vec<u8>, FrameError> {
     let signature = key.sign(&signed_message(&payload_bytes)).to_vec();
     Ok(codec::encode(&SignedFrame {
         payload: payload_bytes,
         signature,
+        certificate: certificate.map(|c| serde_bytes::ByteBuf::from(c.to_vec())),
     })?)
 }
 
-/// Builds the wire bytes of a frame of `envelopes` by `key`'s node.
-pub fn encode_frame(key: &NodeKey, envelopes: &[Envelope]) -> Result<Vec<u8>, FrameError> {
+/// Builds the wire bytes of a frame of `envelopes` by `key`'s node, with
+/// its membership certificate if it has one.
+pub fn encode_frame(
+    key: &NodeKey,
+    envelopes: &[Envelope],
+    certificate: Option<&[u8]>,
+) -> Result<Vec<u8>, FrameError> {
     if envelopes.is_empty() || envelopes.len() > MAX_FRAME_ENVELOPES {
         return Err(FrameError::BadCount(envelopes.len()));
     }
@@ -94,7 +110,7 @@ pub fn encode_frame(key: &NodeKey, envelopes: &[Envelope]) -> Result<Vec<u8>, Fr
     }
     // Encoded field by field to avoid cloning the envelopes.
     let payload = codec::encode(&(FramePayloadRef { author, envelopes }))?;
-    sign_payload(key, payload)
+    sign_payload(key, payload, certificate)
 }
 
 #[derive(Serialize)]
@@ -104,8 +120,12 @@ struct FramePayloadRef<'a> {
 }
 
 /// Decodes a frame, verifies its signature, and validates every envelope
-/// (size limits, sender = author). Returns the author and the envelopes.
-pub fn decode_frame(bytes: &[u8], max_body: usize) -> Result<FramePayload, FrameError> {
+/// (size limits, sender = author). Returns the author and the envelopes,
+/// and the certificate the frame carries (not checked here).
+pub fn decode_frame(
+    bytes: &[u8],
+    max_body: usize,
+) -> Result<(FramePayload, Option<Vec<u8>>), FrameError> {
     let frame: SignedFrame = codec::decode(bytes, max_frame_bytes(max_body))?;
     let payload: FramePayload = codec::decode(&frame.payload, max_frame_bytes(max_body))?;
     let count = payload.envelopes.len();
@@ -125,7 +145,7 @@ pub fn decode_frame(bytes: &[u8], max_body: usize) -> Result<FramePayload, Frame
             return Err(FrameError::SenderNotAuthor);
         }
     }
-    Ok(payload)
+    Ok((payload, frame.certificate.map(|c| c.into_vec())))
 }
 
 /// Splits `sizes` (upper bounds of encoded envelope sizes, in order) into
@@ -169,15 +189,19 @@ mod tests {
     fn frames_roundtrip_and_reject_bad_counts_and_bodies() {
         let key = NodeKey::generate().unwrap();
         let me = key.node_id();
-        let frame = encode_frame(&key, &[env(me, 10), env(me, 20)]).unwrap();
-        let payload = decode_frame(&frame, 100).unwrap();
+        let frame = encode_frame(&key, &[env(me, 10), env(me, 20)], None).unwrap();
+        let (payload, certificate) = decode_frame(&frame, 100).unwrap();
         assert_eq!(payload.author, me);
         assert_eq!(payload.envelopes.len(), 2);
+        assert_eq!(certificate, None);
         assert!(matches!(
             decode_frame(&frame, 15),
             Err(FrameError::Envelope(_))
         ));
-        assert_eq!(encode_frame(&key, &[]), Err(FrameError::BadCount(0)));
+        assert_eq!(encode_frame(&key, &[], None), Err(FrameError::BadCount(0)));
+        let with_certificate = encode_frame(&key, &[env(me, 10)], Some(b"certificate")).unwrap();
+        let (_, certificate) = decode_frame(&with_certificate, 100).unwrap();
+        assert_eq!(certificate.as_deref(), Some(&b"certificate"[..]));
     }
 
     #[test]
@@ -191,11 +215,11 @@ mod tests {
             envelopes: vec![env(me, 5)],
         })
         .unwrap();
-        let forged = sign_payload(&other, payload.clone()).unwrap();
+        let forged = sign_payload(&other, payload.clone(), None).unwrap();
         assert_eq!(decode_frame(&forged, 100), Err(FrameError::BadSignature));
         // A correctly signed payload, altered afterwards.
         let mut frame: SignedFrame =
-            codec::decode(&sign_payload(&key, payload).unwrap(), 1000).unwrap();
+            codec::decode(&sign_payload(&key, payload, None).unwrap(), 1000).unwrap();
         let last = frame.payload.len() - 1;
         frame.payload[last] ^= 1;
         let tampered = codec::encode(&frame).unwrap();
@@ -206,10 +230,10 @@ mod tests {
             envelopes: vec![env(other.node_id(), 5)],
         })
         .unwrap();
-        let mixed = sign_payload(&key, payload).unwrap();
+        let mixed = sign_payload(&key, payload, None).unwrap();
         assert_eq!(decode_frame(&mixed, 100), Err(FrameError::SenderNotAuthor));
         assert_eq!(
-            encode_frame(&key, &[env(other.node_id(), 1)]),
+            encode_frame(&key, &[env(other.node_id(), 1)], None),
             Err(FrameError::SenderNotAuthor)
         );
     }
@@ -218,7 +242,9 @@ mod tests {
     fn a_max_size_envelope_fits_a_frame() {
         let key = NodeKey::generate().unwrap();
         let max_body = 200_000;
-        let frame = encode_frame(&key, &[env(key.node_id(), max_body)]).unwrap();
+        let certificate = vec![7u8; crate::membership::MAX_CERTIFICATE_BYTES];
+        let frame =
+            encode_frame(&key, &[env(key.node_id(), max_body)], Some(&certificate)).unwrap();
         assert!(frame.len() <= max_frame_bytes(max_body));
         assert!(decode_frame(&frame, max_body).is_ok());
     }

@@ -12,6 +12,7 @@ pub mod envelope;
 pub mod frame;
 pub mod ids;
 pub mod keys;
+pub mod membership;
 pub mod pattern;
 pub mod pattern_wire;
 pub mod vertex;

@@ -9,6 +9,7 @@
 use crate::codec::{self, CodecError};
 use crate::ids::{sha256, NodeId};
 use crate::keys::{verify, NodeKey};
+use crate::membership::MAX_CERTIFICATE_BYTES;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::fmt;
@@ -135,9 +136,9 @@ impl UnsignedVertex {
 
     fn id(&self) -> Result<VertexId, VertexError> {
         let bytes = codec::encode(self)?;
-        if bytes.len() + 80 > MAX_VERTEX_BYTES {
+        if bytes.len() + 80 + MAX_CERTIFICATE_BYTES > MAX_VERTEX_BYTES {
             return Err(CodecError::TooLarge {
-                len: bytes.len() + 80,
+                len: bytes.len() + 80 + MAX_CERTIFICATE_BYTES,
                 max: MAX_VERTEX_BYTES,
             }
             .into());
@@ -152,6 +153,11 @@ pub struct WireVertex {
     pub vertex: UnsignedVertex,
     #[serde(with = "serde_bytes")]
     pub signature: Vec<u8>,
+    /// The author's membership certificate, when the network has an
+    /// authority. Outside the id and the signature: the authority's
+    /// signature covers it, and it names its holder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<serde_bytes::ByteBuf>,
 }
 
 /// A verified vertex: well formed, id computed, signature checked.
@@ -189,7 +195,11 @@ impl Vertex {
         let signature = key.sign(&signed_message(&id)).to_vec();
         Ok(Vertex {
             id,
-            wire: WireVertex { vertex, signature },
+            wire: WireVertex {
+                vertex,
+                signature,
+                certificate: None,
+            },
         })
     }
 
@@ -231,6 +241,14 @@ impl Vertex {
     }
     pub fn transactions(&self) -> &[Transaction] {
         &self.wire.vertex.transactions
+    }
+    /// Attaches the author's membership certificate (see `membership`).
+    pub fn with_certificate(mut self, certificate: Option<&[u8]>) -> Vertex {
+        self.wire.certificate = certificate.map(|c| serde_bytes::ByteBuf::from(c.to_vec()));
+        self
+    }
+    pub fn certificate(&self) -> Option<&[u8]> {
+        self.wire.certificate.as_deref().map(|c| c.as_slice())
     }
     pub fn wire(&self) -> &WireVertex {
         &self.wire

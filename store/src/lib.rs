@@ -1,11 +1,13 @@
 //! agentmesh storage: one sled database per node, one typed tree per kind of
 //! record. Values are CBOR (see `agentmesh-protocol`).
 
+mod bans;
 mod decisions;
 pub mod patterns;
 mod peers;
 mod winners;
 
+pub use bans::{Ban, BanList};
 pub use decisions::{DecisionLog, StoredDecision};
 
 pub use patterns::PatternStore;
@@ -49,6 +51,10 @@ impl Store {
 
     pub fn peers(&self) -> Result<PeerBook, StoreError> {
         Ok(PeerBook::new(self.db.open_tree("peers")?))
+    }
+
+    pub fn bans(&self) -> Result<BanList, StoreError> {
+        Ok(BanList::new(self.db.open_tree("bans")?))
     }
 
     pub fn decisions(&self) -> Result<DecisionLog, StoreError> {

@@ -107,8 +107,17 @@ pub async fn gossip(bench: &GossipBench, mut options: TestnetOptions) -> Result<
         .iter()
         .filter_map(|n| n.peak_rss_mb())
         .fold(0.0, f64::max);
+    // With an authority: each node's time from connection to admission of
+    // its last admitted peer.
+    let mut handshakes = Vec::new();
+    for node in &net.nodes {
+        if let Some(ms) = node.client.status().await?.security.last_handshake_ms {
+            handshakes.push(ms);
+        }
+    }
     let result = json!({
         "bench": "gossip",
+        "membership_handshake_ms": handshakes,
         "nodes": net.nodes.len(),
         "latency_ms": {
             "p50": percentile(&latencies, 50.0),

@@ -2,6 +2,7 @@
 //! the integration tests and the benchmarks all go through this crate, so
 //! they exercise the real binary over real sockets.
 
+pub mod authority;
 pub mod bench;
 pub mod binary;
 pub mod claims;
@@ -9,6 +10,7 @@ pub mod collect;
 pub mod consensus_bench;
 pub mod demo;
 pub mod hosts;
+pub mod membership_bench;
 pub mod mesh;
 pub mod patterns;
 pub mod process;

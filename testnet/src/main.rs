@@ -113,21 +113,57 @@ enum BenchCommand {
     Gossip {
         #[arg(long, default_value_t = 7)]
         nodes: usize,
-        #[arg(long, default_value_t = 700)]
+        #[command(flatten)]
+        load: GossipLoad,
+    },
+    /// Gossip latency among honest nodes before and while a peer floods one
+    /// of them, and how soon the flooder is banned.
+    Flood {
+        #[arg(long, default_value_t = 300)]
         messages: usize,
         #[arg(long, default_value_t = 10)]
         interval_ms: u64,
-        /// Offered rates (messages/s, all nodes together) of the throughput steps.
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "1000,2000,4000,8000,12000,16000,24000,32000"
-        )]
-        rates: Vec<u64>,
-        /// Seconds per throughput step.
-        #[arg(long, default_value_t = 4)]
-        step_secs: u64,
     },
+    /// The cost of membership: gossip latency and throughput without and
+    /// with an authority (ratio), and the membership handshake time.
+    Membership {
+        #[arg(long, default_value_t = 5)]
+        nodes: usize,
+        #[command(flatten)]
+        load: GossipLoad,
+    },
+}
+
+/// The load of a gossip benchmark.
+#[derive(clap::Args, Debug)]
+struct GossipLoad {
+    /// Messages of the light-load latency phase.
+    #[arg(long, default_value_t = 700)]
+    messages: usize,
+    #[arg(long, default_value_t = 10)]
+    interval_ms: u64,
+    /// Offered rates (messages/s, all nodes together) of the throughput steps.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1000,2000,4000,8000,12000,16000,24000,32000"
+    )]
+    rates: Vec<u64>,
+    /// Seconds per throughput step.
+    #[arg(long, default_value_t = 4)]
+    step_secs: u64,
+}
+
+impl GossipLoad {
+    fn spec(self, nodes: usize) -> GossipBench {
+        GossipBench {
+            nodes,
+            light_messages: self.messages,
+            light_interval: Duration::from_millis(self.interval_ms),
+            rates: self.rates,
+            step: Duration::from_secs(self.step_secs),
+        }
+    }
 }
 
 /// A benchmark's testnet options, in a fresh temporary directory (removed
@@ -331,24 +367,39 @@ async fn run(cli: Cli) -> Result<()> {
                 println!("{result}");
                 Ok(())
             }
-            BenchCommand::Gossip {
-                nodes,
-                messages,
-                interval_ms,
-                rates,
-                step_secs,
-            } => {
+            BenchCommand::Gossip { nodes, load } => {
                 let (_tmp, options) = bench_testnet(nodes, &bin)?;
-                let spec = GossipBench {
-                    nodes,
-                    light_messages: messages,
-                    light_interval: Duration::from_millis(interval_ms),
-                    rates,
-                    step: Duration::from_secs(step_secs),
-                };
-                let result = bench::gossip(&spec, options)
+                let result = bench::gossip(&load.spec(nodes), options)
                     .await
                     .context("gossip benchmark")?;
+                println!("{result}");
+                Ok(())
+            }
+            BenchCommand::Flood {
+                messages,
+                interval_ms,
+            } => {
+                let (_tmp, options) = bench_testnet(3, &bin)?;
+                let result = agentmesh_testnet::membership_bench::flood(
+                    options,
+                    messages,
+                    Duration::from_millis(interval_ms),
+                )
+                .await
+                .context("flood benchmark")?;
+                println!("{result}");
+                Ok(())
+            }
+            BenchCommand::Membership { nodes, load } => {
+                let (_open_dir, open) = bench_testnet(nodes, &bin)?;
+                let (_members_dir, members) = bench_testnet(nodes, &bin)?;
+                let result = agentmesh_testnet::membership_bench::membership(
+                    &load.spec(nodes),
+                    open,
+                    members,
+                )
+                .await
+                .context("membership benchmark")?;
                 println!("{result}");
                 Ok(())
             }

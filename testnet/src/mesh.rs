@@ -18,6 +18,8 @@ pub struct TestnetOptions {
     pub bin: PathBuf,
     /// Extra `agentmesh run` arguments for every node.
     pub extra_args: Vec<String>,
+    /// Extra arguments for node i only (e.g. its certificate).
+    pub node_args: Vec<Vec<String>>,
     /// Print progress lines to standard error.
     pub progress: bool,
     /// Nodes outlive this process (for `up`/`down`).
@@ -34,6 +36,7 @@ impl TestnetOptions {
             network: format!("testnet-{}", std::process::id()),
             bin: bin.to_path_buf(),
             extra_args: vec![],
+            node_args: vec![],
             progress: false,
             detached: false,
             hosts: None,
@@ -47,6 +50,9 @@ impl TestnetOptions {
             None => NodeSpec::local(dir, &self.network),
         };
         spec.extra_args.extend(self.extra_args.iter().cloned());
+        if let Some(args) = self.node_args.get(index) {
+            spec.extra_args.extend(args.iter().cloned());
+        }
         spec
     }
 }

@@ -5,11 +5,12 @@
 
 use agentmesh_node::identity;
 use agentmesh_node::network::cbor_codec::{
-    protocol_name, CborCodec, ConsensusMessages, SyncMessages,
+    protocol_name, CborCodec, ConsensusMessages, MembershipMessages, SyncMessages,
 };
 use agentmesh_node::network::consensus_io::consensus_topic;
 use agentmesh_node::network::{behaviour, topic_for};
 use agentmesh_protocol::consensus_wire::{ConsensusRequest, ConsensusResponse};
+use agentmesh_protocol::membership::{Hello, HelloReply};
 use agentmesh_protocol::pattern_wire::{SyncRequest, SyncResponse};
 use agentmesh_protocol::{sha256, NodeKey};
 use anyhow::{anyhow, bail, Context, Result};
@@ -24,6 +25,7 @@ struct RogueBehaviour {
     gossipsub: gossipsub::Behaviour,
     consensus: request_response::Behaviour<CborCodec<ConsensusMessages>>,
     sync: request_response::Behaviour<CborCodec<SyncMessages>>,
+    membership: request_response::Behaviour<CborCodec<MembershipMessages>>,
 }
 
 pub struct RoguePeer {
@@ -32,6 +34,14 @@ pub struct RoguePeer {
     pub peer_id: PeerId,
     /// The rogue's node key (its libp2p identity is built from the same seed).
     pub key: NodeKey,
+    /// The membership certificate it presents when it connects (if any).
+    pub certificate: Option<Vec<u8>>,
+    /// Keep the node waiting for the handshake until [`RoguePeer::finish_handshake`].
+    pub stall_handshake: bool,
+    stalled: Vec<(
+        PeerId,
+        Option<request_response::ResponseChannel<HelloReply>>,
+    )>,
 }
 
 impl RoguePeer {
@@ -82,6 +92,14 @@ impl RoguePeer {
                         request_response::Config::default()
                             .with_request_timeout(Duration::from_secs(20)),
                     ),
+                    membership: request_response::Behaviour::with_codec(
+                        CborCodec::default(),
+                        [(
+                            protocol_name::<MembershipMessages>(network),
+                            request_response::ProtocolSupport::Full,
+                        )],
+                        request_response::Config::default(),
+                    ),
                 })
             })
             .map_err(|e| anyhow!("{e}"))?
@@ -92,7 +110,97 @@ impl RoguePeer {
             network: network.to_string(),
             peer_id,
             key,
+            certificate: None,
+            stall_handshake: false,
+            stalled: Vec::new(),
         })
+    }
+
+    fn hello_certificate(&self) -> Option<serde_bytes::ByteBuf> {
+        self.certificate
+            .as_ref()
+            .map(|c| serde_bytes::ByteBuf::from(c.clone()))
+    }
+
+    /// Takes part in the membership handshake, presenting `certificate`
+    /// (valid or not): sends it on a new connection and answers the node's.
+    /// Returns the events the caller may care about.
+    fn handshake(
+        &mut self,
+        event: SwarmEvent<RogueBehaviourEvent>,
+    ) -> Option<SwarmEvent<RogueBehaviourEvent>> {
+        match event {
+            SwarmEvent::Behaviour(RogueBehaviourEvent::Membership(
+                request_response::Event::Message {
+                    peer,
+                    message: request_response::Message::Request { channel, .. },
+                    ..
+                },
+            )) => {
+                if self.stall_handshake {
+                    self.stalled.push((peer, Some(channel)));
+                } else {
+                    self.answer_hello(channel);
+                }
+                None
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                num_established,
+                ..
+            } if num_established.get() == 1 => {
+                if self.stall_handshake {
+                    self.stalled.push((peer_id, None));
+                } else {
+                    self.send_hello(peer_id);
+                }
+                Some(event)
+            }
+            other => Some(other),
+        }
+    }
+
+    fn answer_hello(&mut self, channel: request_response::ResponseChannel<HelloReply>) {
+        let reply = HelloReply::Welcome {
+            certificate: self.hello_certificate(),
+        };
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .membership
+            .send_response(channel, reply);
+    }
+
+    fn send_hello(&mut self, peer: PeerId) {
+        let hello = Hello {
+            certificate: self.hello_certificate(),
+        };
+        self.swarm
+            .behaviour_mut()
+            .membership
+            .send_request(&peer, hello);
+    }
+
+    /// Completes the handshakes held back by `stall_handshake`.
+    pub fn finish_handshake(&mut self) {
+        self.stall_handshake = false;
+        for (peer, channel) in std::mem::take(&mut self.stalled) {
+            match channel {
+                Some(channel) => self.answer_hello(channel),
+                None => self.send_hello(peer),
+            }
+        }
+    }
+
+    /// The next swarm event the caller may care about (handshake traffic
+    /// is handled on the way).
+    async fn next_event(&mut self) -> SwarmEvent<RogueBehaviourEvent> {
+        loop {
+            let event = self.swarm.select_next_some().await;
+            if let Some(event) = self.handshake(event) {
+                return event;
+            }
+        }
     }
 
     /// Connects to `target` (a TCP multiaddr ending in /p2p/<id>) and waits
@@ -130,7 +238,7 @@ impl RoguePeer {
         self.swarm.dial(addr)?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
-            let event = tokio::time::timeout_at(deadline, self.swarm.select_next_some())
+            let event = tokio::time::timeout_at(deadline, self.next_event())
                 .await
                 .map_err(|_| anyhow!("rogue peer: target never subscribed to {family}"))?;
             match event {
@@ -161,7 +269,7 @@ impl RoguePeer {
         let id = self.swarm.behaviour_mut().sync.send_request(&peer, request);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let event = tokio::time::timeout_at(deadline, self.swarm.select_next_some())
+            let event = tokio::time::timeout_at(deadline, self.next_event())
                 .await
                 .map_err(|_| anyhow!("rogue peer: no answer to a sync request"))?;
             match event {
@@ -191,7 +299,7 @@ impl RoguePeer {
     pub async fn pump(&mut self, duration: Duration) {
         let _ = tokio::time::timeout(duration, async {
             loop {
-                let event = self.swarm.select_next_some().await;
+                let event = self.next_event().await;
                 if let SwarmEvent::Behaviour(RogueBehaviourEvent::Consensus(
                     request_response::Event::Message {
                         message:

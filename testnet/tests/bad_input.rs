@@ -135,7 +135,13 @@ fn invalid_configuration_is_refused_naming_the_setting() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_api_requests_get_an_error_with_the_reason() {
-    let t = start(1, &["--max-message-bytes", "1024"]).await;
+    // Every kind of bad data at once would get the rogue banned (see the
+    // flooding test in membership.rs); here each must be seen and counted.
+    let t = start(
+        1,
+        &["--max-message-bytes", "1024", "--ban-threshold", "100000"],
+    )
+    .await;
     let api = t.net.nodes[0].info.api;
     let http = reqwest::Client::new();
     let post = |channel: &str, content_type: &str, body: Vec<u8>| {
@@ -444,12 +450,18 @@ fn envelope(channel: &str, sender: NodeId, body: &[u8]) -> Envelope {
 /// A frame signed by `key`, whatever its envelopes claim.
 fn signed(key: &NodeKey, author: NodeId, envelopes: Vec<Envelope>) -> Vec<u8> {
     let payload = codec::encode(&FramePayload { author, envelopes }).unwrap();
-    sign_payload(key, payload).unwrap()
+    sign_payload(key, payload, None).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_oversized_and_forged_messages_from_a_peer_are_rejected_and_counted() {
-    let t = start(1, &["--max-message-bytes", "1024"]).await;
+    // Every kind of bad data at once would get the rogue banned (see the
+    // flooding test in membership.rs); here each must be seen and counted.
+    let t = start(
+        1,
+        &["--max-message-bytes", "1024", "--ban-threshold", "100000"],
+    )
+    .await;
     let node = &t.net.nodes[0];
     let mut subscriber = Collector::subscribe(&t.net, &[0], "coordination")
         .await
@@ -518,7 +530,12 @@ async fn malformed_oversized_and_forged_messages_from_a_peer_are_rejected_and_co
             );
         }
     }
-    let valid = encode_frame(key, &[envelope("coordination", me, b"hello from a peer")]).unwrap();
+    let valid = encode_frame(
+        key,
+        &[envelope("coordination", me, b"hello from a peer")],
+        None,
+    )
+    .unwrap();
     rogue.publish_raw("coordination", valid).unwrap();
     let got = loop {
         rogue.pump(Duration::from_millis(20)).await;

@@ -135,4 +135,9 @@ async fn the_dashboard_shows_the_node_live_in_headless_chromium() {
     assert!(patterns.starts_with("patterns 1 "), "{patterns}");
     let channels = element(&dom, "channels");
     assert!(channels.contains("learning"), "{channels}");
+    let security = element(&dom, "security");
+    assert!(
+        security.starts_with("membership open (no authority)"),
+        "{security}"
+    );
 }

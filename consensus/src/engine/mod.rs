@@ -169,6 +169,8 @@ const MAX_HINT_LOOKUPS: usize = 8;
 pub struct Engine<H: History> {
     params: Params,
     key: NodeKey,
+    /// This node's membership certificate, carried by the vertices it signs.
+    certificate: Option<Vec<u8>>,
     me: NodeId,
     history: H,
     rng: SmallRng,
@@ -223,6 +225,12 @@ pub struct EngineStats {
 }
 
 impl<H: History> Engine<H> {
+    /// Vertices signed from now on carry `certificate` (see
+    /// `agentmesh_protocol::membership`).
+    pub fn set_certificate(&mut self, certificate: Option<Vec<u8>>) {
+        self.certificate = certificate;
+    }
+
     /// `seed` drives peer sampling; the node passes OS randomness, the
     /// simulator a fixed seed.
     pub fn new(
@@ -236,6 +244,7 @@ impl<H: History> Engine<H> {
         Ok(Engine {
             params,
             key,
+            certificate: None,
             me,
             history,
             rng: SmallRng::seed_from_u64(seed),
@@ -343,7 +352,8 @@ impl<H: History> Engine<H> {
             Some(seq) => seq,
             None => self.history.next_seq(),
         };
-        let vertex = Vertex::sign(&self.key, parents, seq, now_ms, transactions)?;
+        let vertex = Vertex::sign(&self.key, parents, seq, now_ms, transactions)?
+            .with_certificate(self.certificate.as_deref());
         // Sequence numbers are leased from the history in blocks, and the
         // lease is durable before a vertex using it leaves: a node restarted
         // after a crash continues after the lease and never signs two

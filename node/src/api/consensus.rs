@@ -65,6 +65,7 @@ async fn propose_checked(
     s: &ApiState,
     transactions: Vec<Transaction>,
 ) -> Result<(StatusCode, Json<ProposeReceipt>), ApiError> {
+    s.require_scope(|v| v.may_propose(), "proposing transactions")?;
     let count = transactions.len();
     match s.consensus.propose(transactions).await? {
         Ok(id) => Ok((

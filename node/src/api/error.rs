@@ -47,6 +47,7 @@ impl From<PublishError> for ApiError {
     fn from(e: PublishError) -> ApiError {
         let status = match e {
             PublishError::Invalid(_) => StatusCode::BAD_REQUEST,
+            PublishError::Forbidden(_) => StatusCode::FORBIDDEN,
             PublishError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             PublishError::QueuesFull(_) => StatusCode::SERVICE_UNAVAILABLE,
             PublishError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,

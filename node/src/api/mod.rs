@@ -26,6 +26,29 @@ pub struct ApiState {
     /// This node's id, recorded in the task claims made through it.
     pub node_id: NodeId,
     pub max_message_bytes: usize,
+    /// This node's membership scopes (`None`: open network).
+    pub own_scopes: Option<std::sync::Arc<agentmesh_protocol::membership::Verified>>,
+}
+
+impl ApiState {
+    /// Refuses (403) what this node's certificate does not allow, before
+    /// peers would refuse it.
+    pub fn require_scope(
+        &self,
+        allowed: impl Fn(&agentmesh_protocol::membership::Verified) -> bool,
+        what: &str,
+    ) -> Result<(), ApiError> {
+        match &self.own_scopes {
+            Some(scopes) if !allowed(scopes) => Err(ApiError {
+                status: axum::http::StatusCode::FORBIDDEN,
+                message: format!(
+                    "this node's membership certificate does not allow {what} (scopes: {})",
+                    scopes.certificate.scopes.join(",")
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
 }
 
 pub fn router(state: ApiState) -> Router {

@@ -40,6 +40,7 @@ pub async fn put(
     body: Body,
 ) -> Result<(StatusCode, Json<PatternView>), ApiError> {
     let input: PatternInput = json_body(body).await?;
+    s.require_scope(|v| v.may_share_patterns(), "sharing patterns")?;
     let (pattern, created) = s.patterns.put(input)?;
     let status = if created {
         StatusCode::CREATED
@@ -103,6 +104,7 @@ pub async fn outcome(
     body: Body,
 ) -> Result<Json<PatternView>, ApiError> {
     let input: OutcomeInput = json_body(body).await?;
+    s.require_scope(|v| v.may_share_patterns(), "sharing patterns")?;
     Ok(Json(view(&s.patterns.record_outcome(&id, input.success)?)))
 }
 

@@ -1,7 +1,9 @@
 //! The libp2p behaviour and transports of a node.
 
 use crate::config::Settings;
-use crate::network::cbor_codec::{protocol_name, CborCodec, ConsensusMessages, SyncMessages};
+use crate::network::cbor_codec::{
+    protocol_name, CborCodec, ConsensusMessages, MembershipMessages, SyncMessages,
+};
 use agentmesh_protocol::{frame::max_frame_bytes, sha256};
 use anyhow::{Context, Result};
 use libp2p::core::muxing::StreamMuxerBox;
@@ -10,8 +12,8 @@ use libp2p::core::upgrade;
 use libp2p::futures::future::Either;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
-    connection_limits, gossipsub, identify, identity::Keypair, kad, noise, ping, quic,
-    request_response, tcp, yamux, PeerId, StreamProtocol, Swarm, Transport,
+    allow_block_list, connection_limits, gossipsub, identify, identity::Keypair, kad, noise, ping,
+    quic, request_response, tcp, yamux, PeerId, StreamProtocol, Swarm, Transport,
 };
 use std::hash::{BuildHasher, Hasher};
 use std::num::NonZeroU8;
@@ -19,6 +21,9 @@ use std::time::Duration;
 
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    /// Banned peers: their connections are refused before anything else
+    /// sees them.
+    pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub limits: connection_limits::Behaviour,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
@@ -26,6 +31,7 @@ pub struct Behaviour {
     pub gossipsub: gossipsub::Behaviour,
     pub consensus: request_response::Behaviour<CborCodec<ConsensusMessages>>,
     pub sync: request_response::Behaviour<CborCodec<SyncMessages>>,
+    pub membership: request_response::Behaviour<CborCodec<MembershipMessages>>,
 }
 
 /// Identify's protocol version doubles as the network check: peers that
@@ -189,7 +195,17 @@ pub fn build_swarm(keypair: Keypair, settings: &Settings) -> Result<Swarm<Behavi
             .with_max_concurrent_streams(64),
     );
 
+    let membership = request_response::Behaviour::with_codec(
+        CborCodec::default(),
+        [(
+            protocol_name::<MembershipMessages>(&settings.network),
+            request_response::ProtocolSupport::Full,
+        )],
+        request_response::Config::default().with_request_timeout(settings.membership_timeout),
+    );
+
     let behaviour = Behaviour {
+        blocked: allow_block_list::Behaviour::default(),
         limits,
         identify,
         ping,
@@ -197,6 +213,7 @@ pub fn build_swarm(keypair: Keypair, settings: &Settings) -> Result<Swarm<Behavi
         gossipsub,
         consensus,
         sync,
+        membership,
     };
     let config = libp2p::swarm::Config::with_tokio_executor()
         .with_idle_connection_timeout(settings.idle_connection_timeout)

@@ -4,6 +4,7 @@
 
 use agentmesh_protocol::codec;
 use agentmesh_protocol::consensus_wire::{self, ConsensusRequest, ConsensusResponse};
+use agentmesh_protocol::membership::{self, Hello, HelloReply};
 use agentmesh_protocol::pattern_wire::{self, SyncRequest, SyncResponse};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::request_response;
@@ -53,6 +54,23 @@ impl Messages for SyncMessages {
     }
     fn decode_response(bytes: &[u8]) -> Result<SyncResponse, String> {
         SyncResponse::decode(bytes).map_err(|e| e.to_string())
+    }
+}
+
+/// `/agentmesh/<network>/membership/1`: the certificate handshake.
+pub struct MembershipMessages;
+
+impl Messages for MembershipMessages {
+    const NAME: &'static str = "membership";
+    const MAX_REQUEST_BYTES: usize = membership::MAX_HELLO_BYTES;
+    const MAX_RESPONSE_BYTES: usize = membership::MAX_HELLO_BYTES;
+    type Request = Hello;
+    type Response = HelloReply;
+    fn decode_request(bytes: &[u8]) -> Result<Hello, String> {
+        Hello::decode(bytes).map_err(|e| e.to_string())
+    }
+    fn decode_response(bytes: &[u8]) -> Result<HelloReply, String> {
+        HelloReply::decode(bytes).map_err(|e| e.to_string())
     }
 }
 

@@ -3,11 +3,12 @@
 //! service (crate::consensus) drives the engine on the other end of the
 //! channels; this module only moves and checks bytes.
 
+use super::guard::Offence;
 use super::{now_ms, Network};
 use crate::identity::{node_id_of, peer_id_of};
 use crate::network::router::Delivery;
 use agentmesh_protocol::consensus_wire::{ConsensusRequest, ConsensusResponse};
-use agentmesh_protocol::{Channel, NodeId, Vertex, VertexId};
+use agentmesh_protocol::{Channel, NodeId, Vertex, VertexError, VertexId};
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::{gossipsub, PeerId};
 use std::collections::HashMap;
@@ -207,7 +208,7 @@ impl Network {
         id: gossipsub::MessageId,
         data: &[u8],
     ) {
-        let verdict = Vertex::decode(data);
+        let verdict = self.admit_vertex(Vertex::decode(data));
         self.report_validation(&id, &source, verdict.is_ok());
         let Some(from) = self.consensus.node_of(&source) else {
             return;
@@ -216,15 +217,27 @@ impl Network {
             Ok(vertex) => {
                 self.consensus.emit(ConsensusEvent::Vertex { from, vertex });
             }
-            Err(e) => {
-                tracing::debug!(peer = %source, error = %e, "rejected a gossiped vertex");
+            Err((offence, reason)) => {
+                tracing::debug!(peer = %source, %reason, "rejected a gossiped vertex");
                 self.table.rejected(&source);
-                self.consensus.emit(ConsensusEvent::InvalidVertex {
-                    from,
-                    reason: e.to_string(),
-                });
+                self.charge_peer(&source, offence);
+                self.consensus
+                    .emit(ConsensusEvent::InvalidVertex { from, reason });
             }
         }
+    }
+
+    /// A received vertex is used only if it verified and its author may
+    /// propose; otherwise, what to charge the sender with and why.
+    fn admit_vertex(
+        &mut self,
+        verified: Result<Vertex, VertexError>,
+    ) -> Result<Vertex, (Offence, String)> {
+        let vertex = verified.map_err(|e| (Offence::Malformed, e.to_string()))?;
+        self.membership
+            .check_proposer(&vertex)
+            .map_err(|reason| (Offence::Unauthorised, reason))?;
+        Ok(vertex)
     }
 
     pub(super) fn on_consensus_command(&mut self, command: ConsensusCommand) {
@@ -314,6 +327,11 @@ impl Network {
                     request_response::Message::Request {
                         request, channel, ..
                     } => {
+                        if !self.admit_request(&peer) {
+                            // Dropping the channel fails the peer's request.
+                            drop(channel);
+                            return;
+                        }
                         let id = self.consensus.next_inbound;
                         self.consensus.next_inbound += 1;
                         self.consensus.inbound.insert(id, channel);
@@ -386,14 +404,13 @@ impl Network {
             (Some(Outbound::Fetch), ConsensusResponse::Vertices { vertices }) => {
                 let mut good = Vec::with_capacity(vertices.len());
                 for wire in vertices {
-                    match Vertex::verify(wire) {
+                    match self.admit_vertex(Vertex::verify(wire)) {
                         Ok(v) => good.push(v),
-                        Err(e) => {
+                        Err((offence, reason)) => {
                             self.table.rejected(&peer);
-                            self.consensus.emit(ConsensusEvent::InvalidVertex {
-                                from,
-                                reason: e.to_string(),
-                            });
+                            self.charge_peer(&peer, offence);
+                            self.consensus
+                                .emit(ConsensusEvent::InvalidVertex { from, reason });
                         }
                     }
                 }
@@ -423,6 +440,7 @@ impl Network {
         let mut peers: Vec<NodeId> = self
             .swarm
             .connected_peers()
+            .filter(|p| self.membership.is_admitted(p))
             .copied()
             .collect::<Vec<_>>()
             .iter()

@@ -1,10 +1,28 @@
 //! Validation of gossip frames from peers, before gossipsub may forward them.
 
+use super::guard::Offence;
 use super::{now_ms, Network};
 use crate::network::router::Delivery;
-use agentmesh_protocol::{decode_frame, Envelope};
+use agentmesh_protocol::{decode_frame, Envelope, FrameError};
 use libp2p::{gossipsub, PeerId};
 use std::sync::Arc;
+
+/// Why a frame was not accepted.
+pub(super) struct Refusal {
+    pub reason: String,
+    /// What to charge the sending peer with; `None` when the fault lies
+    /// elsewhere (an author over its rate is charged separately).
+    pub offence: Option<Offence>,
+}
+
+impl Refusal {
+    fn new(offence: Option<Offence>, reason: impl Into<String>) -> Refusal {
+        Refusal {
+            reason: reason.into(),
+            offence,
+        }
+    }
+}
 
 impl Network {
     pub(super) fn family_of_topic(&self, topic: &gossipsub::TopicHash) -> Option<String> {
@@ -14,26 +32,118 @@ impl Network {
             .map(str::to_string)
     }
 
+    /// Gossip from `source`: accepted only from admitted members; held
+    /// while `source`'s membership handshake is under way.
+    pub(super) fn on_gossip(
+        &mut self,
+        source: PeerId,
+        id: gossipsub::MessageId,
+        message: gossipsub::Message,
+    ) {
+        if !self.membership.is_admitted(&source) {
+            if self.membership.is_pending(&source) {
+                if !self.membership.hold(&source, id.clone(), message) {
+                    self.report(&id, &source, gossipsub::MessageAcceptance::Ignore);
+                }
+            } else {
+                // A refused or banned peer's last words.
+                self.totals.rejected += 1;
+                self.report(&id, &source, gossipsub::MessageAcceptance::Reject);
+            }
+            return;
+        }
+        if self.is_consensus_topic(&message.topic) {
+            self.on_vertex_gossip(source, id, &message.data);
+        } else {
+            self.on_gossip_message(source, id, message);
+        }
+    }
+
     /// A frame is accepted only if it decodes within the limits, its
-    /// author's signature verifies, every envelope is the author's, and every
-    /// channel belongs to the topic's family.
-    fn check_frame(&self, message: &gossipsub::Message) -> Result<Vec<Envelope>, String> {
-        let family = self
-            .family_of_topic(&message.topic)
-            .ok_or("topic is not an agentmesh channel")?;
-        let payload = decode_frame(&message.data, self.settings.max_message_bytes)
-            .map_err(|e| e.to_string())?;
+    /// author's signature verifies, every envelope is the author's, every
+    /// channel belongs to the topic's family, the author is a member allowed
+    /// to publish on every channel, not banned, and within its rate.
+    fn check_frame(&mut self, message: &gossipsub::Message) -> Result<Vec<Envelope>, Refusal> {
+        let family = self.family_of_topic(&message.topic).ok_or_else(|| {
+            Refusal::new(
+                Some(Offence::Malformed),
+                "topic is not an agentmesh channel",
+            )
+        })?;
+        let (payload, certificate) = decode_frame(&message.data, self.settings.max_message_bytes)
+            .map_err(|e| {
+            let offence = match e {
+                FrameError::BadSignature => Offence::BadSignature,
+                _ => Offence::Malformed,
+            };
+            Refusal::new(Some(offence), e.to_string())
+        })?;
         if let Some(envelope) = payload
             .envelopes
             .iter()
             .find(|e| e.channel.family() != family)
         {
-            return Err(format!(
-                "channel {} does not belong to topic family {family}",
-                envelope.channel
+            return Err(Refusal::new(
+                Some(Offence::Malformed),
+                format!(
+                    "channel {} does not belong to topic family {family}",
+                    envelope.channel
+                ),
+            ));
+        }
+        if self.guard.is_banned(&payload.author) {
+            return Err(Refusal::new(
+                None,
+                format!("author {} is banned", payload.author),
+            ));
+        }
+        let scopes = self
+            .membership
+            .check(&payload.author, certificate.as_deref(), now_ms())
+            .map_err(|e| {
+                Refusal::new(
+                    Some(Offence::Unauthorised),
+                    format!("author {} is not a member: {e}", payload.author),
+                )
+            })?;
+        if let Some(scopes) = scopes {
+            if let Some(envelope) = payload
+                .envelopes
+                .iter()
+                .find(|e| !scopes.may_publish(&e.channel))
+            {
+                return Err(Refusal::new(
+                    Some(Offence::Unauthorised),
+                    format!(
+                        "author {} may not publish on {}",
+                        payload.author, envelope.channel
+                    ),
+                ));
+            }
+        }
+        if let Err(excess) = self
+            .guard
+            .admit_messages(&payload.author, payload.envelopes.len())
+        {
+            self.charge(payload.author, Offence::OverRate, excess);
+            return Err(Refusal::new(
+                None,
+                format!("author {} is over its message rate", payload.author),
             ));
         }
         Ok(payload.envelopes)
+    }
+
+    pub(super) fn report(
+        &mut self,
+        id: &gossipsub::MessageId,
+        source: &PeerId,
+        acceptance: gossipsub::MessageAcceptance,
+    ) {
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(id, source, acceptance);
     }
 
     /// Tells gossipsub whether a message may be forwarded (and whether its
@@ -49,10 +159,7 @@ impl Network {
         } else {
             gossipsub::MessageAcceptance::Reject
         };
-        self.swarm
-            .behaviour_mut()
-            .gossipsub
-            .report_message_validation_result(id, source, acceptance);
+        self.report(id, source, acceptance);
     }
 
     pub(super) fn on_gossip_message(
@@ -81,12 +188,15 @@ impl Network {
                     self.totals.delivered_locally += self.router.deliver(delivery) as u64;
                 }
             }
-            Err(reason) => {
-                tracing::debug!(peer = %source, %reason, "rejected a gossip frame");
+            Err(refusal) => {
+                tracing::debug!(peer = %source, reason = %refusal.reason, "rejected a gossip frame");
                 self.totals.rejected += 1;
                 self.counters
                     .rejected(self.family_of_topic(&message.topic).as_deref());
                 self.table.rejected(&source);
+                if let Some(offence) = refusal.offence {
+                    self.charge_peer(&source, offence);
+                }
             }
         }
     }

@@ -9,7 +9,9 @@ mod connections;
 pub mod consensus_io;
 mod counters;
 mod dialer;
+mod guard;
 mod inbound;
+pub mod membership;
 mod peers;
 mod publish;
 pub mod router;
@@ -73,6 +75,9 @@ pub enum PublishError {
     /// The message itself is unacceptable (the agent's mistake).
     #[error("invalid message: {0}")]
     Invalid(String),
+    /// Outside this node's membership scopes.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("message of {0} bytes is larger than the network accepts")]
     TooLarge(usize),
     #[error("the send queues to all {0} subscribed peers are full; retry later")]
@@ -215,6 +220,12 @@ impl NetworkHandle {
     }
 }
 
+/// Where the network task hands what it receives for the node's services.
+pub struct ServiceSenders {
+    pub consensus: consensus_io::ConsensusSenders,
+    pub sync: mpsc::Sender<sync_io::SyncEvent>,
+}
+
 pub struct Network {
     swarm: Swarm<Behaviour>,
     settings: Settings,
@@ -251,6 +262,8 @@ pub struct Network {
     consensus: consensus_io::ConsensusIo,
     sync: sync_io::SyncIo,
     metrics: crate::metrics::NetworkMetrics,
+    membership: membership::Membership,
+    guard: guard::Guard,
 }
 
 impl Network {
@@ -260,11 +273,16 @@ impl Network {
         swarm: Swarm<Behaviour>,
         settings: Settings,
         key: NodeKey,
-        peer_book: PeerBook,
-        consensus_events: consensus_io::ConsensusSenders,
-        sync_events: mpsc::Sender<sync_io::SyncEvent>,
+        store: &agentmesh_store::Store,
+        services: ServiceSenders,
         metrics: crate::metrics::NetworkMetrics,
+        membership: membership::Membership,
     ) -> anyhow::Result<(Network, NetworkHandle, oneshot::Receiver<Vec<Multiaddr>>)> {
+        let ServiceSenders {
+            consensus: consensus_events,
+            sync: sync_events,
+        } = services;
+        let peer_book = store.peers()?;
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let (listening_tx, listening_rx) = oneshot::channel();
         let router = Router::new(settings.subscriber_buffer);
@@ -276,7 +294,10 @@ impl Network {
             settings.tcp,
         );
         let consensus = consensus_io::ConsensusIo::new(&settings.network, consensus_events);
+        let guard = guard::Guard::new(&settings, store.bans()?);
         let mut network = Network {
+            membership,
+            guard,
             consensus,
             sync: sync_io::SyncIo::new(sync_events),
             metrics,
@@ -320,6 +341,7 @@ impl Network {
             .gossipsub
             .subscribe(&topic)
             .map_err(|e| anyhow::anyhow!("cannot join the consensus topic: {e}"))?;
+        network.apply_stored_bans();
         network.add_initial_peers();
         Ok((network, NetworkHandle { commands: tx }, listening_rx))
     }
@@ -387,6 +409,8 @@ impl Network {
         self.dial_due(now);
         self.close_due_duplicates(now);
         self.maintain_consensus();
+        self.expire_handshakes();
+        self.expire_bans();
         if self.table.is_empty() {
             if self.rejoin.is_due(now) {
                 self.rejoin_mesh();
@@ -458,6 +482,7 @@ impl Network {
                 connection_id,
                 endpoint,
                 concurrent_dial_errors,
+                num_established,
                 ..
             } => {
                 let failed = concurrent_dial_errors
@@ -466,6 +491,9 @@ impl Network {
                     .map(|(addr, _)| addr)
                     .collect();
                 self.on_connection_established(peer_id, connection_id, &endpoint, failed);
+                if num_established.get() == 1 && self.swarm.is_connected(&peer_id) {
+                    self.membership_connected(peer_id);
+                }
                 // Consensus samples from connected peers: tell it at once.
                 self.maintain_consensus();
             }
@@ -478,6 +506,9 @@ impl Network {
             } => {
                 tracing::debug!(peer = %peer_id, cause = ?cause, "connection closed");
                 self.on_connection_closed(peer_id, connection_id, num_established);
+                if num_established == 0 {
+                    self.membership_disconnected(&peer_id);
+                }
                 self.maintain_consensus();
             }
             SwarmEvent::OutgoingConnectionError {
@@ -536,20 +567,19 @@ impl Network {
                 propagation_source,
                 message_id,
                 message,
-            }) => {
-                if self.is_consensus_topic(&message.topic) {
-                    self.on_vertex_gossip(propagation_source, message_id, &message.data);
-                } else {
-                    self.on_gossip_message(propagation_source, message_id, message);
-                }
-            }
+            }) => self.on_gossip(propagation_source, message_id, message),
             BehaviourEvent::Consensus(event) => self.on_consensus_event(event),
             BehaviourEvent::Sync(event) => self.on_sync_event(event),
+            BehaviourEvent::Membership(event) => self.on_membership_event(event),
             _ => {}
         }
     }
 
     fn on_identified(&mut self, peer: PeerId, info: identify::Info) {
+        if !self.membership.is_admitted(&peer) && !self.membership.is_pending(&peer) {
+            // Refused (or banned) while its identify was on the way.
+            return;
+        }
         let ours = behaviour::identify_protocol_version(&self.settings.network);
         if info.protocol_version != ours {
             tracing::info!(%peer, theirs = %info.protocol_version, %ours, "peer belongs to another network; disconnecting");
@@ -722,6 +752,7 @@ impl Network {
             tcp: self.settings.tcp,
             messages: self.totals.clone(),
             consensus_events_dropped: self.consensus.dropped_events,
+            security: self.security_status(),
         }
     }
 

@@ -77,6 +77,17 @@ impl Network {
             body,
             reply,
         } = request;
+        if let Some(scopes) = self.membership.own_scopes() {
+            if !scopes.may_publish(&channel) {
+                let granted = scopes.certificate.scopes.join(",");
+                return Err((
+                    PublishError::Forbidden(format!(
+                        "this node's membership certificate does not allow publishing on {channel} (scopes: {granted})"
+                    )),
+                    reply,
+                ));
+            }
+        }
         let Some(envelope) = self.own_envelope(channel, content_type, body) else {
             return Err((PublishError::Failed("system RNG failed".into()), reply));
         };
@@ -124,8 +135,8 @@ impl Network {
         family: &str,
         envelopes: &[Envelope],
     ) -> Result<(RemoteDelivery, usize), PublishError> {
-        let bytes =
-            encode_frame(&self.key, envelopes).map_err(|e| PublishError::Failed(e.to_string()))?;
+        let bytes = encode_frame(&self.key, envelopes, self.membership.own_certificate())
+            .map_err(|e| PublishError::Failed(e.to_string()))?;
         let topic = topic_for(&self.settings.network, family);
         let remote_subscribers = self.remote_subscribers(&topic.hash());
         let size = bytes.len();

@@ -8,6 +8,7 @@ use crate::identity::{node_id_of, peer_id_of};
 use agentmesh_protocol::pattern_wire::{SyncRequest, SyncResponse};
 use agentmesh_protocol::NodeId;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::PeerId;
 use std::collections::HashMap;
 use tokio::sync::{mpsc, oneshot};
 
@@ -102,6 +103,25 @@ impl Network {
                     let Some(from) = node_id_of(&peer) else {
                         return;
                     };
+                    if !self.admit_request(&peer) {
+                        return;
+                    }
+                    if matches!(request, SyncRequest::Push { .. })
+                        && !self.may_share_patterns(&peer)
+                    {
+                        let refused = SyncResponse::Refused {
+                            reason: "your membership certificate does not allow sharing patterns"
+                                .into(),
+                        };
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .sync
+                            .send_response(channel, refused);
+                        // Not charged: an honest node may hold patterns it
+                        // has no scope to share.
+                        return;
+                    }
                     let id = self.sync.next_inbound;
                     self.sync.next_inbound += 1;
                     let event = SyncEvent::Request {
@@ -126,7 +146,17 @@ impl Network {
                     response,
                 } => {
                     if let Some(reply) = self.sync.outbound.remove(&request_id) {
-                        let _ = reply.send(Ok(response));
+                        let answer = if matches!(response, SyncResponse::Batch { .. })
+                            && !self.may_share_patterns(&peer)
+                        {
+                            Err(
+                                "the peer's membership certificate does not allow sharing patterns"
+                                    .to_string(),
+                            )
+                        } else {
+                            Ok(response)
+                        };
+                        let _ = reply.send(answer);
                     }
                 }
             },
@@ -145,9 +175,27 @@ impl Network {
         }
     }
 
+    /// Whether `peer` may hand this node pattern states (any admitted peer in
+    /// an open network).
+    fn may_share_patterns(&self, peer: &PeerId) -> bool {
+        match self.membership.scopes_of(peer) {
+            Some(Some(scopes)) => scopes.may_share_patterns(),
+            Some(None) => true,
+            None => false,
+        }
+    }
+
     /// Tells the pattern service about peer changes (it reconciles with
     /// peers that join) and forgets requests whose askers gave up.
     pub(super) fn maintain_sync(&mut self, peers: &[NodeId]) {
+        // Reconciling with a peer that may not share patterns would only
+        // fetch what this node then refuses.
+        let sharing: Vec<NodeId> = peers
+            .iter()
+            .filter(|n| peer_id_of(n).is_ok_and(|p| self.may_share_patterns(&p)))
+            .copied()
+            .collect();
+        let peers = sharing.as_slice();
         if peers != self.sync.last_peers
             && self
                 .sync

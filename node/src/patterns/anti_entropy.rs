@@ -63,6 +63,9 @@ pub struct Reconciler {
     /// Connected peers, as the pattern service last heard from the network.
     pub peers: watch::Receiver<Vec<NodeId>>,
     pub interval: Duration,
+    /// False when this node's membership certificate lacks the `patterns`
+    /// scope: it then only fetches (peers would refuse its pushes).
+    pub may_push: bool,
 }
 
 impl Reconciler {
@@ -268,8 +271,10 @@ impl Reconciler {
                 .chain(diff.differing.iter().cloned())
                 .collect();
             fetched += self.fetch(peer, wanted).await?;
-            let to_send: Vec<String> = diff.differing.into_iter().chain(diff.extra).collect();
-            pushed += self.push(peer, &to_send).await?;
+            if self.may_push {
+                let to_send: Vec<String> = diff.differing.into_iter().chain(diff.extra).collect();
+                pushed += self.push(peer, &to_send).await?;
+            }
             match page.next {
                 None => return Ok((fetched, pushed)),
                 Some(id) => after = Some(id),

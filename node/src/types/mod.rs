@@ -21,6 +21,39 @@ pub struct Status {
     /// Consensus events (vertices, queries, votes) dropped because the
     /// consensus service's queue was full.
     pub consensus_events_dropped: u64,
+    pub security: SecurityStatus,
+}
+
+/// Membership and misbehaviour counters.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SecurityStatus {
+    /// `open` (any peer may join) or `authority` (certificates required).
+    pub membership: String,
+    /// This node's scopes, with an authority.
+    pub scopes: Vec<String>,
+    /// When this node's certificate expires (unix ms), with an authority.
+    pub certificate_expires_ms: Option<u64>,
+    /// Peers refused for lacking a valid certificate.
+    pub refused_peers: u64,
+    /// Peers connected but not yet through the handshake, and the gossip
+    /// messages held from them meanwhile.
+    pub pending_handshakes: usize,
+    pub held_messages: usize,
+    /// Milliseconds from connection to admission of the last admitted peer.
+    pub last_handshake_ms: Option<f64>,
+    /// Bans in force, and issued since start-up.
+    pub banned_peers: usize,
+    pub bans_issued: u64,
+    /// Offences by kind: malformed, bad_signature, unauthorised, over_rate.
+    pub offences: std::collections::BTreeMap<String, u64>,
+    pub bans: Vec<BanInfo>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BanInfo {
+    pub peer_id: String,
+    pub until_ms: u64,
+    pub reason: String,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

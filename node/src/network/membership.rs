@@ -1,0 +1,473 @@
+//! Membership: in a network with an authority, a peer takes part only after
+//! proving, right after connecting, that it holds a certificate for its own
+//! peer id (the handshake below). Until then nothing it sends is accepted:
+//! its gossip is held (and accepted or rejected with the verdict), its
+//! requests are refused, and the consensus and pattern services do not see
+//! it as a peer. Frames and vertices carry their author's certificate, so
+//! scopes are checked for authors this node never met.
+
+use super::{now_ms, Network};
+use crate::config::Settings;
+use crate::identity::node_id_of;
+use agentmesh_protocol::membership::{
+    verify_certificate, CertificateError, Hello, HelloReply, Verified,
+};
+use agentmesh_protocol::{NodeId, Vertex};
+use anyhow::{bail, Context};
+use libp2p::request_response::{self, ResponseChannel};
+use libp2p::{gossipsub, PeerId};
+use lru::LruCache;
+use serde_bytes::ByteBuf;
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Certificates of authors met through frames and vertices, verified once.
+const KNOWN_CERTIFICATES: NonZeroUsize = NonZeroUsize::new(4096).unwrap();
+
+/// Gossip messages held per peer while its handshake is under way; more
+/// are ignored (gossipsub gets them from other peers or the next heartbeat).
+const HELD_PER_PEER: usize = 512;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MembershipError {
+    #[error("no membership certificate presented")]
+    Missing,
+    #[error(transparent)]
+    Certificate(#[from] CertificateError),
+}
+
+struct Known {
+    bytes: Vec<u8>,
+    verified: Arc<Verified>,
+}
+
+struct Pending {
+    since: Instant,
+    held: Vec<(gossipsub::MessageId, gossipsub::Message)>,
+}
+
+pub struct Membership {
+    authority: Option<NodeId>,
+    own: Option<(Vec<u8>, Arc<Verified>)>,
+    known: LruCache<NodeId, Known>,
+    /// Peers that proved membership, with their scopes (`None` in an open
+    /// network: no scope applies).
+    admitted: HashMap<PeerId, Option<Arc<Verified>>>,
+    pending: HashMap<PeerId, Pending>,
+    timeout: Duration,
+    pub refused: u64,
+    /// Milliseconds from connection to admission, for the benchmark and
+    /// `/metrics`.
+    pub last_handshake_ms: Option<f64>,
+}
+
+impl Membership {
+    /// Reads and checks this node's certificate. A node whose own
+    /// certificate is missing, forged, expired or someone else's refuses to
+    /// start: every peer would refuse it anyway.
+    pub fn load(settings: &Settings, local: NodeId) -> anyhow::Result<Membership> {
+        let mut membership = Membership {
+            authority: None,
+            own: None,
+            known: LruCache::new(KNOWN_CERTIFICATES),
+            admitted: HashMap::new(),
+            pending: HashMap::new(),
+            timeout: settings.membership_timeout,
+            refused: 0,
+            last_handshake_ms: None,
+        };
+        let Some(m) = &settings.membership else {
+            tracing::warn!("no authority configured: this node runs OPEN and accepts any peer (set 'authority' and 'certificate' to require membership)");
+            return Ok(membership);
+        };
+        let path = &m.certificate;
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read the certificate file {}", path.display()))?;
+        let verified = verify_certificate(&bytes, &m.authority)
+            .with_context(|| format!("certificate file {}", path.display()))?;
+        if let Err(e) = verified.check(&local, now_ms()) {
+            bail!("certificate file {}: {e}", path.display());
+        }
+        tracing::info!(
+            scopes = %verified.certificate.scopes.join(","),
+            expires_ms = verified.certificate.expires_ms,
+            "membership certificate loaded; peers must present theirs"
+        );
+        membership.authority = Some(m.authority);
+        membership.own = Some((bytes, Arc::new(verified)));
+        Ok(membership)
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.authority.is_none()
+    }
+
+    pub fn own_certificate(&self) -> Option<&[u8]> {
+        self.own.as_ref().map(|(bytes, _)| bytes.as_slice())
+    }
+
+    /// This node's scopes (`None`: open network, no limits).
+    pub fn own_scopes(&self) -> Option<Arc<Verified>> {
+        self.own.as_ref().map(|(_, v)| v.clone())
+    }
+
+    pub fn is_admitted(&self, peer: &PeerId) -> bool {
+        self.admitted.contains_key(peer)
+    }
+
+    /// The scopes of an admitted peer: `Some(None)` when no scope applies
+    /// (open network), `None` when the peer is not admitted.
+    pub fn scopes_of(&self, peer: &PeerId) -> Option<Option<&Verified>> {
+        self.admitted.get(peer).map(|v| v.as_deref())
+    }
+
+    /// A peer's first connection: true if a handshake must follow.
+    fn connected(&mut self, peer: PeerId) -> bool {
+        if self.is_open() {
+            self.admitted.insert(peer, None);
+            return false;
+        }
+        if self.admitted.contains_key(&peer) || self.pending.contains_key(&peer) {
+            return false;
+        }
+        self.pending.insert(
+            peer,
+            Pending {
+                since: Instant::now(),
+                held: Vec::new(),
+            },
+        );
+        true
+    }
+
+    fn disconnected(&mut self, peer: &PeerId) {
+        self.admitted.remove(peer);
+        self.pending.remove(peer);
+    }
+
+    /// The certificate of `author` valid now: the presented one, or the one
+    /// met before. `Ok(None)` in an open network.
+    pub fn check(
+        &mut self,
+        author: &NodeId,
+        presented: Option<&[u8]>,
+        now_ms: u64,
+    ) -> Result<Option<Arc<Verified>>, MembershipError> {
+        let Some(authority) = self.authority else {
+            return Ok(None);
+        };
+        let verified = match (presented, self.known.get(author)) {
+            (Some(bytes), Some(known)) if known.bytes == bytes => known.verified.clone(),
+            (None, Some(known)) => known.verified.clone(),
+            (None, None) => return Err(MembershipError::Missing),
+            (Some(bytes), _) => {
+                let verified = Arc::new(verify_certificate(bytes, &authority)?);
+                // Only a certificate of the author itself is remembered for
+                // it (a frame may not plant one for somebody else).
+                verified.check(author, now_ms)?;
+                self.known.put(
+                    *author,
+                    Known {
+                        bytes: bytes.to_vec(),
+                        verified: verified.clone(),
+                    },
+                );
+                verified
+            }
+        };
+        verified.check(author, now_ms)?;
+        Ok(Some(verified))
+    }
+
+    /// May the author of `vertex` propose? (Its certificate travels with it.)
+    pub fn check_proposer(&mut self, vertex: &Vertex) -> Result<(), String> {
+        match self.check(&vertex.author(), vertex.certificate(), now_ms()) {
+            Ok(Some(scopes)) if !scopes.may_propose() => Err(format!(
+                "author {} may not propose vertices",
+                vertex.author()
+            )),
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("author {} is not a member: {e}", vertex.author())),
+        }
+    }
+
+    /// Holds a gossip message of a peer whose handshake is under way; false
+    /// if the peer is not pending or its queue is full.
+    pub fn hold(
+        &mut self,
+        peer: &PeerId,
+        id: gossipsub::MessageId,
+        message: gossipsub::Message,
+    ) -> bool {
+        match self.pending.get_mut(peer) {
+            Some(p) if p.held.len() < HELD_PER_PEER => {
+                p.held.push((id, message));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn held_count(&self) -> usize {
+        self.pending.values().map(|p| p.held.len()).sum()
+    }
+
+    pub fn is_pending(&self, peer: &PeerId) -> bool {
+        self.pending.contains_key(peer)
+    }
+
+    /// Admits `peer`; returns the gossip held for it.
+    fn admit(
+        &mut self,
+        peer: PeerId,
+        verified: Arc<Verified>,
+    ) -> Vec<(gossipsub::MessageId, gossipsub::Message)> {
+        let pending = self.pending.remove(&peer);
+        if let Some(p) = &pending {
+            self.last_handshake_ms = Some(p.since.elapsed().as_secs_f64() * 1e3);
+        }
+        self.admitted.insert(peer, Some(verified));
+        pending.map(|p| p.held).unwrap_or_default()
+    }
+
+    /// Peers whose handshake took longer than the timeout.
+    fn overdue(&self, now: Instant) -> Vec<PeerId> {
+        self.pending
+            .iter()
+            .filter(|(_, p)| now.duration_since(p.since) > self.timeout)
+            .map(|(peer, _)| *peer)
+            .collect()
+    }
+
+    fn hello(&self) -> Hello {
+        Hello {
+            certificate: self.own_certificate().map(|c| ByteBuf::from(c.to_vec())),
+        }
+    }
+}
+
+impl Network {
+    /// A peer's connection is up: start the handshake if one is needed.
+    pub(super) fn membership_connected(&mut self, peer: PeerId) {
+        if self.membership.connected(peer) {
+            let hello = self.membership.hello();
+            self.swarm
+                .behaviour_mut()
+                .membership
+                .send_request(&peer, hello);
+        }
+    }
+
+    pub(super) fn membership_disconnected(&mut self, peer: &PeerId) {
+        self.membership.disconnected(peer);
+    }
+
+    /// Disconnects peers that did not prove membership in time.
+    pub(super) fn expire_handshakes(&mut self) {
+        for peer in self.membership.overdue(Instant::now()) {
+            self.refuse_member(peer, "did not present a membership certificate in time");
+        }
+    }
+
+    /// Checks the certificate `peer` presented; admits or refuses it.
+    /// Returns whether it was admitted.
+    fn judge_certificate(&mut self, peer: PeerId, certificate: Option<&[u8]>) -> bool {
+        if self.membership.is_admitted(&peer) {
+            return true;
+        }
+        if !self.membership.is_pending(&peer) {
+            // Refused already (both ends' hellos cross on the wire).
+            return false;
+        }
+        let Some(node) = node_id_of(&peer) else {
+            return false;
+        };
+        match self.membership.check(&node, certificate, now_ms()) {
+            Ok(Some(verified)) => {
+                tracing::info!(%peer, scopes = %verified.certificate.scopes.join(","), "peer proved its membership");
+                let held = self.membership.admit(peer, verified);
+                for (id, message) in held {
+                    self.on_gossip(peer, id, message);
+                }
+                // Consensus and patterns may use the peer from now on.
+                self.maintain_consensus();
+                true
+            }
+            // Open network: the peer was admitted on connection.
+            Ok(None) => true,
+            Err(e) => {
+                self.refuse_member(peer, &e.to_string());
+                false
+            }
+        }
+    }
+
+    /// Disconnects a peer that is not a member (and never dials it again);
+    /// what it sent while its handshake was under way is rejected. It is not
+    /// banned: a node whose certificate was missing may come back with one.
+    fn refuse_member(&mut self, peer: PeerId, reason: &str) {
+        tracing::warn!(%peer, %reason, "refusing a peer that is not a member");
+        self.membership.refused += 1;
+        if let Some(p) = self.membership.pending.remove(&peer) {
+            for (id, _) in p.held {
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(
+                        &id,
+                        &peer,
+                        gossipsub::MessageAcceptance::Reject,
+                    );
+            }
+        }
+        self.forget_peer(&peer);
+        self.mark_unwanted(peer);
+        let _ = self.swarm.disconnect_peer_id(peer);
+    }
+
+    /// Drops a refused or banned peer from the routing table and the peer
+    /// book, so it is neither handed to others nor redialled after a restart.
+    pub(super) fn forget_peer(&mut self, peer: &PeerId) {
+        self.swarm.behaviour_mut().kad.remove_peer(peer);
+        if let Some(node) = node_id_of(peer) {
+            if let Err(e) = self.peer_book.remove(&node) {
+                tracing::warn!(%peer, error = %e, "cannot forget a refused peer");
+            }
+        }
+    }
+
+    pub(super) fn on_membership_event(
+        &mut self,
+        event: request_response::Event<Hello, HelloReply>,
+    ) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => self.on_hello(peer, request, channel),
+                request_response::Message::Response { response, .. } => match response {
+                    HelloReply::Welcome { certificate } => {
+                        self.judge_certificate(peer, certificate.as_deref().map(|c| c.as_slice()));
+                    }
+                    HelloReply::Refused { reason } => {
+                        tracing::warn!(%peer, %reason, "peer refused this node's membership");
+                        self.mark_unwanted(peer);
+                        let _ = self.swarm.disconnect_peer_id(peer);
+                    }
+                },
+            },
+            request_response::Event::OutboundFailure { peer, error, .. } => {
+                if self.membership.is_pending(&peer) {
+                    // Wait for the peer's own hello until the deadline: a
+                    // connection closed as a duplicate fails our request
+                    // while another one carries on.
+                    tracing::debug!(%peer, %error, "membership handshake request failed");
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "inbound membership handshake failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn on_hello(&mut self, peer: PeerId, hello: Hello, channel: ResponseChannel<HelloReply>) {
+        let reply = if self.membership.is_open()
+            || self.judge_certificate(peer, hello.certificate.as_deref().map(|c| c.as_slice()))
+        {
+            HelloReply::Welcome {
+                certificate: self.membership.hello().certificate,
+            }
+        } else {
+            HelloReply::Refused {
+                reason: "no valid membership certificate for this peer id".into(),
+            }
+        };
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .membership
+            .send_response(channel, reply);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agentmesh_protocol::membership::{issue, Scope};
+    use agentmesh_protocol::NodeKey;
+
+    fn key(n: u8) -> NodeKey {
+        NodeKey::from_seed([n; 32]).unwrap()
+    }
+
+    fn membership(authority: Option<NodeId>) -> Membership {
+        Membership {
+            authority,
+            own: None,
+            known: LruCache::new(KNOWN_CERTIFICATES),
+            admitted: HashMap::new(),
+            pending: HashMap::new(),
+            timeout: Duration::from_secs(10),
+            refused: 0,
+            last_handshake_ms: None,
+        }
+    }
+
+    fn certificate(holder: NodeId, expires_ms: u64) -> Vec<u8> {
+        issue(&key(1), holder, &[Scope::Propose], 0, expires_ms).unwrap()
+    }
+
+    #[test]
+    fn an_open_network_checks_nothing() {
+        let mut m = membership(None);
+        assert!(m.check(&key(2).node_id(), None, 5).unwrap().is_none());
+    }
+
+    #[test]
+    fn authors_need_a_valid_certificate_of_their_own() {
+        let mut m = membership(Some(key(1).node_id()));
+        let (alice, bob) = (key(2).node_id(), key(3).node_id());
+        let alices = certificate(alice, 1_000);
+        assert!(matches!(
+            m.check(&alice, None, 5),
+            Err(MembershipError::Missing)
+        ));
+        let v = m.check(&alice, Some(&alices), 5).unwrap().unwrap();
+        assert!(v.may_propose());
+        // Remembered: later frames may omit it, until it expires.
+        assert!(m.check(&alice, None, 6).unwrap().is_some());
+        assert!(matches!(
+            m.check(&alice, None, 1_000),
+            Err(MembershipError::Certificate(
+                CertificateError::Expired { .. }
+            ))
+        ));
+        // Bob presenting Alice's certificate gets nothing, and is not
+        // remembered as holding it.
+        assert!(matches!(
+            m.check(&bob, Some(&alices), 5),
+            Err(MembershipError::Certificate(
+                CertificateError::WrongHolder { .. }
+            ))
+        ));
+        assert!(matches!(
+            m.check(&bob, None, 5),
+            Err(MembershipError::Missing)
+        ));
+        // Another authority's certificate is worthless here.
+        let foreign = issue(&key(9), bob, &[Scope::All], 0, 1_000).unwrap();
+        assert!(matches!(
+            m.check(&bob, Some(&foreign), 5),
+            Err(MembershipError::Certificate(
+                CertificateError::OtherAuthority { .. }
+            ))
+        ));
+    }
+}

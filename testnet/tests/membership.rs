@@ -1,0 +1,359 @@
+//! Membership and misbehaviour over real node processes: in a network with
+//! an authority only certificate holders take part, within their scopes;
+//! a flooding peer is throttled, then banned, and stays banned across a
+//! restart.
+
+mod common;
+
+use agentmesh_node::client::{ApiClient, ClientError};
+use agentmesh_node::identity::node_id_of;
+use agentmesh_node::types::{SecurityStatus, TransactionBody};
+use agentmesh_protocol::{
+    encode_frame, Channel, Envelope, MessageId, NodeKey, Transaction, Vertex,
+};
+use agentmesh_testnet::authority::{peer_id_of_dir, Authority};
+use agentmesh_testnet::collect::Collector;
+use agentmesh_testnet::rogue::RoguePeer;
+use agentmesh_testnet::{binary, Testnet, TestnetOptions};
+use common::{start, MESH_TIMEOUT};
+use std::collections::HashSet;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+struct Members {
+    net: Testnet,
+    authority: Authority,
+    dir: tempfile::TempDir,
+}
+
+/// A testnet whose node i holds a certificate with `scopes[i]`, issued
+/// through the CLI.
+async fn members(scopes: &[&str]) -> Members {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = binary::build_for_tests().unwrap();
+    let authority = Authority::create(&bin, &dir.path().join("ca")).unwrap();
+    let mut opts = TestnetOptions::new(scopes.len(), dir.path(), &bin);
+    for (i, scopes) in scopes.iter().enumerate() {
+        let peer = peer_id_of_dir(&bin, &opts.spec(i).data_dir).unwrap();
+        let out = dir.path().join(format!("node-{i}.cert"));
+        let cert = authority.issue(&peer, scopes, "1h", &out).unwrap();
+        opts.node_args.push(authority.member_args(&cert));
+    }
+    let net = Testnet::start(opts).await.unwrap();
+    Members {
+        net,
+        authority,
+        dir,
+    }
+}
+
+async fn security(client: &ApiClient) -> SecurityStatus {
+    client.status().await.unwrap().security
+}
+
+fn frame(key: &NodeKey, channel: &str, body: &str, certificate: Option<&[u8]>) -> Vec<u8> {
+    let envelope = Envelope {
+        channel: Channel::parse(channel).unwrap(),
+        id: MessageId::random().unwrap(),
+        sender: key.node_id(),
+        timestamp_ms: now_ms(),
+        content_type: "text/plain".into(),
+        body: body.as_bytes().to_vec(),
+    };
+    encode_frame(key, &[envelope], certificate).unwrap()
+}
+
+/// Keeps the rogue's swarm running until `done` holds (or fails after
+/// `TIMEOUT`, naming `what`).
+async fn pump_until<F, Fut>(rogue: &mut RoguePeer, what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + TIMEOUT;
+    while !done().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        rogue.pump(Duration::from_millis(50)).await;
+    }
+}
+
+/// Publishes on `channel` from node `from` and waits until every
+/// subscriber of `collector` has it; returns every sender seen meanwhile.
+async fn sentinel(
+    net: &Testnet,
+    from: usize,
+    channel: &str,
+    collector: &mut Collector,
+    senders: &mut HashSet<String>,
+) {
+    let receipt = net.nodes[from]
+        .client
+        .publish(channel, "text/plain", b"sentinel".to_vec())
+        .await
+        .unwrap();
+    let expected = HashSet::from([receipt.id]);
+    collector
+        .wait_for_all(&expected, TIMEOUT, |r| {
+            senders.insert(r.event.sender.clone());
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_talk_within_their_scopes_and_non_members_are_refused() {
+    let m = members(&["all", "all", "publish:chat:*"]).await;
+    let net = &m.net;
+    net.wait_full_mesh(MESH_TIMEOUT).await.unwrap();
+    for node in &net.nodes {
+        let s = security(&node.client).await;
+        assert_eq!(s.membership, "authority");
+        assert_eq!(s.refused_peers, 0);
+    }
+    let mut chat = Collector::subscribe(net, &[0, 1], "chat:*").await.unwrap();
+    let mut coordination = Collector::subscribe(net, &[0, 1], "coordination")
+        .await
+        .unwrap();
+    net.wait_remote_subscribers(2, "chat", 2, MESH_TIMEOUT)
+        .await
+        .unwrap();
+    net.wait_remote_subscribers(0, "coordination", 1, MESH_TIMEOUT)
+        .await
+        .unwrap();
+
+    // The limited member talks on chat, but may not publish elsewhere or
+    // propose: its own node refuses before peers would.
+    let mut senders = HashSet::new();
+    sentinel(net, 2, "chat:general", &mut chat, &mut senders).await;
+    let node2 = &net.nodes[2].client;
+    match node2
+        .publish("coordination", "text/plain", b"x".to_vec())
+        .await
+    {
+        Err(ClientError::Rejected {
+            status: 403,
+            message,
+        }) => {
+            assert!(message.contains("coordination"), "{message}")
+        }
+        other => panic!("expected 403, got {other:?}"),
+    }
+    let tx = TransactionBody {
+        key: "task:x".into(),
+        payload: "{}".into(),
+    };
+    assert!(matches!(
+        node2.propose(vec![tx]).await,
+        Err(ClientError::Rejected { status: 403, .. })
+    ));
+
+    // Outsiders: no certificate, an expired one, someone else's.
+    let target = net.nodes[0].tcp_addr().unwrap();
+    let client0 = net.nodes[0].client.clone();
+    let mut rogue_senders = HashSet::new();
+    let someone_elses = std::fs::read(m.dir.path().join("node-1.cert")).unwrap();
+    for (n, kind) in ["none", "expired", "someone else's"]
+        .into_iter()
+        .enumerate()
+    {
+        let mut rogue = RoguePeer::new(&net.options.network).unwrap();
+        let holder = node_id_of(&rogue.peer_id).unwrap();
+        rogue.certificate = match kind {
+            "none" => None,
+            "expired" => Some(
+                m.authority
+                    .issue_at(holder, "all", now_ms() - 7_200_000, now_ms() - 3_600_000)
+                    .unwrap(),
+            ),
+            _ => Some(someone_elses.clone()),
+        };
+        rogue_senders.insert(rogue.key.node_id().to_string());
+        // It keeps the node waiting for its certificate while it publishes:
+        // the node holds its messages until it has judged the certificate.
+        rogue.stall_handshake = true;
+        rogue.connect(&target, "chat").await.unwrap();
+        let cert = rogue.certificate.clone();
+        for i in 0..5 {
+            let body = format!("intruder {i}");
+            let data = frame(&rogue.key, "chat:general", &body, cert.as_deref());
+            rogue.publish_raw("chat", data).unwrap();
+        }
+        pump_until(&mut rogue, "node 0 to hold the outsider's messages", || {
+            let client0 = client0.clone();
+            async move { security(&client0).await.held_messages == 5 }
+        })
+        .await;
+        rogue.finish_handshake();
+        let what = format!("node 0 to refuse the outsider with {kind} certificate");
+        pump_until(&mut rogue, &what, || {
+            let client0 = client0.clone();
+            async move {
+                let s = security(&client0).await;
+                s.refused_peers == n as u64 + 1 && s.held_messages == 0
+            }
+        })
+        .await;
+    }
+    // Everything the outsiders sent was judged before they were refused;
+    // a later message from a member arriving proves none got through.
+    sentinel(net, 2, "chat:general", &mut chat, &mut senders).await;
+    assert!(
+        senders.is_disjoint(&rogue_senders),
+        "a non-member's message was delivered"
+    );
+
+    // A member with a valid certificate publishing outside its scopes: its
+    // chat messages are delivered everywhere, the rest rejected.
+    let mut member = RoguePeer::new(&net.options.network).unwrap();
+    let holder = node_id_of(&member.peer_id).unwrap();
+    let cert = m
+        .authority
+        .issue_at(holder, "publish:chat:*", now_ms(), now_ms() + 3_600_000)
+        .unwrap();
+    member.certificate = Some(cert.clone());
+    member.connect(&target, "chat").await.unwrap();
+    let in_scope = frame(&member.key, "chat:general", "within scope", Some(&cert));
+    member.publish_raw("chat", in_scope).unwrap();
+    let member_id = member.key.node_id().to_string();
+    let deadline = Instant::now() + TIMEOUT;
+    let mut seen = 0;
+    while seen < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the member's chat message was not delivered"
+        );
+        member.pump(Duration::from_millis(50)).await;
+        while let Some(r) = chat.next(Duration::from_millis(1)).await {
+            seen += usize::from(r.event.sender == member_id);
+        }
+    }
+    let out_of_scope = frame(&member.key, "coordination", "outside scope", Some(&cert));
+    member.publish_raw("coordination", out_of_scope).unwrap();
+    // A vertex from a member without the propose scope.
+    let tx = Transaction {
+        key: "task:sneaky".into(),
+        payload: b"{}".to_vec(),
+    };
+    let vertex = Vertex::sign(&member.key, vec![], 1, now_ms(), vec![tx])
+        .unwrap()
+        .with_certificate(Some(&cert));
+    let _ = member.publish_vertex_bytes(vertex.encode());
+    pump_until(
+        &mut member,
+        "node 0 to reject the out-of-scope frame",
+        || {
+            let client0 = client0.clone();
+            async move { security(&client0).await.offences["unauthorised"] >= 1 }
+        },
+    )
+    .await;
+    let mut coordination_senders = HashSet::new();
+    sentinel(
+        net,
+        0,
+        "coordination",
+        &mut coordination,
+        &mut coordination_senders,
+    )
+    .await;
+    assert!(
+        !coordination_senders.contains(&member.key.node_id().to_string()),
+        "an out-of-scope message was delivered"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_peer_is_throttled_then_banned_and_stays_banned_after_a_restart() {
+    let mut t = start(3, &["--peer-message-rate", "100"]).await;
+    t.net.wait_full_mesh(MESH_TIMEOUT).await.unwrap();
+    let mut chat = Collector::subscribe(&t.net, &[0, 2], "chat:*")
+        .await
+        .unwrap();
+    t.net
+        .wait_remote_subscribers(1, "chat", 2, MESH_TIMEOUT)
+        .await
+        .unwrap();
+    let target = t.net.nodes[0].tcp_addr().unwrap();
+    let mut rogue = RoguePeer::new(&t.net.options.network).unwrap();
+    rogue.connect(&target, "chat").await.unwrap();
+    let rogue_node = rogue.key.node_id().to_string();
+
+    // 2,000 messages at once, in frames of 50: ten times the burst allowed.
+    let flood = 2_000;
+    for f in 0..flood / 50 {
+        let envelopes: Vec<Envelope> = (0..50)
+            .map(|i| Envelope {
+                channel: Channel::parse("chat:flood").unwrap(),
+                id: MessageId::random().unwrap(),
+                sender: rogue.key.node_id(),
+                timestamp_ms: now_ms(),
+                content_type: "text/plain".into(),
+                body: format!("flood {f}/{i}").into_bytes(),
+            })
+            .collect();
+        let data = encode_frame(&rogue.key, &envelopes, None).unwrap();
+        rogue.publish_raw("chat", data).unwrap();
+    }
+    let client0 = t.net.nodes[0].client.clone();
+    pump_until(&mut rogue, "node 0 to ban the flooding peer", || {
+        let client0 = client0.clone();
+        async move { security(&client0).await.banned_peers == 1 }
+    })
+    .await;
+    let s = security(&client0).await;
+    assert!(s.offences["over_rate"] > 0, "{s:?}");
+    assert_eq!(s.bans[0].peer_id, rogue.peer_id.to_string());
+    assert!(
+        s.bans[0].reason.contains("over_rate"),
+        "{}",
+        s.bans[0].reason
+    );
+
+    // An honest member publishing meanwhile is not affected.
+    let mut expected = HashSet::new();
+    for i in 0..50 {
+        let receipt = t.net.nodes[1]
+            .client
+            .publish(
+                "chat:honest",
+                "text/plain",
+                format!("honest {i}").into_bytes(),
+            )
+            .await
+            .unwrap();
+        expected.insert(receipt.id);
+    }
+    let mut from_rogue = 0;
+    chat.wait_for_all(&expected, TIMEOUT, |r| {
+        if r.event.sender == rogue_node {
+            from_rogue += 1;
+        }
+    })
+    .await
+    .unwrap();
+    // Throttled: of the flood, at most the burst and what the rate allowed
+    // got through (to each of the two subscribers).
+    assert!(
+        from_rogue < flood,
+        "{from_rogue} of {flood} flood messages were delivered"
+    );
+
+    // The ban is on disk: a crash and restart does not forgive it.
+    let spec = t.net.kill(0);
+    t.net.restart(0, spec).await.unwrap();
+    let s = security(&t.net.nodes[0].client).await;
+    assert_eq!(s.banned_peers, 1, "{s:?}");
+    let target = t.net.nodes[0].tcp_addr().unwrap();
+    assert!(
+        rogue.connect(&target, "chat").await.is_err(),
+        "a banned peer reconnected after the restart"
+    );
+}
