@@ -35,6 +35,11 @@ pub enum Command {
         #[command(subcommand)]
         action: CaCommand,
     },
+    /// The local model, standalone on a JSONL file: train it or measure it.
+    Model {
+        #[command(subcommand)]
+        action: ModelCommand,
+    },
     /// Show the status of a running node.
     Status(ClientArgs),
     /// List the peers a running node is connected to.
@@ -102,6 +107,44 @@ pub enum Command {
         #[arg(long)]
         count: Option<u64>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ModelCommand {
+    /// Train on FILE (one `{"context": {...}, "label": "..."}` per line) with a
+    /// seeded 70/20/10 split; print held-out metrics as JSON; save a checkpoint.
+    Train {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Where to write the checkpoint.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        features: FeatureArgs,
+    },
+    /// Train and measure on FILE without saving: the model's and the
+    /// rule-based recommender's held-out metrics as JSON.
+    Eval {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[command(flatten)]
+        features: FeatureArgs,
+    },
+}
+
+/// Feature choices (the defaults are what measured best; see the README).
+#[derive(Args, Debug, Clone)]
+pub struct FeatureArgs {
+    /// Hashed feature dimension (a power of two).
+    #[arg(long)]
+    pub dim: Option<usize>,
+    /// Character n-grams of each word, e.g. `3-5`, or `0` for none.
+    #[arg(long)]
+    pub char_ngrams: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -454,6 +497,10 @@ mod tests {
                 "1d",
             ],
             &["ca", "show", "c.cert"],
+            &[
+                "model", "train", "--data", "d.jsonl", "--out", "m", "--dim", "1024",
+            ],
+            &["model", "eval", "--data", "d.jsonl", "--char-ngrams", "3-5"],
         ] {
             Cli::try_parse_from(["agentmesh"].iter().chain(args.iter()))
                 .unwrap_or_else(|e| panic!("{args:?}: {e}"));

@@ -44,6 +44,7 @@ async fn dispatch(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Ca { action } => agentmesh_node::ca::run(action),
+        Command::Model { action } => agentmesh_node::model_cli::run(action),
         Command::Status(args) => {
             let status = ApiClient::new(args.api).status().await?;
             print_json_or(&args, &status, || {

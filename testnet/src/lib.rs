@@ -12,6 +12,7 @@ pub mod demo;
 pub mod hosts;
 pub mod membership_bench;
 pub mod mesh;
+pub mod model_bench;
 pub mod patterns;
 pub mod process;
 pub mod rogue;

@@ -124,6 +124,18 @@ enum BenchCommand {
         #[arg(long, default_value_t = 10)]
         interval_ms: u64,
     },
+    /// The local model on real data (the cargo registry's test functions):
+    /// accuracy beside the rule-based recommender and scikit-learn, epoch
+    /// time, inference and online-update latency, model size.
+    Model {
+        /// JSONL data; default: built by scripts/model/dataset.py.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long, default_value_t = 10_000)]
+        samples: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
     /// The cost of membership: gossip latency and throughput without and
     /// with an authority (ratio), and the membership handshake time.
     Membership {
@@ -387,6 +399,19 @@ async fn run(cli: Cli) -> Result<()> {
                 )
                 .await
                 .context("flood benchmark")?;
+                println!("{result}");
+                Ok(())
+            }
+            BenchCommand::Model {
+                data,
+                samples,
+                seed,
+            } => {
+                let result = tokio::task::spawn_blocking(move || {
+                    agentmesh_testnet::model_bench::model(data, samples, seed)
+                })
+                .await?
+                .context("model benchmark")?;
                 println!("{result}");
                 Ok(())
             }

@@ -66,6 +66,7 @@ fn invalid_configuration_is_refused_naming_the_setting() {
     let wrong_type = dir.path().join("wrong-type.toml");
     std::fs::write(&wrong_type, "ping_interval_secs = \"often\"\n").unwrap();
 
+    let zeros = "0".repeat(64);
     type Env<'a> = Vec<(&'a str, &'a str)>;
     let cases: Vec<(Vec<&str>, Env, &str)> = vec![
         (
@@ -121,6 +122,19 @@ fn invalid_configuration_is_refused_naming_the_setting() {
             vec![("AGENTMESH_CONSENSUS_BETA_ROGUE", "1")],
             "'consensus_beta_rogue'",
         ),
+        (vec!["--authority", "abc"], vec![], "'authority'"),
+        (vec!["--authority", &zeros], vec![], "'certificate'"),
+        (
+            vec![
+                "--authority",
+                &zeros,
+                "--certificate",
+                "/nonexistent/c.cert",
+            ],
+            vec![],
+            "/nonexistent/c.cert",
+        ),
+        (vec!["--ban-threshold", "0"], vec![], "'ban_threshold'"),
     ];
     for (args, env, expected) in cases {
         let (status, stderr) = run_refused(&args, &env);
@@ -131,6 +145,81 @@ fn invalid_configuration_is_refused_naming_the_setting() {
         );
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
+}
+
+/// `agentmesh model`: bad data files are refused naming the line; a good
+/// one trains, prints the metrics and writes a checkpoint.
+#[test]
+fn model_data_files_are_checked_and_trained_from_the_cli() {
+    let bin = binary::build_for_tests().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let model = |args: &[&str]| Command::new(&bin).arg("model").args(args).output().unwrap();
+    let good = r#"{"context":{"text":"open a socket"},"label":"net"}"#;
+    for (name, content, expected) in [
+        ("bad-json.jsonl", format!("{good}\n{{oops\n"), "line 2"),
+        (
+            "no-label.jsonl",
+            format!("{good}\n{good}\n{{\"context\":{{\"text\":\"x\"}}}}\n"),
+            "line 3",
+        ),
+        ("empty.jsonl", "\n".to_string(), "holds no samples"),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, content).unwrap();
+        let out = model(&["eval", "--data", path.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name} was accepted");
+        assert!(stderr.contains(expected), "{name}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    let words = [
+        ("net", "socket connect peer packet dial"),
+        ("db", "table query index commit row"),
+        ("ui", "button click render layout pixel"),
+    ];
+    let lines: Vec<String> = (0..90)
+        .map(|i| {
+            let (label, text) = words[i % 3];
+            serde_json::json!({"context": {"text": format!("{text} case {i}")}, "label": label})
+                .to_string()
+        })
+        .collect();
+    let data = dir.path().join("good.jsonl");
+    std::fs::write(&data, lines.join("\n")).unwrap();
+    let checkpoint = dir.path().join("model.ckpt");
+    let out = model(&[
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        checkpoint.to_str().unwrap(),
+        "--dim",
+        "1024",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let metrics: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in [
+        "test_accuracy",
+        "macro_precision",
+        "macro_recall",
+        "macro_f1",
+        "epochs",
+        "train_seconds",
+        "baseline_test_accuracy",
+    ] {
+        assert!(metrics[key].is_number(), "{key} missing from {metrics}");
+    }
+    assert!(
+        metrics["test_accuracy"].as_f64().unwrap() > 0.9,
+        "{metrics}"
+    );
+    let bytes = std::fs::read(&checkpoint).unwrap();
+    let restored = agentmesh_neural::checkpoint::Checkpoint::decode(&bytes).unwrap();
+    assert_eq!(restored.labels, vec!["db", "net", "ui"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

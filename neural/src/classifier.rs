@@ -1,0 +1,461 @@
+//! Training (seeded split, Adam, early stopping on validation loss),
+//! prediction (top-k with probabilities) and held-out evaluation.
+
+use crate::baseline::{sparse, RuleRecommender};
+use crate::dataset::{split, Context, Sample};
+use crate::features::FeatureConfig;
+use crate::metrics::{evaluate, Metrics};
+use crate::model::{cpu, Mlp, Weights};
+use burn::module::Module;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::{AdamConfig, GradientsParams, SgdConfig};
+use burn::tensor::activation::softmax;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use rand::rngs::SmallRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::time::Instant;
+
+#[derive(Debug, Clone)]
+pub struct TrainConfig {
+    pub seed: u64,
+    pub max_epochs: usize,
+    pub batch: usize,
+    pub learning_rate: f64,
+    /// Epochs without a better validation loss before training stops.
+    pub patience: usize,
+    pub features: FeatureConfig,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            seed: 42,
+            max_epochs: 50,
+            batch: 32,
+            learning_rate: 1e-3,
+            patience: 3,
+            features: FeatureConfig::default(),
+        }
+    }
+}
+
+/// What a training run measured on the held-out test part.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainReport {
+    pub samples: usize,
+    pub classes: usize,
+    pub epochs: usize,
+    pub best_epoch: usize,
+    pub train_seconds: f64,
+    pub epoch_seconds: Vec<f64>,
+    pub best_validation_loss: f64,
+    pub test: Metrics,
+    /// The rule-based recommender on the same test part.
+    pub baseline_test: Metrics,
+}
+
+/// A trained model: features, label map and weights, ready to predict.
+pub struct Classifier {
+    pub features: FeatureConfig,
+    pub labels: Vec<String>,
+    model: Mlp,
+}
+
+type SparseVec = Vec<(u32, f32)>;
+
+fn batch_tensor(rows: &[&SparseVec], dim: usize, device: &Device) -> Tensor<2> {
+    let mut flat = vec![0f32; rows.len() * dim];
+    for (r, row) in rows.iter().enumerate() {
+        for (i, x) in row.iter() {
+            flat[r * dim + *i as usize] = *x;
+        }
+    }
+    Tensor::from_data(TensorData::new(flat, [rows.len(), dim]), device)
+}
+
+fn scalar(t: Tensor<1>) -> f64 {
+    t.into_data()
+        .try_to_vec::<f32>()
+        .ok()
+        .and_then(|v| v.first().copied())
+        .unwrap_or(f32::NAN) as f64
+}
+
+/// Mean cross-entropy of `model` (in validation mode) over `rows`.
+fn loss_over(model: &Mlp, rows: &[(SparseVec, usize)], dim: usize, device: &Device) -> f64 {
+    let loss = CrossEntropyLossConfig::new().init(device);
+    let mut total = 0.0;
+    for chunk in rows.chunks(256) {
+        let x = batch_tensor(
+            &chunk.iter().map(|(v, _)| v).collect::<Vec<_>>(),
+            dim,
+            device,
+        );
+        let y: Vec<i64> = chunk.iter().map(|(_, c)| *c as i64).collect();
+        let y = Tensor::<1, Int>::from_data(TensorData::new(y, [chunk.len()]), device);
+        total += scalar(loss.forward(model.forward(x), y)) * chunk.len() as f64;
+    }
+    total / rows.len().max(1) as f64
+}
+
+fn argmax_rows(model: &Mlp, rows: &[&SparseVec], dim: usize, device: &Device) -> Vec<usize> {
+    let mut out = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(256) {
+        let logits = model.forward(batch_tensor(chunk, dim, device));
+        let idx = logits
+            .argmax(1)
+            .into_data()
+            .try_to_vec::<i64>()
+            .unwrap_or_default();
+        out.extend(idx.into_iter().map(|i| i as usize));
+    }
+    out
+}
+
+/// Trains on `samples` with the seeded 70/20/10 split; `progress` gets
+/// one line per epoch.
+pub fn train(
+    samples: &[Sample],
+    config: &TrainConfig,
+    mut progress: impl FnMut(&str),
+) -> Result<(Classifier, TrainReport), String> {
+    let started = Instant::now();
+    let mut labels: Vec<String> = samples.iter().map(|s| s.label.clone()).collect();
+    labels.sort();
+    labels.dedup();
+    if labels.len() < 2 {
+        return Err("training needs samples of at least two labels".into());
+    }
+    let index: HashMap<String, usize> = labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.clone(), i))
+        .collect();
+    let (train_idx, val_idx, test_idx) = split(samples.len(), config.seed);
+    if train_idx.is_empty() || val_idx.is_empty() || test_idx.is_empty() {
+        return Err(format!(
+            "{} samples are too few to split 70/20/10",
+            samples.len()
+        ));
+    }
+    let mut features = config.features.clone();
+    features.validate()?;
+    features.fit(train_idx.iter().map(|&i| &samples[i].context));
+    let dim = features.dim;
+    let rows = |idx: &[usize]| -> Vec<(SparseVec, usize)> {
+        idx.iter()
+            .map(|&i| {
+                (
+                    sparse(&features.extract(&samples[i].context)),
+                    index[samples[i].label.as_str()],
+                )
+            })
+            .collect()
+    };
+    let (train_rows, val_rows, test_rows) = (rows(&train_idx), rows(&val_idx), rows(&test_idx));
+
+    let plain = cpu();
+    let device = plain.clone().autodiff();
+    let mut model = Mlp::new(dim, labels.len(), &device);
+    let mut optimizer = AdamConfig::new().init();
+    let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    let mut rng = SmallRng::seed_from_u64(config.seed);
+    let mut order: Vec<usize> = (0..train_rows.len()).collect();
+    let mut best: Option<(f64, usize, Weights)> = None;
+    let mut epoch_seconds = Vec::new();
+    let mut epochs = 0;
+    for epoch in 1..=config.max_epochs {
+        let epoch_started = Instant::now();
+        order.shuffle(&mut rng);
+        for chunk in order.chunks(config.batch) {
+            let x = batch_tensor(
+                &chunk.iter().map(|&i| &train_rows[i].0).collect::<Vec<_>>(),
+                dim,
+                &device,
+            );
+            let y: Vec<i64> = chunk.iter().map(|&i| train_rows[i].1 as i64).collect();
+            let y = Tensor::<1, Int>::from_data(TensorData::new(y, [chunk.len()]), &device);
+            let loss = loss_fn.forward(model.forward(x), y);
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optimizer.step(config.learning_rate, model, grads);
+        }
+        epochs = epoch;
+        let eval = model.valid();
+        epoch_seconds.push(epoch_started.elapsed().as_secs_f64());
+        let val_loss = loss_over(&eval, &val_rows, dim, &plain);
+        let val_vectors: Vec<&SparseVec> = val_rows.iter().map(|(v, _)| v).collect();
+        let right = argmax_rows(&eval, &val_vectors, dim, &plain)
+            .iter()
+            .zip(&val_rows)
+            .filter(|(p, (_, c))| *p == c)
+            .count();
+        progress(&format!(
+            "epoch {epoch}: validation loss {val_loss:.4}, accuracy {:.4} ({:.1} s)",
+            right as f64 / val_rows.len() as f64,
+            epoch_seconds.last().copied().unwrap_or_default()
+        ));
+        match &best {
+            Some((loss, _, _)) if val_loss >= *loss => {}
+            _ => best = Some((val_loss, epoch, eval.weights())),
+        }
+        if best
+            .as_ref()
+            .is_some_and(|(_, e, _)| epoch - e >= config.patience)
+        {
+            break;
+        }
+    }
+    let (best_loss, best_epoch, weights) = best.ok_or("no epoch ran")?;
+    let classifier = Classifier {
+        features,
+        labels,
+        model: Mlp::from_weights(&weights, &plain),
+    };
+    let test_vectors: Vec<&SparseVec> = test_rows.iter().map(|(v, _)| v).collect();
+    let truth: Vec<usize> = test_rows.iter().map(|(_, c)| *c).collect();
+    let predicted = argmax_rows(&classifier.model, &test_vectors, dim, &plain);
+    let test = evaluate(&truth, &predicted, classifier.labels.len());
+
+    let mut rules = RuleRecommender::default();
+    for (v, c) in &train_rows {
+        rules.learn(&classifier.labels[*c], v);
+    }
+    let baseline_predicted: Vec<usize> = test_idx
+        .iter()
+        .map(|&i| {
+            rules
+                .rank(&classifier.features, &samples[i].context, 1)
+                .first()
+                .and_then(|(l, _)| index.get(l.as_str()).copied())
+                .unwrap_or(0)
+        })
+        .collect();
+    let baseline_test = evaluate(&truth, &baseline_predicted, classifier.labels.len());
+    let report = TrainReport {
+        samples: samples.len(),
+        classes: classifier.labels.len(),
+        epochs,
+        best_epoch,
+        train_seconds: started.elapsed().as_secs_f64(),
+        epoch_seconds,
+        best_validation_loss: best_loss,
+        test,
+        baseline_test,
+    };
+    Ok((classifier, report))
+}
+
+impl Classifier {
+    pub fn from_parts(
+        features: FeatureConfig,
+        labels: Vec<String>,
+        weights: &Weights,
+    ) -> Result<Classifier, String> {
+        features.validate()?;
+        weights.validate()?;
+        if weights.input_dim() != features.dim || weights.classes() != labels.len() {
+            return Err("weights do not fit the feature dimension or the label map".into());
+        }
+        Ok(Classifier {
+            features,
+            labels,
+            model: Mlp::from_weights(weights, &cpu()),
+        })
+    }
+
+    pub fn weights(&self) -> Weights {
+        self.model.weights()
+    }
+
+    /// Learns from one reported outcome: a single plain gradient step at
+    /// `learning_rate` (SGD, so the step size is exactly that: Adam would
+    /// rescale it). A success lowers the cross-entropy of `label` for this
+    /// context (raising its probability); a failure lowers `-ln(1 - p)`,
+    /// pushing the probability of `label` down without training any other
+    /// label as the answer. Returns false for an unknown label.
+    pub fn learn_outcome(
+        &mut self,
+        context: &Context,
+        label: &str,
+        success: bool,
+        learning_rate: f64,
+    ) -> bool {
+        let Some(class) = self.labels.iter().position(|l| l == label) else {
+            return false;
+        };
+        let device = cpu().autodiff();
+        let model = Mlp::from_weights(&self.model.weights(), &device);
+        let v = sparse(&self.features.extract(context));
+        let logits = model.forward(batch_tensor(&[&v], self.features.dim, &device));
+        let target = Tensor::<1, Int>::from_data(TensorData::new(vec![class as i64], [1]), &device);
+        let loss = if success {
+            CrossEntropyLossConfig::new()
+                .init(&device)
+                .forward(logits, target)
+        } else {
+            let p = softmax(logits, 1).select(1, target);
+            // Clamped so a probability of exactly 1 cannot give ln(0).
+            (p.neg() + 1.0).clamp_min(1e-6).log().neg().mean()
+        };
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let mut sgd = SgdConfig::new().init();
+        let model = sgd.step(learning_rate, model, grads);
+        self.model = Mlp::from_weights(&model.valid().weights(), &cpu());
+        true
+    }
+
+    /// The `k` most likely labels with their probabilities.
+    pub fn predict(&self, context: &Context, k: usize) -> Vec<(String, f64)> {
+        let v = sparse(&self.features.extract(context));
+        let logits = self
+            .model
+            .forward(batch_tensor(&[&v], self.features.dim, &cpu()));
+        let probs = softmax(logits, 1)
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap_or_default();
+        let mut ranked: Vec<(String, f64)> = self
+            .labels
+            .iter()
+            .cloned()
+            .zip(probs.into_iter().map(f64::from))
+            .collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        ranked.truncate(k);
+        ranked
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::Checkpoint;
+
+    /// Three labels with their own vocabularies, plus words all share.
+    pub(crate) fn synthetic(n: usize) -> Vec<Sample> {
+        let topics = [
+            ("net", ["socket", "connect", "peer", "packet", "dial"]),
+            ("db", ["table", "query", "index", "commit", "row"]),
+            ("ui", ["button", "click", "render", "layout", "pixel"]),
+        ];
+        let shared = ["the", "handle", "value", "error", "result", "test"];
+        (0..n)
+            .map(|i| {
+                let (label, words) = topics[i % 3];
+                let mut text = Vec::new();
+                for j in 0..6 {
+                    text.push(words[(i / 3 + j * 7) % 5]);
+                    text.push(shared[(i + j) % shared.len()]);
+                }
+                Sample {
+                    context: Context {
+                        text: text.join(" "),
+                        ..Context::default()
+                    },
+                    label: label.into(),
+                }
+            })
+            .collect()
+    }
+
+    fn small() -> TrainConfig {
+        TrainConfig {
+            max_epochs: 8,
+            features: FeatureConfig {
+                dim: 256,
+                ..FeatureConfig::default()
+            },
+            ..TrainConfig::default()
+        }
+    }
+
+    #[test]
+    fn training_learns_a_separable_task_and_beats_nothing() {
+        let samples = synthetic(300);
+        let (classifier, report) = train(&samples, &small(), |_| {}).unwrap();
+        assert_eq!(report.classes, 3);
+        assert!(report.test.accuracy > 0.95, "{:?}", report.test);
+        assert_eq!(report.test.samples, 30);
+        let top = classifier.predict(&samples[0].context, 3);
+        assert_eq!(top[0].0, samples[0].label);
+        let total: f64 = top.iter().map(|(_, p)| p).sum();
+        assert!((total - 1.0).abs() < 1e-4, "{total}");
+        // Same seed, same split, same model.
+        let (_, again) = train(&samples, &small(), |_| {}).unwrap();
+        assert_eq!(again.test.confusion, report.test.confusion);
+    }
+
+    #[test]
+    fn a_checkpoint_predicts_identically_and_a_grown_head_keeps_predictions() {
+        let samples = synthetic(150);
+        let (classifier, report) = train(&samples, &small(), |_| {}).unwrap();
+        let bytes = Checkpoint::of(&classifier, 3, 150, Some(report))
+            .encode()
+            .unwrap();
+        let restored = Checkpoint::decode(&bytes).unwrap();
+        assert_eq!(restored.version, 3);
+        let restored = restored.classifier().unwrap();
+        for s in samples.iter().take(10) {
+            assert_eq!(
+                classifier.predict(&s.context, 3),
+                restored.predict(&s.context, 3)
+            );
+        }
+        // Two new patterns: the old ones keep their ranking and (almost all
+        // of) their probability; the new ones start unlikely.
+        let mut labels = classifier.labels.clone();
+        labels.extend(["new-a".to_string(), "new-b".to_string()]);
+        let grown = Classifier::from_parts(
+            classifier.features.clone(),
+            labels,
+            &classifier.weights().grown(2),
+        )
+        .unwrap();
+        for s in samples.iter().take(10) {
+            let before = classifier.predict(&s.context, 3);
+            let after = grown.predict(&s.context, 5);
+            for ((l0, p0), (l1, p1)) in before.iter().zip(&after) {
+                assert_eq!(l0, l1);
+                assert!((p0 - p1).abs() < 1e-3, "{p0} vs {p1}");
+            }
+            assert!(after[3..]
+                .iter()
+                .all(|(l, p)| l.starts_with("new-") && *p < 1e-3));
+        }
+        // Damaged bytes are refused, never a panic.
+        assert!(Checkpoint::decode(&bytes[..bytes.len() / 2]).is_err());
+        assert!(Checkpoint::decode(b"garbage").is_err());
+    }
+
+    #[test]
+    fn outcomes_move_the_probability_the_right_way() {
+        let samples = synthetic(150);
+        let (mut classifier, _) = train(&samples, &small(), |_| {}).unwrap();
+        let context = Context {
+            text: "the handle value error".into(),
+            ..Context::default()
+        };
+        let p = |c: &Classifier, label: &str| {
+            c.predict(&context, 3)
+                .into_iter()
+                .find(|(l, _)| l == label)
+                .map(|(_, p)| p)
+                .unwrap()
+        };
+        for label in ["net", "db"] {
+            let before = p(&classifier, label);
+            assert!(classifier.learn_outcome(&context, label, true, 1e-2));
+            let after = p(&classifier, label);
+            assert!(after > before, "{label}: success {before} -> {after}");
+            assert!(classifier.learn_outcome(&context, label, false, 1e-2));
+            assert!(
+                p(&classifier, label) < after,
+                "{label}: failure after success"
+            );
+        }
+        assert!(!classifier.learn_outcome(&context, "nope", true, 1e-2));
+    }
+}

@@ -1,0 +1,15 @@
+//! The local pattern recommender: deterministic context features, the MLP
+//! of SPEC.md on Burn (ndarray backend, CPU), training with a seeded split
+//! and early stopping, held-out metrics, and the rule-based recommender it
+//! must beat.
+
+pub mod baseline;
+pub mod checkpoint;
+pub mod classifier;
+pub mod dataset;
+pub mod features;
+pub mod metrics;
+pub mod model;
+
+pub use classifier::{train, Classifier, TrainConfig, TrainReport};
+pub use dataset::{Context, Sample};
