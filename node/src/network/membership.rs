@@ -245,6 +245,18 @@ impl Membership {
             .collect()
     }
 
+    /// Admitted peers whose certificate has expired since.
+    fn expired(&self, now_ms: u64) -> Vec<PeerId> {
+        self.admitted
+            .iter()
+            .filter(|(_, v)| {
+                v.as_ref()
+                    .is_some_and(|v| v.certificate.expires_ms <= now_ms)
+            })
+            .map(|(peer, _)| *peer)
+            .collect()
+    }
+
     fn hello(&self) -> Hello {
         Hello {
             certificate: self.own_certificate().map(|c| ByteBuf::from(c.to_vec())),
@@ -268,10 +280,15 @@ impl Network {
         self.membership.disconnected(peer);
     }
 
-    /// Disconnects peers that did not prove membership in time.
+    /// Disconnects peers that did not prove membership in time, and
+    /// members whose certificate ran out while they were connected.
     pub(super) fn expire_handshakes(&mut self) {
         for peer in self.membership.overdue(Instant::now()) {
             self.refuse_member(peer, "did not present a membership certificate in time");
+        }
+        for peer in self.membership.expired(now_ms()) {
+            self.membership.admitted.remove(&peer);
+            self.refuse_member(peer, "its membership certificate expired");
         }
     }
 
@@ -422,6 +439,20 @@ mod tests {
 
     fn certificate(holder: NodeId, expires_ms: u64) -> Vec<u8> {
         issue(&key(1), holder, &[Scope::Propose], 0, expires_ms).unwrap()
+    }
+
+    #[test]
+    fn members_whose_certificate_runs_out_are_found() {
+        let mut m = membership(Some(key(1).node_id()));
+        let peer = PeerId::random();
+        let alice = key(2).node_id();
+        let v = m
+            .check(&alice, Some(&certificate(alice, 1_000)), 5)
+            .unwrap()
+            .unwrap();
+        m.admitted.insert(peer, Some(v));
+        assert!(m.expired(999).is_empty());
+        assert_eq!(m.expired(1_000), vec![peer]);
     }
 
     #[test]
