@@ -2,7 +2,7 @@
 //! version, as one CBOR value. Decoding checks everything before a model is
 //! built from it, so a damaged file (or a peer's bytes) cannot crash a node.
 
-use crate::classifier::{Classifier, TrainReport};
+use crate::classifier::{check_parts, Classifier, TrainReport};
 use crate::features::FeatureConfig;
 use crate::model::Weights;
 use serde::{Deserialize, Serialize};
@@ -66,17 +66,7 @@ impl Checkpoint {
                 c.format
             ));
         }
-        c.features.validate()?;
-        c.weights.validate()?;
-        if c.weights.input_dim() != c.features.dim || c.weights.classes() != c.labels.len() {
-            return Err("checkpoint weights do not fit its features or labels".into());
-        }
-        let mut sorted = c.labels.clone();
-        sorted.sort();
-        sorted.dedup();
-        if sorted.len() != c.labels.len() {
-            return Err("checkpoint label map has duplicates".into());
-        }
+        check_parts(&c.features, &c.labels, &c.weights).map_err(|e| format!("checkpoint: {e}"))?;
         Ok(c)
     }
 

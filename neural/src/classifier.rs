@@ -248,17 +248,34 @@ pub fn train(
     Ok((classifier, report))
 }
 
+/// Do these features, label map and weights make a model? (Checked
+/// before a checkpoint or a peer's update is used.)
+pub fn check_parts(
+    features: &FeatureConfig,
+    labels: &[String],
+    weights: &Weights,
+) -> Result<(), String> {
+    features.validate()?;
+    weights.validate()?;
+    if weights.input_dim() != features.dim || weights.classes() != labels.len() {
+        return Err("weights do not fit the feature dimension or the label map".into());
+    }
+    let mut sorted: Vec<&String> = labels.iter().collect();
+    sorted.sort();
+    sorted.dedup();
+    if sorted.len() != labels.len() {
+        return Err("the label map has duplicates".into());
+    }
+    Ok(())
+}
+
 impl Classifier {
     pub fn from_parts(
         features: FeatureConfig,
         labels: Vec<String>,
         weights: &Weights,
     ) -> Result<Classifier, String> {
-        features.validate()?;
-        weights.validate()?;
-        if weights.input_dim() != features.dim || weights.classes() != labels.len() {
-            return Err("weights do not fit the feature dimension or the label map".into());
-        }
+        check_parts(&features, &labels, weights)?;
         Ok(Classifier {
             features,
             labels,
@@ -373,7 +390,7 @@ mod tests {
     }
 
     #[test]
-    fn training_learns_a_separable_task_and_beats_nothing() {
+    fn training_learns_a_separable_task_reproducibly() {
         let samples = synthetic(300);
         let (classifier, report) = train(&samples, &small(), |_| {}).unwrap();
         assert_eq!(report.classes, 3);

@@ -55,17 +55,6 @@ impl Weights {
         self.layers.last().map_or(0, |l| l.d_out)
     }
 
-    pub fn len(&self) -> usize {
-        self.layers
-            .iter()
-            .map(|l| l.weight.len() + l.bias.len())
-            .sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Checks shapes (input → 256 → 128 → 64 → classes) and values.
     pub fn validate(&self) -> Result<(), String> {
         if self.layers.len() != 4 {

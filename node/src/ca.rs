@@ -5,7 +5,7 @@ use crate::cli::CaCommand;
 use crate::identity;
 use crate::network::now_ms;
 use agentmesh_protocol::membership::{self, Certificate, Scope};
-use agentmesh_protocol::{NodeId, NodeKey};
+use agentmesh_protocol::NodeKey;
 use anyhow::{anyhow, bail, Context, Result};
 use libp2p::PeerId;
 
@@ -66,12 +66,9 @@ pub fn run(command: CaCommand) -> Result<()> {
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let (certificate, checked) = match authority {
                 Some(text) => {
-                    let authority = hex::decode(text.trim())
-                        .ok()
-                        .and_then(|b| NodeId::from_slice(&b))
-                        .ok_or_else(|| {
-                            anyhow!("--authority is not a public key of 64 hex characters")
-                        })?;
+                    let authority = membership::parse_public_key(&text).ok_or_else(|| {
+                        anyhow!("--authority is not a public key of 64 hex characters")
+                    })?;
                     let v = membership::verify_certificate(&bytes, &authority)
                         .with_context(|| format!("{}", file.display()))?;
                     (v.certificate, true)

@@ -292,17 +292,12 @@ fn membership_settings(c: &Config) -> Result<Option<MembershipSettings>, ConfigE
         }
         return Ok(None);
     };
-    let authority = hex::decode(text.trim())
-        .ok()
-        .and_then(|bytes| NodeId::from_slice(&bytes))
-        .ok_or_else(|| {
-            invalid(
-                "authority",
-                format!(
-                    "{text:?} is not a public key of 64 hex characters (see `agentmesh ca init`)"
-                ),
-            )
-        })?;
+    let authority = agentmesh_protocol::membership::parse_public_key(text).ok_or_else(|| {
+        invalid(
+            "authority",
+            format!("{text:?} is not a public key of 64 hex characters (see `agentmesh ca init`)"),
+        )
+    })?;
     let certificate = c.certificate.clone().ok_or_else(|| {
         invalid(
             "certificate",

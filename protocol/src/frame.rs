@@ -86,12 +86,22 @@ pub fn sign_payload(
     payload_bytes: Vec<u8>,
     certificate: Option<&[u8]>,
 ) -> Result<Vec<u8>, FrameError> {
-    let signature = key.sign(&signed_message(&payload_bytes)).to_vec();
-    Ok(codec::encode(&SignedFrame {
-        payload: payload_bytes,
-        signature,
-        certificate: certificate.map(|c| serde_bytes::ByteBuf::from(c.to_vec())),
+    let signature = key.sign(&signed_message(&payload_bytes));
+    // Encoded from borrows: the same bytes as a `SignedFrame`, without
+    // copying the certificate into every frame.
+    Ok(codec::encode(&SignedFrameRef {
+        payload: serde_bytes::Bytes::new(&payload_bytes),
+        signature: serde_bytes::Bytes::new(&signature),
+        certificate: certificate.map(serde_bytes::Bytes::new),
     })?)
+}
+
+#[derive(Serialize)]
+struct SignedFrameRef<'a> {
+    payload: &'a serde_bytes::Bytes,
+    signature: &'a serde_bytes::Bytes,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    certificate: Option<&'a serde_bytes::Bytes>,
 }
 
 /// Builds the wire bytes of a frame of `envelopes` by `key`'s node, with

@@ -142,6 +142,13 @@ struct SignedCertificate {
     signature: Vec<u8>,
 }
 
+/// An authority public key as operators write it: 64 hex characters.
+pub fn parse_public_key(text: &str) -> Option<NodeId> {
+    hex::decode(text.trim())
+        .ok()
+        .and_then(|bytes| NodeId::from_slice(&bytes))
+}
+
 /// The key id certificates name their authority by.
 pub fn authority_key_id(authority: &NodeId) -> [u8; 8] {
     let mut id = [0u8; 8];

@@ -437,17 +437,28 @@ impl Network {
     /// Tells the consensus and pattern services when the set of connected
     /// peers changed, and forgets inbound requests whose askers gave up.
     pub(super) fn maintain_consensus(&mut self) {
-        let mut peers: Vec<NodeId> = self
+        let admitted: Vec<PeerId> = self
             .swarm
             .connected_peers()
             .filter(|p| self.membership.is_admitted(p))
             .copied()
-            .collect::<Vec<_>>()
-            .iter()
-            .filter_map(|p| self.consensus.node_of(p))
             .collect();
+        let mut peers = Vec::with_capacity(admitted.len());
+        // Reconciling with a peer that may not share patterns would only
+        // fetch what this node then refuses.
+        let mut sharing = Vec::with_capacity(admitted.len());
+        for peer in admitted {
+            let Some(node) = self.consensus.node_of(&peer) else {
+                continue;
+            };
+            peers.push(node);
+            if self.may_share_patterns(&peer) {
+                sharing.push(node);
+            }
+        }
         peers.sort();
-        self.maintain_sync(&peers);
+        sharing.sort();
+        self.maintain_sync(&sharing);
         // Remembered only once delivered, so a dropped update is sent again.
         if peers != self.consensus.last_peers
             && self.consensus.emit(ConsensusEvent::Peers(peers.clone()))

@@ -177,7 +177,7 @@ impl Network {
 
     /// Whether `peer` may hand this node pattern states (any admitted peer in
     /// an open network).
-    fn may_share_patterns(&self, peer: &PeerId) -> bool {
+    pub(super) fn may_share_patterns(&self, peer: &PeerId) -> bool {
         match self.membership.scopes_of(peer) {
             Some(Some(scopes)) => scopes.may_share_patterns(),
             Some(None) => true,
@@ -188,14 +188,6 @@ impl Network {
     /// Tells the pattern service about peer changes (it reconciles with
     /// peers that join) and forgets requests whose askers gave up.
     pub(super) fn maintain_sync(&mut self, peers: &[NodeId]) {
-        // Reconciling with a peer that may not share patterns would only
-        // fetch what this node then refuses.
-        let sharing: Vec<NodeId> = peers
-            .iter()
-            .filter(|n| peer_id_of(n).is_ok_and(|p| self.may_share_patterns(&p)))
-            .copied()
-            .collect();
-        let peers = sharing.as_slice();
         if peers != self.sync.last_peers
             && self
                 .sync
