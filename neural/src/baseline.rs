@@ -33,15 +33,6 @@ pub struct RuleRecommender {
     pub profiles: HashMap<String, Profile>,
 }
 
-/// The non-zero entries of a feature vector.
-pub fn sparse(v: &[f32]) -> Vec<(u32, f32)> {
-    v.iter()
-        .enumerate()
-        .filter(|(_, x)| **x != 0.0)
-        .map(|(i, x)| (i as u32, *x))
-        .collect()
-}
-
 impl RuleRecommender {
     /// Adds a text (a description or a context) to `label`'s profile.
     pub fn learn(&mut self, label: &str, vector: &[(u32, f32)]) {
