@@ -8,7 +8,7 @@ use crate::model::Weights;
 use serde::{Deserialize, Serialize};
 
 /// Format version; bumped when the layout changes.
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
 
 /// Largest checkpoint accepted (a 2^16-wide input layer is 64 MiB).
 pub const MAX_CHECKPOINT_BYTES: usize = 96 << 20;

@@ -50,6 +50,11 @@ impl Default for TrainConfig {
     }
 }
 
+/// How fast an imprinted label's logit falls off for contexts unlike
+/// the one it was imprinted from (see [`Classifier::add_label_from`]).
+pub const IMPRINT_SHARPNESS: f32 = 20.0;
+const MIN_IMPRINT_ACTIVATION: f32 = 1e-2;
+
 /// What a training run measured on the held-out test part.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainReport {
@@ -352,6 +357,56 @@ impl Classifier {
         true
     }
 
+    /// Adds `label` as a new output, imprinted from one context it
+    /// succeeded for (weight imprinting, Qi et al. 2018): its weights point
+    /// along that context's last hidden activations h less those of an
+    /// empty context o, scaled so its logit for a context with activations
+    /// y is `top + 1 + κ (h − o)·(y − h) / |h − o|²`, where `top` is the
+    /// best existing logit for the imprinting context.
+    /// That context now ranks the new label first, contexts the network
+    /// sees as different fall off quickly (κ = [`IMPRINT_SHARPNESS`]), and
+    /// existing labels keep their order everywhere. Returns false if the
+    /// label exists.
+    pub fn add_label_from(&mut self, label: &str, context: &Context) -> bool {
+        if self.labels.iter().any(|l| l == label) {
+            return false;
+        }
+        let device = cpu();
+        let v = self.features.extract_sparse(context);
+        let pre = pre_tensor(self.model.input.forward(&[&v]), 1, &device);
+        let floats = |t: Tensor<2>| t.into_data().try_to_vec::<f32>().unwrap_or_default();
+        let hidden = floats(self.model.tail.hidden(pre.clone()));
+        let top_logit = floats(self.model.tail.forward(pre))
+            .into_iter()
+            .fold(f32::NEG_INFINITY, f32::max);
+        // Centred on what a context without features gives: ReLU
+        // activations are all positive, so uncentred ones point much the
+        // same way for every context.
+        let empty = pre_tensor(self.model.input.forward(&[&Vec::new()]), 1, &device);
+        let origin = floats(self.model.tail.hidden(empty));
+        let direction: Vec<f32> = hidden.iter().zip(&origin).map(|(h, o)| h - o).collect();
+        let squared: f32 = direction.iter().map(|d| d * d).sum();
+        let mut weights = self.model.weights().grown(1);
+        let out = &mut weights.layers[3];
+        let new = out.d_out - 1;
+        // A context the network hardly tells from an empty one cannot be
+        // imprinted without enormous weights: the label then starts
+        // unlikely, as a grown head's does, and learns from later outcomes
+        // and training.
+        if squared > MIN_IMPRINT_ACTIVATION && top_logit.is_finite() {
+            let mut own = 0.0;
+            for (i, (d, h)) in direction.iter().zip(&hidden).enumerate() {
+                let w = IMPRINT_SHARPNESS * d / squared;
+                out.weight[i * out.d_out + new] = w;
+                own += w * h;
+            }
+            out.bias[new] = top_logit + 1.0 - own;
+        }
+        self.labels.push(label.to_string());
+        self.model = Mlp::from_weights(&weights, &device);
+        true
+    }
+
     /// The `k` most likely labels with their probabilities.
     pub fn predict(&self, context: &Context, k: usize) -> Vec<(String, f64)> {
         let v = self.features.extract_sparse(context);
@@ -373,7 +428,7 @@ impl Classifier {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::checkpoint::Checkpoint;
 

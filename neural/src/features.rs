@@ -23,6 +23,7 @@ pub struct FeatureConfig {
     /// Weight of a character n-gram relative to a word.
     pub char_weight: f32,
     /// Inverse document frequency per bucket (empty until fitted: all 1).
+    #[serde(with = "crate::floats")]
     pub idf: Vec<f32>,
 }
 

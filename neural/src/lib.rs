@@ -8,7 +8,10 @@ pub mod checkpoint;
 pub mod classifier;
 pub mod dataset;
 pub mod features;
+mod floats;
+pub mod merge;
 pub mod metrics;
+pub mod recommender;
 pub mod model;
 
 pub use classifier::{train, Classifier, TrainConfig, TrainReport};

@@ -39,7 +39,9 @@ pub type SparseVec = Vec<(u32, f32)>;
 pub struct LayerWeights {
     pub d_in: usize,
     pub d_out: usize,
+    #[serde(with = "crate::floats")]
     pub weight: Vec<f32>,
+    #[serde(with = "crate::floats")]
     pub bias: Vec<f32>,
 }
 
@@ -389,12 +391,16 @@ impl Tail {
         [weights_of(&self.l2), weights_of(&self.l3), weights_of(&self.out)]
     }
 
-    /// Logits from the input layer's pre-activations.
-    pub fn forward(&self, pre: Tensor<2>) -> Tensor<2> {
+    /// The last hidden layer's activations (64 per row).
+    pub fn hidden(&self, pre: Tensor<2>) -> Tensor<2> {
         let x = self.d1.forward(self.relu.forward(pre));
         let x = self.d2.forward(self.relu.forward(self.l2.forward(x)));
-        let x = self.d3.forward(self.relu.forward(self.l3.forward(x)));
-        self.out.forward(x)
+        self.d3.forward(self.relu.forward(self.l3.forward(x)))
+    }
+
+    /// Logits from the input layer's pre-activations.
+    pub fn forward(&self, pre: Tensor<2>) -> Tensor<2> {
+        self.out.forward(self.hidden(pre))
     }
 }
 

@@ -1,0 +1,394 @@
+//! Merging models learned on other nodes (federated averaging).
+//!
+//! Models are averaged parameter by parameter, each weighted by the
+//! samples it learned from; a peer's weight is capped at the local
+//! model's, so no single peer can replace what this node learned (an
+//! untrained node has nothing to protect and takes the peers' average).
+//! Output units are aligned by label: a pattern only some models know is
+//! averaged over those. Before averaging, a peer whose distance from the
+//! reference (the local model, or the peers' mean) is more than
+//! [`CLIP_FACTOR`] times the median distance is pulled back to that
+//! distance, so one wild update moves the result a bounded amount.
+//!
+//! Averaging hidden units only makes sense between models that started
+//! from the same initial weights: nodes train with the network-wide seed
+//! (`model_seed`), as federated averaging requires.
+
+use crate::checkpoint::{Checkpoint, FORMAT};
+use crate::model::{LayerWeights, Weights};
+
+/// A peer's distance from the reference is clipped to this multiple of
+/// the median peer distance.
+pub const CLIP_FACTOR: f64 = 3.0;
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MergeReport {
+    pub peers_merged: usize,
+    /// (peer index, why it was left out).
+    pub skipped: Vec<(usize, String)>,
+    pub clipped: usize,
+    pub labels_added: Vec<String>,
+}
+
+struct Member<'a> {
+    checkpoint: &'a Checkpoint,
+    weight: f64,
+    /// How much of its distance from the reference is kept (1 = all).
+    keep: f32,
+}
+
+/// Merges `peers` into `local` (or, without a local model, averages the
+/// peers). The result keeps the local version and sample count; the caller
+/// bumps the version. Fails only if nothing is left to merge.
+pub fn merge(
+    local: Option<&Checkpoint>,
+    peers: &[&Checkpoint],
+) -> Result<(Checkpoint, MergeReport), String> {
+    let mut report = MergeReport::default();
+    let base = local.or(peers.first().copied()).ok_or("nothing to merge")?;
+    let compatible = |c: &Checkpoint| -> Result<(), String> {
+        if c.format != FORMAT {
+            return Err(format!("checkpoint format {}", c.format));
+        }
+        let (a, b) = (&c.features, &base.features);
+        if (a.dim, a.char_min, a.char_max) != (b.dim, b.char_min, b.char_max) {
+            return Err(format!(
+                "feature dimension {} does not match {}",
+                a.dim, b.dim
+            ));
+        }
+        crate::classifier::check_parts(&c.features, &c.labels, &c.weights)
+    };
+    let local_samples = local.map(|l| l.samples as f64);
+    let mut members: Vec<Member> = Vec::new();
+    if let Some(l) = local {
+        members.push(Member {
+            checkpoint: l,
+            weight: (l.samples as f64).max(1.0),
+            keep: 1.0,
+        });
+    }
+    for (i, p) in peers.iter().enumerate() {
+        if let Err(e) = compatible(p) {
+            report.skipped.push((i, e));
+            continue;
+        }
+        if p.samples == 0 {
+            report.skipped.push((i, "learned from no samples".into()));
+            continue;
+        }
+        let claimed = p.samples as f64;
+        let weight = match local_samples {
+            Some(own) => claimed.min(own.max(1.0)),
+            None => claimed,
+        };
+        members.push(Member {
+            checkpoint: p,
+            weight,
+            keep: 1.0,
+        });
+        report.peers_merged += 1;
+    }
+    if report.peers_merged == 0 {
+        return Err("no compatible peer model".into());
+    }
+
+    // The reference the distances are measured from.
+    let shared = 3; // input and hidden layers; the output layer is per label
+    let reference: Vec<LayerWeights> = match local {
+        Some(l) => l.weights.layers[..shared].to_vec(),
+        None => (0..shared)
+            .map(|layer| {
+                average_layer(
+                    members
+                        .iter()
+                        .map(|m| (&m.checkpoint.weights.layers[layer], 1.0, 1.0)),
+                    None,
+                )
+            })
+            .collect(),
+    };
+    let distances: Vec<f64> = members
+        .iter()
+        .map(|m| distance(&m.checkpoint.weights.layers[..shared], &reference))
+        .collect();
+    let mut peer_distances: Vec<f64> = distances
+        .iter()
+        .zip(&members)
+        .filter(|(_, m)| local.is_none_or(|l| !std::ptr::eq(m.checkpoint, l)))
+        .map(|(d, _)| *d)
+        .collect();
+    peer_distances.sort_by(f64::total_cmp);
+    let median = peer_distances[peer_distances.len() / 2];
+    let bound = CLIP_FACTOR * median;
+    for (m, d) in members.iter_mut().zip(&distances) {
+        if *d > bound && *d > 0.0 {
+            m.keep = (bound / d) as f32;
+            report.clipped += 1;
+        }
+    }
+
+    let layers: Vec<LayerWeights> = (0..shared)
+        .map(|layer| {
+            average_layer(
+                members
+                    .iter()
+                    .map(|m| (&m.checkpoint.weights.layers[layer], m.weight, m.keep)),
+                Some(&reference[layer]),
+            )
+        })
+        .collect();
+
+    // Labels: the local order, then new ones sorted.
+    let mut labels = base.labels.clone();
+    let mut new: Vec<String> = members
+        .iter()
+        .flat_map(|m| m.checkpoint.labels.iter())
+        .filter(|l| !base.labels.contains(l))
+        .cloned()
+        .collect();
+    new.sort();
+    new.dedup();
+    report.labels_added = new.clone();
+    labels.extend(new);
+    let output = merge_output(&members, &labels, local);
+
+    let dim = base.features.dim;
+    let mut features = base.features.clone();
+    let total: f64 = members.iter().map(|m| m.weight).sum();
+    features.idf = (0..dim)
+        .map(|i| {
+            let sum: f64 = members
+                .iter()
+                .map(|m| m.weight * f64::from(m.checkpoint.features.idf.get(i).copied().unwrap_or(1.0)))
+                .sum();
+            (sum / total) as f32
+        })
+        .collect();
+
+    let mut weights = Weights { layers };
+    weights.layers.push(output);
+    let merged = Checkpoint {
+        format: FORMAT,
+        version: local.map_or(0, |l| l.version),
+        samples: local.map_or(0, |l| l.samples),
+        features,
+        labels,
+        weights,
+        report: local.and_then(|l| l.report.clone()),
+    };
+    crate::classifier::check_parts(&merged.features, &merged.labels, &merged.weights)?;
+    Ok((merged, report))
+}
+
+/// Euclidean distance between two stacks of layers of the same shapes.
+fn distance(a: &[LayerWeights], b: &[LayerWeights]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            x.weight
+                .iter()
+                .zip(&y.weight)
+                .chain(x.bias.iter().zip(&y.bias))
+                .map(|(p, q)| f64::from(p - q).powi(2))
+                .sum::<f64>()
+        })
+        .sum::<f64>()
+        .sqrt()
+}
+
+/// Σ wᵢ (ref + keepᵢ (xᵢ − ref)) / Σ wᵢ, elementwise (ref = 0 and keep = 1
+/// without a reference).
+fn average_layer<'a>(
+    members: impl Iterator<Item = (&'a LayerWeights, f64, f32)> + Clone,
+    reference: Option<&LayerWeights>,
+) -> LayerWeights {
+    let first = members.clone().next().map(|(l, _, _)| l).cloned();
+    let mut out = first.unwrap_or(LayerWeights {
+        d_in: 0,
+        d_out: 0,
+        weight: Vec::new(),
+        bias: Vec::new(),
+    });
+    let total: f64 = members.clone().map(|(_, w, _)| w).sum();
+    let blend = |out: &mut [f32], pick: &dyn Fn(&LayerWeights) -> &[f32], reference: Option<&[f32]>| {
+        let mut acc = vec![0f64; out.len()];
+        for (layer, w, keep) in members.clone() {
+            let values = pick(layer);
+            for (k, a) in acc.iter_mut().enumerate() {
+                let r = reference.map_or(0.0, |r| r[k]);
+                let x = if reference.is_some() { r + keep * (values[k] - r) } else { values[k] };
+                *a += w * f64::from(x);
+            }
+        }
+        for (o, a) in out.iter_mut().zip(acc) {
+            *o = (a / total) as f32;
+        }
+    };
+    blend(&mut out.weight, &|l| &l.weight, reference.map(|r| r.weight.as_slice()));
+    blend(&mut out.bias, &|l| &l.bias, reference.map(|r| r.bias.as_slice()));
+    out
+}
+
+/// The output layer for `labels`: each label's column (and bias) averaged
+/// over the members that know the label, clipped toward the local column
+/// when there is one.
+fn merge_output(members: &[Member], labels: &[String], local: Option<&Checkpoint>) -> LayerWeights {
+    let d_in = crate::model::HIDDEN[2];
+    let d_out = labels.len();
+    let mut weight = vec![0f32; d_in * d_out];
+    let mut bias = vec![0f32; d_out];
+    for (col, label) in labels.iter().enumerate() {
+        let column = |c: &Checkpoint| -> Option<(Vec<f32>, f32)> {
+            let j = c.labels.iter().position(|l| l == label)?;
+            let out = &c.weights.layers[3];
+            let values = (0..d_in).map(|i| out.weight[i * out.d_out + j]).collect();
+            Some((values, out.bias[j]))
+        };
+        let reference = local.and_then(column);
+        let mut acc = vec![0f64; d_in + 1];
+        let mut total = 0.0;
+        for m in members {
+            let Some((values, b)) = column(m.checkpoint) else {
+                continue;
+            };
+            let keep = if reference.is_some() { m.keep } else { 1.0 };
+            for (k, x) in values.iter().chain(std::iter::once(&b)).enumerate() {
+                let r = reference
+                    .as_ref()
+                    .map_or(*x, |(rv, rb)| if k < d_in { rv[k] } else { *rb });
+                acc[k] += m.weight * f64::from(r + keep * (x - r));
+            }
+            total += m.weight;
+        }
+        for i in 0..d_in {
+            weight[i * d_out + col] = (acc[i] / total) as f32;
+        }
+        bias[col] = (acc[d_in] / total) as f32;
+    }
+    LayerWeights {
+        d_in,
+        d_out,
+        weight,
+        bias,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classifier::{train, TrainConfig};
+    use crate::dataset::{Context, Sample};
+    use crate::features::FeatureConfig;
+    use crate::recommender::{Recommender, RecommenderConfig};
+
+    fn samples(topics: &[(&str, [&str; 4])], n: usize) -> Vec<Sample> {
+        let shared = ["the", "value", "result", "handle"];
+        (0..n)
+            .map(|i| {
+                let (label, words) = topics[i % topics.len()];
+                let text: Vec<&str> = (0..6)
+                    .flat_map(|j| [words[(i + j) % 4], shared[(i / 2 + j) % 4]])
+                    .collect();
+                Sample {
+                    context: Context {
+                        text: text.join(" "),
+                        ..Context::default()
+                    },
+                    label: label.into(),
+                }
+            })
+            .collect()
+    }
+
+    fn model(topics: &[(&str, [&str; 4])]) -> Checkpoint {
+        let config = TrainConfig {
+            max_epochs: 10,
+            features: FeatureConfig {
+                dim: 512,
+                ..FeatureConfig::default()
+            },
+            ..TrainConfig::default()
+        };
+        let (c, r) = train(&samples(topics, 300), &config, |_| {}).unwrap();
+        Checkpoint::of(&c, 1, 300, Some(r))
+    }
+
+    const A: [(&str, [&str; 4]); 2] = [
+        ("net", ["socket", "dial", "peer", "packet"]),
+        ("db", ["table", "query", "index", "row"]),
+    ];
+    const B: [(&str, [&str; 4]); 2] = [
+        ("ui", ["button", "click", "pixel", "layout"]),
+        ("fs", ["file", "directory", "path", "inode"]),
+    ];
+
+    fn ask(text: &str) -> Context {
+        Context {
+            text: text.into(),
+            ..Context::default()
+        }
+    }
+
+    #[test]
+    fn a_node_without_examples_learns_the_patterns_its_peers_learned() {
+        // Two nodes start from the same model (as the mesh shares it) and
+        // each learns a new pattern from one outcome; a third merges them.
+        let topics: Vec<_> = A.iter().chain(&B).copied().collect();
+        let base = model(&topics);
+        let learn = |pattern: &str, text: &str| {
+            let mut r = Recommender::new(RecommenderConfig::default());
+            r.install(base.clone()).unwrap();
+            assert!(r.outcome(&ask(text), pattern, true).pattern_added);
+            assert_eq!(r.recommend(&ask(text), 1).recommendations[0].pattern, pattern);
+            r.model().unwrap().checkpoint()
+        };
+        let retry = "socket dial table query";
+        let cache = "button click file path";
+        let a = learn("retry", retry);
+        let b = learn("cache", cache);
+        let (merged, report) = merge(Some(&base), &[&a, &b]).unwrap();
+        assert_eq!(report.peers_merged, 2);
+        assert_eq!(report.labels_added, ["cache", "retry"]);
+        let c = merged.classifier().unwrap();
+        assert_eq!(c.predict(&ask(retry), 1)[0].0, "retry");
+        assert_eq!(c.predict(&ask(cache), 1)[0].0, "cache");
+        // What all of them knew is still known.
+        assert_eq!(c.predict(&ask("peer packet peer packet"), 1)[0].0, "net");
+        assert_eq!(c.predict(&ask("pixel layout pixel layout"), 1)[0].0, "ui");
+        // Without a local model the peers' average is taken.
+        let (alone, _) = merge(None, &[&a, &b]).unwrap();
+        let c = alone.classifier().unwrap();
+        assert_eq!(c.predict(&ask(retry), 1)[0].0, "retry");
+        assert_eq!(c.predict(&ask(cache), 1)[0].0, "cache");
+    }
+
+    #[test]
+    fn one_peer_cannot_replace_the_local_model_and_outliers_are_clipped() {
+        let (a, b) = (model(&A), model(&B));
+        // A peer claiming a million samples still weighs as much as us.
+        let loud = Checkpoint {
+            samples: 1_000_000,
+            ..b.clone()
+        };
+        let (merged, _) = merge(Some(&a), &[&loud]).unwrap();
+        let c = merged.classifier().unwrap();
+        let ask = Context {
+            text: "socket dial peer packet".into(),
+            ..Context::default()
+        };
+        assert_eq!(c.predict(&ask, 1)[0].0, "net");
+
+        // Three peers, one with wild weights: it is pulled back.
+        let mut wild = b.clone();
+        wild.weights.layers[1].weight.iter_mut().for_each(|w| *w *= 1000.0);
+        let (_, report) = merge(Some(&a), &[&b, &b.clone(), &wild]).unwrap();
+        assert_eq!(report.clipped, 1);
+        // A model of another shape is left out, with the reason.
+        let mut other = b.clone();
+        other.features.dim = 1024;
+        let (_, report) = merge(Some(&a), &[&b, &other]).unwrap();
+        assert_eq!(report.skipped.len(), 1);
+        assert!(merge(Some(&a), &[&other]).is_err());
+    }
+}

@@ -1,0 +1,335 @@
+//! What a node answers with: the model when it is trained and sure, the
+//! rule-based recommender otherwise; an LRU cache in front (keyed by the
+//! context, emptied whenever the model changes); outcomes that take one
+//! gradient step at once and update the rules' statistics; installing
+//! trained, imported and merged models.
+
+use crate::baseline::RuleRecommender;
+use crate::checkpoint::Checkpoint;
+use crate::classifier::{Classifier, TrainReport};
+use crate::dataset::Context;
+use crate::features::FeatureConfig;
+use lru::LruCache;
+use serde::Serialize;
+use std::num::NonZeroUsize;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct RecommenderConfig {
+    /// Off: the rule-based recommender answers alone.
+    pub model_enabled: bool,
+    /// The model answers only if its top probability reaches this.
+    pub min_confidence: f64,
+    pub cache_entries: usize,
+    pub cache_ttl: Duration,
+    /// Step size of one outcome's gradient step.
+    pub online_learning_rate: f64,
+}
+
+impl Default for RecommenderConfig {
+    fn default() -> Self {
+        RecommenderConfig {
+            model_enabled: true,
+            min_confidence: 0.25,
+            cache_entries: 1000,
+            cache_ttl: Duration::from_secs(3600),
+            online_learning_rate: 1e-4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Model,
+    Rules,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Scored {
+    pub pattern: String,
+    pub score: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Answer {
+    pub source: Source,
+    pub recommendations: Vec<Scored>,
+    /// The model version the answer was computed with (0: none).
+    pub model_version: u64,
+    pub cached: bool,
+}
+
+/// The installed model and what is known about it.
+pub struct Installed {
+    pub classifier: Classifier,
+    pub version: u64,
+    /// Samples it learned from (training samples plus outcomes).
+    pub samples: u64,
+    pub report: Option<TrainReport>,
+}
+
+impl Installed {
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint::of(
+            &self.classifier,
+            self.version,
+            self.samples,
+            self.report.clone(),
+        )
+    }
+}
+
+/// What an outcome changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct OutcomeEffect {
+    /// The model took a gradient step.
+    pub model_updated: bool,
+    /// The model had not known the pattern: its head grew by one output.
+    pub pattern_added: bool,
+}
+
+pub struct Recommender {
+    config: RecommenderConfig,
+    model: Option<Installed>,
+    rules: RuleRecommender,
+    /// The rules' own features (no idf), so they never depend on a model.
+    rule_features: FeatureConfig,
+    cache: LruCache<(String, usize), (Instant, Answer)>,
+}
+
+impl Recommender {
+    pub fn new(config: RecommenderConfig) -> Recommender {
+        let entries = NonZeroUsize::new(config.cache_entries).unwrap_or(NonZeroUsize::MIN);
+        Recommender {
+            config,
+            model: None,
+            rules: RuleRecommender::default(),
+            rule_features: FeatureConfig::default(),
+            cache: LruCache::new(entries),
+        }
+    }
+
+    pub fn config(&self) -> &RecommenderConfig {
+        &self.config
+    }
+
+    pub fn model(&self) -> Option<&Installed> {
+        self.model.as_ref()
+    }
+
+    pub fn version(&self) -> u64 {
+        self.model.as_ref().map_or(0, |m| m.version)
+    }
+
+    /// The patterns the rules know (from descriptions and outcomes).
+    pub fn rule_patterns(&self) -> usize {
+        self.rules.profiles.len()
+    }
+
+    /// Adds a pattern's description (its text, tags) to the rules.
+    pub fn describe(&mut self, pattern: &str, text: &Context) {
+        let v = self.rule_features.extract_sparse(text);
+        self.rules.learn(pattern, &v);
+        self.cache.clear();
+    }
+
+    /// Sets a pattern's use and success counts (the mesh-wide figures the
+    /// pattern store replicates) for the rules' weighting.
+    pub fn set_statistics(&mut self, pattern: &str, uses: u64, successes: u64) {
+        let profile = self.rules.profiles.entry(pattern.to_string()).or_default();
+        if (profile.uses, profile.successes) != (uses, successes) {
+            profile.uses = uses;
+            profile.successes = successes.min(uses);
+            self.cache.clear();
+        }
+    }
+
+    /// The top `k` patterns for `context`, and who chose them.
+    pub fn recommend(&mut self, context: &Context, k: usize) -> Answer {
+        let key = (
+            serde_json::to_string(context).unwrap_or_else(|_| context.text.clone()),
+            k,
+        );
+        if let Some((at, answer)) = self.cache.get(&key) {
+            if at.elapsed() < self.config.cache_ttl {
+                return Answer {
+                    cached: true,
+                    ..answer.clone()
+                };
+            }
+            self.cache.pop(&key);
+        }
+        let answer = self.compute(context, k);
+        self.cache.put(key, (Instant::now(), answer.clone()));
+        answer
+    }
+
+    fn compute(&self, context: &Context, k: usize) -> Answer {
+        let scored = |list: Vec<(String, f64)>| -> Vec<Scored> {
+            list.into_iter()
+                .map(|(pattern, score)| Scored { pattern, score })
+                .collect()
+        };
+        if let Some(m) = self.model.as_ref().filter(|_| self.config.model_enabled) {
+            let top = m.classifier.predict(context, k);
+            if top
+                .first()
+                .is_some_and(|(_, p)| *p >= self.config.min_confidence)
+            {
+                return Answer {
+                    source: Source::Model,
+                    recommendations: scored(top),
+                    model_version: m.version,
+                    cached: false,
+                };
+            }
+        }
+        Answer {
+            source: Source::Rules,
+            recommendations: scored(self.rules.rank(&self.rule_features, context, k)),
+            model_version: self.version(),
+            cached: false,
+        }
+    }
+
+    /// Learns from a reported outcome: the rules' statistics (and, on a
+    /// success, the pattern's profile), and one gradient step of the model
+    /// — growing its head first if the pattern is new to it.
+    pub fn outcome(&mut self, context: &Context, pattern: &str, success: bool) -> OutcomeEffect {
+        self.rules.record_outcome(pattern, success);
+        if success {
+            let v = self.rule_features.extract_sparse(context);
+            self.rules.learn(pattern, &v);
+        }
+        self.cache.clear();
+        let mut effect = OutcomeEffect {
+            model_updated: false,
+            pattern_added: false,
+        };
+        let rate = self.config.online_learning_rate;
+        let Some(m) = self.model.as_mut().filter(|_| self.config.model_enabled) else {
+            return effect;
+        };
+        if !m.classifier.labels.iter().any(|l| l == pattern) {
+            // A failure of a pattern the model never learned teaches it
+            // nothing worth a new output.
+            if !success {
+                return effect;
+            }
+            // The imprint is what this outcome teaches; a gradient step
+            // on top would only disturb the fresh weights.
+            effect.pattern_added = m.classifier.add_label_from(pattern, context);
+            effect.model_updated = effect.pattern_added;
+        } else {
+            effect.model_updated = m.classifier.learn_outcome(context, pattern, success, rate);
+        }
+        m.version += 1;
+        m.samples += 1;
+        effect
+    }
+
+    /// Installs a trained, imported or merged model; its version becomes
+    /// at least one above the current one.
+    pub fn install(&mut self, checkpoint: Checkpoint) -> Result<u64, String> {
+        let classifier = checkpoint.classifier()?;
+        let version = checkpoint.version.max(self.version() + 1);
+        self.model = Some(Installed {
+            classifier,
+            version,
+            samples: checkpoint.samples,
+            report: checkpoint.report,
+        });
+        self.cache.clear();
+        Ok(version)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classifier::tests::synthetic;
+    use crate::classifier::{train, TrainConfig};
+
+    fn context(text: &str) -> Context {
+        Context {
+            text: text.into(),
+            ..Context::default()
+        }
+    }
+
+    fn trained() -> Checkpoint {
+        let samples = synthetic(300);
+        let config = TrainConfig {
+            max_epochs: 8,
+            features: FeatureConfig {
+                dim: 256,
+                ..FeatureConfig::default()
+            },
+            ..TrainConfig::default()
+        };
+        let (classifier, report) = train(&samples, &config, |_| {}).unwrap();
+        Checkpoint::of(&classifier, 1, 300, Some(report))
+    }
+
+    #[test]
+    fn rules_answer_until_a_model_is_installed_and_the_cache_follows_the_model() {
+        let mut r = Recommender::new(RecommenderConfig::default());
+        r.describe("net", &context("socket connect peer packet dial"));
+        r.describe("db", &context("table query index commit row"));
+        let ask = context("dial the peer socket");
+        let first = r.recommend(&ask, 2);
+        assert_eq!(first.source, Source::Rules);
+        assert_eq!(first.recommendations[0].pattern, "net");
+        assert!(!first.cached);
+        assert!(r.recommend(&ask, 2).cached);
+
+        r.install(trained()).unwrap();
+        let after = r.recommend(&ask, 2);
+        assert!(!after.cached, "installing a model empties the cache");
+        assert_eq!(after.source, Source::Model);
+        assert_eq!(after.recommendations[0].pattern, "net");
+
+        // Switched off: the rules answer alone.
+        let mut off = Recommender::new(RecommenderConfig {
+            model_enabled: false,
+            ..RecommenderConfig::default()
+        });
+        off.install(trained()).unwrap();
+        off.describe("db", &context("table query index commit row"));
+        assert_eq!(off.recommend(&ask, 2).source, Source::Rules);
+    }
+
+    #[test]
+    fn an_outcome_for_a_new_pattern_grows_the_model_and_failures_lower_a_pattern() {
+        let mut r = Recommender::new(RecommenderConfig {
+            online_learning_rate: 0.05,
+            ..RecommenderConfig::default()
+        });
+        r.install(trained()).unwrap();
+        let v0 = r.version();
+        let ask = context("the handle value error result");
+        let effect = r.outcome(&ask, "retry-policy", true);
+        assert!(effect.pattern_added && effect.model_updated);
+        assert!(r.version() > v0);
+        let labels = &r.model().unwrap().classifier.labels;
+        assert!(labels.contains(&"retry-policy".to_string()));
+
+        let p = |r: &mut Recommender, label: &str| {
+            r.model()
+                .unwrap()
+                .classifier
+                .predict(&ask, 4)
+                .into_iter()
+                .find(|(l, _)| l == label)
+                .unwrap()
+                .1
+        };
+        let before = p(&mut r, "net");
+        assert!(r.outcome(&ask, "net", false).model_updated);
+        let after = p(&mut r, "net");
+        assert!(after < before, "{before} -> {after}");
+        // A failure of an unknown pattern adds nothing.
+        assert!(!r.outcome(&ask, "never-seen", false).pattern_added);
+    }
+}
