@@ -202,10 +202,9 @@ pub fn train(
         for chunk in order.chunks(config.batch) {
             let x: Vec<&SparseVec> = chunk.iter().map(|&i| &train_rows[i].0).collect();
             let y = targets(chunk.iter().map(|&i| train_rows[i].1), &device);
-            let (tail_grads, input_grads) =
-                backward_batch(&input, &tail, &x, &device, |logits| {
-                    loss_fn.forward(logits, y)
-                });
+            let (tail_grads, input_grads) = backward_batch(&input, &tail, &x, &device, |logits| {
+                loss_fn.forward(logits, y)
+            });
             tail = tail_adam.step(config.learning_rate, tail, tail_grads);
             input_adam.step(&mut input, &input_grads);
         }

@@ -147,7 +147,10 @@ impl FeatureConfig {
             .into_iter()
             .map(|(bucket, (tf, signed))| {
                 let idf = self.idf.get(bucket).copied().unwrap_or(1.0);
-                (bucket as u32, (1.0 + tf.ln().max(0.0)) * idf * signed.signum())
+                (
+                    bucket as u32,
+                    (1.0 + tf.ln().max(0.0)) * idf * signed.signum(),
+                )
             })
             .collect();
         let norm = v.iter().map(|(_, x)| x * x).sum::<f32>().sqrt();

@@ -25,7 +25,7 @@ impl<'de> Visitor<'de> for FloatBytes {
     }
 
     fn visit_bytes<E: Error>(self, bytes: &[u8]) -> Result<Vec<f32>, E> {
-        if bytes.len() % 4 != 0 {
+        if !bytes.len().is_multiple_of(4) {
             return Err(E::custom(format!(
                 "{} bytes is not a whole number of f32 values",
                 bytes.len()

@@ -11,8 +11,8 @@ pub mod features;
 mod floats;
 pub mod merge;
 pub mod metrics;
-pub mod recommender;
 pub mod model;
+pub mod recommender;
 
 pub use classifier::{train, Classifier, TrainConfig, TrainReport};
 pub use dataset::{Context, Sample};

@@ -160,7 +160,9 @@ pub fn merge(
         .map(|i| {
             let sum: f64 = members
                 .iter()
-                .map(|m| m.weight * f64::from(m.checkpoint.features.idf.get(i).copied().unwrap_or(1.0)))
+                .map(|m| {
+                    m.weight * f64::from(m.checkpoint.features.idf.get(i).copied().unwrap_or(1.0))
+                })
                 .sum();
             (sum / total) as f32
         })
@@ -211,22 +213,35 @@ fn average_layer<'a>(
         bias: Vec::new(),
     });
     let total: f64 = members.clone().map(|(_, w, _)| w).sum();
-    let blend = |out: &mut [f32], pick: &dyn Fn(&LayerWeights) -> &[f32], reference: Option<&[f32]>| {
-        let mut acc = vec![0f64; out.len()];
-        for (layer, w, keep) in members.clone() {
-            let values = pick(layer);
-            for (k, a) in acc.iter_mut().enumerate() {
-                let r = reference.map_or(0.0, |r| r[k]);
-                let x = if reference.is_some() { r + keep * (values[k] - r) } else { values[k] };
-                *a += w * f64::from(x);
+    let blend =
+        |out: &mut [f32], pick: &dyn Fn(&LayerWeights) -> &[f32], reference: Option<&[f32]>| {
+            let mut acc = vec![0f64; out.len()];
+            for (layer, w, keep) in members.clone() {
+                let values = pick(layer);
+                for (k, a) in acc.iter_mut().enumerate() {
+                    let r = reference.map_or(0.0, |r| r[k]);
+                    let x = if reference.is_some() {
+                        r + keep * (values[k] - r)
+                    } else {
+                        values[k]
+                    };
+                    *a += w * f64::from(x);
+                }
             }
-        }
-        for (o, a) in out.iter_mut().zip(acc) {
-            *o = (a / total) as f32;
-        }
-    };
-    blend(&mut out.weight, &|l| &l.weight, reference.map(|r| r.weight.as_slice()));
-    blend(&mut out.bias, &|l| &l.bias, reference.map(|r| r.bias.as_slice()));
+            for (o, a) in out.iter_mut().zip(acc) {
+                *o = (a / total) as f32;
+            }
+        };
+    blend(
+        &mut out.weight,
+        &|l| &l.weight,
+        reference.map(|r| r.weight.as_slice()),
+    );
+    blend(
+        &mut out.bias,
+        &|l| &l.bias,
+        reference.map(|r| r.bias.as_slice()),
+    );
     out
 }
 
@@ -340,7 +355,10 @@ mod tests {
             let mut r = Recommender::new(RecommenderConfig::default());
             r.install(base.clone()).unwrap();
             assert!(r.outcome(&ask(text), pattern, true).pattern_added);
-            assert_eq!(r.recommend(&ask(text), 1).recommendations[0].pattern, pattern);
+            assert_eq!(
+                r.recommend(&ask(text), 1).recommendations[0].pattern,
+                pattern
+            );
             r.model().unwrap().checkpoint()
         };
         let retry = "socket dial table query";
@@ -381,7 +399,10 @@ mod tests {
 
         // Three peers, one with wild weights: it is pulled back.
         let mut wild = b.clone();
-        wild.weights.layers[1].weight.iter_mut().for_each(|w| *w *= 1000.0);
+        wild.weights.layers[1]
+            .weight
+            .iter_mut()
+            .for_each(|w| *w *= 1000.0);
         let (_, report) = merge(Some(&a), &[&b, &b.clone(), &wild]).unwrap();
         assert_eq!(report.clipped, 1);
         // A model of another shape is left out, with the reason.

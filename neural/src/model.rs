@@ -117,9 +117,8 @@ impl InputLayer {
     pub fn new(dim: usize, seed: u64) -> InputLayer {
         let mut rng = SmallRng::seed_from_u64(seed);
         let bound = 1.0 / (dim as f32).sqrt();
-        let mut draw = |n: usize| -> Vec<f32> {
-            (0..n).map(|_| rng.random_range(-bound..bound)).collect()
-        };
+        let mut draw =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-bound..bound)).collect() };
         InputLayer {
             weights: LayerWeights {
                 d_in: dim,
@@ -156,7 +155,10 @@ impl InputLayer {
     /// each, in that order) and the bias gradient.
     pub fn gradients(&self, rows: &[&SparseVec], upstream: &[f32]) -> InputGradients {
         let d = self.weights.d_out;
-        let mut touched: Vec<u32> = rows.iter().flat_map(|r| r.iter().map(|(i, _)| *i)).collect();
+        let mut touched: Vec<u32> = rows
+            .iter()
+            .flat_map(|r| r.iter().map(|(i, _)| *i))
+            .collect();
         touched.sort_unstable();
         touched.dedup();
         touched.retain(|&i| (i as usize) < self.weights.d_in);
@@ -388,7 +390,11 @@ impl Tail {
     }
 
     pub fn layer_weights(&self) -> [LayerWeights; 3] {
-        [weights_of(&self.l2), weights_of(&self.l3), weights_of(&self.out)]
+        [
+            weights_of(&self.l2),
+            weights_of(&self.l3),
+            weights_of(&self.out),
+        ]
     }
 
     /// The last hidden layer's activations (64 per row).

@@ -10,7 +10,7 @@ use crate::classifier::{Classifier, TrainReport};
 use crate::dataset::Context;
 use crate::features::FeatureConfig;
 use lru::LruCache;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::num::NonZeroUsize;
 use std::time::{Duration, Instant};
 
@@ -38,20 +38,20 @@ impl Default for RecommenderConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Source {
     Model,
     Rules,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Scored {
     pub pattern: String,
     pub score: f64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Answer {
     pub source: Source,
     pub recommendations: Vec<Scored>,
@@ -81,7 +81,7 @@ impl Installed {
 }
 
 /// What an outcome changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutcomeEffect {
     /// The model took a gradient step.
     pub model_updated: bool,

@@ -64,6 +64,24 @@ pub enum Command {
         #[arg(required = true)]
         transactions: Vec<String>,
     },
+    /// Ask the node which patterns fit a context (the model, or the rules
+    /// when the model is untrained, off or unsure).
+    Recommend {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// What the agent is doing.
+        text: String,
+        /// Keywords (repeatable).
+        #[arg(long = "keyword")]
+        keywords: Vec<String>,
+        #[arg(long)]
+        framework: Option<String>,
+        #[arg(long)]
+        language: Option<String>,
+        /// How many patterns.
+        #[arg(long, default_value_t = 5)]
+        k: usize,
+    },
     /// Claim a task for an agent; with --wait, print the final winner.
     Claim {
         #[command(flatten)]
@@ -371,6 +389,21 @@ pub struct RunArgs {
     /// Seconds a misbehaving peer stays banned (kept across restarts) [default: 3600].
     #[arg(long, env = "AGENTMESH_BAN_SECS")]
     pub ban_secs: Option<u64>,
+    /// Use the local model for recommendations (false: rules alone) [default: true].
+    #[arg(long, env = "AGENTMESH_MODEL_ENABLED")]
+    pub model_enabled: Option<bool>,
+    /// Seconds between sharing the model with peers and merging theirs [default: 300].
+    #[arg(long, env = "AGENTMESH_MODEL_SHARE_SECS")]
+    pub model_share_secs: Option<u64>,
+    /// Top probability below which the rule-based recommender answers [default: 0.25].
+    #[arg(long, env = "AGENTMESH_MODEL_MIN_CONFIDENCE")]
+    pub model_min_confidence: Option<f64>,
+    /// Feature dimension of models this node trains; the same on every node [default: 65536].
+    #[arg(long, env = "AGENTMESH_MODEL_FEATURE_DIM")]
+    pub model_feature_dim: Option<usize>,
+    /// Seed of initial weights and data split; the same on every node [default: 42].
+    #[arg(long, env = "AGENTMESH_MODEL_SEED")]
+    pub model_seed: Option<u64>,
 }
 
 impl RunArgs {
@@ -410,6 +443,9 @@ impl RunArgs {
             membership_timeout_ms => membership_timeout_ms,
             peer_message_rate => peer_message_rate, peer_request_rate => peer_request_rate,
             ban_secs => ban_secs, ban_threshold => ban_threshold,
+            model_enabled => model_enabled, model_share_secs => model_share_secs,
+            model_min_confidence => model_min_confidence,
+            model_feature_dim => model_feature_dim, model_seed => model_seed,
         );
         if let Some(authority) = &self.authority {
             c.authority = Some(authority.clone());

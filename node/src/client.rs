@@ -185,6 +185,55 @@ impl ApiClient {
         .await
     }
 
+    /// The top `k` patterns for a context, and who chose them.
+    pub async fn recommend(
+        &self,
+        context: &agentmesh_neural::Context,
+        k: usize,
+    ) -> Result<agentmesh_neural::recommender::Answer, ClientError> {
+        self.post_json(
+            "/v1/recommend",
+            &serde_json::json!({ "context": context, "k": k }),
+        )
+        .await
+    }
+
+    /// Reports what came of using a pattern in a context.
+    pub async fn report_outcome(
+        &self,
+        context: &agentmesh_neural::Context,
+        pattern: &str,
+        success: bool,
+    ) -> Result<serde_json::Value, ClientError> {
+        self.post_json(
+            "/v1/outcomes",
+            &serde_json::json!({ "context": context, "pattern": pattern, "success": success }),
+        )
+        .await
+    }
+
+    /// The local model's status (`GET /v1/model`).
+    pub async fn model_status(&self) -> Result<serde_json::Value, ClientError> {
+        self.get("/v1/model").await
+    }
+
+    /// Trains the node's model on its stored outcomes plus `samples`.
+    pub async fn train_model(
+        &self,
+        samples: &[agentmesh_neural::Sample],
+        max_epochs: Option<usize>,
+    ) -> Result<serde_json::Value, ClientError> {
+        let response = self
+            .http
+            .post(self.url("/v1/model/train"))
+            .json(&serde_json::json!({ "samples": samples, "max_epochs": max_epochs }))
+            .timeout(Duration::from_secs(3600))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        self.read_json(response).await
+    }
+
     pub async fn sync_status(&self) -> Result<SyncStatus, ClientError> {
         self.get("/v1/sync").await
     }

@@ -106,6 +106,21 @@ pub struct Config {
     /// Limits: how long a misbehaving peer stays banned, in seconds (bans
     /// are kept on disk across restarts).
     pub ban_secs: u64,
+    /// Model: use the local model for recommendations (false: the
+    /// rule-based recommender answers alone, and no model is shared).
+    pub model_enabled: bool,
+    /// Model: seconds between sharing the model on `learning:model` and
+    /// merging what peers shared.
+    pub model_share_secs: u64,
+    /// Model: top probability below which the rules answer instead (0..1).
+    pub model_min_confidence: f64,
+    /// Model: feature dimension of models this node trains (a power of
+    /// two, 64..=2^20); all nodes of a network must use the same to merge.
+    pub model_feature_dim: usize,
+    /// Model: seed of the initial weights and of the data split; all nodes
+    /// of a network must use the same (merging averages weights that
+    /// started from the same point).
+    pub model_seed: u64,
 }
 
 impl Default for Config {
@@ -156,6 +171,11 @@ impl Default for Config {
             peer_request_rate: 5_000,
             ban_threshold: 100,
             ban_secs: 3600,
+            model_enabled: true,
+            model_share_secs: 300,
+            model_min_confidence: 0.25,
+            model_feature_dim: 1 << 16,
+            model_seed: 42,
         }
     }
 }
@@ -274,6 +294,35 @@ pub struct Settings {
     pub peer_request_rate: NonZeroU32,
     pub ban_threshold: NonZeroU32,
     pub ban_duration: Duration,
+    pub model: ModelSettings,
+}
+
+#[derive(Clone, Debug)]
+pub struct ModelSettings {
+    pub enabled: bool,
+    pub share_interval: Duration,
+    pub min_confidence: f64,
+    pub feature_dim: usize,
+    pub seed: u64,
+}
+
+fn model_settings(c: &Config) -> Result<ModelSettings, ConfigError> {
+    if !(0.0..=1.0).contains(&c.model_min_confidence) {
+        return Err(invalid("model_min_confidence", "must be between 0 and 1"));
+    }
+    if !c.model_feature_dim.is_power_of_two() || !(64..=1 << 20).contains(&c.model_feature_dim) {
+        return Err(invalid(
+            "model_feature_dim",
+            "must be a power of two between 64 and 1048576",
+        ));
+    }
+    Ok(ModelSettings {
+        enabled: c.model_enabled,
+        share_interval: Duration::from_secs(positive("model_share_secs", c.model_share_secs)?),
+        min_confidence: c.model_min_confidence,
+        feature_dim: c.model_feature_dim,
+        seed: c.model_seed,
+    })
 }
 
 #[derive(Clone, Debug)]
@@ -505,6 +554,7 @@ impl Settings {
             peer_request_rate: non_zero("peer_request_rate", c.peer_request_rate)?,
             ban_threshold: non_zero("ban_threshold", c.ban_threshold)?,
             ban_duration: secs("ban_secs", c.ban_secs)?,
+            model: model_settings(c)?,
         })
     }
 }
@@ -575,6 +625,9 @@ mod tests {
             (|c| c.peer_request_rate = 0, "peer_request_rate"),
             (|c| c.ban_secs = 0, "ban_secs"),
             (|c| c.ban_threshold = 0, "ban_threshold"),
+            (|c| c.model_share_secs = 0, "model_share_secs"),
+            (|c| c.model_min_confidence = 1.5, "model_min_confidence"),
+            (|c| c.model_feature_dim = 1000, "model_feature_dim"),
         ];
         for (mutate, setting) in cases {
             let mut c = Config::default();

@@ -11,6 +11,7 @@ pub mod consensus;
 pub mod identity;
 pub mod logging;
 pub mod metrics;
+pub mod model;
 pub mod model_cli;
 pub mod network;
 pub mod node;

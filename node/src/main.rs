@@ -132,6 +132,25 @@ async fn dispatch(command: Command) -> Result<()> {
             println!("{}", serde_json::to_string(&receipt)?);
             Ok(())
         }
+        Command::Recommend {
+            client,
+            text,
+            keywords,
+            framework,
+            language,
+            k,
+        } => {
+            let context = agentmesh_neural::Context {
+                text,
+                keywords,
+                framework,
+                language,
+                ..Default::default()
+            };
+            let answer = ApiClient::new(client.api).recommend(&context, k).await?;
+            println!("{}", serde_json::to_string(&answer)?);
+            Ok(())
+        }
         Command::Claim {
             client,
             task,

@@ -21,6 +21,7 @@ pub struct Snapshot {
     pub peers: Vec<PeerInfo>,
     pub consensus: ConsensusStatus,
     pub sync: SyncStatus,
+    pub model: crate::model::ModelStatus,
 }
 
 /// The registry behind `/metrics`, built once at start-up.
@@ -384,6 +385,56 @@ impl prometheus_client::collector::Collector for NodeCollector {
             "agentmesh_anti_entropy_patterns_pushed",
             "Pattern states pushed by anti-entropy",
             a.patterns_pushed,
+        )?;
+        let m = &s.model;
+        gauge(
+            &mut e,
+            "agentmesh_model_version",
+            "Version of the local model (0: untrained)",
+            m.version as i64,
+        )?;
+        gauge(
+            &mut e,
+            "agentmesh_model_classes",
+            "Patterns the local model knows",
+            m.classes.len() as i64,
+        )?;
+        let by_source = |source: &str| {
+            m.recommendations
+                .get(source)
+                .and_then(|v| v.as_u64())
+                .unwrap_or(0)
+        };
+        counters(
+            &mut e,
+            "agentmesh_recommendations",
+            "Recommendations answered, by who chose them",
+            [("model", by_source("model")), ("rules", by_source("rules"))]
+                .map(|(k, v)| (vec![("source", k.to_string())], v)),
+        )?;
+        counter(
+            &mut e,
+            "agentmesh_recommendations_cached",
+            "Recommendations answered from the cache",
+            by_source("cached"),
+        )?;
+        counter(
+            &mut e,
+            "agentmesh_model_online_updates",
+            "Outcomes that changed the model at once",
+            m.online_updates,
+        )?;
+        counter(
+            &mut e,
+            "agentmesh_model_merges",
+            "Merge rounds that installed peers' models",
+            m.merges,
+        )?;
+        counter(
+            &mut e,
+            "agentmesh_model_merge_failures",
+            "Peer models that could not be fetched or merged",
+            m.merge_failures,
         )?;
         gauge(
             &mut e,

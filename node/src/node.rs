@@ -5,6 +5,8 @@ use crate::api::{self, ApiState};
 use crate::config::Settings;
 use crate::consensus::{ConsensusHandle, ConsensusService, SledHistory, REQUEST_QUEUE};
 use crate::identity;
+use crate::model::service::ModelService;
+use crate::model::ModelHandle;
 use crate::network::consensus_io::consensus_channels;
 use crate::network::membership::Membership;
 use crate::network::sync_io::SYNC_EVENT_QUEUE;
@@ -32,8 +34,9 @@ pub struct RunningNode {
     pub consensus: ConsensusHandle,
     settings: Settings,
     consensus_task: JoinHandle<()>,
-    pattern_tasks: [JoinHandle<()>; 2],
+    pattern_tasks: [JoinHandle<()>; 3],
     store: Store,
+    model: ModelHandle,
     network_task: JoinHandle<()>,
     api_task: JoinHandle<()>,
     stop_api: oneshot::Sender<()>,
@@ -73,6 +76,10 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
     let (consensus_events, events_rx) = consensus_channels();
     let (sync_events, sync_events_rx) = mpsc::channel(SYNC_EVENT_QUEUE);
     let (metrics, network_metrics) = crate::metrics::build();
+    let (sync_changes, sync_changes_rx) = mpsc::channel(CHANGE_QUEUE);
+    let sync_stats = Arc::new(SyncStats::default());
+    let patterns = Patterns::new(store.patterns(), node_id, sync_changes, sync_stats.clone());
+    let model = ModelHandle::load(store.model()?, patterns.clone(), settings.model.clone());
     let (network, handle, listening) = Network::new(
         swarm,
         settings.clone(),
@@ -81,6 +88,7 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
         ServiceSenders {
             consensus: consensus_events,
             sync: sync_events,
+            model: model.served(),
         },
         network_metrics,
         membership,
@@ -97,10 +105,8 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
     let consensus_task = tokio::spawn(service.run());
     let consensus = ConsensusHandle::new(requests);
 
-    let sync_stats = Arc::new(SyncStats::default());
-    let (changes, changes_rx) = mpsc::channel(CHANGE_QUEUE);
+    let changes_rx = sync_changes_rx;
     let (sync_peers, sync_peers_rx) = watch::channel(Vec::new());
-    let patterns = Patterns::new(store.patterns(), node_id, changes, sync_stats.clone());
     let pattern_service = PatternService {
         store: store.patterns(),
         node: node_id,
@@ -120,9 +126,16 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
         interval: settings.anti_entropy_interval,
         may_push: own_scopes.as_ref().is_none_or(|v| v.may_share_patterns()),
     };
+    let model_service = ModelService {
+        model: model.clone(),
+        network: handle.clone(),
+        node: node_id,
+        patterns: patterns.clone(),
+    };
     let pattern_tasks = [
         tokio::spawn(pattern_service.run()),
         tokio::spawn(reconciler.run()),
+        tokio::spawn(model_service.run()),
     ];
     let listen_addrs = tokio::time::timeout(Duration::from_secs(10), listening)
         .await
@@ -146,6 +159,7 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
         node_id,
         max_message_bytes: settings.max_message_bytes,
         own_scopes,
+        model: model.clone(),
     });
     let (stop_api, stopped) = oneshot::channel::<()>();
     let api_task = tokio::spawn(async move {
@@ -179,6 +193,7 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
         pattern_tasks,
         settings,
         store,
+        model,
         network_task,
         api_task,
         stop_api,
@@ -223,10 +238,13 @@ impl RunningNode {
         self.consensus_task.abort();
         let _ = self.consensus_task.await;
         // Pattern writes are complete sled inserts; a round cut short is
-        // finished by the next one.
+        // finished by the next one. The model is saved below.
         for task in self.pattern_tasks {
             task.abort();
             let _ = task.await;
+        }
+        if let Err(e) = self.model.save() {
+            tracing::warn!(error = %e, "cannot save the model");
         }
         if tokio::time::timeout(Duration::from_secs(5), self.api_task)
             .await

@@ -13,6 +13,7 @@ pub mod frame;
 pub mod ids;
 pub mod keys;
 pub mod membership;
+pub mod model_wire;
 pub mod pattern;
 pub mod pattern_wire;
 pub mod vertex;

@@ -3,12 +3,14 @@
 
 mod bans;
 mod decisions;
+mod model;
 pub mod patterns;
 mod peers;
 mod winners;
 
 pub use bans::{Ban, BanList};
 pub use decisions::{DecisionLog, StoredDecision};
+pub use model::ModelStore;
 
 pub use patterns::PatternStore;
 pub use peers::{KnownPeer, KnownPeers, PeerBook};
@@ -59,6 +61,10 @@ impl Store {
 
     pub fn decisions(&self) -> Result<DecisionLog, StoreError> {
         DecisionLog::open(&self.db)
+    }
+
+    pub fn model(&self) -> Result<ModelStore, StoreError> {
+        ModelStore::open(&self.db)
     }
 
     /// The pattern store (one per database: it holds the write lock).

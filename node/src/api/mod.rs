@@ -4,6 +4,7 @@
 mod channels;
 mod consensus;
 mod error;
+mod model;
 mod patterns;
 
 use crate::consensus::ConsensusHandle;
@@ -28,6 +29,7 @@ pub struct ApiState {
     pub max_message_bytes: usize,
     /// This node's membership scopes (`None`: open network).
     pub own_scopes: Option<std::sync::Arc<agentmesh_protocol::membership::Verified>>,
+    pub model: crate::model::ModelHandle,
 }
 
 impl ApiState {
@@ -69,6 +71,14 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/patterns/{id}", get(patterns::get))
         .route("/v1/patterns/{id}/outcomes", post(patterns::outcome))
         .route("/v1/sync", get(patterns::sync_status))
+        .route("/v1/recommend", post(model::recommend))
+        .route("/v1/outcomes", post(model::outcome))
+        .route("/v1/model", get(model::status))
+        .route("/v1/model/train", post(model::train))
+        .route(
+            "/v1/model/checkpoint",
+            get(model::export).put(model::import),
+        )
         .route("/metrics", get(metrics))
         .fallback(|| async {
             ApiError::not_found("no such endpoint; see the API reference in README.md")
@@ -94,6 +104,7 @@ async fn metrics(State(s): State<ApiState>) -> Result<axum::response::Response, 
         peers: s.network.peers().await?,
         consensus: s.consensus.status().await?,
         sync: s.patterns.status()?,
+        model: s.model.status(),
     };
     let text = s.metrics.encode(snapshot).map_err(|e| ApiError {
         status: axum::http::StatusCode::INTERNAL_SERVER_ERROR,
@@ -108,13 +119,20 @@ async fn peers(State(s): State<ApiState>) -> Result<Json<Vec<crate::types::PeerI
 }
 
 /// Largest request body of the JSON endpoints.
-const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 
 /// Reads a JSON body, naming what is wrong with it.
 pub(crate) async fn json_body<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
-    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+    json_body_limited(body, MAX_BODY_BYTES).await
+}
+
+pub(crate) async fn json_body_limited<T: DeserializeOwned>(
+    body: Body,
+    limit: usize,
+) -> Result<T, ApiError> {
+    let bytes = axum::body::to_bytes(body, limit)
         .await
-        .map_err(|_| ApiError::too_large(format!("request body over {MAX_BODY_BYTES} bytes")))?;
+        .map_err(|_| ApiError::too_large(format!("request body over {limit} bytes")))?;
     serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::bad_request(format!("request body is not what this endpoint takes: {e}"))
     })

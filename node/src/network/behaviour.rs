@@ -2,7 +2,7 @@
 
 use crate::config::Settings;
 use crate::network::cbor_codec::{
-    protocol_name, CborCodec, ConsensusMessages, MembershipMessages, SyncMessages,
+    protocol_name, CborCodec, ConsensusMessages, MembershipMessages, ModelMessages, SyncMessages,
 };
 use agentmesh_protocol::{frame::max_frame_bytes, sha256};
 use anyhow::{Context, Result};
@@ -32,6 +32,7 @@ pub struct Behaviour {
     pub consensus: request_response::Behaviour<CborCodec<ConsensusMessages>>,
     pub sync: request_response::Behaviour<CborCodec<SyncMessages>>,
     pub membership: request_response::Behaviour<CborCodec<MembershipMessages>>,
+    pub model: request_response::Behaviour<CborCodec<ModelMessages>>,
 }
 
 /// Identify's protocol version doubles as the network check: peers that
@@ -204,6 +205,18 @@ pub fn build_swarm(keypair: Keypair, settings: &Settings) -> Result<Swarm<Behavi
         request_response::Config::default().with_request_timeout(settings.membership_timeout),
     );
 
+    // A chunk is 4 MiB: generous time for a loaded peer to send it.
+    let model = request_response::Behaviour::with_codec(
+        CborCodec::default(),
+        [(
+            protocol_name::<ModelMessages>(&settings.network),
+            request_response::ProtocolSupport::Full,
+        )],
+        request_response::Config::default()
+            .with_request_timeout(Duration::from_secs(60))
+            .with_max_concurrent_streams(16),
+    );
+
     let behaviour = Behaviour {
         blocked: allow_block_list::Behaviour::default(),
         limits,
@@ -214,6 +227,7 @@ pub fn build_swarm(keypair: Keypair, settings: &Settings) -> Result<Swarm<Behavi
         consensus,
         sync,
         membership,
+        model,
     };
     let config = libp2p::swarm::Config::with_tokio_executor()
         .with_idle_connection_timeout(settings.idle_connection_timeout)

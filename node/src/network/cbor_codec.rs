@@ -5,6 +5,7 @@
 use agentmesh_protocol::codec;
 use agentmesh_protocol::consensus_wire::{self, ConsensusRequest, ConsensusResponse};
 use agentmesh_protocol::membership::{self, Hello, HelloReply};
+use agentmesh_protocol::model_wire::{self, ModelRequest, ModelResponse};
 use agentmesh_protocol::pattern_wire::{self, SyncRequest, SyncResponse};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::request_response;
@@ -71,6 +72,23 @@ impl Messages for MembershipMessages {
     }
     fn decode_response(bytes: &[u8]) -> Result<HelloReply, String> {
         HelloReply::decode(bytes).map_err(|e| e.to_string())
+    }
+}
+
+/// `/agentmesh/<network>/model/1`: chunks of a shared model.
+pub struct ModelMessages;
+
+impl Messages for ModelMessages {
+    const NAME: &'static str = "model";
+    const MAX_REQUEST_BYTES: usize = model_wire::MAX_REQUEST_BYTES;
+    const MAX_RESPONSE_BYTES: usize = model_wire::MAX_RESPONSE_BYTES;
+    type Request = ModelRequest;
+    type Response = ModelResponse;
+    fn decode_request(bytes: &[u8]) -> Result<ModelRequest, String> {
+        ModelRequest::decode(bytes).map_err(|e| e.to_string())
+    }
+    fn decode_response(bytes: &[u8]) -> Result<ModelResponse, String> {
+        ModelResponse::decode(bytes).map_err(|e| e.to_string())
     }
 }
 

@@ -12,6 +12,7 @@ mod dialer;
 mod guard;
 mod inbound;
 pub mod membership;
+pub mod model_io;
 mod peers;
 mod publish;
 pub mod router;
@@ -107,6 +108,7 @@ pub enum Command {
     Shutdown(oneshot::Sender<()>),
     Consensus(consensus_io::ConsensusCommand),
     Sync(sync_io::SyncCommand),
+    FetchModel(model_io::ModelFetch),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -214,6 +216,22 @@ impl NetworkHandle {
             .map_err(|_| NetworkStopped)
     }
 
+    /// Asks `peer` for a chunk of its shared model.
+    pub async fn fetch_model(
+        &self,
+        peer: NodeId,
+        request: agentmesh_protocol::model_wire::ModelRequest,
+    ) -> Result<Result<agentmesh_protocol::model_wire::ModelResponse, String>, NetworkStopped> {
+        self.ask(|reply| {
+            Command::FetchModel(model_io::ModelFetch {
+                peer,
+                request,
+                reply,
+            })
+        })
+        .await
+    }
+
     /// Asks the network task to persist what it knows and stop.
     pub async fn shutdown(&self) -> Result<(), NetworkStopped> {
         self.ask(Command::Shutdown).await
@@ -224,6 +242,8 @@ impl NetworkHandle {
 pub struct ServiceSenders {
     pub consensus: consensus_io::ConsensusSenders,
     pub sync: mpsc::Sender<sync_io::SyncEvent>,
+    /// The model this node serves to peers.
+    pub model: model_io::ServedModel,
 }
 
 pub struct Network {
@@ -261,6 +281,7 @@ pub struct Network {
     last_prune: Instant,
     consensus: consensus_io::ConsensusIo,
     sync: sync_io::SyncIo,
+    model: model_io::ModelIo,
     metrics: crate::metrics::NetworkMetrics,
     membership: membership::Membership,
     guard: guard::Guard,
@@ -281,6 +302,7 @@ impl Network {
         let ServiceSenders {
             consensus: consensus_events,
             sync: sync_events,
+            model: served_model,
         } = services;
         let peer_book = store.peers()?;
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
@@ -300,6 +322,7 @@ impl Network {
             guard,
             consensus,
             sync: sync_io::SyncIo::new(sync_events),
+            model: model_io::ModelIo::new(served_model),
             metrics,
             topic_prefix: topic_prefix(&settings.network),
             swarm,
@@ -571,6 +594,7 @@ impl Network {
             BehaviourEvent::Consensus(event) => self.on_consensus_event(event),
             BehaviourEvent::Sync(event) => self.on_sync_event(event),
             BehaviourEvent::Membership(event) => self.on_membership_event(event),
+            BehaviourEvent::Model(event) => self.on_model_event(event),
             _ => {}
         }
     }
@@ -699,6 +723,7 @@ impl Network {
             }
             Command::Consensus(command) => self.on_consensus_command(command),
             Command::Sync(command) => self.on_sync_command(command),
+            Command::FetchModel(fetch) => self.on_model_fetch(fetch),
         }
     }
 

@@ -1,0 +1,405 @@
+//! The node's local model: recommendations (model or rules), outcomes
+//! (stored, then learned from at once), training on a blocking thread,
+//! checkpoints in sled, import and export, and the state the mesh-learning
+//! service shares and merges.
+
+pub mod service;
+
+use crate::config::ModelSettings;
+use crate::network::model_io::{ServedModel, SharedModel};
+use crate::patterns::Patterns;
+use agentmesh_neural::checkpoint::Checkpoint;
+use agentmesh_neural::features::FeatureConfig;
+use agentmesh_neural::recommender::{Answer, OutcomeEffect, Recommender, RecommenderConfig};
+use agentmesh_neural::{Context, Sample, TrainConfig, TrainReport};
+use agentmesh_protocol::codec;
+use agentmesh_store::ModelStore;
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Most recommendations one request may ask for.
+pub const MAX_K: usize = 100;
+/// Largest stored outcome record decoded.
+const MAX_OUTCOME_BYTES: usize = 256 * 1024;
+
+/// A reported outcome, as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Outcome {
+    pub context: Context,
+    pub pattern: String,
+    pub success: bool,
+    pub at_ms: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("a training run is already under way")]
+    Busy,
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("storage: {0}")]
+    Store(#[from] agentmesh_store::StoreError),
+}
+
+/// Counters for `/metrics` and the status.
+#[derive(Default)]
+pub struct ModelCounters {
+    pub by_model: AtomicU64,
+    pub by_rules: AtomicU64,
+    pub cached: AtomicU64,
+    pub outcomes: AtomicU64,
+    pub online_updates: AtomicU64,
+    pub merges: AtomicU64,
+    pub peer_models_merged: AtomicU64,
+    pub merge_failures: AtomicU64,
+    pub trainings: AtomicU64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainingInfo {
+    pub finished_ms: u64,
+    pub samples: usize,
+    pub from_outcomes: usize,
+    pub report: TrainReport,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelStatus {
+    pub enabled: bool,
+    pub trained: bool,
+    pub version: u64,
+    pub samples: u64,
+    pub classes: Vec<String>,
+    pub feature_dim: Option<usize>,
+    /// Held-out metrics of the last full training (absent for a model
+    /// that only came from merges).
+    pub metrics: Option<serde_json::Value>,
+    pub last_training: Option<TrainingInfo>,
+    pub stored_outcomes: usize,
+    pub rule_patterns: usize,
+    pub recommendations: serde_json::Value,
+    pub online_updates: u64,
+    pub merges: u64,
+    pub peer_models_merged: u64,
+    pub merge_failures: u64,
+}
+
+struct Shared {
+    recommender: Mutex<Recommender>,
+    store: ModelStore,
+    patterns: Patterns,
+    settings: ModelSettings,
+    counters: ModelCounters,
+    last_training: Mutex<Option<TrainingInfo>>,
+    training: AtomicBool,
+    served: ServedModel,
+}
+
+#[derive(Clone)]
+pub struct ModelHandle {
+    shared: Arc<Shared>,
+}
+
+impl ModelHandle {
+    /// The node's model, restored from its last checkpoint (a damaged one
+    /// is reported and left in place; the node starts untrained).
+    pub fn load(store: ModelStore, patterns: Patterns, settings: ModelSettings) -> ModelHandle {
+        let mut recommender = Recommender::new(RecommenderConfig {
+            model_enabled: settings.enabled,
+            min_confidence: settings.min_confidence,
+            ..RecommenderConfig::default()
+        });
+        match store.checkpoint() {
+            Ok(Some(bytes)) => {
+                match Checkpoint::decode(&bytes).and_then(|c| recommender.install(c)) {
+                    Ok(version) => tracing::info!(version, "model restored from its checkpoint"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "the stored model checkpoint is unusable; starting untrained")
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "cannot read the model checkpoint"),
+        }
+        ModelHandle {
+            shared: Arc::new(Shared {
+                recommender: Mutex::new(recommender),
+                store,
+                patterns,
+                settings,
+                counters: ModelCounters::default(),
+                last_training: Mutex::new(None),
+                training: AtomicBool::new(false),
+                served: ServedModel::default(),
+            }),
+        }
+    }
+
+    fn recommender(&self) -> MutexGuard<'_, Recommender> {
+        // A panic while holding the lock leaves a usable recommender.
+        self.shared
+            .recommender
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn settings(&self) -> &ModelSettings {
+        &self.shared.settings
+    }
+
+    pub fn counters(&self) -> &ModelCounters {
+        &self.shared.counters
+    }
+
+    pub fn served(&self) -> ServedModel {
+        self.shared.served.clone()
+    }
+
+    pub fn version(&self) -> u64 {
+        self.recommender().version()
+    }
+
+    pub fn recommend(&self, context: &Context, k: usize) -> Result<Answer, ModelError> {
+        context.validate().map_err(ModelError::Invalid)?;
+        if k == 0 || k > MAX_K {
+            return Err(ModelError::Invalid(format!(
+                "k must be between 1 and {MAX_K}"
+            )));
+        }
+        let answer = self.recommender().recommend(context, k);
+        let c = &self.shared.counters;
+        let counter = match answer.source {
+            agentmesh_neural::recommender::Source::Model => &c.by_model,
+            agentmesh_neural::recommender::Source::Rules => &c.by_rules,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if answer.cached {
+            c.cached.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(answer)
+    }
+
+    /// Stores the outcome, updates the pattern's replicated statistics (if
+    /// the pattern is in the store) and lets the recommender learn from it.
+    pub fn outcome(&self, outcome: Outcome) -> Result<OutcomeEffect, ModelError> {
+        outcome.context.validate().map_err(ModelError::Invalid)?;
+        agentmesh_protocol::pattern::validate_id(&outcome.pattern)
+            .map_err(|e| ModelError::Invalid(format!("pattern: {e}")))?;
+        let bytes = codec::encode(&outcome).map_err(|e| ModelError::Invalid(e.to_string()))?;
+        self.shared.store.append_outcome(&bytes)?;
+        match self
+            .shared
+            .patterns
+            .record_outcome(&outcome.pattern, outcome.success)
+        {
+            Ok(_) | Err(agentmesh_store::patterns::EditError::NotFound(_)) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot count the outcome in the pattern's statistics")
+            }
+        }
+        let effect =
+            self.recommender()
+                .outcome(&outcome.context, &outcome.pattern, outcome.success);
+        let c = &self.shared.counters;
+        c.outcomes.fetch_add(1, Ordering::Relaxed);
+        if effect.model_updated {
+            c.online_updates.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(effect)
+    }
+
+    /// Stored outcomes that were successes, as training samples.
+    fn outcome_samples(&self) -> Result<Vec<Sample>, ModelError> {
+        let mut samples = Vec::new();
+        for bytes in self.shared.store.outcomes()? {
+            match codec::decode::<Outcome>(&bytes, MAX_OUTCOME_BYTES) {
+                Ok(o) if o.success => samples.push(Sample {
+                    context: o.context,
+                    label: o.pattern,
+                }),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "skipping a damaged stored outcome"),
+            }
+        }
+        Ok(samples)
+    }
+
+    /// A full training run on the stored successful outcomes plus `extra`
+    /// samples, on a blocking thread; the result is installed and saved.
+    pub async fn train(
+        &self,
+        extra: Vec<Sample>,
+        max_epochs: Option<usize>,
+    ) -> Result<TrainingInfo, ModelError> {
+        if self.shared.training.swap(true, Ordering::AcqRel) {
+            return Err(ModelError::Busy);
+        }
+        let handle = self.clone();
+        let result = tokio::task::spawn_blocking(move || handle.train_blocking(extra, max_epochs))
+            .await
+            .unwrap_or_else(|e| Err(ModelError::Unavailable(format!("training failed: {e}"))));
+        self.shared.training.store(false, Ordering::Release);
+        result
+    }
+
+    fn train_blocking(
+        &self,
+        extra: Vec<Sample>,
+        max_epochs: Option<usize>,
+    ) -> Result<TrainingInfo, ModelError> {
+        for (i, s) in extra.iter().enumerate() {
+            s.context
+                .validate()
+                .map_err(|e| ModelError::Invalid(format!("samples[{i}]: {e}")))?;
+        }
+        let mut samples = self.outcome_samples()?;
+        let from_outcomes = samples.len();
+        samples.extend(extra);
+        let settings = &self.shared.settings;
+        let config = TrainConfig {
+            seed: settings.seed,
+            max_epochs: max_epochs.unwrap_or(50).clamp(1, 50),
+            features: FeatureConfig {
+                dim: settings.feature_dim,
+                ..FeatureConfig::default()
+            },
+            ..TrainConfig::default()
+        };
+        let (classifier, report) =
+            agentmesh_neural::train(&samples, &config, |line| tracing::info!("training: {line}"))
+                .map_err(ModelError::Invalid)?;
+        let checkpoint = Checkpoint::of(&classifier, 0, samples.len() as u64, Some(report.clone()));
+        self.install_and_save(checkpoint)?;
+        self.shared
+            .counters
+            .trainings
+            .fetch_add(1, Ordering::Relaxed);
+        let info = TrainingInfo {
+            finished_ms: crate::network::now_ms(),
+            samples: samples.len(),
+            from_outcomes,
+            report,
+        };
+        *self
+            .shared
+            .last_training
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(info.clone());
+        Ok(info)
+    }
+
+    /// Installs a checkpoint (trained, imported or merged) and saves it.
+    pub fn install_and_save(&self, checkpoint: Checkpoint) -> Result<u64, ModelError> {
+        let version = self
+            .recommender()
+            .install(checkpoint)
+            .map_err(ModelError::Invalid)?;
+        self.save()?;
+        Ok(version)
+    }
+
+    /// The current model as a checkpoint (None while untrained).
+    pub fn checkpoint(&self) -> Option<Checkpoint> {
+        self.recommender().model().map(|m| m.checkpoint())
+    }
+
+    /// Writes the current model to sled.
+    pub fn save(&self) -> Result<(), ModelError> {
+        if let Some(c) = self.checkpoint() {
+            let bytes = c.encode().map_err(ModelError::Unavailable)?;
+            self.shared.store.save_checkpoint(&bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Checks and installs a checkpoint file's bytes.
+    pub fn import(&self, bytes: &[u8]) -> Result<u64, ModelError> {
+        let checkpoint = Checkpoint::decode(bytes).map_err(ModelError::Invalid)?;
+        self.install_and_save(checkpoint)
+    }
+
+    pub fn export(&self) -> Result<Vec<u8>, ModelError> {
+        self.checkpoint()
+            .ok_or_else(|| ModelError::Unavailable("the node has no model yet".into()))?
+            .encode()
+            .map_err(ModelError::Unavailable)
+    }
+
+    /// Makes `bytes` (with its digest) what this node serves to peers.
+    pub fn serve(&self, digest: [u8; 32], bytes: Arc<Vec<u8>>) {
+        *self
+            .shared
+            .served
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(SharedModel { digest, bytes });
+    }
+
+    /// Adds patterns' descriptions and their mesh-wide use counts to the
+    /// rule-based recommender.
+    pub fn describe(
+        &self,
+        patterns: &[agentmesh_protocol::Pattern],
+        described: &mut std::collections::HashMap<String, [u8; 32]>,
+    ) {
+        let mut r = self.recommender();
+        for p in patterns {
+            let content = &p.content.value;
+            let text = format!("{} {} {}", content.name, content.kind, content.description);
+            let hash = agentmesh_protocol::sha256(text.as_bytes());
+            if described.get(&p.id) != Some(&hash) {
+                r.describe(
+                    &p.id,
+                    &Context {
+                        text,
+                        keywords: p.tag_list(),
+                        framework: content.framework.clone(),
+                        language: content.language.clone(),
+                        ..Context::default()
+                    },
+                );
+                described.insert(p.id.clone(), hash);
+            }
+            r.set_statistics(&p.id, p.uses.value(), p.successes.value());
+        }
+    }
+
+    pub fn status(&self) -> ModelStatus {
+        let r = self.recommender();
+        let c = &self.shared.counters;
+        let model = r.model();
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ModelStatus {
+            enabled: self.shared.settings.enabled,
+            trained: model.is_some(),
+            version: r.version(),
+            samples: model.map_or(0, |m| m.samples),
+            classes: model
+                .map(|m| m.classifier.labels.clone())
+                .unwrap_or_default(),
+            feature_dim: model.map(|m| m.classifier.features.dim),
+            metrics: model
+                .and_then(|m| m.report.as_ref())
+                .and_then(|r| serde_json::to_value(&r.test).ok()),
+            last_training: self
+                .shared
+                .last_training
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            stored_outcomes: self.shared.store.outcome_count(),
+            rule_patterns: r.rule_patterns(),
+            recommendations: serde_json::json!({
+                "model": load(&c.by_model),
+                "rules": load(&c.by_rules),
+                "cached": load(&c.cached),
+            }),
+            online_updates: load(&c.online_updates),
+            merges: load(&c.merges),
+            peer_models_merged: load(&c.peer_models_merged),
+            merge_failures: load(&c.merge_failures),
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! Mesh learning. Every `model_share_secs` the service (1) announces the
+//! node's model on `learning:model` if it changed and learned from samples
+//! of its own, serving the encoded checkpoint to peers that fetch it, and
+//! (2) fetches the models peers announced since the last round (checking
+//! each against its announced SHA-256 and size), merges them into the
+//! local model and saves the result. It also keeps the rule-based
+//! recommender's pattern descriptions and statistics current.
+
+use super::ModelHandle;
+use crate::network::router::Delivery;
+use crate::network::NetworkHandle;
+use agentmesh_neural::checkpoint::Checkpoint;
+use agentmesh_neural::merge::merge;
+use agentmesh_protocol::model_wire::{
+    ModelAnnouncement, ModelRequest, ModelResponse, ANNOUNCEMENT_CONTENT_TYPE, MODEL_CHANNEL,
+};
+use agentmesh_protocol::{sha256, Channel, ChannelPattern, NodeId};
+use agentmesh_store::patterns::Filter;
+use serde_bytes::ByteArray;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Patterns read per round for the rules' descriptions.
+const DESCRIBE_LIMIT: usize = 10_000;
+
+pub struct ModelService {
+    pub model: ModelHandle,
+    pub network: NetworkHandle,
+    pub node: NodeId,
+    pub patterns: crate::patterns::Patterns,
+}
+
+struct Round {
+    /// The latest announcement per peer, not yet merged.
+    pending: HashMap<NodeId, ModelAnnouncement>,
+    /// The version last merged from each peer.
+    merged: HashMap<NodeId, u64>,
+    /// (version, samples) last announced by this node.
+    announced: Option<(u64, u64)>,
+    saved_version: u64,
+    described: HashMap<String, [u8; 32]>,
+}
+
+impl ModelService {
+    pub async fn run(self) {
+        let pattern = ChannelPattern::parse(MODEL_CHANNEL).expect("a valid channel name");
+        let Ok(mut subscription) = self.network.subscribe(pattern).await else {
+            return;
+        };
+        let mut tick = tokio::time::interval(self.model.settings().share_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut round = Round {
+            pending: HashMap::new(),
+            merged: HashMap::new(),
+            announced: None,
+            saved_version: self.model.version(),
+            described: HashMap::new(),
+        };
+        loop {
+            tokio::select! {
+                delivery = subscription.next() => match delivery {
+                    None => return,
+                    Some(Ok(d)) => self.on_announcement(&d, &mut round),
+                    Some(Err(_missed)) => {}
+                },
+                _ = tick.tick() => {
+                    self.refresh_rules(&mut round);
+                    if self.model.settings().enabled {
+                        self.merge_round(&mut round).await;
+                        self.share(&mut round).await;
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_announcement(&self, d: &Delivery, round: &mut Round) {
+        let from = d.envelope.sender;
+        if from == self.node {
+            return;
+        }
+        match ModelAnnouncement::decode(&d.envelope.body) {
+            Ok(a) if round.merged.get(&from).is_none_or(|v| a.version > *v) => {
+                round.pending.insert(from, a);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(peer = %from, error = %e, "rejected a model announcement"),
+        }
+    }
+
+    fn refresh_rules(&self, round: &mut Round) {
+        let filter = Filter {
+            limit: DESCRIBE_LIMIT,
+            ..Filter::default()
+        };
+        match self.patterns.list(&filter) {
+            Ok(patterns) => self.model.describe(&patterns, &mut round.described),
+            Err(e) => tracing::warn!(error = %e, "cannot read patterns for the recommender"),
+        }
+    }
+
+    /// Announces the model if it changed and has samples of its own (a
+    /// model made only of merges has nothing new to teach).
+    async fn share(&self, round: &mut Round) {
+        let Some(checkpoint) = self.model.checkpoint() else {
+            return;
+        };
+        let (version, samples) = (checkpoint.version, checkpoint.samples);
+        if version != round.saved_version {
+            if let Err(e) = self.model.save() {
+                tracing::warn!(error = %e, "cannot save the model");
+            }
+            round.saved_version = version;
+        }
+        if samples == 0 || round.announced == Some((version, samples)) {
+            return;
+        }
+        let labels = checkpoint.labels.clone();
+        let feature_dim = checkpoint.features.dim as u64;
+        let encoded = tokio::task::spawn_blocking(move || checkpoint.encode()).await;
+        let bytes = match encoded {
+            Ok(Ok(b)) => Arc::new(b),
+            _ => return,
+        };
+        let digest = sha256(&bytes);
+        self.model.serve(digest, bytes.clone());
+        let announcement = ModelAnnouncement {
+            version,
+            samples,
+            labels,
+            feature_dim,
+            bytes: bytes.len() as u64,
+            digest: ByteArray::new(digest),
+        };
+        let Ok(body) = announcement.encode() else {
+            return;
+        };
+        let channel = Channel::parse(MODEL_CHANNEL).expect("a valid channel name");
+        match self
+            .network
+            .publish(channel, ANNOUNCEMENT_CONTENT_TYPE.into(), body)
+            .await
+        {
+            Ok(_) => {
+                round.announced = Some((version, samples));
+                tracing::info!(version, samples, bytes = bytes.len(), "model announced");
+            }
+            // No peer subscribed yet: announced again next round.
+            Err(e) => tracing::debug!(error = %e, "model announcement not sent"),
+        }
+    }
+
+    async fn fetch(&self, peer: NodeId, a: &ModelAnnouncement) -> Result<Checkpoint, String> {
+        let mut bytes = Vec::with_capacity(a.bytes as usize);
+        while (bytes.len() as u64) < a.bytes {
+            let request = ModelRequest {
+                digest: a.digest,
+                offset: bytes.len() as u64,
+            };
+            let response = self
+                .network
+                .fetch_model(peer, request)
+                .await
+                .map_err(|e| e.to_string())??;
+            match response {
+                ModelResponse::Chunk {
+                    total,
+                    bytes: chunk,
+                } => {
+                    if total != a.bytes || chunk.is_empty() {
+                        return Err(format!(
+                            "peer sent {total} bytes for a {}-byte model",
+                            a.bytes
+                        ));
+                    }
+                    bytes.extend_from_slice(&chunk);
+                }
+                ModelResponse::Unavailable { reason } => return Err(reason),
+            }
+        }
+        if bytes.len() as u64 != a.bytes || sha256(&bytes) != *a.digest {
+            return Err("the model does not match its announced digest".into());
+        }
+        tokio::task::spawn_blocking(move || Checkpoint::decode(&bytes))
+            .await
+            .map_err(|e| e.to_string())?
+    }
+
+    async fn merge_round(&self, round: &mut Round) {
+        if round.pending.is_empty() {
+            return;
+        }
+        let counters = self.model.counters();
+        let dim = self.model.settings().feature_dim as u64;
+        let mut fetched = Vec::new();
+        let mut taken = Vec::new();
+        for (peer, a) in std::mem::take(&mut round.pending) {
+            if a.feature_dim != dim {
+                tracing::debug!(peer = %peer, dim = a.feature_dim, "peer model of another feature dimension skipped");
+                round.merged.insert(peer, a.version);
+                continue;
+            }
+            match self.fetch(peer, &a).await {
+                Ok(c) => {
+                    round.merged.insert(peer, a.version);
+                    fetched.push(c);
+                    taken.push((peer, a));
+                }
+                Err(e) => {
+                    counters.merge_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(peer = %peer, error = %e, "cannot fetch a peer's model");
+                }
+            }
+        }
+        if fetched.is_empty() {
+            return;
+        }
+        let local = self.model.checkpoint();
+        let version_before = local.as_ref().map_or(0, |c| c.version);
+        let started = Instant::now();
+        let merged = tokio::task::spawn_blocking(move || {
+            let peers: Vec<&Checkpoint> = fetched.iter().collect();
+            merge(local.as_ref(), &peers)
+        })
+        .await;
+        let (checkpoint, report) = match merged.map_err(|e| e.to_string()).and_then(|r| r) {
+            Ok(m) => m,
+            Err(e) => {
+                counters.merge_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "merging peers' models failed");
+                return;
+            }
+        };
+        // Outcomes learned while merging would be lost by installing; the
+        // peers' models are fetched and merged again next round instead.
+        if self.model.version() != version_before {
+            tracing::debug!("model changed during the merge; merging again next round");
+            for (peer, a) in taken {
+                round.merged.remove(&peer);
+                round.pending.entry(peer).or_insert(a);
+            }
+            return;
+        }
+        match self.model.install_and_save(checkpoint) {
+            Ok(version) => {
+                counters.merges.fetch_add(1, Ordering::Relaxed);
+                counters
+                    .peer_models_merged
+                    .fetch_add(report.peers_merged as u64, Ordering::Relaxed);
+                tracing::info!(
+                    version,
+                    peers = report.peers_merged,
+                    clipped = report.clipped,
+                    new_patterns = report.labels_added.len(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "merged peers' models"
+                );
+            }
+            Err(e) => {
+                counters.merge_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "cannot install the merged model");
+            }
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! Mesh learning on the wire. A node announces its model on
+//! `learning:model` (a signed frame like any channel message, so the
+//! announcement is the author's word); the model itself — tens of
+//! megabytes, far over a gossip message — is fetched from the author in
+//! chunks over `/agentmesh/<network>/model/1`, and only used if its
+//! SHA-256 matches the announced digest.
+
+use crate::codec::{self, CodecError};
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteArray;
+
+pub use crate::membership::MODEL_CHANNEL;
+/// Content type of an announcement.
+pub const ANNOUNCEMENT_CONTENT_TYPE: &str = "application/agentmesh-model-announcement+cbor";
+/// Bytes of the model per chunk.
+pub const CHUNK_BYTES: usize = 4 << 20;
+/// Largest model a node fetches.
+pub const MAX_MODEL_BYTES: u64 = 128 << 20;
+/// Most labels an announcement may list.
+pub const MAX_LABELS: usize = 100_000;
+const MAX_ANNOUNCEMENT_BYTES: usize = 4 << 20;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelAnnouncement {
+    pub version: u64,
+    /// Samples the model learned from (merges weigh by this).
+    pub samples: u64,
+    pub labels: Vec<String>,
+    pub feature_dim: u64,
+    /// Size and SHA-256 of the encoded checkpoint.
+    pub bytes: u64,
+    pub digest: ByteArray<32>,
+}
+
+impl ModelAnnouncement {
+    pub fn encode(&self) -> Result<Vec<u8>, CodecError> {
+        codec::encode(self)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<ModelAnnouncement, String> {
+        let a: ModelAnnouncement =
+            codec::decode(bytes, MAX_ANNOUNCEMENT_BYTES).map_err(|e| e.to_string())?;
+        if a.bytes == 0 || a.bytes > MAX_MODEL_BYTES {
+            return Err(format!("announced model of {} bytes", a.bytes));
+        }
+        if a.labels.len() > MAX_LABELS {
+            return Err(format!("{} labels announced", a.labels.len()));
+        }
+        Ok(a)
+    }
+}
+
+/// A chunk of the model with this digest, from `offset`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelRequest {
+    pub digest: ByteArray<32>,
+    pub offset: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ModelResponse {
+    Chunk {
+        total: u64,
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
+    /// The node no longer holds that model (it has a newer one), or shares
+    /// none.
+    Unavailable { reason: String },
+}
+
+pub const MAX_REQUEST_BYTES: usize = 256;
+pub const MAX_RESPONSE_BYTES: usize = CHUNK_BYTES + 1024;
+
+impl ModelRequest {
+    pub fn decode(bytes: &[u8]) -> Result<ModelRequest, CodecError> {
+        codec::decode(bytes, MAX_REQUEST_BYTES)
+    }
+}
+
+impl ModelResponse {
+    pub fn decode(bytes: &[u8]) -> Result<ModelResponse, CodecError> {
+        codec::decode(bytes, MAX_RESPONSE_BYTES)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn announcements_round_trip_and_absurd_ones_are_refused() {
+        let a = ModelAnnouncement {
+            version: 3,
+            samples: 10,
+            labels: vec!["retry".into()],
+            feature_dim: 1024,
+            bytes: 1000,
+            digest: ByteArray::new([7; 32]),
+        };
+        assert_eq!(ModelAnnouncement::decode(&a.encode().unwrap()).unwrap(), a);
+        let huge = ModelAnnouncement {
+            bytes: MAX_MODEL_BYTES + 1,
+            ..a.clone()
+        };
+        assert!(ModelAnnouncement::decode(&huge.encode().unwrap()).is_err());
+        assert!(ModelAnnouncement::decode(b"\xff\x00").is_err());
+        let chunk = ModelResponse::Chunk {
+            total: 5,
+            bytes: vec![1, 2, 3],
+        };
+        assert_eq!(
+            ModelResponse::decode(&codec::encode(&chunk).unwrap()).unwrap(),
+            chunk
+        );
+    }
+}

@@ -1,0 +1,139 @@
+//! The local model over real node processes: training through the API,
+//! outcomes that change a node's recommendations at once, and mesh
+//! learning — a node that saw none of the outcomes recommends what two
+//! other nodes learned, after merging their shared models.
+
+mod common;
+
+use agentmesh_neural::recommender::{Answer, Source};
+use agentmesh_neural::{Context, Sample};
+use agentmesh_node::client::ApiClient;
+use agentmesh_testnet::wait;
+use common::{start, MESH_TIMEOUT};
+use std::time::Duration;
+
+const LEARN_TIMEOUT: Duration = Duration::from_secs(90);
+
+const TOPICS: [(&str, [&str; 4]); 4] = [
+    ("net", ["socket", "dial", "peer", "packet"]),
+    ("db", ["table", "query", "index", "row"]),
+    ("ui", ["button", "click", "pixel", "layout"]),
+    ("fs", ["file", "directory", "path", "inode"]),
+];
+
+fn context(text: &str) -> Context {
+    Context {
+        text: text.into(),
+        ..Context::default()
+    }
+}
+
+fn samples(n: usize) -> Vec<Sample> {
+    let shared = ["the", "value", "result", "handle"];
+    (0..n)
+        .map(|i| {
+            let (label, words) = TOPICS[i % TOPICS.len()];
+            let text: Vec<&str> = (0..6)
+                .flat_map(|j| [words[(i + j) % 4], shared[(i / 2 + j) % 4]])
+                .collect();
+            Sample {
+                context: context(&text.join(" ")),
+                label: label.into(),
+            }
+        })
+        .collect()
+}
+
+async fn top(client: &ApiClient, text: &str) -> Answer {
+    client.recommend(&context(text), 3).await.unwrap()
+}
+
+fn first(a: &Answer) -> (&str, f64) {
+    a.recommendations
+        .first()
+        .map_or(("", 0.0), |r| (r.pattern.as_str(), r.score))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_change_a_node_at_once_and_the_mesh_teaches_a_node_that_saw_none() {
+    let t = start(
+        3,
+        &["--model-share-secs", "1", "--model-feature-dim", "4096"],
+    )
+    .await;
+    let net = &t.net;
+    net.wait_full_mesh(MESH_TIMEOUT).await.unwrap();
+    let [a, b, c] = [0, 1, 2].map(|i| &net.nodes[i].client);
+
+    // Untrained: the rules answer, and say so.
+    assert_eq!(top(a, "dial the socket").await.source, Source::Rules);
+
+    // A trains; B and C, untrained, take its model from the mesh.
+    let trained = a.train_model(&samples(400), Some(10)).await.unwrap();
+    assert!(trained["report"]["test"]["accuracy"].as_f64().unwrap() > 0.9);
+    for node in [b, c] {
+        wait::until("the shared model", LEARN_TIMEOUT, || async {
+            let s = node.model_status().await?;
+            Ok((s["trained"] == true).then_some(()))
+        })
+        .await
+        .unwrap();
+    }
+    let answer = top(c, "socket dial peer packet").await;
+    assert_eq!((answer.source, first(&answer).0), (Source::Model, "net"));
+
+    // Outcomes on A change A's answers at once: a new pattern that worked
+    // is recommended for its context, and a failure lowers a pattern.
+    let retry = "socket dial table query";
+    let cache = "button click file path";
+    a.report_outcome(&context(retry), "retry", true)
+        .await
+        .unwrap();
+    let answer = top(a, retry).await;
+    assert_eq!((answer.source, first(&answer).0), (Source::Model, "retry"));
+    let probe = "peer packet the value";
+    let probed = top(a, probe).await;
+    let before = first(&probed);
+    let reply = a
+        .report_outcome(&context(probe), before.0, false)
+        .await
+        .unwrap();
+    assert_eq!(reply["model_updated"], true);
+    let after = top(a, probe).await;
+    let lowered = after
+        .recommendations
+        .iter()
+        .find(|r| r.pattern == before.0)
+        .map_or(0.0, |r| r.score);
+    assert!(
+        !after.cached && lowered < before.1,
+        "{before:?} -> {lowered}"
+    );
+
+    // B learns another pattern.
+    b.report_outcome(&context(cache), "cache", true)
+        .await
+        .unwrap();
+    assert_eq!(first(&top(b, cache).await).0, "cache");
+
+    // C saw neither outcome; after merging A's and B's models it
+    // recommends both patterns, from its own model.
+    wait::until("C to learn from A and B", LEARN_TIMEOUT, || async {
+        let (r, k) = (top(c, retry).await, top(c, cache).await);
+        Ok((r.source == Source::Model
+            && first(&r).0 == "retry"
+            && k.source == Source::Model
+            && first(&k).0 == "cache")
+            .then_some(()))
+    })
+    .await
+    .unwrap();
+    let status = c.model_status().await.unwrap();
+    assert_eq!(status["stored_outcomes"], 0);
+    assert!(
+        status["peer_models_merged"].as_u64().unwrap() >= 2,
+        "{status}"
+    );
+    let classes = status["classes"].as_array().unwrap();
+    assert!(classes.iter().any(|l| l == "retry") && classes.iter().any(|l| l == "cache"));
+}
