@@ -449,6 +449,8 @@ async fn run_demo(options: TestnetOptions) -> Result<()> {
     eprintln!("[testnet] node 0 shares a pattern; the last node reports using it");
     let spread = agentmesh_testnet::patterns::spread(&net, Duration::from_secs(60)).await?;
     agentmesh_testnet::patterns::print_spread(&spread);
+    eprintln!("[testnet] the last node asks which pattern fits a task");
+    agentmesh_testnet::patterns::recommend(&net, Duration::from_secs(30)).await?;
     eprintln!("[testnet] stopping nodes");
     net.stop().await?;
     println!("demo finished: OK");

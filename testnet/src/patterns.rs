@@ -102,6 +102,43 @@ pub async fn spread(net: &Testnet, timeout: Duration) -> Result<SpreadReport> {
     })
 }
 
+/// Asks the node farthest from node 0 for a recommendation until the
+/// replicated demo pattern is what it recommends; prints who answered.
+pub async fn recommend(net: &Testnet, timeout: Duration) -> Result<()> {
+    let last = &net.nodes[net.nodes.len() - 1].client;
+    let context = agentmesh_neural::Context {
+        text: "the upstream call keeps failing; retry it with backoff".into(),
+        language: Some("rust".into()),
+        ..Default::default()
+    };
+    let answer = wait::until(
+        "a recommendation of the shared pattern",
+        timeout,
+        || async {
+            let answer = last.recommend(&context, 3).await?;
+            let hit = answer
+                .recommendations
+                .first()
+                .is_some_and(|r| r.pattern == "retry-with-backoff");
+            Ok(hit.then_some(answer))
+        },
+    )
+    .await?;
+    let best = &answer.recommendations[0];
+    println!(
+        "recommendation: node {} suggests '{}' (score {:.3}, answered by the {})",
+        net.nodes.len() - 1,
+        best.pattern,
+        best.score,
+        match answer.source {
+            agentmesh_neural::recommender::Source::Model => "model",
+            agentmesh_neural::recommender::Source::Rules =>
+                "rule-based recommender: no model trained yet",
+        }
+    );
+    Ok(())
+}
+
 pub fn print_spread(r: &SpreadReport) {
     println!(
         "patterns: '{}' written on node 0 held by all {} nodes after {:.0} ms; a use reported on node {} counted everywhere after {:.0} ms",

@@ -22,6 +22,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// How often pattern descriptions and statistics reach the rules.
+const RULES_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
 /// Patterns read per round for the rules' descriptions.
 const DESCRIBE_LIMIT: usize = 10_000;
 
@@ -51,6 +53,8 @@ impl ModelService {
         };
         let mut tick = tokio::time::interval(self.model.settings().share_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut rules_tick = tokio::time::interval(RULES_REFRESH);
+        rules_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut round = Round {
             pending: HashMap::new(),
             merged: HashMap::new(),
@@ -65,8 +69,8 @@ impl ModelService {
                     Some(Ok(d)) => self.on_announcement(&d, &mut round),
                     Some(Err(_missed)) => {}
                 },
+                _ = rules_tick.tick() => self.refresh_rules(&mut round),
                 _ = tick.tick() => {
-                    self.refresh_rules(&mut round);
                     if self.model.settings().enabled {
                         self.merge_round(&mut round).await;
                         self.share(&mut round).await;
