@@ -3,7 +3,7 @@
 #
 #   scripts/testnet.sh demo [N]        start N nodes (default 5), form the mesh, exchange
 #                                      messages, settle a contested task claim, replicate
-#                                      a pattern and its usage count, print a summary, stop
+#                                      a pattern and its usage count, ask for a recommendation, stop
 #   scripts/testnet.sh up [N]          start N nodes in the background and wait for the mesh
 #   scripts/testnet.sh status          show the nodes started by `up`
 #   scripts/testnet.sh down            stop them
