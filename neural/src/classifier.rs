@@ -26,12 +26,15 @@ pub struct TrainConfig {
     pub max_epochs: usize,
     pub batch: usize,
     pub learning_rate: f64,
-    /// Epochs without a better validation loss before training stops.
+    /// Epochs without a better validation loss before training stops. With
+    /// label smoothing the validation loss falls slowly and unevenly: 3
+    /// stopped runs 0.5 points of accuracy early, 10 gained nothing over 6.
     pub patience: usize,
     /// Label smoothing of the training loss (validation loss is plain
-    /// cross-entropy). 0.1 gained 0.5 points of held-out accuracy on the
-    /// cargo-registry data (0.967 → 0.972 at seed 42): the network stops
-    /// chasing certainty on the rare identifiers it has memorised.
+    /// cross-entropy): the network stops chasing certainty on the rare
+    /// identifiers it has memorised. Measured on the cargo-registry data
+    /// (held-out accuracy, seeds 42 / 7, patience 6): none 0.972 / 0.972,
+    /// 0.1 0.978 / 0.979, 0.2 0.979 / 0.984, 0.3 – / 0.983, 0.4 0.980 / 0.980.
     pub label_smoothing: f32,
     pub features: FeatureConfig,
 }
@@ -43,8 +46,8 @@ impl Default for TrainConfig {
             max_epochs: 50,
             batch: 32,
             learning_rate: 1e-3,
-            patience: 3,
-            label_smoothing: 0.1,
+            patience: 6,
+            label_smoothing: 0.2,
             features: FeatureConfig::default(),
         }
     }
@@ -92,6 +95,9 @@ fn targets(classes: impl Iterator<Item = usize>, device: &Device) -> Tensor<1, I
 }
 
 /// Mean cross-entropy of `model` (in validation mode) over `rows`.
+/// Plain, not smoothed like the training loss: stopping on the smoothed
+/// loss ran every run to 50 epochs and lost 0.15 points on average over
+/// five splits.
 fn loss_over(model: &Mlp, rows: &[(SparseVec, usize)], device: &Device) -> f64 {
     let loss = CrossEntropyLossConfig::new().init(device);
     let mut total = 0.0;

@@ -510,6 +510,90 @@ async fn invalid_api_requests_get_an_error_with_the_reason() {
     // Nothing of that was stored.
     let sync = t.net.nodes[0].client.sync_status().await.unwrap();
     assert_eq!(sync.patterns, 0);
+
+    let model_post = |path: &str, body: Vec<u8>| {
+        http.post(format!("http://{api}{path}"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let json = |v: serde_json::Value| serde_json::to_vec(&v).unwrap();
+    let model_cases = vec![
+        (
+            model_post("/v1/recommend", json(serde_json::json!({ "context": { "text": " " } })))
+                .await
+                .unwrap(),
+            400,
+            "context.text is empty",
+        ),
+        (
+            model_post(
+                "/v1/recommend",
+                json(serde_json::json!({ "context": { "text": "retry" }, "k": 0 })),
+            )
+            .await
+            .unwrap(),
+            400,
+            "k must be between 1 and 100",
+        ),
+        (
+            model_post(
+                "/v1/recommend",
+                json(serde_json::json!({ "context": { "text": "x", "colour": "red" } })),
+            )
+            .await
+            .unwrap(),
+            400,
+            "unknown field",
+        ),
+        (
+            model_post(
+                "/v1/outcomes",
+                json(serde_json::json!({ "context": { "text": "x" }, "pattern": "bad id!", "success": true })),
+            )
+            .await
+            .unwrap(),
+            400,
+            "pattern",
+        ),
+        (
+            model_post(
+                "/v1/outcomes",
+                json(serde_json::json!({ "context": { "text": "x", "metadata": { "n": "many" } }, "pattern": "p", "success": true })),
+            )
+            .await
+            .unwrap(),
+            400,
+            "not what this endpoint takes",
+        ),
+        (
+            model_post("/v1/model/train", json(serde_json::json!({})))
+                .await
+                .unwrap(),
+            400,
+            "at least two labels",
+        ),
+        (
+            http.put(format!("http://{api}/v1/model/checkpoint"))
+                .body(b"not a checkpoint".to_vec())
+                .send()
+                .await
+                .unwrap(),
+            400,
+            "malformed checkpoint",
+        ),
+        (get("/v1/model/checkpoint").await.unwrap(), 404, "no model yet"),
+    ];
+    expect_errors(model_cases).await;
+    // Nothing of that was stored or learned.
+    let model = t.net.nodes[0].client.model_status().await.unwrap();
+    assert_eq!(
+        (
+            model["trained"].as_bool(),
+            model["stored_outcomes"].as_u64()
+        ),
+        (Some(false), Some(0))
+    );
 }
 
 /// Each response has the status and an error naming the reason.

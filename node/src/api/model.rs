@@ -104,7 +104,10 @@ pub async fn train(State(s): State<ApiState>, body: Body) -> Result<Json<Trainin
 }
 
 pub async fn export(State(s): State<ApiState>) -> Result<impl IntoResponse, ApiError> {
-    let bytes = s.model.export()?;
+    let model = s.model.clone();
+    let bytes = tokio::task::spawn_blocking(move || model.export())
+        .await
+        .map_err(|e| ApiError::bad_request(e.to_string()))??;
     Ok(([(header::CONTENT_TYPE, "application/cbor")], bytes))
 }
 

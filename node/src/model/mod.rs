@@ -301,6 +301,24 @@ impl ModelHandle {
         Ok(version)
     }
 
+    /// Installs a merged model unless the local one changed since the
+    /// merge read it (its outcomes would be lost): None then.
+    pub fn install_if_unchanged(
+        &self,
+        checkpoint: Checkpoint,
+        read_version: u64,
+    ) -> Result<Option<u64>, ModelError> {
+        let version = {
+            let mut r = self.recommender();
+            if r.version() != read_version {
+                return Ok(None);
+            }
+            r.install(checkpoint).map_err(ModelError::Invalid)?
+        };
+        self.save()?;
+        Ok(Some(version))
+    }
+
     /// The current model as a checkpoint (None while untrained).
     pub fn checkpoint(&self) -> Option<Checkpoint> {
         self.recommender().model().map(|m| m.checkpoint())
@@ -310,9 +328,14 @@ impl ModelHandle {
     pub fn save(&self) -> Result<(), ModelError> {
         if let Some(c) = self.checkpoint() {
             let bytes = c.encode().map_err(ModelError::Unavailable)?;
-            self.shared.store.save_checkpoint(&bytes)?;
+            self.save_encoded(&bytes)?;
         }
         Ok(())
+    }
+
+    /// Writes an encoded checkpoint of the current model to sled.
+    pub fn save_encoded(&self, bytes: &[u8]) -> Result<(), ModelError> {
+        Ok(self.shared.store.save_checkpoint(bytes)?)
     }
 
     /// Checks and installs a checkpoint file's bytes.

@@ -105,29 +105,32 @@ impl ModelService {
         }
     }
 
-    /// Announces the model if it changed and has samples of its own (a
-    /// model made only of merges has nothing new to teach).
+    /// Saves the model if it changed, and announces it if it has samples
+    /// of its own (a model made only of merges has nothing new to teach).
+    /// Copying and encoding tens of megabytes runs on a blocking thread.
     async fn share(&self, round: &mut Round) {
-        let Some(checkpoint) = self.model.checkpoint() else {
+        let model = self.model.clone();
+        let prepared = tokio::task::spawn_blocking(move || {
+            let c = model.checkpoint()?;
+            let bytes = c.encode().ok()?;
+            Some((c.version, c.samples, c.labels, c.features.dim as u64, bytes))
+        })
+        .await;
+        let Ok(Some((version, samples, labels, feature_dim, bytes))) = prepared else {
             return;
         };
-        let (version, samples) = (checkpoint.version, checkpoint.samples);
+        let bytes = Arc::new(bytes);
         if version != round.saved_version {
-            if let Err(e) = self.model.save() {
-                tracing::warn!(error = %e, "cannot save the model");
+            let (model, encoded) = (self.model.clone(), bytes.clone());
+            match tokio::task::spawn_blocking(move || model.save_encoded(&encoded)).await {
+                Ok(Ok(())) => round.saved_version = version,
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot save the model"),
+                Err(e) => tracing::warn!(error = %e, "cannot save the model"),
             }
-            round.saved_version = version;
         }
         if samples == 0 || round.announced == Some((version, samples)) {
             return;
         }
-        let labels = checkpoint.labels.clone();
-        let feature_dim = checkpoint.features.dim as u64;
-        let encoded = tokio::task::spawn_blocking(move || checkpoint.encode()).await;
-        let bytes = match encoded {
-            Ok(Ok(b)) => Arc::new(b),
-            _ => return,
-        };
         let digest = sha256(&bytes);
         self.model.serve(digest, bytes.clone());
         let announcement = ModelAnnouncement {
@@ -221,25 +224,34 @@ impl ModelService {
         if fetched.is_empty() {
             return;
         }
-        let local = self.model.checkpoint();
-        let version_before = local.as_ref().map_or(0, |c| c.version);
         let started = Instant::now();
+        let model = self.model.clone();
         let merged = tokio::task::spawn_blocking(move || {
+            let local = model.checkpoint();
+            let version = local.as_ref().map_or(0, |c| c.version);
             let peers: Vec<&Checkpoint> = fetched.iter().collect();
-            merge(local.as_ref(), &peers)
+            merge(local.as_ref(), &peers).map(|m| (m, version))
         })
         .await;
-        let (checkpoint, report) = match merged.map_err(|e| e.to_string()).and_then(|r| r) {
-            Ok(m) => m,
-            Err(e) => {
-                counters.merge_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "merging peers' models failed");
-                return;
-            }
-        };
+        let ((checkpoint, report), version_before) =
+            match merged.map_err(|e| e.to_string()).and_then(|r| r) {
+                Ok(m) => m,
+                Err(e) => {
+                    counters.merge_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "merging peers' models failed");
+                    return;
+                }
+            };
+        let model = self.model.clone();
+        let installed = tokio::task::spawn_blocking(move || {
+            model.install_if_unchanged(checkpoint, version_before)
+        })
+        .await
+        .map_err(|e| super::ModelError::Unavailable(e.to_string()))
+        .and_then(|r| r);
         // Outcomes learned while merging would be lost by installing; the
         // peers' models are fetched and merged again next round instead.
-        if self.model.version() != version_before {
+        if matches!(installed, Ok(None)) {
             tracing::debug!("model changed during the merge; merging again next round");
             for (peer, a) in taken {
                 round.merged.remove(&peer);
@@ -247,8 +259,9 @@ impl ModelService {
             }
             return;
         }
-        match self.model.install_and_save(checkpoint) {
-            Ok(version) => {
+        match installed {
+            Ok(None) => {}
+            Ok(Some(version)) => {
                 counters.merges.fetch_add(1, Ordering::Relaxed);
                 counters
                     .peer_models_merged
