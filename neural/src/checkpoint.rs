@@ -66,8 +66,19 @@ impl Checkpoint {
                 c.format
             ));
         }
-        check_parts(&c.features, &c.labels, &c.weights).map_err(|e| format!("checkpoint: {e}"))?;
+        c.validate()?;
         Ok(c)
+    }
+
+    /// Do its parts make a model?
+    pub fn validate(&self) -> Result<(), String> {
+        check_parts(&self.features, &self.labels, &self.weights)
+            .map_err(|e| format!("checkpoint: {e}"))
+    }
+
+    /// The classifier, taking the weights.
+    pub fn into_classifier(self) -> Result<Classifier, String> {
+        Classifier::from_owned(self.features, self.labels, self.weights)
     }
 
     pub fn classifier(&self) -> Result<Classifier, String> {

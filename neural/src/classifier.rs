@@ -53,6 +53,10 @@ impl Default for TrainConfig {
     }
 }
 
+/// Most patterns one model knows, and the longest pattern id.
+pub const MAX_LABELS: usize = 10_000;
+pub const MAX_LABEL_BYTES: usize = 128;
+
 /// How fast an imprinted label's logit falls off for contexts unlike
 /// the one it was imprinted from (see [`Classifier::add_label_from`]).
 pub const IMPRINT_SHARPNESS: f32 = 20.0;
@@ -293,6 +297,17 @@ pub fn check_parts(
     if weights.input_dim() != features.dim || weights.classes() != labels.len() {
         return Err("weights do not fit the feature dimension or the label map".into());
     }
+    if labels.len() > MAX_LABELS {
+        return Err(format!("{} labels; at most {MAX_LABELS}", labels.len()));
+    }
+    if let Some(bad) = labels
+        .iter()
+        .find(|l| l.is_empty() || l.len() > MAX_LABEL_BYTES)
+    {
+        return Err(format!(
+            "label {bad:?} is empty or over {MAX_LABEL_BYTES} bytes"
+        ));
+    }
     let mut sorted: Vec<&String> = labels.iter().collect();
     sorted.sort();
     sorted.dedup();
@@ -308,11 +323,20 @@ impl Classifier {
         labels: Vec<String>,
         weights: &Weights,
     ) -> Result<Classifier, String> {
-        check_parts(&features, &labels, weights)?;
+        Classifier::from_owned(features, labels, weights.clone())
+    }
+
+    /// The same, taking the weights (no copy of the input layer).
+    pub fn from_owned(
+        features: FeatureConfig,
+        labels: Vec<String>,
+        weights: Weights,
+    ) -> Result<Classifier, String> {
+        check_parts(&features, &labels, &weights)?;
         Ok(Classifier {
             features,
             labels,
-            model: Mlp::from_weights(weights, &cpu()),
+            model: Mlp::from_owned(weights, &cpu()),
         })
     }
 
@@ -391,8 +415,10 @@ impl Classifier {
         let origin = floats(self.model.tail.hidden(empty));
         let direction: Vec<f32> = hidden.iter().zip(&origin).map(|(h, o)| h - o).collect();
         let squared: f32 = direction.iter().map(|d| d * d).sum();
-        let mut weights = self.model.weights().grown(1);
-        let out = &mut weights.layers[3];
+        // Only the output layer grows: the 16-million-weight input layer
+        // stays where it is.
+        let [l2, l3, out] = self.model.tail.layer_weights();
+        let mut out = out.grown(1);
         let new = out.d_out - 1;
         // A context the network hardly tells from an empty one cannot be
         // imprinted without enormous weights: the label then starts
@@ -408,7 +434,7 @@ impl Classifier {
             out.bias[new] = top_logit + 1.0 - own;
         }
         self.labels.push(label.to_string());
-        self.model = Mlp::from_weights(&weights, &device);
+        self.model.tail = Tail::from_layers(&[l2, l3, out], &device);
         true
     }
 

@@ -15,7 +15,9 @@
 //! (`model_seed`), as federated averaging requires.
 
 use crate::checkpoint::{Checkpoint, FORMAT};
+use crate::classifier::MAX_LABELS;
 use crate::model::{LayerWeights, Weights};
+use std::collections::{HashMap, HashSet};
 
 /// A peer's distance from the reference is clipped to this multiple of
 /// the median peer distance.
@@ -45,7 +47,16 @@ pub fn merge(
     peers: &[&Checkpoint],
 ) -> Result<(Checkpoint, MergeReport), String> {
     let mut report = MergeReport::default();
-    let base = local.or(peers.first().copied()).ok_or("nothing to merge")?;
+    // The shape everything must match: the local model's, or the first
+    // peer's that is usable at all.
+    let base = local
+        .or_else(|| {
+            peers
+                .iter()
+                .copied()
+                .find(|p| p.samples > 0 && p.validate().is_ok())
+        })
+        .ok_or("no compatible peer model")?;
     let compatible = |c: &Checkpoint| -> Result<(), String> {
         if c.format != FORMAT {
             return Err(format!("checkpoint format {}", c.format));
@@ -141,16 +152,23 @@ pub fn merge(
 
     // Labels: the local order, then new ones sorted.
     let mut labels = base.labels.clone();
+    let known: HashSet<&String> = base.labels.iter().collect();
     let mut new: Vec<String> = members
         .iter()
         .flat_map(|m| m.checkpoint.labels.iter())
-        .filter(|l| !base.labels.contains(l))
+        .filter(|l| !known.contains(l))
         .cloned()
         .collect();
     new.sort();
     new.dedup();
     report.labels_added = new.clone();
     labels.extend(new);
+    if labels.len() > MAX_LABELS {
+        return Err(format!(
+            "the merged model would know {} patterns; at most {MAX_LABELS}",
+            labels.len()
+        ));
+    }
     let output = merge_output(&members, &labels, local);
 
     let dim = base.features.dim;
@@ -247,23 +265,38 @@ fn average_layer<'a>(
 /// The output layer for `labels`: each label's column (and bias) averaged
 /// over the members that know the label, clipped toward the local column
 /// when there is one.
+/// Label → output unit of one model.
+fn label_index(c: &Checkpoint) -> HashMap<&str, usize> {
+    c.labels
+        .iter()
+        .enumerate()
+        .map(|(j, l)| (l.as_str(), j))
+        .collect()
+}
+
 fn merge_output(members: &[Member], labels: &[String], local: Option<&Checkpoint>) -> LayerWeights {
     let d_in = crate::model::HIDDEN[2];
     let d_out = labels.len();
     let mut weight = vec![0f32; d_in * d_out];
     let mut bias = vec![0f32; d_out];
+    // Label → output unit, per model (a scan per label would be quadratic).
+    let indexes: Vec<HashMap<&str, usize>> =
+        members.iter().map(|m| label_index(m.checkpoint)).collect();
+    let local_index = local.map(label_index);
     for (col, label) in labels.iter().enumerate() {
-        let column = |c: &Checkpoint| -> Option<(Vec<f32>, f32)> {
-            let j = c.labels.iter().position(|l| l == label)?;
+        let column = |c: &Checkpoint, at: &HashMap<&str, usize>| -> Option<(Vec<f32>, f32)> {
+            let j = *at.get(label.as_str())?;
             let out = &c.weights.layers[3];
             let values = (0..d_in).map(|i| out.weight[i * out.d_out + j]).collect();
             Some((values, out.bias[j]))
         };
-        let reference = local.and_then(column);
+        let reference = local
+            .zip(local_index.as_ref())
+            .and_then(|(l, at)| column(l, at));
         let mut acc = vec![0f64; d_in + 1];
         let mut total = 0.0;
-        for m in members {
-            let Some((values, b)) = column(m.checkpoint) else {
+        for (m, at) in members.iter().zip(&indexes) {
+            let Some((values, b)) = column(m.checkpoint, at) else {
                 continue;
             };
             let keep = if reference.is_some() { m.keep } else { 1.0 };

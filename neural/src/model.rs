@@ -87,17 +87,30 @@ impl Weights {
     pub fn grown(&self, extra: usize) -> Weights {
         let mut grown = self.clone();
         if let Some(last) = grown.layers.last_mut() {
-            let d_out = last.d_out + extra;
-            let mut weight = vec![0f32; last.d_in * d_out];
-            for i in 0..last.d_in {
-                let row = &last.weight[i * last.d_out..(i + 1) * last.d_out];
-                weight[i * d_out..i * d_out + last.d_out].copy_from_slice(row);
-            }
-            last.weight = weight;
-            last.bias.extend(std::iter::repeat_n(NEW_CLASS_BIAS, extra));
-            last.d_out = d_out;
+            *last = last.grown(extra);
         }
         grown
+    }
+}
+
+impl LayerWeights {
+    /// This (output) layer with `extra` more outputs: existing ones kept,
+    /// new ones at zero weight and a bias far below the others.
+    pub fn grown(&self, extra: usize) -> LayerWeights {
+        let d_out = self.d_out + extra;
+        let mut weight = vec![0f32; self.d_in * d_out];
+        for i in 0..self.d_in {
+            let row = &self.weight[i * self.d_out..(i + 1) * self.d_out];
+            weight[i * d_out..i * d_out + self.d_out].copy_from_slice(row);
+        }
+        let mut bias = self.bias.clone();
+        bias.extend(std::iter::repeat_n(NEW_CLASS_BIAS, extra));
+        LayerWeights {
+            d_in: self.d_in,
+            d_out,
+            weight,
+            bias,
+        }
     }
 }
 
@@ -206,20 +219,22 @@ pub struct InputGradients {
     pub bias: Vec<f32>,
 }
 
-/// Adam for the input layer, computed only where a batch has gradients
-/// but with dense Adam's result. A row a batch does not touch still moves
-/// under dense Adam (its first moment decays over the following steps, and
-/// each step applies it); here that movement is owed and paid in one go —
-/// when the row is next touched, or at [`LazyAdam::settle`] — from the
-/// step sizes of the steps it missed. Dense Adam would update all 16.7
-/// million weights per batch for the few thousand that had a gradient;
-/// plain lazy Adam (TensorFlow's LazyAdam) drops that movement, and rare
-/// features (the telling identifiers) then learn a tenth as fast: it cost
-/// 2 points of held-out accuracy on the cargo-registry data.
+/// Adam for the input layer, computed only where a batch has gradients.
+/// A row a batch does not touch still moves under dense Adam (its first
+/// moment decays over the following steps, and each step applies it);
+/// here that movement is owed and paid in one go — when the row is next
+/// touched, or at [`LazyAdam::settle`] — from the step sizes of the steps
+/// it missed. Dense Adam would update all 16.7 million weights per batch
+/// for the few thousand that had a gradient.
 ///
-/// The catch-up leaves out epsilon while the row is idle (it is 1e-5
-/// against moments of gradients around 1e-3), so it matches dense Adam to
-/// within that; Burn's Adam constants and bias correction are used.
+/// One deliberate difference: epsilon is left out of the idle steps (a
+/// touched step uses Burn's, 1e-5). A rare feature's √v is around 3e-6,
+/// so with epsilon its momentum is damped to a fraction and the telling,
+/// rare identifiers learn slowly. Measured on the cargo-registry data,
+/// held-out accuracy: 0.979 this way (mean of five splits); 0.975 with
+/// dense Adam's exact steps at epsilon 1e-8 (same five), 0.971 / 0.979 at
+/// 1e-5 (two of them); 2 points less than this with no idle movement at
+/// all (TensorFlow's LazyAdam, one split).
 pub struct LazyAdam {
     m: Vec<f32>,
     v: Vec<f32>,
@@ -265,6 +280,9 @@ impl LazyAdam {
         }
         self.settled[i] = through;
         let idle = (through - last) as usize;
+        // Dense Adam's idle step j moves the weight by
+        // F_j β1^j m / (β2^(j/2) √v + ε c2_j); without ε that sums to
+        // m / √v · Σ F_j (β1/√β2)^j.
         let ratio = BETA_1 / BETA_2.sqrt();
         let mut scale = 0.0f32;
         let mut power = 1.0f32;
@@ -423,6 +441,17 @@ pub fn pre_tensor(flat: Vec<f32>, rows: usize, device: &Device) -> Tensor<2> {
 }
 
 impl Mlp {
+    /// The network with these weights, moved in (checked by the caller).
+    pub fn from_owned(mut weights: Weights, device: &Device) -> Mlp {
+        let tail = Tail::from_layers(&weights.layers[1..], device);
+        Mlp {
+            input: InputLayer {
+                weights: weights.layers.swap_remove(0),
+            },
+            tail,
+        }
+    }
+
     /// The network with these weights (checked by the caller).
     pub fn from_weights(weights: &Weights, device: &Device) -> Mlp {
         Mlp {
@@ -453,5 +482,68 @@ impl Mlp {
     pub fn forward(&self, rows: &[&SparseVec], device: &Device) -> Tensor<2> {
         let pre = self.input.forward(rows);
         self.tail.forward(pre_tensor(pre, rows.len(), device))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Dense Adam over one weight, as Burn computes it, but without
+    /// epsilon in steps without a gradient (the documented difference).
+    fn dense(grads: &[f32], lr: f32) -> f32 {
+        let (mut w, mut m, mut v) = (0f32, 0f32, 0f32);
+        for (t, g) in grads.iter().enumerate() {
+            let t = t as i32 + 1;
+            m = BETA_1 * m + (1.0 - BETA_1) * g;
+            v = BETA_2 * v + (1.0 - BETA_2) * g * g;
+            let c2 = (1.0 - BETA_2.powi(t)).sqrt();
+            let epsilon = if *g != 0.0 { EPSILON * c2 } else { 0.0 };
+            if v > 0.0 {
+                w -= lr * c2 / (1.0 - BETA_1.powi(t)) * m / (v.sqrt() + epsilon);
+            }
+        }
+        w
+    }
+
+    #[test]
+    fn lazy_adam_pays_idle_rows_the_momentum_dense_adam_would_apply() {
+        // Gradients on a one-feature layer at a few steps, none between;
+        // small and large gradients (√v below and above epsilon).
+        for scale in [1e-7f32, 1e-5, 1e-3, 1e-1] {
+            let touched_at = [1usize, 2, 9, 40, 41, 300];
+            let steps = 400;
+            let mut layer = InputLayer {
+                weights: LayerWeights {
+                    d_in: 2,
+                    d_out: 1,
+                    weight: vec![0.0; 2],
+                    bias: vec![0.0],
+                },
+            };
+            let mut adam = LazyAdam::new(&layer, 1e-3);
+            let mut grads = vec![0f32; steps];
+            for t in 1..=steps {
+                let g = if touched_at.contains(&t) {
+                    scale * (t as f32 % 3.0 - 0.5)
+                } else {
+                    0.0
+                };
+                grads[t - 1] = g;
+                let input = InputGradients {
+                    touched: if g != 0.0 { vec![0] } else { vec![1] },
+                    rows: vec![if g != 0.0 { g } else { 0.0 }],
+                    bias: vec![0.0],
+                };
+                adam.step(&mut layer, &input);
+            }
+            adam.settle(&mut layer);
+            let want = dense(&grads, 1e-3);
+            let got = layer.weights.weight[0];
+            assert!(
+                (got - want).abs() <= 1e-4 * want.abs().max(1e-9),
+                "gradient scale {scale}: lazy {got} dense {want}"
+            );
+        }
     }
 }

@@ -70,6 +70,21 @@ pub struct Installed {
 }
 
 impl Installed {
+    /// Checks and builds a checkpoint's model.
+    pub fn from_checkpoint(checkpoint: Checkpoint) -> Result<Installed, String> {
+        let (version, samples, report) = (
+            checkpoint.version,
+            checkpoint.samples,
+            checkpoint.report.clone(),
+        );
+        Ok(Installed {
+            classifier: checkpoint.into_classifier()?,
+            version,
+            samples,
+            report,
+        })
+    }
+
     pub fn checkpoint(&self) -> Checkpoint {
         Checkpoint::of(
             &self.classifier,
@@ -232,16 +247,16 @@ impl Recommender {
     /// Installs a trained, imported or merged model; its version becomes
     /// at least one above the current one.
     pub fn install(&mut self, checkpoint: Checkpoint) -> Result<u64, String> {
-        let classifier = checkpoint.classifier()?;
-        let version = checkpoint.version.max(self.version() + 1);
-        self.model = Some(Installed {
-            classifier,
-            version,
-            samples: checkpoint.samples,
-            report: checkpoint.report,
-        });
+        Ok(self.install_built(Installed::from_checkpoint(checkpoint)?))
+    }
+
+    /// Installs a model built beforehand (outside any lock around this).
+    pub fn install_built(&mut self, mut installed: Installed) -> u64 {
+        installed.version = installed.version.max(self.version() + 1);
+        let version = installed.version;
+        self.model = Some(installed);
         self.cache.clear();
-        Ok(version)
+        version
     }
 }
 

@@ -70,12 +70,18 @@ pub async fn outcome(
     body: Body,
 ) -> Result<Json<OutcomeReply>, ApiError> {
     let input: OutcomeInput = json_body_limited(body, MAX_BODY_BYTES).await?;
-    let effect = s.model.outcome(Outcome {
-        context: input.context,
-        pattern: input.pattern,
-        success: input.success,
-        at_ms: crate::network::now_ms(),
-    })?;
+    let model = s.model.clone();
+    // A gradient step and a sled write: off the async runtime.
+    let effect = tokio::task::spawn_blocking(move || {
+        model.outcome(Outcome {
+            context: input.context,
+            pattern: input.pattern,
+            success: input.success,
+            at_ms: crate::network::now_ms(),
+        })
+    })
+    .await
+    .map_err(|e| ApiError::bad_request(e.to_string()))??;
     Ok(Json(OutcomeReply {
         effect,
         model_version: s.model.version(),

@@ -10,7 +10,9 @@ use crate::network::model_io::{ServedModel, SharedModel};
 use crate::patterns::Patterns;
 use agentmesh_neural::checkpoint::Checkpoint;
 use agentmesh_neural::features::FeatureConfig;
-use agentmesh_neural::recommender::{Answer, OutcomeEffect, Recommender, RecommenderConfig};
+use agentmesh_neural::recommender::{
+    Answer, Installed, OutcomeEffect, Recommender, RecommenderConfig,
+};
 use agentmesh_neural::{Context, Sample, TrainConfig, TrainReport};
 use agentmesh_protocol::codec;
 use agentmesh_store::ModelStore;
@@ -96,6 +98,8 @@ struct Shared {
     last_training: Mutex<Option<TrainingInfo>>,
     training: AtomicBool,
     served: ServedModel,
+    /// Stored outcomes (counted once at start-up: sled's count is a scan).
+    stored_outcomes: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -124,8 +128,10 @@ impl ModelHandle {
             Ok(None) => {}
             Err(e) => tracing::error!(error = %e, "cannot read the model checkpoint"),
         }
+        let stored_outcomes = AtomicU64::new(store.outcome_count() as u64);
         ModelHandle {
             shared: Arc::new(Shared {
+                stored_outcomes,
                 recommender: Mutex::new(recommender),
                 store,
                 patterns,
@@ -190,6 +196,7 @@ impl ModelHandle {
             .map_err(|e| ModelError::Invalid(format!("pattern: {e}")))?;
         let bytes = codec::encode(&outcome).map_err(|e| ModelError::Invalid(e.to_string()))?;
         self.shared.store.append_outcome(&bytes)?;
+        self.shared.stored_outcomes.fetch_add(1, Ordering::Relaxed);
         match self
             .shared
             .patterns
@@ -211,20 +218,22 @@ impl ModelHandle {
         Ok(effect)
     }
 
-    /// Stored outcomes that were successes, as training samples.
-    fn outcome_samples(&self) -> Result<Vec<Sample>, ModelError> {
-        let mut samples = Vec::new();
-        for bytes in self.shared.store.outcomes()? {
+    /// Stored outcomes after `after`, decoded (damaged ones are skipped
+    /// and reported), with the last sequence number read.
+    fn stored_outcomes(
+        &self,
+        after: Option<u64>,
+    ) -> Result<(Vec<Outcome>, Option<u64>), ModelError> {
+        let mut outcomes = Vec::new();
+        let mut last = after;
+        for (seq, bytes) in self.shared.store.outcomes_after(after)? {
+            last = Some(seq);
             match codec::decode::<Outcome>(&bytes, MAX_OUTCOME_BYTES) {
-                Ok(o) if o.success => samples.push(Sample {
-                    context: o.context,
-                    label: o.pattern,
-                }),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "skipping a damaged stored outcome"),
+                Ok(o) => outcomes.push(o),
+                Err(e) => tracing::warn!(seq, error = %e, "skipping a damaged stored outcome"),
             }
         }
-        Ok(samples)
+        Ok((outcomes, last))
     }
 
     /// A full training run on the stored successful outcomes plus `extra`
@@ -255,7 +264,15 @@ impl ModelHandle {
                 .validate()
                 .map_err(|e| ModelError::Invalid(format!("samples[{i}]: {e}")))?;
         }
-        let mut samples = self.outcome_samples()?;
+        let (outcomes, read_up_to) = self.stored_outcomes(None)?;
+        let mut samples: Vec<Sample> = outcomes
+            .into_iter()
+            .filter(|o| o.success)
+            .map(|o| Sample {
+                context: o.context,
+                label: o.pattern,
+            })
+            .collect();
         let from_outcomes = samples.len();
         samples.extend(extra);
         let settings = &self.shared.settings;
@@ -273,6 +290,19 @@ impl ModelHandle {
                 .map_err(ModelError::Invalid)?;
         let checkpoint = Checkpoint::of(&classifier, 0, samples.len() as u64, Some(report.clone()));
         self.install_and_save(checkpoint)?;
+        // Outcomes reported while it trained changed the model it replaced:
+        // learn them again on the new one.
+        let (late, _) = self.stored_outcomes(read_up_to)?;
+        if !late.is_empty() {
+            let mut r = self.recommender();
+            for o in &late {
+                r.outcome(&o.context, &o.pattern, o.success);
+            }
+            tracing::info!(
+                outcomes = late.len(),
+                "outcomes reported during training learned again"
+            );
+        }
         self.shared
             .counters
             .trainings
@@ -293,10 +323,9 @@ impl ModelHandle {
 
     /// Installs a checkpoint (trained, imported or merged) and saves it.
     pub fn install_and_save(&self, checkpoint: Checkpoint) -> Result<u64, ModelError> {
-        let version = self
-            .recommender()
-            .install(checkpoint)
-            .map_err(ModelError::Invalid)?;
+        // Checked and built before the lock: recommendations go on meanwhile.
+        let built = Installed::from_checkpoint(checkpoint).map_err(ModelError::Invalid)?;
+        let version = self.recommender().install_built(built);
         self.save()?;
         Ok(version)
     }
@@ -308,12 +337,13 @@ impl ModelHandle {
         checkpoint: Checkpoint,
         read_version: u64,
     ) -> Result<Option<u64>, ModelError> {
+        let built = Installed::from_checkpoint(checkpoint).map_err(ModelError::Invalid)?;
         let version = {
             let mut r = self.recommender();
             if r.version() != read_version {
                 return Ok(None);
             }
-            r.install(checkpoint).map_err(ModelError::Invalid)?
+            r.install_built(built)
         };
         self.save()?;
         Ok(Some(version))
@@ -328,13 +358,17 @@ impl ModelHandle {
     pub fn save(&self) -> Result<(), ModelError> {
         if let Some(c) = self.checkpoint() {
             let bytes = c.encode().map_err(ModelError::Unavailable)?;
-            self.save_encoded(&bytes)?;
+            self.save_encoded(&bytes, c.version)?;
         }
         Ok(())
     }
 
-    /// Writes an encoded checkpoint of the current model to sled.
-    pub fn save_encoded(&self, bytes: &[u8]) -> Result<(), ModelError> {
+    /// Writes an encoded checkpoint of model `version` to sled, unless a
+    /// newer model was installed since it was encoded (its own save wins).
+    pub fn save_encoded(&self, bytes: &[u8], version: u64) -> Result<(), ModelError> {
+        if self.version() != version {
+            return Ok(());
+        }
         Ok(self.shared.store.save_checkpoint(bytes)?)
     }
 
@@ -412,7 +446,7 @@ impl ModelHandle {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
-            stored_outcomes: self.shared.store.outcome_count(),
+            stored_outcomes: self.shared.stored_outcomes.load(Ordering::Relaxed) as usize,
             rule_patterns: r.rule_patterns(),
             recommendations: serde_json::json!({
                 "model": load(&c.by_model),

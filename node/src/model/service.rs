@@ -12,7 +12,8 @@ use crate::network::NetworkHandle;
 use agentmesh_neural::checkpoint::Checkpoint;
 use agentmesh_neural::merge::merge;
 use agentmesh_protocol::model_wire::{
-    ModelAnnouncement, ModelRequest, ModelResponse, ANNOUNCEMENT_CONTENT_TYPE, MODEL_CHANNEL,
+    ModelAnnouncement, ModelRequest, ModelResponse, ANNOUNCEMENT_CONTENT_TYPE, CHUNK_BYTES,
+    MODEL_CHANNEL,
 };
 use agentmesh_protocol::{sha256, Channel, ChannelPattern, NodeId};
 use agentmesh_store::patterns::Filter;
@@ -20,10 +21,14 @@ use serde_bytes::ByteArray;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+/// Peer models merged per round.
+const MAX_PEERS_PER_ROUND: usize = 4;
+/// Time allowed to fetch a model: this plus a second per MiB.
+const FETCH_BASE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often pattern descriptions and statistics reach the rules.
-const RULES_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
+const RULES_REFRESH: Duration = Duration::from_secs(2);
 /// Patterns read per round for the rules' descriptions.
 const DESCRIBE_LIMIT: usize = 10_000;
 
@@ -43,6 +48,22 @@ struct Round {
     announced: Option<(u64, u64)>,
     saved_version: u64,
     described: HashMap<String, [u8; 32]>,
+}
+
+/// Feeds the patterns' descriptions and statistics to the rules.
+fn refresh_rules(
+    model: &ModelHandle,
+    patterns: &crate::patterns::Patterns,
+    described: &mut HashMap<String, [u8; 32]>,
+) {
+    let filter = Filter {
+        limit: DESCRIBE_LIMIT,
+        ..Filter::default()
+    };
+    match patterns.list(&filter) {
+        Ok(list) => model.describe(&list, described),
+        Err(e) => tracing::warn!(error = %e, "cannot read patterns for the recommender"),
+    }
 }
 
 impl ModelService {
@@ -69,7 +90,16 @@ impl ModelService {
                     Some(Ok(d)) => self.on_announcement(&d, &mut round),
                     Some(Err(_missed)) => {}
                 },
-                _ = rules_tick.tick() => self.refresh_rules(&mut round),
+                _ = rules_tick.tick() => {
+                    let (model, patterns) = (self.model.clone(), self.patterns.clone());
+                    let mut described = std::mem::take(&mut round.described);
+                    round.described = tokio::task::spawn_blocking(move || {
+                        refresh_rules(&model, &patterns, &mut described);
+                        described
+                    })
+                    .await
+                    .unwrap_or_default();
+                }
                 _ = tick.tick() => {
                     if self.model.settings().enabled {
                         self.merge_round(&mut round).await;
@@ -94,17 +124,6 @@ impl ModelService {
         }
     }
 
-    fn refresh_rules(&self, round: &mut Round) {
-        let filter = Filter {
-            limit: DESCRIBE_LIMIT,
-            ..Filter::default()
-        };
-        match self.patterns.list(&filter) {
-            Ok(patterns) => self.model.describe(&patterns, &mut round.described),
-            Err(e) => tracing::warn!(error = %e, "cannot read patterns for the recommender"),
-        }
-    }
-
     /// Saves the model if it changed, and announces it if it has samples
     /// of its own (a model made only of merges has nothing new to teach).
     /// Copying and encoding tens of megabytes runs on a blocking thread.
@@ -122,7 +141,7 @@ impl ModelService {
         let bytes = Arc::new(bytes);
         if version != round.saved_version {
             let (model, encoded) = (self.model.clone(), bytes.clone());
-            match tokio::task::spawn_blocking(move || model.save_encoded(&encoded)).await {
+            match tokio::task::spawn_blocking(move || model.save_encoded(&encoded, version)).await {
                 Ok(Ok(())) => round.saved_version = version,
                 Ok(Err(e)) => tracing::warn!(error = %e, "cannot save the model"),
                 Err(e) => tracing::warn!(error = %e, "cannot save the model"),
@@ -176,9 +195,11 @@ impl ModelService {
                     total,
                     bytes: chunk,
                 } => {
-                    if total != a.bytes || chunk.is_empty() {
+                    let expected = (a.bytes - bytes.len() as u64).min(CHUNK_BYTES as u64);
+                    if total != a.bytes || chunk.len() as u64 != expected {
                         return Err(format!(
-                            "peer sent {total} bytes for a {}-byte model",
+                            "peer sent a {}-byte chunk of a {total}-byte model ({expected} of {} expected)",
+                            chunk.len(),
                             a.bytes
                         ));
                     }
@@ -203,13 +224,25 @@ impl ModelService {
         let dim = self.model.settings().feature_dim as u64;
         let mut fetched = Vec::new();
         let mut taken = Vec::new();
-        for (peer, a) in std::mem::take(&mut round.pending) {
+        // The newest few; the rest wait for the next round (each fetched
+        // model is held in memory until the merge).
+        let mut queue: Vec<(NodeId, ModelAnnouncement)> = round.pending.drain().collect();
+        queue.sort_by_key(|(_, a)| std::cmp::Reverse(a.version));
+        for (peer, a) in queue.split_off(MAX_PEERS_PER_ROUND.min(queue.len())) {
+            round.pending.insert(peer, a);
+        }
+        for (peer, a) in queue {
             if a.feature_dim != dim {
                 tracing::debug!(peer = %peer, dim = a.feature_dim, "peer model of another feature dimension skipped");
                 round.merged.insert(peer, a.version);
                 continue;
             }
-            match self.fetch(peer, &a).await {
+            // Bounded, so a slow or stalling peer cannot hold up the round.
+            let limit = FETCH_BASE_TIMEOUT + Duration::from_secs(a.bytes / (1 << 20));
+            let fetched_one = tokio::time::timeout(limit, self.fetch(peer, &a))
+                .await
+                .unwrap_or_else(|_| Err(format!("no complete model within {limit:?}")));
+            match fetched_one {
                 Ok(c) => {
                     round.merged.insert(peer, a.version);
                     fetched.push(c);
