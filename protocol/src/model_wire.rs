@@ -16,16 +16,17 @@ pub const ANNOUNCEMENT_CONTENT_TYPE: &str = "application/agentmesh-model-announc
 pub const CHUNK_BYTES: usize = 4 << 20;
 /// Largest model a node fetches.
 pub const MAX_MODEL_BYTES: u64 = 128 << 20;
-/// Most labels an announcement may list.
-pub const MAX_LABELS: usize = 100_000;
-const MAX_ANNOUNCEMENT_BYTES: usize = 4 << 20;
+/// Most patterns an announced model may know.
+pub const MAX_LABELS: u64 = 10_000;
+const MAX_ANNOUNCEMENT_BYTES: usize = 1024;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelAnnouncement {
     pub version: u64,
     /// Samples the model learned from (merges weigh by this).
     pub samples: u64,
-    pub labels: Vec<String>,
+    /// Patterns it knows (the label map itself is in the checkpoint).
+    pub classes: u64,
     pub feature_dim: u64,
     /// Size and SHA-256 of the encoded checkpoint.
     pub bytes: u64,
@@ -43,8 +44,8 @@ impl ModelAnnouncement {
         if a.bytes == 0 || a.bytes > MAX_MODEL_BYTES {
             return Err(format!("announced model of {} bytes", a.bytes));
         }
-        if a.labels.len() > MAX_LABELS {
-            return Err(format!("{} labels announced", a.labels.len()));
+        if a.classes > MAX_LABELS {
+            return Err(format!("{} patterns announced", a.classes));
         }
         Ok(a)
     }
@@ -93,7 +94,7 @@ mod tests {
         let a = ModelAnnouncement {
             version: 3,
             samples: 10,
-            labels: vec!["retry".into()],
+            classes: 2,
             feature_dim: 1024,
             bytes: 1000,
             digest: ByteArray::new([7; 32]),

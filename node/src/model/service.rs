@@ -7,7 +7,7 @@
 //! recommender's pattern descriptions and statistics current.
 
 use super::ModelHandle;
-use crate::network::router::Delivery;
+use crate::network::router::Subscription;
 use crate::network::NetworkHandle;
 use agentmesh_neural::checkpoint::Checkpoint;
 use agentmesh_neural::merge::merge;
@@ -20,7 +20,7 @@ use agentmesh_store::patterns::Filter;
 use serde_bytes::ByteArray;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Peer models merged per round.
@@ -39,15 +39,51 @@ pub struct ModelService {
     pub patterns: crate::patterns::Patterns,
 }
 
+/// The latest announcement per peer, not yet merged; filled by the
+/// listener task, so announcements are read even while a round fetches.
+type Pending = Arc<Mutex<HashMap<NodeId, ModelAnnouncement>>>;
+
 struct Round {
-    /// The latest announcement per peer, not yet merged.
-    pending: HashMap<NodeId, ModelAnnouncement>,
-    /// The version last merged from each peer.
-    merged: HashMap<NodeId, u64>,
-    /// (version, samples) last announced by this node.
-    announced: Option<(u64, u64)>,
-    saved_version: u64,
+    pending: Pending,
+    /// The digest of the model last merged from each peer (a digest, not a
+    /// version: a peer that restarts counts versions again).
+    merged: HashMap<NodeId, [u8; 32]>,
+    /// The model version last encoded (and saved), and its announcement
+    /// (None without samples of its own).
+    encoded_version: u64,
+    announcement: Option<ModelAnnouncement>,
     described: HashMap<String, [u8; 32]>,
+}
+
+/// Reads announcements from `learning:model` into `pending` (the newest
+/// per peer; this node's own are skipped).
+async fn listen(mut subscription: Subscription, node: NodeId, pending: Pending) {
+    while let Some(delivery) = subscription.next().await {
+        let Ok(d) = delivery else {
+            continue;
+        };
+        let from = d.envelope.sender;
+        if from == node {
+            continue;
+        }
+        match ModelAnnouncement::decode(&d.envelope.body) {
+            Ok(a) => {
+                let mut pending = pending.lock().unwrap_or_else(|e| e.into_inner());
+                if pending.get(&from).is_none_or(|p| a.version >= p.version) {
+                    pending.insert(from, a);
+                }
+            }
+            Err(e) => tracing::debug!(peer = %from, error = %e, "rejected a model announcement"),
+        }
+    }
+}
+
+/// Puts announcements back for the next round, unless newer ones came.
+fn requeue(pending: &Pending, announcements: Vec<(NodeId, ModelAnnouncement)>) {
+    let mut pending = pending.lock().unwrap_or_else(|e| e.into_inner());
+    for (peer, a) in announcements {
+        pending.entry(peer).or_insert(a);
+    }
 }
 
 /// Feeds the patterns' descriptions and statistics to the rules.
@@ -69,27 +105,27 @@ fn refresh_rules(
 impl ModelService {
     pub async fn run(self) {
         let pattern = ChannelPattern::parse(MODEL_CHANNEL).expect("a valid channel name");
-        let Ok(mut subscription) = self.network.subscribe(pattern).await else {
+        let Ok(subscription) = self.network.subscribe(pattern).await else {
             return;
         };
         let mut tick = tokio::time::interval(self.model.settings().share_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut rules_tick = tokio::time::interval(RULES_REFRESH);
         rules_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let pending = Pending::default();
+        let mut listener = tokio::spawn(listen(subscription, self.node, pending.clone()));
         let mut round = Round {
-            pending: HashMap::new(),
+            pending,
             merged: HashMap::new(),
-            announced: None,
-            saved_version: self.model.version(),
+            // 0: a model restored from disk is announced at the first round.
+            encoded_version: 0,
+            announcement: None,
             described: HashMap::new(),
         };
         loop {
             tokio::select! {
-                delivery = subscription.next() => match delivery {
-                    None => return,
-                    Some(Ok(d)) => self.on_announcement(&d, &mut round),
-                    Some(Err(_missed)) => {}
-                },
+                // The subscription ended: the network stopped.
+                _ = &mut listener => return,
                 _ = rules_tick.tick() => {
                     let (model, patterns) = (self.model.clone(), self.patterns.clone());
                     let mut described = std::mem::take(&mut round.described);
@@ -110,71 +146,62 @@ impl ModelService {
         }
     }
 
-    fn on_announcement(&self, d: &Delivery, round: &mut Round) {
-        let from = d.envelope.sender;
-        if from == self.node {
-            return;
-        }
-        match ModelAnnouncement::decode(&d.envelope.body) {
-            Ok(a) if round.merged.get(&from).is_none_or(|v| a.version > *v) => {
-                round.pending.insert(from, a);
-            }
-            Ok(_) => {}
-            Err(e) => tracing::debug!(peer = %from, error = %e, "rejected a model announcement"),
-        }
-    }
-
-    /// Saves the model if it changed, and announces it if it has samples
-    /// of its own (a model made only of merges has nothing new to teach).
-    /// Copying and encoding tens of megabytes runs on a blocking thread.
+    /// Encodes, saves and serves the model when it changed, and announces
+    /// it every round while it has samples of its own (a model made only of
+    /// merges has nothing new to teach). Announcing again each round is
+    /// cheap (a small frame; peers skip digests they merged) and repairs
+    /// announcements lost before the gossip mesh formed. Copying and
+    /// encoding tens of megabytes runs on a blocking thread.
     async fn share(&self, round: &mut Round) {
-        let model = self.model.clone();
-        let prepared = tokio::task::spawn_blocking(move || {
-            let c = model.checkpoint()?;
-            let bytes = c.encode().ok()?;
-            Some((c.version, c.samples, c.labels, c.features.dim as u64, bytes))
-        })
-        .await;
-        let Ok(Some((version, samples, labels, feature_dim, bytes))) = prepared else {
-            return;
-        };
-        let bytes = Arc::new(bytes);
-        if version != round.saved_version {
-            let (model, encoded) = (self.model.clone(), bytes.clone());
-            match tokio::task::spawn_blocking(move || model.save_encoded(&encoded, version)).await {
-                Ok(Ok(())) => round.saved_version = version,
-                Ok(Err(e)) => tracing::warn!(error = %e, "cannot save the model"),
-                Err(e) => tracing::warn!(error = %e, "cannot save the model"),
+        let version = self.model.version();
+        if version != round.encoded_version {
+            let model = self.model.clone();
+            let prepared = tokio::task::spawn_blocking(move || {
+                let c = model.checkpoint()?;
+                let bytes = c.encode().ok()?;
+                let saved = model.save_encoded(&bytes, c.version);
+                Some((
+                    c.version,
+                    c.samples,
+                    c.labels.len(),
+                    c.features.dim,
+                    bytes,
+                    saved,
+                ))
+            })
+            .await;
+            let Ok(Some((version, samples, classes, dim, bytes, saved))) = prepared else {
+                return;
+            };
+            if let Err(e) = saved {
+                tracing::warn!(error = %e, "cannot save the model");
+            }
+            round.encoded_version = version;
+            round.announcement = None;
+            if samples > 0 {
+                let digest = sha256(&bytes);
+                round.announcement = Some(ModelAnnouncement {
+                    version,
+                    samples,
+                    classes: classes as u64,
+                    feature_dim: dim as u64,
+                    bytes: bytes.len() as u64,
+                    digest: ByteArray::new(digest),
+                });
+                self.model.serve(digest, Arc::new(bytes));
             }
         }
-        if samples == 0 || round.announced == Some((version, samples)) {
-            return;
-        }
-        let digest = sha256(&bytes);
-        self.model.serve(digest, bytes.clone());
-        let announcement = ModelAnnouncement {
-            version,
-            samples,
-            labels,
-            feature_dim,
-            bytes: bytes.len() as u64,
-            digest: ByteArray::new(digest),
-        };
-        let Ok(body) = announcement.encode() else {
+        let Some(body) = round.announcement.as_ref().and_then(|a| a.encode().ok()) else {
             return;
         };
         let channel = Channel::parse(MODEL_CHANNEL).expect("a valid channel name");
-        match self
+        if let Err(e) = self
             .network
             .publish(channel, ANNOUNCEMENT_CONTENT_TYPE.into(), body)
             .await
         {
-            Ok(_) => {
-                round.announced = Some((version, samples));
-                tracing::info!(version, samples, bytes = bytes.len(), "model announced");
-            }
             // No peer subscribed yet: announced again next round.
-            Err(e) => tracing::debug!(error = %e, "model announcement not sent"),
+            tracing::debug!(error = %e, "model announcement not sent");
         }
     }
 
@@ -217,7 +244,14 @@ impl ModelService {
     }
 
     async fn merge_round(&self, round: &mut Round) {
-        if round.pending.is_empty() {
+        let mut queue: Vec<(NodeId, ModelAnnouncement)> = {
+            let mut pending = round.pending.lock().unwrap_or_else(|e| e.into_inner());
+            pending
+                .drain()
+                .filter(|(peer, a)| round.merged.get(peer) != Some(&*a.digest))
+                .collect()
+        };
+        if queue.is_empty() {
             return;
         }
         let counters = self.model.counters();
@@ -226,15 +260,13 @@ impl ModelService {
         let mut taken = Vec::new();
         // The newest few; the rest wait for the next round (each fetched
         // model is held in memory until the merge).
-        let mut queue: Vec<(NodeId, ModelAnnouncement)> = round.pending.drain().collect();
         queue.sort_by_key(|(_, a)| std::cmp::Reverse(a.version));
-        for (peer, a) in queue.split_off(MAX_PEERS_PER_ROUND.min(queue.len())) {
-            round.pending.insert(peer, a);
-        }
+        let later = queue.split_off(MAX_PEERS_PER_ROUND.min(queue.len()));
+        requeue(&round.pending, later);
         for (peer, a) in queue {
             if a.feature_dim != dim {
                 tracing::debug!(peer = %peer, dim = a.feature_dim, "peer model of another feature dimension skipped");
-                round.merged.insert(peer, a.version);
+                round.merged.insert(peer, *a.digest);
                 continue;
             }
             // Bounded, so a slow or stalling peer cannot hold up the round.
@@ -244,7 +276,7 @@ impl ModelService {
                 .unwrap_or_else(|_| Err(format!("no complete model within {limit:?}")));
             match fetched_one {
                 Ok(c) => {
-                    round.merged.insert(peer, a.version);
+                    round.merged.insert(peer, *a.digest);
                     fetched.push(c);
                     taken.push((peer, a));
                 }
@@ -286,10 +318,10 @@ impl ModelService {
         // peers' models are fetched and merged again next round instead.
         if matches!(installed, Ok(None)) {
             tracing::debug!("model changed during the merge; merging again next round");
-            for (peer, a) in taken {
-                round.merged.remove(&peer);
-                round.pending.entry(peer).or_insert(a);
+            for (peer, _) in &taken {
+                round.merged.remove(peer);
             }
+            requeue(&round.pending, taken);
             return;
         }
         match installed {
