@@ -395,9 +395,15 @@ impl Classifier {
     /// That context now ranks the new label first, contexts the network
     /// sees as different fall off quickly (κ = [`IMPRINT_SHARPNESS`]), and
     /// existing labels keep their order everywhere. Returns false if the
-    /// label exists.
+    /// label exists, is not a valid label, or the model knows
+    /// [`MAX_LABELS`] already.
     pub fn add_label_from(&mut self, label: &str, context: &Context) -> bool {
-        if self.labels.iter().any(|l| l == label) {
+        // At the cap a checkpoint of the grown model could not be read back.
+        if self.labels.len() >= MAX_LABELS
+            || label.is_empty()
+            || label.len() > MAX_LABEL_BYTES
+            || self.labels.iter().any(|l| l == label)
+        {
             return false;
         }
         let device = cpu();
@@ -480,10 +486,7 @@ pub(crate) mod tests {
                     text.push(shared[(i + j) % shared.len()]);
                 }
                 Sample {
-                    context: Context {
-                        text: text.join(" "),
-                        ..Context::default()
-                    },
+                    context: Context::from_text(text.join(" ")),
                     label: label.into(),
                 }
             })
@@ -567,10 +570,7 @@ pub(crate) mod tests {
     fn outcomes_move_the_probability_the_right_way() {
         let samples = synthetic(150);
         let (mut classifier, _) = train(&samples, &small(), |_| {}).unwrap();
-        let context = Context {
-            text: "the handle value error".into(),
-            ..Context::default()
-        };
+        let context = Context::from_text("the handle value error");
         let p = |c: &Classifier, label: &str| {
             c.predict(&context, 3)
                 .into_iter()

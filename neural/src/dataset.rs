@@ -53,6 +53,14 @@ pub enum DatasetError {
 pub const MAX_TEXT_BYTES: usize = 64 * 1024;
 
 impl Context {
+    /// A context of free text only.
+    pub fn from_text(text: impl Into<String>) -> Context {
+        Context {
+            text: text.into(),
+            ..Context::default()
+        }
+    }
+
     /// Checks what a caller (agent, file) sent; names the problem.
     pub fn validate(&self) -> Result<(), String> {
         if self.text.trim().is_empty() {

@@ -208,20 +208,13 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn context(text: &str) -> Context {
-        Context {
-            text: text.into(),
-            ..Context::default()
-        }
-    }
-
     #[test]
     fn features_are_deterministic_and_normalised() {
         let config = FeatureConfig::default();
         let c = Context {
             keywords: vec!["HashMap".into()],
             framework: Some("tokio".into()),
-            ..context("spawn a task and await its JoinHandle")
+            ..Context::from_text("spawn a task and await its JoinHandle")
         };
         let a = config.extract(&c);
         assert_eq!(a, config.extract(&c.clone()));
@@ -230,15 +223,22 @@ mod tests {
         // Fixed hashing: the same bucket on every machine and every run.
         // (FNV-1a of "w" "spawn", computed independently.)
         assert_eq!(config.bucket(fnv1a(b'w', &["spawn"])), 6069);
-        assert_ne!(a, config.extract(&context("parse a json document")));
+        assert_ne!(
+            a,
+            config.extract(&Context::from_text("parse a json document"))
+        );
     }
 
     #[test]
     fn idf_lowers_common_tokens() {
         let mut config = FeatureConfig::default();
-        let docs = [context("the cat"), context("the dog"), context("the bird")];
+        let docs = [
+            Context::from_text("the cat"),
+            Context::from_text("the dog"),
+            Context::from_text("the bird"),
+        ];
         config.fit(docs.iter());
-        let v = config.extract(&context("the cat"));
+        let v = config.extract(&Context::from_text("the cat"));
         let the = v[config.bucket(fnv1a(b'w', &["the"]))].abs();
         let cat = v[config.bucket(fnv1a(b'w', &["cat"]))].abs();
         assert!(cat > the, "cat {cat} the {the}");
@@ -248,7 +248,7 @@ mod tests {
         #[test]
         fn any_text_gives_a_finite_vector(text in ".{0,200}", x in proptest::num::f64::NORMAL) {
             let config = FeatureConfig { dim: 256, ..FeatureConfig::default() };
-            let mut c = context(&text);
+            let mut c = Context::from_text(&text);
             c.metadata.insert("files".into(), x);
             prop_assert!(config.extract(&c).iter().all(|v| v.is_finite()));
         }

@@ -338,10 +338,7 @@ mod tests {
                     .flat_map(|j| [words[(i + j) % 4], shared[(i / 2 + j) % 4]])
                     .collect();
                 Sample {
-                    context: Context {
-                        text: text.join(" "),
-                        ..Context::default()
-                    },
+                    context: Context::from_text(text.join(" ")),
                     label: label.into(),
                 }
             })
@@ -370,13 +367,6 @@ mod tests {
         ("fs", ["file", "directory", "path", "inode"]),
     ];
 
-    fn ask(text: &str) -> Context {
-        Context {
-            text: text.into(),
-            ..Context::default()
-        }
-    }
-
     #[test]
     fn a_node_without_examples_learns_the_patterns_its_peers_learned() {
         // Two nodes start from the same model (as the mesh shares it) and
@@ -386,9 +376,12 @@ mod tests {
         let learn = |pattern: &str, text: &str| {
             let mut r = Recommender::new(RecommenderConfig::default());
             r.install(base.clone()).unwrap();
-            assert!(r.outcome(&ask(text), pattern, true).pattern_added);
+            assert!(
+                r.outcome(&Context::from_text(text), pattern, true)
+                    .pattern_added
+            );
             assert_eq!(
-                r.recommend(&ask(text), 1).recommendations[0].pattern,
+                r.recommend(&Context::from_text(text), 1).recommendations[0].pattern,
                 pattern
             );
             r.model().unwrap().checkpoint()
@@ -401,16 +394,22 @@ mod tests {
         assert_eq!(report.peers_merged, 2);
         assert_eq!(report.labels_added, ["cache", "retry"]);
         let c = merged.classifier().unwrap();
-        assert_eq!(c.predict(&ask(retry), 1)[0].0, "retry");
-        assert_eq!(c.predict(&ask(cache), 1)[0].0, "cache");
+        assert_eq!(c.predict(&Context::from_text(retry), 1)[0].0, "retry");
+        assert_eq!(c.predict(&Context::from_text(cache), 1)[0].0, "cache");
         // What all of them knew is still known.
-        assert_eq!(c.predict(&ask("peer packet peer packet"), 1)[0].0, "net");
-        assert_eq!(c.predict(&ask("pixel layout pixel layout"), 1)[0].0, "ui");
+        assert_eq!(
+            c.predict(&Context::from_text("peer packet peer packet"), 1)[0].0,
+            "net"
+        );
+        assert_eq!(
+            c.predict(&Context::from_text("pixel layout pixel layout"), 1)[0].0,
+            "ui"
+        );
         // Without a local model the peers' average is taken.
         let (alone, _) = merge(None, &[&a, &b]).unwrap();
         let c = alone.classifier().unwrap();
-        assert_eq!(c.predict(&ask(retry), 1)[0].0, "retry");
-        assert_eq!(c.predict(&ask(cache), 1)[0].0, "cache");
+        assert_eq!(c.predict(&Context::from_text(retry), 1)[0].0, "retry");
+        assert_eq!(c.predict(&Context::from_text(cache), 1)[0].0, "cache");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use crate::baseline::RuleRecommender;
 use crate::checkpoint::Checkpoint;
-use crate::classifier::{Classifier, TrainReport};
+use crate::classifier::{Classifier, TrainReport, MAX_LABELS};
 use crate::dataset::Context;
 use crate::features::FeatureConfig;
 use lru::LruCache;
@@ -212,10 +212,16 @@ impl Recommender {
     /// success, the pattern's profile), and one gradient step of the model
     /// — growing its head first if the pattern is new to it.
     pub fn outcome(&mut self, context: &Context, pattern: &str, success: bool) -> OutcomeEffect {
-        self.rules.record_outcome(pattern, success);
-        if success {
-            let v = self.rule_features.extract_sparse(context);
-            self.rules.learn(pattern, &v);
+        // Profiles are kept for at most MAX_LABELS patterns: agents name
+        // patterns freely, and each profile holds a sparse vector.
+        let tracked =
+            self.rules.profiles.contains_key(pattern) || self.rules.profiles.len() < MAX_LABELS;
+        if tracked {
+            self.rules.record_outcome(pattern, success);
+            if success {
+                let v = self.rule_features.extract_sparse(context);
+                self.rules.learn(pattern, &v);
+            }
         }
         self.cache.clear();
         let mut effect = OutcomeEffect {
@@ -266,13 +272,6 @@ mod tests {
     use crate::classifier::tests::synthetic;
     use crate::classifier::{train, TrainConfig};
 
-    fn context(text: &str) -> Context {
-        Context {
-            text: text.into(),
-            ..Context::default()
-        }
-    }
-
     fn trained() -> Checkpoint {
         let samples = synthetic(300);
         let config = TrainConfig {
@@ -290,9 +289,12 @@ mod tests {
     #[test]
     fn rules_answer_until_a_model_is_installed_and_the_cache_follows_the_model() {
         let mut r = Recommender::new(RecommenderConfig::default());
-        r.describe("net", &context("socket connect peer packet dial"));
-        r.describe("db", &context("table query index commit row"));
-        let ask = context("dial the peer socket");
+        r.describe(
+            "net",
+            &Context::from_text("socket connect peer packet dial"),
+        );
+        r.describe("db", &Context::from_text("table query index commit row"));
+        let ask = Context::from_text("dial the peer socket");
         let first = r.recommend(&ask, 2);
         assert_eq!(first.source, Source::Rules);
         assert_eq!(first.recommendations[0].pattern, "net");
@@ -311,7 +313,7 @@ mod tests {
             ..RecommenderConfig::default()
         });
         off.install(trained()).unwrap();
-        off.describe("db", &context("table query index commit row"));
+        off.describe("db", &Context::from_text("table query index commit row"));
         assert_eq!(off.recommend(&ask, 2).source, Source::Rules);
     }
 
@@ -323,7 +325,7 @@ mod tests {
         });
         r.install(trained()).unwrap();
         let v0 = r.version();
-        let ask = context("the handle value error result");
+        let ask = Context::from_text("the handle value error result");
         let effect = r.outcome(&ask, "retry-policy", true);
         assert!(effect.pattern_added && effect.model_updated);
         assert!(r.version() > v0);

@@ -399,24 +399,19 @@ impl prometheus_client::collector::Collector for NodeCollector {
             "Patterns the local model knows",
             m.classes.len() as i64,
         )?;
-        let by_source = |source: &str| {
-            m.recommendations
-                .get(source)
-                .and_then(|v| v.as_u64())
-                .unwrap_or(0)
-        };
+        let r = m.recommendations;
         counters(
             &mut e,
             "agentmesh_recommendations",
             "Recommendations answered, by who chose them",
-            [("model", by_source("model")), ("rules", by_source("rules"))]
+            [("model", r.model), ("rules", r.rules)]
                 .map(|(k, v)| (vec![("source", k.to_string())], v)),
         )?;
         counter(
             &mut e,
             "agentmesh_recommendations_cached",
             "Recommendations answered from the cache",
-            by_source("cached"),
+            r.cached,
         )?;
         counter(
             &mut e,

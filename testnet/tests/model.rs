@@ -21,13 +21,6 @@ const TOPICS: [(&str, [&str; 4]); 4] = [
     ("fs", ["file", "directory", "path", "inode"]),
 ];
 
-fn context(text: &str) -> Context {
-    Context {
-        text: text.into(),
-        ..Context::default()
-    }
-}
-
 fn samples(n: usize) -> Vec<Sample> {
     let shared = ["the", "value", "result", "handle"];
     (0..n)
@@ -37,7 +30,7 @@ fn samples(n: usize) -> Vec<Sample> {
                 .flat_map(|j| [words[(i + j) % 4], shared[(i / 2 + j) % 4]])
                 .collect();
             Sample {
-                context: context(&text.join(" ")),
+                context: Context::from_text(text.join(" ")),
                 label: label.into(),
             }
         })
@@ -45,7 +38,10 @@ fn samples(n: usize) -> Vec<Sample> {
 }
 
 async fn top(client: &ApiClient, text: &str) -> Answer {
-    client.recommend(&context(text), 3).await.unwrap()
+    client
+        .recommend(&Context::from_text(text), 3)
+        .await
+        .unwrap()
 }
 
 fn first(a: &Answer) -> (&str, f64) {
@@ -86,7 +82,7 @@ async fn outcomes_change_a_node_at_once_and_the_mesh_teaches_a_node_that_saw_non
     // is recommended for its context, and a failure lowers a pattern.
     let retry = "socket dial table query";
     let cache = "button click file path";
-    a.report_outcome(&context(retry), "retry", true)
+    a.report_outcome(&Context::from_text(retry), "retry", true)
         .await
         .unwrap();
     let answer = top(a, retry).await;
@@ -95,7 +91,7 @@ async fn outcomes_change_a_node_at_once_and_the_mesh_teaches_a_node_that_saw_non
     let probed = top(a, probe).await;
     let before = first(&probed);
     let reply = a
-        .report_outcome(&context(probe), before.0, false)
+        .report_outcome(&Context::from_text(probe), before.0, false)
         .await
         .unwrap();
     assert_eq!(reply["model_updated"], true);
@@ -111,7 +107,7 @@ async fn outcomes_change_a_node_at_once_and_the_mesh_teaches_a_node_that_saw_non
     );
 
     // B learns another pattern.
-    b.report_outcome(&context(cache), "cache", true)
+    b.report_outcome(&Context::from_text(cache), "cache", true)
         .await
         .unwrap();
     assert_eq!(first(&top(b, cache).await).0, "cache");

@@ -3,7 +3,7 @@
 
 use super::error::ApiError;
 use super::{json_body_limited, ApiState, MAX_BODY_BYTES};
-use crate::model::{ModelError, Outcome, TrainingInfo, MAX_K};
+use crate::model::{ModelError, Outcome, TrainingInfo};
 use agentmesh_neural::recommender::{Answer, OutcomeEffect};
 use agentmesh_neural::{Context, Sample};
 use axum::body::Body;
@@ -28,6 +28,14 @@ impl From<ModelError> for ApiError {
     }
 }
 
+/// A blocking task that panicked: the node's fault, not the caller's.
+fn join_failed(e: tokio::task::JoinError) -> ApiError {
+    ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        message: format!("the model task failed: {e}"),
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecommendInput {
@@ -42,11 +50,6 @@ fn default_k() -> usize {
 
 pub async fn recommend(State(s): State<ApiState>, body: Body) -> Result<Json<Answer>, ApiError> {
     let input: RecommendInput = json_body_limited(body, MAX_BODY_BYTES).await?;
-    if input.k == 0 || input.k > MAX_K {
-        return Err(ApiError::bad_request(format!(
-            "k must be between 1 and {MAX_K}"
-        )));
-    }
     Ok(Json(s.model.recommend(&input.context, input.k)?))
 }
 
@@ -81,7 +84,7 @@ pub async fn outcome(
         })
     })
     .await
-    .map_err(|e| ApiError::bad_request(e.to_string()))??;
+    .map_err(join_failed)??;
     Ok(Json(OutcomeReply {
         effect,
         model_version: s.model.version(),
@@ -113,7 +116,7 @@ pub async fn export(State(s): State<ApiState>) -> Result<impl IntoResponse, ApiE
     let model = s.model.clone();
     let bytes = tokio::task::spawn_blocking(move || model.export())
         .await
-        .map_err(|e| ApiError::bad_request(e.to_string()))??;
+        .map_err(join_failed)??;
     Ok(([(header::CONTENT_TYPE, "application/cbor")], bytes))
 }
 
@@ -128,6 +131,6 @@ pub async fn import(
     let model = s.model.clone();
     let version = tokio::task::spawn_blocking(move || model.import(&bytes))
         .await
-        .map_err(|e| ApiError::bad_request(e.to_string()))??;
+        .map_err(join_failed)??;
     Ok(Json(serde_json::json!({ "version": version })))
 }

@@ -68,6 +68,14 @@ pub struct TrainingInfo {
     pub report: TrainReport,
 }
 
+/// Recommendations answered, by who chose them, and from the cache.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct RecommendationCounts {
+    pub model: u64,
+    pub rules: u64,
+    pub cached: u64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelStatus {
     pub enabled: bool,
@@ -82,7 +90,7 @@ pub struct ModelStatus {
     pub last_training: Option<TrainingInfo>,
     pub stored_outcomes: usize,
     pub rule_patterns: usize,
-    pub recommendations: serde_json::Value,
+    pub recommendations: RecommendationCounts,
     pub online_updates: u64,
     pub merges: u64,
     pub peer_models_merged: u64,
@@ -448,11 +456,11 @@ impl ModelHandle {
                 .clone(),
             stored_outcomes: self.shared.stored_outcomes.load(Ordering::Relaxed) as usize,
             rule_patterns: r.rule_patterns(),
-            recommendations: serde_json::json!({
-                "model": load(&c.by_model),
-                "rules": load(&c.by_rules),
-                "cached": load(&c.cached),
-            }),
+            recommendations: RecommendationCounts {
+                model: load(&c.by_model),
+                rules: load(&c.by_rules),
+                cached: load(&c.cached),
+            },
             online_updates: load(&c.online_updates),
             merges: load(&c.merges),
             peer_models_merged: load(&c.peer_models_merged),
