@@ -126,8 +126,10 @@ async fn outcomes_change_a_node_at_once_and_the_mesh_teaches_a_node_that_saw_non
     .unwrap();
     let status = c.model_status().await.unwrap();
     assert_eq!(status["stored_outcomes"], 0);
+    // A may already hold B's pattern when C fetches: learning is
+    // transitive, so one merged peer model can carry both.
     assert!(
-        status["peer_models_merged"].as_u64().unwrap() >= 2,
+        status["peer_models_merged"].as_u64().unwrap() >= 1,
         "{status}"
     );
     let classes = status["classes"].as_array().unwrap();
