@@ -10,8 +10,12 @@ use std::collections::HashMap;
 
 #[derive(Debug, Clone, Default)]
 pub struct Profile {
-    /// Sum of the unit vectors seen, sparse.
+    /// Sum of the unit vectors seen (the description's and the
+    /// contexts'), sparse.
     sum: HashMap<u32, f32>,
+    /// The current description's vector, kept so that a new description
+    /// replaces it in `sum` rather than adding to it.
+    description: Vec<(u32, f32)>,
     /// Uses and successes, for the weight.
     pub uses: u64,
     pub successes: u64,
@@ -34,12 +38,31 @@ pub struct RuleRecommender {
 }
 
 impl RuleRecommender {
-    /// Adds a text (a description or a context) to `label`'s profile.
+    /// Adds a context `label` was used in to its profile.
     pub fn learn(&mut self, label: &str, vector: &[(u32, f32)]) {
         let profile = self.profiles.entry(label.to_string()).or_default();
         for (i, x) in vector {
             *profile.sum.entry(*i).or_default() += x;
         }
+    }
+
+    /// Sets `label`'s description, replacing the one it had.
+    pub fn describe(&mut self, label: &str, vector: &[(u32, f32)]) {
+        let profile = self.profiles.entry(label.to_string()).or_default();
+        for (i, x) in std::mem::take(&mut profile.description) {
+            if let Some(sum) = profile.sum.get_mut(&i) {
+                *sum -= x;
+                // What remains of a bucket only the old description used
+                // is rounding error.
+                if sum.abs() < 1e-6 {
+                    profile.sum.remove(&i);
+                }
+            }
+        }
+        for (i, x) in vector {
+            *profile.sum.entry(*i).or_default() += x;
+        }
+        profile.description = vector.to_vec();
     }
 
     pub fn record_outcome(&mut self, label: &str, success: bool) {
@@ -71,5 +94,34 @@ impl RuleRecommender {
         scored.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         scored.truncate(k);
         scored
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_description_replaces_the_old_one() {
+        let features = FeatureConfig {
+            dim: 1 << 12,
+            ..FeatureConfig::default()
+        };
+        let mut rules = RuleRecommender::default();
+        let text = |t: &str| features.extract_sparse(&Context::from_text(t));
+        rules.describe("store", &text("parse json documents"));
+        rules.describe("queue", &text("send messages over channels"));
+        let asked = Context::from_text("parse json");
+        assert_eq!(rules.rank(&features, &asked, 1)[0].0, "store");
+        rules.describe("store", &text("table query index commit row"));
+        let ranked = rules.rank(&features, &asked, 2);
+        assert!(
+            ranked.iter().all(|(_, score)| *score == 0.0),
+            "the old description still scores: {ranked:?}"
+        );
+        assert_eq!(
+            rules.rank(&features, &Context::from_text("commit a row"), 1)[0].0,
+            "store"
+        );
     }
 }

@@ -78,6 +78,7 @@ pub struct TrainReport {
 }
 
 /// A trained model: features, label map and weights, ready to predict.
+#[derive(Clone)]
 pub struct Classifier {
     pub features: FeatureConfig,
     pub labels: Vec<String>,

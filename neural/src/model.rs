@@ -429,7 +429,7 @@ impl Tail {
 }
 
 /// The whole network for prediction: the input rows and the Burn tail.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Mlp {
     pub input: InputLayer,
     pub tail: Tail,

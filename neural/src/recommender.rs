@@ -12,6 +12,7 @@ use crate::features::FeatureConfig;
 use lru::LruCache;
 use serde::{Deserialize, Serialize};
 use std::num::NonZeroUsize;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
@@ -61,6 +62,7 @@ pub struct Answer {
 }
 
 /// The installed model and what is known about it.
+#[derive(Clone)]
 pub struct Installed {
     pub classifier: Classifier,
     pub version: u64,
@@ -106,7 +108,10 @@ pub struct OutcomeEffect {
 
 pub struct Recommender {
     config: RecommenderConfig,
-    model: Option<Installed>,
+    /// Shared with snapshots being copied out (a save, a merge) so that
+    /// copying 67 MB never holds up recommendations; an outcome arriving
+    /// during such a copy makes its own copy first (`Arc::make_mut`).
+    model: Option<Arc<Installed>>,
     rules: RuleRecommender,
     /// The rules' own features (no idf), so they never depend on a model.
     rule_features: FeatureConfig,
@@ -130,7 +135,13 @@ impl Recommender {
     }
 
     pub fn model(&self) -> Option<&Installed> {
-        self.model.as_ref()
+        self.model.as_deref()
+    }
+
+    /// The installed model, to be read after the caller lets go of any
+    /// lock around this recommender.
+    pub fn model_snapshot(&self) -> Option<Arc<Installed>> {
+        self.model.clone()
     }
 
     pub fn version(&self) -> u64 {
@@ -142,10 +153,11 @@ impl Recommender {
         self.rules.profiles.len()
     }
 
-    /// Adds a pattern's description (its text, tags) to the rules.
+    /// Sets a pattern's description (its text, tags) in the rules,
+    /// replacing the one it had.
     pub fn describe(&mut self, pattern: &str, text: &Context) {
         let v = self.rule_features.extract_sparse(text);
-        self.rules.learn(pattern, &v);
+        self.rules.describe(pattern, &v);
         self.cache.clear();
     }
 
@@ -232,6 +244,7 @@ impl Recommender {
         let Some(m) = self.model.as_mut().filter(|_| self.config.model_enabled) else {
             return effect;
         };
+        let m = Arc::make_mut(m);
         if !m.classifier.labels.iter().any(|l| l == pattern) {
             // A failure of a pattern the model never learned teaches it
             // nothing worth a new output.
@@ -260,7 +273,7 @@ impl Recommender {
     pub fn install_built(&mut self, mut installed: Installed) -> u64 {
         installed.version = installed.version.max(self.version() + 1);
         let version = installed.version;
-        self.model = Some(installed);
+        self.model = Some(Arc::new(installed));
         self.cache.clear();
         version
     }
@@ -325,10 +338,19 @@ mod tests {
         });
         r.install(trained()).unwrap();
         let v0 = r.version();
+        // A save or merge copying the model out meanwhile keeps the model
+        // it took.
+        let being_saved = r.model_snapshot().unwrap();
         let ask = Context::from_text("the handle value error result");
         let effect = r.outcome(&ask, "retry-policy", true);
         assert!(effect.pattern_added && effect.model_updated);
         assert!(r.version() > v0);
+        assert_eq!(being_saved.version, v0);
+        assert!(!being_saved
+            .classifier
+            .labels
+            .iter()
+            .any(|l| l == "retry-policy"));
         let labels = &r.model().unwrap().classifier.labels;
         assert!(labels.contains(&"retry-policy".to_string()));
 

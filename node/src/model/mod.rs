@@ -359,7 +359,9 @@ impl ModelHandle {
 
     /// The current model as a checkpoint (None while untrained).
     pub fn checkpoint(&self) -> Option<Checkpoint> {
-        self.recommender().model().map(|m| m.checkpoint())
+        // Copied after the lock is let go: recommendations go on meanwhile.
+        let snapshot = self.recommender().model_snapshot();
+        snapshot.map(|m| m.checkpoint())
     }
 
     /// Writes the current model to sled.
@@ -412,19 +414,19 @@ impl ModelHandle {
         let mut r = self.recommender();
         for p in patterns {
             let content = &p.content.value;
-            let text = format!("{} {} {}", content.name, content.kind, content.description);
-            let hash = agentmesh_protocol::sha256(text.as_bytes());
+            let context = Context {
+                text: format!("{} {} {}", content.name, content.kind, content.description),
+                keywords: p.tag_list(),
+                framework: content.framework.clone(),
+                language: content.language.clone(),
+                ..Context::default()
+            };
+            // Everything the rules read of the pattern: a change of tags
+            // or framework is a new description too.
+            let hash =
+                agentmesh_protocol::sha256(&serde_json::to_vec(&context).unwrap_or_default());
             if described.get(&p.id) != Some(&hash) {
-                r.describe(
-                    &p.id,
-                    &Context {
-                        text,
-                        keywords: p.tag_list(),
-                        framework: content.framework.clone(),
-                        language: content.language.clone(),
-                        ..Context::default()
-                    },
-                );
+                r.describe(&p.id, &context);
                 described.insert(p.id.clone(), hash);
             }
             r.set_statistics(&p.id, p.uses.value(), p.successes.value());
