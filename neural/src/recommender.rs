@@ -244,13 +244,15 @@ impl Recommender {
         let Some(m) = self.model.as_mut().filter(|_| self.config.model_enabled) else {
             return effect;
         };
+        let known = m.classifier.labels.iter().any(|l| l == pattern);
+        // A failure of a pattern the model never learned teaches it
+        // nothing worth a new output (and is no reason to copy a model
+        // being saved).
+        if !known && !success {
+            return effect;
+        }
         let m = Arc::make_mut(m);
-        if !m.classifier.labels.iter().any(|l| l == pattern) {
-            // A failure of a pattern the model never learned teaches it
-            // nothing worth a new output.
-            if !success {
-                return effect;
-            }
+        if !known {
             // The imprint is what this outcome teaches; a gradient step
             // on top would only disturb the fresh weights.
             effect.pattern_added = m.classifier.add_label_from(pattern, context);

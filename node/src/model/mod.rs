@@ -411,7 +411,9 @@ impl ModelHandle {
         patterns: &[agentmesh_protocol::Pattern],
         described: &mut std::collections::HashMap<String, [u8; 32]>,
     ) {
-        let mut r = self.recommender();
+        // Built and hashed before the lock: recommendations wait only for
+        // the descriptions that changed.
+        let mut changed = Vec::new();
         for p in patterns {
             let content = &p.content.value;
             let context = Context {
@@ -426,9 +428,15 @@ impl ModelHandle {
             let hash =
                 agentmesh_protocol::sha256(&serde_json::to_vec(&context).unwrap_or_default());
             if described.get(&p.id) != Some(&hash) {
-                r.describe(&p.id, &context);
                 described.insert(p.id.clone(), hash);
+                changed.push((p.id.as_str(), context));
             }
+        }
+        let mut r = self.recommender();
+        for (id, context) in &changed {
+            r.describe(id, context);
+        }
+        for p in patterns {
             r.set_statistics(&p.id, p.uses.value(), p.successes.value());
         }
     }
