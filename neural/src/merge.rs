@@ -262,9 +262,6 @@ fn average_layer<'a>(
     }
 }
 
-/// The output layer for `labels`: each label's column (and bias) averaged
-/// over the members that know the label, clipped toward the local column
-/// when there is one.
 /// Label → output unit of one model.
 fn label_index(c: &Checkpoint) -> HashMap<&str, usize> {
     c.labels
@@ -274,6 +271,9 @@ fn label_index(c: &Checkpoint) -> HashMap<&str, usize> {
         .collect()
 }
 
+/// The output layer for `labels`: each label's column (and bias) averaged
+/// over the members that know the label, clipped toward the local column
+/// when there is one.
 fn merge_output(members: &[Member], labels: &[String], local: Option<&Checkpoint>) -> LayerWeights {
     let d_in = crate::model::HIDDEN[2];
     let d_out = labels.len();

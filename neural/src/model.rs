@@ -532,7 +532,7 @@ mod tests {
                 grads[t - 1] = g;
                 let input = InputGradients {
                     touched: if g != 0.0 { vec![0] } else { vec![1] },
-                    rows: vec![if g != 0.0 { g } else { 0.0 }],
+                    rows: vec![g],
                     bias: vec![0.0],
                 };
                 adam.step(&mut layer, &input);

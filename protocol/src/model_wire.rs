@@ -16,7 +16,9 @@ pub const ANNOUNCEMENT_CONTENT_TYPE: &str = "application/agentmesh-model-announc
 pub const CHUNK_BYTES: usize = 4 << 20;
 /// Largest model a node fetches.
 pub const MAX_MODEL_BYTES: u64 = 128 << 20;
-/// Most patterns an announced model may know.
+/// Most patterns an announced model may know: the model's own cap
+/// (`agentmesh_neural::classifier::MAX_LABELS`; the node checks at
+/// compile time that the two agree).
 pub const MAX_LABELS: u64 = 10_000;
 const MAX_ANNOUNCEMENT_BYTES: usize = 1024;
 

@@ -1,7 +1,8 @@
 //! The local model over real node processes: training through the API,
 //! outcomes that change a node's recommendations at once, and mesh
 //! learning — a node that saw none of the outcomes recommends what two
-//! other nodes learned, after merging their shared models.
+//! other nodes learned, after merging their shared models, and still
+//! knows it after a restart.
 
 mod common;
 
@@ -52,7 +53,7 @@ fn first(a: &Answer) -> (&str, f64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outcomes_change_a_node_at_once_and_the_mesh_teaches_a_node_that_saw_none() {
-    let t = start(
+    let mut t = start(
         3,
         &["--model-share-secs", "1", "--model-feature-dim", "4096"],
     )
@@ -134,4 +135,22 @@ async fn outcomes_change_a_node_at_once_and_the_mesh_teaches_a_node_that_saw_non
     );
     let classes = status["classes"].as_array().unwrap();
     assert!(classes.iter().any(|l| l == "retry") && classes.iter().any(|l| l == "cache"));
+
+    // C's merged model survives a restart: C is stopped, A and B are gone
+    // (nothing to merge from again), and C comes back knowing both.
+    let c_node = t.net.nodes.remove(2);
+    let c_spec = c_node.spec.clone();
+    c_node.stop(Duration::from_secs(10)).await.unwrap();
+    t.net.kill(1);
+    t.net.kill(0);
+    t.net.restart(0, c_spec).await.unwrap();
+    let c = &t.net.nodes[0].client;
+    let status = c.model_status().await.unwrap();
+    let classes = status["classes"].as_array().unwrap();
+    assert!(
+        classes.iter().any(|l| l == "retry") && classes.iter().any(|l| l == "cache"),
+        "{status}"
+    );
+    let answer = top(c, retry).await;
+    assert_eq!((answer.source, first(&answer).0), (Source::Model, "retry"));
 }

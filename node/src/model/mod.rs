@@ -108,6 +108,9 @@ struct Shared {
     served: ServedModel,
     /// Stored outcomes (counted once at start-up: sled's count is a scan).
     stored_outcomes: AtomicU64,
+    /// The model version sled holds (0: none), so a model saved when it
+    /// was installed is not written again when it is next shared.
+    saved_version: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -137,9 +140,11 @@ impl ModelHandle {
             Err(e) => tracing::error!(error = %e, "cannot read the model checkpoint"),
         }
         let stored_outcomes = AtomicU64::new(store.outcome_count() as u64);
+        let saved_version = AtomicU64::new(recommender.version());
         ModelHandle {
             shared: Arc::new(Shared {
                 stored_outcomes,
+                saved_version,
                 recommender: Mutex::new(recommender),
                 store,
                 patterns,
@@ -364,8 +369,11 @@ impl ModelHandle {
         snapshot.map(|m| m.checkpoint())
     }
 
-    /// Writes the current model to sled.
+    /// Writes the current model to sled (nothing if sled holds it).
     pub fn save(&self) -> Result<(), ModelError> {
+        if self.version() == self.shared.saved_version.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         if let Some(c) = self.checkpoint() {
             let bytes = c.encode().map_err(ModelError::Unavailable)?;
             self.save_encoded(&bytes, c.version)?;
@@ -374,12 +382,16 @@ impl ModelHandle {
     }
 
     /// Writes an encoded checkpoint of model `version` to sled, unless a
-    /// newer model was installed since it was encoded (its own save wins).
+    /// newer model was installed since it was encoded (its own save wins)
+    /// or sled already holds this version.
     pub fn save_encoded(&self, bytes: &[u8], version: u64) -> Result<(), ModelError> {
-        if self.version() != version {
+        let saved = &self.shared.saved_version;
+        if self.version() != version || saved.load(Ordering::Relaxed) == version {
             return Ok(());
         }
-        Ok(self.shared.store.save_checkpoint(bytes)?)
+        self.shared.store.save_checkpoint(bytes)?;
+        saved.store(version, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Checks and installs a checkpoint file's bytes.

@@ -23,6 +23,11 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+// An announcement's cap and the model's are one limit in two crates.
+const _: () = assert!(
+    agentmesh_protocol::model_wire::MAX_LABELS == agentmesh_neural::classifier::MAX_LABELS as u64
+);
+
 /// Peer models merged per round.
 const MAX_PEERS_PER_ROUND: usize = 4;
 /// Time allowed to fetch a model: this plus a second per MiB.
