@@ -95,10 +95,48 @@ impl Installed {
             self.report.clone(),
         )
     }
+
+    /// Whether an outcome changes this model: a failure of a pattern it
+    /// never learned teaches it nothing worth a new output, and at
+    /// [`MAX_LABELS`] there is no room for one.
+    pub fn learns_from(&self, pattern: &str, success: bool) -> bool {
+        let labels = &self.classifier.labels;
+        labels.iter().any(|l| l == pattern) || (success && labels.len() < MAX_LABELS)
+    }
+
+    /// One outcome's gradient step at `rate` (a new pattern is imprinted
+    /// instead); every outcome that changes it raises the version.
+    pub fn learn_outcome(
+        &mut self,
+        context: &Context,
+        pattern: &str,
+        success: bool,
+        rate: f64,
+    ) -> OutcomeEffect {
+        let mut effect = OutcomeEffect::default();
+        if !self.learns_from(pattern, success) {
+            return effect;
+        }
+        if self.classifier.labels.iter().any(|l| l == pattern) {
+            effect.model_updated = self
+                .classifier
+                .learn_outcome(context, pattern, success, rate);
+        } else {
+            // The imprint is what this outcome teaches; a gradient step
+            // on top would only disturb the fresh weights.
+            effect.pattern_added = self.classifier.add_label_from(pattern, context);
+            effect.model_updated = effect.pattern_added;
+        }
+        if effect.model_updated {
+            self.version += 1;
+            self.samples += 1;
+        }
+        effect
+    }
 }
 
 /// What an outcome changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutcomeEffect {
     /// The model took a gradient step.
     pub model_updated: bool,
@@ -224,6 +262,12 @@ impl Recommender {
     /// success, the pattern's profile), and one gradient step of the model
     /// — growing its head first if the pattern is new to it.
     pub fn outcome(&mut self, context: &Context, pattern: &str, success: bool) -> OutcomeEffect {
+        self.learn_rules(context, pattern, success);
+        self.learn_model(context, pattern, success)
+    }
+
+    /// The rules' half of an outcome.
+    pub fn learn_rules(&mut self, context: &Context, pattern: &str, success: bool) {
         // Profiles are kept for at most MAX_LABELS patterns: agents name
         // patterns freely, and each profile holds a sparse vector.
         let tracked =
@@ -234,35 +278,29 @@ impl Recommender {
                 let v = self.rule_features.extract_sparse(context);
                 self.rules.learn(pattern, &v);
             }
+            self.cache.clear();
         }
-        self.cache.clear();
-        let mut effect = OutcomeEffect {
-            model_updated: false,
-            pattern_added: false,
-        };
+    }
+
+    /// The model's half of an outcome (nothing while it is off or
+    /// untrained).
+    pub fn learn_model(
+        &mut self,
+        context: &Context,
+        pattern: &str,
+        success: bool,
+    ) -> OutcomeEffect {
         let rate = self.config.online_learning_rate;
         let Some(m) = self.model.as_mut().filter(|_| self.config.model_enabled) else {
-            return effect;
+            return OutcomeEffect::default();
         };
-        let known = m.classifier.labels.iter().any(|l| l == pattern);
-        // A failure of a pattern the model never learned teaches it
-        // nothing worth a new output (and is no reason to copy a model
-        // being saved).
-        if !known && !success {
-            return effect;
+        // Checked first: an outcome that teaches nothing is no reason to
+        // copy a model being saved.
+        if !m.learns_from(pattern, success) {
+            return OutcomeEffect::default();
         }
-        let m = Arc::make_mut(m);
-        if !known {
-            // The imprint is what this outcome teaches; a gradient step
-            // on top would only disturb the fresh weights.
-            effect.pattern_added = m.classifier.add_label_from(pattern, context);
-            effect.model_updated = effect.pattern_added;
-        } else {
-            effect.model_updated = m.classifier.learn_outcome(context, pattern, success, rate);
-        }
-        m.version += 1;
-        m.samples += 1;
-        effect
+        self.cache.clear();
+        Arc::make_mut(m).learn_outcome(context, pattern, success, rate)
     }
 
     /// Installs a trained, imported or merged model; its version becomes
@@ -372,5 +410,24 @@ mod tests {
         assert!(after < before, "{before} -> {after}");
         // A failure of an unknown pattern adds nothing.
         assert!(!r.outcome(&ask, "never-seen", false).pattern_added);
+    }
+
+    #[test]
+    fn the_same_outcomes_make_the_same_model() {
+        // A restart learns the outcomes after the last save again: it must
+        // reach the model the node had (no dropout draws in the step).
+        let mut a = Installed::from_checkpoint(trained()).unwrap();
+        let mut b = a.clone();
+        let ask = Context::from_text("memoize lookups in an lru cache");
+        for m in [&mut a, &mut b] {
+            assert!(m.learn_outcome(&ask, "cache", true, 1e-4).pattern_added);
+            assert!(m.learn_outcome(&ask, "net", false, 1e-4).model_updated);
+            assert!(m.learn_outcome(&ask, "cache", true, 1e-4).model_updated);
+        }
+        assert_eq!(a.version, b.version);
+        assert_eq!(
+            a.checkpoint().encode().unwrap(),
+            b.checkpoint().encode().unwrap()
+        );
     }
 }

@@ -404,6 +404,9 @@ pub struct RunArgs {
     /// Seed of initial weights and data split; the same on every node [default: 42].
     #[arg(long, env = "AGENTMESH_MODEL_SEED")]
     pub model_seed: Option<u64>,
+    /// Outcomes learned after which the model is saved between sharing rounds [default: 2000].
+    #[arg(long, env = "AGENTMESH_MODEL_SAVE_OUTCOMES")]
+    pub model_save_outcomes: Option<u64>,
 }
 
 impl RunArgs {
@@ -446,6 +449,7 @@ impl RunArgs {
             model_enabled => model_enabled, model_share_secs => model_share_secs,
             model_min_confidence => model_min_confidence,
             model_feature_dim => model_feature_dim, model_seed => model_seed,
+            model_save_outcomes => model_save_outcomes,
         );
         if let Some(authority) = &self.authority {
             c.authority = Some(authority.clone());

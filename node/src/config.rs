@@ -121,6 +121,10 @@ pub struct Config {
     /// of a network must use the same (merging averages weights that
     /// started from the same point).
     pub model_seed: u64,
+    /// Model: outcomes learned after which the model is saved even
+    /// between sharing rounds; a restart after a crash learns about this
+    /// many again (a few ms each).
+    pub model_save_outcomes: u64,
 }
 
 impl Default for Config {
@@ -176,6 +180,7 @@ impl Default for Config {
             model_min_confidence: 0.25,
             model_feature_dim: 1 << 16,
             model_seed: 42,
+            model_save_outcomes: 2000,
         }
     }
 }
@@ -304,6 +309,7 @@ pub struct ModelSettings {
     pub min_confidence: f64,
     pub feature_dim: usize,
     pub seed: u64,
+    pub save_after_outcomes: u64,
 }
 
 fn model_settings(c: &Config) -> Result<ModelSettings, ConfigError> {
@@ -322,6 +328,7 @@ fn model_settings(c: &Config) -> Result<ModelSettings, ConfigError> {
         min_confidence: c.model_min_confidence,
         feature_dim: c.model_feature_dim,
         seed: c.model_seed,
+        save_after_outcomes: positive("model_save_outcomes", c.model_save_outcomes)?,
     })
 }
 
@@ -628,6 +635,7 @@ mod tests {
             (|c| c.model_share_secs = 0, "model_share_secs"),
             (|c| c.model_min_confidence = 1.5, "model_min_confidence"),
             (|c| c.model_feature_dim = 1000, "model_feature_dim"),
+            (|c| c.model_save_outcomes = 0, "model_save_outcomes"),
         ];
         for (mutate, setting) in cases {
             let mut c = Config::default();

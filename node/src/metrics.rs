@@ -5,7 +5,7 @@
 
 use crate::types::{Channels, ConsensusStatus, PeerInfo, Status, SyncStatus};
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
@@ -39,6 +39,9 @@ pub struct NetworkMetrics {
     /// Seconds from a message's publication (sender's clock) to its
     /// arrival here, for messages from peers.
     pub delivery_latency: Histogram,
+    /// Peers disconnected because their gossipsub subscriptions never
+    /// arrived (see `Network::reconnect_peers_missing_subscriptions`).
+    pub subscription_reconnects: Counter,
 }
 
 pub fn build() -> (Metrics, NetworkMetrics) {
@@ -51,6 +54,12 @@ pub fn build() -> (Metrics, NetworkMetrics) {
         "Publication (sender's clock) to arrival here of messages from peers",
         delivery_latency.clone(),
     );
+    let subscription_reconnects = Counter::default();
+    registry.register(
+        "agentmesh_subscription_reconnects",
+        "Peers reconnected because their gossip subscriptions never arrived",
+        subscription_reconnects.clone(),
+    );
     let snapshot = Arc::new(Mutex::new(None));
     registry.register_collector(Box::new(NodeCollector(snapshot.clone())));
     (
@@ -62,6 +71,7 @@ pub fn build() -> (Metrics, NetworkMetrics) {
         NetworkMetrics {
             libp2p,
             delivery_latency,
+            subscription_reconnects,
         },
     )
 }

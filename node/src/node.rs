@@ -51,12 +51,13 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
     let keypair = identity::libp2p_keypair(&key)?;
     let peer_id = keypair.public().to_peer_id();
     let db_path = dir.join("db");
-    let store = Store::open(&db_path).with_context(|| {
-        format!(
-            "cannot open the database at {} (is another node using this data directory?)",
-            db_path.display()
-        )
-    })?;
+    // On a blocking thread: the open may wait out a lock (see Store::open)
+    // and trims stored outcomes past their limit.
+    let opening = db_path.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&opening))
+        .await
+        .context("opening the database")?
+        .with_context(|| format!("cannot open the database at {}", db_path.display()))?;
 
     let node_id = key.node_id();
     let decisions = store.decisions()?;
@@ -79,7 +80,11 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
     let (sync_changes, sync_changes_rx) = mpsc::channel(CHANGE_QUEUE);
     let sync_stats = Arc::new(SyncStats::default());
     let patterns = Patterns::new(store.patterns(), node_id, sync_changes, sync_stats.clone());
-    let model = ModelHandle::load(store.model()?, patterns.clone(), settings.model.clone());
+    // Learning the stored outcomes again can take seconds: off the runtime.
+    let model = {
+        let (store, patterns, settings) = (store.model(), patterns.clone(), settings.model.clone());
+        tokio::task::spawn_blocking(move || ModelHandle::load(store, patterns, settings)).await?
+    };
     let (network, handle, listening) = Network::new(
         swarm,
         settings.clone(),

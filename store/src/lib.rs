@@ -10,12 +10,23 @@ mod winners;
 
 pub use bans::{Ban, BanList};
 pub use decisions::{DecisionLog, StoredDecision};
-pub use model::ModelStore;
+pub use model::{ModelStore, OutcomeMark, StoredCheckpoint};
 
 pub use patterns::PatternStore;
 pub use peers::{KnownPeer, KnownPeers, PeerBook};
 
 use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// sled reports a held lock only as an `Other` I/O error with this text
+/// and the `flock` error's debug form (sled 0.34 `config.rs`). Other lock
+/// failures (no lock support on the file system) are not waited out.
+fn is_lock_contention(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if {
+        let text = io.to_string();
+        text.starts_with("could not acquire lock") && text.contains("WouldBlock")
+    })
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -25,6 +36,10 @@ pub enum StoreError {
     Corrupt { key: String, reason: String },
     #[error("encoding a record failed: {0}")]
     Encode(String),
+    #[error(
+        "the database at {path} is locked by another process (is another node using this data directory?)"
+    )]
+    Locked { path: String },
 }
 
 /// Largest stored record we will decode; records are written by this node,
@@ -35,20 +50,58 @@ pub(crate) const MAX_RECORD_BYTES: usize = 2 << 20;
 pub struct Store {
     db: sled::Db,
     patterns: PatternStore,
+    /// One per database: it keeps the outcome count.
+    model: ModelStore,
 }
 
+/// How long an open waits for another holder of the database's lock to
+/// let go before it reports the database as locked.
+const LOCK_WAIT: Duration = Duration::from_secs(3);
+
 impl Store {
+    /// Opens (or creates) the database at `path`. One process at a time
+    /// holds it; see [`StoreError::Locked`].
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let db = sled::Config::new()
+        Store::open_waiting(path, LOCK_WAIT)
+    }
+
+    /// sled 0.34 lets go of its file lock on a background thread after the
+    /// last handle is dropped (spacejam/sled#1234), so a database closed a
+    /// moment ago in this process can still be locked: the open is tried
+    /// again until `wait` has passed.
+    fn open_waiting(path: &Path, wait: Duration) -> Result<Store, StoreError> {
+        let config = sled::Config::new()
             .path(path)
             // The node flushes explicitly on shutdown; this bounds loss on a crash.
             .flush_every_ms(Some(1000))
             // sled's page cache would otherwise grow to 1 GiB; decided
             // vertices are read rarely, so a small cache keeps nodes small.
-            .cache_capacity(8 * 1024 * 1024)
-            .open()?;
+            .cache_capacity(8 * 1024 * 1024);
+        let deadline = Instant::now() + wait;
+        let mut pause = Duration::from_millis(5);
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(e) if is_lock_contention(&e) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Err(StoreError::Locked {
+                            path: path.display().to_string(),
+                        });
+                    }
+                    std::thread::sleep(pause.min(deadline - now));
+                    pause = (pause * 2).min(Duration::from_millis(200));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         let patterns = PatternStore::open(&db)?;
-        Ok(Store { db, patterns })
+        let model = ModelStore::open(&db, model::MAX_STORED_OUTCOMES)?;
+        Ok(Store {
+            db,
+            patterns,
+            model,
+        })
     }
 
     pub fn peers(&self) -> Result<PeerBook, StoreError> {
@@ -63,8 +116,9 @@ impl Store {
         DecisionLog::open(&self.db)
     }
 
-    pub fn model(&self) -> Result<ModelStore, StoreError> {
-        ModelStore::open(&self.db)
+    /// The model's records (one per database: it keeps the outcome count).
+    pub fn model(&self) -> ModelStore {
+        self.model.clone()
     }
 
     /// The pattern store (one per database: it holds the write lock).
@@ -76,5 +130,43 @@ impl Store {
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.db.flush_async().await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_held_elsewhere_is_reported_as_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = Store::open(dir.path()).unwrap();
+        let started = Instant::now();
+        let wait = Duration::from_millis(300);
+        match Store::open_waiting(dir.path(), wait) {
+            Err(e @ StoreError::Locked { .. }) => {
+                assert!(e.to_string().contains("another node"), "{e}")
+            }
+            Err(e) => panic!("not reported as locked: {e}"),
+            Ok(_) => panic!("opened a database another handle holds"),
+        }
+        assert!(started.elapsed() >= wait, "gave up before its wait");
+        drop(held);
+    }
+
+    #[test]
+    fn a_database_closed_a_moment_ago_opens_again() {
+        let dir = tempfile::tempdir().unwrap();
+        for round in 0..20u32 {
+            let store = Store::open(dir.path()).unwrap_or_else(|e| panic!("round {round}: {e}"));
+            // Enough written that sled has I/O in flight when dropped.
+            let tree = store.db.open_tree("blobs").unwrap();
+            for key in 0..2000u32 {
+                tree.insert(key.to_be_bytes(), vec![round as u8; 512])
+                    .unwrap();
+            }
+            drop(tree);
+            drop(store);
+        }
     }
 }

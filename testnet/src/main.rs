@@ -135,6 +135,9 @@ enum BenchCommand {
         samples: usize,
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// Burn backend: ndarray, or flex (a build with `--features flex`).
+        #[arg(long, default_value = "ndarray", value_parser = ["ndarray", "flex"])]
+        backend: String,
     },
     /// The cost of membership: gossip latency and throughput without and
     /// with an authority (ratio), and the membership handshake time.
@@ -406,7 +409,15 @@ async fn run(cli: Cli) -> Result<()> {
                 data,
                 samples,
                 seed,
+                backend,
             } => {
+                use agentmesh_neural::model::{set_backend, Backend};
+                let backend = if backend == "flex" {
+                    Backend::Flex
+                } else {
+                    Backend::Ndarray
+                };
+                set_backend(backend).map_err(|e| anyhow::anyhow!(e))?;
                 let result = tokio::task::spawn_blocking(move || {
                     agentmesh_testnet::model_bench::model(data, samples, seed)
                 })

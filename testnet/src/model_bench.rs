@@ -136,6 +136,7 @@ pub fn model(data: Option<PathBuf>, samples: usize, seed: u64) -> Result<serde_j
     let sklearn = sklearn(&subset_path, seed);
     Ok(json!({
         "bench": "model",
+        "backend": format!("{:?}", agentmesh_neural::model::backend()).to_lowercase(),
         "samples": report.samples,
         "classes": report.classes,
         "feature_dim": classifier.features.dim,

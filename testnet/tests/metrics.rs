@@ -111,6 +111,11 @@ async fn metrics_parse_and_move_as_messages_flow() {
     );
     let latencies = value(&after, "agentmesh_message_delivery_latency_seconds", None).unwrap();
     assert!(latencies >= 5.0, "{latencies} delivery latencies observed");
+    // Subscriptions arrived on every connection: nobody was reconnected.
+    assert_eq!(
+        value(&after, "agentmesh_subscription_reconnects_total", None),
+        Some(0.0)
+    );
     let sent = scrape(net, 0).await;
     assert_eq!(
         value(

@@ -80,17 +80,21 @@ async fn outcomes_change_a_node_at_once_and_the_mesh_teaches_a_node_that_saw_non
     assert_eq!((answer.source, first(&answer).0), (Source::Model, "net"));
 
     // Outcomes on A change A's answers at once: a new pattern that worked
-    // is recommended for its context, and a failure lowers a pattern.
-    let retry = "socket dial table query";
-    let cache = "button click file path";
+    // is recommended for its context, and a failure lowers a pattern. Each
+    // new pattern is learned for a context the model gives to one topic
+    // (net, ui), so it ranks first where that topic did.
+    let known = samples(4);
+    let (retry, cache) = (&known[0].context.text, &known[2].context.text);
     a.report_outcome(&Context::from_text(retry), "retry", true)
         .await
         .unwrap();
     let answer = top(a, retry).await;
     assert_eq!((answer.source, first(&answer).0), (Source::Model, "retry"));
-    let probe = "peer packet the value";
+    // A failure, on a db sample (a topic neither new pattern came from).
+    let probe = &known[1].context.text;
     let probed = top(a, probe).await;
     let before = first(&probed);
+    assert_eq!(before.0, "db");
     let reply = a
         .report_outcome(&Context::from_text(probe), before.0, false)
         .await

@@ -69,20 +69,38 @@ async fn patterns_replicate_converge_and_count_across_five_nodes() {
         net.nodes[1].client.put_pattern(&from_one),
         net.nodes[3].client.put_pattern(&from_three),
     );
-    assert_eq!((one.unwrap().version, three.unwrap().version), (2, 2));
+    let (one, three) = (one.unwrap().version, three.unwrap().version);
     wait_converged(net, &[0, 1, 2, 3, 4], 6, SYNC_TIMEOUT)
         .await
         .unwrap();
     let all = views(net, "shared").await;
     assert!(all.iter().all(|v| *v == all[0]), "views differ: {all:#?}");
-    assert_eq!(all[0].version, 2);
-    assert!(
-        ["written on node 1", "written on node 3"].contains(&all[0].name.as_str()),
-        "{}",
-        all[0].name
-    );
-    // Both writers replaced tag "a" they had seen; their own additions merge.
-    assert_eq!(all[0].tags, ["b", "c"]);
+    if (one, three) == (2, 2) {
+        // Concurrent, as almost always: one of the two wins, at version 2;
+        // both writers replaced tag "a" they had seen, and their own
+        // additions merge.
+        assert_eq!(all[0].version, 2);
+        assert!(
+            ["written on node 1", "written on node 3"].contains(&all[0].name.as_str()),
+            "{}",
+            all[0].name
+        );
+        assert_eq!(all[0].tags, ["b", "c"]);
+    } else {
+        // One write's gossip reached the other node before that node's
+        // own write (seen here once in 20 runs under load): the later one
+        // simply replaced it.
+        let later = if one > three {
+            "written on node 1"
+        } else {
+            "written on node 3"
+        };
+        assert_eq!(
+            (all[0].version, all[0].name.as_str()),
+            (one.max(three), later)
+        );
+        assert_eq!(one.min(three), 2);
+    }
 
     // Node i reports i + 1 uses: successes on even nodes, failures on odd.
     for (i, node) in net.nodes.iter().enumerate() {
@@ -148,9 +166,12 @@ async fn a_node_that_missed_5000_writes_catches_up_after_restart() {
         .await
         .unwrap();
 
-    // Gossip carried none of it (the node was down): the restarted node
-    // fetched the patterns, or peers pushed them, through anti-entropy.
-    // Its gossip counters start at zero with the process.
+    // The node was down while the patterns were written, so anti-entropy
+    // carried them: the restarted node fetched them, or peers pushed them.
+    // Gossip may carry a few batches too: gossipsub advertises (IHAVE) the
+    // messages of its last few heartbeats to a peer that joins, and the
+    // restarted node asks for those it has not seen (seen in CI: 151 of
+    // 5000 when the restart followed the last writes closely).
     let restarted = &statuses[1].anti_entropy;
     let mut pushed_by_peers = 0;
     for i in 0..4 {
@@ -163,15 +184,15 @@ async fn a_node_that_missed_5000_writes_catches_up_after_restart() {
             .patterns_pushed;
     }
     // (A push whose answer was lost to a reconnection still merged, so
-    // the counts need not add up to 5000; what gossip merged is exact.)
+    // the counts need not add up to 5000.)
     assert!(
         restarted.patterns_fetched + pushed_by_peers > 0,
         "fetched {} + pushed {pushed_by_peers}: {restarted:?}",
         restarted.patterns_fetched
     );
-    assert_eq!(
-        statuses[1].replication.patterns_applied, 0,
-        "{:?}",
+    assert!(
+        statuses[1].replication.patterns_applied < 5000,
+        "gossip cannot replay what was published while the node was down: {:?}",
         statuses[1]
     );
 }

@@ -7,6 +7,7 @@ use crate::history::{Decision, History};
 use crate::snowball::ConflictSet;
 use agentmesh_protocol::{NodeId, Vertex, VertexId};
 use rand::seq::IndexedRandom;
+use rand::Rng;
 use std::collections::{HashMap, HashSet, VecDeque};
 
 /// Bytes of vertices waiting for missing ancestors (vertices are up to 1 MiB
@@ -15,7 +16,9 @@ const MAX_PENDING_BYTES: usize = 64 * 1024 * 1024;
 /// Most vertices being fetched at once.
 const MAX_FETCHING: usize = 16_384;
 /// Attempts to fetch one missing vertex before the waiters give up on it.
-const MAX_FETCH_ATTEMPTS: u32 = 3;
+pub(super) const MAX_FETCH_ATTEMPTS: usize = 3;
+/// Peers remembered per fetched vertex as known to hold it.
+const MAX_HOLDERS: usize = 4;
 
 impl<H: History> Engine<H> {
     pub(super) fn receive(&mut self, now_ms: u64, from: Option<NodeId>, vertex: Vertex) {
@@ -193,7 +196,7 @@ impl<H: History> Engine<H> {
         let mut to_fetch = Vec::new();
         for m in &missing {
             self.waiting.entry(*m).or_default().push(id);
-            if !self.pending.contains_key(m) && !self.fetching.contains_key(m) {
+            if !self.pending.contains_key(m) {
                 to_fetch.push(*m);
             }
         }
@@ -208,30 +211,59 @@ impl<H: History> Engine<H> {
         );
         to_fetch.sort();
         if let Some(from) = from {
-            self.fetch(now_ms, from, to_fetch);
+            self.fetch(now_ms, from, to_fetch, false);
         }
     }
 
-    pub(super) fn fetch(&mut self, now_ms: u64, from: NodeId, mut ids: Vec<VertexId>) {
+    /// Asks `from`, which evidently holds them, for `ids` (vertices this
+    /// node neither holds nor has decided). Ids already being fetched are
+    /// not asked for again; `from` is remembered as a holder for their
+    /// retries. `named`: `from` named them itself, rather than as missing
+    /// parents of a vertex it sent; such fetches take at most half the
+    /// table, so that ids a peer makes up cannot crowd out the parents
+    /// pending vertices wait for.
+    pub(super) fn fetch(&mut self, now_ms: u64, from: NodeId, ids: Vec<VertexId>, named: bool) {
         if from == self.me {
             return;
         }
-        // Bounded: ids named by peers beyond this are not chased now (they
-        // come back if named again).
-        ids.truncate(MAX_FETCHING.saturating_sub(self.fetching.len()));
-        if ids.is_empty() {
-            return;
-        }
-        for id in &ids {
+        let mut to_ask = Vec::new();
+        for id in ids {
+            if let Some(state) = self.fetching.get_mut(&id) {
+                state.named |= named;
+                if !state.asked.contains(&from) && !state.holders.contains(&from) {
+                    if state.holders.len() < MAX_HOLDERS {
+                        state.holders.push(from);
+                    } else {
+                        let at = self.rng.random_range(0..MAX_HOLDERS);
+                        state.holders[at] = from;
+                    }
+                }
+                continue;
+            }
+            // Bounded: ids named by peers beyond this are not chased now
+            // (they come back if named again).
+            let limit = if named {
+                MAX_FETCHING / 2
+            } else {
+                MAX_FETCHING
+            };
+            if self.fetching.len() >= limit {
+                continue;
+            }
             self.fetching.insert(
-                *id,
+                id,
                 FetchState {
                     sent_ms: now_ms,
-                    attempts: 1,
+                    asked: vec![from],
+                    holders: Vec::new(),
+                    named,
                 },
             );
+            to_ask.push(id);
         }
-        self.push_fetch(from, &ids);
+        if !to_ask.is_empty() {
+            self.push_fetch(from, &to_ask);
+        }
     }
 
     /// Asks `peer` for `ids`, in as many requests as the wire limit needs.
@@ -244,8 +276,14 @@ impl<H: History> Engine<H> {
         }
     }
 
-    /// Missing vertices not delivered in time are asked of another peer;
-    /// after a few attempts the vertices waiting for them are dropped.
+    /// Vertices not delivered in time are asked again; after a few
+    /// attempts the vertices waiting for them are dropped. A missing
+    /// parent is asked of a holder (see [`FetchState::holders`]), else,
+    /// and always at the last attempt, of a random peer not asked yet. A
+    /// vertex only named by peers is asked of a holder, else of the peer
+    /// that named it first again (its answer may have been lost), never of
+    /// a random peer. A vertex neither waited for nor named is not asked
+    /// again.
     pub(super) fn retry_fetches(&mut self, now_ms: u64) {
         let timeout = self.params.fetch_timeout_ms;
         // Sorted here and below: iteration order of hash maps differs from
@@ -265,23 +303,23 @@ impl<H: History> Engine<H> {
             .collect();
         let mut by_peer: HashMap<NodeId, Vec<VertexId>> = HashMap::new();
         for id in overdue {
-            let attempts = self.fetching.get(&id).map_or(0, |f| f.attempts);
-            let peer = candidates.choose(&mut self.rng).copied();
+            let Some(mut state) = self.fetching.remove(&id) else {
+                continue;
+            };
+            let waited = self.waiting.contains_key(&id);
+            let peer = if (waited || state.named) && state.asked.len() < MAX_FETCH_ATTEMPTS {
+                self.retry_peer(&mut state, waited, &candidates)
+            } else {
+                None
+            };
             match peer {
-                Some(peer) if attempts < MAX_FETCH_ATTEMPTS && self.waiting.contains_key(&id) => {
-                    self.fetching.insert(
-                        id,
-                        FetchState {
-                            sent_ms: now_ms,
-                            attempts: attempts + 1,
-                        },
-                    );
+                Some(peer) => {
+                    state.sent_ms = now_ms;
+                    state.asked.push(peer);
+                    self.fetching.insert(id, state);
                     by_peer.entry(peer).or_default().push(id);
                 }
-                _ => {
-                    self.fetching.remove(&id);
-                    self.drop_waiters(&id);
-                }
+                None => self.drop_waiters(&id),
             }
         }
         let mut by_peer: Vec<_> = by_peer.into_iter().collect();
@@ -289,6 +327,39 @@ impl<H: History> Engine<H> {
         for (peer, ids) in by_peer {
             self.push_fetch(peer, &ids);
         }
+    }
+
+    /// Whom to ask next for a vertex (see [`Engine::retry_fetches`]);
+    /// `candidates` are the peers not graylisted, sorted.
+    fn retry_peer(
+        &mut self,
+        state: &mut FetchState,
+        waited: bool,
+        candidates: &[NodeId],
+    ) -> Option<NodeId> {
+        state
+            .holders
+            .retain(|p| candidates.binary_search(p).is_ok() && !state.asked.contains(p));
+        // A missing parent's last attempt goes to a random peer not asked
+        // yet, whoever named it.
+        let random_turn = waited && state.asked.len() + 1 == MAX_FETCH_ATTEMPTS;
+        if !state.holders.is_empty() && !random_turn {
+            let at = self.rng.random_range(0..state.holders.len());
+            return Some(state.holders.swap_remove(at));
+        }
+        if waited {
+            let fresh: Vec<NodeId> = candidates
+                .iter()
+                .filter(|p| !state.asked.contains(p))
+                .copied()
+                .collect();
+            return fresh.choose(&mut self.rng).copied();
+        }
+        state
+            .asked
+            .first()
+            .copied()
+            .filter(|p| candidates.binary_search(p).is_ok())
     }
 
     pub(super) fn expire_pending(&mut self, now_ms: u64) {

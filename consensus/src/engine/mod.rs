@@ -136,7 +136,18 @@ struct Pending {
 #[derive(Debug)]
 struct FetchState {
     sent_ms: u64,
-    attempts: u32,
+    /// Peers asked so far, in order (one per attempt).
+    asked: Vec<NodeId>,
+    /// Peers not yet asked that claim to hold the vertex (they sent a
+    /// vertex naming it as a parent, or named it in a query or a hint): a
+    /// retry asks one of them at random before anyone else, since a random
+    /// peer may well not have it (half the network, for one side of an
+    /// equivocation). At random, so that a peer naming a vertex it does not
+    /// serve cannot take every attempt.
+    holders: Vec<NodeId>,
+    /// A peer named the vertex itself (a query, a hint): it is wanted even
+    /// when no pending vertex waits for it, and a lost answer is retried.
+    named: bool,
 }
 
 /// Tracking state of one poll.
@@ -406,7 +417,7 @@ impl<H: History> Engine<H> {
                         false
                     }
                     None => {
-                        if !self.pending.contains_key(id) && !self.fetching.contains_key(id) {
+                        if !self.pending.contains_key(id) {
                             unknown.push(*id);
                         }
                         false
@@ -423,7 +434,7 @@ impl<H: History> Engine<H> {
             votes,
             hints,
         });
-        self.fetch(now_ms, from, unknown);
+        self.fetch(now_ms, from, unknown, true);
     }
 
     /// Answers a fetch with the vertices this node holds.

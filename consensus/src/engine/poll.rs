@@ -167,12 +167,11 @@ impl<H: History> Engine<H> {
             .filter(|h| {
                 !self.processing.contains_key(h)
                     && !self.pending.contains_key(h)
-                    && !self.fetching.contains_key(h)
                     && self.history.decision(h).is_none()
             })
             .copied()
             .collect();
-        self.fetch(now_ms, from, unknown);
+        self.fetch(now_ms, from, unknown, true);
         let mut counted = Vec::with_capacity(votes.len());
         if votes.len() != ids.len() {
             self.misbehaved(now_ms, from, Misbehaviour::InconsistentVotes);

@@ -153,3 +153,75 @@ fn sequence_numbers_are_leased_durably_and_never_repeat() {
     // What a restarted node would start from lies beyond every number used.
     assert!(e.history().next_seq() > *seqs.iter().max().unwrap());
 }
+
+/// The ids of the fetches among `outputs`, by the peer asked.
+fn fetches(outputs: Vec<Output>) -> Vec<(NodeId, Vec<VertexId>)> {
+    outputs
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Fetch { from, ids } => Some((from, ids)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_missing_parent_is_asked_again_of_a_peer_that_showed_it_holds_it() {
+    let mut e = engine(1);
+    // Many peers: a retry drawn at random would rarely pick the holder.
+    let peers: Vec<NodeId> = (2..30).map(|n| key(n).node_id()).collect();
+    e.set_peers(peers);
+    let author = key(40);
+    let parent = Vertex::sign(&author, vec![], 1, 0, vec![tx("p")]).unwrap();
+    let child = Vertex::sign(&author, vec![parent.id()], 2, 0, vec![tx("c")]).unwrap();
+    // A peer that names the parent but never delivers it is asked first.
+    let (liar, holder) = (key(2).node_id(), key(3).node_id());
+    e.on_query(0, liar, 1, &[parent.id()]);
+    assert_eq!(fetches(e.take_outputs()), vec![(liar, vec![parent.id()])]);
+    // Then a peer relays a child: it holds the parent, but the parent is
+    // already being fetched, so it is not asked twice at once.
+    e.on_vertex(10, holder, child.clone());
+    assert!(fetches(e.take_outputs()).is_empty());
+    // Naming it again does not put the peer already asked back in line.
+    e.on_query(20, liar, 2, &[parent.id()]);
+    let timeout = Params::default().fetch_timeout_ms;
+    e.tick(timeout + 1);
+    assert_eq!(fetches(e.take_outputs()), vec![(holder, vec![parent.id()])]);
+    // The holder's answer is lost too: the last attempt goes to a peer
+    // asked by no one yet.
+    e.tick(2 * timeout + 2);
+    let last = fetches(e.take_outputs());
+    assert_eq!(last.len(), 1);
+    assert!(![liar, holder].contains(&last[0].0), "{last:?}");
+    e.on_vertex(2 * timeout + 3, last[0].0, parent);
+    assert!(matches!(
+        e.status(&child.id()),
+        VertexStatus::Processing { .. }
+    ));
+}
+
+#[test]
+fn a_vertex_named_in_a_query_is_asked_again_when_the_answer_is_lost() {
+    let mut e = engine(1);
+    let (asker, other) = (key(2).node_id(), key(3).node_id());
+    e.set_peers(vec![asker, other]);
+    let unknown = Vertex::sign(&key(40), vec![], 1, 0, vec![tx("u")]).unwrap();
+    e.on_query(0, asker, 1, &[unknown.id()]);
+    assert_eq!(fetches(e.take_outputs()), vec![(asker, vec![unknown.id()])]);
+    // Nothing waits for it, yet a peer polls it: it is wanted, and asked
+    // again of the peer that named it (never of a random one).
+    let timeout = Params::default().fetch_timeout_ms;
+    let mut asked_again = Vec::new();
+    for round in 1..=5 {
+        e.tick(round * (timeout + 1));
+        asked_again.extend(fetches(e.take_outputs()));
+    }
+    // A bounded number of times, then given up (named again, it is
+    // asked for again).
+    assert_eq!(
+        asked_again,
+        vec![(asker, vec![unknown.id()]); super::insert::MAX_FETCH_ATTEMPTS - 1]
+    );
+    e.on_query(6 * timeout, asker, 2, &[unknown.id()]);
+    assert_eq!(fetches(e.take_outputs()), vec![(asker, vec![unknown.id()])]);
+}

@@ -121,6 +121,22 @@ fn every_strategy_at_once() {
     }
 }
 
+/// A seed that once left one honest node without a virtuous vertex. It
+/// arrived before its parent (one side of an equivocation); the parent was
+/// asked of three peers that did not hold it (the other half of the
+/// network, and an equivocator), so the vertex was dropped; a query then
+/// named it, the answer to that fetch was lost, and it was never asked
+/// again. Now retries ask peers known to hold a vertex, and a vertex named
+/// by a peer is asked again when the answer does not come.
+#[test]
+fn a_vertex_dropped_for_a_missing_parent_is_fetched_again() {
+    let mut config =
+        SimConfig::new(30, 3_203_338_449_661_900_371).with_byzantine(Strategy::Equivocate, 6);
+    config.loss = 0.04;
+    config.deadline_ms = ROUND_BOUND_MS;
+    check(&Sim::new(config).run());
+}
+
 /// A random DAG by outside authors, some transactions conflicting.
 fn random_dag(seed: u64, count: usize) -> Vec<Vertex> {
     let mut rng = SmallRng::seed_from_u64(seed);

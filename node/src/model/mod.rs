@@ -3,6 +3,7 @@
 //! checkpoints in sled, import and export, and the state the mesh-learning
 //! service shares and merges.
 
+mod outcomes;
 pub mod service;
 
 use crate::config::ModelSettings;
@@ -15,15 +16,19 @@ use agentmesh_neural::recommender::{
 };
 use agentmesh_neural::{Context, Sample, TrainConfig, TrainReport};
 use agentmesh_protocol::codec;
-use agentmesh_store::ModelStore;
+use agentmesh_store::{ModelStore, OutcomeMark};
+use outcomes::{learn_stored_outcomes, stored_outcomes, MAX_OUTCOME_BYTES};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Most recommendations one request may ask for.
 pub const MAX_K: usize = 100;
-/// Largest stored outcome record decoded.
-const MAX_OUTCOME_BYTES: usize = 256 * 1024;
+/// Outcomes stored during a training run are learned by the new model
+/// before the lock until fewer than this many remain (at most
+/// `CATCH_UP_PASSES` passes); the rest under the lock.
+const CATCH_UP_REMAINDER: usize = 64;
+const CATCH_UP_PASSES: usize = 10;
 
 /// A reported outcome, as stored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -97,8 +102,38 @@ pub struct ModelStatus {
     pub merge_failures: u64,
 }
 
+/// The recommender and the last stored outcome its model accounts for
+/// (learned, or stored while the model was off or before it was installed
+/// — a model installed by training has read them all). Both change under
+/// one lock, and outcomes are stored under it too, so sequence order is
+/// learning order: a checkpoint saved with this mark accounts for every
+/// outcome up to it, and a restart learns the ones after.
+struct LocalModel {
+    recommender: Recommender,
+    outcomes_through: Option<u64>,
+}
+
+impl std::ops::Deref for LocalModel {
+    type Target = Recommender;
+    fn deref(&self) -> &Recommender {
+        &self.recommender
+    }
+}
+
+impl std::ops::DerefMut for LocalModel {
+    fn deref_mut(&mut self) -> &mut Recommender {
+        &mut self.recommender
+    }
+}
+
+/// A copy of the model to save, share or merge, and its outcome mark.
+pub struct ModelSnapshot {
+    pub checkpoint: Checkpoint,
+    pub outcomes_through: Option<u64>,
+}
+
 struct Shared {
-    recommender: Mutex<Recommender>,
+    recommender: Mutex<LocalModel>,
     store: ModelStore,
     patterns: Patterns,
     settings: ModelSettings,
@@ -106,11 +141,16 @@ struct Shared {
     last_training: Mutex<Option<TrainingInfo>>,
     training: AtomicBool,
     served: ServedModel,
-    /// Stored outcomes (counted once at start-up: sled's count is a scan).
-    stored_outcomes: AtomicU64,
     /// The model version sled holds (0: none), so a model saved when it
     /// was installed is not written again when it is next shared.
     saved_version: AtomicU64,
+    /// Serialises writes, so an older model never replaces a newer one.
+    save_lock: Mutex<()>,
+    /// The model version from which outcomes start a save between sharing
+    /// rounds (one outcome that changes the model raises it by one).
+    next_background_save: AtomicU64,
+    /// A save started by outcomes is under way.
+    saving: AtomicBool,
 }
 
 #[derive(Clone)]
@@ -120,17 +160,27 @@ pub struct ModelHandle {
 
 impl ModelHandle {
     /// The node's model, restored from its last checkpoint (a damaged one
-    /// is reported and left in place; the node starts untrained).
+    /// is reported and left in place; the node starts untrained). The
+    /// stored outcomes are learned again: all of them by the rules (their
+    /// past contexts are not saved otherwise), and by the model those
+    /// after its checkpoint's mark — what a crash lost since the last save.
     pub fn load(store: ModelStore, patterns: Patterns, settings: ModelSettings) -> ModelHandle {
         let mut recommender = Recommender::new(RecommenderConfig {
             model_enabled: settings.enabled,
             min_confidence: settings.min_confidence,
             ..RecommenderConfig::default()
         });
+        let mut mark = OutcomeMark::NoneYet;
         match store.checkpoint() {
-            Ok(Some(bytes)) => {
-                match Checkpoint::decode(&bytes).and_then(|c| recommender.install(c)) {
-                    Ok(version) => tracing::info!(version, "model restored from its checkpoint"),
+            Ok(Some(stored)) => {
+                match Checkpoint::decode(&stored.bytes).and_then(|c| recommender.install(c)) {
+                    Ok(version) => {
+                        mark = stored.outcomes;
+                        tracing::info!(version, "model restored from its checkpoint");
+                        if mark == OutcomeMark::Unknown {
+                            tracing::warn!("the saved model does not say which outcomes it learned; none is learned again")
+                        }
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, "the stored model checkpoint is unusable; starting untrained")
                     }
@@ -139,13 +189,21 @@ impl ModelHandle {
             Ok(None) => {}
             Err(e) => tracing::error!(error = %e, "cannot read the model checkpoint"),
         }
-        let stored_outcomes = AtomicU64::new(store.outcome_count() as u64);
-        let saved_version = AtomicU64::new(recommender.version());
+        let saved = recommender.version();
+        let mut local = LocalModel {
+            recommender,
+            outcomes_through: None,
+        };
+        learn_stored_outcomes(&store, &mut local, mark);
         ModelHandle {
             shared: Arc::new(Shared {
-                stored_outcomes,
-                saved_version,
-                recommender: Mutex::new(recommender),
+                saved_version: AtomicU64::new(saved),
+                save_lock: Mutex::new(()),
+                next_background_save: AtomicU64::new(
+                    saved.saturating_add(settings.save_after_outcomes),
+                ),
+                saving: AtomicBool::new(false),
+                recommender: Mutex::new(local),
                 store,
                 patterns,
                 settings,
@@ -157,7 +215,7 @@ impl ModelHandle {
         }
     }
 
-    fn recommender(&self) -> MutexGuard<'_, Recommender> {
+    fn recommender(&self) -> MutexGuard<'_, LocalModel> {
         // A panic while holding the lock leaves a usable recommender.
         self.shared
             .recommender
@@ -208,8 +266,25 @@ impl ModelHandle {
         agentmesh_protocol::pattern::validate_id(&outcome.pattern)
             .map_err(|e| ModelError::Invalid(format!("pattern: {e}")))?;
         let bytes = codec::encode(&outcome).map_err(|e| ModelError::Invalid(e.to_string()))?;
-        self.shared.store.append_outcome(&bytes)?;
-        self.shared.stored_outcomes.fetch_add(1, Ordering::Relaxed);
+        // A record too large to read back would be learned now and skipped
+        // by a restart and by training.
+        if bytes.len() > MAX_OUTCOME_BYTES {
+            return Err(ModelError::Invalid(format!(
+                "the outcome is {} bytes encoded; at most {MAX_OUTCOME_BYTES}",
+                bytes.len()
+            )));
+        }
+        let (effect, version) = {
+            let mut local = self.recommender();
+            let seq = self.shared.store.append_outcome(&bytes)?;
+            let effect = local.outcome(&outcome.context, &outcome.pattern, outcome.success);
+            local.outcomes_through = Some(seq);
+            (effect, local.version())
+        };
+        // The outcome is stored and learned whatever becomes of this.
+        if let Err(e) = self.shared.store.trim_outcomes() {
+            tracing::warn!(error = %e, "cannot remove the oldest stored outcomes");
+        }
         match self
             .shared
             .patterns
@@ -220,33 +295,47 @@ impl ModelHandle {
                 tracing::warn!(error = %e, "cannot count the outcome in the pattern's statistics")
             }
         }
-        let effect =
-            self.recommender()
-                .outcome(&outcome.context, &outcome.pattern, outcome.success);
         let c = &self.shared.counters;
         c.outcomes.fetch_add(1, Ordering::Relaxed);
         if effect.model_updated {
             c.online_updates.fetch_add(1, Ordering::Relaxed);
+            if version >= self.shared.next_background_save.load(Ordering::Relaxed) {
+                self.save_in_background(version);
+            }
         }
         Ok(effect)
     }
 
-    /// Stored outcomes after `after`, decoded (damaged ones are skipped
-    /// and reported), with the last sequence number read.
-    fn stored_outcomes(
-        &self,
-        after: Option<u64>,
-    ) -> Result<(Vec<Outcome>, Option<u64>), ModelError> {
-        let mut outcomes = Vec::new();
-        let mut last = after;
-        for (seq, bytes) in self.shared.store.outcomes_after(after)? {
-            last = Some(seq);
-            match codec::decode::<Outcome>(&bytes, MAX_OUTCOME_BYTES) {
-                Ok(o) => outcomes.push(o),
-                Err(e) => tracing::warn!(seq, error = %e, "skipping a damaged stored outcome"),
-            }
+    /// Saves the model on a blocking thread (at once without a runtime),
+    /// unless such a save is under way: the outcome that asks for it does
+    /// not wait for 67 MB to be copied and written.
+    fn save_in_background(&self, version: u64) {
+        if self.shared.saving.swap(true, Ordering::AcqRel) {
+            return;
         }
-        Ok((outcomes, last))
+        // If this save fails, the next is tried as many outcomes later.
+        self.shared.next_background_save.store(
+            version.saturating_add(self.shared.settings.save_after_outcomes),
+            Ordering::Relaxed,
+        );
+        let handle = self.clone();
+        let save = move || {
+            // Cleared however the save ends (a panic, a dropped task).
+            struct Saving(Arc<Shared>);
+            impl Drop for Saving {
+                fn drop(&mut self) {
+                    self.0.saving.store(false, Ordering::Release);
+                }
+            }
+            let _saving = Saving(handle.shared.clone());
+            if let Err(e) = handle.save() {
+                tracing::warn!(error = %e, "cannot save the model");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(save)),
+            Err(_) => save(),
+        }
     }
 
     /// A full training run on the stored successful outcomes plus `extra`
@@ -277,7 +366,8 @@ impl ModelHandle {
                 .validate()
                 .map_err(|e| ModelError::Invalid(format!("samples[{i}]: {e}")))?;
         }
-        let (outcomes, read_up_to) = self.stored_outcomes(None)?;
+        let store = &self.shared.store;
+        let (outcomes, read_up_to) = stored_outcomes(store, None)?;
         let mut samples: Vec<Sample> = outcomes
             .into_iter()
             .filter(|o| o.success)
@@ -302,17 +392,37 @@ impl ModelHandle {
             agentmesh_neural::train(&samples, &config, |line| tracing::info!("training: {line}"))
                 .map_err(ModelError::Invalid)?;
         let checkpoint = Checkpoint::of(&classifier, 0, samples.len() as u64, Some(report.clone()));
-        self.install_and_save(checkpoint)?;
-        // Outcomes reported while it trained changed the model it replaced:
-        // learn them again on the new one.
-        let (late, _) = self.stored_outcomes(read_up_to)?;
-        if !late.is_empty() {
-            let mut r = self.recommender();
+        let mut built = Installed::from_checkpoint(checkpoint).map_err(ModelError::Invalid)?;
+        // Outcomes reported while it trained changed the model it replaces:
+        // the new one learns them too, most of them before the lock and the
+        // rest under it (outcomes are stored under it), so that none is
+        // missed or learned twice and the outcome mark stays true.
+        let rate = self.recommender().config().online_learning_rate;
+        let (mut read_up_to, mut relearned) = (read_up_to, 0);
+        for _ in 0..CATCH_UP_PASSES {
+            let (late, last) = stored_outcomes(store, read_up_to)?;
+            read_up_to = last;
+            relearned += late.len();
             for o in &late {
-                r.outcome(&o.context, &o.pattern, o.success);
+                built.learn_outcome(&o.context, &o.pattern, o.success, rate);
             }
+            if late.len() < CATCH_UP_REMAINDER {
+                break;
+            }
+        }
+        {
+            let mut local = self.recommender();
+            let (rest, _) = stored_outcomes(store, read_up_to)?;
+            relearned += rest.len();
+            for o in &rest {
+                built.learn_outcome(&o.context, &o.pattern, o.success, rate);
+            }
+            local.install_built(built);
+        }
+        self.save()?;
+        if relearned > 0 {
             tracing::info!(
-                outcomes = late.len(),
+                outcomes = relearned,
                 "outcomes reported during training learned again"
             );
         }
@@ -364,9 +474,20 @@ impl ModelHandle {
 
     /// The current model as a checkpoint (None while untrained).
     pub fn checkpoint(&self) -> Option<Checkpoint> {
+        self.snapshot().map(|s| s.checkpoint)
+    }
+
+    /// The current model and its outcome mark (None while untrained).
+    pub fn snapshot(&self) -> Option<ModelSnapshot> {
+        let (model, outcomes_through) = {
+            let local = self.recommender();
+            (local.model_snapshot(), local.outcomes_through)
+        };
         // Copied after the lock is let go: recommendations go on meanwhile.
-        let snapshot = self.recommender().model_snapshot();
-        snapshot.map(|m| m.checkpoint())
+        model.map(|m| ModelSnapshot {
+            checkpoint: m.checkpoint(),
+            outcomes_through,
+        })
     }
 
     /// Writes the current model to sled (nothing if sled holds it).
@@ -374,23 +495,39 @@ impl ModelHandle {
         if self.version() == self.shared.saved_version.load(Ordering::Relaxed) {
             return Ok(());
         }
-        if let Some(c) = self.checkpoint() {
-            let bytes = c.encode().map_err(ModelError::Unavailable)?;
-            self.save_encoded(&bytes, c.version)?;
+        if let Some(snapshot) = self.snapshot() {
+            let bytes = snapshot
+                .checkpoint
+                .encode()
+                .map_err(ModelError::Unavailable)?;
+            self.save_encoded(&bytes, &snapshot)?;
         }
         Ok(())
     }
 
-    /// Writes an encoded checkpoint of model `version` to sled, unless a
-    /// newer model was installed since it was encoded (its own save wins)
-    /// or sled already holds this version.
-    pub fn save_encoded(&self, bytes: &[u8], version: u64) -> Result<(), ModelError> {
+    /// Writes `bytes`, the encoded checkpoint of `snapshot`, to sled,
+    /// unless sled holds this version or a newer one already. A snapshot
+    /// older than the live model is still worth writing: its mark says
+    /// which outcomes a restart learns again on top of it.
+    pub fn save_encoded(&self, bytes: &[u8], snapshot: &ModelSnapshot) -> Result<(), ModelError> {
+        let version = snapshot.checkpoint.version;
+        let _writing = self
+            .shared
+            .save_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let saved = &self.shared.saved_version;
-        if self.version() != version || saved.load(Ordering::Relaxed) == version {
+        if version <= saved.load(Ordering::Relaxed) {
             return Ok(());
         }
-        self.shared.store.save_checkpoint(bytes)?;
+        self.shared
+            .store
+            .save_checkpoint(bytes, snapshot.outcomes_through)?;
         saved.store(version, Ordering::Relaxed);
+        self.shared.next_background_save.store(
+            version.saturating_add(self.shared.settings.save_after_outcomes),
+            Ordering::Relaxed,
+        );
         Ok(())
     }
 
@@ -476,7 +613,7 @@ impl ModelHandle {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
-            stored_outcomes: self.shared.stored_outcomes.load(Ordering::Relaxed) as usize,
+            stored_outcomes: self.shared.store.outcome_count(),
             rule_patterns: r.rule_patterns(),
             recommendations: RecommendationCounts {
                 model: load(&c.by_model),
@@ -490,3 +627,6 @@ impl ModelHandle {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

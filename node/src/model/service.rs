@@ -162,9 +162,10 @@ impl ModelService {
         if version != round.encoded_version {
             let model = self.model.clone();
             let prepared = tokio::task::spawn_blocking(move || {
-                let c = model.checkpoint()?;
-                let bytes = c.encode().ok()?;
-                let saved = model.save_encoded(&bytes, c.version);
+                let snapshot = model.snapshot()?;
+                let bytes = snapshot.checkpoint.encode().ok()?;
+                let saved = model.save_encoded(&bytes, &snapshot);
+                let c = snapshot.checkpoint;
                 Some((
                     c.version,
                     c.samples,

@@ -10,7 +10,19 @@ use libp2p::core::ConnectedPoint;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, DialError};
 use libp2p::{Multiaddr, PeerId};
-use std::time::Instant;
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+/// How long a connected peer's gossipsub subscriptions may take to arrive
+/// before the connection is taken for one that lost them (they normally
+/// arrive within a round trip of the connection).
+const SUBSCRIPTIONS_GRACE: Duration = Duration::from_secs(15);
+/// Reconnections in a row after which a peer whose subscriptions never
+/// arrive is left be (it is no agentmesh node, or reconnecting does not
+/// cure what is wrong).
+const MAX_SUBSCRIPTION_RECONNECTS: u32 = 3;
+/// How long such a peer's reconnections are remembered.
+const DEAF_MEMORY: Duration = Duration::from_secs(600);
 
 impl Network {
     /// Dials `peer` unless connected or already dialling: QUIC addresses
@@ -59,6 +71,70 @@ impl Network {
             if self.swarm.close_connection(id) {
                 tracing::debug!(connection = ?id, "closed a duplicate connection");
             }
+        }
+    }
+
+    /// Disconnects admitted peers connected for [`SUBSCRIPTIONS_GRACE`]
+    /// whose gossipsub subscriptions never arrived. Every node subscribes
+    /// to the consensus topic, so such a peer's hello was lost: gossipsub
+    /// sends it once, on the first connection, which may be a stale one to
+    /// a restarted peer's old process, or a duplicate closed right after.
+    /// Without this the peer stays deaf to this node's channels (and this
+    /// node to its) for as long as the connection lasts; after a clean
+    /// reconnection both ends exchange subscriptions again.
+    pub(super) fn reconnect_peers_missing_subscriptions(&mut self, now: Instant) {
+        let Some(cutoff) = now.checked_sub(SUBSCRIPTIONS_GRACE) else {
+            return;
+        };
+        let candidates: Vec<PeerId> = self
+            .table
+            .identified_before(cutoff)
+            .into_iter()
+            .filter(|peer| self.membership.is_admitted(peer))
+            .collect();
+        if candidates.is_empty() && self.deaf_peers.is_empty() {
+            return;
+        }
+        let topic = self.consensus.topic().hash();
+        let gossipsub = &self.swarm.behaviour().gossipsub;
+        let subscribed: HashSet<PeerId> = gossipsub
+            .all_peers()
+            .filter(|(_, topics)| topics.contains(&&topic))
+            .map(|(peer, _)| *peer)
+            .collect();
+        // Not deaf: it does not speak gossipsub at all. (`PeerKind` is not
+        // exported; its name is.)
+        let without_gossipsub: HashSet<PeerId> = gossipsub
+            .peer_protocol()
+            .filter(|(_, kind)| kind.as_static_ref() == "Not Supported")
+            .map(|(peer, _)| *peer)
+            .collect();
+        // Cured peers, and peers not seen for a while, start afresh.
+        self.deaf_peers.retain(|peer, (at, _)| {
+            !subscribed.contains(peer) && now.duration_since(*at) < DEAF_MEMORY
+        });
+        let deaf: Vec<PeerId> = candidates
+            .into_iter()
+            .filter(|peer| !subscribed.contains(peer) && !without_gossipsub.contains(peer))
+            .collect();
+        for peer in deaf {
+            let (at, reconnects) = self.deaf_peers.entry(peer).or_insert((now, 0));
+            // Its connections may still be closing from the last time.
+            if *reconnects > 0 && now.duration_since(*at) < SUBSCRIPTIONS_GRACE {
+                continue;
+            }
+            if *reconnects >= MAX_SUBSCRIPTION_RECONNECTS {
+                if *reconnects == MAX_SUBSCRIPTION_RECONNECTS {
+                    tracing::warn!(%peer, "the peer never subscribes to the consensus topic, even after reconnecting; leaving it be");
+                    *reconnects += 1;
+                }
+                continue;
+            }
+            *at = now;
+            *reconnects += 1;
+            tracing::info!(%peer, "the peer's gossip subscriptions never arrived; reconnecting to it from scratch");
+            self.metrics.subscription_reconnects.inc();
+            let _ = self.swarm.disconnect_peer_id(peer);
         }
     }
 

@@ -272,6 +272,9 @@ pub struct Network {
     trials: HashMap<ConnectionId, PeerId>,
     /// Duplicate connections to close, and when.
     closing_duplicates: Vec<(Instant, ConnectionId)>,
+    /// Peers reconnected because their gossip subscriptions never arrived:
+    /// when last, and how many times in a row.
+    deaf_peers: HashMap<PeerId, (Instant, u32)>,
     /// Peers disconnected on purpose (wrong network, no Ed25519 key); never
     /// redialled. Cleared when it grows past its bound.
     unwanted: HashSet<PeerId>,
@@ -343,6 +346,7 @@ impl Network {
             dialer,
             trials: HashMap::new(),
             closing_duplicates: Vec::new(),
+            deaf_peers: HashMap::new(),
             unwanted: HashSet::new(),
             discovery,
             last_prune: Instant::now(),
@@ -431,6 +435,7 @@ impl Network {
         }
         self.dial_due(now);
         self.close_due_duplicates(now);
+        self.reconnect_peers_missing_subscriptions(now);
         self.maintain_consensus();
         self.expire_handshakes();
         self.expire_bans();

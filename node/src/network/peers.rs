@@ -158,6 +158,19 @@ impl PeerTable {
         }
     }
 
+    /// Peers that identified themselves and whose oldest open connection
+    /// was set up before `cutoff`.
+    pub fn identified_before(&self, cutoff: Instant) -> Vec<PeerId> {
+        self.peers
+            .iter()
+            .filter(|(_, e)| {
+                e.agent_version.is_some()
+                    && e.connections.iter().map(|(_, c)| c.since).min() < Some(cutoff)
+            })
+            .map(|(peer, _)| *peer)
+            .collect()
+    }
+
     /// Open connections to `peer`.
     pub fn connections(&self, peer: &PeerId) -> usize {
         self.peers.get(peer).map_or(0, |e| e.connections.len())
@@ -390,6 +403,32 @@ mod tests {
         assert!(table.identified(&peer, "agentmesh/0.1.0 run/bb".into(), vec![]));
         // Other software has no run: never taken for a restart.
         assert!(!table.identified(&peer, "rust-libp2p/0.47".into(), vec![]));
+    }
+
+    #[test]
+    fn identified_peers_are_listed_by_their_oldest_connection() {
+        let mut table = PeerTable::default();
+        let (old, young, anonymous) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let ep = ConnectedPoint::Listener {
+            local_addr: "/ip4/127.0.0.1/tcp/1".parse().unwrap(),
+            send_back_addr: "/ip4/127.0.0.1/tcp/2".parse().unwrap(),
+        };
+        for (n, peer) in [old, young, anonymous].into_iter().enumerate() {
+            table.connected(peer, ConnectionId::new_unchecked(n), &ep);
+        }
+        // `old` also has a newer connection: its oldest one counts.
+        table.connected(old, ConnectionId::new_unchecked(9), &ep);
+        for peer in [old, anonymous] {
+            table.peers.get_mut(&peer).unwrap().connections[0].1.since -= Duration::from_secs(30);
+        }
+        for peer in [old, young] {
+            table.identified(&peer, "agentmesh/0.1.0 run/aa".into(), vec![]);
+        }
+        let cutoff = Instant::now() - Duration::from_secs(10);
+        // `anonymous` never identified itself: not listed however old.
+        assert_eq!(table.identified_before(cutoff), vec![old]);
+        table.closed(&old, ConnectionId::new_unchecked(0));
+        assert!(table.identified_before(cutoff).is_empty());
     }
 
     #[test]
