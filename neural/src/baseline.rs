@@ -10,8 +10,8 @@ use std::collections::HashMap;
 
 #[derive(Debug, Clone, Default)]
 pub struct Profile {
-    /// Sum of the unit vectors seen (the description's and the
-    /// contexts'), sparse.
+    /// Sum of the feature vectors seen (the description's and the
+    /// contexts', all of one norm), sparse.
     sum: HashMap<u32, f32>,
     /// The current description's vector, kept so that a new description
     /// replaces it in `sum` rather than adding to it.
@@ -79,6 +79,15 @@ impl RuleRecommender {
         k: usize,
     ) -> Vec<(String, f64)> {
         let v = features.extract(context);
+        // Divided by the context's norm too, so that the score is a cosine
+        // in [-1, 1] whatever norm the features are scaled to.
+        // (An empty context scores 0 against every pattern.)
+        let context_norm = v
+            .iter()
+            .map(|x| x * x)
+            .sum::<f32>()
+            .sqrt()
+            .max(f32::MIN_POSITIVE);
         let mut scored: Vec<(String, f64)> = self
             .profiles
             .iter()
@@ -88,7 +97,8 @@ impl RuleRecommender {
                     return None;
                 }
                 let dot: f32 = p.sum.iter().map(|(i, x)| x * v[*i as usize]).sum();
-                Some((label.clone(), f64::from(dot / norm) * p.success_rate()))
+                let cosine = dot / (norm * context_norm);
+                Some((label.clone(), f64::from(cosine) * p.success_rate()))
             })
             .collect();
         scored.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
@@ -113,6 +123,11 @@ mod tests {
         rules.describe("queue", &text("send messages over channels"));
         let asked = Context::from_text("parse json");
         assert_eq!(rules.rank(&features, &asked, 1)[0].0, "store");
+        // The score is cosine × success rate (1/2 for an unused pattern),
+        // whatever norm the features are scaled to.
+        let described = Context::from_text("parse json documents");
+        let score = rules.rank(&features, &described, 1)[0].1;
+        assert!((score - 0.5).abs() < 1e-5, "{score}");
         rules.describe("store", &text("table query index commit row"));
         let ranked = rules.rank(&features, &asked, 2);
         assert!(

@@ -7,8 +7,15 @@ use crate::features::FeatureConfig;
 use crate::model::Weights;
 use serde::{Deserialize, Serialize};
 
-/// Format version; bumped when the layout changes.
-pub const FORMAT: u32 = 2;
+/// Format version; bumped when the layout changes. Format 3 added the
+/// feature norm: a build that reads only 2 would ignore it and feed the
+/// model vectors of the wrong size, so it must refuse these.
+pub const FORMAT: u32 = 3;
+
+/// Format 2 (before the feature norm) is read as format 3 at norm 1,
+/// which is what it was trained at: a node's stored model survives the
+/// upgrade.
+const UNIT_NORM_FORMAT: u32 = 2;
 
 /// Largest checkpoint accepted (a 2^16-wide input layer is 64 MiB).
 pub const MAX_CHECKPOINT_BYTES: usize = 96 << 20;
@@ -58,8 +65,12 @@ impl Checkpoint {
                 bytes.len()
             ));
         }
-        let c: Checkpoint =
+        let mut c: Checkpoint =
             ciborium::from_reader(bytes).map_err(|e| format!("malformed checkpoint: {e}"))?;
+        if c.format == UNIT_NORM_FORMAT {
+            c.features.norm = 1.0;
+            c.format = FORMAT;
+        }
         if c.format != FORMAT {
             return Err(format!(
                 "checkpoint format {} (this build reads {FORMAT})",
@@ -83,5 +94,66 @@ impl Checkpoint {
 
     pub fn classifier(&self) -> Result<Classifier, String> {
         Classifier::from_parts(self.features.clone(), self.labels.clone(), &self.weights)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classifier::{tests::synthetic, train, TrainConfig};
+    use ciborium::Value;
+
+    /// The bytes a build from before the feature norm wrote: format 2, no
+    /// norm among the features.
+    fn as_format_2(checkpoint: &Checkpoint) -> Vec<u8> {
+        let mut value = Value::serialized(checkpoint).unwrap();
+        let Value::Map(fields) = &mut value else {
+            panic!("a checkpoint is a map");
+        };
+        for (key, field) in fields.iter_mut() {
+            match (key.as_text(), field) {
+                (Some("format"), field) => *field = Value::Integer(2.into()),
+                (Some("features"), Value::Map(features)) => {
+                    features.retain(|(k, _)| k.as_text() != Some("norm"))
+                }
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        ciborium::into_writer(&value, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn a_format_2_checkpoint_reads_at_norm_1_and_predicts_as_trained() {
+        let config = TrainConfig {
+            max_epochs: 4,
+            features: FeatureConfig {
+                dim: 256,
+                norm: 1.0,
+                ..FeatureConfig::default()
+            },
+            ..TrainConfig::default()
+        };
+        let samples = synthetic(150);
+        let (classifier, _) = train(&samples, &config, |_| {}).unwrap();
+        let old = as_format_2(&Checkpoint::of(&classifier, 5, 150, None));
+        let read = Checkpoint::decode(&old).unwrap();
+        assert_eq!(
+            (read.format, read.version, read.features.norm),
+            (FORMAT, 5, 1.0)
+        );
+        let restored = read.into_classifier().unwrap();
+        for s in samples.iter().take(10) {
+            assert_eq!(
+                classifier.predict(&s.context, 3),
+                restored.predict(&s.context, 3)
+            );
+        }
+        // A format this build does not know is refused, and named.
+        let mut newer = Checkpoint::of(&classifier, 5, 150, None);
+        newer.format = FORMAT + 1;
+        let refused = Checkpoint::decode(&newer.encode().unwrap()).unwrap_err();
+        assert!(refused.contains("format 4"), "{refused}");
     }
 }

@@ -68,6 +68,10 @@ pub fn merge(
                 a.dim, b.dim
             ));
         }
+        // Weights learnt on inputs of another size do not average.
+        if a.norm != b.norm {
+            return Err(format!("feature norm {} does not match {}", a.norm, b.norm));
+        }
         crate::classifier::check_parts(&c.features, &c.labels, &c.weights)
     };
     let local_samples = local.map(|l| l.samples as f64);
@@ -480,5 +484,11 @@ mod tests {
         let (_, report) = merge(Some(&a), &[&b, &other]).unwrap();
         assert_eq!(report.skipped.len(), 1);
         assert!(merge(Some(&a), &[&other]).is_err());
+        // So is one trained on inputs of another norm.
+        let mut scaled = b.clone();
+        scaled.features.norm = 1.0;
+        let (_, report) = merge(Some(&a), &[&b, &scaled]).unwrap();
+        assert_eq!(report.skipped.len(), 1);
+        assert!(report.skipped[0].1.contains("norm"), "{:?}", report.skipped);
     }
 }

@@ -132,8 +132,10 @@ pub enum ModelCommand {
     /// Train on FILE (one `{"context": {...}, "label": "..."}` per line) with a
     /// seeded 70/20/10 split; print held-out metrics as JSON; save a checkpoint.
     Train {
-        #[arg(long)]
+        /// JSONL samples, one `{"context": {"text": ...}, "label": ...}` a line.
+        #[arg(long, value_name = "FILE")]
         data: PathBuf,
+        /// Seed of the split, the initial weights, the sample order and dropout.
         #[arg(long, default_value_t = 42)]
         seed: u64,
         /// Where to write the checkpoint.
@@ -145,8 +147,10 @@ pub enum ModelCommand {
     /// Train and measure on FILE without saving: the model's and the
     /// rule-based recommender's held-out metrics as JSON.
     Eval {
-        #[arg(long)]
+        /// JSONL samples, one `{"context": {"text": ...}, "label": ...}` a line.
+        #[arg(long, value_name = "FILE")]
         data: PathBuf,
+        /// Seed of the split, the initial weights, the sample order and dropout.
         #[arg(long, default_value_t = 42)]
         seed: u64,
         #[command(flatten)]
@@ -163,6 +167,9 @@ pub struct FeatureArgs {
     /// Character n-grams of each word, e.g. `3-5`, or `0` for none.
     #[arg(long)]
     pub char_ngrams: Option<String>,
+    /// L2 norm the text features are scaled to (default 2; at most 100).
+    #[arg(long)]
+    pub norm: Option<f32>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -27,6 +27,9 @@ pub fn run(command: ModelCommand) -> Result<()> {
     if let Some(dim) = feature_args.dim {
         features.dim = dim;
     }
+    if let Some(norm) = feature_args.norm {
+        features.norm = norm;
+    }
     if let Some(range) = feature_args.char_ngrams {
         let (min, max) = match range.split_once('-') {
             Some((a, b)) => (a.parse(), b.parse()),

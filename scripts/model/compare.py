@@ -8,6 +8,7 @@ moves by several tenths of a point; the mean over splits is the figure to
 quote.
 
 Usage: compare.py --data FILE [--seeds 42,7,1,2,3] [--agentmesh target/release/agentmesh]
+                  [--model-args "--norm 1"]
 (needs scikit-learn; about a minute per split for the model on 2 cores)
 """
 import argparse
@@ -30,6 +31,7 @@ def main():
     ap.add_argument("--data", required=True)
     ap.add_argument("--seeds", default="42,7,1,2,3")
     ap.add_argument("--agentmesh", default=os.path.join(HERE, "../../target/release/agentmesh"))
+    ap.add_argument("--model-args", default="", help="more options for `agentmesh model eval`, e.g. \"--norm 1\"")
     args = ap.parse_args()
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
@@ -39,7 +41,7 @@ def main():
         sys.exit(f"{args.agentmesh} not found: build it with cargo build --release -p agentmesh-node")
     splits = []
     for seed in seeds:
-        ours = run_json([args.agentmesh, "model", "eval", "--data", args.data, "--seed", str(seed)])
+        ours = run_json([args.agentmesh, "model", "eval", "--data", args.data, "--seed", str(seed)] + args.model_args.split())
         sklearn = run_json([sys.executable, os.path.join(HERE, "baseline.py"), "--data", args.data, "--seed", str(seed)])
         split = {
             "seed": seed,

@@ -172,6 +172,18 @@ fn model_data_files_are_checked_and_trained_from_the_cli() {
         assert!(stderr.contains(expected), "{name}: {stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
+    // Feature options out of range are named before any data is read.
+    let data = dir.path().join("bad-json.jsonl");
+    for (option, value, expected) in [
+        ("--norm", "0", "feature norm 0 is not in"),
+        ("--norm", "NaN", "feature norm NaN is not in"),
+        ("--dim", "1000", "1000"),
+    ] {
+        let out = model(&["eval", "--data", data.to_str().unwrap(), option, value]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{option} {value} was accepted");
+        assert!(stderr.contains(expected), "{option} {value}: {stderr}");
+    }
     let words = [
         ("net", "socket connect peer packet dial"),
         ("db", "table query index commit row"),

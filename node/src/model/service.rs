@@ -313,6 +313,12 @@ impl ModelService {
                     return;
                 }
             };
+        // `taken` is in the order the models were fetched and merged.
+        for (i, reason) in &report.skipped {
+            if let Some((peer, _)) = taken.get(*i) {
+                tracing::warn!(peer = %peer, reason = %reason, "a peer's model was not merged");
+            }
+        }
         let model = self.model.clone();
         let installed = tokio::task::spawn_blocking(move || {
             model.install_if_unchanged(checkpoint, version_before)
