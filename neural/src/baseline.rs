@@ -22,8 +22,12 @@ pub struct Profile {
 }
 
 impl Profile {
-    fn norm(&self) -> f32 {
-        self.sum.values().map(|v| v * v).sum::<f32>().sqrt()
+    fn norm(&self) -> f64 {
+        self.sum
+            .values()
+            .map(|v| f64::from(*v).powi(2))
+            .sum::<f64>()
+            .sqrt()
     }
 
     /// Laplace-smoothed success rate: an unused pattern counts as 1/2.
@@ -80,14 +84,10 @@ impl RuleRecommender {
     ) -> Vec<(String, f64)> {
         let v = features.extract(context);
         // Divided by the context's norm too, so that the score is a cosine
-        // in [-1, 1] whatever norm the features are scaled to.
-        // (An empty context scores 0 against every pattern.)
-        let context_norm = v
-            .iter()
-            .map(|x| x * x)
-            .sum::<f32>()
-            .sqrt()
-            .max(f32::MIN_POSITIVE);
+        // in [-1, 1] whatever norm the features are scaled to (in f64: the
+        // squares of tiny metadata values underflow in f32). An empty
+        // context scores 0 against every pattern.
+        let context_norm = v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
         let mut scored: Vec<(String, f64)> = self
             .profiles
             .iter()
@@ -96,9 +96,17 @@ impl RuleRecommender {
                 if norm == 0.0 {
                     return None;
                 }
-                let dot: f32 = p.sum.iter().map(|(i, x)| x * v[*i as usize]).sum();
-                let cosine = dot / (norm * context_norm);
-                Some((label.clone(), f64::from(cosine) * p.success_rate()))
+                let dot: f64 = p
+                    .sum
+                    .iter()
+                    .map(|(i, x)| f64::from(*x) * f64::from(v[*i as usize]))
+                    .sum();
+                let cosine = if context_norm > 0.0 {
+                    dot / (norm * context_norm)
+                } else {
+                    0.0
+                };
+                Some((label.clone(), cosine * p.success_rate()))
             })
             .collect();
         scored.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));

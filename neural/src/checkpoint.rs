@@ -103,16 +103,16 @@ mod tests {
     use crate::classifier::{tests::synthetic, train, TrainConfig};
     use ciborium::Value;
 
-    /// The bytes a build from before the feature norm wrote: format 2, no
-    /// norm among the features.
-    fn as_format_2(checkpoint: &Checkpoint) -> Vec<u8> {
+    /// `checkpoint`'s bytes with the format set to `format` and no norm
+    /// among the features: what a build from before the norm wrote, as 2.
+    fn without_norm(checkpoint: &Checkpoint, format: u32) -> Vec<u8> {
         let mut value = Value::serialized(checkpoint).unwrap();
         let Value::Map(fields) = &mut value else {
             panic!("a checkpoint is a map");
         };
         for (key, field) in fields.iter_mut() {
             match (key.as_text(), field) {
-                (Some("format"), field) => *field = Value::Integer(2.into()),
+                (Some("format"), field) => *field = Value::Integer(format.into()),
                 (Some("features"), Value::Map(features)) => {
                     features.retain(|(k, _)| k.as_text() != Some("norm"))
                 }
@@ -137,7 +137,8 @@ mod tests {
         };
         let samples = synthetic(150);
         let (classifier, _) = train(&samples, &config, |_| {}).unwrap();
-        let old = as_format_2(&Checkpoint::of(&classifier, 5, 150, None));
+        let checkpoint = Checkpoint::of(&classifier, 5, 150, None);
+        let old = without_norm(&checkpoint, 2);
         let read = Checkpoint::decode(&old).unwrap();
         assert_eq!(
             (read.format, read.version, read.features.norm),
@@ -150,6 +151,9 @@ mod tests {
                 restored.predict(&s.context, 3)
             );
         }
+        // One of this format must give its norm.
+        let refused = Checkpoint::decode(&without_norm(&checkpoint, FORMAT)).unwrap_err();
+        assert!(refused.contains("feature norm NaN"), "{refused}");
         // A format this build does not know is refused, and named.
         let mut newer = Checkpoint::of(&classifier, 5, 150, None);
         newer.format = FORMAT + 1;

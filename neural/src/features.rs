@@ -36,12 +36,14 @@ pub struct FeatureConfig {
     /// points, norm 2 +0.14 ± 0.07 (better on 7 splits, worse on 1); on an
     /// earlier registry's data, 1.5 and 3 did no better than 2. Checkpoints
     /// from before this setting (format 2) were trained at 1, and read so.
-    #[serde(default = "unit_norm")]
+    #[serde(default = "missing_norm")]
     pub norm: f32,
 }
 
-fn unit_norm() -> f32 {
-    1.0
+/// A norm missing from a checkpoint of this format fails validation
+/// (format 2's is set to 1 when it is read: `Checkpoint::decode`).
+fn missing_norm() -> f32 {
+    f32::NAN
 }
 
 impl Default for FeatureConfig {

@@ -105,7 +105,12 @@ pub fn merge(
         report.peers_merged += 1;
     }
     if report.peers_merged == 0 {
-        return Err("no compatible peer model".into());
+        let reasons: Vec<String> = report
+            .skipped
+            .iter()
+            .map(|(i, reason)| format!("peer model {i}: {reason}"))
+            .collect();
+        return Err(format!("no compatible peer model ({})", reasons.join("; ")));
     }
 
     // The reference the distances are measured from.
@@ -490,5 +495,11 @@ mod tests {
         let (_, report) = merge(Some(&a), &[&b, &scaled]).unwrap();
         assert_eq!(report.skipped.len(), 1);
         assert!(report.skipped[0].1.contains("norm"), "{:?}", report.skipped);
+        // With nothing to merge, the error says why each was skipped.
+        let refused = merge(Some(&a), &[&scaled]).unwrap_err();
+        assert!(
+            refused.contains("peer model 0: feature norm 1 does not match 2"),
+            "{refused}"
+        );
     }
 }

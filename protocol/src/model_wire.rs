@@ -30,6 +30,12 @@ pub struct ModelAnnouncement {
     /// Patterns it knows (the label map itself is in the checkpoint).
     pub classes: u64,
     pub feature_dim: u64,
+    /// L2 norm of the model's text features. Builds from before the norm
+    /// setting send none, and their models are at 1 ([`Self::norm`]).
+    /// Weights learned at another norm do not average with these, so
+    /// peers skip such models before fetching them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feature_norm: Option<f32>,
     /// Size and SHA-256 of the encoded checkpoint.
     pub bytes: u64,
     pub digest: ByteArray<32>,
@@ -40,6 +46,11 @@ impl ModelAnnouncement {
         codec::encode(self)
     }
 
+    /// The announced model's feature norm (1 where none is given).
+    pub fn norm(&self) -> f32 {
+        self.feature_norm.unwrap_or(1.0)
+    }
+
     pub fn decode(bytes: &[u8]) -> Result<ModelAnnouncement, String> {
         let a: ModelAnnouncement =
             codec::decode(bytes, MAX_ANNOUNCEMENT_BYTES).map_err(|e| e.to_string())?;
@@ -48,6 +59,9 @@ impl ModelAnnouncement {
         }
         if a.classes > MAX_LABELS {
             return Err(format!("{} patterns announced", a.classes));
+        }
+        if !(a.norm().is_finite() && a.norm() > 0.0) {
+            return Err(format!("announced feature norm {}", a.norm()));
         }
         Ok(a)
     }
@@ -98,10 +112,26 @@ mod tests {
             samples: 10,
             classes: 2,
             feature_dim: 1024,
+            feature_norm: Some(2.0),
             bytes: 1000,
             digest: ByteArray::new([7; 32]),
         };
         assert_eq!(ModelAnnouncement::decode(&a.encode().unwrap()).unwrap(), a);
+        // An older build's announcement has no norm: its model is at 1.
+        let older = ModelAnnouncement {
+            feature_norm: None,
+            ..a.clone()
+        };
+        let read = ModelAnnouncement::decode(&older.encode().unwrap()).unwrap();
+        assert_eq!((read.feature_norm, read.norm()), (None, 1.0));
+        for norm in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+            let absurd = ModelAnnouncement {
+                feature_norm: Some(norm),
+                ..a.clone()
+            };
+            let refused = ModelAnnouncement::decode(&absurd.encode().unwrap()).unwrap_err();
+            assert!(refused.contains("feature norm"), "{refused}");
+        }
         let huge = ModelAnnouncement {
             bytes: MAX_MODEL_BYTES + 1,
             ..a.clone()

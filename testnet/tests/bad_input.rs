@@ -177,7 +177,7 @@ fn model_data_files_are_checked_and_trained_from_the_cli() {
     for (option, value, expected) in [
         ("--norm", "0", "feature norm 0 is not in"),
         ("--norm", "NaN", "feature norm NaN is not in"),
-        ("--dim", "1000", "1000"),
+        ("--dim", "1000", "feature dim 1000"),
     ] {
         let out = model(&["eval", "--data", data.to_str().unwrap(), option, value]);
         let stderr = String::from_utf8_lossy(&out.stderr);

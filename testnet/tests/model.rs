@@ -78,6 +78,13 @@ async fn outcomes_change_a_node_at_once_and_the_mesh_teaches_a_node_that_saw_non
     }
     let answer = top(c, "socket dial peer packet").await;
     assert_eq!((answer.source, first(&answer).0), (Source::Model, "net"));
+    // The status names the features the merged model reads.
+    let status = c.model_status().await.unwrap();
+    assert_eq!(
+        (&status["feature_dim"], &status["feature_norm"]),
+        (&serde_json::json!(4096), &serde_json::json!(2.0)),
+        "{status}"
+    );
 
     // Outcomes on A change A's answers at once: a new pattern that worked
     // is recommended for its context, and a failure lowers a pattern. Each

@@ -89,6 +89,9 @@ pub struct ModelStatus {
     pub samples: u64,
     pub classes: Vec<String>,
     pub feature_dim: Option<usize>,
+    /// L2 norm of the model's text features (peers' models at another
+    /// norm are not merged).
+    pub feature_norm: Option<f32>,
     /// Held-out metrics of the last full training (absent for a model
     /// that only came from merges).
     pub metrics: Option<serde_json::Value>,
@@ -472,6 +475,17 @@ impl ModelHandle {
         Ok(Some(version))
     }
 
+    /// The feature norm of the installed model, or of a model this node
+    /// would train (the default) while it has none: peers' models at
+    /// another norm are not fetched.
+    pub fn feature_norm(&self) -> f32 {
+        self.recommender()
+            .model()
+            .map_or(FeatureConfig::default().norm, |m| {
+                m.classifier.features.norm
+            })
+    }
+
     /// The current model as a checkpoint (None while untrained).
     pub fn checkpoint(&self) -> Option<Checkpoint> {
         self.snapshot().map(|s| s.checkpoint)
@@ -604,6 +618,7 @@ impl ModelHandle {
                 .map(|m| m.classifier.labels.clone())
                 .unwrap_or_default(),
             feature_dim: model.map(|m| m.classifier.features.dim),
+            feature_norm: model.map(|m| m.classifier.features.norm),
             metrics: model
                 .and_then(|m| m.report.as_ref())
                 .and_then(|r| serde_json::to_value(&r.test).ok()),

@@ -107,6 +107,16 @@ fn refresh_rules(
     }
 }
 
+/// Why a peer's model was not had.
+enum FetchFailure {
+    /// Not received whole and as announced (tried again when announced
+    /// again).
+    Transfer(String),
+    /// Received as announced, but not a model this build can read (another
+    /// format, or invalid).
+    Unreadable(String),
+}
+
 impl ModelService {
     pub async fn run(self) {
         let pattern = ChannelPattern::parse(MODEL_CHANNEL).expect("a valid channel name");
@@ -170,13 +180,13 @@ impl ModelService {
                     c.version,
                     c.samples,
                     c.labels.len(),
-                    c.features.dim,
+                    (c.features.dim, c.features.norm),
                     bytes,
                     saved,
                 ))
             })
             .await;
-            let Ok(Some((version, samples, classes, dim, bytes, saved))) = prepared else {
+            let Ok(Some((version, samples, classes, (dim, norm), bytes, saved))) = prepared else {
                 return;
             };
             if let Err(e) = saved {
@@ -191,6 +201,7 @@ impl ModelService {
                     samples,
                     classes: classes as u64,
                     feature_dim: dim as u64,
+                    feature_norm: Some(norm),
                     bytes: bytes.len() as u64,
                     digest: ByteArray::new(digest),
                 });
@@ -211,7 +222,7 @@ impl ModelService {
         }
     }
 
-    async fn fetch(&self, peer: NodeId, a: &ModelAnnouncement) -> Result<Checkpoint, String> {
+    async fn fetch(&self, peer: NodeId, a: &ModelAnnouncement) -> Result<Checkpoint, FetchFailure> {
         let mut bytes = Vec::with_capacity(a.bytes as usize);
         while (bytes.len() as u64) < a.bytes {
             let request = ModelRequest {
@@ -222,7 +233,9 @@ impl ModelService {
                 .network
                 .fetch_model(peer, request)
                 .await
-                .map_err(|e| e.to_string())??;
+                .map_err(|e| e.to_string())
+                .and_then(|r| r)
+                .map_err(FetchFailure::Transfer)?;
             match response {
                 ModelResponse::Chunk {
                     total,
@@ -230,23 +243,28 @@ impl ModelService {
                 } => {
                     let expected = (a.bytes - bytes.len() as u64).min(CHUNK_BYTES as u64);
                     if total != a.bytes || chunk.len() as u64 != expected {
-                        return Err(format!(
+                        return Err(FetchFailure::Transfer(format!(
                             "peer sent a {}-byte chunk of a {total}-byte model ({expected} of {} expected)",
                             chunk.len(),
                             a.bytes
-                        ));
+                        )));
                     }
                     bytes.extend_from_slice(&chunk);
                 }
-                ModelResponse::Unavailable { reason } => return Err(reason),
+                ModelResponse::Unavailable { reason } => {
+                    return Err(FetchFailure::Transfer(reason))
+                }
             }
         }
         if bytes.len() as u64 != a.bytes || sha256(&bytes) != *a.digest {
-            return Err("the model does not match its announced digest".into());
+            return Err(FetchFailure::Transfer(
+                "the model does not match its announced digest".into(),
+            ));
         }
         tokio::task::spawn_blocking(move || Checkpoint::decode(&bytes))
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| FetchFailure::Transfer(e.to_string()))?
+            .map_err(FetchFailure::Unreadable)
     }
 
     async fn merge_round(&self, round: &mut Round) {
@@ -262,6 +280,7 @@ impl ModelService {
         }
         let counters = self.model.counters();
         let dim = self.model.settings().feature_dim as u64;
+        let norm = self.model.feature_norm();
         let mut fetched = Vec::new();
         let mut taken = Vec::new();
         // The newest few; the rest wait for the next round (each fetched
@@ -270,8 +289,8 @@ impl ModelService {
         let later = queue.split_off(MAX_PEERS_PER_ROUND.min(queue.len()));
         requeue(&round.pending, later);
         for (peer, a) in queue {
-            if a.feature_dim != dim {
-                tracing::debug!(peer = %peer, dim = a.feature_dim, "peer model of another feature dimension skipped");
+            if a.feature_dim != dim || a.norm() != norm {
+                tracing::debug!(peer = %peer, dim = a.feature_dim, norm = a.norm(), "peer model of another feature dimension or norm skipped");
                 round.merged.insert(peer, *a.digest);
                 continue;
             }
@@ -279,16 +298,27 @@ impl ModelService {
             let limit = FETCH_BASE_TIMEOUT + Duration::from_secs(a.bytes / (1 << 20));
             let fetched_one = tokio::time::timeout(limit, self.fetch(peer, &a))
                 .await
-                .unwrap_or_else(|_| Err(format!("no complete model within {limit:?}")));
+                .unwrap_or_else(|_| {
+                    Err(FetchFailure::Transfer(format!(
+                        "no complete model within {limit:?}"
+                    )))
+                });
             match fetched_one {
                 Ok(c) => {
                     round.merged.insert(peer, *a.digest);
                     fetched.push(c);
                     taken.push((peer, a));
                 }
-                Err(e) => {
+                Err(FetchFailure::Transfer(e)) => {
                     counters.merge_failures.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(peer = %peer, error = %e, "cannot fetch a peer's model");
+                }
+                Err(FetchFailure::Unreadable(e)) => {
+                    // It matched its digest, so asking again gets the same
+                    // bytes: this model is not fetched again.
+                    round.merged.insert(peer, *a.digest);
+                    counters.merge_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(peer = %peer, error = %e, "a peer's model cannot be read; not fetched again");
                 }
             }
         }
