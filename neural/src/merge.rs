@@ -56,7 +56,20 @@ pub fn merge(
                 .copied()
                 .find(|p| p.samples > 0 && p.validate().is_ok())
         })
-        .ok_or("no compatible peer model")?;
+        .ok_or_else(|| {
+            let reasons: Vec<String> = peers
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let reason = p
+                        .validate()
+                        .err()
+                        .unwrap_or("learned from no samples".into());
+                    format!("peer model {i}: {reason}")
+                })
+                .collect();
+            format!("no usable peer model ({})", reasons.join("; "))
+        })?;
     let compatible = |c: &Checkpoint| -> Result<(), String> {
         if c.format != FORMAT {
             return Err(format!("checkpoint format {}", c.format));
@@ -501,5 +514,16 @@ mod tests {
             refused.contains("peer model 0: feature norm 1 does not match 2"),
             "{refused}"
         );
+        // So does it without a local model, when no peer's is usable; with
+        // one, an untrained node follows it whatever its norm.
+        let mut empty = b.clone();
+        empty.samples = 0;
+        let refused = merge(None, &[&empty]).unwrap_err();
+        assert!(
+            refused.contains("peer model 0: learned from no samples"),
+            "{refused}"
+        );
+        let (merged, report) = merge(None, &[&empty, &scaled]).unwrap();
+        assert_eq!((merged.features.norm, report.peers_merged), (1.0, 1));
     }
 }

@@ -475,15 +475,12 @@ impl ModelHandle {
         Ok(Some(version))
     }
 
-    /// The feature norm of the installed model, or of a model this node
-    /// would train (the default) while it has none: peers' models at
-    /// another norm are not fetched.
-    pub fn feature_norm(&self) -> f32 {
+    /// The feature norm of the installed model (None while untrained):
+    /// peers' models at another norm are not fetched.
+    pub fn feature_norm(&self) -> Option<f32> {
         self.recommender()
             .model()
-            .map_or(FeatureConfig::default().norm, |m| {
-                m.classifier.features.norm
-            })
+            .map(|m| m.classifier.features.norm)
     }
 
     /// The current model as a checkpoint (None while untrained).

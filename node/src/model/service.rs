@@ -107,6 +107,12 @@ fn refresh_rules(
     }
 }
 
+/// Can the announced model be averaged with this node's: the same feature
+/// dimension, and the installed model's norm (any, while untrained)?
+fn averages_with(a: &ModelAnnouncement, dim: u64, norm: Option<f32>) -> bool {
+    a.feature_dim == dim && norm.is_none_or(|n| a.norm() == n)
+}
+
 /// Why a peer's model was not had.
 enum FetchFailure {
     /// Not received whole and as announced (tried again when announced
@@ -275,12 +281,25 @@ impl ModelService {
                 .filter(|(peer, a)| round.merged.get(peer) != Some(&*a.digest))
                 .collect()
         };
+        // Models of another feature dimension or norm do not average with
+        // this one: they are not fetched, nor remembered as merged, since
+        // this node's norm changes when it trains or imports a model (an
+        // untrained node takes any norm: its merge follows the first
+        // usable peer model). Peers announce every round, so they are
+        // looked at again then.
+        let dim = self.model.settings().feature_dim as u64;
+        let norm = self.model.feature_norm();
+        queue.retain(|(peer, a)| {
+            let fits = averages_with(a, dim, norm);
+            if !fits {
+                tracing::debug!(peer = %peer, dim = a.feature_dim, norm = a.norm(), "peer model of another feature dimension or norm passed over");
+            }
+            fits
+        });
         if queue.is_empty() {
             return;
         }
         let counters = self.model.counters();
-        let dim = self.model.settings().feature_dim as u64;
-        let norm = self.model.feature_norm();
         let mut fetched = Vec::new();
         let mut taken = Vec::new();
         // The newest few; the rest wait for the next round (each fetched
@@ -289,11 +308,6 @@ impl ModelService {
         let later = queue.split_off(MAX_PEERS_PER_ROUND.min(queue.len()));
         requeue(&round.pending, later);
         for (peer, a) in queue {
-            if a.feature_dim != dim || a.norm() != norm {
-                tracing::debug!(peer = %peer, dim = a.feature_dim, norm = a.norm(), "peer model of another feature dimension or norm skipped");
-                round.merged.insert(peer, *a.digest);
-                continue;
-            }
             // Bounded, so a slow or stalling peer cannot hold up the round.
             let limit = FETCH_BASE_TIMEOUT + Duration::from_secs(a.bytes / (1 << 20));
             let fetched_one = tokio::time::timeout(limit, self.fetch(peer, &a))
@@ -387,5 +401,33 @@ impl ModelService {
                 tracing::warn!(error = %e, "cannot install the merged model");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_models_of_this_dimension_and_norm_are_fetched() {
+        let at = |dim, norm| ModelAnnouncement {
+            version: 1,
+            samples: 10,
+            classes: 2,
+            feature_dim: dim,
+            feature_norm: norm,
+            bytes: 100,
+            digest: ByteArray::new([1; 32]),
+        };
+        // An older build announces no norm: its model is at 1.
+        assert!(averages_with(&at(1024, None), 1024, Some(1.0)));
+        assert!(!averages_with(&at(1024, None), 1024, Some(2.0)));
+        assert!(averages_with(&at(1024, Some(2.0)), 1024, Some(2.0)));
+        assert!(!averages_with(&at(2048, Some(2.0)), 1024, Some(2.0)));
+        // Untrained, any norm will do (the merge follows the first model),
+        // but not another dimension.
+        assert!(averages_with(&at(1024, None), 1024, None));
+        assert!(averages_with(&at(1024, Some(2.0)), 1024, None));
+        assert!(!averages_with(&at(2048, None), 1024, None));
     }
 }
