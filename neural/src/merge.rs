@@ -39,6 +39,15 @@ struct Member<'a> {
     keep: f32,
 }
 
+/// Reasons, one per peer model in order, as one line naming each.
+fn each_peer(reasons: impl Iterator<Item = String>) -> String {
+    let named: Vec<String> = reasons
+        .enumerate()
+        .map(|(i, reason)| format!("peer model {i}: {reason}"))
+        .collect();
+    named.join("; ")
+}
+
 /// Merges `peers` into `local` (or, without a local model, averages the
 /// peers). The result keeps the local version and sample count; the caller
 /// bumps the version. Fails only if nothing is left to merge.
@@ -57,18 +66,12 @@ pub fn merge(
                 .find(|p| p.samples > 0 && p.validate().is_ok())
         })
         .ok_or_else(|| {
-            let reasons: Vec<String> = peers
-                .iter()
-                .enumerate()
-                .map(|(i, p)| {
-                    let reason = p
-                        .validate()
-                        .err()
-                        .unwrap_or("learned from no samples".into());
-                    format!("peer model {i}: {reason}")
-                })
-                .collect();
-            format!("no usable peer model ({})", reasons.join("; "))
+            let reasons = peers.iter().map(|p| {
+                p.validate()
+                    .err()
+                    .unwrap_or("learned from no samples".into())
+            });
+            format!("no usable peer model ({})", each_peer(reasons))
         })?;
     let compatible = |c: &Checkpoint| -> Result<(), String> {
         if c.format != FORMAT {
@@ -118,12 +121,8 @@ pub fn merge(
         report.peers_merged += 1;
     }
     if report.peers_merged == 0 {
-        let reasons: Vec<String> = report
-            .skipped
-            .iter()
-            .map(|(i, reason)| format!("peer model {i}: {reason}"))
-            .collect();
-        return Err(format!("no compatible peer model ({})", reasons.join("; ")));
+        let reasons = report.skipped.iter().map(|(_, reason)| reason.clone());
+        return Err(format!("no compatible peer model ({})", each_peer(reasons)));
     }
 
     // The reference the distances are measured from.
