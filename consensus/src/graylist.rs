@@ -35,6 +35,9 @@ impl Misbehaviour {
 #[derive(Default, Debug)]
 struct Record {
     silent_in_a_row: u32,
+    /// Times benched for silence since it last answered: each doubles the
+    /// next bench, and one unanswered query benches it again.
+    silence_benches: u32,
     contradictions: u32,
     /// When the current run of contradictions began.
     contradictions_since_ms: u64,
@@ -46,7 +49,8 @@ struct Record {
 const CONTRADICTION_WINDOW_MS: u64 = 60_000;
 
 /// Bounded: records of peers that are neither graylisted nor striking are
-/// forgotten by [`Graylist::prune`].
+/// forgotten by [`Graylist::prune`]; the engine records only validators
+/// (voters of its polls) and peers that sent it something invalid.
 #[derive(Default, Debug)]
 pub struct Graylist {
     records: HashMap<NodeId, Record>,
@@ -66,16 +70,31 @@ impl Graylist {
         record.until_ms
     }
 
-    /// Counts an unanswered query; true when the peer reached `limit`.
+    /// Counts an unanswered query; true when the peer reached `limit`, or
+    /// at once when it was benched for silence before and has not answered
+    /// since (a validator that stays silent is benched again at its first
+    /// unanswered query, not after `limit` more slow polls).
     pub fn silent(&mut self, peer: NodeId, limit: u32) -> bool {
         let record = self.records.entry(peer).or_default();
         record.silent_in_a_row += 1;
-        record.silent_in_a_row >= limit
+        record.silent_in_a_row >= limit || record.silence_benches > 0
+    }
+
+    /// How long to bench a silent peer: `base_ms`, doubled for each bench
+    /// since it last answered, at most `max_ms`. Counts this bench.
+    pub fn silence_bench_ms(&mut self, peer: NodeId, base_ms: u64, max_ms: u64) -> u64 {
+        let record = self.records.entry(peer).or_default();
+        let doubling = record.silence_benches.min(16);
+        record.silence_benches += 1;
+        base_ms
+            .saturating_mul(1 << doubling)
+            .min(max_ms.max(base_ms))
     }
 
     pub fn answered(&mut self, peer: &NodeId) {
         if let Some(record) = self.records.get_mut(peer) {
             record.silent_in_a_row = 0;
+            record.silence_benches = 0;
         }
     }
 
@@ -103,6 +122,7 @@ impl Graylist {
         self.records.retain(|_, r| {
             r.until_ms > now_ms
                 || r.silent_in_a_row > 0
+                || r.silence_benches > 0
                 || (r.contradictions > 0
                     && now_ms.saturating_sub(r.contradictions_since_ms) <= CONTRADICTION_WINDOW_MS)
         });
@@ -123,6 +143,16 @@ mod tests {
         assert!(!g.silent(peer, 3));
         assert!(!g.silent(peer, 3));
         assert!(g.silent(peer, 3));
+        // A peer benched for silence is benched again at its next
+        // unanswered query, for twice as long, until it answers.
+        assert_eq!(g.silence_bench_ms(peer, 10, 35), 10);
+        assert!(g.silent(peer, 3));
+        assert_eq!(g.silence_bench_ms(peer, 10, 35), 20);
+        assert_eq!(g.silence_bench_ms(peer, 10, 35), 35);
+        g.answered(&peer);
+        assert!(!g.silent(peer, 3));
+        assert_eq!(g.silence_bench_ms(peer, 10, 35), 10);
+        g.answered(&peer);
         let until = g.graylist(peer, 100, 50);
         assert_eq!(until, 150);
         assert!(g.is_graylisted(&peer, 149));

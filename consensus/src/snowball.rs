@@ -1,33 +1,60 @@
-//! Snowball counters of one contested conflict set.
+//! Snowball counters of one contested conflict set, by the standard rules
+//! (avalanchego's `nnary_snowball`):
+//!
+//! - a poll in which a member draws at least α-preference votes is
+//!   *successful* for it: its preference strength grows, and the preference
+//!   moves to it once its strength exceeds the current preference's;
+//! - a successful poll that also reaches α-confidence extends the member's
+//!   run of consecutive confident polls (a run of another member ends);
+//!   one below α-confidence ends every run;
+//! - an unsuccessful poll ends every run and changes nothing else.
+//!
+//! One departure, argued in docs/consensus.md: strength is bounded. When the
+//! winner of a poll is already at the bound, every other member loses one
+//! instead; the order of strengths, and so the preference, moves exactly as
+//! it would, but a majority from long ago (one side of a partition that
+//! won polls for minutes) cannot hold a node against the current one for
+//! longer than the bound's worth of polls. Safety rests on the confidence
+//! runs alone, which the bound does not touch.
+//!
+//! The only other thing that sets the preference is the *initial* choice:
+//! while no member has won a single poll here, the preference is the
+//! member with the smallest id. Every node that knows the same rivals
+//! therefore starts from the same one, which keeps many-way contests (every
+//! node claiming one task at once) live; see docs/consensus.md for why this
+//! does not weaken safety.
 
 use agentmesh_protocol::VertexId;
 
-/// The members (undecided vertices holding a transaction with the same
-/// conflict key) and the Snowball state over them.
 #[derive(Debug, Clone)]
 pub struct ConflictSet {
-    /// Members and their confidence (successful polls in total).
+    /// Members and their preference strength (successful polls).
     members: Vec<(VertexId, u32)>,
     preference: VertexId,
+    /// The member of the current run of confident polls.
     last: Option<VertexId>,
-    /// Consecutive successful polls of `last`.
+    /// Length of that run.
     count: u32,
-    /// Consecutive polls in which no member got an alpha majority.
-    failures: u32,
 }
 
-/// Failed polls in a row after which the preference follows the plurality
-/// whatever the confidences (see [`ConflictSet::record_failure`]).
-pub const STALLED_AFTER: u32 = 8;
+/// What a poll showed for one conflict set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PollResult {
+    /// No member reached α-preference.
+    Unsuccessful,
+    /// `0` reached α-preference but not α-confidence.
+    Preferred(VertexId),
+    /// `0` reached α-confidence.
+    Confident(VertexId),
+}
 
 impl ConflictSet {
     pub fn new(first: VertexId, second: VertexId) -> ConflictSet {
         ConflictSet {
             members: vec![(first, 0), (second, 0)],
-            preference: first,
+            preference: first.min(second),
             last: None,
             count: 0,
-            failures: 0,
         }
     }
 
@@ -47,13 +74,21 @@ impl ConflictSet {
         self.preference
     }
 
-    pub fn add(&mut self, member: VertexId) {
-        if !self.members.iter().any(|(id, _)| *id == member) {
-            self.members.push((member, 0));
+    /// Adds a rival; returns true if the preference moved (only while no
+    /// poll has succeeded here: the initial choice).
+    pub fn add(&mut self, member: VertexId) -> bool {
+        if self.members.iter().any(|(id, _)| *id == member) {
+            return false;
         }
+        self.members.push((member, 0));
+        if self.untouched() && member < self.preference {
+            self.preference = member;
+            return true;
+        }
+        false
     }
 
-    /// Consecutive successes of `member` (0 unless it won the last poll).
+    /// Consecutive confident polls of `member` (0 unless it has the run).
     pub fn streak(&self, member: &VertexId) -> u32 {
         if self.last.as_ref() == Some(member) {
             self.count
@@ -62,62 +97,43 @@ impl ConflictSet {
         }
     }
 
-    /// `winner` got an alpha majority; returns true if the preference moved.
-    pub fn record_success(&mut self, winner: VertexId) -> bool {
+    /// Applies one poll, strengths bounded by `max_strength` (at least 1);
+    /// returns true if the preference moved.
+    pub fn record(&mut self, result: PollResult, max_strength: u32) -> bool {
+        let (winner, confident) = match result {
+            PollResult::Unsuccessful => {
+                self.count = 0;
+                return false;
+            }
+            PollResult::Preferred(w) => (w, false),
+            PollResult::Confident(w) => (w, true),
+        };
         let Some(pos) = self.members.iter().position(|(id, _)| *id == winner) else {
             return false;
         };
-        self.members[pos].1 += 1;
-        self.failures = 0;
-        let confidence = self.members[pos].1;
-        let preferred = self.confidence(&self.preference);
-        let moved = winner != self.preference && confidence > preferred;
+        if self.members[pos].1 < max_strength.max(1) {
+            self.members[pos].1 += 1;
+        } else {
+            for (at, (_, strength)) in self.members.iter_mut().enumerate() {
+                if at != pos {
+                    *strength = strength.saturating_sub(1);
+                }
+            }
+        }
+        let strength = self.members[pos].1;
+        let moved = winner != self.preference && strength > self.strength(&self.preference);
         if moved {
             self.preference = winner;
         }
-        if self.last == Some(winner) {
+        if !confident {
+            self.count = 0;
+        } else if self.last == Some(winner) {
             self.count += 1;
         } else {
             self.last = Some(winner);
             self.count = 1;
         }
         moved
-    }
-
-    /// No member got an alpha majority. The streak ends; and if another
-    /// member drew more votes than the preference (ties to the smaller id)
-    /// and has at least its confidence, or the set has failed
-    /// [`STALLED_AFTER`] polls in a row that each sampled the whole
-    /// population, the preference moves to it. (In a sampled network the
-    /// plurality of one sample is noise; following it there after every
-    /// stall makes preferences flap, and sampling noise breaks ties anyway.)
-    /// Without this, a network small enough that every poll samples every
-    /// node could stay split forever: with no sampling noise, no side ever
-    /// reaches alpha, and nodes whose earlier successes went to different
-    /// members would each keep their own. Acceptance still needs `beta`
-    /// consecutive alpha majorities, so safety does not rest on it.
-    /// Returns true if the preference moved.
-    pub fn record_failure(&mut self, votes: &[(VertexId, usize)], whole_population: bool) -> bool {
-        self.count = 0;
-        self.failures = self.failures.saturating_add(1);
-        let stalled = whole_population && self.failures >= STALLED_AFTER;
-        let rank = |(id, n): &(VertexId, usize)| (*n, std::cmp::Reverse(*id));
-        let Some(top) = votes.iter().max_by_key(|v| rank(v)) else {
-            return false;
-        };
-        let current = votes
-            .iter()
-            .find(|(id, _)| *id == self.preference)
-            .map_or((0, std::cmp::Reverse(self.preference)), rank);
-        if top.0 != self.preference
-            && rank(top) > current
-            && top.1 > 0
-            && (stalled || self.confidence(&top.0) >= self.confidence(&self.preference))
-        {
-            self.preference = top.0;
-            return true;
-        }
-        false
     }
 
     /// Removes a rejected member; returns true if the preference moved.
@@ -130,7 +146,7 @@ impl ConflictSet {
         if self.preference != *member {
             return false;
         }
-        // The most confident remaining member; ties go to the smaller id so
+        // The strongest remaining member; ties go to the smaller id so
         // every node picks the same one from the same counts.
         if let Some((id, _)) = self
             .members
@@ -142,7 +158,13 @@ impl ConflictSet {
         true
     }
 
-    fn confidence(&self, member: &VertexId) -> u32 {
+    /// No poll has succeeded for any member yet (or strengths were worn
+    /// back to zero, which needs the preference to win).
+    fn untouched(&self) -> bool {
+        self.members.iter().all(|(_, s)| *s == 0)
+    }
+
+    fn strength(&self, member: &VertexId) -> u32 {
         self.members
             .iter()
             .find(|(id, _)| id == member)
@@ -153,44 +175,101 @@ impl ConflictSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
-    #[test]
-    fn a_stalled_split_follows_the_plurality_despite_confidence() {
-        let (a, b) = (VertexId([1; 32]), VertexId([2; 32]));
-        let mut set = ConflictSet::new(a, b);
-        // Earlier successes went to `a` here, while most nodes prefer `b`.
-        set.record_success(a);
-        set.record_success(a);
-        let split = [(a, 3), (b, 4)];
-        // Samples of part of the network never trigger it.
-        let mut sampled = set.clone();
-        for _ in 0..2 * STALLED_AFTER {
-            assert!(!sampled.record_failure(&split, false));
-        }
-        for _ in 1..STALLED_AFTER {
-            assert!(!set.record_failure(&split, true));
-            assert_eq!(set.preference(), a);
-        }
-        assert!(set.record_failure(&split, true));
-        assert_eq!(set.preference(), b);
+    const CAP: u32 = 1_000;
+
+    fn v(n: u8) -> VertexId {
+        VertexId([n; 32])
     }
 
     #[test]
-    fn preference_follows_confidence_and_streaks_reset() {
-        let (a, b) = (VertexId([1; 32]), VertexId([2; 32]));
+    fn bounded_strength_lets_a_new_majority_take_over_after_the_bound() {
+        let (a, b) = (v(1), v(2));
         let mut set = ConflictSet::new(a, b);
-        assert_eq!(set.preference(), a);
-        assert!(set.record_success(b));
+        for _ in 0..1_000 {
+            set.record(PollResult::Preferred(b), 5);
+        }
+        // b won a thousand polls, but a needs only 5 + 1 to take over.
+        for _ in 0..5 {
+            set.record(PollResult::Preferred(a), 5);
+            assert_eq!(set.preference(), b);
+        }
+        assert!(set.record(PollResult::Preferred(a), 5));
+    }
+
+    #[test]
+    fn the_initial_preference_is_the_smallest_id_until_a_poll_succeeds() {
+        let mut set = ConflictSet::new(v(5), v(3));
+        assert_eq!(set.preference(), v(3));
+        assert!(set.add(v(1)));
+        assert_eq!(set.preference(), v(1));
+        set.record(PollResult::Preferred(v(5)), CAP);
+        assert_eq!(set.preference(), v(5), "strength 1 against 0");
+        assert!(
+            !set.add(v(0)),
+            "a poll has succeeded: no more initial choice"
+        );
+        assert_eq!(set.preference(), v(5));
+    }
+
+    #[test]
+    fn failed_polls_never_move_the_preference() {
+        let mut set = ConflictSet::new(v(1), v(2));
+        set.record(PollResult::Confident(v(2)), CAP);
+        set.record(PollResult::Confident(v(2)), CAP);
+        assert_eq!(set.streak(&v(2)), 2);
+        for _ in 0..100 {
+            assert!(!set.record(PollResult::Unsuccessful, CAP));
+            assert_eq!(set.preference(), v(2));
+        }
+        assert_eq!(set.streak(&v(2)), 0);
+    }
+
+    #[test]
+    fn preference_follows_strength_and_runs_follow_confidence() {
+        let (a, b) = (v(1), v(2));
+        let mut set = ConflictSet::new(a, b);
+        assert!(set.record(PollResult::Confident(b), CAP));
         assert_eq!(set.preference(), b);
-        assert_eq!(set.streak(&b), 1);
-        set.record_success(b);
+        set.record(PollResult::Confident(b), CAP);
         assert_eq!(set.streak(&b), 2);
-        set.record_failure(&[], false);
+        // Preferred but not confident: the run ends, strength still grows.
+        set.record(PollResult::Preferred(b), CAP);
         assert_eq!(set.streak(&b), 0);
-        set.record_success(a);
-        assert_eq!(set.preference(), b, "a has 1 success, b has 2");
+        assert!(!set.record(PollResult::Confident(a), CAP));
+        assert_eq!(set.preference(), b, "a has 1 success, b has 3");
         assert_eq!(set.streak(&a), 1);
         assert!(set.remove(&b));
         assert_eq!(set.preference(), a);
+    }
+
+    proptest! {
+        /// Whatever the polls, the preference is always a member with the
+        /// greatest strength once any poll succeeded, and it moves only on
+        /// a successful poll.
+        #[test]
+        fn preference_is_always_a_strongest_member(
+            polls in proptest::collection::vec((0u8..4, 0u8..3), 0..200),
+        ) {
+            let mut set = ConflictSet::new(v(0), v(1));
+            set.add(v(2));
+            set.add(v(3));
+            for (member, kind) in polls {
+                let before = set.preference();
+                let result = match kind {
+                    0 => PollResult::Unsuccessful,
+                    1 => PollResult::Preferred(v(member)),
+                    _ => PollResult::Confident(v(member)),
+                };
+                let moved = set.record(result, CAP);
+                prop_assert_eq!(moved, before != set.preference());
+                if result == PollResult::Unsuccessful {
+                    prop_assert!(!moved);
+                }
+                let best = set.members.iter().map(|(_, s)| *s).max().unwrap();
+                prop_assert_eq!(set.strength(&set.preference()), best);
+            }
+        }
     }
 }

@@ -351,9 +351,17 @@ pub struct RunArgs {
     /// Consensus: peers sampled per poll [default: 20].
     #[arg(long, env = "AGENTMESH_CONSENSUS_K")]
     pub consensus_k: Option<usize>,
-    /// Consensus: yes votes of k that make a poll successful, a majority [default: 14].
-    #[arg(long, env = "AGENTMESH_CONSENSUS_ALPHA")]
-    pub consensus_alpha: Option<usize>,
+    /// Consensus: yes votes of k that make a poll successful, a majority [default: 11].
+    #[arg(long, env = "AGENTMESH_CONSENSUS_ALPHA_PREFERENCE")]
+    pub consensus_alpha_preference: Option<usize>,
+    /// Consensus: yes votes of k that count towards acceptance [default: 15].
+    #[arg(long, env = "AGENTMESH_CONSENSUS_ALPHA_CONFIDENCE")]
+    pub consensus_alpha_confidence: Option<usize>,
+    /// Consensus: the validators, comma-separated peer ids with optional
+    /// weights (12D3KooW...=2). Without them every peer seen in the last
+    /// 24 hours votes: development only, not Sybil-resistant.
+    #[arg(long, env = "AGENTMESH_VALIDATORS", value_delimiter = ',')]
+    pub validators: Option<Vec<String>>,
     /// Consensus: consecutive successful polls accepting an uncontested transaction [default: 15].
     #[arg(long, env = "AGENTMESH_CONSENSUS_BETA_VIRTUOUS")]
     pub consensus_beta_virtuous: Option<u32>,
@@ -366,7 +374,9 @@ pub struct RunArgs {
     /// Consensus: vertex ids per query [default: 64].
     #[arg(long, env = "AGENTMESH_CONSENSUS_BATCH_SIZE")]
     pub consensus_batch_size: Option<usize>,
-    /// Consensus: milliseconds before an unanswered query counts as a no vote [default: 2000].
+    /// Consensus: milliseconds before an unanswered query counts as a no
+    /// vote, until the peer's round trips are measured (then they set it,
+    /// between 250 and 10000) [default: 2000].
     #[arg(long, env = "AGENTMESH_CONSENSUS_QUERY_TIMEOUT_MS")]
     pub consensus_query_timeout_ms: Option<u64>,
     /// Patterns: seconds between anti-entropy rounds with a random peer [default: 30].
@@ -442,7 +452,10 @@ impl RunArgs {
             idle_connection_timeout_secs => idle_connection_timeout_secs,
             bootstrap_interval_secs => bootstrap_interval_secs,
             gossip_heartbeat_ms => gossip_heartbeat_ms, subscriber_buffer => subscriber_buffer,
-            consensus_k => consensus_k, consensus_alpha => consensus_alpha,
+            consensus_k => consensus_k,
+            consensus_alpha_preference => consensus_alpha_preference,
+            consensus_alpha_confidence => consensus_alpha_confidence,
+            validators => validators,
             consensus_beta_virtuous => consensus_beta_virtuous,
             consensus_beta_rogue => consensus_beta_rogue,
             consensus_polls_in_flight => consensus_polls_in_flight,

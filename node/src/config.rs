@@ -4,7 +4,7 @@
 //! [`Settings::from_config`] validates everything and names the setting that
 //! is wrong.
 
-use agentmesh_consensus::Params;
+use agentmesh_consensus::{Params, ValidatorSet};
 use agentmesh_protocol::NodeId;
 use libp2p::{multiaddr::Protocol, Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
@@ -65,8 +65,16 @@ pub struct Config {
     pub subscriber_buffer: usize,
     /// Consensus: peers sampled per poll.
     pub consensus_k: usize,
-    /// Consensus: yes votes of `consensus_k` that make a poll successful.
-    pub consensus_alpha: usize,
+    /// Consensus: yes votes of `consensus_k` that make a poll successful
+    /// (the value's preference strength grows).
+    pub consensus_alpha_preference: usize,
+    /// Consensus: yes votes of `consensus_k` that count towards acceptance.
+    pub consensus_alpha_confidence: usize,
+    /// Consensus: the validators, as peer ids with an optional weight
+    /// (`12D3KooW...=3`; 1 without one). Only they are sampled and only
+    /// their votes count. Empty: every peer seen in the last 24 hours votes
+    /// with weight 1, which is for development only (not Sybil-resistant).
+    pub validators: Vec<String>,
     /// Consensus: consecutive successful polls accepting an uncontested transaction.
     pub consensus_beta_virtuous: u32,
     /// Consensus: consecutive successful polls accepting a contested transaction.
@@ -160,7 +168,9 @@ impl Default for Config {
             gossip_heartbeat_ms: 500,
             subscriber_buffer: 4096,
             consensus_k: Params::default().k,
-            consensus_alpha: Params::default().alpha,
+            consensus_alpha_preference: Params::default().alpha_preference,
+            consensus_alpha_confidence: Params::default().alpha_confidence,
+            validators: vec![],
             consensus_beta_virtuous: Params::default().beta_virtuous,
             consensus_beta_rogue: Params::default().beta_rogue,
             consensus_polls_in_flight: Params::default().max_polls_in_flight,
@@ -237,7 +247,8 @@ pub enum LogFormat {
 fn consensus_params(c: &Config) -> Result<Params, ConfigError> {
     let params = Params {
         k: c.consensus_k,
-        alpha: c.consensus_alpha,
+        alpha_preference: c.consensus_alpha_preference,
+        alpha_confidence: c.consensus_alpha_confidence,
         beta_virtuous: c.consensus_beta_virtuous,
         beta_rogue: c.consensus_beta_rogue,
         max_polls_in_flight: c.consensus_polls_in_flight,
@@ -248,7 +259,8 @@ fn consensus_params(c: &Config) -> Result<Params, ConfigError> {
     params.validate().map_err(|e| {
         let setting = match e.name {
             "k" => "consensus_k",
-            "alpha" => "consensus_alpha",
+            "alpha_preference" => "consensus_alpha_preference",
+            "alpha_confidence" => "consensus_alpha_confidence",
             "beta_virtuous" => "consensus_beta_virtuous",
             "beta_rogue" => "consensus_beta_rogue",
             "max_polls_in_flight" => "consensus_polls_in_flight",
@@ -290,6 +302,8 @@ pub struct Settings {
     pub gossip_heartbeat: Duration,
     pub subscriber_buffer: usize,
     pub consensus: Params,
+    /// The configured validator set; `None`: the peers seen (development).
+    pub validators: Option<ValidatorSet>,
     pub anti_entropy_interval: Duration,
     pub pattern_gossip_delay: Duration,
     /// The authority's key and this node's certificate; `None` = open mode.
@@ -396,6 +410,42 @@ fn parse_bootstrap(s: &str) -> Result<BootstrapPeer, ConfigError> {
             format!("{s:?} must be a full address ending in /p2p/<peer id>, e.g. /ip4/10.0.0.1/tcp/4001/p2p/12D3KooW..."),
         )),
     }
+}
+
+/// `validators`: `<peer id>[=<weight>]` entries.
+fn parse_validators(entries: &[String]) -> Result<Option<ValidatorSet>, ConfigError> {
+    if entries.is_empty() {
+        return Ok(None);
+    }
+    let mut members = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let (peer, weight) = match entry.split_once('=') {
+            Some((peer, weight)) => {
+                let weight = weight.trim().parse::<u64>().map_err(|_| {
+                    invalid(
+                        "validators",
+                        format!("{entry:?}: the weight after '=' must be a whole number"),
+                    )
+                })?;
+                (peer.trim(), weight)
+            }
+            None => (entry.trim(), 1),
+        };
+        let node = peer
+            .parse::<libp2p::PeerId>()
+            .ok()
+            .and_then(|p| crate::identity::node_id_of(&p))
+            .ok_or_else(|| {
+                invalid(
+                    "validators",
+                    format!("{peer:?} is not an agentmesh peer id (12D3KooW..., as `agentmesh id` prints)"),
+                )
+            })?;
+        members.push((node, weight));
+    }
+    ValidatorSet::new(1, members)
+        .map(Some)
+        .map_err(|e| invalid("validators", e.to_string()))
 }
 
 fn positive(setting: &'static str, v: u64) -> Result<u64, ConfigError> {
@@ -507,6 +557,7 @@ impl Settings {
             return Err(invalid("gossip_heartbeat_ms", "must be at least 50"));
         }
         let consensus = consensus_params(c)?;
+        let validators = parse_validators(&c.validators)?;
         Ok(Settings {
             network: c.network.clone(),
             data_dir: c.data_dir.clone(),
@@ -540,6 +591,7 @@ impl Settings {
             gossip_heartbeat: Duration::from_millis(c.gossip_heartbeat_ms),
             subscriber_buffer: c.subscriber_buffer,
             consensus,
+            validators,
             anti_entropy_interval: secs(
                 "patterns_anti_entropy_secs",
                 c.patterns_anti_entropy_secs,

@@ -100,12 +100,19 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
     )?;
     let network_task = tokio::spawn(network.run());
     let (requests, requests_rx) = mpsc::channel(REQUEST_QUEUE);
+    if settings.validators.is_none() {
+        tracing::warn!(
+            "no validators configured: every peer seen in the last 24 hours votes in consensus \
+             with weight 1; this is for development and is not Sybil-resistant (set `validators`)"
+        );
+    }
     let service = ConsensusService::new(
         engine,
         handle.clone(),
         events_rx,
         requests_rx,
         known_consensus_peers(&settings, &store),
+        settings.validators.clone(),
     );
     let consensus_task = tokio::spawn(service.run());
     let consensus = ConsensusHandle::new(requests);

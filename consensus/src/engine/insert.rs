@@ -110,7 +110,7 @@ impl<H: History> Engine<H> {
                 .transactions()
                 .iter()
                 .any(|tx| self.history.winner(&tx.key).is_some_and(|w| w != id));
-            if accepted_rival {
+            if accepted_rival || self.conflicts_with_own_ancestry(&vertex) {
                 self.reject_unprocessed(now_ms, vertex);
                 continue;
             }
@@ -127,6 +127,44 @@ impl<H: History> Engine<H> {
                 }
             }
         }
+    }
+
+    /// A transaction of `vertex` has a key that an undecided ancestor also
+    /// holds. Such a vertex can never be accepted: accepting it needs its
+    /// ancestor accepted, which rejects it. Left in, it would deadlock its
+    /// conflict set whenever it is the preferred member (it can never be
+    /// strongly preferred, and its rival is not preferred). Every honest
+    /// node rejects it alike: ancestry is part of the vertex's content.
+    fn conflicts_with_own_ancestry(&self, vertex: &Vertex) -> bool {
+        let keys: Vec<&str> = vertex
+            .transactions()
+            .iter()
+            .map(|tx| tx.key.as_str())
+            .filter(|key| self.keys.contains_key(*key))
+            .collect();
+        if keys.is_empty() {
+            return false;
+        }
+        let mut stack: Vec<VertexId> = vertex.parents().to_vec();
+        let mut seen: HashSet<VertexId> = stack.iter().copied().collect();
+        while let Some(id) = stack.pop() {
+            let Some(p) = self.processing.get(&id) else {
+                continue;
+            };
+            if p.vertex
+                .transactions()
+                .iter()
+                .any(|tx| keys.contains(&tx.key.as_str()))
+            {
+                return true;
+            }
+            for parent in p.vertex.parents() {
+                if seen.insert(*parent) {
+                    stack.push(*parent);
+                }
+            }
+        }
+        false
     }
 
     fn add_processing(&mut self, vertex: Vertex) {

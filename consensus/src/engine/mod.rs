@@ -25,6 +25,8 @@ use crate::graylist::{Graylist, Misbehaviour};
 use crate::history::{Decision, History, HistoryError};
 use crate::params::{Params, ParamsError};
 use crate::snowball::ConflictSet;
+use crate::timeouts::Timeouts;
+use crate::validators::ValidatorSet;
 use agentmesh_protocol::{NodeId, NodeKey, Transaction, Vertex, VertexError, VertexId};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
@@ -154,15 +156,17 @@ struct FetchState {
 #[derive(Debug)]
 struct Poll {
     ids: Vec<VertexId>,
-    /// Sampled voters; a voter's index is its bit in the masks.
+    /// Validators drawn (each once); a voter's index is its bit in the masks.
     voters: Vec<NodeId>,
+    /// How many of the `k` draws fell on each voter: its votes count that
+    /// many times.
+    draws: Vec<u32>,
+    /// Voters that answered, failed or were benched.
     answered: u64,
     yes: Vec<u64>,
-    alpha: usize,
+    sent_ms: u64,
     deadline_ms: u64,
     repoll: bool,
-    /// Every node of the population was sampled (no sampling noise).
-    whole_population: bool,
 }
 
 /// How many times a local transaction is re-proposed after its vertex was
@@ -174,6 +178,8 @@ const RECENT_ACCEPTED: usize = 16;
 const MAX_ORPHANS: usize = 16_384;
 /// Sequence numbers reserved per durable write of the next one.
 const SEQ_LEASE: u64 = 1024;
+/// Expired polls remembered for late answers' round trips.
+const MAX_EXPIRED_POLLS: usize = 256;
 /// Rejected vertices looked up for rival hints, per answered query.
 const MAX_HINT_LOOKUPS: usize = 8;
 
@@ -185,8 +191,11 @@ pub struct Engine<H: History> {
     me: NodeId,
     history: H,
     rng: SmallRng,
+    validators: ValidatorSet,
+    /// Validators other than this node, sorted: whom to fetch from.
     peers: Vec<NodeId>,
     graylist: Graylist,
+    timeouts: Timeouts,
 
     processing: HashMap<VertexId, Processing>,
     /// Transactions in `processing`.
@@ -206,6 +215,9 @@ pub struct Engine<H: History> {
     fetching: HashMap<VertexId, FetchState>,
 
     polls: HashMap<PollId, Poll>,
+    /// Recently expired polls and when they were sent, to measure answers
+    /// that come late.
+    expired: VecDeque<(PollId, u64)>,
     next_poll: PollId,
     next_repoll_ms: u64,
     /// Memo of "strongly preferred" answers, cleared when a preference moves.
@@ -259,8 +271,10 @@ impl<H: History> Engine<H> {
             me,
             history,
             rng: SmallRng::seed_from_u64(seed),
+            validators: ValidatorSet::default(),
             peers: Vec::new(),
             graylist: Graylist::default(),
+            timeouts: Timeouts::default(),
             processing: HashMap::new(),
             processing_txs: 0,
             leaves: BTreeSet::new(),
@@ -273,6 +287,7 @@ impl<H: History> Engine<H> {
             waiting: HashMap::new(),
             fetching: HashMap::new(),
             polls: HashMap::new(),
+            expired: VecDeque::new(),
             next_poll: 1,
             next_repoll_ms: 0,
             preferred_memo: HashMap::new(),
@@ -298,6 +313,12 @@ impl<H: History> Engine<H> {
         &self.history
     }
 
+    /// The history, for a restart: a new engine over it continues where
+    /// this one stopped (what it finalized, its sequence numbers).
+    pub fn into_history(self) -> H {
+        self.history
+    }
+
     pub fn stats(&self) -> EngineStats {
         self.stats
     }
@@ -307,16 +328,49 @@ impl<H: History> Engine<H> {
         std::mem::take(&mut self.outputs)
     }
 
-    /// The peers that may be sampled (self excluded; it is always a voter).
-    pub fn set_peers(&mut self, mut peers: Vec<NodeId>) {
-        peers.retain(|p| *p != self.me);
-        peers.sort();
-        peers.dedup();
-        self.peers = peers;
+    /// Who votes, from now on: only members are sampled and only their
+    /// votes count. This node votes in its own polls only if it is a
+    /// member. Polls already in flight keep the voters they drew (see
+    /// docs/consensus.md on changes of the set).
+    pub fn set_validators(&mut self, validators: ValidatorSet) {
+        self.peers = validators
+            .iter()
+            .map(|(id, _)| id)
+            .filter(|id| *id != self.me)
+            .collect();
+        self.timeouts.retain(|peer| validators.contains(peer));
+        self.validators = validators;
+    }
+
+    pub fn validators(&self) -> &ValidatorSet {
+        &self.validators
     }
 
     pub fn graylisted(&self, now_ms: u64) -> Vec<(NodeId, u64)> {
         self.graylist.graylisted(now_ms)
+    }
+
+    /// The share of validator weight benched now: graylisted validators,
+    /// which count as a no in every poll that draws them, unqueried.
+    pub fn benched_share(&self, now_ms: u64) -> f64 {
+        let total = self.validators.total_weight();
+        if total == 0 {
+            return 0.0;
+        }
+        self.benched_weight(now_ms) as f64 / total as f64
+    }
+
+    fn benched_weight(&self, now_ms: u64) -> u64 {
+        self.graylist
+            .graylisted(now_ms)
+            .iter()
+            .map(|(peer, _)| self.validators.weight(peer))
+            .sum()
+    }
+
+    /// How long a query to `peer` may take before it counts as a no.
+    pub fn query_timeout_ms(&self, peer: &NodeId) -> u64 {
+        self.timeouts.timeout_ms(peer, &self.params)
     }
 
     /// Every undecided vertex and where it stands.
@@ -568,10 +622,24 @@ impl<H: History> Engine<H> {
         if peer == self.me {
             return;
         }
-        // Silence may be a slow or restarting peer: a short pause. Anything
-        // else is proof of misconduct.
+        // Silence may be a slow or restarting peer: a short pause, and only
+        // while the benched weight stays under its bound (past it, silent
+        // validators are queried and waited for like the rest, so a node
+        // whose own link failed does not keep failing polls at once after
+        // it recovers). Anything else is proof of misconduct.
         let duration = match reason {
-            Misbehaviour::Silence => self.params.silence_graylist_ms,
+            Misbehaviour::Silence => {
+                let total = self.validators.total_weight() as f64;
+                let after = (self.benched_weight(now_ms) + self.validators.weight(&peer)) as f64;
+                if total > 0.0 && after / total > self.params.max_benched_percent as f64 / 100.0 {
+                    return;
+                }
+                self.graylist.silence_bench_ms(
+                    peer,
+                    self.params.silence_graylist_ms,
+                    self.params.graylist_ms,
+                )
+            }
             _ => self.params.graylist_ms,
         };
         let until_ms = self.graylist.graylist(peer, now_ms, duration);

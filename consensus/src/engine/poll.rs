@@ -4,28 +4,29 @@
 use super::{Engine, KeyState, Output, Poll, PollId};
 use crate::graylist::Misbehaviour;
 use crate::history::{Decision, History};
+use crate::snowball::PollResult;
 use agentmesh_protocol::{NodeId, VertexId};
-use rand::seq::index;
 use std::collections::{HashMap, HashSet};
 
-fn ones(mask: u64) -> usize {
-    mask.count_ones() as usize
-}
-
 impl Poll {
-    fn outstanding(&self) -> usize {
-        self.voters.len() - ones(self.answered)
+    /// The votes behind `mask`: each voter counts as often as it was drawn.
+    fn weight(&self, mask: u64) -> usize {
+        self.draws
+            .iter()
+            .enumerate()
+            .filter(|(bit, _)| mask & (1 << bit) != 0)
+            .map(|(_, draws)| *draws as usize)
+            .sum()
     }
 
-    /// Done when every voter answered, or when no outstanding answer could
-    /// change any id's outcome (alpha reached, or out of reach).
-    fn done(&self) -> bool {
-        let outstanding = self.outstanding();
-        outstanding == 0
-            || self
-                .yes
-                .iter()
-                .all(|m| ones(*m) >= self.alpha || ones(*m) + outstanding < self.alpha)
+    /// Draws of voters that have not answered (nor failed) yet.
+    fn outstanding_weight(&self) -> usize {
+        self.draws
+            .iter()
+            .enumerate()
+            .filter(|(bit, _)| self.answered & (1 << bit) == 0)
+            .map(|(_, draws)| *draws as usize)
+            .sum()
     }
 }
 
@@ -76,57 +77,43 @@ impl<H: History> Engine<H> {
         all.into_iter().map(|(_, id)| id).collect()
     }
 
-    fn sample_voters(&mut self, now_ms: u64) -> Vec<NodeId> {
-        let mut population: Vec<NodeId> = self
-            .peers
-            .iter()
-            .filter(|p| !self.graylist.is_graylisted(p, now_ms))
-            .copied()
-            .collect();
-        population.push(self.me);
-        let size = self.params.k.min(population.len());
-        index::sample(&mut self.rng, population.len(), size)
-            .into_iter()
-            .map(|i| population[i])
-            .collect()
-    }
-
     fn start_poll(&mut self, now_ms: u64, ids: Vec<VertexId>, repoll: bool) {
-        let voters = self.sample_voters(now_ms);
-        // The quorum follows the whole population, graylisted peers
-        // included: leaving misbehaving (or unreachable) peers out of the
-        // sample must never shrink the number of yes votes a decision
-        // needs, or a node that graylisted everyone would decide alone.
-        // Too few eligible voters stall polls instead.
-        let population = self.peers.len() + 1;
-        let alpha = self.params.alpha_for(self.params.k.min(population));
+        // k weighted draws with replacement from the whole validator set:
+        // benched validators are drawn like the rest and count as a no.
+        let drawn = self.validators.sample(&mut self.rng, self.params.k);
         let poll_id = self.next_poll;
         self.next_poll += 1;
         self.stats.polls_started += 1;
+        let mut deadline_ms = now_ms;
         let mut poll = Poll {
             yes: vec![0; ids.len()],
             ids,
-            whole_population: voters.len() == population,
-            voters,
+            voters: drawn.iter().map(|(id, _)| *id).collect(),
+            draws: drawn.iter().map(|(_, n)| *n).collect(),
             answered: 0,
-            alpha,
-            deadline_ms: now_ms + self.params.query_timeout_ms,
+            sent_ms: now_ms,
+            deadline_ms,
             repoll,
         };
-        let peers: Vec<NodeId> = poll
-            .voters
-            .iter()
-            .filter(|v| **v != self.me)
-            .copied()
-            .collect();
-        if let Some(bit) = poll.voters.iter().position(|v| *v == self.me) {
-            poll.answered |= 1 << bit;
-            for (i, id) in poll.ids.iter().enumerate() {
-                if self.strongly_preferred(id) {
-                    poll.yes[i] |= 1 << bit;
+        let mut peers = Vec::with_capacity(poll.voters.len());
+        for (bit, voter) in poll.voters.iter().enumerate() {
+            if *voter == self.me {
+                poll.answered |= 1 << bit;
+                for (i, id) in poll.ids.iter().enumerate() {
+                    if self.strongly_preferred(id) {
+                        poll.yes[i] |= 1 << bit;
+                    }
                 }
+            } else if self.graylist.is_graylisted(voter, now_ms) {
+                // Benched: a no, at once, without a query.
+                poll.answered |= 1 << bit;
+            } else {
+                deadline_ms =
+                    deadline_ms.max(now_ms + self.timeouts.timeout_ms(voter, &self.params));
+                peers.push(*voter);
             }
         }
+        poll.deadline_ms = deadline_ms;
         if !peers.is_empty() {
             self.outputs.push(Output::Query {
                 poll: poll_id,
@@ -134,11 +121,8 @@ impl<H: History> Engine<H> {
                 ids: poll.ids.clone(),
             });
         }
-        if poll.done() {
-            self.finish_poll(now_ms, poll);
-        } else {
-            self.polls.insert(poll_id, poll);
-        }
+        self.polls.insert(poll_id, poll);
+        self.end_if_done(now_ms, poll_id);
     }
 
     /// Votes from `from` for poll `poll`, one per queried id, and hints of
@@ -152,7 +136,15 @@ impl<H: History> Engine<H> {
         hints: &[VertexId],
     ) {
         let Some(poll) = self.polls.get(&poll_id) else {
-            return; // finished early, or timed out
+            // Finished early, or timed out: a late answer still tells how
+            // long this validator takes.
+            if let Some((_, sent_ms)) = self.expired.iter().find(|(id, _)| *id == poll_id) {
+                if self.validators.contains(&from) {
+                    self.timeouts
+                        .answered(from, now_ms.saturating_sub(*sent_ms));
+                }
+            }
+            return;
         };
         let Some(bit) = poll.voters.iter().position(|v| *v == from) else {
             return;
@@ -161,6 +153,8 @@ impl<H: History> Engine<H> {
             return;
         }
         let ids = poll.ids.clone();
+        let rtt_ms = now_ms.saturating_sub(poll.sent_ms);
+        self.timeouts.answered(from, rtt_ms);
         self.graylist.answered(&from);
         let unknown: Vec<VertexId> = hints
             .iter()
@@ -189,11 +183,7 @@ impl<H: History> Engine<H> {
                 poll.yes[i] |= 1 << bit;
             }
         }
-        if poll.done() {
-            if let Some(poll) = self.polls.remove(&poll_id) {
-                self.finish_poll(now_ms, poll);
-            }
-        }
+        self.end_if_done(now_ms, poll_id);
         self.issue_polls(now_ms);
     }
 
@@ -236,11 +226,7 @@ impl<H: History> Engine<H> {
         if silent {
             self.silent(now_ms, peer);
         }
-        if self.polls.get(&poll_id).is_some_and(Poll::done) {
-            if let Some(poll) = self.polls.remove(&poll_id) {
-                self.finish_poll(now_ms, poll);
-            }
-        }
+        self.end_if_done(now_ms, poll_id);
         self.issue_polls(now_ms);
     }
 
@@ -267,6 +253,10 @@ impl<H: History> Engine<H> {
                     self.silent(now_ms, *voter);
                 }
             }
+            if self.expired.len() >= super::MAX_EXPIRED_POLLS {
+                self.expired.pop_front();
+            }
+            self.expired.push_back((poll_id, poll.sent_ms));
             self.finish_poll(now_ms, poll);
         }
     }
@@ -274,6 +264,83 @@ impl<H: History> Engine<H> {
     /// Applies a finished poll: votes flow to undecided ancestors, streaks
     /// and Snowball counters move, and vertices that qualify are accepted.
     fn finish_poll(&mut self, now_ms: u64, poll: Poll) {
+        let (touched, mut masks) = self.transitive_votes(&poll);
+        let contested = self.contested_keys(&touched);
+        let liars = self.double_voters(&contested, &masks);
+        if liars != 0 {
+            for (bit, voter) in poll.voters.iter().enumerate() {
+                if liars & (1 << bit) != 0 {
+                    self.misbehaved(now_ms, *voter, Misbehaviour::InconsistentVotes);
+                }
+            }
+            for mask in masks.values_mut() {
+                *mask &= !liars;
+            }
+        }
+        let (alpha_preference, alpha_confidence, max_strength) = (
+            self.params.alpha_preference,
+            self.params.alpha_confidence,
+            self.params.max_preference_strength,
+        );
+        // A poll says something about a vertex it asked about, or one that
+        // drew some votes through descendants. An ancestor nobody voted for
+        // only because its descendants were unknown or disliked keeps its
+        // streak (otherwise a stream of unpopular children would keep
+        // resetting honest ancestors).
+        let asked: HashSet<VertexId> = poll.ids.iter().copied().collect();
+        let concerned = |id: &VertexId, mask: u64| mask != 0 || asked.contains(id);
+        let mut progress = false;
+        for id in &touched {
+            let mask = masks.get(id).copied().unwrap_or(0);
+            let won = poll.weight(mask) >= alpha_confidence;
+            if let Some(p) = self.processing.get_mut(id) {
+                if won {
+                    p.streak += 1;
+                } else if concerned(id, mask) {
+                    p.streak = 0;
+                }
+                progress |= won;
+            }
+        }
+        let mut moved = false;
+        for key in &contested {
+            if let Some(KeyState::Contested(set)) = self.keys.get_mut(key) {
+                // Double voters are stripped above, so at most one member
+                // can hold a majority of the draws.
+                let best = set
+                    .members()
+                    .map(|m| (poll.weight(masks.get(&m).copied().unwrap_or(0)), m))
+                    .filter(|(votes, _)| *votes >= alpha_preference)
+                    .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+                let any_concerned = set
+                    .members()
+                    .any(|m| concerned(&m, masks.get(&m).copied().unwrap_or(0)));
+                let result = match best {
+                    Some((votes, winner)) if votes >= alpha_confidence => {
+                        PollResult::Confident(winner)
+                    }
+                    Some((_, winner)) => PollResult::Preferred(winner),
+                    None if !any_concerned => continue,
+                    None => PollResult::Unsuccessful,
+                };
+                moved |= set.record(result, max_strength);
+            }
+        }
+        if moved {
+            self.preferred_memo.clear();
+        }
+        if progress {
+            self.stats.polls_succeeded += 1;
+        } else if poll.repoll {
+            self.next_repoll_ms = now_ms + self.params.repoll_delay_ms;
+        }
+        self.accept_ready(now_ms, touched);
+    }
+
+    /// The vertices a poll concerns (the ids asked about and their undecided
+    /// ancestors, parents first) and each one's yes votes: a vote for a
+    /// vertex is a vote for its undecided ancestors.
+    fn transitive_votes(&self, poll: &Poll) -> (Vec<VertexId>, HashMap<VertexId, u64>) {
         let mut masks: HashMap<VertexId, u64> = HashMap::new();
         for (id, yes) in poll.ids.iter().zip(&poll.yes) {
             if self.processing.contains_key(id) {
@@ -295,72 +362,42 @@ impl<H: History> Engine<H> {
                 }
             }
         }
-        let contested = self.contested_keys(&touched);
-        let liars = self.double_voters(&contested, &masks);
-        if liars != 0 {
-            for (bit, voter) in poll.voters.iter().enumerate() {
-                if liars & (1 << bit) != 0 {
-                    self.misbehaved(now_ms, *voter, Misbehaviour::InconsistentVotes);
-                }
-            }
-            for mask in masks.values_mut() {
-                *mask &= !liars;
-            }
+        (touched, masks)
+    }
+
+    /// A poll may end before every answer is in only when no answer still
+    /// out could change anything it decides: for every vertex it concerns,
+    /// ancestors included, whether it reaches α-preference and
+    /// α-confidence, and whether it drew any vote at all (which decides
+    /// whether an ancestor's streak is reset). Partial counts never feed a
+    /// decision the full count would not have made.
+    fn may_end_early(&self, poll: &Poll) -> bool {
+        let (ap, ac) = (self.params.alpha_preference, self.params.alpha_confidence);
+        if poll.yes.iter().all(|m| poll.weight(*m) >= ac) {
+            // Ancestors hold supersets of these votes.
+            return true;
         }
-        let alpha = poll.alpha;
-        // A poll says something about a vertex it asked about, or one that
-        // drew some votes through descendants. An ancestor nobody voted for
-        // only because its descendants were unknown or disliked keeps its
-        // streak (otherwise a stream of unpopular children would keep
-        // resetting honest ancestors).
-        let asked: HashSet<VertexId> = poll.ids.iter().copied().collect();
-        let concerned = |id: &VertexId, mask: u64| mask != 0 || asked.contains(id);
-        let mut progress = false;
-        for id in &touched {
+        let out = poll.outstanding_weight();
+        let fixed = |w: usize| w >= ac || w + out < ap || (w >= ap && w + out < ac);
+        if !poll.yes.iter().all(|m| fixed(poll.weight(*m))) {
+            return false;
+        }
+        let (touched, masks) = self.transitive_votes(poll);
+        touched.iter().all(|id| {
             let mask = masks.get(id).copied().unwrap_or(0);
-            let won = ones(mask) >= alpha;
-            if let Some(p) = self.processing.get_mut(id) {
-                if won {
-                    p.streak += 1;
-                } else if concerned(id, mask) {
-                    p.streak = 0;
-                }
-                progress |= won;
+            fixed(poll.weight(mask)) && (mask != 0 || poll.ids.contains(id))
+        })
+    }
+
+    fn end_if_done(&mut self, now_ms: u64, poll_id: PollId) {
+        let Some(poll) = self.polls.get(&poll_id) else {
+            return;
+        };
+        if poll.outstanding_weight() == 0 || self.may_end_early(poll) {
+            if let Some(poll) = self.polls.remove(&poll_id) {
+                self.finish_poll(now_ms, poll);
             }
         }
-        let mut moved = false;
-        for key in &contested {
-            if let Some(KeyState::Contested(set)) = self.keys.get_mut(key) {
-                let best = set
-                    .members()
-                    .map(|m| (ones(masks.get(&m).copied().unwrap_or(0)), m))
-                    .filter(|(votes, _)| *votes >= alpha)
-                    .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
-                let any_concerned = set
-                    .members()
-                    .any(|m| concerned(&m, masks.get(&m).copied().unwrap_or(0)));
-                match best {
-                    Some((_, winner)) => moved |= set.record_success(winner),
-                    None if !any_concerned => {}
-                    None => {
-                        let votes: Vec<(VertexId, usize)> = set
-                            .members()
-                            .map(|m| (m, ones(masks.get(&m).copied().unwrap_or(0))))
-                            .collect();
-                        moved |= set.record_failure(&votes, poll.whole_population);
-                    }
-                }
-            }
-        }
-        if moved {
-            self.preferred_memo.clear();
-        }
-        if progress {
-            self.stats.polls_succeeded += 1;
-        } else if poll.repoll {
-            self.next_repoll_ms = now_ms + self.params.repoll_delay_ms;
-        }
-        self.accept_ready(now_ms, touched);
     }
 
     /// `roots` and their undecided ancestors, parents before children.

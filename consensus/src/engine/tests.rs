@@ -1,5 +1,6 @@
 use super::*;
 use crate::history::MemoryHistory;
+use crate::validators::ValidatorSet;
 
 fn key(n: u8) -> NodeKey {
     NodeKey::from_seed([n; 32]).unwrap()
@@ -12,14 +13,26 @@ fn tx(k: &str) -> Transaction {
     }
 }
 
+/// An engine whose validator set is itself alone.
 fn engine(n: u8) -> Engine<MemoryHistory> {
-    Engine::new(
+    let mut e = Engine::new(
         Params::default(),
         key(n),
         MemoryHistory::default(),
         n as u64,
     )
-    .unwrap()
+    .unwrap();
+    set_peers(&mut e, vec![]);
+    e
+}
+
+/// Makes `peers` and the engine itself the validators, weight 1 each.
+fn set_peers(e: &mut Engine<MemoryHistory>, peers: Vec<NodeId>) {
+    let me = e.node_id();
+    e.set_validators(ValidatorSet::equal_weights(
+        1,
+        peers.into_iter().chain([me]),
+    ));
 }
 
 #[test]
@@ -46,7 +59,7 @@ fn nothing_is_final_on_insertion_and_a_lone_node_decides_by_polling_itself() {
 fn a_peer_with_peers_queries_them_and_counts_their_votes() {
     let mut e = engine(1);
     let peer = key(2).node_id();
-    e.set_peers(vec![peer]);
+    set_peers(&mut e, vec![peer]);
     let id = e.propose(0, vec![tx("a")]).unwrap();
     let outputs = e.take_outputs();
     let poll = outputs
@@ -58,7 +71,7 @@ fn a_peer_with_peers_queries_them_and_counts_their_votes() {
             _ => None,
         })
         .expect("a query to the peer");
-    // With two voters, alpha is 2: the peer's no vote fails the poll.
+    // Half of the draws fall on the peer: its no vote fails the poll.
     e.on_votes(1, peer, poll, &[false], &[]);
     assert_eq!(
         e.status(&id),
@@ -73,7 +86,7 @@ fn a_peer_with_peers_queries_them_and_counts_their_votes() {
 fn equivocation_and_bad_vertices_graylist_the_peer() {
     let mut e = engine(1);
     let rogue = key(3);
-    e.set_peers(vec![rogue.node_id()]);
+    set_peers(&mut e, vec![rogue.node_id()]);
     let a = Vertex::sign(&rogue, vec![], 1, 0, vec![tx("x")]).unwrap();
     let b = Vertex::sign(&rogue, vec![], 1, 0, vec![tx("y")]).unwrap();
     e.on_vertex(0, rogue.node_id(), a);
@@ -170,7 +183,7 @@ fn a_missing_parent_is_asked_again_of_a_peer_that_showed_it_holds_it() {
     let mut e = engine(1);
     // Many peers: a retry drawn at random would rarely pick the holder.
     let peers: Vec<NodeId> = (2..30).map(|n| key(n).node_id()).collect();
-    e.set_peers(peers);
+    set_peers(&mut e, peers);
     let author = key(40);
     let parent = Vertex::sign(&author, vec![], 1, 0, vec![tx("p")]).unwrap();
     let child = Vertex::sign(&author, vec![parent.id()], 2, 0, vec![tx("c")]).unwrap();
@@ -204,7 +217,7 @@ fn a_missing_parent_is_asked_again_of_a_peer_that_showed_it_holds_it() {
 fn a_vertex_named_in_a_query_is_asked_again_when_the_answer_is_lost() {
     let mut e = engine(1);
     let (asker, other) = (key(2).node_id(), key(3).node_id());
-    e.set_peers(vec![asker, other]);
+    set_peers(&mut e, vec![asker, other]);
     let unknown = Vertex::sign(&key(40), vec![], 1, 0, vec![tx("u")]).unwrap();
     e.on_query(0, asker, 1, &[unknown.id()]);
     assert_eq!(fetches(e.take_outputs()), vec![(asker, vec![unknown.id()])]);

@@ -26,11 +26,30 @@ pub enum Strategy {
     /// Answers every query with all yes, and for honest vertices it sees
     /// issues rivals: the same conflict keys, other payloads.
     ConflictSpam,
+    /// Adapts to each asker (see `adaptive.rs`): for contested keys it
+    /// votes for what the asker prefers (keeping honest camps apart) and,
+    /// once any honest node accepted a value, for its rival; it holds its
+    /// answers up to 150 ms (reordering them), and it starts attacks of its
+    /// own: rivals ground by id, each sent to half of the nodes, behind a
+    /// parent released late and per recipient.
+    Adaptive,
+    /// An identity outside the validator set (one of many a Sybil makes):
+    /// spams rivals like `ConflictSpam`, sends votes nobody asked for,
+    /// never answers fetches. It should change nothing.
+    Sybil,
 }
 
 impl Sim {
-    pub(super) fn byzantine_votes(&mut self, i: usize, mut votes: Vec<bool>) -> Vec<bool> {
+    /// What Byzantine node `i` answers `to` instead of `votes`, and how
+    /// long it holds the answer.
+    pub(super) fn byzantine_votes(
+        &mut self,
+        i: usize,
+        to: usize,
+        mut votes: Vec<bool>,
+    ) -> (Vec<bool>, u64) {
         match self.nodes[i].strategy {
+            Strategy::Adaptive => return self.adaptive_votes(i, to, votes),
             Strategy::Contrary => votes.iter_mut().for_each(|v| *v = !*v),
             Strategy::Flip => {
                 for v in votes.iter_mut() {
@@ -39,10 +58,10 @@ impl Sim {
                     }
                 }
             }
-            Strategy::ConflictSpam => votes.iter_mut().for_each(|v| *v = true),
+            Strategy::ConflictSpam | Strategy::Sybil => votes.iter_mut().for_each(|v| *v = true),
             Strategy::Honest | Strategy::Silent | Strategy::Equivocate => {}
         }
-        votes
+        (votes, 0)
     }
 
     /// Lets Byzantine node `i` react to a vertex it received.
@@ -67,7 +86,7 @@ impl Sim {
                     self.send(i, to, Msg::Vertex(v));
                 }
             }
-            Strategy::ConflictSpam if self.rng.random_bool(ATTACK_RATE) => {
+            Strategy::ConflictSpam | Strategy::Sybil if self.rng.random_bool(ATTACK_RATE) => {
                 let seq = self.next_byz_seq(i);
                 let txs: Vec<Transaction> = seen
                     .transactions()
@@ -100,7 +119,7 @@ impl Sim {
         }
     }
 
-    fn next_byz_seq(&mut self, i: usize) -> u64 {
+    pub(super) fn next_byz_seq(&mut self, i: usize) -> u64 {
         self.nodes[i].byz_seq += 1;
         self.nodes[i].byz_seq
     }

@@ -1,18 +1,25 @@
 //! A deterministic simulator: many engines in one process, a simulated
-//! network with seeded latency and loss, and Byzantine strategies.
+//! network with seeded latency and loss, Byzantine strategies (adaptive
+//! ones among them), silent partitions, restarts and late joiners, and
+//! Sybil identities outside the validator set.
 //!
 //! Everything random (latency, loss, sampling, Byzantine choices, workload)
 //! comes from the seed, so a failing seed replays exactly.
 
+mod adaptive;
 mod byzantine;
+pub mod campaign;
+mod faults;
 mod report;
 
 pub use byzantine::Strategy;
+pub use faults::{Partition, Restart};
 pub use report::Report;
 
 use crate::engine::{Engine, Output};
 use crate::history::{Decision, MemoryHistory};
 use crate::params::Params;
+use crate::validators::ValidatorSet;
 use agentmesh_protocol::{NodeId, NodeKey, Transaction, Vertex, VertexId};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -44,6 +51,15 @@ pub struct SimConfig {
     pub workload_ms: u64,
     /// The run stops here even if undecided vertices remain (ms).
     pub deadline_ms: u64,
+    /// Validator weight per node (Sybil nodes are never validators).
+    pub weights: Vec<u64>,
+    /// Extra proposals: (at ms, node, key, payload).
+    pub proposals: Vec<(u64, usize, String, Vec<u8>)>,
+    /// Silent partitions: messages across groups vanish, no failure notice.
+    pub partitions: Vec<Partition>,
+    /// Nodes that go down and come back with their history (or start late,
+    /// with none).
+    pub restarts: Vec<Restart>,
 }
 
 impl SimConfig {
@@ -60,7 +76,32 @@ impl SimConfig {
             claimants_per_key: 3,
             workload_ms: 1_000,
             deadline_ms: 60_000,
+            weights: vec![1; nodes],
+            proposals: Vec::new(),
+            partitions: Vec::new(),
+            restarts: Vec::new(),
         }
+    }
+
+    /// Adds `count` Sybil identities: adversarial nodes outside the
+    /// validator set that vote unasked, query, and gossip rivals.
+    pub fn with_sybils(mut self, count: usize) -> SimConfig {
+        self.strategies
+            .extend(std::iter::repeat_n(Strategy::Sybil, count));
+        self.weights.extend(std::iter::repeat_n(0, count));
+        self
+    }
+
+    /// The validator set every node is given.
+    pub fn validator_set(&self, ids: &[NodeId]) -> ValidatorSet {
+        ValidatorSet::new(
+            1,
+            ids.iter()
+                .zip(&self.weights)
+                .filter(|(_, w)| **w > 0)
+                .map(|(id, w)| (*id, *w)),
+        )
+        .expect("simulator weights are valid")
     }
 
     /// Makes the first `count` nodes after the honest ones follow `strategy`
@@ -92,6 +133,10 @@ pub(crate) enum Msg {
         votes: Vec<bool>,
         hints: Vec<VertexId>,
     },
+    /// A node goes down (see [`Restart`]).
+    Crash,
+    /// A node comes back up.
+    Restart,
     Fetch {
         ids: Vec<VertexId>,
     },
@@ -116,6 +161,12 @@ pub(crate) struct SimNode {
     pub(crate) key: NodeKey,
     pub(crate) strategy: Strategy,
     pub(crate) byz_seq: u64,
+    /// Messages to a node that is down vanish.
+    pub(crate) down: bool,
+    /// When the adaptive adversary last started an attack.
+    pub(crate) last_attack_ms: Option<u64>,
+    /// The ids of the query being answered (for per-asker answers).
+    pub(crate) last_query: Vec<VertexId>,
 }
 
 pub struct Sim {
@@ -135,6 +186,23 @@ pub struct Sim {
     messages: u64,
     /// Proposals and vertices scheduled but not yet delivered.
     undelivered_work: usize,
+    /// When each honest node accepted a winner for each key.
+    pub(crate) accepted_at: BTreeMap<String, Vec<(usize, u64)>>,
+    validators: ValidatorSet,
+}
+
+fn new_engine(
+    params: &Params,
+    key: &NodeKey,
+    history: MemoryHistory,
+    seed: u64,
+    validators: &ValidatorSet,
+) -> Engine<MemoryHistory> {
+    let engine_key = NodeKey::from_seed(*key.seed()).expect("valid seed");
+    let mut engine = Engine::new(params.clone(), engine_key, history, seed)
+        .expect("simulator parameters are valid");
+    engine.set_validators(validators.clone());
+    engine
 }
 
 fn node_key(seed: u64, i: usize) -> NodeKey {
@@ -153,24 +221,26 @@ impl Sim {
             .map(|i| node_key(config.seed, i))
             .collect();
         let ids: Vec<NodeId> = keys.iter().map(NodeKey::node_id).collect();
+        let validators = config.validator_set(&ids);
         let nodes = keys
             .into_iter()
             .zip(&config.strategies)
             .map(|(key, strategy)| {
-                let engine_key = NodeKey::from_seed(*key.seed()).expect("valid seed");
-                let mut engine = Engine::new(
-                    config.params.clone(),
-                    engine_key,
+                let engine = new_engine(
+                    &config.params,
+                    &key,
                     MemoryHistory::default(),
                     rng.random(),
-                )
-                .expect("simulator parameters are valid");
-                engine.set_peers(ids.clone());
+                    &validators,
+                );
                 SimNode {
                     engine,
                     key,
                     strategy: *strategy,
                     byz_seq: 1 << 40,
+                    down: false,
+                    last_attack_ms: None,
+                    last_query: Vec::new(),
                 }
             })
             .collect();
@@ -189,8 +259,11 @@ impl Sim {
             finality_ms: Vec::new(),
             messages: 0,
             undelivered_work: 0,
+            accepted_at: BTreeMap::new(),
+            validators,
         };
         sim.schedule_workload();
+        sim.schedule_faults();
         for i in 0..sim.nodes.len() {
             let jitter = sim.rng.random_range(0..sim.config.tick_ms);
             sim.push(jitter, i, i, Msg::Tick);
@@ -226,6 +299,10 @@ impl Sim {
                 self.push(at + skew, i, i, Msg::Propose(vec![tx]));
             }
         }
+        for (at, node, key, payload) in self.config.proposals.clone() {
+            let tx = Transaction { key, payload };
+            self.push(at, node, node, Msg::Propose(vec![tx]));
+        }
     }
 
     fn push(&mut self, delay: u64, to: usize, from: usize, msg: Msg) {
@@ -239,19 +316,34 @@ impl Sim {
 
     /// Sends over the simulated network: latency, and loss.
     pub(super) fn send(&mut self, from: usize, to: usize, msg: Msg) {
+        self.send_after(0, from, to, msg);
+    }
+
+    /// Like [`Sim::send`], `hold` ms later (a Byzantine node holding an
+    /// answer).
+    pub(super) fn send_after(&mut self, hold: u64, from: usize, to: usize, msg: Msg) {
         self.messages += 1;
+        if self.nodes[from].down || self.partitioned(from, to, self.now + hold) {
+            // Silently gone: a query is noticed only by its deadline.
+            return;
+        }
         if self.config.loss > 0.0 && self.rng.random_bool(self.config.loss) {
             match msg {
                 Msg::Query { poll, .. } => {
                     // The querier learns of the loss only by its own timeout;
                     // request-response reports a failure at the deadline.
                     let timeout = self.config.params.query_timeout_ms;
-                    self.push(timeout, from, to, Msg::QueryFailed { poll, peer: to });
+                    self.push(
+                        hold + timeout,
+                        from,
+                        to,
+                        Msg::QueryFailed { poll, peer: to },
+                    );
                 }
                 Msg::Vertex(_) => {
                     // Gossipsub repairs lost messages from its history
                     // (IHAVE/IWANT) a few heartbeats later.
-                    self.push(GOSSIP_REPAIR_MS, to, from, msg);
+                    self.push(hold + GOSSIP_REPAIR_MS, to, from, msg);
                 }
                 _ => {}
             }
@@ -259,7 +351,7 @@ impl Sim {
         }
         let (lo, hi) = self.config.latency_ms;
         let delay = self.rng.random_range(lo..=hi.max(lo));
-        self.push(delay, to, from, msg);
+        self.push(hold + delay, to, from, msg);
     }
 
     /// Hands `vertices` to every node in its own random order, each
@@ -314,8 +406,13 @@ impl Sim {
         Report::collect(self)
     }
 
+    fn rng_next(&mut self) -> u64 {
+        self.rng.random()
+    }
+
     fn quiescent(&self) -> bool {
         self.now > self.config.workload_ms + 100
+            && self.faults_over()
             && self.undelivered_work == 0
             && self
                 .nodes
@@ -328,7 +425,28 @@ impl Sim {
         let to = event.to;
         let from_id = self.node_id(event.from);
         match event.msg {
-            Msg::Tick => self.nodes[to].engine.tick(now),
+            Msg::Crash => return self.crash(to),
+            Msg::Restart => return self.restart(to),
+            _ => {}
+        }
+        if self.nodes[to].down {
+            if let Msg::Propose(txs) = event.msg {
+                // The agent retries until its node is back.
+                self.push(50, to, to, Msg::Propose(txs));
+            }
+            return;
+        }
+        if self.partitioned(event.from, to, now) && event.from != to {
+            return;
+        }
+        match event.msg {
+            Msg::Crash | Msg::Restart => {}
+            Msg::Tick => {
+                if self.nodes[to].strategy != Strategy::Sybil {
+                    self.nodes[to].engine.tick(now);
+                }
+                self.adversary_tick(to);
+            }
             Msg::Propose(txs) => {
                 for tx in &txs {
                     self.issued
@@ -344,12 +462,15 @@ impl Sim {
             }
             Msg::Vertex(vertex) => {
                 self.byzantine_sees(to, &vertex);
-                self.nodes[to].engine.on_vertex(now, from_id, vertex);
+                if self.nodes[to].strategy != Strategy::Sybil {
+                    self.nodes[to].engine.on_vertex(now, from_id, vertex);
+                }
             }
             Msg::Query { poll, ids } => {
                 if self.nodes[to].strategy == Strategy::Silent {
                     return;
                 }
+                self.nodes[to].last_query = ids.clone();
                 self.nodes[to].engine.on_query(now, from_id, poll, &ids);
             }
             Msg::Votes { poll, votes, hints } => self.nodes[to]
@@ -360,7 +481,7 @@ impl Sim {
                 self.nodes[to].engine.on_query_failed(now, peer, poll, true);
             }
             Msg::Fetch { ids } => {
-                if self.nodes[to].strategy == Strategy::Silent {
+                if matches!(self.nodes[to].strategy, Strategy::Silent | Strategy::Sybil) {
                     return;
                 }
                 self.nodes[to].engine.on_fetch(from_id, 0, &ids);
@@ -398,13 +519,13 @@ impl Sim {
                     hints,
                 } => {
                     let to = self.index[&to];
-                    let votes = self.byzantine_votes(i, votes);
+                    let (votes, hold) = self.byzantine_votes(i, to, votes);
                     let msg = Msg::Votes {
                         poll: request,
                         votes,
                         hints,
                     };
-                    self.send(i, to, msg);
+                    self.send_after(hold, i, to, msg);
                 }
                 Output::Broadcast(vertex) => {
                     for to in 0..self.nodes.len() {
@@ -425,6 +546,10 @@ impl Sim {
                     if decision == Decision::Accepted && self.nodes[i].strategy == Strategy::Honest
                     {
                         for tx in vertex.transactions() {
+                            self.accepted_at
+                                .entry(tx.key.clone())
+                                .or_default()
+                                .push((i, self.now));
                             if let Some(at) = self.proposed_at.get(&tx.key) {
                                 self.finality_ms.push(self.now - at);
                             }

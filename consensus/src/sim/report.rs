@@ -26,6 +26,9 @@ pub struct Report {
     /// Byzantine nodes graylisted by at least one honest node at the end.
     pub byzantine_graylisted: usize,
     pub honest_graylisted: usize,
+    /// When the last honest node accepted the last contested key, if every
+    /// honest node accepted every one (simulated ms).
+    pub contested_decided_at_ms: Option<u64>,
 }
 
 impl Report {
@@ -112,6 +115,14 @@ impl Report {
             }
         }
         report.finality_ms.sort_unstable();
+        if report.contested_keys > 0 && report.contested_decided == report.contested_keys {
+            report.contested_decided_at_ms = sim
+                .accepted_at
+                .iter()
+                .filter(|(key, _)| key.starts_with("task:"))
+                .flat_map(|(_, at)| at.iter().map(|(_, ms)| *ms))
+                .max();
+        }
         report
     }
 

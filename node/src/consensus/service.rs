@@ -5,8 +5,11 @@ use super::history::SledHistory;
 use super::views;
 use crate::network::consensus_io::{ConsensusCommand, ConsensusEvent, ConsensusReceivers};
 use crate::network::{now_ms, NetworkHandle};
-use crate::types::{ConsensusStatus, GraylistEntry, Percentiles, TaskInfo, VertexInfo};
-use agentmesh_consensus::{Decision, Engine, Output, ProposeError};
+use crate::types::{
+    ConsensusStatus, GraylistEntry, Percentiles, TaskInfo, ValidatorEntry, ValidatorsView,
+    VertexInfo,
+};
+use agentmesh_consensus::{Decision, Engine, Output, ProposeError, ValidatorSet};
 use agentmesh_protocol::consensus_wire::ConsensusResponse;
 use agentmesh_protocol::{Channel, NodeId, Transaction, VertexId};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -15,15 +18,16 @@ use tokio::sync::{mpsc, oneshot};
 
 /// How often the engine's clock advances without other input.
 const TICK: Duration = Duration::from_millis(10);
-/// Peers stay in the population the quorum is computed from this long after
-/// they were last connected: a node cut off from the mesh (or a minority
-/// partition) must not find itself a quorum and decide alone. Unreachable
-/// peers count as no votes. The price: if many nodes leave for good at once,
-/// the rest may stall until this passes. (A membership list would replace
-/// this guess.)
+/// Without a configured validator set (development), peers stay validators
+/// this long after they were last connected: a node cut off from the mesh
+/// (or a minority partition) must not find itself a quorum and decide
+/// alone. Unreachable validators count as no votes. The price: if many
+/// nodes leave for good at once, the rest may stall until this passes.
 const PEER_LINGER: Duration = Duration::from_secs(24 * 3600);
 /// Most peers remembered for the quorum population.
 const MAX_POPULATION: usize = 10_000;
+/// Validators listed by `GET /v1/consensus` (the count says how many exist).
+const MAX_LISTED_VALIDATORS: usize = 200;
 /// Decisions become durable (and visible) at least this often.
 const FLUSH_EVERY: Duration = Duration::from_millis(20);
 /// Latency samples kept for percentiles.
@@ -62,6 +66,10 @@ pub struct ConsensusService {
     requests: mpsc::Receiver<Request>,
     last_seen: HashMap<NodeId, Instant>,
     connected: HashSet<NodeId>,
+    /// The `validators` setting; without it the peers seen vote.
+    configured: Option<ValidatorSet>,
+    /// Version of the last validator set given to the engine.
+    set_version: u64,
     rtt_ms: VecDeque<f64>,
     finality_ms: VecDeque<f64>,
     finalized_channel: Channel,
@@ -101,6 +109,7 @@ impl ConsensusService {
         events: ConsensusReceivers,
         requests: mpsc::Receiver<Request>,
         known_peers: Vec<(NodeId, Duration)>,
+        configured: Option<ValidatorSet>,
     ) -> ConsensusService {
         // Peers known from earlier runs and bootstrap peers count from the
         // start: a node must not decide alone before its connections are up.
@@ -117,6 +126,8 @@ impl ConsensusService {
             requests,
             last_seen,
             connected: HashSet::new(),
+            configured,
+            set_version: 0,
             rtt_ms: VecDeque::new(),
             finality_ms: VecDeque::new(),
             finalized_channel: Channel::parse(FINALIZED_CHANNEL).expect("a valid channel name"),
@@ -227,8 +238,30 @@ impl ConsensusService {
                 self.last_seen.remove(peer);
             }
         }
-        self.engine
-            .set_peers(self.last_seen.keys().copied().collect());
+        let set = match &self.configured {
+            Some(set) => set.clone(),
+            None => {
+                let me = self.engine.node_id();
+                let ids = self.last_seen.keys().copied().chain([me]);
+                ValidatorSet::equal_weights(self.set_version + 1, ids)
+            }
+        };
+        let changed = self.set_version == 0 || !set.iter().eq(self.engine.validators().iter());
+        if changed {
+            self.set_version += 1;
+            let versioned =
+                ValidatorSet::new(self.set_version, set.iter()).expect("members of a valid set");
+            self.engine.set_validators(versioned);
+        }
+    }
+
+    /// Where the validator set comes from, for the API and the log.
+    pub fn validator_source(&self) -> &'static str {
+        if self.configured.is_some() {
+            "validators setting"
+        } else {
+            "peers seen in the last 24 hours (development only: not Sybil-resistant)"
+        }
     }
 
     /// Handles `first` and whatever else is queued. Proposals waiting
@@ -313,8 +346,25 @@ impl ConsensusService {
     fn status(&self) -> ConsensusStatus {
         let stats = self.engine.stats();
         let now = now_ms();
+        let validators = self.engine.validators();
         ConsensusStatus {
             peers_sampled_from: self.last_seen.len(),
+            validators: ValidatorsView {
+                source: self.validator_source().to_string(),
+                sybil_resistant: self.configured.is_some(),
+                version: validators.version(),
+                count: validators.len(),
+                total_weight: validators.total_weight(),
+                benched_share: self.engine.benched_share(now),
+                members: validators
+                    .iter()
+                    .take(MAX_LISTED_VALIDATORS)
+                    .map(|(id, weight)| ValidatorEntry {
+                        node_id: id.to_string(),
+                        weight,
+                    })
+                    .collect(),
+            },
             processing: self.engine.processing_len(),
             pending: self.engine.pending_len(),
             polls_in_flight: self.engine.polls_in_flight(),

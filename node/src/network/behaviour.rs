@@ -179,7 +179,9 @@ pub fn build_swarm(keypair: Keypair, settings: &Settings) -> Result<Swarm<Behavi
             request_response::ProtocolSupport::Full,
         )],
         request_response::Config::default()
-            .with_request_timeout(Duration::from_millis(settings.consensus.query_timeout_ms))
+            .with_request_timeout(Duration::from_millis(
+                settings.consensus.query_timeout_max_ms,
+            ))
             .with_max_concurrent_streams(1024),
     );
 

@@ -292,10 +292,34 @@ pub struct GraylistEntry {
     pub until_ms: u64,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ValidatorEntry {
+    pub node_id: String,
+    pub weight: u64,
+}
+
+/// Who votes in this node's polls.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ValidatorsView {
+    /// Where the set comes from.
+    pub source: String,
+    /// False when any peer that shows up votes (open mode without a
+    /// `validators` setting): a Sybil with many ids can outvote the rest.
+    pub sybil_resistant: bool,
+    pub version: u64,
+    pub count: usize,
+    pub total_weight: u64,
+    /// Share of the weight benched now (counted as no without a query).
+    pub benched_share: f64,
+    /// The first validators by id (at most 200).
+    pub members: Vec<ValidatorEntry>,
+}
+
 /// `GET /v1/consensus`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ConsensusStatus {
     pub peers_sampled_from: usize,
+    pub validators: ValidatorsView,
     pub processing: usize,
     pub pending: usize,
     pub polls_in_flight: usize,
