@@ -27,6 +27,7 @@ pub fn run(command: CaCommand) -> Result<()> {
             key,
             peer,
             scopes,
+            weight,
             expires,
             out,
         } => {
@@ -45,12 +46,16 @@ pub fn run(command: CaCommand) -> Result<()> {
             }
             let issued_ms = now_ms();
             let expires_ms = issued_ms.saturating_add(validity.as_millis() as u64);
-            let bytes = membership::issue(&authority, holder, &scopes, issued_ms, expires_ms)?;
+            let bytes = membership::issue_weighted(
+                &authority, holder, &scopes, weight, issued_ms, expires_ms,
+            )
+            .map_err(|e| anyhow!("--weight: {e}"))?;
             let out = out.unwrap_or_else(|| format!("{peer}.cert").into());
             // Certificates are not secret, but only their holder needs them.
             identity::write_private_file(&out, &bytes, "certificate")?;
+            let weight = membership::read_unverified(&bytes)?.weight.unwrap_or(0);
             println!(
-                "certificate for {peer} written to {} (scopes {}, expires in {})",
+                "certificate for {peer} written to {} (scopes {}, validator weight {weight}, expires in {})",
                 out.display(),
                 scopes
                     .iter()
@@ -95,6 +100,13 @@ fn print_certificate(c: &Certificate, checked: bool) {
     };
     println!("peer         {peer}");
     println!("scopes       {}", c.scopes.join(","));
+    match c.weight {
+        Some(0) => println!("weight       0 (does not validate)"),
+        Some(w) => println!("weight       {w}"),
+        None => println!(
+            "weight       none (issued before validator weights: 1 with 'all' or 'propose')"
+        ),
+    }
     println!("issued_ms    {}", c.issued_ms);
     println!("expires_ms   {} ({state})", c.expires_ms);
     println!("authority    key id {}", hex::encode(c.authority));

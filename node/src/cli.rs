@@ -190,9 +190,13 @@ pub enum CaCommand {
         #[arg(long)]
         peer: String,
         /// Comma-separated scopes: `publish:<channel or prefix:*>`, `publish:*`,
-        /// `propose`, `model`, `patterns`, or `all`.
+        /// `propose`, `validate` (vote in consensus), `model`, `patterns`, or `all`.
         #[arg(long)]
         scopes: String,
+        /// Voting weight in consensus (1 to 1000000), with `validate` or
+        /// `all` [default: 1 for validators, 0 for other members].
+        #[arg(long)]
+        weight: Option<u64>,
         /// Validity, e.g. `90d`, `12h`, `30m`.
         #[arg(long)]
         expires: String,

@@ -3,6 +3,7 @@
 
 use crate::api::{self, ApiState};
 use crate::config::Settings;
+use crate::consensus::validators;
 use crate::consensus::{ConsensusHandle, ConsensusService, SledHistory, REQUEST_QUEUE};
 use crate::identity;
 use crate::model::service::ModelService;
@@ -66,6 +67,17 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
     )?;
     let membership = Membership::load(&settings, node_id)?;
     let own_scopes = membership.own_scopes();
+    let validator_source = match (&settings.validators, &own_scopes) {
+        (Some(set), _) => validators::Source::Configured(set.clone()),
+        (None, Some(own)) => validators::Source::Certificates {
+            own_weight: own.validator_weight().unwrap_or(0),
+            book: store
+                .validators()
+                .map_err(|e| tracing::warn!(error = %e, "cannot open the validator book"))
+                .ok(),
+        },
+        (None, None) => validators::Source::PeersSeen,
+    };
     let mut engine = Engine::new(
         settings.consensus.clone(),
         NodeKey::from_seed(*key.seed())?,
@@ -100,20 +112,16 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
     )?;
     let network_task = tokio::spawn(network.run());
     let (requests, requests_rx) = mpsc::channel(REQUEST_QUEUE);
-    if settings.validators.is_none() {
+    if matches!(validator_source, validators::Source::PeersSeen) {
         tracing::warn!(
             "no validators configured: every peer seen in the last 24 hours votes in consensus \
-             with weight 1; this is for development and is not Sybil-resistant (set `validators`)"
+             with weight 1; this is for development and is not Sybil-resistant (set `validators`, \
+             or run with an authority)"
         );
     }
-    let service = ConsensusService::new(
-        engine,
-        handle.clone(),
-        events_rx,
-        requests_rx,
-        known_consensus_peers(&settings, &store),
-        settings.validators.clone(),
-    );
+    let known = known_consensus_peers(&settings, &store, &validator_source);
+    let validators = validators::Validators::new(node_id, validator_source, known);
+    let service = ConsensusService::new(engine, handle.clone(), events_rx, requests_rx, validators);
     let consensus_task = tokio::spawn(service.run());
     let consensus = ConsensusHandle::new(requests);
 
@@ -212,25 +220,48 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
     })
 }
 
-/// Bootstrap peers and peers remembered from earlier runs, with how long
-/// ago each was last seen.
-fn known_consensus_peers(settings: &Settings, store: &Store) -> Vec<(NodeId, Duration)> {
-    let mut peers: Vec<(NodeId, Duration)> = settings
+/// Who may vote before any connection is up, with how long ago each was
+/// last seen, its weight and its certificate's expiry: bootstrap peers
+/// (weight 1 until their certificate is seen), and the peers (open network)
+/// or validators (with an authority) remembered from earlier runs. A node
+/// must not decide alone before its connections are up.
+fn known_consensus_peers(
+    settings: &Settings,
+    store: &Store,
+    source: &validators::Source,
+) -> Vec<(NodeId, Duration, u64, Option<u64>)> {
+    let mut peers: Vec<(NodeId, Duration, u64, Option<u64>)> = settings
         .bootstrap
         .iter()
         .filter_map(|b| identity::node_id_of(&b.peer_id))
-        .map(|node| (node, Duration::ZERO))
+        .map(|node| (node, Duration::ZERO, 1, None))
         .collect();
     let now = crate::network::now_ms();
-    match store.peers().and_then(|p| p.all()) {
-        Ok(book) => {
-            for (node, peer) in book.peers {
-                let age = Duration::from_millis(now.saturating_sub(peer.last_seen_ms));
-                peers.push((node, age));
-            }
-        }
+    let age = |seen_ms: u64| Duration::from_millis(now.saturating_sub(seen_ms));
+    let remembered = match source {
+        validators::Source::Configured(_) => return peers,
+        validators::Source::Certificates { book, .. } => book.as_ref().map(|book| {
+            book.all().map(|all| {
+                all.peers
+                    .into_iter()
+                    .map(|(node, v)| (node, age(v.last_seen_ms), v.weight, v.expires_ms))
+                    .collect::<Vec<_>>()
+            })
+        }),
+        validators::Source::PeersSeen => Some(store.peers().and_then(|p| p.all()).map(|all| {
+            all.peers
+                .into_iter()
+                .map(|(node, p)| (node, age(p.last_seen_ms), 1, None))
+                .collect()
+        })),
+    };
+    match remembered {
+        Some(Ok(remembered)) => peers.extend(remembered),
         // The quorum then starts from the bootstrap peers only.
-        Err(e) => tracing::warn!(error = %e, "cannot read known peers for the consensus quorum"),
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "cannot read known peers for the consensus quorum")
+        }
+        None => {}
     }
     peers
 }

@@ -41,13 +41,21 @@ pub enum CertificateError {
     NotYetValid { issued_ms: u64, now_ms: u64 },
     #[error("certificate belongs to node {holder}, not to {presenter}")]
     WrongHolder { holder: NodeId, presenter: NodeId },
-    #[error("invalid scope {0:?}: expected 'all', 'propose', 'model', 'patterns' or 'publish:<channel pattern or *>'")]
+    #[error("invalid scope {0:?}: expected 'all', 'propose', 'validate', 'model', 'patterns' or 'publish:<channel pattern or *>'")]
     BadScope(String),
     #[error("certificate grants {0} scopes; at most {MAX_SCOPES} are allowed")]
     TooManyScopes(usize),
     #[error("certificate grants no scope")]
     NoScope,
+    #[error("a validator weight of {0} needs the 'validate' (or 'all') scope")]
+    WeightWithoutValidate(u64),
+    #[error("validator weight {0} is out of range: 1 to {MAX_VALIDATOR_WEIGHT}")]
+    BadWeight(u64),
 }
+
+/// Largest validator weight a certificate may carry (the consensus
+/// engine's bound).
+pub const MAX_VALIDATOR_WEIGHT: u64 = 1_000_000;
 
 /// What a member may do. Reading (subscribing, answering queries, syncing
 /// patterns from others) needs no scope: any member may.
@@ -60,6 +68,8 @@ pub enum Scope {
     Publish(Option<ChannelPattern>),
     /// Propose consensus vertices.
     Propose,
+    /// Vote in consensus, with the certificate's weight.
+    Validate,
     /// Share model updates (publish on `learning:model`).
     Model,
     /// Share pattern states (publish on `learning:patterns`, push patterns
@@ -73,6 +83,7 @@ impl Scope {
         match text {
             "all" => Ok(Scope::All),
             "propose" => Ok(Scope::Propose),
+            "validate" => Ok(Scope::Validate),
             "model" => Ok(Scope::Model),
             "patterns" => Ok(Scope::Patterns),
             _ => match text.strip_prefix("publish:") {
@@ -111,6 +122,7 @@ impl fmt::Display for Scope {
         match self {
             Scope::All => f.write_str("all"),
             Scope::Propose => f.write_str("propose"),
+            Scope::Validate => f.write_str("validate"),
             Scope::Model => f.write_str("model"),
             Scope::Patterns => f.write_str("patterns"),
             Scope::Publish(None) => f.write_str("publish:*"),
@@ -132,6 +144,12 @@ pub struct Certificate {
     /// First 8 bytes of SHA-256 of the authority's public key.
     #[serde(with = "serde_bytes")]
     pub authority: [u8; 8],
+    /// Voting weight in consensus: 0 for a member that does not validate.
+    /// Absent in certificates issued before validator sets existed; see
+    /// [`Verified::validator_weight`] for how those are read. (An optional
+    /// field: older builds ignore it, and older certificates decode.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -156,7 +174,9 @@ pub fn authority_key_id(authority: &NodeId) -> [u8; 8] {
     id
 }
 
-/// Issues a certificate signed by `authority`; returns its wire bytes.
+/// Issues a certificate signed by `authority`; returns its wire bytes. Its
+/// validator weight is 1 if the scopes include `validate` or `all`, else 0
+/// (see [`issue_weighted`]).
 pub fn issue(
     authority: &NodeKey,
     holder: NodeId,
@@ -164,13 +184,39 @@ pub fn issue(
     issued_ms: u64,
     expires_ms: u64,
 ) -> Result<Vec<u8>, CertificateError> {
+    issue_weighted(authority, holder, scopes, None, issued_ms, expires_ms)
+}
+
+/// Issues a certificate with a validator weight: `weight` needs the
+/// `validate` (or `all`) scope; without one, a validator gets weight 1 and
+/// any other member 0.
+pub fn issue_weighted(
+    authority: &NodeKey,
+    holder: NodeId,
+    scopes: &[Scope],
+    weight: Option<u64>,
+    issued_ms: u64,
+    expires_ms: u64,
+) -> Result<Vec<u8>, CertificateError> {
     check_count(scopes.len())?;
+    let validates = scopes
+        .iter()
+        .any(|s| *s == Scope::All || *s == Scope::Validate);
+    let weight = match weight {
+        Some(w) if !validates => return Err(CertificateError::WeightWithoutValidate(w)),
+        Some(w) if !(1..=MAX_VALIDATOR_WEIGHT).contains(&w) => {
+            return Err(CertificateError::BadWeight(w))
+        }
+        Some(w) => w,
+        None => u64::from(validates),
+    };
     let certificate = Certificate {
         holder,
         scopes: scopes.iter().map(Scope::to_string).collect(),
         issued_ms,
         expires_ms,
         authority: authority_key_id(&authority.node_id()),
+        weight: Some(weight),
     };
     let body = codec::encode(&certificate)?;
     let signature = authority.sign(&signed_message(&body)).to_vec();
@@ -285,6 +331,21 @@ impl Verified {
     pub fn may_share_patterns(&self) -> bool {
         self.has(|s| *s == Scope::Patterns)
     }
+
+    /// The holder's voting weight in consensus; `None` if it does not
+    /// validate. A certificate with a weight validates with it when it
+    /// grants `validate` (or `all`). One issued before validator sets (no
+    /// weight field) keeps the right it had then: holders of `all` or
+    /// `propose` voted, with weight 1, and still do.
+    pub fn validator_weight(&self) -> Option<u64> {
+        match self.certificate.weight {
+            None => self.has(|s| *s == Scope::Propose).then_some(1),
+            Some(0) => None,
+            Some(w) => self
+                .has(|s| *s == Scope::Validate)
+                .then_some(w.min(MAX_VALIDATOR_WEIGHT)),
+        }
+    }
 }
 
 /// The membership handshake: right after connecting, each side sends its
@@ -384,6 +445,7 @@ mod tests {
             issued_ms: 0,
             expires_ms: u64::MAX,
             authority: authority_key_id(&key(1).node_id()),
+            weight: None,
         };
         let body = codec::encode(&forged).unwrap();
         let signature = key(2).sign(&signed_message(&body)).to_vec();
@@ -396,6 +458,54 @@ mod tests {
             verify_certificate(b"\x01\x02", &key(1).node_id()),
             Err(CertificateError::Malformed(_))
         ));
+    }
+
+    /// Signs a certificate body as the authority would have before
+    /// validator weights existed (no weight field).
+    fn legacy(scopes: &[&str]) -> Verified {
+        let body = Certificate {
+            holder: key(2).node_id(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            issued_ms: 0,
+            expires_ms: u64::MAX,
+            authority: authority_key_id(&key(1).node_id()),
+            weight: None,
+        };
+        let body = codec::encode(&body).unwrap();
+        let signature = key(1).sign(&signed_message(&body)).to_vec();
+        let bytes = codec::encode(&SignedCertificate { body, signature }).unwrap();
+        verify_certificate(&bytes, &key(1).node_id()).unwrap()
+    }
+
+    #[test]
+    fn validator_weights_come_from_the_validate_scope_and_old_certificates_keep_their_vote() {
+        let holder = key(2).node_id();
+        let weighted = |scopes: &[Scope], weight| {
+            issue_weighted(&key(1), holder, scopes, weight, 0, 10)
+                .map(|b| verify_certificate(&b, &key(1).node_id()).unwrap())
+        };
+        assert_eq!(issued("validate").validator_weight(), Some(1));
+        assert_eq!(issued("all").validator_weight(), Some(1));
+        assert_eq!(issued("propose,publish:*").validator_weight(), None);
+        assert_eq!(
+            weighted(&[Scope::Validate, Scope::Propose], Some(7))
+                .unwrap()
+                .validator_weight(),
+            Some(7)
+        );
+        assert_eq!(
+            weighted(&[Scope::Propose], Some(3)),
+            Err(CertificateError::WeightWithoutValidate(3))
+        );
+        assert_eq!(
+            weighted(&[Scope::Validate], Some(0)),
+            Err(CertificateError::BadWeight(0))
+        );
+        // Issued before weights: `all` and `propose` voted then, with
+        // weight 1, and still do; other members did not.
+        assert_eq!(legacy(&["propose"]).validator_weight(), Some(1));
+        assert_eq!(legacy(&["all"]).validator_weight(), Some(1));
+        assert_eq!(legacy(&["publish:*", "model"]).validator_weight(), None);
     }
 
     #[test]

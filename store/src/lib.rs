@@ -13,7 +13,7 @@ pub use decisions::{DecisionLog, StoredDecision};
 pub use model::{ModelStore, OutcomeMark, StoredCheckpoint};
 
 pub use patterns::PatternStore;
-pub use peers::{KnownPeer, KnownPeers, PeerBook};
+pub use peers::{KnownPeer, KnownPeers, KnownValidator, NodeRecords, PeerBook, ValidatorBook};
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -106,6 +106,10 @@ impl Store {
 
     pub fn peers(&self) -> Result<PeerBook, StoreError> {
         Ok(PeerBook::new(self.db.open_tree("peers")?))
+    }
+
+    pub fn validators(&self) -> Result<ValidatorBook, StoreError> {
+        Ok(ValidatorBook::new(self.db.open_tree("validators")?))
     }
 
     pub fn bans(&self) -> Result<BanList, StoreError> {

@@ -1,9 +1,12 @@
 //! Peers this node has known, so that a restarted node can rejoin the mesh
-//! without being given bootstrap peers again.
+//! without being given bootstrap peers again; and the validators it has
+//! known, so that a restarted node counts them before they reconnect.
 
 use crate::{StoreError, MAX_RECORD_BYTES};
 use agentmesh_protocol::{codec, NodeId};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use std::marker::PhantomData;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KnownPeer {
@@ -13,24 +16,52 @@ pub struct KnownPeer {
     pub last_seen_ms: u64,
 }
 
-/// What [`PeerBook::all`] read: the good records, and one error per damaged one.
-pub struct KnownPeers {
-    pub peers: Vec<(NodeId, KnownPeer)>,
+/// A validator as last seen: its weight (from its membership certificate)
+/// and when that certificate expires.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KnownValidator {
+    pub weight: u64,
+    pub expires_ms: Option<u64>,
+    /// When this node last had it connected, ms since the Unix epoch.
+    pub last_seen_ms: u64,
+}
+
+/// What [`NodeRecords::all`] read: the good records, and one error per
+/// damaged one.
+pub struct KnownPeers<T = KnownPeer> {
+    pub peers: Vec<(NodeId, T)>,
     pub damaged: Vec<StoreError>,
 }
 
-/// The `peers` tree: node id → [`KnownPeer`].
-#[derive(Clone)]
-pub struct PeerBook {
+/// A tree of records keyed by node id.
+pub struct NodeRecords<T> {
     tree: sled::Tree,
+    record: PhantomData<fn() -> T>,
 }
 
-impl PeerBook {
-    pub(crate) fn new(tree: sled::Tree) -> PeerBook {
-        PeerBook { tree }
+impl<T> Clone for NodeRecords<T> {
+    fn clone(&self) -> Self {
+        NodeRecords {
+            tree: self.tree.clone(),
+            record: PhantomData,
+        }
+    }
+}
+
+/// The `peers` tree: node id → [`KnownPeer`].
+pub type PeerBook = NodeRecords<KnownPeer>;
+/// The `validators` tree: node id → [`KnownValidator`].
+pub type ValidatorBook = NodeRecords<KnownValidator>;
+
+impl<T: Serialize + DeserializeOwned> NodeRecords<T> {
+    pub(crate) fn new(tree: sled::Tree) -> NodeRecords<T> {
+        NodeRecords {
+            tree,
+            record: PhantomData,
+        }
     }
 
-    pub fn put(&self, id: &NodeId, peer: &KnownPeer) -> Result<(), StoreError> {
+    pub fn put(&self, id: &NodeId, peer: &T) -> Result<(), StoreError> {
         let bytes = codec::encode(peer).map_err(|e| StoreError::Encode(e.to_string()))?;
         self.tree.insert(id.as_bytes(), bytes)?;
         Ok(())
@@ -43,7 +74,7 @@ impl PeerBook {
 
     /// All known peers. A damaged record is skipped (and reported in the
     /// returned error list) rather than making the whole book unreadable.
-    pub fn all(&self) -> Result<KnownPeers, StoreError> {
+    pub fn all(&self) -> Result<KnownPeers<T>, StoreError> {
         let mut peers = Vec::new();
         let mut damaged = Vec::new();
         for item in self.tree.iter() {
@@ -56,7 +87,7 @@ impl PeerBook {
                 });
                 continue;
             };
-            match codec::decode::<KnownPeer>(&value, MAX_RECORD_BYTES) {
+            match codec::decode::<T>(&value, MAX_RECORD_BYTES) {
                 Ok(peer) => peers.push((id, peer)),
                 Err(e) => damaged.push(StoreError::Corrupt {
                     key: key_hex,
@@ -74,7 +105,9 @@ impl PeerBook {
     pub fn is_empty(&self) -> bool {
         self.tree.is_empty()
     }
+}
 
+impl PeerBook {
     /// Keeps the `max` most recently seen peers and forgets the rest.
     /// Returns how many were removed.
     pub fn prune(&self, max: usize) -> Result<usize, StoreError> {

@@ -116,7 +116,25 @@ fn invalid_configuration_is_refused_naming_the_setting() {
         ),
         (vec!["--api", "0.0.0.0:7700"], vec![], "'api'"),
         (vec!["--no-quic", "--no-tcp"], vec![], "enable at least one"),
-        (vec!["--consensus-alpha", "5"], vec![], "'consensus_alpha'"),
+        (
+            vec!["--consensus-alpha-preference", "5"],
+            vec![],
+            "'consensus_alpha_preference'",
+        ),
+        (
+            vec!["--consensus-alpha-confidence", "12"],
+            vec![],
+            "Byzantine",
+        ),
+        (vec!["--validators", "nonsense"], vec![], "'validators'"),
+        (
+            vec![
+                "--validators",
+                "12D3KooWQK1wnefoLrcVHbbnf5tLzbopUd3K3bFAoJpA7YJgL5pV=0",
+            ],
+            vec![],
+            "weight 0",
+        ),
         (
             vec![],
             vec![("AGENTMESH_CONSENSUS_BETA_ROGUE", "1")],

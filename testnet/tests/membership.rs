@@ -357,3 +357,45 @@ async fn a_flooding_peer_is_throttled_then_banned_and_stays_banned_after_a_resta
         "a banned peer reconnected after the restart"
     );
 }
+
+/// In a network with an authority, the validators are the holders of the
+/// `validate` scope: a member without it is never sampled (it answers no
+/// query), yet its claims are decided by the others like anyone's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_holders_of_the_validate_scope_vote() {
+    let m = members(&["validate,propose", "validate,propose", "all", "propose"]).await;
+    let net = &m.net;
+    net.wait_full_mesh(MESH_TIMEOUT).await.unwrap();
+    let validators: HashSet<String> = net.nodes[..3]
+        .iter()
+        .map(|n| n.info.node_id.clone())
+        .collect();
+    for node in &net.nodes {
+        let listed = agentmesh_testnet::wait::until("the validator set", TIMEOUT, || async {
+            let set = node.client.consensus().await?.validators;
+            let listed: HashSet<String> = set.members.iter().map(|v| v.node_id.clone()).collect();
+            Ok((listed == validators).then_some(set))
+        })
+        .await
+        .unwrap();
+        assert!(listed.sybil_resistant, "{listed:?}");
+        assert!(listed.source.contains("certificates"), "{listed:?}");
+        assert_eq!(listed.total_weight, 3);
+    }
+    let claimants: Vec<(usize, String)> = (0..4).map(|i| (i, format!("agent-{i}"))).collect();
+    agentmesh_testnet::claims::claim_at_once(net, "job-7", &claimants)
+        .await
+        .unwrap();
+    let winners = agentmesh_testnet::claims::final_winners(net, "job-7", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(winners.iter().all(|w| *w == winners[0]), "{winners:?}");
+    let outsider = net.nodes[3].client.consensus().await.unwrap();
+    assert_eq!(
+        outsider.queries_answered, 0,
+        "a member without the validate scope was sampled"
+    );
+    for node in &net.nodes[..3] {
+        assert!(node.client.consensus().await.unwrap().queries_answered > 0);
+    }
+}

@@ -3,6 +3,7 @@
 
 mod history;
 mod service;
+pub mod validators;
 pub mod views;
 
 pub use history::SledHistory;

@@ -2,6 +2,7 @@
 //! events, API requests and ticks, and carries out what it returns.
 
 use super::history::SledHistory;
+use super::validators::Validators;
 use super::views;
 use crate::network::consensus_io::{ConsensusCommand, ConsensusEvent, ConsensusReceivers};
 use crate::network::{now_ms, NetworkHandle};
@@ -9,23 +10,15 @@ use crate::types::{
     ConsensusStatus, GraylistEntry, Percentiles, TaskInfo, ValidatorEntry, ValidatorsView,
     VertexInfo,
 };
-use agentmesh_consensus::{Decision, Engine, Output, ProposeError, ValidatorSet};
+use agentmesh_consensus::{Decision, Engine, Output, ProposeError};
 use agentmesh_protocol::consensus_wire::ConsensusResponse;
-use agentmesh_protocol::{Channel, NodeId, Transaction, VertexId};
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::time::{Duration, Instant};
+use agentmesh_protocol::{Channel, Transaction, VertexId};
+use std::collections::{HashSet, VecDeque};
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 /// How often the engine's clock advances without other input.
 const TICK: Duration = Duration::from_millis(10);
-/// Without a configured validator set (development), peers stay validators
-/// this long after they were last connected: a node cut off from the mesh
-/// (or a minority partition) must not find itself a quorum and decide
-/// alone. Unreachable validators count as no votes. The price: if many
-/// nodes leave for good at once, the rest may stall until this passes.
-const PEER_LINGER: Duration = Duration::from_secs(24 * 3600);
-/// Most peers remembered for the quorum population.
-const MAX_POPULATION: usize = 10_000;
 /// Validators listed by `GET /v1/consensus` (the count says how many exist).
 const MAX_LISTED_VALIDATORS: usize = 200;
 /// Decisions become durable (and visible) at least this often.
@@ -64,12 +57,7 @@ pub struct ConsensusService {
     network: NetworkHandle,
     events: ConsensusReceivers,
     requests: mpsc::Receiver<Request>,
-    last_seen: HashMap<NodeId, Instant>,
-    connected: HashSet<NodeId>,
-    /// The `validators` setting; without it the peers seen vote.
-    configured: Option<ValidatorSet>,
-    /// Version of the last validator set given to the engine.
-    set_version: u64,
+    validators: Validators,
     rtt_ms: VecDeque<f64>,
     finality_ms: VecDeque<f64>,
     finalized_channel: Channel,
@@ -108,26 +96,14 @@ impl ConsensusService {
         network: NetworkHandle,
         events: ConsensusReceivers,
         requests: mpsc::Receiver<Request>,
-        known_peers: Vec<(NodeId, Duration)>,
-        configured: Option<ValidatorSet>,
+        validators: Validators,
     ) -> ConsensusService {
-        // Peers known from earlier runs and bootstrap peers count from the
-        // start: a node must not decide alone before its connections are up.
-        let now = Instant::now();
-        let last_seen = known_peers
-            .into_iter()
-            .filter(|(_, age)| *age < PEER_LINGER)
-            .map(|(peer, age)| (peer, now.checked_sub(age).unwrap_or(now)))
-            .collect();
         let mut service = ConsensusService {
             engine,
             network,
             events,
             requests,
-            last_seen,
-            connected: HashSet::new(),
-            configured,
-            set_version: 0,
+            validators,
             rtt_ms: VecDeque::new(),
             finality_ms: VecDeque::new(),
             finalized_channel: Channel::parse(FINALIZED_CHANNEL).expect("a valid channel name"),
@@ -212,55 +188,17 @@ impl ConsensusService {
                 self.engine.on_query_failed(now, peer, poll, silent)
             }
             ConsensusEvent::Peers(peers) => {
-                let now = Instant::now();
-                for peer in &self.connected {
-                    self.last_seen.insert(*peer, now);
-                }
-                self.connected = peers.into_iter().collect();
+                self.validators.set_connected(peers);
                 self.refresh_peers();
             }
         }
     }
 
+    /// Gives the engine the validator set when it changed (peers came or
+    /// went, a certificate expired, a validator aged out).
     fn refresh_peers(&mut self) {
-        let now = Instant::now();
-        for peer in &self.connected {
-            self.last_seen.insert(*peer, now);
-        }
-        self.last_seen
-            .retain(|_, seen| now.duration_since(*seen) < PEER_LINGER);
-        if self.last_seen.len() > MAX_POPULATION {
-            // Bounded: the peers seen longest ago go first.
-            let mut by_age: Vec<(Instant, NodeId)> =
-                self.last_seen.iter().map(|(p, t)| (*t, *p)).collect();
-            by_age.sort();
-            for (_, peer) in &by_age[..by_age.len() - MAX_POPULATION] {
-                self.last_seen.remove(peer);
-            }
-        }
-        let set = match &self.configured {
-            Some(set) => set.clone(),
-            None => {
-                let me = self.engine.node_id();
-                let ids = self.last_seen.keys().copied().chain([me]);
-                ValidatorSet::equal_weights(self.set_version + 1, ids)
-            }
-        };
-        let changed = self.set_version == 0 || !set.iter().eq(self.engine.validators().iter());
-        if changed {
-            self.set_version += 1;
-            let versioned =
-                ValidatorSet::new(self.set_version, set.iter()).expect("members of a valid set");
-            self.engine.set_validators(versioned);
-        }
-    }
-
-    /// Where the validator set comes from, for the API and the log.
-    pub fn validator_source(&self) -> &'static str {
-        if self.configured.is_some() {
-            "validators setting"
-        } else {
-            "peers seen in the last 24 hours (development only: not Sybil-resistant)"
+        if let Some(set) = self.validators.refresh(self.engine.validators()) {
+            self.engine.set_validators(set);
         }
     }
 
@@ -348,10 +286,10 @@ impl ConsensusService {
         let now = now_ms();
         let validators = self.engine.validators();
         ConsensusStatus {
-            peers_sampled_from: self.last_seen.len(),
+            peers_sampled_from: self.validators.tracked(),
             validators: ValidatorsView {
-                source: self.validator_source().to_string(),
-                sybil_resistant: self.configured.is_some(),
+                source: self.validators.source_name().to_string(),
+                sybil_resistant: self.validators.sybil_resistant(),
                 version: validators.version(),
                 count: validators.len(),
                 total_weight: validators.total_weight(),

@@ -49,8 +49,21 @@ pub enum ConsensusEvent {
         poll: u64,
         silent: bool,
     },
-    /// The connected peers, whenever the set changes.
-    Peers(Vec<NodeId>),
+    /// The connected, admitted peers and their say in consensus, whenever
+    /// that changes.
+    Peers(Vec<PeerVote>),
+}
+
+/// A connected, admitted peer's say in consensus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PeerVote {
+    pub node: NodeId,
+    /// Its validator weight: from its certificate in a network with an
+    /// authority (0: it does not validate), 1 in an open network.
+    pub weight: u64,
+    /// When its certificate expires (ms since the Unix epoch); `None` in an
+    /// open network.
+    pub expires_ms: Option<u64>,
 }
 
 /// What the consensus service asks the network to do.
@@ -128,7 +141,7 @@ pub struct ConsensusIo {
     outbound: HashMap<OutboundRequestId, Outbound>,
     node_ids: HashMap<PeerId, NodeId>,
     peer_ids: HashMap<NodeId, PeerId>,
-    last_peers: Vec<NodeId>,
+    last_peers: Vec<PeerVote>,
     pub dropped_events: u64,
 }
 
@@ -451,7 +464,18 @@ impl Network {
             let Some(node) = self.consensus.node_of(&peer) else {
                 continue;
             };
-            peers.push(node);
+            let (weight, expires_ms) = match self.membership.scopes_of(&peer) {
+                Some(Some(verified)) => (
+                    verified.validator_weight().unwrap_or(0),
+                    Some(verified.certificate.expires_ms),
+                ),
+                _ => (1, None),
+            };
+            peers.push(PeerVote {
+                node,
+                weight,
+                expires_ms,
+            });
             if self.may_share_patterns(&peer) {
                 sharing.push(node);
             }
