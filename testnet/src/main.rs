@@ -57,6 +57,19 @@ enum Command {
         #[arg(long, default_value_os_t = default_dir())]
         dir: PathBuf,
     },
+    /// The consensus simulator's adversarial campaign: RUNS seeded runs of
+    /// every scenario (adaptive Byzantine voters, silent partitions, churn,
+    /// Sybil ids, 100-way claims); prints one JSON object.
+    Campaign {
+        #[arg(long, default_value_t = 100)]
+        runs: u64,
+        /// The first seed; runs use SEED, SEED+1, ...
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Only scenarios whose name contains this (e.g. silent_halves).
+        #[arg(long)]
+        only: Option<String>,
+    },
     /// Benchmarks; each prints one JSON object per line.
     Bench {
         #[command(subcommand)]
@@ -95,6 +108,24 @@ enum BenchCommand {
         /// as fast as the nodes accept.
         #[arg(long, value_delimiter = ',', default_value = "10000,0")]
         rates: Vec<u64>,
+    },
+    /// Every one of N loopback nodes claims the same task at once: time until
+    /// every node reports the single winner.
+    Claims {
+        #[arg(long, default_value_t = 60)]
+        nodes: usize,
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
+    },
+    /// A claim on each side of a silent 50/50 partition of N namespaced
+    /// hosts with an authority (needs root): nothing may be decided while
+    /// partitioned; after healing, one winner everywhere.
+    Partition {
+        #[arg(long, default_value_t = 30)]
+        hosts: usize,
+        /// How long the partition is held and watched.
+        #[arg(long, default_value_t = 20)]
+        hold_secs: u64,
     },
     /// Pattern sync: a fresh node reconciling N patterns from a peer (time,
     /// bytes, peak RSS), and replication throughput across several nodes.
@@ -214,6 +245,13 @@ fn main() {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    if let Command::Campaign { runs, seed, only } = &cli.command {
+        anyhow::ensure!(*runs >= 1, "--runs must be at least 1");
+        let report = agentmesh_consensus::sim::campaign::run(*runs, *seed, only.as_deref());
+        anyhow::ensure!(!report.scenarios.is_empty(), "no scenario matches {only:?}");
+        println!("{}", agentmesh_consensus::sim::campaign::to_json(&report));
+        return Ok(());
+    }
     let bin = match cli.bin {
         Some(b) => b,
         None => binary::locate()?,
@@ -319,7 +357,55 @@ async fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Campaign { .. } => Ok(()),
         Command::Bench { which } => match which {
+            BenchCommand::Claims {
+                nodes,
+                timeout_secs,
+            } => {
+                anyhow::ensure!(nodes >= 2, "--nodes must be at least 2");
+                let (_tmp, options) = bench_testnet(nodes, &bin)?;
+                let started = std::time::Instant::now();
+                let net = agentmesh_testnet::Testnet::start(options).await?;
+                net.wait_full_mesh(Duration::from_secs(timeout_secs))
+                    .await?;
+                let mesh_s = started.elapsed().as_secs_f64();
+                let report = agentmesh_testnet::claims::contested_claim(
+                    &net,
+                    "claimed-by-all",
+                    Duration::from_secs(timeout_secs),
+                )
+                .await?;
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "bench": "claims",
+                        "nodes": nodes,
+                        "mesh_s": (mesh_s * 10.0).round() / 10.0,
+                        "decide_ms": report.elapsed.as_millis() as u64,
+                        "winner": report.winners[0].claimant,
+                        "one_winner": true,
+                    })
+                );
+                net.stop().await
+            }
+            BenchCommand::Partition { hosts, hold_secs } => {
+                if let Some(why) = agentmesh_testnet::hosts::unavailable() {
+                    anyhow::bail!("namespaced hosts are unavailable: {why}");
+                }
+                let tmp = tempfile::Builder::new()
+                    .prefix("agentmesh-partition-")
+                    .tempdir()?;
+                let report = agentmesh_testnet::partition::run(
+                    &bin,
+                    tmp.path(),
+                    hosts,
+                    Duration::from_secs(hold_secs),
+                )
+                .await?;
+                println!("{}", serde_json::to_string(&report)?);
+                Ok(())
+            }
             BenchCommand::Transport => {
                 for line in agentmesh_testnet::transport_bench::transport(&bin).await? {
                     println!("{line}");

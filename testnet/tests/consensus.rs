@@ -9,7 +9,7 @@ use agentmesh_node::types::{ClaimInfo, TransactionBody};
 use agentmesh_protocol::{codec, NodeKey, Transaction, Vertex};
 use agentmesh_testnet::rogue::RoguePeer;
 use agentmesh_testnet::{claims, wait, Testnet};
-use common::{start, MESH_TIMEOUT};
+use common::{start, start_with_validators, MESH_TIMEOUT};
 use futures::StreamExt;
 use std::time::Duration;
 
@@ -116,7 +116,10 @@ async fn a_restarted_node_keeps_what_it_finalized() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_gossiping_forged_vertices_is_graylisted_and_the_rest_still_decide() {
-    let t = start(3, &[]).await;
+    // An explicit validator set: in development mode (peers seen) the rogue
+    // would become a validator whose silence, a quarter of the weight,
+    // keeps polls short of alpha-confidence.
+    let t = start_with_validators(3, &[]).await;
     let net = &t.net;
     net.wait_full_mesh(MESH_TIMEOUT).await.unwrap();
     let mut rogue = RoguePeer::new(&net.options.network).unwrap();
@@ -153,6 +156,17 @@ async fn a_peer_gossiping_forged_vertices_is_graylisted_and_the_rest_still_decid
     claim_at_once(net, "after-forgery", &[(0, "x".into()), (1, "y".into())]).await;
     let all = winners(net, "after-forgery").await.unwrap();
     assert!(all.iter().all(|w| *w == all[0]));
+    let status = client.consensus().await.unwrap();
+    assert_eq!(status.validators.count, 3);
+    assert!(status.validators.sybil_resistant);
+    assert!(
+        status
+            .validators
+            .members
+            .iter()
+            .all(|v| v.node_id != rogue_node),
+        "the rogue is not a validator"
+    );
     pump.abort();
 }
 

@@ -13,22 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Fast failure detection, so faults are noticed within seconds.
-const FAST: &[&str] = &[
-    "--ping-interval-secs",
-    "1",
-    "--ping-timeout-secs",
-    "2",
-    "--ping-max-failures",
-    "2",
-    "--reconnect-max-delay-secs",
-    "2",
-    "--quic-dial-timeout-ms",
-    "700",
-    "--bootstrap-interval-secs",
-    "5",
-    "--breaker-cooldown-secs",
-    "4",
-];
+const FAST: &[&str] = agentmesh_testnet::partition::FAST_FAILURE_DETECTION;
 const LONG: Duration = Duration::from_secs(60);
 
 /// One multi-host test at a time: each runs several nodes on 2 cores.
@@ -201,4 +186,26 @@ async fn a_crashed_node_is_noticed_and_rejoins_after_restart() {
         .await
         .unwrap();
     assert_eq!(report.received, vec![3; 3]);
+}
+
+/// A claim on each side of a silent 4/4 partition of hosts whose nodes all
+/// validate (authority certificates): neither half holds α-confidence of
+/// the weight, so nothing is decided while it lasts; once it heals, every
+/// node reports the same single winner. (`bench partition --hosts 30` runs
+/// the same at scale.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_mesh_decides_nothing_until_it_heals() {
+    let _serial = SERIAL.lock().await;
+    if let Some(why) = hosts::unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bin = agentmesh_testnet::binary::build_for_tests().unwrap();
+    let report = agentmesh_testnet::partition::run(&bin, dir.path(), 8, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(report.decided_while_partitioned, 0, "{report:?}");
+    assert!(report.one_winner, "{report:?}");
+    assert!(report.partitioned_ms >= 10_000);
 }

@@ -25,3 +25,22 @@ pub async fn start(nodes: usize, extra_args: &[&str]) -> TestNet {
     let net = Testnet::start(opts).await.expect("starting the testnet");
     TestNet { net, dir }
 }
+
+/// Like [`start`], with every node given the same explicit validator set:
+/// the `nodes` nodes themselves, weight 1 each. Peers that connect later
+/// (a rogue) never vote.
+pub async fn start_with_validators(nodes: usize, extra_args: &[&str]) -> TestNet {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(nodes, &dir);
+    let bin = binary::build_for_tests().expect("building the agentmesh binary");
+    let validators: Vec<String> = (0..nodes)
+        .map(|i| {
+            agentmesh_testnet::authority::peer_id_of_dir(&bin, &opts.spec(i).data_dir).unwrap()
+        })
+        .collect();
+    opts.extra_args = extra_args.iter().map(|s| s.to_string()).collect();
+    opts.extra_args.push("--validators".into());
+    opts.extra_args.push(validators.join(","));
+    let net = Testnet::start(opts).await.expect("starting the testnet");
+    TestNet { net, dir }
+}
