@@ -22,7 +22,8 @@ pub struct Params {
     pub beta_virtuous: u32,
     /// Consecutive confident polls that accept a contested transaction.
     pub beta_rogue: u32,
-    /// Polls in flight at once.
+    /// Most polls in flight at once; fewer while polls are quick (see
+    /// `Engine`'s poll slots: about 50 polls a second are kept going).
     pub max_polls_in_flight: usize,
     /// Vertex ids per query.
     pub batch_size: usize,
@@ -78,8 +79,8 @@ impl Default for Params {
             alpha_confidence: 15,
             max_preference_strength: 10,
             beta_virtuous: 15,
-            beta_rogue: 20,
-            max_polls_in_flight: 4,
+            beta_rogue: 15,
+            max_polls_in_flight: 16,
             batch_size: 64,
             max_processing: 4096,
             max_processing_transactions: 10_000,

@@ -352,7 +352,7 @@ pub struct RunArgs {
     /// Messages buffered per channel family for slow local subscribers [default: 4096].
     #[arg(long, env = "AGENTMESH_SUBSCRIBER_BUFFER")]
     pub subscriber_buffer: Option<usize>,
-    /// Consensus: peers sampled per poll [default: 20].
+    /// Consensus: weighted draws of validators per poll [default: 20].
     #[arg(long, env = "AGENTMESH_CONSENSUS_K")]
     pub consensus_k: Option<usize>,
     /// Consensus: yes votes of k that make a poll successful, a majority [default: 11].
@@ -366,13 +366,13 @@ pub struct RunArgs {
     /// 24 hours votes: development only, not Sybil-resistant.
     #[arg(long, env = "AGENTMESH_VALIDATORS", value_delimiter = ',')]
     pub validators: Option<Vec<String>>,
-    /// Consensus: consecutive successful polls accepting an uncontested transaction [default: 15].
+    /// Consensus: consecutive confident polls accepting an uncontested transaction [default: 15].
     #[arg(long, env = "AGENTMESH_CONSENSUS_BETA_VIRTUOUS")]
     pub consensus_beta_virtuous: Option<u32>,
-    /// Consensus: consecutive successful polls accepting a contested transaction [default: 20].
+    /// Consensus: consecutive confident polls accepting a contested transaction [default: 15].
     #[arg(long, env = "AGENTMESH_CONSENSUS_BETA_ROGUE")]
     pub consensus_beta_rogue: Option<u32>,
-    /// Consensus: polls in flight at once [default: 4].
+    /// Consensus: polls in flight at once [default: 16].
     #[arg(long, env = "AGENTMESH_CONSENSUS_POLLS_IN_FLIGHT")]
     pub consensus_polls_in_flight: Option<usize>,
     /// Consensus: vertex ids per query [default: 64].

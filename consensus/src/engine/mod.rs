@@ -219,6 +219,8 @@ pub struct Engine<H: History> {
     /// that come late.
     expired: VecDeque<(PollId, u64)>,
     next_poll: PollId,
+    /// Smoothed duration of polls that queried peers (ms).
+    poll_ms: f64,
     next_repoll_ms: u64,
     /// Memo of "strongly preferred" answers, cleared when a preference moves.
     preferred_memo: HashMap<VertexId, bool>,
@@ -289,6 +291,7 @@ impl<H: History> Engine<H> {
             polls: HashMap::new(),
             expired: VecDeque::new(),
             next_poll: 1,
+            poll_ms: 0.0,
             next_repoll_ms: 0,
             preferred_memo: HashMap::new(),
             next_seq: None,

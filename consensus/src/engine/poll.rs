@@ -30,14 +30,17 @@ impl Poll {
     }
 }
 
+/// See [`Engine::poll_slots`].
+const TARGET_POLL_RATE: f64 = 50.0;
+const MIN_POLL_SLOTS: usize = 4;
+
 impl<H: History> Engine<H> {
     /// Starts polls while there is room: new vertices first, then the
     /// undecided frontier again.
     pub(super) fn issue_polls(&mut self, now_ms: u64) {
         let mut started = 0;
-        while self.polls.len() < self.params.max_polls_in_flight
-            && started < self.params.max_polls_in_flight
-        {
+        let slots = self.poll_slots();
+        while self.polls.len() < slots && started < slots {
             let mut ids = Vec::new();
             while ids.len() < self.params.batch_size {
                 let Some(id) = self.unpolled.pop_front() else {
@@ -60,6 +63,19 @@ impl<H: History> Engine<H> {
             started += 1;
             self.start_poll(now_ms, ids, repoll);
         }
+    }
+
+    /// Polls allowed in flight: enough to keep about [`TARGET_POLL_RATE`]
+    /// polls a second going at the polls' measured duration, between
+    /// [`MIN_POLL_SLOTS`] and `max_polls_in_flight`. On a fast network a few
+    /// suffice (more only queue behind each other and lengthen every round
+    /// trip); where round trips take seconds, more polls overlap, so a
+    /// conflict still sees enough polls to finish a confidence run soon.
+    pub(super) fn poll_slots(&self) -> usize {
+        let wanted = (TARGET_POLL_RATE * self.poll_ms / 1000.0).ceil() as usize;
+        wanted
+            .max(MIN_POLL_SLOTS)
+            .min(self.params.max_polls_in_flight)
     }
 
     /// The undecided vertices closest to the accepted part of the DAG.
@@ -264,6 +280,10 @@ impl<H: History> Engine<H> {
     /// Applies a finished poll: votes flow to undecided ancestors, streaks
     /// and Snowball counters move, and vertices that qualify are accepted.
     fn finish_poll(&mut self, now_ms: u64, poll: Poll) {
+        if poll.voters.iter().any(|v| *v != self.me) {
+            let took = now_ms.saturating_sub(poll.sent_ms) as f64;
+            self.poll_ms = 0.9 * self.poll_ms + 0.1 * took;
+        }
         let (touched, mut masks) = self.transitive_votes(&poll);
         let contested = self.contested_keys(&touched);
         let liars = self.double_voters(&contested, &masks);

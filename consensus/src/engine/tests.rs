@@ -238,3 +238,94 @@ fn a_vertex_named_in_a_query_is_asked_again_when_the_answer_is_lost() {
     e.on_query(6 * timeout, asker, 2, &[unknown.id()]);
     assert_eq!(fetches(e.take_outputs()), vec![(asker, vec![unknown.id()])]);
 }
+
+/// The peers a poll's queries went to, over `outputs`.
+fn queried(outputs: &[Output]) -> Vec<(PollId, Vec<NodeId>)> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Query { poll, peers, .. } => Some((*poll, peers.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn only_validators_are_asked_and_only_their_votes_count() {
+    let mut e = engine(1);
+    let validator = key(2).node_id();
+    let outsider = key(3).node_id();
+    // The engine itself does not vote here: its one validator decides.
+    e.set_validators(ValidatorSet::equal_weights(1, [validator]));
+    let id = e.propose(0, vec![tx("a")]).unwrap();
+    let polls = queried(&e.take_outputs());
+    assert!(!polls.is_empty());
+    for (_, peers) in &polls {
+        assert_eq!(peers, &vec![validator], "only the validator is asked");
+    }
+    // An outsider's yes votes, for every poll, change nothing.
+    for (poll, _) in &polls {
+        e.on_votes(1, outsider, *poll, &[true], &[]);
+    }
+    assert_eq!(
+        e.status(&id),
+        VertexStatus::Processing {
+            confidence: 0,
+            preferred: true
+        }
+    );
+    // The validator's yes makes every draw a yes.
+    for (poll, _) in &polls {
+        e.on_votes(2, validator, *poll, &[true], &[]);
+    }
+    assert!(matches!(
+        e.status(&id),
+        VertexStatus::Processing { confidence: c, .. } if c >= 1
+    ));
+}
+
+#[test]
+fn a_benched_validator_counts_as_no_without_being_asked() {
+    let mut e = engine(1);
+    let silent = key(2).node_id();
+    set_peers(&mut e, vec![silent]);
+    let params = Params::default();
+    // Unanswered queries until the validator is benched.
+    let mut now = 0;
+    let mut benched = false;
+    for _ in 0..10 {
+        e.propose(now, vec![tx(&format!("k{now}"))]).unwrap();
+        now += params.query_timeout_max_ms + 1;
+        e.tick(now);
+        if e.take_outputs()
+            .iter()
+            .any(|o| matches!(o, Output::Graylisted { peer, .. } if *peer == silent))
+        {
+            benched = true;
+            break;
+        }
+    }
+    // Half the weight may not be benched (the bound is 20%): it stays
+    // asked, and its silence keeps every poll short of alpha-confidence.
+    assert!(!benched, "half of the weight was benched");
+    assert_eq!(e.benched_share(now), 0.0);
+
+    // A validator benched for misconduct (no bound applies to proof) is
+    // drawn like the rest but never asked, and counts as a no: with half
+    // the weight benched, nothing this node proposes is accepted.
+    let mut e = engine(1);
+    let rogue = key(3).node_id();
+    set_peers(&mut e, vec![rogue]);
+    e.on_invalid_vertex(0, rogue);
+    let id = e.propose(1, vec![tx("benched")]).unwrap();
+    let mut now = 1;
+    while now < params.graylist_ms / 2 {
+        for (_, peers) in queried(&e.take_outputs()) {
+            assert!(!peers.contains(&rogue), "a benched validator is not asked");
+        }
+        now += 10;
+        e.tick(now);
+    }
+    assert!(matches!(e.status(&id), VertexStatus::Processing { .. }));
+    assert!((e.benched_share(now) - 0.5).abs() < 1e-9);
+}

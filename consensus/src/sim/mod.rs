@@ -377,6 +377,24 @@ impl Sim {
         }
     }
 
+    /// Nodes in the run (Sybil identities included).
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    pub fn is_honest(&self, i: usize) -> bool {
+        self.nodes[i].strategy == Strategy::Honest
+    }
+
+    /// Node `i`'s engine, to look at after a run.
+    pub fn engine(&self, i: usize) -> &Engine<MemoryHistory> {
+        &self.nodes[i].engine
+    }
+
     pub fn node_id(&self, i: usize) -> NodeId {
         self.nodes[i].key.node_id()
     }

@@ -190,8 +190,21 @@ fn a_vertex_dropped_for_a_missing_parent_is_fetched_again() {
     let mut config =
         SimConfig::new(30, 3_203_338_449_661_900_371).with_byzantine(Strategy::Equivocate, 6);
     config.loss = 0.04;
-    config.deadline_ms = ROUND_BOUND_MS;
-    check(&Sim::new(config).run());
+    // A fifth of the weight equivocating (benched: a no in every poll that
+    // draws it) plus 4% loss leaves about 77% of the draws to say yes
+    // where 75% are needed: live, but slowly.
+    config.deadline_ms = 5 * ROUND_BOUND_MS;
+    let report = Sim::new(config).run();
+    assert!(
+        report.safety_violations.is_empty(),
+        "{:?}",
+        report.safety_violations
+    );
+    assert!(
+        report.liveness_misses.is_empty(),
+        "{:?}",
+        report.liveness_misses.first()
+    );
 }
 
 /// A random DAG by outside authors, some transactions conflicting.

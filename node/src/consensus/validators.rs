@@ -37,6 +37,18 @@ pub enum Source {
     PeersSeen,
 }
 
+/// Where the validators come from, in words for the API: the `validators`
+/// setting wins, then an authority's certificates, else the peers seen.
+pub fn describe_source(configured: bool, authority: bool) -> &'static str {
+    if configured {
+        "validators setting"
+    } else if authority {
+        "membership certificates (validate scope)"
+    } else {
+        "peers seen in the last 24 hours (development only: not Sybil-resistant)"
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Seen {
     at: Instant,
@@ -93,13 +105,10 @@ impl Validators {
     }
 
     pub fn source_name(&self) -> &'static str {
-        match self.source {
-            Source::Configured(_) => "validators setting",
-            Source::Certificates { .. } => "membership certificates (validate scope)",
-            Source::PeersSeen => {
-                "peers seen in the last 24 hours (development only: not Sybil-resistant)"
-            }
-        }
+        describe_source(
+            matches!(self.source, Source::Configured(_)),
+            matches!(self.source, Source::Certificates { .. }),
+        )
     }
 
     pub fn sybil_resistant(&self) -> bool {

@@ -238,6 +238,11 @@ impl Network {
         bans.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
         bans.truncate(100);
         crate::types::SecurityStatus {
+            validators: crate::consensus::validators::describe_source(
+                self.settings.validators.is_some(),
+                !self.membership.is_open(),
+            )
+            .into(),
             membership: if self.membership.is_open() {
                 "open"
             } else {

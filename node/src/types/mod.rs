@@ -29,6 +29,9 @@ pub struct Status {
 pub struct SecurityStatus {
     /// `open` (any peer may join) or `authority` (certificates required).
     pub membership: String,
+    /// Who votes in consensus (see `GET /v1/consensus` for the set itself);
+    /// says so when it is not Sybil-resistant.
+    pub validators: String,
     /// This node's scopes, with an authority.
     pub scopes: Vec<String>,
     /// When this node's certificate expires (unix ms), with an authority.
