@@ -9,17 +9,7 @@ use proptest::prelude::{any, prop_assert, prop_assert_eq, proptest, ProptestConf
 const ROUND_BOUND_MS: u64 = 60_000;
 
 fn check(report: &Report) {
-    assert!(
-        report.safety_violations.is_empty(),
-        "safety: {:?}",
-        report.safety_violations
-    );
-    assert!(
-        report.liveness_misses.is_empty(),
-        "liveness: {} misses, e.g. {:?}",
-        report.liveness_misses.len(),
-        report.liveness_misses.first()
-    );
+    check_safe_and_live(report);
     assert_eq!(report.undecided, 0, "undecided vertices remain");
     assert!(report.end_ms <= ROUND_BOUND_MS, "took {} ms", report.end_ms);
     assert!(report.virtuous_keys > 0, "nothing to check liveness on");
