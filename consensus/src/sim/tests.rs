@@ -184,15 +184,21 @@ fn a_vertex_dropped_for_a_missing_parent_is_fetched_again() {
     // draws it) plus 4% loss leaves about 77% of the draws to say yes
     // where 75% are needed: live, but slowly.
     config.deadline_ms = 5 * ROUND_BOUND_MS;
-    let report = Sim::new(config).run();
+    check_safe_and_live(&Sim::new(config).run());
+}
+
+/// No two honest nodes disagree, and every honest node accepted every
+/// virtuous key.
+fn check_safe_and_live(report: &Report) {
     assert!(
         report.safety_violations.is_empty(),
-        "{:?}",
+        "safety: {:?}",
         report.safety_violations
     );
     assert!(
         report.liveness_misses.is_empty(),
-        "{:?}",
+        "liveness: {} misses, e.g. {:?}",
+        report.liveness_misses.len(),
         report.liveness_misses.first()
     );
 }
