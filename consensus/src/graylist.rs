@@ -44,6 +44,10 @@ struct Record {
     until_ms: u64,
 }
 
+/// How long after its last bench a silent peer's bench count is kept (a
+/// validator that left for good is forgotten after this).
+const SILENCE_MEMORY_MS: u64 = 600_000;
+
 /// Contradicting votes further apart than this are not held together
 /// against a peer: an honest but lagging node may cast one now and then.
 const CONTRADICTION_WINDOW_MS: u64 = 60_000;
@@ -122,7 +126,7 @@ impl Graylist {
         self.records.retain(|_, r| {
             r.until_ms > now_ms
                 || r.silent_in_a_row > 0
-                || r.silence_benches > 0
+                || (r.silence_benches > 0 && now_ms < r.until_ms.saturating_add(SILENCE_MEMORY_MS))
                 || (r.contradictions > 0
                     && now_ms.saturating_sub(r.contradictions_since_ms) <= CONTRADICTION_WINDOW_MS)
         });

@@ -11,18 +11,21 @@
 //!
 //! One departure, argued in docs/consensus.md: strength is bounded. When the
 //! winner of a poll is already at the bound, every other member loses one
-//! instead; the order of strengths, and so the preference, moves exactly as
-//! it would, but a majority from long ago (one side of a partition that
-//! won polls for minutes) cannot hold a node against the current one for
-//! longer than the bound's worth of polls. Safety rests on the confidence
-//! runs alone, which the bound does not touch.
+//! instead, so a majority from long ago (one side of a partition that won
+//! polls for minutes) cannot hold a node against the current one for longer
+//! than the bound's worth of polls. The preference still moves only to the
+//! winner of a successful poll. Safety rests on the confidence runs, which
+//! the bound does not touch.
 //!
 //! The only other thing that sets the preference is the *initial* choice:
 //! while no member has won a single poll here, the preference is the
 //! member with the smallest id. Every node that knows the same rivals
 //! therefore starts from the same one, which keeps many-way contests (every
-//! node claiming one task at once) live; see docs/consensus.md for why this
-//! does not weaken safety.
+//! node claiming one task at once) live. A vertex's successful polls from
+//! before it had a rival count as its strength when the set forms, so a
+//! rival released late (perhaps after some node accepted the first) never
+//! takes the preference from a node that has seen evidence for the first;
+//! see docs/consensus.md for the safety argument.
 
 use agentmesh_protocol::VertexId;
 
@@ -49,10 +52,19 @@ pub enum PollResult {
 }
 
 impl ConflictSet {
-    pub fn new(first: VertexId, second: VertexId) -> ConflictSet {
+    /// The set formed when `second` arrives as a rival of `first`, which
+    /// had won `first_wins` polls alone (its strength from the start: those
+    /// were successful polls for it on this key). The preference is
+    /// `first` if it has any, else the smaller id.
+    pub fn new(first: VertexId, first_wins: u32, second: VertexId) -> ConflictSet {
+        let preference = if first_wins > 0 {
+            first
+        } else {
+            first.min(second)
+        };
         ConflictSet {
-            members: vec![(first, 0), (second, 0)],
-            preference: first.min(second),
+            members: vec![(first, first_wins), (second, 0)],
+            preference,
             last: None,
             count: 0,
         }
@@ -158,8 +170,9 @@ impl ConflictSet {
         true
     }
 
-    /// No poll has succeeded for any member yet (or strengths were worn
-    /// back to zero, which needs the preference to win).
+    /// No member has won a poll (strength never falls to zero for all
+    /// members through polls: the winner keeps what it has; only removing
+    /// the members that had won can bring it back).
     fn untouched(&self) -> bool {
         self.members.iter().all(|(_, s)| *s == 0)
     }
@@ -186,7 +199,7 @@ mod tests {
     #[test]
     fn bounded_strength_lets_a_new_majority_take_over_after_the_bound() {
         let (a, b) = (v(1), v(2));
-        let mut set = ConflictSet::new(a, b);
+        let mut set = ConflictSet::new(a, 0, b);
         for _ in 0..1_000 {
             set.record(PollResult::Preferred(b), 5);
         }
@@ -200,7 +213,7 @@ mod tests {
 
     #[test]
     fn the_initial_preference_is_the_smallest_id_until_a_poll_succeeds() {
-        let mut set = ConflictSet::new(v(5), v(3));
+        let mut set = ConflictSet::new(v(5), 0, v(3));
         assert_eq!(set.preference(), v(3));
         assert!(set.add(v(1)));
         assert_eq!(set.preference(), v(1));
@@ -214,8 +227,19 @@ mod tests {
     }
 
     #[test]
+    fn a_late_rival_never_takes_over_a_vertex_that_won_polls_alone() {
+        // The first vertex won a poll before its rival arrived: the rival,
+        // smaller id or not, starts behind it.
+        let set = ConflictSet::new(v(9), 1, v(1));
+        assert_eq!(set.preference(), v(9));
+        assert_eq!(set.strength(&v(9)), 1);
+        // Without such evidence the smaller id is the initial choice.
+        assert_eq!(ConflictSet::new(v(9), 0, v(1)).preference(), v(1));
+    }
+
+    #[test]
     fn failed_polls_never_move_the_preference() {
-        let mut set = ConflictSet::new(v(1), v(2));
+        let mut set = ConflictSet::new(v(1), 0, v(2));
         set.record(PollResult::Confident(v(2)), CAP);
         set.record(PollResult::Confident(v(2)), CAP);
         assert_eq!(set.streak(&v(2)), 2);
@@ -229,7 +253,7 @@ mod tests {
     #[test]
     fn preference_follows_strength_and_runs_follow_confidence() {
         let (a, b) = (v(1), v(2));
-        let mut set = ConflictSet::new(a, b);
+        let mut set = ConflictSet::new(a, 0, b);
         assert!(set.record(PollResult::Confident(b), CAP));
         assert_eq!(set.preference(), b);
         set.record(PollResult::Confident(b), CAP);
@@ -252,7 +276,7 @@ mod tests {
         fn preference_is_always_a_strongest_member(
             polls in proptest::collection::vec((0u8..4, 0u8..3), 0..200),
         ) {
-            let mut set = ConflictSet::new(v(0), v(1));
+            let mut set = ConflictSet::new(v(0), 0, v(1));
             set.add(v(2));
             set.add(v(3));
             for (member, kind) in polls {

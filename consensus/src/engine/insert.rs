@@ -185,7 +185,11 @@ impl<H: History> Engine<H> {
                 }
                 Some(KeyState::Single(first)) => {
                     let first = *first;
-                    let set = ConflictSet::new(first, id);
+                    let wins = self
+                        .processing
+                        .get(&first)
+                        .map_or(0, |p| p.wins.min(self.params.max_preference_strength));
+                    let set = ConflictSet::new(first, wins, id);
                     self.keys.insert(tx.key.clone(), KeyState::Contested(set));
                     if let Some(p) = self.processing.get_mut(&first) {
                         p.contested.push(tx.key.clone());
@@ -212,6 +216,7 @@ impl<H: History> Engine<H> {
                 height,
                 children: Vec::new(),
                 streak: 0,
+                wins: 0,
                 contested,
             },
         );

@@ -116,6 +116,11 @@ struct Processing {
     children: Vec<VertexId>,
     /// Consecutive polls in which this vertex got an alpha majority.
     streak: u32,
+    /// Polls in which it drew α-preference (successful polls), counted
+    /// while it has no rival: if one appears, they are its preference
+    /// strength in the new conflict set, as if the set had existed all
+    /// along (see `ConflictSet::new`).
+    wins: u32,
     /// Conflict keys of its transactions that have rivals, so the common
     /// case (nothing contested) costs nothing per transaction.
     contested: Vec<String>,
@@ -167,6 +172,9 @@ struct Poll {
     sent_ms: u64,
     deadline_ms: u64,
     repoll: bool,
+    /// Some vertex it concerns has a rival when it started: its votes may
+    /// be struck out as double votes, so it never ends on the fast path.
+    contested: bool,
 }
 
 /// How many times a local transaction is re-proposed after its vertex was
@@ -625,24 +633,32 @@ impl<H: History> Engine<H> {
         if peer == self.me {
             return;
         }
-        // Silence may be a slow or restarting peer: a short pause, and only
-        // while the benched weight stays under its bound (past it, silent
-        // validators are queried and waited for like the rest, so a node
+        // Benching is bounded: past `max_benched_percent` of the weight,
+        // a validator is queried and waited for like the rest (so a node
         // whose own link failed does not keep failing polls at once after
-        // it recovers). Anything else is proof of misconduct.
-        let duration = match reason {
-            Misbehaviour::Silence => {
-                let total = self.validators.total_weight() as f64;
-                let after = (self.benched_weight(now_ms) + self.validators.weight(&peer)) as f64;
-                if total > 0.0 && after / total > self.params.max_benched_percent as f64 / 100.0 {
-                    return;
-                }
-                self.graylist.silence_bench_ms(
-                    peer,
-                    self.params.silence_graylist_ms,
-                    self.params.graylist_ms,
-                )
+        // it recovers, and no run of accusations can bench a quorum away).
+        // Only equivocation, signed by the validator itself, is proof
+        // enough to bench past the bound: an invalid vertex may come from
+        // an honest relay (a stale certificate), silence from a slow link.
+        // (Peers outside the validator set weigh nothing: no bound.)
+        if reason != Misbehaviour::Equivocation && self.validators.contains(&peer) {
+            if self.graylist.is_graylisted(&peer, now_ms) {
+                return;
             }
+            let total = self.validators.total_weight() as f64;
+            let after = (self.benched_weight(now_ms) + self.validators.weight(&peer)) as f64;
+            if total > 0.0 && after / total > f64::from(self.params.max_benched_percent) / 100.0 {
+                return;
+            }
+        }
+        let duration = match reason {
+            // Silence may be a slow or restarting peer: a short pause,
+            // doubled for each bench until it answers again.
+            Misbehaviour::Silence => self.graylist.silence_bench_ms(
+                peer,
+                self.params.silence_graylist_ms,
+                self.params.graylist_ms,
+            ),
             _ => self.params.graylist_ms,
         };
         let until_ms = self.graylist.graylist(peer, now_ms, duration);

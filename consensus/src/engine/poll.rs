@@ -97,6 +97,9 @@ impl<H: History> Engine<H> {
         // k weighted draws with replacement from the whole validator set:
         // benched validators are drawn like the rest and count as a no.
         let drawn = self.validators.sample(&mut self.rng, self.params.k);
+        let contested = !self
+            .contested_keys(&self.ancestry_by_height(ids.clone()))
+            .is_empty();
         let poll_id = self.next_poll;
         self.next_poll += 1;
         self.stats.polls_started += 1;
@@ -110,6 +113,7 @@ impl<H: History> Engine<H> {
             sent_ms: now_ms,
             deadline_ms,
             repoll,
+            contested,
         };
         let mut peers = Vec::with_capacity(poll.voters.len());
         for (bit, voter) in poll.voters.iter().enumerate() {
@@ -312,8 +316,12 @@ impl<H: History> Engine<H> {
         let mut progress = false;
         for id in &touched {
             let mask = masks.get(id).copied().unwrap_or(0);
-            let won = poll.weight(mask) >= alpha_confidence;
+            let votes = poll.weight(mask);
+            let won = votes >= alpha_confidence;
             if let Some(p) = self.processing.get_mut(id) {
+                if votes >= alpha_preference {
+                    p.wins = p.wins.saturating_add(1);
+                }
                 if won {
                     p.streak += 1;
                 } else if concerned(id, mask) {
@@ -393,16 +401,19 @@ impl<H: History> Engine<H> {
     /// decision the full count would not have made.
     fn may_end_early(&self, poll: &Poll) -> bool {
         let (ap, ac) = (self.params.alpha_preference, self.params.alpha_confidence);
-        if poll.yes.iter().all(|m| poll.weight(*m) >= ac) {
-            // Ancestors hold supersets of these votes.
+        if !poll.contested && poll.yes.iter().all(|m| poll.weight(*m) >= ac) {
+            // Ancestors hold supersets of these votes, and with no conflict
+            // in reach no voter's votes can be struck out as a double vote.
             return true;
         }
         let out = poll.outstanding_weight();
         let fixed = |w: usize| w >= ac || w + out < ap || (w >= ap && w + out < ac);
-        if !poll.yes.iter().all(|m| fixed(poll.weight(*m))) {
-            return false;
+        let (touched, mut masks) = self.transitive_votes(poll);
+        // Counted as `finish_poll` will count them: without double voters.
+        let liars = self.double_voters(&self.contested_keys(&touched), &masks);
+        for mask in masks.values_mut() {
+            *mask &= !liars;
         }
-        let (touched, masks) = self.transitive_votes(poll);
         touched.iter().all(|id| {
             let mask = masks.get(id).copied().unwrap_or(0);
             fixed(poll.weight(mask)) && (mask != 0 || poll.ids.contains(id))

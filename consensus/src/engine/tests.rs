@@ -310,13 +310,23 @@ fn a_benched_validator_counts_as_no_without_being_asked() {
     assert!(!benched, "half of the weight was benched");
     assert_eq!(e.benched_share(now), 0.0);
 
-    // A validator benched for misconduct (no bound applies to proof) is
-    // drawn like the rest but never asked, and counts as a no: with half
-    // the weight benched, nothing this node proposes is accepted.
+    // An accusation it could not prove (an invalid vertex may come from an
+    // honest relay) does not bench half the weight either.
     let mut e = engine(1);
-    let rogue = key(3).node_id();
+    let rogue_key = key(3);
+    let rogue = rogue_key.node_id();
     set_peers(&mut e, vec![rogue]);
     e.on_invalid_vertex(0, rogue);
+    assert_eq!(e.benched_share(1), 0.0);
+    // A validator that equivocates (proof, signed by itself; no bound
+    // applies) is drawn like the rest but never asked, and counts as a no:
+    // with half the weight benched, nothing this node proposes is accepted.
+    for payload in ["x", "y"] {
+        let v = Vertex::sign(&rogue_key, vec![], 1, 0, vec![tx(payload)]).unwrap();
+        e.on_vertex(0, rogue, v);
+    }
+    // (The first of the two was polled before the second exposed it.)
+    e.take_outputs();
     let id = e.propose(1, vec![tx("benched")]).unwrap();
     let mut now = 1;
     while now < params.graylist_ms / 2 {

@@ -15,6 +15,8 @@ const MAX_ATTACKS: u64 = 3;
 const ATTACK_EVERY_MS: u64 = 700;
 /// Ids tried when grinding a pair of rivals into the order it wants.
 const GRIND_TRIES: usize = 16;
+/// Late rivals one `LateRival` node signs at most.
+const MAX_LATE_RIVALS: u64 = 20;
 /// How often a Sybil identity sends votes nobody asked for.
 const SYBIL_VOTES_EVERY_MS: u64 = 400;
 
@@ -79,6 +81,7 @@ impl Sim {
     pub(super) fn adversary_tick(&mut self, i: usize) {
         match self.nodes[i].strategy {
             Strategy::Adaptive => self.maybe_attack(i),
+            Strategy::LateRival => self.late_rival(i),
             Strategy::Sybil => self.sybil_votes(i),
             _ => {}
         }
@@ -152,6 +155,67 @@ impl Sim {
             self.send(i, to, Msg::Vertex(rival));
             let release = self.rng.random_range(50..=400);
             self.send_after(release, i, to, Msg::Vertex(p.clone()));
+        }
+    }
+
+    /// See [`Strategy::LateRival`]: one rival per accepted key, at most
+    /// [`MAX_LATE_RIVALS`] per node.
+    fn late_rival(&mut self, i: usize) {
+        if self.nodes[i].byz_seq - (1 << 40) >= MAX_LATE_RIVALS {
+            return;
+        }
+        let honest: Vec<usize> = (0..self.nodes.len())
+            .filter(|n| self.nodes[*n].strategy == Strategy::Honest)
+            .collect();
+        let target = self.accepted_at.iter().find_map(|(key, at)| {
+            if key.starts_with("late:") || self.issued.contains_key(&format!("late:{key}")) {
+                return None;
+            }
+            let (first, _) = at.first()?;
+            let winner = self.nodes[*first].engine.history().winner(key)?;
+            let undecided = honest.iter().any(|n| {
+                matches!(
+                    self.nodes[*n].engine.status(&winner),
+                    crate::engine::VertexStatus::Processing { .. }
+                )
+            });
+            undecided.then(|| (key.clone(), winner))
+        });
+        let Some((key, winner)) = target else {
+            return;
+        };
+        // Remembered so that each key is attacked once.
+        self.issued.entry(format!("late:{key}")).or_default();
+        let Some(parents) = self.nodes[i]
+            .engine
+            .history()
+            .vertex(&winner)
+            .map(|v| v.parents().to_vec())
+        else {
+            return;
+        };
+        let seq = self.next_byz_seq(i);
+        let mut best: Option<Vertex> = None;
+        for attempt in 0..GRIND_TRIES {
+            let payload = format!("late {attempt}").into_bytes();
+            let Some(v) = self.sign_as(i, parents.clone(), seq, &key, &payload) else {
+                return;
+            };
+            if best.as_ref().is_none_or(|b| v.id() < b.id()) {
+                best = Some(v);
+            }
+        }
+        let Some(rival) = best else {
+            return;
+        };
+        for tx in rival.transactions() {
+            self.issued
+                .entry(tx.key.clone())
+                .or_default()
+                .push((i, tx.payload.clone()));
+        }
+        for to in (0..self.nodes.len()).filter(|t| *t != i) {
+            self.send(i, to, Msg::Vertex(rival.clone()));
         }
     }
 

@@ -33,6 +33,12 @@ pub enum Strategy {
     /// own: rivals ground by id, each sent to half of the nodes, behind a
     /// parent released late and per recipient.
     Adaptive,
+    /// Votes like `Adaptive`, and as soon as some honest node has accepted
+    /// a vertex that others still poll, signs a rival for its key, ground
+    /// to the smallest id of a few tries, and sends it to every node: it
+    /// targets the initial-preference rule (smallest id first) on the
+    /// nodes that have not decided yet.
+    LateRival,
     /// An identity outside the validator set (one of many a Sybil makes):
     /// spams rivals like `ConflictSpam`, sends votes nobody asked for,
     /// never answers fetches. It should change nothing.
@@ -49,7 +55,7 @@ impl Sim {
         mut votes: Vec<bool>,
     ) -> (Vec<bool>, u64) {
         match self.nodes[i].strategy {
-            Strategy::Adaptive => return self.adaptive_votes(i, to, votes),
+            Strategy::Adaptive | Strategy::LateRival => return self.adaptive_votes(i, to, votes),
             Strategy::Contrary => votes.iter_mut().for_each(|v| *v = !*v),
             Strategy::Flip => {
                 for v in votes.iter_mut() {

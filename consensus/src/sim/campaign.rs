@@ -85,7 +85,7 @@ fn every_strategy(seed: u64) -> SimConfig {
     let mut c = SimConfig::new(30, seed);
     for strategy in [
         Strategy::Adaptive,
-        Strategy::Adaptive,
+        Strategy::LateRival,
         Strategy::Contrary,
         Strategy::Flip,
         Strategy::Silent,
@@ -93,6 +93,15 @@ fn every_strategy(seed: u64) -> SimConfig {
     ] {
         c = c.with_byzantine(strategy, 1);
     }
+    c.deadline_ms = 120_000;
+    c
+}
+
+/// A fifth of the weight releasing ground rivals of vertices some honest
+/// node has just accepted, to the nodes still polling them.
+fn late_rivals(seed: u64) -> SimConfig {
+    let mut c = SimConfig::new(30, seed).with_byzantine(Strategy::LateRival, 6);
+    c.virtuous_per_node = 3;
     c.deadline_ms = 120_000;
     c
 }
@@ -166,6 +175,12 @@ pub fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "every_strategy_20pct_n30",
             build: every_strategy,
+            quiet_until_ms: None,
+            heavy: false,
+        },
+        Scenario {
+            name: "late_rival_20pct_n30",
+            build: late_rivals,
             quiet_until_ms: None,
             heavy: false,
         },

@@ -151,6 +151,15 @@ fn the_attacks_that_split_honest_nodes_no_longer_do() {
     }
 }
 
+/// Rivals of vertices some honest node has just accepted, ground to the
+/// smallest id and sent to the nodes still polling them: they never win
+/// (a vertex's successful polls from before its rival count as strength).
+#[test]
+fn late_rivals_of_accepted_vertices_never_win() {
+    let result = campaign::run_scenario(&scenario("late_rival_20pct_n30"), 0, 3);
+    assert_eq!(result.safety_violations, 0, "{:?}", result.first_violation);
+}
+
 /// 300 identities outside the validator set vote unasked and spam rivals:
 /// they are never sampled, their votes never count, and everything the
 /// honest validators propose is decided.
