@@ -18,14 +18,18 @@
 //! the bound does not touch.
 //!
 //! The only other thing that sets the preference is the *initial* choice:
-//! while no member has won a single poll here, the preference is the
-//! member with the smallest id. Every node that knows the same rivals
-//! therefore starts from the same one, which keeps many-way contests (every
-//! node claiming one task at once) live. A vertex's successful polls from
-//! before it had a rival count as its strength when the set forms, so a
-//! rival released late (perhaps after some node accepted the first) never
-//! takes the preference from a node that has seen evidence for the first;
-//! see docs/consensus.md for the safety argument.
+//! while no member has won a single poll here and this node has not voted
+//! for any of them, the preference is the member with the smallest id.
+//! Every node that knows the same rivals therefore starts from the same
+//! one, which keeps many-way contests (every node claiming one task at
+//! once) live. Once a node has answered a query with a yes for a member,
+//! its preference moves only by polls, as in standard Snowball: some other
+//! node may have accepted that member on the strength of those votes. A
+//! vertex's successful polls from before it had a rival likewise count as
+//! its strength when the set forms. So a rival released late (perhaps after
+//! some node accepted the first) never takes the preference from a node
+//! that vouched for, or saw evidence for, the first; see docs/consensus.md
+//! for the safety argument.
 
 use agentmesh_protocol::VertexId;
 
@@ -38,6 +42,9 @@ pub struct ConflictSet {
     last: Option<VertexId>,
     /// Length of that run.
     count: u32,
+    /// This node has voted yes for its preference in an answer to a peer:
+    /// the initial choice is final.
+    vouched: bool,
 }
 
 /// What a poll showed for one conflict set.
@@ -54,10 +61,16 @@ pub enum PollResult {
 impl ConflictSet {
     /// The set formed when `second` arrives as a rival of `first`, which
     /// had won `first_wins` polls alone (its strength from the start: those
-    /// were successful polls for it on this key). The preference is
-    /// `first` if it has any, else the smaller id.
-    pub fn new(first: VertexId, first_wins: u32, second: VertexId) -> ConflictSet {
-        let preference = if first_wins > 0 {
+    /// were successful polls for it on this key) and which this node has
+    /// voted for to a peer if `first_vouched`. The preference is `first` if
+    /// either, else the smaller id.
+    pub fn new(
+        first: VertexId,
+        first_wins: u32,
+        first_vouched: bool,
+        second: VertexId,
+    ) -> ConflictSet {
+        let preference = if first_wins > 0 || first_vouched {
             first
         } else {
             first.min(second)
@@ -67,7 +80,14 @@ impl ConflictSet {
             preference,
             last: None,
             count: 0,
+            vouched: first_vouched,
         }
+    }
+
+    /// This node has voted yes for the preference in an answer to a peer:
+    /// from now on only polls move it.
+    pub fn vouch(&mut self) {
+        self.vouched = true;
     }
 
     pub fn members(&self) -> impl Iterator<Item = VertexId> + '_ {
@@ -87,13 +107,14 @@ impl ConflictSet {
     }
 
     /// Adds a rival; returns true if the preference moved (only while no
-    /// poll has succeeded here: the initial choice).
+    /// poll has succeeded here and this node has not vouched: the initial
+    /// choice).
     pub fn add(&mut self, member: VertexId) -> bool {
         if self.members.iter().any(|(id, _)| *id == member) {
             return false;
         }
         self.members.push((member, 0));
-        if self.untouched() && member < self.preference {
+        if !self.vouched && self.untouched() && member < self.preference {
             self.preference = member;
             return true;
         }
@@ -199,7 +220,7 @@ mod tests {
     #[test]
     fn bounded_strength_lets_a_new_majority_take_over_after_the_bound() {
         let (a, b) = (v(1), v(2));
-        let mut set = ConflictSet::new(a, 0, b);
+        let mut set = ConflictSet::new(a, 0, false, b);
         for _ in 0..1_000 {
             set.record(PollResult::Preferred(b), 5);
         }
@@ -213,7 +234,7 @@ mod tests {
 
     #[test]
     fn the_initial_preference_is_the_smallest_id_until_a_poll_succeeds() {
-        let mut set = ConflictSet::new(v(5), 0, v(3));
+        let mut set = ConflictSet::new(v(5), 0, false, v(3));
         assert_eq!(set.preference(), v(3));
         assert!(set.add(v(1)));
         assert_eq!(set.preference(), v(1));
@@ -230,16 +251,35 @@ mod tests {
     fn a_late_rival_never_takes_over_a_vertex_that_won_polls_alone() {
         // The first vertex won a poll before its rival arrived: the rival,
         // smaller id or not, starts behind it.
-        let set = ConflictSet::new(v(9), 1, v(1));
+        let set = ConflictSet::new(v(9), 1, false, v(1));
         assert_eq!(set.preference(), v(9));
         assert_eq!(set.strength(&v(9)), 1);
         // Without such evidence the smaller id is the initial choice.
-        assert_eq!(ConflictSet::new(v(9), 0, v(1)).preference(), v(1));
+        assert_eq!(ConflictSet::new(v(9), 0, false, v(1)).preference(), v(1));
+    }
+
+    #[test]
+    fn a_late_rival_never_takes_over_a_vertex_this_node_voted_for() {
+        // This node answered yes for v(9) (some peer may have accepted it on
+        // those votes) before it won a poll of its own here.
+        let mut set = ConflictSet::new(v(9), 0, true, v(1));
+        assert_eq!(set.preference(), v(9));
+        assert!(!set.add(v(0)), "no initial choice after a vote");
+        assert_eq!(set.preference(), v(9));
+        // Polls still move it, as in Snowball.
+        assert!(set.record(PollResult::Preferred(v(1)), CAP));
+        assert_eq!(set.preference(), v(1));
+
+        // The same once it votes for the initial choice of a formed set.
+        let mut set = ConflictSet::new(v(5), 0, false, v(3));
+        set.vouch();
+        assert!(!set.add(v(1)));
+        assert_eq!(set.preference(), v(3));
     }
 
     #[test]
     fn failed_polls_never_move_the_preference() {
-        let mut set = ConflictSet::new(v(1), 0, v(2));
+        let mut set = ConflictSet::new(v(1), 0, false, v(2));
         set.record(PollResult::Confident(v(2)), CAP);
         set.record(PollResult::Confident(v(2)), CAP);
         assert_eq!(set.streak(&v(2)), 2);
@@ -253,7 +293,7 @@ mod tests {
     #[test]
     fn preference_follows_strength_and_runs_follow_confidence() {
         let (a, b) = (v(1), v(2));
-        let mut set = ConflictSet::new(a, 0, b);
+        let mut set = ConflictSet::new(a, 0, false, b);
         assert!(set.record(PollResult::Confident(b), CAP));
         assert_eq!(set.preference(), b);
         set.record(PollResult::Confident(b), CAP);
@@ -276,7 +316,7 @@ mod tests {
         fn preference_is_always_a_strongest_member(
             polls in proptest::collection::vec((0u8..4, 0u8..3), 0..200),
         ) {
-            let mut set = ConflictSet::new(v(0), 0, v(1));
+            let mut set = ConflictSet::new(v(0), 0, false, v(1));
             set.add(v(2));
             set.add(v(3));
             for (member, kind) in polls {

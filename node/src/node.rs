@@ -241,6 +241,14 @@ fn known_consensus_peers(
     let remembered = match source {
         validators::Source::Configured(_) => return peers,
         validators::Source::Certificates { book, .. } => book.as_ref().map(|book| {
+            // Validators gone longer than the set keeps them, or whose
+            // certificate has expired, leave the book for good.
+            let pruned = book.retain(|v| {
+                age(v.last_seen_ms) < validators::LINGER && v.expires_ms.is_none_or(|at| at > now)
+            });
+            if let Err(e) = pruned {
+                tracing::warn!(error = %e, "cannot prune the validator book");
+            }
             book.all().map(|all| {
                 all.peers
                     .into_iter()

@@ -105,6 +105,22 @@ impl<T: Serialize + DeserializeOwned> NodeRecords<T> {
     pub fn is_empty(&self) -> bool {
         self.tree.is_empty()
     }
+
+    /// Removes the records `keep` refuses; returns how many went. Damaged
+    /// records are left for [`NodeRecords::all`] to report.
+    pub fn retain(&self, keep: impl Fn(&T) -> bool) -> Result<usize, StoreError> {
+        let stale: Vec<NodeId> = self
+            .all()?
+            .peers
+            .into_iter()
+            .filter(|(_, record)| !keep(record))
+            .map(|(id, _)| id)
+            .collect();
+        for id in &stale {
+            self.remove(id)?;
+        }
+        Ok(stale.len())
+    }
 }
 
 impl PeerBook {
@@ -153,6 +169,34 @@ mod tests {
         peers.sort_by_key(|(_, p)| p.last_seen_ms);
         let seen: Vec<u64> = peers.iter().map(|(_, p)| p.last_seen_ms).collect();
         assert_eq!(seen, vec![2, 3, 4]);
+    }
+
+    #[test]
+    fn retain_removes_only_the_refused_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let book = store.validators().unwrap();
+        for (n, expires_ms) in [(1u8, Some(10)), (2, Some(1_000)), (3, None)] {
+            let record = KnownValidator {
+                weight: 1,
+                expires_ms,
+                last_seen_ms: 5,
+            };
+            book.put(&NodeId([n; 32]), &record).unwrap();
+        }
+        let removed = book
+            .retain(|v| v.expires_ms.is_none_or(|at| at > 100))
+            .unwrap();
+        assert_eq!(removed, 1);
+        let mut left: Vec<u8> = book
+            .all()
+            .unwrap()
+            .peers
+            .iter()
+            .map(|(id, _)| id.0[0])
+            .collect();
+        left.sort();
+        assert_eq!(left, [2, 3]);
     }
 
     #[test]

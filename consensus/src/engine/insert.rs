@@ -185,11 +185,10 @@ impl<H: History> Engine<H> {
                 }
                 Some(KeyState::Single(first)) => {
                     let first = *first;
-                    let wins = self
-                        .processing
-                        .get(&first)
-                        .map_or(0, |p| p.wins.min(self.params.max_preference_strength));
-                    let set = ConflictSet::new(first, wins, id);
+                    let (wins, vouched) = self.processing.get(&first).map_or((0, false), |p| {
+                        (p.wins.min(self.params.max_preference_strength), p.vouched)
+                    });
+                    let set = ConflictSet::new(first, wins, vouched, id);
                     self.keys.insert(tx.key.clone(), KeyState::Contested(set));
                     if let Some(p) = self.processing.get_mut(&first) {
                         p.contested.push(tx.key.clone());
@@ -217,6 +216,7 @@ impl<H: History> Engine<H> {
                 children: Vec::new(),
                 streak: 0,
                 wins: 0,
+                vouched: false,
                 contested,
             },
         );

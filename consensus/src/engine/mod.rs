@@ -121,6 +121,10 @@ struct Processing {
     /// strength in the new conflict set, as if the set had existed all
     /// along (see `ConflictSet::new`).
     wins: u32,
+    /// This node has answered a peer's query with a yes for it (or for a
+    /// descendant, which is a yes for it): its initial preference is final
+    /// (see `ConflictSet::vouch`).
+    vouched: bool,
     /// Conflict keys of its transactions that have rivals, so the common
     /// case (nothing contested) costs nothing per transaction.
     contested: Vec<String>,
@@ -464,7 +468,7 @@ impl<H: History> Engine<H> {
         let mut unknown = Vec::new();
         let mut hints = Vec::new();
         let mut hint_lookups = 0;
-        let votes = ids
+        let votes: Vec<bool> = ids
             .iter()
             .map(|id| {
                 if self.processing.contains_key(id) {
@@ -490,6 +494,15 @@ impl<H: History> Engine<H> {
                 }
             })
             .collect();
+        // Only a validator's poll can lead to an acceptance: anyone else
+        // asking cannot freeze this node's initial choice.
+        if self.validators.contains(&from) {
+            for (id, yes) in ids.iter().zip(&votes) {
+                if *yes {
+                    self.vouch(id);
+                }
+            }
+        }
         self.stats.queries_answered += 1;
         hints.sort();
         hints.dedup();
@@ -500,6 +513,27 @@ impl<H: History> Engine<H> {
             hints,
         });
         self.fetch(now_ms, from, unknown, true);
+    }
+
+    /// Marks `id` and its undecided ancestors as voted for. Each vertex is
+    /// marked once, so answering costs O(1) per yes on average.
+    fn vouch(&mut self, id: &VertexId) {
+        let mut stack = vec![*id];
+        while let Some(v) = stack.pop() {
+            let Some(p) = self.processing.get_mut(&v) else {
+                continue;
+            };
+            if p.vouched {
+                continue;
+            }
+            p.vouched = true;
+            stack.extend(p.vertex.parents().iter().copied());
+            for key in &p.contested {
+                if let Some(KeyState::Contested(set)) = self.keys.get_mut(key) {
+                    set.vouch();
+                }
+            }
+        }
     }
 
     /// Answers a fetch with the vertices this node holds.

@@ -6,6 +6,7 @@ use crate::graylist::Misbehaviour;
 use crate::history::{Decision, History};
 use crate::snowball::PollResult;
 use agentmesh_protocol::{NodeId, VertexId};
+use rand::Rng;
 use std::collections::{HashMap, HashSet};
 
 impl Poll {
@@ -61,6 +62,7 @@ impl<H: History> Engine<H> {
                 }
             }
             started += 1;
+            let ids = self.with_preferred_rivals(ids);
             self.start_poll(now_ms, ids, repoll);
         }
     }
@@ -78,19 +80,56 @@ impl<H: History> Engine<H> {
             .min(self.params.max_polls_in_flight)
     }
 
-    /// The undecided vertices closest to the accepted part of the DAG.
-    /// Asking about them directly (not only through descendants) matters: a
-    /// virtuous vertex below a contested one gets yes votes from both sides
-    /// of the conflict only when it is asked about itself.
-    fn repoll_batch(&self) -> Vec<VertexId> {
-        let mut all: Vec<(u64, VertexId)> = self
+    /// The undecided vertices closest to the accepted part of the DAG,
+    /// those this node prefers first, the order among equals drawn afresh
+    /// each time. Asking about them directly (not only through descendants)
+    /// matters: a virtuous vertex below a contested one gets yes votes from
+    /// both sides of the conflict only when it is asked about itself. The
+    /// preference and the shuffle keep a flood of rivals nobody prefers
+    /// (they stay in the frontier, as nothing builds on them) from taking
+    /// every place in the batch.
+    fn repoll_batch(&mut self) -> Vec<VertexId> {
+        let ids: Vec<(u64, VertexId)> = self
             .processing
             .iter()
             .map(|(id, p)| (p.height, *id))
             .collect();
+        let salt: u64 = self.rng.random();
+        let mut all: Vec<(u64, bool, u64, VertexId)> = ids
+            .into_iter()
+            .map(|(height, id)| {
+                let disliked = !self.strongly_preferred(&id);
+                (height, disliked, shuffled(&id, salt), id)
+            })
+            .collect();
         all.sort_unstable();
         all.truncate(self.params.batch_size);
-        all.into_iter().map(|(_, id)| id).collect()
+        all.into_iter().map(|(_, _, _, id)| id).collect()
+    }
+
+    /// `ids` and the preferred member of every conflict set they are in: a
+    /// poll about a rival alone would show nothing for the member the
+    /// voters prefer, end its confidence run, and let a stream of rivals
+    /// (one per poll) keep a key from ever being decided.
+    fn with_preferred_rivals(&self, mut ids: Vec<VertexId>) -> Vec<VertexId> {
+        let room = agentmesh_protocol::consensus_wire::MAX_QUERY_IDS;
+        let mut extra = Vec::new();
+        for id in &ids {
+            let Some(p) = self.processing.get(id) else {
+                continue;
+            };
+            for key in &p.contested {
+                if let Some(KeyState::Contested(set)) = self.keys.get(key) {
+                    let preferred = set.preference();
+                    if !ids.contains(&preferred) && !extra.contains(&preferred) {
+                        extra.push(preferred);
+                    }
+                }
+            }
+        }
+        extra.truncate(room.saturating_sub(ids.len()));
+        ids.extend(extra);
+        ids
     }
 
     fn start_poll(&mut self, now_ms: u64, ids: Vec<VertexId>, repoll: bool) {
@@ -479,4 +518,12 @@ impl<H: History> Engine<H> {
         }
         liars
     }
+}
+
+/// A per-call reordering of ids (the first 8 bytes of an id are uniform:
+/// it is a hash).
+fn shuffled(id: &VertexId, salt: u64) -> u64 {
+    let mut head = [0u8; 8];
+    head.copy_from_slice(&id.0[..8]);
+    (u64::from_le_bytes(head) ^ salt).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }

@@ -339,3 +339,121 @@ fn a_benched_validator_counts_as_no_without_being_asked() {
     assert!(matches!(e.status(&id), VertexStatus::Processing { .. }));
     assert!((e.benched_share(now) - 0.5).abs() < 1e-9);
 }
+
+/// What `e` answers about `ids` to a query from `from`.
+fn answers(e: &mut Engine<MemoryHistory>, from: NodeId, ids: &[VertexId]) -> Vec<bool> {
+    e.take_outputs();
+    e.on_query(0, from, 7, ids);
+    e.take_outputs()
+        .into_iter()
+        .find_map(|o| match o {
+            Output::Votes { votes, .. } => Some(votes),
+            _ => None,
+        })
+        .expect("a query is answered")
+}
+
+#[test]
+fn a_late_rival_never_takes_a_preference_this_node_voted_for() {
+    let (author, rival_author, asker) = (key(2), key(3), key(4));
+    let first = Vertex::sign(&author, vec![], 1, 0, vec![tx("task:x")]).unwrap();
+    // A rival with a smaller id: the initial choice among rivals that
+    // arrive together.
+    let rival = (0..64)
+        .map(|n| {
+            let payload = Transaction {
+                key: "task:x".into(),
+                payload: vec![n],
+            };
+            Vertex::sign(&rival_author, vec![], 1, 0, vec![payload]).unwrap()
+        })
+        .find(|v| v.id() < first.id())
+        .expect("one of 64 ids is smaller");
+    let validators = vec![author.node_id(), rival_author.node_id(), asker.node_id()];
+
+    // Without a vote of its own, a node takes the smaller id.
+    let mut quiet = engine(1);
+    set_peers(&mut quiet, validators.clone());
+    quiet.on_vertex(0, author.node_id(), first.clone());
+    quiet.on_vertex(0, rival_author.node_id(), rival.clone());
+    let ids = [first.id(), rival.id()];
+    assert_eq!(answers(&mut quiet, asker.node_id(), &ids), [false, true]);
+
+    // Once it has told a validator yes for the first (which that validator
+    // may have accepted on such votes), only polls can move it.
+    let mut voted = engine(1);
+    set_peers(&mut voted, validators);
+    voted.on_vertex(0, author.node_id(), first.clone());
+    assert_eq!(answers(&mut voted, asker.node_id(), &[first.id()]), [true]);
+    voted.on_vertex(0, rival_author.node_id(), rival.clone());
+    assert_eq!(answers(&mut voted, asker.node_id(), &ids), [true, false]);
+
+    // A yes told to someone outside the validator set freezes nothing.
+    let mut asked_by_outsider = engine(1);
+    set_peers(
+        &mut asked_by_outsider,
+        vec![author.node_id(), rival_author.node_id()],
+    );
+    asked_by_outsider.on_vertex(0, author.node_id(), first.clone());
+    assert_eq!(
+        answers(&mut asked_by_outsider, asker.node_id(), &[first.id()]),
+        [true]
+    );
+    asked_by_outsider.on_vertex(0, rival_author.node_id(), rival);
+    assert_eq!(
+        answers(&mut asked_by_outsider, author.node_id(), &ids),
+        [false, true]
+    );
+}
+
+#[test]
+fn a_poll_about_a_rival_also_asks_about_the_preferred_member() {
+    let mut e = engine(1);
+    let (author, rival_author) = (key(2), key(3));
+    set_peers(&mut e, vec![author.node_id(), rival_author.node_id()]);
+    let first = Vertex::sign(&author, vec![], 1, 0, vec![tx("task:x")]).unwrap();
+    e.on_vertex(0, author.node_id(), first.clone());
+    // Answering a validator's query freezes the initial choice.
+    answers(&mut e, author.node_id(), &[first.id()]);
+    // The first vertex's polls (unanswered) time out.
+    let base = 2 * Params::default().query_timeout_max_ms;
+    e.tick(base);
+    e.take_outputs();
+    let mut rival_polls = 0;
+    for n in 0..4 {
+        let payload = Transaction {
+            key: "task:x".into(),
+            payload: vec![n],
+        };
+        let rival = Vertex::sign(&rival_author, vec![], 1 + n as u64, 0, vec![payload]).unwrap();
+        e.on_vertex(0, rival_author.node_id(), rival.clone());
+        e.tick(base + 1 + n as u64);
+        let queries: Vec<(PollId, Vec<NodeId>, Vec<VertexId>)> = e
+            .take_outputs()
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Query { poll, peers, ids } => Some((poll, peers, ids)),
+                _ => None,
+            })
+            .collect();
+        // Everyone answers (no), so the next poll can start.
+        for (poll, peers, ids) in &queries {
+            for peer in peers {
+                e.on_votes(
+                    base + 2 + n as u64,
+                    *peer,
+                    *poll,
+                    &vec![false; ids.len()],
+                    &[],
+                );
+            }
+        }
+        let asked: Vec<&Vec<VertexId>> = queries.iter().map(|(_, _, ids)| ids).collect();
+        let with_rival = asked.iter().filter(|ids| ids.contains(&rival.id()));
+        for ids in with_rival {
+            rival_polls += 1;
+            assert!(ids.contains(&first.id()), "rival {n} asked alone: {ids:?}");
+        }
+    }
+    assert!(rival_polls >= 4, "each rival was polled: {rival_polls}");
+}

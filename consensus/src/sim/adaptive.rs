@@ -168,7 +168,7 @@ impl Sim {
             .filter(|n| self.nodes[*n].strategy == Strategy::Honest)
             .collect();
         let target = self.accepted_at.iter().find_map(|(key, at)| {
-            if key.starts_with("late:") || self.issued.contains_key(&format!("late:{key}")) {
+            if self.late_attacked.contains(key) {
                 return None;
             }
             let (first, _) = at.first()?;
@@ -185,7 +185,7 @@ impl Sim {
             return;
         };
         // Remembered so that each key is attacked once.
-        self.issued.entry(format!("late:{key}")).or_default();
+        self.late_attacked.insert(key.clone());
         let Some(parents) = self.nodes[i]
             .engine
             .history()

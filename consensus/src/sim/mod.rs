@@ -24,7 +24,7 @@ use agentmesh_protocol::{NodeId, NodeKey, Transaction, Vertex, VertexId};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 
 /// When a lost gossip message arrives after all: gossipsub's IHAVE/IWANT
 /// repair takes a few heartbeats (the node's is 500 ms).
@@ -188,6 +188,8 @@ pub struct Sim {
     undelivered_work: usize,
     /// When each honest node accepted a winner for each key.
     pub(crate) accepted_at: BTreeMap<String, Vec<(usize, u64)>>,
+    /// Keys the late-rival adversary has attacked (each once).
+    pub(crate) late_attacked: HashSet<String>,
     validators: ValidatorSet,
 }
 
@@ -260,6 +262,7 @@ impl Sim {
             messages: 0,
             undelivered_work: 0,
             accepted_at: BTreeMap::new(),
+            late_attacked: HashSet::new(),
             validators,
         };
         sim.schedule_workload();

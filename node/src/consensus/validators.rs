@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 /// itself a quorum and decide alone. Unreachable validators count as no
 /// votes. The price: if many leave for good at once, the rest may stall
 /// until this passes.
-const LINGER: Duration = Duration::from_secs(24 * 3600);
+pub const LINGER: Duration = Duration::from_secs(24 * 3600);
 /// A connected validator's record is written again at most this often.
 const PERSIST_EVERY: Duration = Duration::from_secs(3600);
 
