@@ -42,6 +42,9 @@ pub enum Command {
     },
     /// Show the status of a running node.
     Status(ClientArgs),
+    /// Print the link that opens a running node's dashboard (it carries the
+    /// API token in its fragment, which browsers never send).
+    Dashboard(ClientArgs),
     /// List the peers a running node is connected to.
     Peers(ClientArgs),
     /// Publish a message on a channel.
@@ -253,6 +256,20 @@ pub enum PatternsCommand {
     Sync,
 }
 
+impl ClientArgs {
+    /// A client for the node at `api`, with the token from
+    /// `api_token_file` (none if it cannot be read: the node then answers
+    /// 401, naming the file it keeps the token in).
+    pub fn client(&self) -> crate::client::ApiClient {
+        crate::client::ApiClient::with_token_file(self.api, &self.api_token_file).unwrap_or_else(
+            |e| {
+                tracing::debug!(file = %self.api_token_file.display(), error = %e, "no API token");
+                crate::client::ApiClient::new(self.api)
+            },
+        )
+    }
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct ClientArgs {
     /// Address of the node's agent API.
@@ -263,6 +280,14 @@ pub struct ClientArgs {
         default_value = "127.0.0.1:7700"
     )]
     pub api: SocketAddr,
+    /// File with the node's API token [default: agentmesh-data/api-token].
+    #[arg(
+        long,
+        global = true,
+        env = "AGENTMESH_API_TOKEN_FILE",
+        default_value = "agentmesh-data/api-token"
+    )]
+    pub api_token_file: PathBuf,
     /// Print raw JSON instead of a table (commands that print tables).
     #[arg(long, global = true)]
     pub json: bool,
@@ -298,9 +323,15 @@ pub struct RunArgs {
     /// Agent API address [default: 127.0.0.1:7700; port 0 picks a free port].
     #[arg(long, env = "AGENTMESH_API")]
     pub api: Option<String>,
-    /// Allow a non-loopback API address (the API has no authentication).
+    /// Allow a non-loopback API address (plain HTTP: the token travels in the clear).
     #[arg(long, env = "AGENTMESH_API_ALLOW_REMOTE")]
     pub api_allow_remote: bool,
+    /// File with the API bearer token, created if absent [default: <data dir>/api-token].
+    #[arg(long, env = "AGENTMESH_API_TOKEN_FILE")]
+    pub api_token_file: Option<String>,
+    /// Host names requests may use besides loopback ones, repeatable.
+    #[arg(long, env = "AGENTMESH_API_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub api_allowed_hosts: Option<Vec<String>>,
     /// Log format: human or json [default: human].
     #[arg(long, env = "AGENTMESH_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -445,6 +476,7 @@ impl RunArgs {
         overlay!(
             network => network, data_dir => data_dir, listen => listen,
             external_address => external_addresses, bootstrap => bootstrap, api => api,
+            api_token_file => api_token_file, api_allowed_hosts => api_allowed_hosts,
             log_format => log_format, max_message_bytes => max_message_bytes,
             max_connections => max_connections, max_connections_per_peer => max_connections_per_peer,
             max_pending_connections => max_pending_connections, target_peers => target_peers,

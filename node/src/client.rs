@@ -33,6 +33,9 @@ pub enum SubscriptionItem {
     Lagged(u64),
 }
 
+/// The HTTP client the API client uses.
+pub type Http = reqwest::Client;
+
 #[derive(Clone)]
 pub struct ApiClient {
     addr: SocketAddr,
@@ -40,13 +43,39 @@ pub struct ApiClient {
 }
 
 impl ApiClient {
+    /// A client without a token: it reaches only the health probe.
     pub fn new(addr: SocketAddr) -> ApiClient {
+        ApiClient::with_token(addr, None)
+    }
+
+    /// A client that sends `token` as `Authorization: Bearer` on every
+    /// request.
+    pub fn with_token(addr: SocketAddr, token: Option<&str>) -> ApiClient {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(value) =
+            token.and_then(|t| reqwest::header::HeaderValue::from_str(&format!("Bearer {t}")).ok())
+        {
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
+            .default_headers(headers)
             .build()
             .expect("a client without TLS or proxies always builds");
         ApiClient { addr, http }
+    }
+
+    /// A client with the token read from `path` (the node's token file).
+    pub fn with_token_file(addr: SocketAddr, path: &std::path::Path) -> std::io::Result<ApiClient> {
+        let token = std::fs::read_to_string(path)?;
+        Ok(ApiClient::with_token(addr, Some(token.trim())))
+    }
+
+    /// The HTTP client underneath, token included, for requests this API
+    /// has no method for.
+    pub fn http(&self) -> Http {
+        self.http.clone()
     }
 
     pub fn addr(&self) -> SocketAddr {

@@ -30,8 +30,15 @@ pub struct Config {
     pub tcp: bool,
     /// Agent API address (HTTP/JSON).
     pub api: String,
-    /// Allow the agent API on a non-loopback address (it has no authentication).
+    /// Allow the agent API on a non-loopback address (plain HTTP: anyone on
+    /// the path can read the token).
     pub api_allow_remote: bool,
+    /// File holding the API's bearer token; created (mode 0600) if absent.
+    /// Empty: `<data_dir>/api-token`.
+    pub api_token_file: String,
+    /// Host names (besides loopback ones and the API's own address) that
+    /// requests may name in their Host header.
+    pub api_allowed_hosts: Vec<String>,
     /// `human` or `json`.
     pub log_format: String,
     /// Largest message body accepted from agents and peers, in bytes.
@@ -150,6 +157,8 @@ impl Default for Config {
             tcp: true,
             api: "127.0.0.1:7700".into(),
             api_allow_remote: false,
+            api_token_file: String::new(),
+            api_allowed_hosts: Vec::new(),
             log_format: "human".into(),
             max_message_bytes: 256 * 1024,
             max_connections: 256,
@@ -284,6 +293,10 @@ pub struct Settings {
     pub quic: bool,
     pub tcp: bool,
     pub api: SocketAddr,
+    /// Where the API's bearer token is kept.
+    pub api_token_file: PathBuf,
+    /// Lowercased host names allowed in Host headers, besides loopback.
+    pub api_allowed_hosts: Vec<String>,
     pub log_format: LogFormat,
     pub max_message_bytes: usize,
     pub max_connections: u32,
@@ -524,9 +537,29 @@ impl Settings {
         if !api.ip().is_loopback() && !c.api_allow_remote {
             return Err(invalid(
                 "api",
-                format!("{api} is not a loopback address; the agent API has no authentication, set api_allow_remote = true to expose it anyway"),
+                format!("{api} is not a loopback address; the agent API is plain HTTP (its token travels in the clear), set api_allow_remote = true to expose it anyway"),
             ));
         }
+        let api_token_file = if c.api_token_file.is_empty() {
+            c.data_dir.join(crate::api::TOKEN_FILE)
+        } else {
+            PathBuf::from(&c.api_token_file)
+        };
+        let api_allowed_hosts = c
+            .api_allowed_hosts
+            .iter()
+            .map(|h| {
+                let host = h.trim().to_ascii_lowercase();
+                if host.is_empty() || host.contains(['/', ' ', '@']) {
+                    Err(invalid(
+                        "api_allowed_hosts",
+                        format!("{h:?} is not a host name (such as node1.internal)"),
+                    ))
+                } else {
+                    Ok(host)
+                }
+            })
+            .collect::<Result<_, _>>()?;
         let log_format = match c.log_format.as_str() {
             "human" => LogFormat::Human,
             "json" => LogFormat::Json,
@@ -567,6 +600,8 @@ impl Settings {
             quic: c.quic,
             tcp: c.tcp,
             api,
+            api_token_file,
+            api_allowed_hosts,
             log_format,
             max_message_bytes: c.max_message_bytes,
             max_connections: c.max_connections,

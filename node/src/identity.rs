@@ -73,7 +73,7 @@ pub fn write_private_file(path: &Path, bytes: &[u8], what: &str) -> Result<()> {
         .with_context(|| format!("cannot write {what} {}", path.display()))
 }
 
-fn warn_if_readable_by_others(path: &Path) {
+pub(crate) fn warn_if_readable_by_others(path: &Path) {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

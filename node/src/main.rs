@@ -46,7 +46,7 @@ async fn dispatch(command: Command) -> Result<()> {
         Command::Ca { action } => agentmesh_node::ca::run(action),
         Command::Model { action } => agentmesh_node::model_cli::run(action),
         Command::Status(args) => {
-            let status = ApiClient::new(args.api).status().await?;
+            let status = args.client().status().await?;
             print_json_or(&args, &status, || {
                 println!("peer id      {}", status.peer_id);
                 println!("network      {}", status.network);
@@ -63,8 +63,19 @@ async fn dispatch(command: Command) -> Result<()> {
                 );
             })
         }
+        Command::Dashboard(args) => {
+            let token = std::fs::read_to_string(&args.api_token_file).with_context(|| {
+                format!(
+                    "cannot read the API token file {} (the node writes it to <data dir>/api-token; \
+                     pass --api-token-file)",
+                    args.api_token_file.display()
+                )
+            })?;
+            println!("http://{}/#token={}", args.api, token.trim());
+            Ok(())
+        }
         Command::Peers(args) => {
-            let peers = ApiClient::new(args.api).peers().await?;
+            let peers = args.client().peers().await?;
             print_json_or(&args, &peers, || {
                 println!(
                     "{:<54} {:<9} {:<9} {:>9} {:>9} {:>8}  address",
@@ -108,7 +119,8 @@ async fn dispatch(command: Command) -> Result<()> {
             } else {
                 body.into_bytes()
             };
-            let receipt = ApiClient::new(client.api)
+            let receipt = client
+                .client()
                 .publish(&channel, &content_type, body)
                 .await?;
             println!("{}", serde_json::to_string(&receipt)?);
@@ -128,7 +140,7 @@ async fn dispatch(command: Command) -> Result<()> {
                     payload: payload.to_string(),
                 });
             }
-            let receipt = ApiClient::new(client.api).propose(bodies).await?;
+            let receipt = client.client().propose(bodies).await?;
             println!("{}", serde_json::to_string(&receipt)?);
             Ok(())
         }
@@ -147,7 +159,7 @@ async fn dispatch(command: Command) -> Result<()> {
                 language,
                 ..Default::default()
             };
-            let answer = ApiClient::new(client.api).recommend(&context, k).await?;
+            let answer = client.client().recommend(&context, k).await?;
             println!("{}", serde_json::to_string(&answer)?);
             Ok(())
         }
@@ -157,7 +169,7 @@ async fn dispatch(command: Command) -> Result<()> {
             claimant,
             wait,
         } => {
-            let api = ApiClient::new(client.api);
+            let api = client.client();
             let receipt = api.claim(&task, &claimant).await?;
             let Some(wait) = wait else {
                 println!("{}", serde_json::to_string(&receipt)?);
@@ -180,22 +192,22 @@ async fn dispatch(command: Command) -> Result<()> {
             }
         }
         Command::Task { client, task } => {
-            let info = ApiClient::new(client.api).task(&task).await?;
+            let info = client.client().task(&task).await?;
             println!("{}", serde_json::to_string_pretty(&info)?);
             Ok(())
         }
         Command::Vertex { client, id } => {
-            let info = ApiClient::new(client.api).vertex(&id).await?;
+            let info = client.client().vertex(&id).await?;
             println!("{}", serde_json::to_string_pretty(&info)?);
             Ok(())
         }
-        Command::Patterns { client, action } => patterns(ApiClient::new(client.api), action).await,
+        Command::Patterns { client, action } => patterns(client.client(), action).await,
         Command::Subscribe {
             client,
             pattern,
             count,
         } => {
-            let mut stream = ApiClient::new(client.api).subscribe(&pattern).await?;
+            let mut stream = client.client().subscribe(&pattern).await?;
             let mut seen = 0u64;
             while count.is_none_or(|c| seen < c) {
                 match stream.next().await {

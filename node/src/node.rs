@@ -171,6 +171,13 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
             )
         })?;
     let api_addr = listener.local_addr()?;
+    let token = api::load_or_create_token(&settings.api_token_file)?;
+    let guard = api::Guard::new(
+        token,
+        settings.api_token_file.clone(),
+        api_addr,
+        &settings.api_allowed_hosts,
+    );
     let app = api::router(ApiState {
         network: handle.clone(),
         consensus: consensus.clone(),
@@ -180,6 +187,7 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
         max_message_bytes: settings.max_message_bytes,
         own_scopes,
         model: model.clone(),
+        guard,
     });
     let (stop_api, stopped) = oneshot::channel::<()>();
     let api_task = tokio::spawn(async move {
@@ -198,6 +206,7 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
             node_id: node_id.to_string(),
             network: settings.network.clone(),
             api: api_addr,
+            api_token_file: settings.api_token_file.clone(),
             listen_addrs: listen_addrs.iter().map(|a| a.to_string()).collect(),
             pid: std::process::id(),
         },

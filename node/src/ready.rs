@@ -15,6 +15,8 @@ pub struct ReadyInfo {
     pub node_id: String,
     pub network: String,
     pub api: SocketAddr,
+    /// Where the API's bearer token is kept.
+    pub api_token_file: PathBuf,
     pub listen_addrs: Vec<String>,
     pub pid: u32,
 }

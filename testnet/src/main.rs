@@ -312,7 +312,9 @@ async fn run(cli: Cli) -> Result<()> {
                 "node", "pid", "peer id", "api", "peers"
             );
             for (i, n) in state.nodes.iter().enumerate() {
-                let client = agentmesh_node::client::ApiClient::new(n.api);
+                let token_file = n.data_dir.join(agentmesh_node::api::TOKEN_FILE);
+                let client = agentmesh_node::client::ApiClient::with_token_file(n.api, &token_file)
+                    .unwrap_or_else(|_| agentmesh_node::client::ApiClient::new(n.api));
                 let (peers, st) = match client.status().await {
                     Ok(s) => (s.connected_peers.to_string(), "running".to_string()),
                     Err(_) if !pid_alive(n.pid) => ("-".into(), "stopped".into()),

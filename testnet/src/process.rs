@@ -83,6 +83,8 @@ pub struct NodeProcess {
     pub spec: NodeSpec,
     pub info: ReadyInfo,
     pub client: ApiClient,
+    /// The node's API bearer token.
+    pub token: String,
     child: Option<Child>,
 }
 
@@ -164,12 +166,30 @@ impl NodeProcess {
                 return Err(e);
             }
         };
+        let token = match std::fs::read_to_string(&info.api_token_file) {
+            Ok(token) => token.trim().to_string(),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                anyhow::bail!(
+                    "cannot read the node's API token {}: {e}",
+                    info.api_token_file.display()
+                );
+            }
+        };
         Ok(NodeProcess {
-            client: ApiClient::new(info.api),
+            client: ApiClient::with_token(info.api, Some(&token)),
+            token,
             spec,
             info,
             child: if detached { None } else { Some(child) },
         })
+    }
+
+    /// A plain HTTP client that sends this node's token on every request
+    /// (for tests that shape requests by hand).
+    pub fn http(&self) -> agentmesh_node::client::Http {
+        self.client.http()
     }
 
     pub fn pid(&self) -> u32 {

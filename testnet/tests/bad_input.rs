@@ -262,7 +262,7 @@ async fn invalid_api_requests_get_an_error_with_the_reason() {
     )
     .await;
     let api = t.net.nodes[0].info.api;
-    let http = reqwest::Client::new();
+    let http = t.net.nodes[0].http();
     let post = |channel: &str, content_type: &str, body: Vec<u8>| {
         http.post(format!("http://{api}/v1/channels/{channel}/messages"))
             .header("content-type", content_type)
@@ -344,12 +344,22 @@ async fn invalid_api_requests_get_an_error_with_the_reason() {
         ),
         (
             http.post(format!("http://{api}/v1/messages"))
+                .header("content-type", "application/json")
                 .body("[1, 2")
                 .send()
                 .await
                 .unwrap(),
             400,
             "not a valid batch",
+        ),
+        (
+            http.post(format!("http://{api}/v1/messages"))
+                .body(r#"{"messages":[]}"#)
+                .send()
+                .await
+                .unwrap(),
+            415,
+            "takes a JSON body",
         ),
         (
             http.get(format!("http://{api}/v1/nothing"))

@@ -180,7 +180,9 @@ async fn the_cli_claims_a_task_and_waits_for_the_winner() {
     let t = start(1, &[]).await;
     let bin = agentmesh_testnet::binary::build_for_tests().unwrap();
     let api = t.net.nodes[0].info.api.to_string();
+    let token = &t.net.nodes[0].info.api_token_file;
     let out = tokio::process::Command::new(&bin)
+        .env("AGENTMESH_API_TOKEN_FILE", token)
         .args([
             "claim",
             "nightly",
@@ -203,6 +205,7 @@ async fn the_cli_claims_a_task_and_waits_for_the_winner() {
     assert_eq!(info["status"], "claimed");
     assert_eq!(info["winner"]["claimant"], "cli-agent");
     let out = tokio::process::Command::new(&bin)
+        .env("AGENTMESH_API_TOKEN_FILE", token)
         .args(["claim", "nightly", "--claimant", "other", "--api", &api])
         .output()
         .await
@@ -211,6 +214,7 @@ async fn the_cli_claims_a_task_and_waits_for_the_winner() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("already claimed by cli-agent"), "{stderr}");
     let out = tokio::process::Command::new(&bin)
+        .env("AGENTMESH_API_TOKEN_FILE", token)
         .args(["propose", "no-equals-sign", "--api", &api])
         .output()
         .await

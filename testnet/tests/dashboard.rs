@@ -120,7 +120,12 @@ async fn the_dashboard_shows_the_node_live_in_headless_chromium() {
         .await
         .unwrap();
 
-    let url = format!("http://{}/", net.nodes[0].info.api);
+    // Without the token the page says how to get in, and shows nothing.
+    let bare = format!("http://{}/", net.nodes[0].info.api);
+    let dom = render(&browser, &bare, Duration::from_secs(2)).await;
+    assert!(element(&dom, "state").contains("no valid API token"));
+    assert_ne!(element(&dom, "node-id"), net.nodes[0].info.peer_id);
+    let url = format!("{bare}#token={}", net.nodes[0].token);
     let dom = render(&browser, &url, Duration::from_secs(4)).await;
     assert_eq!(element(&dom, "node-id"), net.nodes[0].info.peer_id);
     assert_eq!(element(&dom, "state"), "live");

@@ -13,7 +13,7 @@ use std::time::Duration;
 /// a sample (a parser that skips what it cannot read would hide errors).
 async fn scrape(net: &Testnet, i: usize) -> Scrape {
     let url = format!("http://{}/metrics", net.nodes[i].info.api);
-    let response = reqwest::get(&url).await.unwrap();
+    let response = net.nodes[i].http().get(&url).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 200);
     let content_type = response.headers()["content-type"]
         .to_str()

@@ -332,7 +332,14 @@ async fn the_cli_writes_reads_lists_and_counts_patterns() {
         let mut all: Vec<&str> = vec!["patterns"];
         all.extend_from_slice(args);
         all.extend_from_slice(&["--api", &api]);
-        std::process::Command::new(&bin).args(all).output().unwrap()
+        std::process::Command::new(&bin)
+            .env(
+                "AGENTMESH_API_TOKEN_FILE",
+                &t.net.nodes[0].info.api_token_file,
+            )
+            .args(all)
+            .output()
+            .unwrap()
     };
     let json = |out: &std::process::Output| -> serde_json::Value {
         assert!(

@@ -1,7 +1,7 @@
 //! Publishing to and subscribing to channels.
 
 use super::{ApiError, ApiState};
-use crate::network::router::{Delivery, Subscription};
+use crate::network::router::Delivery;
 use crate::types::{BatchReceipts, Channels, LaggedEvent, MessageEvent, PublishBatch};
 use agentmesh_protocol::{Channel, ChannelPattern};
 use axum::body::Body;
@@ -137,8 +137,10 @@ pub async fn events(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let pattern =
         ChannelPattern::parse(&pattern).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    // Held by the stream: the place is free again when the client leaves.
+    let place = s.guard.event_stream()?;
     let subscription = s.network.subscribe(pattern).await?;
-    let stream = futures::stream::unfold(subscription, |mut sub: Subscription| async move {
+    let stream = futures::stream::unfold((subscription, place), |(mut sub, place)| async move {
         let item = sub.next().await?;
         let event = match item {
             Ok(delivery) => message_event(&delivery),
@@ -147,7 +149,7 @@ pub async fn events(
                 .json_data(LaggedEvent { missed })
                 .unwrap_or_default(),
         };
-        Some((Ok(event), sub))
+        Some((Ok(event), (sub, place)))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }

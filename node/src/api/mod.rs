@@ -4,6 +4,7 @@
 mod channels;
 mod consensus;
 mod error;
+mod guard;
 mod model;
 mod patterns;
 
@@ -16,6 +17,7 @@ use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 pub use error::ApiError;
+pub use guard::{load_or_create_token, Guard, TOKEN_FILE};
 use serde::de::DeserializeOwned;
 
 #[derive(Clone)]
@@ -30,6 +32,8 @@ pub struct ApiState {
     /// This node's membership scopes (`None`: open network).
     pub own_scopes: Option<std::sync::Arc<agentmesh_protocol::membership::Verified>>,
     pub model: crate::model::ModelHandle,
+    /// Token, Host allowlist, event-stream places.
+    pub guard: Guard,
 }
 
 impl ApiState {
@@ -54,8 +58,10 @@ impl ApiState {
 }
 
 pub fn router(state: ApiState) -> Router {
+    let guard = state.guard.clone();
     Router::new()
         .route("/", get(dashboard))
+        .route("/v1/health", get(health))
         .route("/v1/status", get(status))
         .route("/v1/peers", get(peers))
         .route("/v1/channels", get(channels::list))
@@ -83,7 +89,14 @@ pub fn router(state: ApiState) -> Router {
         .fallback(|| async {
             ApiError::not_found("no such endpoint; see the API reference in README.md")
         })
+        .layer(axum::middleware::from_fn_with_state(guard, guard::check))
         .with_state(state)
+}
+
+/// The health probe: the one route that needs no token (it tells nothing
+/// but that the API is up).
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "ok": true }))
 }
 
 async fn status(State(s): State<ApiState>) -> Result<Json<crate::types::Status>, ApiError> {

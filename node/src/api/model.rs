@@ -96,7 +96,7 @@ pub async fn status(State(s): State<ApiState>) -> Json<crate::model::ModelStatus
 }
 
 /// Training samples sent inline are bounded by this body size.
-const MAX_TRAIN_BODY_BYTES: usize = 256 * 1024 * 1024;
+const MAX_TRAIN_BODY_BYTES: usize = 32 * 1024 * 1024;
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
