@@ -253,6 +253,13 @@ impl RoguePeer {
         }
     }
 
+    /// Listens on loopback, so that identify tells the peers it meets an
+    /// address to route to.
+    pub fn listen(&mut self) -> Result<()> {
+        self.swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
+        Ok(())
+    }
+
     /// Publishes raw bytes on `family`'s topic.
     pub fn publish_raw(&mut self, family: &str, data: Vec<u8>) -> Result<()> {
         let topic = topic_for(&self.network, family);

@@ -179,6 +179,7 @@ async fn members_talk_within_their_scopes_and_non_members_are_refused() {
         // It keeps the node waiting for its certificate while it publishes:
         // the node holds its messages until it has judged the certificate.
         rogue.stall_handshake = true;
+        rogue.listen().unwrap();
         rogue.connect(&target, "chat").await.unwrap();
         let cert = rogue.certificate.clone();
         for i in 0..5 {
@@ -191,6 +192,14 @@ async fn members_talk_within_their_scopes_and_non_members_are_refused() {
             async move { security(&client0).await.held_messages == 5 }
         })
         .await;
+        // While it waits to be judged, its addresses (identify has told
+        // them) reach neither Kademlia nor the peer book.
+        let status = client0.status().await.unwrap();
+        assert_eq!(
+            (status.routing_table_peers, status.known_peers),
+            (2, 2),
+            "only the two other members are routed to and remembered"
+        );
         rogue.finish_handshake();
         let what = format!("node 0 to refuse the outsider with {kind} certificate");
         pump_until(&mut rogue, &what, || {

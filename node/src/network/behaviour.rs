@@ -157,6 +157,13 @@ pub fn build_swarm(keypair: Keypair, settings: &Settings) -> Result<Swarm<Behavi
     // The node schedules bootstraps itself (network::maintain): often while
     // the mesh changes, every `bootstrap_interval` once it is stable.
     kad_config.set_periodic_bootstrap_interval(None);
+    // The node keeps no records: a PUT or ADD_PROVIDER from a peer becomes
+    // an event that is dropped, never a stored record.
+    kad_config.set_record_filtering(kad::StoreInserts::FilterBoth);
+    // Peers enter the routing table only when the node puts them there:
+    // bootstrap peers, and peers once admitted (network::route_to). A
+    // connection alone (a non-member's, or one a query made) adds nothing.
+    kad_config.set_kbucket_inserts(kad::BucketInserts::Manual);
     let mut kad = kad::Behaviour::with_config(
         local_peer_id,
         kad::store::MemoryStore::new(local_peer_id),

@@ -46,6 +46,15 @@ struct Known {
 struct Pending {
     since: Instant,
     held: Vec<(gossipsub::MessageId, gossipsub::Message)>,
+    /// Where it says it listens (from identify), and whether it serves
+    /// Kademlia: routed only once it is admitted.
+    identified: Option<Identified>,
+}
+
+/// What identify told about a peer, kept until it may be routed to.
+pub struct Identified {
+    pub addrs: Vec<libp2p::Multiaddr>,
+    pub serves_kad: bool,
 }
 
 pub struct Membership {
@@ -137,6 +146,7 @@ impl Membership {
             Pending {
                 since: Instant::now(),
                 held: Vec::new(),
+                identified: None,
             },
         );
         true
@@ -222,18 +232,29 @@ impl Membership {
         self.pending.contains_key(peer)
     }
 
-    /// Admits `peer`; returns the gossip held for it.
+    /// Keeps what identify said about a pending peer until it is admitted.
+    pub fn hold_identified(&mut self, peer: &PeerId, identified: Identified) {
+        if let Some(p) = self.pending.get_mut(peer) {
+            p.identified = Some(identified);
+        }
+    }
+
+    /// Admits `peer`; returns the gossip held for it and what identify
+    /// said about it meanwhile.
     fn admit(
         &mut self,
         peer: PeerId,
         verified: Arc<Verified>,
-    ) -> Vec<(gossipsub::MessageId, gossipsub::Message)> {
+    ) -> (
+        Vec<(gossipsub::MessageId, gossipsub::Message)>,
+        Option<Identified>,
+    ) {
         let pending = self.pending.remove(&peer);
         if let Some(p) = &pending {
             self.last_handshake_ms = Some(p.since.elapsed().as_secs_f64() * 1e3);
         }
         self.admitted.insert(peer, Some(verified));
-        pending.map(|p| p.held).unwrap_or_default()
+        pending.map(|p| (p.held, p.identified)).unwrap_or_default()
     }
 
     /// Peers whose handshake took longer than the timeout.
@@ -308,7 +329,10 @@ impl Network {
         match self.membership.check(&node, certificate, now_ms()) {
             Ok(Some(verified)) => {
                 tracing::info!(%peer, scopes = %verified.certificate.scopes.join(","), "peer proved its membership");
-                let held = self.membership.admit(peer, verified);
+                let (held, identified) = self.membership.admit(peer, verified);
+                if let Some(identified) = identified {
+                    self.route_to(peer, identified);
+                }
                 for (id, message) in held {
                     self.on_gossip(peer, id, message);
                 }

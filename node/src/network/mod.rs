@@ -620,7 +620,6 @@ impl Network {
         addrs.sort_by_key(|a| !is_quic(a));
         addrs.truncate(16);
         self.dialer.remember_addrs(peer, addrs.clone());
-        let quic_allowed = self.dialer.allows_quic(peer, Instant::now());
         if self
             .table
             .identified(&peer, info.agent_version, addrs.clone())
@@ -632,7 +631,24 @@ impl Network {
             return;
         }
         let kad_protocol = behaviour::kad_protocol(&self.settings.network);
-        if info.protocols.contains(&kad_protocol) {
+        let identified = membership::Identified {
+            addrs,
+            serves_kad: info.protocols.contains(&kad_protocol),
+        };
+        if self.membership.is_admitted(&peer) {
+            self.route_to(peer, identified);
+        } else {
+            // Not a member yet: its addresses reach no routing table and no
+            // peer book until it proves membership.
+            self.membership.hold_identified(&peer, identified);
+        }
+    }
+
+    /// Puts an admitted peer's addresses into Kademlia and the peer book.
+    fn route_to(&mut self, peer: PeerId, identified: membership::Identified) {
+        let membership::Identified { addrs, serves_kad } = identified;
+        let quic_allowed = self.dialer.allows_quic(peer, Instant::now());
+        if serves_kad {
             // While the breaker is open, Kademlia must not dial QUIC either.
             for addr in addrs.iter().filter(|a| quic_allowed || !is_quic(a)) {
                 self.swarm
