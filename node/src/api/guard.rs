@@ -87,7 +87,7 @@ impl Guard {
             .or_else(|| request.uri().authority().map(|a| a.to_string()))
             .ok_or_else(|| ApiError::bad_request("the request has no Host header"))?;
         let name = host_name(&host).to_ascii_lowercase();
-        if self.hosts.iter().any(|h| *h == name) {
+        if self.hosts.contains(&name) {
             return Ok(());
         }
         Err(ApiError {
