@@ -38,6 +38,8 @@ pub struct RoguePeer {
     pub certificate: Option<Vec<u8>>,
     /// Keep the node waiting for the handshake until [`RoguePeer::finish_handshake`].
     pub stall_handshake: bool,
+    /// Gossip messages it has received (a fenced non-member gets none).
+    pub gossip_received: usize,
     stalled: Vec<(
         PeerId,
         Option<request_response::ResponseChannel<HelloReply>>,
@@ -112,6 +114,7 @@ impl RoguePeer {
             key,
             certificate: None,
             stall_handshake: false,
+            gossip_received: 0,
             stalled: Vec::new(),
         })
     }
@@ -197,6 +200,12 @@ impl RoguePeer {
     async fn next_event(&mut self) -> SwarmEvent<RogueBehaviourEvent> {
         loop {
             let event = self.swarm.select_next_some().await;
+            if let SwarmEvent::Behaviour(RogueBehaviourEvent::Gossipsub(
+                gossipsub::Event::Message { .. },
+            )) = &event
+            {
+                self.gossip_received += 1;
+            }
             if let Some(event) = self.handshake(event) {
                 return event;
             }

@@ -200,6 +200,12 @@ async fn members_talk_within_their_scopes_and_non_members_are_refused() {
             (2, 2),
             "only the two other members are routed to and remembered"
         );
+        // Nor does gossip reach it: members' chat (published on node 1
+        // and forwarded by node 0, and node 0's own), though it subscribed.
+        sentinel(net, 1, "chat:general", &mut chat, &mut senders).await;
+        sentinel(net, 0, "chat:general", &mut chat, &mut senders).await;
+        rogue.pump(Duration::from_millis(500)).await;
+        assert_eq!(rogue.gossip_received, 0, "a pending non-member got gossip");
         rogue.finish_handshake();
         let what = format!("node 0 to refuse the outsider with {kind} certificate");
         pump_until(&mut rogue, &what, || {
@@ -243,6 +249,18 @@ async fn members_talk_within_their_scopes_and_non_members_are_refused() {
         while let Some(r) = chat.next(Duration::from_millis(1)).await {
             seen += usize::from(r.event.sender == member_id);
         }
+    }
+    // Once admitted, a member gets gossip (what the fence withheld above
+    // is real traffic).
+    let what = "the admitted member to receive chat gossip";
+    let deadline = Instant::now() + TIMEOUT;
+    while member.gossip_received == 0 {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        let _ = net.nodes[1]
+            .client
+            .publish("chat:general", "text/plain", b"to members".to_vec())
+            .await;
+        member.pump(Duration::from_millis(200)).await;
     }
     let out_of_scope = frame(&member.key, "coordination", "outside scope", Some(&cert));
     member.publish_raw("coordination", out_of_scope).unwrap();

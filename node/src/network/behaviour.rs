@@ -41,6 +41,41 @@ pub fn identify_protocol_version(network: &str) -> String {
     format!("/agentmesh/{network}/1.0.0")
 }
 
+/// The application score of a peer whose membership handshake is under
+/// way (authority mode): below the publish and gossip thresholds, above
+/// the graylist one (its subscriptions are still recorded).
+pub const PENDING_PEER_SCORE: f64 = -100.0;
+
+/// gossipsub peer scoring, used for fencing (the application score) and
+/// against many identities on one address (IP colocation). Loopback is
+/// exempt from colocation: local testnets put every node there. Behaviour
+/// penalties start only past a few broken promises and slow-peer
+/// penalties are off, so an honest peer under load keeps a score of 0.
+/// No topic scores yet: invalid messages are punished by the node's own
+/// guard (rate limits, bans), not through the score.
+fn peer_scoring() -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThresholds) {
+    let params = gossipsub::PeerScoreParams {
+        app_specific_weight: 1.0,
+        ip_colocation_factor_whitelist: [
+            std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST),
+            std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+        ]
+        .into_iter()
+        .collect(),
+        behaviour_penalty_weight: -1.0,
+        behaviour_penalty_threshold: 6.0,
+        slow_peer_weight: 0.0,
+        ..Default::default()
+    };
+    let thresholds = gossipsub::PeerScoreThresholds {
+        gossip_threshold: -10.0,
+        publish_threshold: -50.0,
+        graylist_threshold: -1_000.0,
+        ..Default::default()
+    };
+    (params, thresholds)
+}
+
 pub fn kad_protocol(network: &str) -> StreamProtocol {
     StreamProtocol::try_from_owned(format!("/agentmesh/{network}/kad/1.0.0"))
         .expect("network names are validated to printable ASCII without spaces")
@@ -173,11 +208,15 @@ pub fn build_swarm(keypair: Keypair, settings: &Settings) -> Result<Swarm<Behavi
     // queries, and a fresh mesh on private addresses would never have one.
     kad.set_mode(Some(kad::Mode::Server));
 
-    let gossipsub = gossipsub::Behaviour::new(
+    let mut gossipsub = gossipsub::Behaviour::new(
         gossipsub::MessageAuthenticity::Anonymous,
         gossipsub_config(settings)?,
     )
     .map_err(|e| anyhow::anyhow!("gossipsub: {e}"))?;
+    let (params, thresholds) = peer_scoring();
+    gossipsub
+        .with_peer_score(params, thresholds)
+        .map_err(|e| anyhow::anyhow!("gossipsub peer scoring: {e}"))?;
 
     let consensus = request_response::Behaviour::with_codec(
         CborCodec::default(),

@@ -289,6 +289,15 @@ impl Network {
     /// A peer's connection is up: start the handshake if one is needed.
     pub(super) fn membership_connected(&mut self, peer: PeerId) {
         if self.membership.connected(peer) {
+            // Until it proves membership, gossipsub sends it nothing: below
+            // the publish and gossip thresholds it gets no published,
+            // forwarded or advertised message, and with a negative score it
+            // is never grafted. Its subscriptions are still recorded, so
+            // admission (score back to 0) needs no reconnection.
+            self.swarm
+                .behaviour_mut()
+                .gossipsub
+                .set_application_score(&peer, super::behaviour::PENDING_PEER_SCORE);
             let hello = self.membership.hello();
             self.swarm
                 .behaviour_mut()
@@ -330,6 +339,10 @@ impl Network {
             Ok(Some(verified)) => {
                 tracing::info!(%peer, scopes = %verified.certificate.scopes.join(","), "peer proved its membership");
                 let (held, identified) = self.membership.admit(peer, verified);
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .set_application_score(&peer, 0.0);
                 if let Some(identified) = identified {
                     self.route_to(peer, identified);
                 }
