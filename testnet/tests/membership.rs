@@ -60,11 +60,21 @@ async fn security(client: &ApiClient) -> SecurityStatus {
 }
 
 fn frame(key: &NodeKey, channel: &str, body: &str, certificate: Option<&[u8]>) -> Vec<u8> {
+    frame_at(key, channel, body, certificate, now_ms())
+}
+
+fn frame_at(
+    key: &NodeKey,
+    channel: &str,
+    body: &str,
+    certificate: Option<&[u8]>,
+    timestamp_ms: u64,
+) -> Vec<u8> {
     let envelope = Envelope {
         channel: Channel::parse(channel).unwrap(),
         id: MessageId::random().unwrap(),
         sender: key.node_id(),
-        timestamp_ms: now_ms(),
+        timestamp_ms,
         content_type: "text/plain".into(),
         body: body.as_bytes().to_vec(),
     };
@@ -425,4 +435,80 @@ async fn only_holders_of_the_validate_scope_vote() {
     for node in &net.nodes[..3] {
         assert!(node.client.consensus().await.unwrap().queries_answered > 0);
     }
+}
+
+/// Frames stamped two minutes ago (a replay once gossipsub's duplicate
+/// cache has forgotten them) or a minute ahead are dropped; the member that
+/// relays them is not charged for it, however many it relays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_and_early_frames_are_dropped_without_charging_the_relay() {
+    let m = members(&["all", "all"]).await;
+    let net = &m.net;
+    net.wait_full_mesh(MESH_TIMEOUT).await.unwrap();
+    let mut chat = Collector::subscribe(net, &[0, 1], "chat:*").await.unwrap();
+    net.wait_remote_subscribers(1, "chat", 1, MESH_TIMEOUT)
+        .await
+        .unwrap();
+    let mut relay = RoguePeer::new(&net.options.network).unwrap();
+    let holder = node_id_of(&relay.peer_id).unwrap();
+    let cert = m
+        .authority
+        .issue_at(holder, "all", now_ms(), now_ms() + 3_600_000)
+        .unwrap();
+    relay.certificate = Some(cert.clone());
+    relay
+        .connect(&net.nodes[0].tcp_addr().unwrap(), "chat")
+        .await
+        .unwrap();
+    let relay_id = relay.key.node_id().to_string();
+    // More than enough to be banned if each counted as an offence.
+    for i in 0..60 {
+        let stamp = if i % 2 == 0 {
+            now_ms() - 120_000
+        } else {
+            now_ms() + 60_000
+        };
+        let data = frame_at(
+            &relay.key,
+            "chat:general",
+            &format!("stale {i}"),
+            Some(&cert),
+            stamp,
+        );
+        relay.publish_raw("chat", data).unwrap();
+    }
+    let client0 = net.nodes[0].client.clone();
+    pump_until(&mut relay, "node 0 to drop the 60 frames", || {
+        let client0 = client0.clone();
+        async move { client0.status().await.unwrap().messages.rejected >= 60 }
+    })
+    .await;
+    // Its fresh frame is still delivered everywhere: it was not banned.
+    let fresh = frame(&relay.key, "chat:general", "fresh", Some(&cert));
+    relay.publish_raw("chat", fresh).unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    let mut bodies = Vec::new();
+    while bodies
+        .iter()
+        .filter(|b: &&String| b.as_str() == "fresh")
+        .count()
+        < 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the fresh frame was not delivered: {bodies:?}"
+        );
+        relay.pump(Duration::from_millis(50)).await;
+        while let Some(r) = chat.next(Duration::from_millis(1)).await {
+            if r.event.sender == relay_id {
+                bodies.push(r.event.body.as_str().unwrap_or_default().to_string());
+            }
+        }
+    }
+    assert!(
+        bodies.iter().all(|b| b == "fresh"),
+        "a stale or early frame was delivered: {bodies:?}"
+    );
+    let s = security(&client0).await;
+    assert_eq!(s.banned_peers, 0, "{s:?}");
 }

@@ -15,6 +15,22 @@ pub(super) struct Refusal {
     pub offence: Option<Offence>,
 }
 
+/// A frame's envelopes must be stamped less than this before the
+/// receiver's clock...
+pub const FRAME_MAX_AGE_MS: u64 = 45_000;
+/// ...and no more than this after it (the clock-skew allowance). Together
+/// they stay within gossipsub's duplicate cache (60 s, which remembers a
+/// frame's id from its first arrival): a replay after the cache has
+/// forgotten it is at least 60 s past its first arrival, so at least
+/// 45 s past its stamp, and refused. Hosts' clocks must agree within 15 s.
+pub const FRAME_MAX_AHEAD_MS: u64 = 15_000;
+
+/// Whether a frame stamped `stamp_ms` may be accepted at `now_ms`.
+pub fn fresh(stamp_ms: u64, now_ms: u64) -> bool {
+    stamp_ms <= now_ms.saturating_add(FRAME_MAX_AHEAD_MS)
+        && now_ms.saturating_sub(stamp_ms) < FRAME_MAX_AGE_MS
+}
+
 impl Refusal {
     fn new(offence: Option<Offence>, reason: impl Into<String>) -> Refusal {
         Refusal {
@@ -88,6 +104,24 @@ impl Network {
                 format!(
                     "channel {} does not belong to topic family {family}",
                     envelope.channel
+                ),
+            ));
+        }
+        // Stale or early: the relay may be honest (a replay is the
+        // author's frame, signed), so nobody is charged.
+        let now = now_ms();
+        if let Some(envelope) = payload
+            .envelopes
+            .iter()
+            .find(|e| !fresh(e.timestamp_ms, now))
+        {
+            return Err(Refusal::new(
+                None,
+                format!(
+                    "frame of {} stamped {} ms, {} ms from now: outside the freshness window",
+                    payload.author,
+                    envelope.timestamp_ms,
+                    envelope.timestamp_ms as i128 - now as i128
                 ),
             ));
         }
@@ -169,7 +203,14 @@ impl Network {
         message: gossipsub::Message,
     ) {
         let verdict = self.check_frame(&message);
-        self.report_validation(&id, &source, verdict.is_ok());
+        // A refusal that charges nobody is not the relay's fault: ignored
+        // (not forwarded), not rejected.
+        let acceptance = match &verdict {
+            Ok(_) => gossipsub::MessageAcceptance::Accept,
+            Err(refusal) if refusal.offence.is_none() => gossipsub::MessageAcceptance::Ignore,
+            Err(_) => gossipsub::MessageAcceptance::Reject,
+        };
+        self.report(&id, &source, acceptance);
         match verdict {
             Ok(envelopes) => {
                 let received_ms = now_ms();
@@ -199,5 +240,25 @@ impl Network {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_freshness_window_is_45_s_back_and_15_s_ahead() {
+        let now = 1_000_000;
+        assert!(fresh(now, now));
+        assert!(fresh(now - FRAME_MAX_AGE_MS + 1, now));
+        assert!(!fresh(now - FRAME_MAX_AGE_MS, now));
+        assert!(fresh(now + FRAME_MAX_AHEAD_MS, now));
+        assert!(!fresh(now + FRAME_MAX_AHEAD_MS + 1, now));
+        // A replay once the duplicate cache (60 s from first arrival) has
+        // forgotten the frame, even of a frame stamped at the limit ahead.
+        let stamped = now + FRAME_MAX_AHEAD_MS;
+        assert!(!fresh(stamped, now + 60_000));
+        assert!(!fresh(0, u64::MAX) && fresh(u64::MAX, u64::MAX));
     }
 }
