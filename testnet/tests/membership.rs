@@ -226,6 +226,13 @@ async fn members_talk_within_their_scopes_and_non_members_are_refused() {
             }
         })
         .await;
+        if n == 0 {
+            // Refused, it may not come straight back.
+            assert!(
+                rogue.connect(&target, "chat").await.is_err(),
+                "a refused peer reconnected at once"
+            );
+        }
     }
     // Everything the outsiders sent was judged before they were refused;
     // a later message from a member arriving proves none got through.

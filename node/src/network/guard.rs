@@ -257,6 +257,7 @@ impl Network {
             refused_peers: self.membership.refused,
             pending_handshakes: self.membership.pending_count(),
             held_messages: self.membership.held_count(),
+            held_bytes: self.membership.held_bytes(),
             last_handshake_ms: self.membership.last_handshake_ms,
             banned_peers: self.guard.bans.len(),
             bans_issued: self.guard.bans_issued,

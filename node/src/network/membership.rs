@@ -26,9 +26,22 @@ use std::time::{Duration, Instant};
 /// Certificates of authors met through frames and vertices, verified once.
 const KNOWN_CERTIFICATES: NonZeroUsize = NonZeroUsize::new(4096).unwrap();
 
-/// Gossip messages held per peer while its handshake is under way; more
-/// are ignored (gossipsub gets them from other peers or the next heartbeat).
+/// Gossip held per peer while its handshake is under way, in messages and
+/// in bytes; more is ignored (gossipsub gets it from other peers or the
+/// next heartbeat, and a member's own frames are published again by no
+/// one: a member's first second of traffic can be lost, never a stranger's
+/// memory spent).
 const HELD_PER_PEER: usize = 512;
+const HELD_BYTES_PER_PEER: usize = 1 << 20;
+/// Bytes held for all pending peers together.
+const HELD_BYTES_TOTAL: usize = 16 << 20;
+/// A refused peer's connections are denied this long (it may come back
+/// with a certificate after that), in memory only...
+const REFUSED_COOL_OFF: Duration = Duration::from_secs(60);
+/// ...for at most this many peers at once (the oldest are let go first:
+/// a Sybil's throwaway ids cost it a handshake each, never this node
+/// unbounded memory).
+const MAX_COOLING: NonZeroUsize = NonZeroUsize::new(4096).unwrap();
 
 #[derive(Debug, thiserror::Error)]
 pub enum MembershipError {
@@ -46,6 +59,7 @@ struct Known {
 struct Pending {
     since: Instant,
     held: Vec<(gossipsub::MessageId, gossipsub::Message)>,
+    held_bytes: usize,
     /// Where it says it listens (from identify), and whether it serves
     /// Kademlia: routed only once it is admitted.
     identified: Option<Identified>,
@@ -65,6 +79,10 @@ pub struct Membership {
     /// network: no scope applies).
     admitted: HashMap<PeerId, Option<Arc<Verified>>>,
     pending: HashMap<PeerId, Pending>,
+    /// Bytes held over all pending peers.
+    held_bytes: usize,
+    /// Refused peers blocked until the given instant.
+    cooling: LruCache<PeerId, Instant>,
     timeout: Duration,
     pub refused: u64,
     /// Milliseconds from connection to admission, for the benchmark and
@@ -83,6 +101,8 @@ impl Membership {
             known: LruCache::new(KNOWN_CERTIFICATES),
             admitted: HashMap::new(),
             pending: HashMap::new(),
+            held_bytes: 0,
+            cooling: LruCache::new(MAX_COOLING),
             timeout: settings.membership_timeout,
             refused: 0,
             last_handshake_ms: None,
@@ -146,6 +166,7 @@ impl Membership {
             Pending {
                 since: Instant::now(),
                 held: Vec::new(),
+                held_bytes: 0,
                 identified: None,
             },
         );
@@ -154,7 +175,19 @@ impl Membership {
 
     fn disconnected(&mut self, peer: &PeerId) {
         self.admitted.remove(peer);
-        self.pending.remove(peer);
+        self.take_pending(peer);
+    }
+
+    /// Removes a pending peer, releasing what was held for it.
+    fn take_pending(&mut self, peer: &PeerId) -> Option<Pending> {
+        let p = self.pending.remove(peer)?;
+        self.held_bytes -= p.held_bytes;
+        Some(p)
+    }
+
+    /// Bytes held for pending peers.
+    pub fn held_bytes(&self) -> usize {
+        self.held_bytes
     }
 
     /// The certificate of `author` valid now: the presented one, or the one
@@ -211,9 +244,16 @@ impl Membership {
         id: gossipsub::MessageId,
         message: gossipsub::Message,
     ) -> bool {
+        let size = message.data.len() + message.topic.as_str().len();
         match self.pending.get_mut(peer) {
-            Some(p) if p.held.len() < HELD_PER_PEER => {
+            Some(p)
+                if p.held.len() < HELD_PER_PEER
+                    && p.held_bytes + size <= HELD_BYTES_PER_PEER
+                    && self.held_bytes + size <= HELD_BYTES_TOTAL =>
+            {
                 p.held.push((id, message));
+                p.held_bytes += size;
+                self.held_bytes += size;
                 true
             }
             _ => false,
@@ -249,7 +289,7 @@ impl Membership {
         Vec<(gossipsub::MessageId, gossipsub::Message)>,
         Option<Identified>,
     ) {
-        let pending = self.pending.remove(&peer);
+        let pending = self.take_pending(&peer);
         if let Some(p) = &pending {
             self.last_handshake_ms = Some(p.since.elapsed().as_secs_f64() * 1e3);
         }
@@ -320,6 +360,23 @@ impl Network {
             self.membership.admitted.remove(&peer);
             self.refuse_member(peer, "its membership certificate expired");
         }
+        let now = Instant::now();
+        while let Some((_, until)) = self.membership.cooling.peek_lru() {
+            if *until > now {
+                break;
+            }
+            if let Some((peer, _)) = self.membership.cooling.pop_lru() {
+                self.end_cool_off(peer);
+            }
+        }
+    }
+
+    /// Lets a refused peer connect again, unless it is banned as well.
+    fn end_cool_off(&mut self, peer: PeerId) {
+        let banned = node_id_of(&peer).is_some_and(|node| self.guard.is_banned(&node));
+        if !banned {
+            self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+        }
     }
 
     /// Checks the certificate `peer` presented; admits or refuses it.
@@ -368,7 +425,7 @@ impl Network {
     fn refuse_member(&mut self, peer: PeerId, reason: &str) {
         tracing::warn!(%peer, %reason, "refusing a peer that is not a member");
         self.membership.refused += 1;
-        if let Some(p) = self.membership.pending.remove(&peer) {
+        if let Some(p) = self.membership.take_pending(&peer) {
             for (id, _) in p.held {
                 self.swarm
                     .behaviour_mut()
@@ -382,6 +439,15 @@ impl Network {
         }
         self.forget_peer(&peer);
         self.mark_unwanted(peer);
+        // Refused ids come back in order, so the least recently refused
+        // is also the first to expire.
+        let until = Instant::now() + REFUSED_COOL_OFF;
+        if let Some((evicted, _)) = self.membership.cooling.push(peer, until) {
+            if evicted != peer {
+                self.end_cool_off(evicted);
+            }
+        }
+        self.swarm.behaviour_mut().blocked.block_peer(peer);
         let _ = self.swarm.disconnect_peer_id(peer);
     }
 
@@ -468,6 +534,8 @@ mod tests {
             known: LruCache::new(KNOWN_CERTIFICATES),
             admitted: HashMap::new(),
             pending: HashMap::new(),
+            held_bytes: 0,
+            cooling: LruCache::new(MAX_COOLING),
             timeout: Duration::from_secs(10),
             refused: 0,
             last_handshake_ms: None,
@@ -490,6 +558,48 @@ mod tests {
         m.admitted.insert(peer, Some(v));
         assert!(m.expired(999).is_empty());
         assert_eq!(m.expired(1_000), vec![peer]);
+    }
+
+    fn gossip(bytes: usize) -> gossipsub::Message {
+        gossipsub::Message {
+            source: None,
+            data: vec![0; bytes],
+            sequence_number: None,
+            topic: gossipsub::TopicHash::from_raw("t"),
+        }
+    }
+
+    #[test]
+    fn what_pending_peers_send_is_held_within_a_byte_budget() {
+        let mut m = membership(Some(key(1).node_id()));
+        let peers: Vec<PeerId> = (0..40).map(|_| PeerId::random()).collect();
+        for peer in &peers {
+            assert!(m.connected(*peer));
+        }
+        // One peer: up to its own budget.
+        let mut held = 0;
+        while m.hold(
+            &peers[0],
+            gossipsub::MessageId::from(vec![held as u8]),
+            gossip(100_000),
+        ) {
+            held += 1;
+        }
+        assert!(
+            m.held_bytes() <= HELD_BYTES_PER_PEER && held == 10,
+            "{held}"
+        );
+        // Many peers: up to the total.
+        for peer in &peers[1..] {
+            while m.hold(peer, gossipsub::MessageId::from(vec![0]), gossip(100_000)) {}
+        }
+        assert!(m.held_bytes() <= HELD_BYTES_TOTAL);
+        assert!(m.held_bytes() > HELD_BYTES_TOTAL - 200_000);
+        // Leaving releases what was held.
+        for peer in &peers {
+            m.disconnected(peer);
+        }
+        assert_eq!(m.held_bytes(), 0);
     }
 
     #[test]

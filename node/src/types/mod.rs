@@ -42,6 +42,9 @@ pub struct SecurityStatus {
     /// messages held from them meanwhile.
     pub pending_handshakes: usize,
     pub held_messages: usize,
+    /// Bytes of those held messages (bounded per peer and in total).
+    #[serde(default)]
+    pub held_bytes: usize,
     /// Milliseconds from connection to admission of the last admitted peer.
     pub last_handshake_ms: Option<f64>,
     /// Bans in force, and issued since start-up.
