@@ -27,10 +27,9 @@ use std::time::{Duration, Instant};
 const KNOWN_CERTIFICATES: NonZeroUsize = NonZeroUsize::new(4096).unwrap();
 
 /// Gossip held per peer while its handshake is under way, in messages and
-/// in bytes; more is ignored (gossipsub gets it from other peers or the
-/// next heartbeat, and a member's own frames are published again by no
-/// one: a member's first second of traffic can be lost, never a stranger's
-/// memory spent).
+/// in bytes. More is ignored: gossipsub may bring it again through another
+/// peer, else it is lost (at worst a new member's first frames); a
+/// stranger never spends more of this node's memory than this.
 const HELD_PER_PEER: usize = 512;
 const HELD_BYTES_PER_PEER: usize = 1 << 20;
 /// Bytes held for all pending peers together.
