@@ -494,13 +494,11 @@ impl<H: History> Engine<H> {
                 }
             })
             .collect();
-        // Only a validator's poll can lead to an acceptance: anyone else
-        // asking cannot freeze this node's initial choice.
-        if self.validators.contains(&from) {
-            for (id, yes) in ids.iter().zip(&votes) {
-                if *yes {
-                    self.vouch(id);
-                }
+        // Whoever asks may accept on these votes (any node polls the
+        // validators, whether or not it is one itself).
+        for (id, yes) in ids.iter().zip(&votes) {
+            if *yes {
+                self.vouch(id);
             }
         }
         self.stats.queries_answered += 1;

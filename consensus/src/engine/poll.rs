@@ -80,31 +80,36 @@ impl<H: History> Engine<H> {
             .min(self.params.max_polls_in_flight)
     }
 
-    /// The undecided vertices closest to the accepted part of the DAG,
-    /// those this node prefers first, the order among equals drawn afresh
-    /// each time. Asking about them directly (not only through descendants)
-    /// matters: a virtuous vertex below a contested one gets yes votes from
-    /// both sides of the conflict only when it is asked about itself. The
-    /// preference and the shuffle keep a flood of rivals nobody prefers
-    /// (they stay in the frontier, as nothing builds on them) from taking
-    /// every place in the batch.
+    /// The undecided vertices closest to the accepted part of the DAG, in
+    /// an order among equal heights drawn afresh each time; of those, the
+    /// ones this node prefers first. Asking about them directly (not only
+    /// through descendants) matters: a virtuous vertex below a contested
+    /// one gets yes votes from both sides of the conflict only when it is
+    /// asked about itself. The shuffle and the preference keep a flood of
+    /// rivals nobody prefers (they stay in the frontier, as nothing builds
+    /// on them) from taking every place in the batch; a rival that does get
+    /// in brings its set's preferred member along (`with_preferred_rivals`).
     fn repoll_batch(&mut self) -> Vec<VertexId> {
-        let ids: Vec<(u64, VertexId)> = self
+        let batch = self.params.batch_size;
+        let salt: u64 = self.rng.random();
+        let mut lowest: Vec<(u64, u64, VertexId)> = self
             .processing
             .iter()
-            .map(|(id, p)| (p.height, *id))
+            .map(|(id, p)| (p.height, shuffled(id, salt), *id))
             .collect();
-        let salt: u64 = self.rng.random();
-        let mut all: Vec<(u64, bool, u64, VertexId)> = ids
+        // Preference is judged for a few batches' worth only.
+        let pool = (4 * batch).min(lowest.len());
+        if pool < lowest.len() {
+            lowest.select_nth_unstable(pool);
+            lowest.truncate(pool);
+        }
+        let mut ranked: Vec<(u64, bool, u64, VertexId)> = lowest
             .into_iter()
-            .map(|(height, id)| {
-                let disliked = !self.strongly_preferred(&id);
-                (height, disliked, shuffled(&id, salt), id)
-            })
+            .map(|(height, order, id)| (height, !self.strongly_preferred(&id), order, id))
             .collect();
-        all.sort_unstable();
-        all.truncate(self.params.batch_size);
-        all.into_iter().map(|(_, _, _, id)| id).collect()
+        ranked.sort_unstable();
+        ranked.truncate(batch);
+        ranked.into_iter().map(|(_, _, _, id)| id).collect()
     }
 
     /// `ids` and the preferred member of every conflict set they are in: a
@@ -113,6 +118,7 @@ impl<H: History> Engine<H> {
     /// (one per poll) keep a key from ever being decided.
     fn with_preferred_rivals(&self, mut ids: Vec<VertexId>) -> Vec<VertexId> {
         let room = agentmesh_protocol::consensus_wire::MAX_QUERY_IDS;
+        let asked: HashSet<VertexId> = ids.iter().copied().collect();
         let mut extra = Vec::new();
         for id in &ids {
             let Some(p) = self.processing.get(id) else {
@@ -121,7 +127,7 @@ impl<H: History> Engine<H> {
             for key in &p.contested {
                 if let Some(KeyState::Contested(set)) = self.keys.get(key) {
                     let preferred = set.preference();
-                    if !ids.contains(&preferred) && !extra.contains(&preferred) {
+                    if !asked.contains(&preferred) && !extra.contains(&preferred) {
                         extra.push(preferred);
                     }
                 }

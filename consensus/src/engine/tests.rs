@@ -388,7 +388,8 @@ fn a_late_rival_never_takes_a_preference_this_node_voted_for() {
     voted.on_vertex(0, rival_author.node_id(), rival.clone());
     assert_eq!(answers(&mut voted, asker.node_id(), &ids), [true, false]);
 
-    // A yes told to someone outside the validator set freezes nothing.
+    // The same whoever asked: a node outside the validator set polls the
+    // validators too, and may accept on their votes.
     let mut asked_by_outsider = engine(1);
     set_peers(
         &mut asked_by_outsider,
@@ -402,7 +403,7 @@ fn a_late_rival_never_takes_a_preference_this_node_voted_for() {
     asked_by_outsider.on_vertex(0, rival_author.node_id(), rival);
     assert_eq!(
         answers(&mut asked_by_outsider, author.node_id(), &ids),
-        [false, true]
+        [true, false]
     );
 }
 

@@ -352,11 +352,19 @@ impl ModelHandle {
             return Err(ModelError::Busy);
         }
         let handle = self.clone();
-        let result = tokio::task::spawn_blocking(move || handle.train_blocking(extra, max_epochs))
-            .await
-            .unwrap_or_else(|e| Err(ModelError::Unavailable(format!("training failed: {e}"))));
-        self.shared.training.store(false, Ordering::Release);
-        result
+        // The flag is cleared by the training thread itself when it ends:
+        // the request may be dropped first (a timeout, a client that left).
+        tokio::task::spawn_blocking(move || {
+            let result = handle.train_blocking(extra, max_epochs);
+            handle.shared.training.store(false, Ordering::Release);
+            result
+        })
+        .await
+        .unwrap_or_else(|e| {
+            // A panic in training: the thread did not clear the flag.
+            self.shared.training.store(false, Ordering::Release);
+            Err(ModelError::Unavailable(format!("training failed: {e}")))
+        })
     }
 
     fn train_blocking(

@@ -46,25 +46,25 @@ pub fn identify_protocol_version(network: &str) -> String {
 /// the graylist one (its subscriptions are still recorded).
 pub const PENDING_PEER_SCORE: f64 = -100.0;
 
-/// gossipsub peer scoring, used for fencing (the application score) and
-/// against many identities on one address (IP colocation). Loopback is
-/// exempt from colocation: local testnets put every node there. Behaviour
-/// penalties start only past a few broken promises and slow-peer
+/// gossipsub peer scoring, used for fencing (the application score).
+/// Behaviour penalties start only past a few broken promises and slow-peer
 /// penalties are off, so an honest peer under load keeps a score of 0.
-/// No topic scores yet: invalid messages are punished by the node's own
-/// guard (rate limits, bans), not through the score.
+/// IP colocation is off: gossipsub counts every connected peer of an
+/// address, pending strangers included, and remembers them for
+/// `retain_score`, so throwaway ids sharing members' address (a NAT) would
+/// push the members out of the mesh. Per-address limits belong to a peer
+/// manager (not done yet). No topic scores yet: invalid messages are
+/// punished by the node's own guard (rate limits, bans). Scores of peers
+/// that left are kept a minute (not gossipsub's hour): a stranger's
+/// throwaway ids cost little memory.
 fn peer_scoring() -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThresholds) {
     let params = gossipsub::PeerScoreParams {
         app_specific_weight: 1.0,
-        ip_colocation_factor_whitelist: [
-            std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST),
-            std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
-        ]
-        .into_iter()
-        .collect(),
+        ip_colocation_factor_weight: 0.0,
         behaviour_penalty_weight: -1.0,
         behaviour_penalty_threshold: 6.0,
         slow_peer_weight: 0.0,
+        retain_score: Duration::from_secs(60),
         ..Default::default()
     };
     let thresholds = gossipsub::PeerScoreThresholds {

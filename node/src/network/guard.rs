@@ -327,7 +327,9 @@ impl Network {
         for node in self.guard.expire() {
             if let Ok(peer) = peer_id_of(&node) {
                 tracing::info!(%peer, "ban expired");
-                self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+                if !self.membership.is_cooling(&peer) {
+                    self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+                }
             }
         }
     }

@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 const KNOWN_CERTIFICATES: NonZeroUsize = NonZeroUsize::new(4096).unwrap();
 
 /// Gossip held per peer while its handshake is under way, in messages and
-/// in bytes. More is ignored: gossipsub may bring it again through another
-/// peer, else it is lost (at worst a new member's first frames); a
+/// in bytes. More is ignored, and lost: gossipsub's duplicate cache then
+/// drops other copies of it (at worst a new member's first frames). A
 /// stranger never spends more of this node's memory than this.
 const HELD_PER_PEER: usize = 512;
 const HELD_BYTES_PER_PEER: usize = 1 << 20;
@@ -182,6 +182,13 @@ impl Membership {
         let p = self.pending.remove(peer)?;
         self.held_bytes -= p.held_bytes;
         Some(p)
+    }
+
+    /// A refused peer still blocked for a while.
+    pub fn is_cooling(&self, peer: &PeerId) -> bool {
+        self.cooling
+            .peek(peer)
+            .is_some_and(|until| *until > Instant::now())
     }
 
     /// Bytes held for pending peers.

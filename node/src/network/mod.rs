@@ -674,6 +674,10 @@ impl Network {
             else {
                 continue;
             };
+            // A peer still proving membership is remembered by no one.
+            if !self.membership.is_admitted(&peer) {
+                continue;
+            }
             if let Some(node) = node_id_of(&peer) {
                 let record = KnownPeer {
                     addrs: info.listen_addrs,
