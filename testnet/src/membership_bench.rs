@@ -107,7 +107,9 @@ pub async fn flood(
                             channel: channel.clone(),
                             id: MessageId::random()?,
                             sender: rogue.key.node_id(),
-                            timestamp_ms: 0,
+                            // Fresh, so the flood is judged (and charged),
+                            // not dropped as a replay.
+                            timestamp_ms: agentmesh_node::network::now_ms(),
                             content_type: "text/plain".into(),
                             body: i.to_le_bytes().to_vec(),
                         })

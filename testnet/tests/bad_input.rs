@@ -654,7 +654,11 @@ fn envelope(channel: &str, sender: NodeId, body: &[u8]) -> Envelope {
         channel: Channel::parse(channel).unwrap(),
         id: MessageId::random().unwrap(),
         sender,
-        timestamp_ms: 1,
+        // Fresh: frames stamped outside the node's window are dropped.
+        timestamp_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64,
         content_type: "text/plain".into(),
         body: body.to_vec(),
     }
@@ -750,7 +754,12 @@ async fn malformed_oversized_and_forged_messages_from_a_peer_are_rejected_and_co
     )
     .unwrap();
     rogue.publish_raw("coordination", valid).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let got = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the valid message was never delivered"
+        );
         rogue.pump(Duration::from_millis(20)).await;
         if let Some(got) = subscriber.next(Duration::from_millis(20)).await {
             break got;
