@@ -1,5 +1,5 @@
 //! The local pattern recommender: deterministic context features, the MLP
-//! of SPEC.md on Burn (ndarray backend, CPU), training with a seeded split
+//! on Burn (ndarray backend, CPU), training with a seeded split
 //! and early stopping, held-out metrics, and the rule-based recommender it
 //! must beat.
 

@@ -1,4 +1,4 @@
-//! The network of SPEC.md: input → 256 → 128 → 64 → one output per
+//! The network: input → 256 → 128 → 64 → one output per
 //! pattern, ReLU between layers, dropout 0.2/0.2/0.1 while training.
 //!
 //! The first layer is an [`InputLayer`] of plain rows, not a Burn

@@ -30,13 +30,14 @@ async fn web_pages_and_strangers_cannot_drive_the_api() {
     let error = body["error"].as_str().unwrap_or_default();
     assert!(error.contains("missing API token"), "{error}");
     assert!(error.contains("api-token"), "names the token file: {error}");
-    let cross_site_tx = anonymous
-        .post(url("/v1/transactions"))
-        .header("content-type", "text/plain")
-        .body(r#"{"transactions":[{"key":"k","payload":"p"}]}"#)
-        .send()
-        .await
-        .unwrap();
+    // A proposal sent as text/plain, as a form or fetch(no-cors) would.
+    let plain_proposal = |http: &reqwest::Client| {
+        http.post(url("/v1/transactions"))
+            .header("content-type", "text/plain")
+            .body(r#"{"transactions":[{"key":"k","payload":"p"}]}"#)
+            .send()
+    };
+    let cross_site_tx = plain_proposal(&anonymous).await.unwrap();
     assert_eq!(cross_site_tx.status().as_u16(), 401);
 
     // A wrong token, and the right one under a name DNS rebinding uses.
@@ -72,13 +73,7 @@ async fn web_pages_and_strangers_cannot_drive_the_api() {
     }
 
     // Even with the token, a JSON endpoint wants a JSON content type.
-    let plain = holder
-        .post(url("/v1/transactions"))
-        .header("content-type", "text/plain")
-        .body(r#"{"transactions":[{"key":"k","payload":"p"}]}"#)
-        .send()
-        .await
-        .unwrap();
+    let plain = plain_proposal(&holder).await.unwrap();
     assert_eq!(plain.status().as_u16(), 415);
 
     // Nothing of that was published or proposed.
