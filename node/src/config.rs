@@ -6,6 +6,7 @@
 
 use agentmesh_consensus::{Params, ValidatorSet};
 use agentmesh_protocol::NodeId;
+use ipnet::IpNet;
 use libp2p::{multiaddr::Protocol, Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -51,6 +52,23 @@ pub struct Config {
     pub max_pending_connections: u32,
     /// Discovered peers are dialled while fewer than this many are connected.
     pub target_peers: usize,
+    /// Inbound peers accepted beyond `target_peers`; every few seconds the
+    /// worst of them are pruned back to the target.
+    pub peer_excess: usize,
+    /// Of `target_peers + peer_excess` slots, how many only connections
+    /// this node dials may use (strangers dialling in never take them).
+    pub reserved_outbound_peers: usize,
+    /// Most inbound connections from one IP address.
+    pub max_peers_per_ip: usize,
+    /// Most inbound connections from one subnet (/24 for IPv4, /48 for IPv6).
+    pub max_peers_per_subnet: usize,
+    /// Networks (CIDR) exempt from the per-address limits and from IP bans.
+    /// Loopback by default: a local testnet runs every node on one address.
+    pub peer_limits_exempt: Vec<String>,
+    /// Private networks (CIDR) whose addresses are accepted from any peer;
+    /// otherwise private addresses are accepted only from peers connected
+    /// from a private network themselves.
+    pub private_networks: Vec<String>,
     /// Peers remembered on disk for rejoining after a restart.
     pub max_known_peers: usize,
     pub ping_interval_secs: u64,
@@ -165,6 +183,12 @@ impl Default for Config {
             max_connections_per_peer: 2,
             max_pending_connections: 64,
             target_peers: 64,
+            peer_excess: 16,
+            reserved_outbound_peers: 16,
+            max_peers_per_ip: 8,
+            max_peers_per_subnet: 32,
+            peer_limits_exempt: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            private_networks: Vec::new(),
             max_known_peers: 1000,
             ping_interval_secs: 30,
             ping_timeout_secs: 10,
@@ -303,6 +327,7 @@ pub struct Settings {
     pub max_connections_per_peer: u32,
     pub max_pending_connections: u32,
     pub target_peers: usize,
+    pub peers: PeerLimits,
     pub max_known_peers: usize,
     pub ping_interval: Duration,
     pub ping_timeout: Duration,
@@ -327,6 +352,74 @@ pub struct Settings {
     pub ban_threshold: NonZeroU32,
     pub ban_duration: Duration,
     pub model: ModelSettings,
+}
+
+/// The peer manager's limits (see `network::peer_manager`).
+#[derive(Clone, Debug)]
+pub struct PeerLimits {
+    pub excess: usize,
+    pub reserved_outbound: usize,
+    pub max_per_ip: usize,
+    pub max_per_subnet: usize,
+    pub exempt: Vec<IpNet>,
+    pub private_networks: Vec<IpNet>,
+}
+
+impl PeerLimits {
+    /// Most peers at once: the target plus the excess.
+    pub fn max_peers(&self, target: usize) -> usize {
+        target + self.excess
+    }
+
+    /// Most inbound connections: what the reserved outbound slots leave.
+    pub fn max_inbound(&self, target: usize) -> usize {
+        self.max_peers(target) - self.reserved_outbound
+    }
+}
+
+fn cidrs(setting: &'static str, entries: &[String]) -> Result<Vec<IpNet>, ConfigError> {
+    entries
+        .iter()
+        .map(|e| {
+            let e = e.trim();
+            e.parse::<IpNet>()
+                .or_else(|_| e.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map(|n| n.trunc())
+                .map_err(|_| {
+                    invalid(
+                        setting,
+                        format!("{e:?} is not a network such as 10.0.0.0/8 or an address"),
+                    )
+                })
+        })
+        .collect()
+}
+
+fn peer_limits(c: &Config) -> Result<PeerLimits, ConfigError> {
+    positive("max_peers_per_ip", c.max_peers_per_ip as u64)?;
+    if c.max_peers_per_subnet < c.max_peers_per_ip {
+        return Err(invalid(
+            "max_peers_per_subnet",
+            format!("must be at least max_peers_per_ip ({})", c.max_peers_per_ip),
+        ));
+    }
+    if c.reserved_outbound_peers >= c.target_peers + c.peer_excess {
+        return Err(invalid(
+            "reserved_outbound_peers",
+            format!(
+                "must be less than target_peers + peer_excess ({}), or no peer could ever connect to this node",
+                c.target_peers + c.peer_excess
+            ),
+        ));
+    }
+    Ok(PeerLimits {
+        excess: c.peer_excess,
+        reserved_outbound: c.reserved_outbound_peers,
+        max_per_ip: c.max_peers_per_ip,
+        max_per_subnet: c.max_peers_per_subnet,
+        exempt: cidrs("peer_limits_exempt", &c.peer_limits_exempt)?,
+        private_networks: cidrs("private_networks", &c.private_networks)?,
+    })
 }
 
 #[derive(Clone, Debug)]
@@ -608,6 +701,7 @@ impl Settings {
             max_connections_per_peer: c.max_connections_per_peer,
             max_pending_connections: c.max_pending_connections,
             target_peers: c.target_peers,
+            peers: peer_limits(c)?,
             max_known_peers: c.max_known_peers,
             ping_interval: secs("ping_interval_secs", c.ping_interval_secs)?,
             ping_timeout: secs("ping_timeout_secs", c.ping_timeout_secs)?,
@@ -723,6 +817,20 @@ mod tests {
             (|c| c.model_min_confidence = 1.5, "model_min_confidence"),
             (|c| c.model_feature_dim = 1000, "model_feature_dim"),
             (|c| c.model_save_outcomes = 0, "model_save_outcomes"),
+            (|c| c.max_peers_per_ip = 0, "max_peers_per_ip"),
+            (|c| c.max_peers_per_subnet = 2, "max_peers_per_subnet"),
+            (
+                |c| c.reserved_outbound_peers = 80,
+                "reserved_outbound_peers",
+            ),
+            (
+                |c| c.peer_limits_exempt = vec!["10.0.0.0/33".into()],
+                "peer_limits_exempt",
+            ),
+            (
+                |c| c.private_networks = vec!["lan".into()],
+                "private_networks",
+            ),
         ];
         for (mutate, setting) in cases {
             let mut c = Config::default();

@@ -18,6 +18,7 @@ pub mod patterns;
 pub mod process;
 pub mod rogue;
 pub mod state;
+pub mod sybil_bench;
 pub mod sync_bench;
 pub mod transport_bench;
 pub mod wait;

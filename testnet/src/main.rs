@@ -170,6 +170,20 @@ enum BenchCommand {
         #[arg(long, default_value = "ndarray", value_parser = ["ndarray", "flex"])]
         backend: String,
     },
+    /// A Sybil attack on one node: throwaway identities from many loopback
+    /// addresses; slots held by Sybils over time, honest peers kept, bans,
+    /// prunes, memory.
+    Sybil {
+        #[arg(long, default_value_t = 300)]
+        identities: usize,
+        #[arg(long, default_value_t = 30)]
+        addresses: usize,
+        /// Addresses whose identities also send garbage.
+        #[arg(long, default_value_t = 10)]
+        misbehaving_addresses: usize,
+        #[arg(long, default_value_t = 60)]
+        attack_secs: u64,
+    },
     /// The cost of membership: gossip latency and throughput without and
     /// with an authority (ratio), and the membership handshake time.
     Membership {
@@ -511,6 +525,26 @@ async fn run(cli: Cli) -> Result<()> {
                 })
                 .await?
                 .context("model benchmark")?;
+                println!("{result}");
+                Ok(())
+            }
+            BenchCommand::Sybil {
+                identities,
+                addresses,
+                misbehaving_addresses,
+                attack_secs,
+            } => {
+                let (_dir, options) = bench_testnet(3, &bin)?;
+                let o = agentmesh_testnet::sybil_bench::SybilOptions {
+                    identities,
+                    addresses,
+                    misbehaving_addresses,
+                    attack_secs,
+                    ..Default::default()
+                };
+                let result = agentmesh_testnet::sybil_bench::sybil_attack(options, &o)
+                    .await
+                    .context("sybil benchmark")?;
                 println!("{result}");
                 Ok(())
             }

@@ -58,6 +58,10 @@ impl RoguePeer {
                 noise::Config::new,
                 yamux::Config::default,
             )?
+            // QUIC dials leave from the socket it listens on: listening on
+            // another loopback address (127.0.0.x) makes its connections
+            // come from that address, as from another host.
+            .with_quic()
             .with_behaviour(|key| {
                 let gossip_config = gossipsub::ConfigBuilder::default()
                     // Large enough to send what honest nodes refuse.
@@ -267,6 +271,31 @@ impl RoguePeer {
     pub fn listen(&mut self) -> Result<()> {
         self.swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
         Ok(())
+    }
+
+    /// Listens on `addr` (e.g. `/ip4/127.0.0.7/udp/0/quic-v1`).
+    pub fn listen_on(&mut self, addr: &str) -> Result<()> {
+        self.swarm.listen_on(addr.parse()?)?;
+        Ok(())
+    }
+
+    /// Joins `family`'s topic (announced to peers as they connect).
+    pub fn subscribe(&mut self, family: &str) -> Result<()> {
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(&topic_for(&self.network, family))?;
+        Ok(())
+    }
+
+    /// Starts a dial to `target`; [`RoguePeer::pump`] carries it out.
+    pub fn dial(&mut self, target: &Multiaddr) -> Result<()> {
+        self.swarm.dial(target.clone())?;
+        Ok(())
+    }
+
+    pub fn is_connected(&self, peer: &PeerId) -> bool {
+        self.swarm.is_connected(peer)
     }
 
     /// Publishes raw bytes on `family`'s topic.

@@ -89,6 +89,9 @@ async fn web_pages_and_strangers_cannot_drive_the_api() {
     // The health probe needs nothing; the token holder gets everything.
     let health = anonymous.get(url("/v1/health")).send().await.unwrap();
     assert_eq!(health.status().as_u16(), 200);
+    // Load balancers probe with HEAD as well.
+    let head = anonymous.head(url("/v1/health")).send().await.unwrap();
+    assert_eq!(head.status().as_u16(), 200);
     let receipt = node
         .client
         .publish("coordination", "text/plain", b"from the holder".to_vec())

@@ -130,7 +130,9 @@ pub async fn check(State(guard): State<Guard>, request: Request, next: Next) -> 
         return e.into_response();
     }
     let path = request.uri().path();
-    let public = request.method() == Method::GET && PUBLIC_PATHS.contains(&path);
+    // HEAD is GET without the body (axum answers it from the GET route).
+    let public =
+        matches!(*request.method(), Method::GET | Method::HEAD) && PUBLIC_PATHS.contains(&path);
     if !public {
         if let Err(e) = guard.token_valid(&request) {
             return e.into_response();

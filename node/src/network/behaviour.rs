@@ -4,6 +4,8 @@ use crate::config::Settings;
 use crate::network::cbor_codec::{
     protocol_name, CborCodec, ConsensusMessages, MembershipMessages, ModelMessages, SyncMessages,
 };
+use crate::network::consensus_io::consensus_topic;
+use crate::network::peer_manager::gate::{Gate, GateLimits};
 use agentmesh_protocol::{frame::max_frame_bytes, sha256};
 use anyhow::{Context, Result};
 use libp2p::core::muxing::StreamMuxerBox;
@@ -24,11 +26,13 @@ pub struct Behaviour {
     /// Banned peers: their connections are refused before anything else
     /// sees them.
     pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    /// The peer manager's limits: inbound/outbound split, per address.
+    pub gate: Gate,
     pub limits: connection_limits::Behaviour,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
-    pub gossipsub: gossipsub::Behaviour,
+    pub gossipsub: Gossipsub,
     pub consensus: request_response::Behaviour<CborCodec<ConsensusMessages>>,
     pub sync: request_response::Behaviour<CborCodec<SyncMessages>>,
     pub membership: request_response::Behaviour<CborCodec<MembershipMessages>>,
@@ -46,21 +50,112 @@ pub fn identify_protocol_version(network: &str) -> String {
 /// the graylist one (its subscriptions are still recorded).
 pub const PENDING_PEER_SCORE: f64 = -100.0;
 
-/// gossipsub peer scoring, used for fencing (the application score).
-/// Behaviour penalties start only past a few broken promises and slow-peer
-/// penalties are off, so an honest peer under load keeps a score of 0.
-/// IP colocation is off: gossipsub counts every connected peer of an
-/// address, pending strangers included, and remembers them for
-/// `retain_score`, so throwaway ids sharing members' address (a NAT) would
-/// push the members out of the mesh. Per-address limits belong to a peer
-/// manager (not done yet). No topic scores yet: invalid messages are
-/// punished by the node's own guard (rate limits, bans). Scores of peers
-/// that left are kept a minute (not gossipsub's hour): a stranger's
-/// throwaway ids cost little memory.
-fn peer_scoring() -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThresholds) {
+/// The gossipsub behaviour with the node's subscription filter.
+pub type Gossipsub = gossipsub::Behaviour<
+    gossipsub::IdentityTransform,
+    gossipsub::MaxCountSubscriptionFilter<NetworkTopics>,
+>;
+
+/// Most topics one peer may be subscribed to (channel families and the
+/// vertex topic); subscriptions beyond are ignored.
+pub const MAX_TOPICS_PER_PEER: usize = 256;
+
+/// Accepts subscriptions to this network's topics only: a peer's
+/// subscriptions to anything else are never recorded (no memory, no mesh).
+pub struct NetworkTopics {
+    prefix: String,
+}
+
+impl gossipsub::TopicSubscriptionFilter for NetworkTopics {
+    fn can_subscribe(&mut self, topic: &gossipsub::TopicHash) -> bool {
+        topic.as_str().starts_with(&self.prefix)
+    }
+}
+
+/// Every topic of `network` (channel families and vertices) starts with this.
+pub fn network_topic_prefix(network: &str) -> String {
+    format!("/agentmesh/{network}/")
+}
+
+/// Channel families whose gossip size limit is known up front (per-topic
+/// limits are fixed when gossipsub is built); any other family is held to
+/// the same limit by the node's own frame check.
+pub const STANDARD_FAMILIES: [&str; 7] = [
+    "coordination",
+    "agent",
+    "task",
+    "metrics",
+    "learning",
+    "chat",
+    "patterns",
+];
+
+/// Scores a peer earns or loses on a topic: a little for time in the mesh
+/// and for delivering messages first, a lot (squared) for invalid
+/// messages — those the node rejects (malformed, badly signed, outside
+/// the author's scopes), never those it merely ignores (stale, over an
+/// author's rate), so honest relays are not charged. Message-delivery
+/// deficits are not scored: a quiet channel is not a sign of misbehaviour.
+pub fn topic_scoring() -> gossipsub::TopicScoreParams {
+    gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        time_in_mesh_weight: 0.01,
+        time_in_mesh_quantum: Duration::from_secs(1),
+        time_in_mesh_cap: 300.0,
+        first_message_deliveries_weight: 0.1,
+        first_message_deliveries_decay: 0.9,
+        first_message_deliveries_cap: 50.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: -1.0,
+        invalid_message_deliveries_decay: 0.9,
+        ..Default::default()
+    }
+}
+
+/// Peers per address beyond which gossipsub lowers their scores (the
+/// surplus, squared). Above the default per-IP connection limit's half, so
+/// a few members behind one NAT are not penalised.
+const IP_COLOCATION_THRESHOLD: f64 = 6.0;
+
+/// gossipsub peer scoring: fencing (the application score), topic scores
+/// (see [`topic_scoring`]) and IP colocation. Behaviour penalties start
+/// only past a few broken promises and slow-peer penalties are off, so an
+/// honest peer under load keeps a score of at least 0. Single addresses
+/// in the exempt networks (loopback: a local testnet) are not counted for
+/// colocation. Scores of peers that left are kept a minute (not
+/// gossipsub's hour): a stranger's throwaway ids cost little memory.
+fn peer_scoring(
+    settings: &Settings,
+) -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThresholds) {
+    let mut whitelist: std::collections::HashSet<std::net::IpAddr> = [
+        std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::Ipv6Addr::LOCALHOST.into(),
+    ]
+    .into();
+    whitelist.extend(
+        settings
+            .peers
+            .exempt
+            .iter()
+            .filter(|net| net.prefix_len() == net.max_prefix_len())
+            .map(|net| net.addr()),
+    );
+    let topics = [consensus_topic(&settings.network).hash()]
+        .into_iter()
+        .chain(
+            STANDARD_FAMILIES
+                .iter()
+                .map(|f| super::topic_for(&settings.network, f).hash()),
+        )
+        .map(|t| (t, topic_scoring()))
+        .collect();
     let params = gossipsub::PeerScoreParams {
+        topics,
         app_specific_weight: 1.0,
-        ip_colocation_factor_weight: 0.0,
+        ip_colocation_factor_weight: -1.0,
+        ip_colocation_factor_threshold: IP_COLOCATION_THRESHOLD,
+        ip_colocation_factor_whitelist: whitelist,
         behaviour_penalty_weight: -1.0,
         behaviour_penalty_threshold: 6.0,
         slow_peer_weight: 0.0,
@@ -88,7 +183,8 @@ pub fn gossip_transmit_limit(max_message_bytes: usize) -> usize {
 }
 
 pub fn gossipsub_config(settings: &Settings) -> Result<gossipsub::Config> {
-    gossipsub::ConfigBuilder::default()
+    let mut builder = gossipsub::ConfigBuilder::default();
+    builder
         // Frames carry their author's signature themselves (see
         // agentmesh_protocol::frame), checked once per distinct frame after
         // gossipsub has dropped duplicates. Gossipsub's own signing would
@@ -99,14 +195,23 @@ pub fn gossipsub_config(settings: &Settings) -> Result<gossipsub::Config> {
         // Content-addressed ids: the same bytes are the same message,
         // whichever way they arrive.
         .message_id_fn(|m| gossipsub::MessageId::from(sha256(&m.data).to_vec()))
-        // Vertices travel on gossip too.
+        // Vertices travel on gossip too: the largest message any topic
+        // takes, and what gossipsub reads off the wire before it knows the
+        // topic.
         .max_transmit_size(
             gossip_transmit_limit(settings.max_message_bytes)
                 .max(agentmesh_protocol::vertex::MAX_VERTEX_BYTES + 1024),
         )
-        .heartbeat_interval(settings.gossip_heartbeat)
-        .build()
-        .context("invalid gossipsub configuration")
+        .heartbeat_interval(settings.gossip_heartbeat);
+    // Channel messages are far smaller than vertices: a larger one is
+    // refused as it is decoded, and counts as an invalid message.
+    for family in STANDARD_FAMILIES {
+        builder.max_transmit_size_for_topic(
+            gossip_transmit_limit(settings.max_message_bytes),
+            super::topic_for(&settings.network, family).hash(),
+        );
+    }
+    builder.build().context("invalid gossipsub configuration")
 }
 
 type BoxedTransport = Boxed<(PeerId, StreamMuxerBox)>;
@@ -208,12 +313,20 @@ pub fn build_swarm(keypair: Keypair, settings: &Settings) -> Result<Swarm<Behavi
     // queries, and a fresh mesh on private addresses would never have one.
     kad.set_mode(Some(kad::Mode::Server));
 
-    let mut gossipsub = gossipsub::Behaviour::new(
+    let topics = gossipsub::MaxCountSubscriptionFilter {
+        filter: NetworkTopics {
+            prefix: network_topic_prefix(&settings.network),
+        },
+        max_subscribed_topics: MAX_TOPICS_PER_PEER,
+        max_subscriptions_per_request: MAX_TOPICS_PER_PEER,
+    };
+    let mut gossipsub = Gossipsub::new_with_subscription_filter(
         gossipsub::MessageAuthenticity::Anonymous,
         gossipsub_config(settings)?,
+        topics,
     )
     .map_err(|e| anyhow::anyhow!("gossipsub: {e}"))?;
-    let (params, thresholds) = peer_scoring();
+    let (params, thresholds) = peer_scoring(settings);
     gossipsub
         .with_peer_score(params, thresholds)
         .map_err(|e| anyhow::anyhow!("gossipsub peer scoring: {e}"))?;
@@ -265,8 +378,17 @@ pub fn build_swarm(keypair: Keypair, settings: &Settings) -> Result<Swarm<Behavi
             .with_max_concurrent_streams(16),
     );
 
+    let peers = &settings.peers;
+    let gate = Gate::new(GateLimits {
+        max_peers: peers.max_peers(settings.target_peers),
+        max_inbound: peers.max_inbound(settings.target_peers),
+        max_per_ip: peers.max_per_ip,
+        max_per_subnet: peers.max_per_subnet,
+        exempt: peers.exempt.clone(),
+    });
     let behaviour = Behaviour {
         blocked: allow_block_list::Behaviour::default(),
+        gate,
         limits,
         identify,
         ping,

@@ -244,14 +244,17 @@ impl Network {
     }
 
     pub(super) fn on_connection_closed(&mut self, peer: PeerId, id: ConnectionId, remaining: u32) {
-        self.table.closed(&peer, id);
+        let dialled = self.table.closed(&peer, id).unwrap_or(false);
         if remaining > 0 {
             return;
         }
-        if self.unwanted.contains(&peer) {
-            self.dialer.forget(&peer);
-        } else {
+        // Only members this node chose (dialled) are redialled: a peer
+        // that dialled in redials itself, and redialling strangers would
+        // let anyone who connects once fill this node's outbound slots.
+        if dialled && self.membership.is_admitted(&peer) && !self.unwanted.contains(&peer) {
             self.dialer.lost(peer, Instant::now());
+        } else {
+            self.dialer.forget(&peer);
         }
         if self.table.is_empty() {
             self.rejoin.restart(Instant::now());

@@ -6,9 +6,11 @@
 
 use super::backoff::Backoff;
 use super::breaker::{BreakerState, CircuitBreaker};
+use super::peer_manager::addrs::ip_of;
 use crate::config::is_quic;
 use libp2p::{Multiaddr, PeerId};
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 /// A connection that lasted this long resets the peer's redial backoff.
@@ -17,6 +19,8 @@ pub const STABLE_AFTER: Duration = Duration::from_secs(30);
 pub const MAX_REDIALS: u32 = 30;
 /// Peers tracked at most (breakers and redial schedules).
 const MAX_TRACKED: usize = 4096;
+/// Addresses remembered per peer.
+const MAX_ADDRS_PER_PEER: usize = 16;
 
 struct Redial {
     backoff: Backoff,
@@ -31,7 +35,10 @@ pub struct Dialer {
     breakers: HashMap<PeerId, CircuitBreaker>,
     /// Peers to redial, with their schedule.
     redials: HashMap<PeerId, Redial>,
-    /// Addresses each tracked peer announced (identify), QUIC first.
+    /// Addresses of each tracked peer that observation backs, QUIC first:
+    /// ones it announced on the IP it was seen connecting from, and ones
+    /// this node reached it on. A departed peer is redialled on these
+    /// only, never on whatever else it claimed.
     addrs: HashMap<PeerId, Vec<Multiaddr>>,
     /// When the current connection to a peer came up.
     connected_since: HashMap<PeerId, Instant>,
@@ -94,10 +101,46 @@ impl Dialer {
         addrs
     }
 
-    pub fn remember_addrs(&mut self, peer: PeerId, mut addrs: Vec<Multiaddr>) {
+    /// Remembers the addresses `peer` announced on `seen_at`, the IP it
+    /// was seen connecting from (with no IP seen, none).
+    pub fn remember_addrs(
+        &mut self,
+        peer: PeerId,
+        announced: &[Multiaddr],
+        seen_at: Option<IpAddr>,
+    ) {
+        let mut addrs: Vec<Multiaddr> = announced
+            .iter()
+            .filter(|a| seen_at.is_some() && ip_of(a) == seen_at)
+            .cloned()
+            .collect();
+        // Addresses this node reached it on stay.
+        if let Some(old) = self.addrs.get(&peer) {
+            addrs.extend(
+                old.iter()
+                    .filter(|a| !addrs.contains(a))
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            );
+        }
+        self.store_addrs(peer, addrs);
+    }
+
+    fn store_addrs(&mut self, peer: PeerId, mut addrs: Vec<Multiaddr>) {
         addrs.sort_by_key(|a| !is_quic(a));
+        addrs.dedup();
+        addrs.truncate(MAX_ADDRS_PER_PEER);
         if self.addrs.len() < MAX_TRACKED || self.addrs.contains_key(&peer) {
             self.addrs.insert(peer, addrs);
+        }
+    }
+
+    /// This node reached `peer` on `addr`: an address to redial it on.
+    fn confirm_addr(&mut self, peer: PeerId, addr: &Multiaddr) {
+        let mut addrs = self.known_addrs(&peer);
+        if !addrs.contains(addr) {
+            addrs.insert(0, addr.clone());
+            self.store_addrs(peer, addrs);
         }
     }
 
@@ -136,6 +179,7 @@ impl Dialer {
         failed: &[Multiaddr],
         now: Instant,
     ) -> BreakerState {
+        self.confirm_addr(peer, addr);
         let breaker = self.record_quic_failures(peer, failed, now);
         if is_quic(addr) {
             breaker.record(true, now);
@@ -239,6 +283,27 @@ impl Dialer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_departed_peer_is_redialled_only_where_it_was_seen() {
+        let mut d = Dialer::new(Duration::from_secs(60), Duration::from_secs(60), true, true);
+        let peer = PeerId::random();
+        let announced: Vec<Multiaddr> = vec![
+            "/ip4/10.0.0.2/tcp/4001".parse().unwrap(),
+            "/ip4/192.0.2.50/tcp/22".parse().unwrap(),
+            "/dns4/victim.example/tcp/80".parse().unwrap(),
+        ];
+        d.remember_addrs(peer, &announced, Some("10.0.0.2".parse().unwrap()));
+        assert_eq!(d.known_addrs(&peer), announced[..1].to_vec());
+        // With no connection seen, nothing it claims is kept...
+        let other = PeerId::random();
+        d.remember_addrs(other, &announced, None);
+        assert!(d.known_addrs(&other).is_empty());
+        // ...but an address this node reached it on is.
+        let reached: Multiaddr = "/ip4/198.51.100.1/udp/4001/quic-v1".parse().unwrap();
+        d.dial_succeeded(other, &reached, &[], Instant::now());
+        assert_eq!(d.known_addrs(&other), vec![reached]);
+    }
 
     fn addrs() -> Vec<Multiaddr> {
         vec![

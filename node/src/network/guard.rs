@@ -271,6 +271,7 @@ impl Network {
                 })
                 .collect(),
             bans,
+            peer_manager: self.peer_manager_status(),
         }
     }
 
@@ -318,6 +319,7 @@ impl Network {
         };
         let ban = self.guard.ban(node, reason);
         tracing::warn!(%peer, reason = %ban.reason, until_ms = ban.until_ms, "banned a peer");
+        self.strike_addresses_of(&peer);
         self.swarm.behaviour_mut().blocked.block_peer(peer);
         self.forget_peer(&peer);
         self.membership_disconnected(&peer);

@@ -445,16 +445,21 @@ impl Network {
         }
         self.forget_peer(&peer);
         self.mark_unwanted(peer);
-        // Refused ids come back in order, so the least recently refused
-        // is also the first to expire.
-        let until = Instant::now() + REFUSED_COOL_OFF;
+        self.strike_addresses_of(&peer);
+        self.cool_off(peer, Instant::now() + REFUSED_COOL_OFF);
+        let _ = self.swarm.disconnect_peer_id(peer);
+    }
+
+    /// Refuses `peer`'s connections until `until` (in memory, bounded).
+    /// Cool-offs are issued in order with one of two lengths, so the least
+    /// recently issued is close to the first to expire.
+    pub(super) fn cool_off(&mut self, peer: PeerId, until: Instant) {
         if let Some((evicted, _)) = self.membership.cooling.push(peer, until) {
             if evicted != peer {
                 self.end_cool_off(evicted);
             }
         }
         self.swarm.behaviour_mut().blocked.block_peer(peer);
-        let _ = self.swarm.disconnect_peer_id(peer);
     }
 
     /// Drops a refused or banned peer from the routing table and the peer

@@ -13,6 +13,7 @@ mod guard;
 mod inbound;
 pub mod membership;
 pub mod model_io;
+pub mod peer_manager;
 mod peers;
 mod publish;
 pub mod router;
@@ -288,6 +289,7 @@ pub struct Network {
     metrics: crate::metrics::NetworkMetrics,
     membership: membership::Membership,
     guard: guard::Guard,
+    peer_manager: peer_manager::PeerManager,
 }
 
 impl Network {
@@ -320,6 +322,7 @@ impl Network {
         );
         let consensus = consensus_io::ConsensusIo::new(&settings.network, consensus_events);
         let guard = guard::Guard::new(&settings, store.bans()?);
+        let peer_manager = peer_manager::PeerManager::new(&settings);
         let mut network = Network {
             membership,
             guard,
@@ -350,6 +353,7 @@ impl Network {
             unwanted: HashSet::new(),
             discovery,
             last_prune: Instant::now(),
+            peer_manager,
         };
         for addr in network.settings.listen.clone() {
             let id = network
@@ -439,6 +443,7 @@ impl Network {
         self.maintain_consensus();
         self.expire_handshakes();
         self.expire_bans();
+        self.manage_peers(now);
         if self.table.is_empty() {
             if self.rejoin.is_due(now) {
                 self.rejoin_mesh();
@@ -616,10 +621,19 @@ impl Network {
             let _ = self.swarm.disconnect_peer_id(peer);
             return;
         }
-        let mut addrs = info.listen_addrs;
+        // Only addresses that make sense from where the peer was seen:
+        // none pointing a remote peer's audience at this host, a link, or
+        // a private network the peer is not on.
+        let seen_at = self.table.remote_ip(&peer);
+        let private = &self.settings.peers.private_networks;
+        let mut addrs: Vec<Multiaddr> = info
+            .listen_addrs
+            .into_iter()
+            .filter(|a| peer_manager::addrs::is_routable_from(a, seen_at, private))
+            .collect();
         addrs.sort_by_key(|a| !is_quic(a));
         addrs.truncate(16);
-        self.dialer.remember_addrs(peer, addrs.clone());
+        self.dialer.remember_addrs(peer, &addrs, seen_at);
         if self
             .table
             .identified(&peer, info.agent_version, addrs.clone())
@@ -727,7 +741,11 @@ impl Network {
                 let (subscription, is_new) = self.router.subscribe(pattern);
                 if is_new {
                     let topic = topic_for(&self.settings.network, subscription.pattern.family());
-                    if let Err(e) = self.swarm.behaviour_mut().gossipsub.subscribe(&topic) {
+                    let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
+                    // Standard families are scored from the start; others
+                    // from when this node joins them.
+                    let _ = gossipsub.set_topic_params(topic.clone(), behaviour::topic_scoring());
+                    if let Err(e) = gossipsub.subscribe(&topic) {
                         tracing::warn!(%topic, error = %e, "cannot join topic");
                     }
                 }
@@ -752,12 +770,14 @@ impl Network {
         }
     }
 
+    /// Members subscribed to `topic`: a peer still proving membership gets
+    /// nothing, so it is not counted as a receiver.
     fn remote_subscribers(&self, topic: &gossipsub::TopicHash) -> usize {
         self.swarm
             .behaviour()
             .gossipsub
             .all_peers()
-            .filter(|(_, topics)| topics.contains(&topic))
+            .filter(|(peer, topics)| topics.contains(&topic) && self.membership.is_admitted(peer))
             .count()
     }
 

@@ -59,6 +59,8 @@ struct PeerEntry {
     rtt: RollingRtt,
     ping_failures: u32,
     rejected_messages: u64,
+    /// This node dialled one of its connections (it chose this peer).
+    dialled: bool,
 }
 
 /// Connections to one peer set up closer together than this are taken for
@@ -97,20 +99,20 @@ impl PeerTable {
             outbound: endpoint.is_dialer(),
             since: Instant::now(),
         };
-        self.peers
-            .entry(peer)
-            .or_default()
-            .connections
-            .push((id, conn));
+        let entry = self.peers.entry(peer).or_default();
+        entry.dialled |= conn.outbound;
+        entry.connections.push((id, conn));
     }
 
-    pub fn closed(&mut self, peer: &PeerId, id: ConnectionId) {
-        if let Some(entry) = self.peers.get_mut(peer) {
-            entry.connections.retain(|(c, _)| *c != id);
-            if entry.connections.is_empty() {
-                self.peers.remove(peer);
-            }
+    /// Records a closed connection. When it was the peer's last, returns
+    /// whether this node had dialled the peer (on any of its connections).
+    pub fn closed(&mut self, peer: &PeerId, id: ConnectionId) -> Option<bool> {
+        let entry = self.peers.get_mut(peer)?;
+        entry.connections.retain(|(c, _)| *c != id);
+        if entry.connections.is_empty() {
+            return self.peers.remove(peer).map(|e| e.dialled);
         }
+        None
     }
 
     /// Records what a peer announced; true if it announced another run
@@ -172,6 +174,26 @@ impl PeerTable {
     }
 
     /// Open connections to `peer`.
+    /// Peers connected only inbound (none of their connections was dialled
+    /// by this node), with when their oldest connection was set up.
+    pub fn inbound_only(&self) -> Vec<(PeerId, Instant)> {
+        self.peers
+            .iter()
+            .filter(|(_, e)| e.connections.iter().all(|(_, c)| !c.outbound))
+            .filter_map(|(peer, e)| {
+                let since = e.connections.iter().map(|(_, c)| c.since).min()?;
+                Some((*peer, since))
+            })
+            .collect()
+    }
+
+    /// The IP address `peer`'s oldest connection comes from.
+    pub fn remote_ip(&self, peer: &PeerId) -> Option<std::net::IpAddr> {
+        let entry = self.peers.get(peer)?;
+        let (_, conn) = entry.connections.iter().min_by_key(|(_, c)| c.since)?;
+        super::peer_manager::addrs::ip_of(&conn.remote_addr)
+    }
+
     pub fn connections(&self, peer: &PeerId) -> usize {
         self.peers.get(peer).map_or(0, |e| e.connections.len())
     }

@@ -53,6 +53,21 @@ pub struct SecurityStatus {
     /// Offences by kind: malformed, bad_signature, unauthorised, over_rate.
     pub offences: std::collections::BTreeMap<String, u64>,
     pub bans: Vec<BanInfo>,
+    /// The peer manager: connections by direction, peers pruned, addresses
+    /// banned, and connections refused by reason (ip_banned, inbound_full,
+    /// full, per_ip, per_subnet).
+    #[serde(default)]
+    pub peer_manager: PeerManagerStatus,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PeerManagerStatus {
+    pub inbound: usize,
+    pub outbound: usize,
+    pub pruned: u64,
+    pub ip_bans: usize,
+    pub ip_bans_issued: u64,
+    pub refused_connections: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
