@@ -140,7 +140,9 @@ enum BenchCommand {
         #[arg(long, default_value_t = 20_000)]
         replicated: usize,
     },
-    /// Gossip latency at light load, sustained throughput, peak RSS.
+    /// Gossip latency at light load, sustained throughput, peak RSS; the same
+    /// workload on a 3-node NATS cluster beside it (skipped, saying so, where
+    /// nats-server is not installed).
     Gossip {
         #[arg(long, default_value_t = 7)]
         nodes: usize,
@@ -486,9 +488,12 @@ async fn run(cli: Cli) -> Result<()> {
             }
             BenchCommand::Gossip { nodes, load } => {
                 let (_tmp, options) = bench_testnet(nodes, &bin)?;
-                let result = bench::gossip(&load.spec(nodes), options)
+                let spec = load.spec(nodes);
+                let result = bench::gossip(&spec, options)
                     .await
                     .context("gossip benchmark")?;
+                let result =
+                    agentmesh_testnet::nats_bench::with_nats_comparison(&spec, result).await;
                 println!("{result}");
                 Ok(())
             }

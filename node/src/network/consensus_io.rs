@@ -219,9 +219,9 @@ impl Network {
         &mut self,
         source: PeerId,
         id: gossipsub::MessageId,
-        data: &[u8],
+        decoded: Result<Vertex, VertexError>,
     ) {
-        let verdict = self.admit_vertex(Vertex::decode(data));
+        let verdict = self.admit_vertex(decoded);
         self.report_validation(&id, &source, verdict.is_ok());
         let Some(from) = self.consensus.node_of(&source) else {
             return;

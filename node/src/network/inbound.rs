@@ -1,9 +1,10 @@
 //! Validation of gossip frames from peers, before gossipsub may forward them.
 
 use super::guard::Offence;
+use super::validation::{Checked, Job};
 use super::{now_ms, Network};
 use crate::network::router::Delivery;
-use agentmesh_protocol::{decode_frame, Envelope, FrameError};
+use agentmesh_protocol::Envelope;
 use libp2p::{gossipsub, PeerId};
 use std::sync::Arc;
 
@@ -32,7 +33,7 @@ pub fn fresh(stamp_ms: u64, now_ms: u64) -> bool {
 }
 
 impl Refusal {
-    fn new(offence: Option<Offence>, reason: impl Into<String>) -> Refusal {
+    pub(super) fn new(offence: Option<Offence>, reason: impl Into<String>) -> Refusal {
         Refusal {
             reason: reason.into(),
             offence,
@@ -68,63 +69,50 @@ impl Network {
             }
             return;
         }
-        if self.is_consensus_topic(&message.topic) {
-            self.on_vertex_gossip(source, id, &message.data);
+        let job = if self.is_consensus_topic(&message.topic) {
+            Job::Vertex {
+                source,
+                id,
+                data: message.data,
+            }
         } else {
-            self.on_gossip_message(source, id, message);
+            Job::Frame {
+                source,
+                id,
+                family: self.family_of_topic(&message.topic),
+                message,
+                max_message_bytes: self.settings.max_message_bytes,
+            }
+        };
+        if let Err((source, id)) = self.validation.submit(job) {
+            // Overloaded: shed, without charging anyone.
+            self.totals.shed += 1;
+            self.report(&id, &source, gossipsub::MessageAcceptance::Ignore);
         }
     }
 
-    /// A frame is accepted only if it decodes within the limits, its
-    /// author's signature verifies, every envelope is the author's, every
-    /// channel belongs to the topic's family, the author is a member allowed
-    /// to publish on every channel, not banned, and within its rate.
-    fn check_frame(&mut self, message: &gossipsub::Message) -> Result<Vec<Envelope>, Refusal> {
-        let family = self.family_of_topic(&message.topic).ok_or_else(|| {
-            Refusal::new(
-                Some(Offence::Malformed),
-                "topic is not an agentmesh channel",
-            )
-        })?;
-        let (payload, certificate) = decode_frame(&message.data, self.settings.max_message_bytes)
-            .map_err(|e| {
-            let offence = match e {
-                FrameError::BadSignature => Offence::BadSignature,
-                _ => Offence::Malformed,
-            };
-            Refusal::new(Some(offence), e.to_string())
-        })?;
-        if let Some(envelope) = payload
-            .envelopes
-            .iter()
-            .find(|e| e.channel.family() != family)
-        {
-            return Err(Refusal::new(
-                Some(Offence::Malformed),
-                format!(
-                    "channel {} does not belong to topic family {family}",
-                    envelope.channel
-                ),
-            ));
+    /// A message back from the validation pool.
+    pub(super) fn on_checked(&mut self, checked: Checked) {
+        match checked {
+            Checked::Frame {
+                source,
+                id,
+                message,
+                result,
+            } => self.on_gossip_message(source, id, message, result),
+            Checked::Vertex { source, id, result } => self.on_vertex_gossip(source, id, result),
         }
-        // Stale or early: the relay may be honest (a replay is the
-        // author's frame, signed), so nobody is charged.
-        let now = now_ms();
-        if let Some(envelope) = payload
-            .envelopes
-            .iter()
-            .find(|e| !fresh(e.timestamp_ms, now))
-        {
-            return Err(Refusal::new(
-                None,
-                format!(
-                    "frame of {} stamped {} ms, {} ms from now: outside the freshness window",
-                    payload.author,
-                    envelope.timestamp_ms,
-                    envelope.timestamp_ms as i128 - now as i128
-                ),
-            ));
-        }
+    }
+
+    /// The stateful checks of a frame that decoded, verified and is fresh
+    /// (see [`super::validation::check_frame`]): its author is not banned,
+    /// is a member allowed to publish on every channel, and is within its
+    /// rate.
+    fn admit_frame(
+        &mut self,
+        checked: Result<super::validation::CheckedFrame, Refusal>,
+    ) -> Result<Vec<Envelope>, Refusal> {
+        let (payload, certificate) = checked?;
         if self.guard.is_banned(&payload.author) {
             return Err(Refusal::new(
                 None,
@@ -196,13 +184,14 @@ impl Network {
         self.report(id, source, acceptance);
     }
 
-    pub(super) fn on_gossip_message(
+    fn on_gossip_message(
         &mut self,
         source: PeerId,
         id: gossipsub::MessageId,
         message: gossipsub::Message,
+        checked: Result<super::validation::CheckedFrame, Refusal>,
     ) {
-        let verdict = self.check_frame(&message);
+        let verdict = self.admit_frame(checked);
         // A refusal that charges nobody is not the relay's fault: ignored
         // (not forwarded), not rejected.
         let acceptance = match &verdict {

@@ -18,6 +18,7 @@ mod peers;
 mod publish;
 pub mod router;
 pub mod sync_io;
+mod validation;
 
 use crate::config::{is_quic, Settings};
 use crate::identity::node_id_of;
@@ -290,6 +291,7 @@ pub struct Network {
     membership: membership::Membership,
     guard: guard::Guard,
     peer_manager: peer_manager::PeerManager,
+    validation: validation::ValidationPool,
 }
 
 impl Network {
@@ -354,6 +356,7 @@ impl Network {
             discovery,
             last_prune: Instant::now(),
             peer_manager,
+            validation: validation::ValidationPool::start(),
         };
         for addr in network.settings.listen.clone() {
             let id = network
@@ -417,6 +420,7 @@ impl Network {
         loop {
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                Some(checked) = self.validation.results.recv() => self.on_checked(checked),
                 command = self.commands.recv() => match command {
                     Some(command) => {
                         if self.on_commands(command).is_break() {

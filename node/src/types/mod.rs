@@ -86,6 +86,10 @@ pub struct MessageCounters {
     pub rejected: u64,
     /// Deliveries to local subscribers (one per subscriber family stream).
     pub delivered_locally: u64,
+    /// Messages from peers dropped unchecked because validation was
+    /// overloaded (not forwarded, nobody charged).
+    #[serde(default)]
+    pub shed: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
