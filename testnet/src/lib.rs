@@ -15,6 +15,7 @@ pub mod mesh;
 pub mod model_bench;
 pub mod nats_bench;
 pub mod partition;
+pub mod pending_bench;
 pub mod patterns;
 pub mod process;
 pub mod rogue;

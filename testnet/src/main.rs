@@ -186,6 +186,14 @@ enum BenchCommand {
         #[arg(long, default_value_t = 60)]
         attack_secs: u64,
     },
+    /// Memory of a node while strangers without a certificate stay pending
+    /// and send maximal messages (authority mode).
+    Pending {
+        #[arg(long, default_value_t = 256)]
+        strangers: usize,
+        #[arg(long, default_value_t = 20)]
+        secs: u64,
+    },
     /// The cost of membership: gossip latency and throughput without and
     /// with an authority (ratio), and the membership handshake time.
     Membership {
@@ -550,6 +558,15 @@ async fn run(cli: Cli) -> Result<()> {
                 let result = agentmesh_testnet::sybil_bench::sybil_attack(options, &o)
                     .await
                     .context("sybil benchmark")?;
+                println!("{result}");
+                Ok(())
+            }
+            BenchCommand::Pending { strangers, secs } => {
+                let (_dir, options) = bench_testnet(1, &bin)?;
+                let result =
+                    agentmesh_testnet::pending_bench::pending_strangers(options, strangers, secs)
+                        .await
+                        .context("pending benchmark")?;
                 println!("{result}");
                 Ok(())
             }
