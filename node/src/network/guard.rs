@@ -20,6 +20,11 @@ use std::time::{Duration, Instant};
 
 /// Points a score recovers per second, back up to zero.
 const RECOVERY_PER_SEC: f64 = 1.0;
+/// Most bans kept (in memory and on disk). Past it, a new ban evicts the
+/// one closest to expiring, so throwaway identities cannot grow the ban
+/// store without bound; the peer manager's address bans catch what a flood
+/// of fresh identities from one place would otherwise get past.
+pub const MAX_BANS: usize = 10_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Offence {
@@ -84,6 +89,7 @@ pub struct Guard {
     pub offences: HashMap<Offence, u64>,
     pub bans_issued: u64,
     last_cleanup: Instant,
+    max_bans: usize,
 }
 
 fn quota(rate: NonZeroU32) -> Quota {
@@ -115,6 +121,7 @@ impl Guard {
             offences: HashMap::new(),
             bans_issued: 0,
             last_cleanup: Instant::now(),
+            max_bans: MAX_BANS,
         }
     }
 
@@ -166,10 +173,27 @@ impl Guard {
     }
 
     /// Records a ban (on disk first, so a crash right after keeps it).
-    fn ban(&mut self, node: NodeId, reason: String) -> Ban {
+    /// Returns it, and the ban evicted to make room (if any).
+    fn ban(&mut self, node: NodeId, reason: String) -> (Ban, Option<NodeId>) {
         let ban = Ban {
             until_ms: now_ms().saturating_add(self.ban_duration.as_millis() as u64),
             reason,
+        };
+        let evicted = if self.bans.len() >= self.max_bans && !self.bans.contains_key(&node) {
+            let soonest = self
+                .bans
+                .iter()
+                .min_by_key(|(_, b)| b.until_ms)
+                .map(|(n, _)| *n);
+            if let Some(old) = soonest {
+                self.bans.remove(&old);
+                if let Err(e) = self.ban_list.remove(&old) {
+                    tracing::warn!(node = %old, error = %e, "cannot remove an evicted ban");
+                }
+            }
+            soonest
+        } else {
+            None
         };
         if let Err(e) = self.ban_list.put(&node, &ban) {
             tracing::warn!(%node, error = %e, "cannot store a ban; it lasts until restart");
@@ -177,7 +201,7 @@ impl Guard {
         self.scores.remove(&node);
         self.bans.insert(node, ban.clone());
         self.bans_issued += 1;
-        ban
+        (ban, evicted)
     }
 
     /// Lifts bans that ran out; returns who was forgiven. Also forgets
@@ -317,8 +341,13 @@ impl Network {
         let Some(node) = node_id_of(&peer) else {
             return;
         };
-        let ban = self.guard.ban(node, reason);
+        let (ban, evicted) = self.guard.ban(node, reason);
         tracing::warn!(%peer, reason = %ban.reason, until_ms = ban.until_ms, "banned a peer");
+        if let Some(old) = evicted.and_then(|n| peer_id_of(&n).ok()) {
+            if !self.membership.is_cooling(&old) {
+                self.swarm.behaviour_mut().blocked.unblock_peer(old);
+            }
+        }
         self.strike_addresses_of(&peer);
         self.swarm.behaviour_mut().blocked.block_peer(peer);
         self.forget_peer(&peer);
@@ -385,12 +414,35 @@ mod tests {
     }
 
     #[test]
+    fn the_ban_store_is_bounded_and_evicts_the_soonest_to_expire() {
+        let (mut g, _dir) = guard(10);
+        g.max_bans = 50;
+        for i in 0..50u32 {
+            let mut id = [0u8; 32];
+            id[..4].copy_from_slice(&i.to_le_bytes());
+            let _ = g.ban(NodeId(id), "sybil".into());
+        }
+        let first = {
+            let mut id = [0u8; 32];
+            id[..4].copy_from_slice(&0u32.to_le_bytes());
+            NodeId(id)
+        };
+        // Make the first ban the soonest to expire, whatever the clock did.
+        g.bans.get_mut(&first).unwrap().until_ms = 1;
+        let (_, evicted) = g.ban(NodeId([0xff; 32]), "one more".into());
+        assert_eq!(evicted, Some(first));
+        assert_eq!(g.bans.len(), 50);
+        let (on_disk, _) = g.ban_list.active(0).unwrap();
+        assert_eq!(on_disk.len(), 50);
+    }
+
+    #[test]
     fn bans_are_reloaded_by_a_new_guard() {
         let dir = tempfile::tempdir().unwrap();
         let a = NodeId([1; 32]);
         // (Reopening the database itself is the store's own test.)
         let store = agentmesh_store::Store::open(dir.path()).unwrap();
-        Guard::new(&settings(10), store.bans().unwrap()).ban(a, "flooding".into());
+        let _ = Guard::new(&settings(10), store.bans().unwrap()).ban(a, "flooding".into());
         let g = Guard::new(&settings(10), store.bans().unwrap());
         assert!(g.is_banned(&a));
     }
