@@ -126,6 +126,12 @@ pub struct Config {
     /// Membership: a connected peer that has not proved its membership
     /// within this many milliseconds is disconnected.
     pub membership_timeout_ms: u64,
+    /// Membership: most peers proving membership at once. Each may send
+    /// gossip-sized messages meanwhile, so this bounds what strangers cost.
+    /// When full, a newcomer displaces the peer that has waited longest if
+    /// that one has waited over a second (an honest handshake takes
+    /// milliseconds); otherwise the newcomer is turned away.
+    pub max_pending_handshakes: usize,
     /// Limits: channel messages per second accepted from one author (bursts
     /// of twice this pass); more are dropped and count against the author.
     pub peer_message_rate: u32,
@@ -214,6 +220,7 @@ impl Default for Config {
             authority: None,
             certificate: None,
             membership_timeout_ms: 10_000,
+            max_pending_handshakes: 32,
             peer_message_rate: 50_000,
             peer_request_rate: 5_000,
             ban_threshold: 100,
@@ -347,6 +354,7 @@ pub struct Settings {
     /// The authority's key and this node's certificate; `None` = open mode.
     pub membership: Option<MembershipSettings>,
     pub membership_timeout: Duration,
+    pub max_pending_handshakes: usize,
     pub peer_message_rate: NonZeroU32,
     pub peer_request_rate: NonZeroU32,
     pub ban_threshold: NonZeroU32,
@@ -738,6 +746,10 @@ impl Settings {
                 "membership_timeout_ms",
                 c.membership_timeout_ms,
             )?),
+            max_pending_handshakes: positive(
+                "max_pending_handshakes",
+                c.max_pending_handshakes as u64,
+            )? as usize,
             peer_message_rate: non_zero("peer_message_rate", c.peer_message_rate)?,
             peer_request_rate: non_zero("peer_request_rate", c.peer_request_rate)?,
             ban_threshold: non_zero("ban_threshold", c.ban_threshold)?,
@@ -818,6 +830,7 @@ mod tests {
             (|c| c.model_feature_dim = 1000, "model_feature_dim"),
             (|c| c.model_save_outcomes = 0, "model_save_outcomes"),
             (|c| c.max_peers_per_ip = 0, "max_peers_per_ip"),
+            (|c| c.max_pending_handshakes = 0, "max_pending_handshakes"),
             (|c| c.max_peers_per_subnet = 2, "max_peers_per_subnet"),
             (
                 |c| c.reserved_outbound_peers = 80,

@@ -193,6 +193,9 @@ enum BenchCommand {
         strangers: usize,
         #[arg(long, default_value_t = 20)]
         secs: u64,
+        /// The node's max_pending_handshakes (default: the node's default).
+        #[arg(long)]
+        max_pending_handshakes: Option<usize>,
     },
     /// The cost of membership: gossip latency and throughput without and
     /// with an authority (ratio), and the membership handshake time.
@@ -561,12 +564,20 @@ async fn run(cli: Cli) -> Result<()> {
                 println!("{result}");
                 Ok(())
             }
-            BenchCommand::Pending { strangers, secs } => {
+            BenchCommand::Pending {
+                strangers,
+                secs,
+                max_pending_handshakes,
+            } => {
                 let (_dir, options) = bench_testnet(1, &bin)?;
-                let result =
-                    agentmesh_testnet::pending_bench::pending_strangers(options, strangers, secs)
-                        .await
-                        .context("pending benchmark")?;
+                let result = agentmesh_testnet::pending_bench::pending_strangers(
+                    options,
+                    strangers,
+                    secs,
+                    max_pending_handshakes,
+                )
+                .await
+                .context("pending benchmark")?;
                 println!("{result}");
                 Ok(())
             }

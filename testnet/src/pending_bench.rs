@@ -31,8 +31,16 @@ fn rss_mb(pid: u32) -> Option<f64> {
 async fn stranger(target: String, network: String, stop: Arc<AtomicBool>) -> Result<()> {
     let mut rogue = RoguePeer::new(&network)?;
     rogue.stall_handshake = true;
-    rogue.connect_consensus(&target).await?;
     rogue.subscribe("coordination")?;
+    // Connections being set up at once are limited: try until one is in.
+    // Connections being set up at once, and handshakes under way, are
+    // limited: try until this one is in (or the run ends).
+    while let Err(e) = rogue.connect_consensus(&target).await {
+        if stop.load(Ordering::Relaxed) {
+            return Err(e);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let vertex = vec![0x5a; agentmesh_protocol::vertex::MAX_VERTEX_BYTES - 64];
     let channel = vec![0xa5; agentmesh_node::config::Config::default().max_message_bytes];
     let mut n = 0u32;
@@ -50,27 +58,32 @@ async fn stranger(target: String, network: String, stop: Arc<AtomicBool>) -> Res
     Ok(())
 }
 
+/// `max_pending_handshakes`: the node's setting (None: its default).
 pub async fn pending_strangers(
     mut options: TestnetOptions,
     strangers: usize,
     secs: u64,
+    max_pending_handshakes: Option<usize>,
 ) -> Result<serde_json::Value> {
     let authority = Authority::create(&options.bin, &options.root.join("ca"))?;
     options.nodes = 1;
     let peer = peer_id_of_dir(&options.bin, &options.spec(0).data_dir)?;
     let cert = authority.issue(&peer, "all", "1h", &options.root.join("node-0.cert"))?;
     let mut args = authority.member_args(&cert);
-    // Room for every stranger at once, and a handshake deadline longer
-    // than the run: the worst case, all of them pending together.
+    // Room for every stranger to connect, and a handshake deadline longer
+    // than the run; how many may be pending at once is the setting under
+    // test (all of them: the worst case).
     let config = options.root.join("pending.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "target_peers = {}\nmembership_timeout_ms = {}\n",
-            strangers + 16,
-            (secs + 30) * 1000
-        ),
-    )?;
+    let mut toml = format!(
+        "target_peers = {}\nmax_connections = {}\nmembership_timeout_ms = {}\n",
+        strangers + 16,
+        2 * strangers + 64,
+        (secs + 30) * 1000
+    );
+    if let Some(n) = max_pending_handshakes {
+        toml.push_str(&format!("max_pending_handshakes = {n}\n"));
+    }
+    std::fs::write(&config, toml)?;
     args.extend(["--config".to_string(), config.display().to_string()]);
     options.node_args.push(args);
     let net = Testnet::start(options).await?;
@@ -118,6 +131,7 @@ pub async fn pending_strangers(
     let report = json!({
         "bench": "pending",
         "strangers": strangers,
+        "max_pending_handshakes": max_pending_handshakes.map_or_else(|| json!("default"), |n| json!(n)),
         "strangers_connected": connected,
         "secs": secs,
         "baseline_rss_mb": baseline,

@@ -261,6 +261,9 @@ impl RoguePeer {
                 SwarmEvent::OutgoingConnectionError { error, .. } => {
                     bail!("rogue peer cannot connect: {error}")
                 }
+                SwarmEvent::ConnectionClosed {
+                    num_established: 0, ..
+                } => bail!("rogue peer: the target closed the connection"),
                 _ => {}
             }
         }

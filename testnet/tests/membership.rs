@@ -37,6 +37,11 @@ struct Members {
 /// A testnet whose node i holds a certificate with `scopes[i]`, issued
 /// through the CLI.
 async fn members(scopes: &[&str]) -> Members {
+    members_with(scopes, &[]).await
+}
+
+/// Like [`members`], node 0 also given `node0_args`.
+async fn members_with(scopes: &[&str], node0_args: &[String]) -> Members {
     let dir = tempfile::tempdir().unwrap();
     let bin = binary::build_for_tests().unwrap();
     let authority = Authority::create(&bin, &dir.path().join("ca")).unwrap();
@@ -47,6 +52,7 @@ async fn members(scopes: &[&str]) -> Members {
         let cert = authority.issue(&peer, scopes, "1h", &out).unwrap();
         opts.node_args.push(authority.member_args(&cert));
     }
+    opts.node_args[0].extend(node0_args.iter().cloned());
     let net = Testnet::start(opts).await.unwrap();
     Members {
         net,
@@ -518,4 +524,93 @@ async fn stale_and_early_frames_are_dropped_without_charging_the_relay() {
     );
     let s = security(&client0).await;
     assert_eq!(s.banned_peers, 0, "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalling_strangers_hold_at_most_the_handshake_places_and_members_still_join() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node0.toml");
+    std::fs::write(&config, "max_pending_handshakes = 4\n").unwrap();
+    let m = members_with(
+        &["all", "all"],
+        &["--config".into(), config.display().to_string()],
+    )
+    .await;
+    let net = &m.net;
+    net.wait_full_mesh(MESH_TIMEOUT).await.unwrap();
+    let target: libp2p::Multiaddr = net.nodes[0].tcp_addr().unwrap().parse().unwrap();
+    let client0 = net.nodes[0].client.clone();
+    let _chat = Collector::subscribe(net, &[0], "chat:*").await.unwrap();
+
+    // Twelve strangers that never finish the handshake keep dialling.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut strangers = Vec::new();
+    for _ in 0..12 {
+        let mut rogue = RoguePeer::new(&net.options.network).unwrap();
+        rogue.stall_handshake = true;
+        let (target, stop) = (target.clone(), stop.clone());
+        strangers.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = rogue.dial(&target);
+                rogue.pump(Duration::from_millis(300)).await;
+            }
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(6);
+    let mut most = 0;
+    while Instant::now() < deadline {
+        let s = security(&client0).await;
+        most = most.max(s.pending_handshakes);
+        assert!(
+            s.pending_handshakes <= 4,
+            "{} handshakes under way",
+            s.pending_handshakes
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        most, 4,
+        "the strangers should have filled the handshake places"
+    );
+    let s = security(&client0).await;
+    assert!(
+        s.handshakes_turned_away + s.refused_peers > 0,
+        "nobody was turned away or refused: {s:?}"
+    );
+
+    // A member still gets in: it displaces a stranger that has waited
+    // longer than any honest handshake takes.
+    let mut member = RoguePeer::new(&net.options.network).unwrap();
+    let holder = node_id_of(&member.peer_id).unwrap();
+    let cert = m
+        .authority
+        .issue_at(holder, "all", now_ms(), now_ms() + 3_600_000)
+        .unwrap();
+    member.certificate = Some(cert);
+    // Turned away while every stranger's wait is still short, it retries,
+    // as a node redials its bootstrap peers.
+    let deadline = Instant::now() + TIMEOUT;
+    while let Err(e) = member.connect(&target.to_string(), "chat").await {
+        assert!(
+            Instant::now() < deadline,
+            "the member never got in: {e}; {:?}",
+            security(&client0).await
+        );
+    }
+    let deadline = Instant::now() + TIMEOUT;
+    while member.gossip_received == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the member was not admitted while strangers stalled"
+        );
+        let _ = net.nodes[1]
+            .client
+            .publish("chat:general", "text/plain", b"to members".to_vec())
+            .await;
+        member.pump(Duration::from_millis(200)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for s in strangers {
+        s.await.unwrap();
+    }
 }

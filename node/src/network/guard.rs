@@ -280,6 +280,7 @@ impl Network {
             certificate_expires_ms: own.as_ref().map(|v| v.certificate.expires_ms),
             refused_peers: self.membership.refused,
             pending_handshakes: self.membership.pending_count(),
+            handshakes_turned_away: self.membership.turned_away,
             held_messages: self.membership.held_count(),
             held_bytes: self.membership.held_bytes(),
             last_handshake_ms: self.membership.last_handshake_ms,

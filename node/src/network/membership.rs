@@ -37,6 +37,9 @@ const HELD_BYTES_TOTAL: usize = 16 << 20;
 /// A refused peer's connections are denied this long (it may come back
 /// with a certificate after that), in memory only...
 const REFUSED_COOL_OFF: Duration = Duration::from_secs(60);
+/// Longer than any honest membership handshake takes (a request and its
+/// answer on a fresh connection: milliseconds).
+const HONEST_HANDSHAKE_BOUND: Duration = Duration::from_secs(1);
 /// ...for at most this many peers at once (the oldest are let go first:
 /// a Sybil's throwaway ids cost it a handshake each, never this node
 /// unbounded memory).
@@ -84,6 +87,8 @@ pub struct Membership {
     cooling: LruCache<PeerId, Instant>,
     timeout: Duration,
     pub refused: u64,
+    /// Newcomers turned away because every handshake place was taken.
+    pub turned_away: u64,
     /// Milliseconds from connection to admission, for the benchmark and
     /// `/metrics`.
     pub last_handshake_ms: Option<f64>,
@@ -104,6 +109,7 @@ impl Membership {
             cooling: LruCache::new(MAX_COOLING),
             timeout: settings.membership_timeout,
             refused: 0,
+            turned_away: 0,
             last_handshake_ms: None,
         };
         let Some(m) = &settings.membership else {
@@ -266,6 +272,14 @@ impl Membership {
         }
     }
 
+    /// The pending peer that has waited longest, and since when.
+    fn longest_waiting(&self) -> Option<(PeerId, Instant)> {
+        self.pending
+            .iter()
+            .min_by_key(|(_, p)| p.since)
+            .map(|(peer, p)| (*peer, p.since))
+    }
+
     pub fn pending_count(&self) -> usize {
         self.pending.len()
     }
@@ -334,6 +348,17 @@ impl Membership {
 impl Network {
     /// A peer's connection is up: start the handshake if one is needed.
     pub(super) fn membership_connected(&mut self, peer: PeerId) {
+        if !self.membership.is_open()
+            && !self.membership.is_pending(&peer)
+            && !self.membership.is_admitted(&peer)
+            && self.membership.pending_count() >= self.settings.max_pending_handshakes
+            && !self.make_room_for_a_handshake()
+        {
+            tracing::debug!(%peer, "too many handshakes under way; turning a newcomer away");
+            self.membership.turned_away += 1;
+            let _ = self.swarm.disconnect_peer_id(peer);
+            return;
+        }
         if self.membership.connected(peer) {
             // Until it proves membership, gossipsub sends it nothing: below
             // the publish and gossip thresholds it gets no published,
@@ -349,6 +374,22 @@ impl Network {
                 .behaviour_mut()
                 .membership
                 .send_request(&peer, hello);
+        }
+    }
+
+    /// With every handshake place taken: refuses the peer that has waited
+    /// longest, if it has waited longer than any honest handshake takes.
+    /// Returns whether a place was freed.
+    fn make_room_for_a_handshake(&mut self) -> bool {
+        match self.membership.longest_waiting() {
+            Some((peer, since)) if since.elapsed() > HONEST_HANDSHAKE_BOUND => {
+                self.refuse_member(
+                    peer,
+                    "too many handshakes under way and this one waited longest",
+                );
+                true
+            }
+            _ => false,
         }
     }
 
@@ -549,6 +590,7 @@ mod tests {
             cooling: LruCache::new(MAX_COOLING),
             timeout: Duration::from_secs(10),
             refused: 0,
+            turned_away: 0,
             last_handshake_ms: None,
         }
     }

@@ -41,6 +41,10 @@ pub struct SecurityStatus {
     /// Peers connected but not yet through the handshake, and the gossip
     /// messages held from them meanwhile.
     pub pending_handshakes: usize,
+    /// Newcomers turned away because `max_pending_handshakes` peers were
+    /// proving membership already.
+    #[serde(default)]
+    pub handshakes_turned_away: u64,
     pub held_messages: usize,
     /// Bytes of those held messages (bounded per peer and in total).
     #[serde(default)]
