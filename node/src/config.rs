@@ -411,13 +411,31 @@ fn peer_limits(c: &Config) -> Result<PeerLimits, ConfigError> {
             format!("must be at least max_peers_per_ip ({})", c.max_peers_per_ip),
         ));
     }
-    if c.reserved_outbound_peers >= c.target_peers + c.peer_excess {
+    let max_peers = c
+        .target_peers
+        .checked_add(c.peer_excess)
+        .filter(|n| *n <= 100_000)
+        .ok_or_else(|| {
+            invalid(
+                "peer_excess",
+                "target_peers + peer_excess must be at most 100000",
+            )
+        })?;
+    if c.reserved_outbound_peers >= max_peers {
         return Err(invalid(
             "reserved_outbound_peers",
             format!(
-                "must be less than target_peers + peer_excess ({}), or no peer could ever connect to this node",
-                c.target_peers + c.peer_excess
+                "must be less than target_peers + peer_excess ({max_peers}), or no peer could ever connect to this node"
             ),
+        ));
+    }
+    // The connection limit counts a peer's duplicate connections too: it
+    // must leave room for every peer slot, or it (not the peer manager)
+    // would decide who gets in, reserved outbound slots included.
+    if (c.max_connections as usize) < max_peers {
+        return Err(invalid(
+            "max_connections",
+            format!("must be at least target_peers + peer_excess ({max_peers})"),
         ));
     }
     Ok(PeerLimits {

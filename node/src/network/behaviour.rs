@@ -57,8 +57,11 @@ pub type Gossipsub = gossipsub::Behaviour<
 >;
 
 /// Most topics one peer may be subscribed to (channel families and the
-/// vertex topic); subscriptions beyond are ignored.
-pub const MAX_TOPICS_PER_PEER: usize = 256;
+/// vertex topic). gossipsub drops a whole subscription message that would
+/// take a peer past it, so it is far above what a node joins: its own
+/// families are those its event streams (at most 64, see the API) and its
+/// services subscribe to.
+pub const MAX_TOPICS_PER_PEER: usize = 1024;
 
 /// Accepts subscriptions to this network's topics only: a peer's
 /// subscriptions to anything else are never recorded (no memory, no mesh).
@@ -113,34 +116,23 @@ pub fn topic_scoring() -> gossipsub::TopicScoreParams {
     }
 }
 
-/// Peers per address beyond which gossipsub lowers their scores (the
-/// surplus, squared). Above the default per-IP connection limit's half, so
-/// a few members behind one NAT are not penalised.
-const IP_COLOCATION_THRESHOLD: f64 = 6.0;
-
-/// gossipsub peer scoring: fencing (the application score), topic scores
-/// (see [`topic_scoring`]) and IP colocation. Behaviour penalties start
-/// only past a few broken promises and slow-peer penalties are off, so an
-/// honest peer under load keeps a score of at least 0. Single addresses
-/// in the exempt networks (loopback: a local testnet) are not counted for
-/// colocation. Scores of peers that left are kept a minute (not
-/// gossipsub's hour): a stranger's throwaway ids cost little memory.
+/// gossipsub peer scoring: fencing (the application score) and topic
+/// scores (see [`topic_scoring`]). Behaviour penalties start only past a
+/// few broken promises and slow-peer penalties are off, so an honest peer
+/// under load keeps a score of at least 0.
+///
+/// IP colocation is off. gossipsub counts every peer of an address,
+/// pending strangers included, and keeps counting those that left with a
+/// score of 0 or less for `retain_score`: an attacker behind the members'
+/// NAT could cycle throwaway ids through it and push the members out of
+/// the mesh. Per-address limits are the peer manager's job (its gate counts
+/// live connections only, and strikes count distinct identities).
+///
+/// Scores of peers that left are kept a minute (not gossipsub's hour): a
+/// stranger's throwaway ids cost little memory.
 fn peer_scoring(
     settings: &Settings,
 ) -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThresholds) {
-    let mut whitelist: std::collections::HashSet<std::net::IpAddr> = [
-        std::net::Ipv4Addr::LOCALHOST.into(),
-        std::net::Ipv6Addr::LOCALHOST.into(),
-    ]
-    .into();
-    whitelist.extend(
-        settings
-            .peers
-            .exempt
-            .iter()
-            .filter(|net| net.prefix_len() == net.max_prefix_len())
-            .map(|net| net.addr()),
-    );
     let topics = [consensus_topic(&settings.network).hash()]
         .into_iter()
         .chain(
@@ -153,9 +145,7 @@ fn peer_scoring(
     let params = gossipsub::PeerScoreParams {
         topics,
         app_specific_weight: 1.0,
-        ip_colocation_factor_weight: -1.0,
-        ip_colocation_factor_threshold: IP_COLOCATION_THRESHOLD,
-        ip_colocation_factor_whitelist: whitelist,
+        ip_colocation_factor_weight: 0.0,
         behaviour_penalty_weight: -1.0,
         behaviour_penalty_threshold: 6.0,
         slow_peer_weight: 0.0,

@@ -2,15 +2,17 @@
 //! to the per-peer circuit breakers, half-open QUIC trials, and redialling
 //! peers whose connections dropped.
 
+use super::backoff::Backoff;
 use super::breaker::BreakerState;
-use super::peers::Duplicate;
+use super::dialer::Dialer;
+use super::peers::{Duplicate, PeerTable};
 use super::{Network, DUPLICATE_CLOSE_DELAY};
 use crate::identity::node_id_of;
 use libp2p::core::ConnectedPoint;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, DialError};
 use libp2p::{Multiaddr, PeerId};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 /// How long a connected peer's gossipsub subscriptions may take to arrive
@@ -24,21 +26,54 @@ const MAX_SUBSCRIPTION_RECONNECTS: u32 = 3;
 /// How long such a peer's reconnections are remembered.
 const DEAF_MEMORY: Duration = Duration::from_secs(600);
 
+/// The connection lifecycle: who is connected, how to dial and redial,
+/// which connections to close.
+pub(super) struct Links {
+    pub table: PeerTable,
+    /// Dial policy, circuit breakers and redials of lost peers.
+    pub dialer: Dialer,
+    /// QUIC trial dials under way.
+    pub trials: HashMap<ConnectionId, PeerId>,
+    /// Duplicate connections to close, and when.
+    pub closing_duplicates: Vec<(Instant, ConnectionId)>,
+    /// Peers reconnected because their gossip subscriptions never arrived:
+    /// when last, and how many times in a row.
+    pub deaf_peers: HashMap<PeerId, (Instant, u32)>,
+    /// Peers disconnected on purpose (wrong network, no Ed25519 key); never
+    /// redialled. Cleared when it grows past its bound.
+    pub unwanted: HashSet<PeerId>,
+    /// When to redial bootstrap and known peers while no peer is connected.
+    pub rejoin: Backoff,
+    /// When to run the next Kademlia bootstrap: soon while the mesh is
+    /// changing, every `bootstrap_interval` once it is stable.
+    pub discovery: Backoff,
+}
+
 impl Network {
     /// Dials `peer` unless connected or already dialling: QUIC addresses
     /// first, or TCP only while the peer's breaker is open.
     pub(super) fn dial(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        self.dial_with(peer, addrs, true);
+    }
+
+    /// Dials `peer` on `addrs`; with `kademlia`, Kademlia may add the
+    /// addresses its routing table holds (not for redials, which use
+    /// observed addresses only).
+    fn dial_with(&mut self, peer: PeerId, addrs: Vec<Multiaddr>, kademlia: bool) {
         if peer == *self.swarm.local_peer_id() {
             return;
         }
         let now = Instant::now();
-        let addrs = self.dialer.dial_order(peer, addrs, now);
+        let addrs = self.links.dialer.dial_order(peer, addrs, now);
+        if addrs.is_empty() && !kademlia {
+            return;
+        }
         let mut opts = DialOpts::peer_id(peer)
             .addresses(addrs.clone())
             .condition(PeerCondition::DisconnectedAndNotDialing);
         // Behaviours (Kademlia) may add addresses in their own order, QUIC
         // ones included: only when QUIC is allowed, or nothing else is known.
-        if addrs.is_empty() || self.dialer.allows_quic(peer, now) {
+        if kademlia && (addrs.is_empty() || self.links.dialer.allows_quic(peer, now)) {
             opts = opts.extend_addresses_through_behaviour();
         }
         let opts = opts.build();
@@ -50,16 +85,16 @@ impl Network {
     /// Remembers a peer we disconnected on purpose, so it is not redialled.
     pub(super) fn mark_unwanted(&mut self, peer: PeerId) {
         const MAX_UNWANTED: usize = 4096;
-        if self.unwanted.len() >= MAX_UNWANTED {
-            self.unwanted.clear();
+        if self.links.unwanted.len() >= MAX_UNWANTED {
+            self.links.unwanted.clear();
         }
-        self.unwanted.insert(peer);
+        self.links.unwanted.insert(peer);
     }
 
     /// Closes the duplicate connections whose delay has passed.
     pub(super) fn close_due_duplicates(&mut self, now: Instant) {
         let mut due = Vec::new();
-        self.closing_duplicates.retain(|(at, id)| {
+        self.links.closing_duplicates.retain(|(at, id)| {
             let is_due = *at <= now;
             if is_due {
                 due.push(*id);
@@ -87,12 +122,13 @@ impl Network {
             return;
         };
         let candidates: Vec<PeerId> = self
+            .links
             .table
             .identified_before(cutoff)
             .into_iter()
             .filter(|peer| self.membership.is_admitted(peer))
             .collect();
-        if candidates.is_empty() && self.deaf_peers.is_empty() {
+        if candidates.is_empty() && self.links.deaf_peers.is_empty() {
             return;
         }
         let topic = self.consensus.topic().hash();
@@ -110,7 +146,7 @@ impl Network {
             .map(|(peer, _)| *peer)
             .collect();
         // Cured peers, and peers not seen for a while, start afresh.
-        self.deaf_peers.retain(|peer, (at, _)| {
+        self.links.deaf_peers.retain(|peer, (at, _)| {
             !subscribed.contains(peer) && now.duration_since(*at) < DEAF_MEMORY
         });
         let deaf: Vec<PeerId> = candidates
@@ -118,7 +154,7 @@ impl Network {
             .filter(|peer| !subscribed.contains(peer) && !without_gossipsub.contains(peer))
             .collect();
         for peer in deaf {
-            let (at, reconnects) = self.deaf_peers.entry(peer).or_insert((now, 0));
+            let (at, reconnects) = self.links.deaf_peers.entry(peer).or_insert((now, 0));
             // Its connections may still be closing from the last time.
             if *reconnects > 0 && now.duration_since(*at) < SUBSCRIPTIONS_GRACE {
                 continue;
@@ -141,26 +177,26 @@ impl Network {
     /// Redials lost peers whose backoff has run out, and starts the QUIC
     /// trials of half-open breakers.
     pub(super) fn dial_due(&mut self, now: Instant) {
-        for peer in self.dialer.redials_due(now) {
+        for peer in self.links.dialer.redials_due(now) {
             if !self.swarm.is_connected(&peer) {
                 tracing::debug!(%peer, "redialling a lost peer");
-                let addrs = self.dialer.known_addrs(&peer);
-                self.dial(peer, addrs);
+                let addrs = self.links.dialer.known_addrs(&peer);
+                self.dial_with(peer, addrs, false);
             }
         }
-        for peer in self.dialer.trials_due(now) {
+        for peer in self.links.dialer.trials_due(now) {
             // The peer reached us over QUIC: that connection is the trial's
             // answer (QUIC works both ways), and a second one beside it
             // would only be mistaken for a reconnection.
-            if self.table.has_quic(&peer) {
-                let before = self.dialer.breaker_state(peer, now).0;
-                let after = self.dialer.trial_succeeded(peer, now);
+            if self.links.table.has_quic(&peer) {
+                let before = self.links.dialer.breaker_state(peer, now).0;
+                let after = self.links.dialer.trial_succeeded(peer, now);
                 self.on_breaker_change(peer, before, after);
                 continue;
             }
-            let quic = self.dialer.quic_addrs(&peer);
+            let quic = self.links.dialer.quic_addrs(&peer);
             if quic.is_empty() {
-                self.dialer.trial_failed(peer, now);
+                self.links.dialer.trial_failed(peer, now);
                 continue;
             }
             // A trial may run beside an existing TCP connection.
@@ -172,9 +208,9 @@ impl Network {
             match self.swarm.dial(opts) {
                 Ok(()) => {
                     tracing::debug!(%peer, "QUIC trial dial");
-                    self.trials.insert(id, peer);
+                    self.links.trials.insert(id, peer);
                 }
-                Err(_) => self.dialer.trial_failed(peer, now),
+                Err(_) => self.links.dialer.trial_failed(peer, now),
             }
         }
     }
@@ -194,24 +230,29 @@ impl Network {
         }
         let now = Instant::now();
         tracing::debug!(%peer, addr = %endpoint.get_remote_address(), "connected");
-        self.table.connected(peer, id, endpoint);
+        self.links.table.connected(peer, id, endpoint);
         // When both ends dial at once they end up with two connections of
         // one transport; both ends agree which one to keep. A QUIC trial
         // dial is not such a race: it is settled below, by the breaker.
         let local = *self.swarm.local_peer_id();
-        let duplicate = if self.trials.contains_key(&id) {
+        let duplicate = if self.links.trials.contains_key(&id) {
             None
         } else {
-            self.table.duplicate_to_close(&peer, &local)
+            self.links.table.duplicate_to_close(&peer, &local)
         };
         match duplicate {
             // Not at once: gossipsub sends its subscriptions on a peer's
             // first connection only, and closing that one before they are
             // delivered would leave the peer unaware of them for good.
             Some(Duplicate::Race(duplicate))
-                if !self.closing_duplicates.iter().any(|(_, c)| *c == duplicate) =>
+                if !self
+                    .links
+                    .closing_duplicates
+                    .iter()
+                    .any(|(_, c)| *c == duplicate) =>
             {
-                self.closing_duplicates
+                self.links
+                    .closing_duplicates
                     .push((now + DUPLICATE_CLOSE_DELAY, duplicate));
             }
             // The peer restarted. Keeping the new connection alone would
@@ -225,18 +266,21 @@ impl Network {
             }
             Some(Duplicate::Race(_)) | None => {}
         }
-        self.dialer.connected(peer, now);
-        self.rejoin.restart(now);
+        self.links.dialer.connected(peer, now);
+        self.links.rejoin.restart(now);
         let ConnectedPoint::Dialer { address, .. } = endpoint else {
             return;
         };
-        let before = self.dialer.breaker_state(peer, now).0;
-        let after = self.dialer.dial_succeeded(peer, address, &dial_errors, now);
-        let was_trial = self.trials.remove(&id).is_some();
+        let before = self.links.dialer.breaker_state(peer, now).0;
+        let after = self
+            .links
+            .dialer
+            .dial_succeeded(peer, address, &dial_errors, now);
+        let was_trial = self.links.trials.remove(&id).is_some();
         self.on_breaker_change(peer, before, after);
         if was_trial
             && matches!(after, BreakerState::HalfOpen { .. })
-            && self.table.connections(&peer) > 1
+            && self.links.table.connections(&peer) > 1
         {
             // Trials only test QUIC; the TCP connection stays in use.
             self.swarm.close_connection(id);
@@ -244,20 +288,20 @@ impl Network {
     }
 
     pub(super) fn on_connection_closed(&mut self, peer: PeerId, id: ConnectionId, remaining: u32) {
-        let dialled = self.table.closed(&peer, id).unwrap_or(false);
+        let dialled = self.links.table.closed(&peer, id).unwrap_or(false);
         if remaining > 0 {
             return;
         }
         // Only members this node chose (dialled) are redialled: a peer
         // that dialled in redials itself, and redialling strangers would
         // let anyone who connects once fill this node's outbound slots.
-        if dialled && self.membership.is_admitted(&peer) && !self.unwanted.contains(&peer) {
-            self.dialer.lost(peer, Instant::now());
+        if dialled && self.membership.is_admitted(&peer) && !self.links.unwanted.contains(&peer) {
+            self.links.dialer.lost(peer, Instant::now());
         } else {
-            self.dialer.forget(&peer);
+            self.links.dialer.forget(&peer);
         }
-        if self.table.is_empty() {
-            self.rejoin.restart(Instant::now());
+        if self.links.table.is_empty() {
+            self.links.rejoin.restart(Instant::now());
         }
     }
 
@@ -268,17 +312,17 @@ impl Network {
         error: &DialError,
     ) {
         let now = Instant::now();
-        if let Some(peer) = self.trials.remove(&id) {
+        if let Some(peer) = self.links.trials.remove(&id) {
             if matches!(error, DialError::Denied { .. }) {
                 // Our own connection limit said no: QUIC was not tried.
                 tracing::debug!(%peer, error = ?error, "QUIC trial refused locally; will retry");
-                self.dialer.trial_withdrawn(peer);
+                self.links.dialer.trial_withdrawn(peer);
                 return;
             }
             tracing::debug!(%peer, error = ?error, "QUIC trial failed");
-            let before = self.dialer.breaker_state(peer, now).0;
-            self.dialer.trial_failed(peer, now);
-            let after = self.dialer.breaker_state(peer, now).0;
+            let before = self.links.dialer.breaker_state(peer, now).0;
+            self.links.dialer.trial_failed(peer, now);
+            let after = self.links.dialer.breaker_state(peer, now).0;
             self.on_breaker_change(peer, before, after);
             return;
         }
@@ -286,15 +330,15 @@ impl Network {
             return;
         };
         let failed: Vec<Multiaddr> = errors.iter().map(|(a, _)| a.clone()).collect();
-        let before = self.dialer.breaker_state(peer, now).0;
-        let after = self.dialer.dial_failed(peer, &failed, now);
+        let before = self.links.dialer.breaker_state(peer, now).0;
+        let after = self.links.dialer.dial_failed(peer, &failed, now);
         self.on_breaker_change(peer, before, after);
     }
 
     /// Keeps Kademlia's addresses and the open connections in line with a
     /// breaker that just opened or closed.
     fn on_breaker_change(&mut self, peer: PeerId, before: BreakerState, after: BreakerState) {
-        let quic = self.dialer.quic_addrs(&peer);
+        let quic = self.links.dialer.quic_addrs(&peer);
         match (before, after) {
             (BreakerState::Closed, BreakerState::Open { .. }) => {
                 tracing::info!(%peer, "QUIC to this peer keeps failing; using TCP only (breaker open)");
@@ -309,8 +353,8 @@ impl Network {
                     self.swarm.behaviour_mut().kad.add_address(&peer, addr);
                 }
                 // Move the peer back to QUIC: close its other connections.
-                if self.table.has_quic(&peer) {
-                    for id in self.table.non_quic_connections(&peer) {
+                if self.links.table.has_quic(&peer) {
+                    for id in self.links.table.non_quic_connections(&peer) {
                         self.swarm.close_connection(id);
                     }
                 }

@@ -232,7 +232,7 @@ impl Network {
             }
             Err((offence, reason)) => {
                 tracing::debug!(peer = %source, %reason, "rejected a gossiped vertex");
-                self.table.rejected(&source);
+                self.links.table.rejected(&source);
                 self.charge_peer(&source, offence);
                 self.consensus
                     .emit(ConsensusEvent::InvalidVertex { from, reason });
@@ -420,7 +420,7 @@ impl Network {
                     match self.admit_vertex(Vertex::verify(wire)) {
                         Ok(v) => good.push(v),
                         Err((offence, reason)) => {
-                            self.table.rejected(&peer);
+                            self.links.table.rejected(&peer);
                             self.charge_peer(&peer, offence);
                             self.consensus
                                 .emit(ConsensusEvent::InvalidVertex { from, reason });

@@ -254,6 +254,7 @@ impl Dialer {
     pub fn forget(&mut self, peer: &PeerId) {
         self.connected_since.remove(peer);
         self.redials.remove(peer);
+        self.addrs.remove(peer);
     }
 
     /// Peers to redial now; each call counts as one attempt per peer.

@@ -352,7 +352,7 @@ impl Network {
         self.strike_addresses_of(&peer);
         self.swarm.behaviour_mut().blocked.block_peer(peer);
         self.forget_peer(&peer);
-        self.membership_disconnected(&peer);
+        self.membership_disconnected(&peer, None);
     }
 
     pub(super) fn expire_bans(&mut self) {

@@ -63,9 +63,11 @@ impl Network {
                     self.report(&id, &source, gossipsub::MessageAcceptance::Ignore);
                 }
             } else {
-                // A refused or banned peer's last words.
+                // A refused or banned peer's last words: dropped unjudged
+                // (ignored, not rejected: honest members may relay the
+                // same bytes and must not be charged for them).
                 self.totals.rejected += 1;
-                self.report(&id, &source, gossipsub::MessageAcceptance::Reject);
+                self.report(&id, &source, gossipsub::MessageAcceptance::Ignore);
             }
             return;
         }
@@ -93,6 +95,14 @@ impl Network {
 
     /// A message back from the validation pool.
     pub(super) fn on_checked(&mut self, checked: Checked) {
+        self.validation.done(&checked);
+        let source = checked.source();
+        if !self.membership.is_admitted(&source) {
+            // Refused or banned while its message was being checked.
+            let id = checked.id().clone();
+            self.report(&id, &source, gossipsub::MessageAcceptance::Ignore);
+            return;
+        }
         match checked {
             Checked::Frame {
                 source,
@@ -100,7 +110,9 @@ impl Network {
                 message,
                 result,
             } => self.on_gossip_message(source, id, message, result),
-            Checked::Vertex { source, id, result } => self.on_vertex_gossip(source, id, result),
+            Checked::Vertex {
+                source, id, result, ..
+            } => self.on_vertex_gossip(source, id, result),
         }
     }
 
@@ -223,7 +235,7 @@ impl Network {
                 self.totals.rejected += 1;
                 self.counters
                     .rejected(self.family_of_topic(&message.topic).as_deref());
-                self.table.rejected(&source);
+                self.links.table.rejected(&source);
                 if let Some(offence) = refusal.offence {
                     self.charge_peer(&source, offence);
                 }

@@ -19,6 +19,7 @@ use libp2p::{gossipsub, PeerId};
 use lru::LruCache;
 use serde_bytes::ByteBuf;
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,6 +41,16 @@ const REFUSED_COOL_OFF: Duration = Duration::from_secs(60);
 /// Longer than any honest membership handshake takes (a request and its
 /// answer on a fresh connection: milliseconds).
 const HONEST_HANDSHAKE_BOUND: Duration = Duration::from_secs(1);
+/// How long a stranger turned away (or displaced) for want of a handshake
+/// place may not reconnect.
+const TURNED_AWAY_COOL_OFF: Duration = Duration::from_secs(5);
+
+/// Whether a refusal counts against the peer's address.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Strike {
+    Yes,
+    No,
+}
 /// ...for at most this many peers at once (the oldest are let go first:
 /// a Sybil's throwaway ids cost it a handshake each, never this node
 /// unbounded memory).
@@ -70,6 +81,8 @@ struct Pending {
 /// What identify told about a peer, kept until it may be routed to.
 pub struct Identified {
     pub addrs: Vec<libp2p::Multiaddr>,
+    /// The IP the peer was seen connecting from.
+    pub seen_at: Option<std::net::IpAddr>,
     pub serves_kad: bool,
 }
 
@@ -346,16 +359,21 @@ impl Membership {
 }
 
 impl Network {
-    /// A peer's connection is up: start the handshake if one is needed.
-    pub(super) fn membership_connected(&mut self, peer: PeerId) {
+    /// A connection of a peer that is neither admitted nor proving
+    /// membership is up: start the handshake if one is needed. Peers this
+    /// node dialled always get a handshake place; a stranger dialling in
+    /// gets one if a place is free (or can be freed), else it is turned
+    /// away and blocked for a few seconds (which closes every connection
+    /// it has, so none slips through unfenced).
+    pub(super) fn membership_connected(&mut self, peer: PeerId, dialled: bool) {
         if !self.membership.is_open()
-            && !self.membership.is_pending(&peer)
-            && !self.membership.is_admitted(&peer)
+            && !dialled
             && self.membership.pending_count() >= self.settings.max_pending_handshakes
             && !self.make_room_for_a_handshake()
         {
             tracing::debug!(%peer, "too many handshakes under way; turning a newcomer away");
             self.membership.turned_away += 1;
+            self.cool_off(peer, Instant::now() + TURNED_AWAY_COOL_OFF);
             let _ = self.swarm.disconnect_peer_id(peer);
             return;
         }
@@ -377,35 +395,59 @@ impl Network {
         }
     }
 
-    /// With every handshake place taken: refuses the peer that has waited
-    /// longest, if it has waited longer than any honest handshake takes.
-    /// Returns whether a place was freed.
+    /// With every handshake place taken: disconnects the peer that has
+    /// waited longest, if it has waited longer than any honest handshake
+    /// takes. It may be merely slow, so it is not refused: no strike, no
+    /// forgetting, a short block. Returns whether a place was freed.
     fn make_room_for_a_handshake(&mut self) -> bool {
         match self.membership.longest_waiting() {
             Some((peer, since)) if since.elapsed() > HONEST_HANDSHAKE_BOUND => {
-                self.refuse_member(
-                    peer,
-                    "too many handshakes under way and this one waited longest",
-                );
+                tracing::debug!(%peer, "too many handshakes under way; displacing the longest waiting");
+                self.drop_pending(&peer);
+                self.cool_off(peer, Instant::now() + TURNED_AWAY_COOL_OFF);
+                let _ = self.swarm.disconnect_peer_id(peer);
                 true
             }
             _ => false,
         }
     }
 
-    pub(super) fn membership_disconnected(&mut self, peer: &PeerId) {
+    /// The last connection of `peer` closed. A stranger that leaves before
+    /// finishing its handshake held a place for free: a strike against its
+    /// address (`remote`), as for a refusal.
+    pub(super) fn membership_disconnected(&mut self, peer: &PeerId, remote: Option<IpAddr>) {
+        if self.membership.is_pending(peer) {
+            if let Some(ip) = remote {
+                self.strike_address(ip, *peer);
+            }
+        }
+        self.drop_pending(peer);
         self.membership.disconnected(peer);
+    }
+
+    /// Forgets a pending peer; what it sent meanwhile is ignored (its
+    /// content was never judged, and its relays may be honest).
+    fn drop_pending(&mut self, peer: &PeerId) {
+        if let Some(p) = self.membership.take_pending(peer) {
+            for (id, _) in p.held {
+                self.report(&id, peer, gossipsub::MessageAcceptance::Ignore);
+            }
+        }
     }
 
     /// Disconnects peers that did not prove membership in time, and
     /// members whose certificate ran out while they were connected.
     pub(super) fn expire_handshakes(&mut self) {
         for peer in self.membership.overdue(Instant::now()) {
-            self.refuse_member(peer, "did not present a membership certificate in time");
+            self.refuse_member(
+                peer,
+                "did not present a membership certificate in time",
+                Strike::Yes,
+            );
         }
         for peer in self.membership.expired(now_ms()) {
             self.membership.admitted.remove(&peer);
-            self.refuse_member(peer, "its membership certificate expired");
+            self.refuse_member(peer, "its membership certificate expired", Strike::No);
         }
         let now = Instant::now();
         while let Some((_, until)) = self.membership.cooling.peek_lru() {
@@ -460,33 +502,27 @@ impl Network {
             // Open network: the peer was admitted on connection.
             Ok(None) => true,
             Err(e) => {
-                self.refuse_member(peer, &e.to_string());
+                self.refuse_member(peer, &e.to_string(), Strike::Yes);
                 false
             }
         }
     }
 
     /// Disconnects a peer that is not a member (and never dials it again);
-    /// what it sent while its handshake was under way is rejected. It is not
-    /// banned: a node whose certificate was missing may come back with one.
-    fn refuse_member(&mut self, peer: PeerId, reason: &str) {
+    /// what it sent while its handshake was under way is ignored (never
+    /// judged: rejecting it would charge the honest members relaying the
+    /// same bytes). It is not banned: a node whose certificate was missing
+    /// may come back with one. `strike`: count it against its address (not
+    /// for a member whose certificate merely expired).
+    fn refuse_member(&mut self, peer: PeerId, reason: &str, strike: Strike) {
         tracing::warn!(%peer, %reason, "refusing a peer that is not a member");
         self.membership.refused += 1;
-        if let Some(p) = self.membership.take_pending(&peer) {
-            for (id, _) in p.held {
-                self.swarm
-                    .behaviour_mut()
-                    .gossipsub
-                    .report_message_validation_result(
-                        &id,
-                        &peer,
-                        gossipsub::MessageAcceptance::Reject,
-                    );
-            }
-        }
+        self.drop_pending(&peer);
         self.forget_peer(&peer);
         self.mark_unwanted(peer);
-        self.strike_addresses_of(&peer);
+        if strike == Strike::Yes {
+            self.strike_addresses_of(&peer);
+        }
         self.cool_off(peer, Instant::now() + REFUSED_COOL_OFF);
         let _ = self.swarm.disconnect_peer_id(peer);
     }

@@ -34,7 +34,6 @@ use dialer::Dialer;
 use futures::StreamExt;
 use libp2p::core::transport::ListenerId;
 use libp2p::metrics::Recorder;
-use libp2p::swarm::ConnectionId;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{gossipsub, identify, kad, ping, Multiaddr, PeerId, Swarm};
 use peers::PeerTable;
@@ -248,6 +247,18 @@ pub struct ServiceSenders {
     pub model: model_io::ServedModel,
 }
 
+/// The node's listen addresses, and who waits for them.
+struct Listening {
+    addrs: Vec<Multiaddr>,
+    /// Listeners not yet reporting an address.
+    pending: HashSet<ListenerId>,
+    /// Told the addresses once every listener has one.
+    on_ready: Option<oneshot::Sender<Vec<Multiaddr>>>,
+}
+
+/// The network task: the swarm, and the parts each concern is delegated
+/// to (connections, peer manager, membership, guard, validation, the
+/// consensus, sync and model protocols).
 pub struct Network {
     swarm: Swarm<Behaviour>,
     settings: Settings,
@@ -257,32 +268,14 @@ pub struct Network {
     /// Signs the gossip frames this node publishes.
     key: NodeKey,
     peer_book: PeerBook,
-    table: PeerTable,
     router: Router,
     counters: ChannelCounters,
     totals: MessageCounters,
     commands: mpsc::Receiver<Command>,
     started: Instant,
-    listen_addrs: Vec<Multiaddr>,
-    pending_listeners: HashSet<ListenerId>,
-    on_listening: Option<oneshot::Sender<Vec<Multiaddr>>>,
-    /// When to redial bootstrap and known peers while no peer is connected.
-    rejoin: Backoff,
-    /// Dial policy, circuit breakers and redials of lost peers.
-    dialer: Dialer,
-    /// QUIC trial dials under way.
-    trials: HashMap<ConnectionId, PeerId>,
-    /// Duplicate connections to close, and when.
-    closing_duplicates: Vec<(Instant, ConnectionId)>,
-    /// Peers reconnected because their gossip subscriptions never arrived:
-    /// when last, and how many times in a row.
-    deaf_peers: HashMap<PeerId, (Instant, u32)>,
-    /// Peers disconnected on purpose (wrong network, no Ed25519 key); never
-    /// redialled. Cleared when it grows past its bound.
-    unwanted: HashSet<PeerId>,
-    /// When to run the next Kademlia bootstrap: soon while the mesh is
-    /// changing, every `bootstrap_interval` once it is stable.
-    discovery: Backoff,
+    listening: Listening,
+    /// Who is connected, how to dial, when to redial.
+    links: connections::Links,
     last_prune: Instant,
     consensus: consensus_io::ConsensusIo,
     sync: sync_io::SyncIo,
@@ -338,22 +331,26 @@ impl Network {
             local_node: key.node_id(),
             key,
             peer_book,
-            table: PeerTable::default(),
             router,
             counters: ChannelCounters::default(),
             totals: MessageCounters::default(),
             commands: rx,
             started: Instant::now(),
-            listen_addrs: Vec::new(),
-            pending_listeners: HashSet::new(),
-            on_listening: Some(listening_tx),
-            rejoin: Backoff::new(REJOIN_MAX_DELAY, Instant::now()),
-            dialer,
-            trials: HashMap::new(),
-            closing_duplicates: Vec::new(),
-            deaf_peers: HashMap::new(),
-            unwanted: HashSet::new(),
-            discovery,
+            listening: Listening {
+                addrs: Vec::new(),
+                pending: HashSet::new(),
+                on_ready: Some(listening_tx),
+            },
+            links: connections::Links {
+                table: PeerTable::default(),
+                dialer,
+                trials: HashMap::new(),
+                closing_duplicates: Vec::new(),
+                deaf_peers: HashMap::new(),
+                unwanted: HashSet::new(),
+                rejoin: Backoff::new(REJOIN_MAX_DELAY, Instant::now()),
+                discovery,
+            },
             last_prune: Instant::now(),
             peer_manager,
             validation: validation::ValidationPool::start(),
@@ -363,7 +360,7 @@ impl Network {
                 .swarm
                 .listen_on(addr.clone())
                 .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
-            network.pending_listeners.insert(id);
+            network.listening.pending.insert(id);
         }
         for addr in network.settings.external_addresses.clone() {
             network.swarm.add_external_address(addr);
@@ -448,16 +445,16 @@ impl Network {
         self.expire_handshakes();
         self.expire_bans();
         self.manage_peers(now);
-        if self.table.is_empty() {
-            if self.rejoin.is_due(now) {
+        if self.links.table.is_empty() {
+            if self.links.rejoin.is_due(now) {
                 self.rejoin_mesh();
-                self.rejoin.schedule_next(now);
+                self.links.rejoin.schedule_next(now);
             }
-        } else if self.discovery.is_due(now) {
+        } else if self.links.discovery.is_due(now) {
             // Peers that joined after our last lookup are only found by
             // looking again; the schedule restarts whenever one appears.
             let _ = self.swarm.behaviour_mut().kad.bootstrap();
-            self.discovery.schedule_next(now);
+            self.links.discovery.schedule_next(now);
         }
         if now.duration_since(self.last_prune) > Duration::from_secs(600) {
             self.last_prune = now;
@@ -502,16 +499,16 @@ impl Network {
                 address,
             } => {
                 tracing::info!(%address, "listening");
-                self.listen_addrs.push(address);
-                self.pending_listeners.remove(&listener_id);
-                if self.pending_listeners.is_empty() {
-                    if let Some(tx) = self.on_listening.take() {
-                        let _ = tx.send(self.listen_addrs.clone());
+                self.listening.addrs.push(address);
+                self.listening.pending.remove(&listener_id);
+                if self.listening.pending.is_empty() {
+                    if let Some(tx) = self.listening.on_ready.take() {
+                        let _ = tx.send(self.listening.addrs.clone());
                     }
                 }
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
-                self.listen_addrs.retain(|a| *a != address);
+                self.listening.addrs.retain(|a| *a != address);
             }
             SwarmEvent::ListenerError { error, .. } => tracing::warn!(%error, "listener error"),
             SwarmEvent::ConnectionEstablished {
@@ -519,7 +516,6 @@ impl Network {
                 connection_id,
                 endpoint,
                 concurrent_dial_errors,
-                num_established,
                 ..
             } => {
                 let failed = concurrent_dial_errors
@@ -528,8 +524,14 @@ impl Network {
                     .map(|(addr, _)| addr)
                     .collect();
                 self.on_connection_established(peer_id, connection_id, &endpoint, failed);
-                if num_established.get() == 1 && self.swarm.is_connected(&peer_id) {
-                    self.membership_connected(peer_id);
+                // Any connection of a peer in neither state, not only its
+                // first: a second one may come up while a turned-away
+                // first one is still closing.
+                if self.swarm.is_connected(&peer_id)
+                    && !self.membership.is_admitted(&peer_id)
+                    && !self.membership.is_pending(&peer_id)
+                {
+                    self.membership_connected(peer_id, endpoint.is_dialer());
                 }
                 // Consensus samples from connected peers: tell it at once.
                 self.maintain_consensus();
@@ -537,6 +539,7 @@ impl Network {
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 connection_id,
+                endpoint,
                 cause,
                 num_established,
                 ..
@@ -544,7 +547,10 @@ impl Network {
                 tracing::debug!(peer = %peer_id, cause = ?cause, "connection closed");
                 self.on_connection_closed(peer_id, connection_id, num_established);
                 if num_established == 0 {
-                    self.membership_disconnected(&peer_id);
+                    let remote = (!endpoint.is_dialer())
+                        .then(|| peer_manager::addrs::ip_of(endpoint.get_remote_address()))
+                        .flatten();
+                    self.membership_disconnected(&peer_id, remote);
                 }
                 self.maintain_consensus();
             }
@@ -579,8 +585,9 @@ impl Network {
                 is_new_peer: true,
                 ..
             }) => {
-                self.discovery.restart(Instant::now());
-                if !self.swarm.is_connected(&peer) && self.table.len() < self.settings.target_peers
+                self.links.discovery.restart(Instant::now());
+                if !self.swarm.is_connected(&peer)
+                    && self.links.table.len() < self.settings.target_peers
                 {
                     self.dial(peer, addresses.into_vec());
                 }
@@ -590,9 +597,9 @@ impl Network {
                 connection,
                 result,
             }) => match result {
-                Ok(rtt) => self.table.ping_ok(&peer, rtt),
+                Ok(rtt) => self.links.table.ping_ok(&peer, rtt),
                 Err(error) => {
-                    let failures = self.table.ping_failed(&peer);
+                    let failures = self.links.table.ping_failed(&peer);
                     tracing::debug!(%peer, %error, failures, "ping failed");
                     if failures >= self.settings.ping_max_failures {
                         tracing::info!(%peer, failures, "peer stopped answering pings; closing the connection");
@@ -628,7 +635,7 @@ impl Network {
         // Only addresses that make sense from where the peer was seen:
         // none pointing a remote peer's audience at this host, a link, or
         // a private network the peer is not on.
-        let seen_at = self.table.remote_ip(&peer);
+        let seen_at = self.links.table.remote_ip(&peer);
         let private = &self.settings.peers.private_networks;
         let mut addrs: Vec<Multiaddr> = info
             .listen_addrs
@@ -637,8 +644,8 @@ impl Network {
             .collect();
         addrs.sort_by_key(|a| !is_quic(a));
         addrs.truncate(16);
-        self.dialer.remember_addrs(peer, &addrs, seen_at);
         if self
+            .links
             .table
             .identified(&peer, info.agent_version, addrs.clone())
         {
@@ -651,6 +658,7 @@ impl Network {
         let kad_protocol = behaviour::kad_protocol(&self.settings.network);
         let identified = membership::Identified {
             addrs,
+            seen_at,
             serves_kad: info.protocols.contains(&kad_protocol),
         };
         if self.membership.is_admitted(&peer) {
@@ -664,8 +672,14 @@ impl Network {
 
     /// Puts an admitted peer's addresses into Kademlia and the peer book.
     fn route_to(&mut self, peer: PeerId, identified: membership::Identified) {
-        let membership::Identified { addrs, serves_kad } = identified;
-        let quic_allowed = self.dialer.allows_quic(peer, Instant::now());
+        let membership::Identified {
+            addrs,
+            seen_at,
+            serves_kad,
+        } = identified;
+        // Redials and QUIC trials use these (a stranger's are never kept).
+        self.links.dialer.remember_addrs(peer, &addrs, seen_at);
+        let quic_allowed = self.links.dialer.allows_quic(peer, Instant::now());
         if serves_kad {
             // While the breaker is open, Kademlia must not dial QUIC either.
             for addr in addrs.iter().filter(|a| quic_allowed || !is_quic(a)) {
@@ -687,7 +701,7 @@ impl Network {
     }
 
     fn persist_connected_peers(&mut self) {
-        for info in self.table.info() {
+        for info in self.links.table.info() {
             let (Ok(peer), false) = (info.peer_id.parse::<PeerId>(), info.listen_addrs.is_empty())
             else {
                 continue;
@@ -787,10 +801,10 @@ impl Network {
 
     fn peers(&mut self) -> Vec<PeerInfo> {
         let now = Instant::now();
-        let mut peers = self.table.info();
+        let mut peers = self.links.table.info();
         for info in &mut peers {
             if let Ok(peer) = info.peer_id.parse::<PeerId>() {
-                let (state, failures, successes) = self.dialer.breaker_state(peer, now);
+                let (state, failures, successes) = self.links.dialer.breaker_state(peer, now);
                 info.breaker = state.name().to_string();
                 info.quic_failures = failures;
                 info.quic_successes = successes;
@@ -813,13 +827,13 @@ impl Network {
             network: self.settings.network.clone(),
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_secs: self.started.elapsed().as_secs(),
-            listen_addrs: self.listen_addrs.iter().map(|a| a.to_string()).collect(),
+            listen_addrs: self.listening.addrs.iter().map(|a| a.to_string()).collect(),
             external_addrs: self
                 .swarm
                 .external_addresses()
                 .map(|a| a.to_string())
                 .collect(),
-            connected_peers: self.table.len(),
+            connected_peers: self.links.table.len(),
             known_peers: self.peer_book.len(),
             routing_table_peers: kad_peers,
             quic: self.settings.quic,

@@ -174,12 +174,13 @@ impl PeerTable {
     }
 
     /// Open connections to `peer`.
-    /// Peers connected only inbound (none of their connections was dialled
-    /// by this node), with when their oldest connection was set up.
+    /// Peers connected only inbound (this node dialled none of their
+    /// connections, even one since closed as a duplicate), with when their
+    /// oldest connection was set up.
     pub fn inbound_only(&self) -> Vec<(PeerId, Instant)> {
         self.peers
             .iter()
-            .filter(|(_, e)| e.connections.iter().all(|(_, c)| !c.outbound))
+            .filter(|(_, e)| !e.dialled)
             .filter_map(|(peer, e)| {
                 let since = e.connections.iter().map(|(_, c)| c.since).min()?;
                 Some((*peer, since))

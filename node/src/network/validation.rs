@@ -9,9 +9,10 @@
 //!
 //! Jobs are sharded by the peer that sent them, so one peer's messages are
 //! checked, and delivered, in the order they arrived. Each worker's queue
-//! is bounded: when it is full the message is ignored (not forwarded, its
-//! sender not charged) — under overload the node sheds load instead of
-//! growing its memory.
+//! is bounded in jobs, and all messages in the pool together in bytes:
+//! past either bound a message is ignored (not forwarded, its sender not
+//! charged) — under overload the node sheds load instead of growing its
+//! memory.
 
 use super::guard::Offence;
 use super::inbound::{fresh, Refusal};
@@ -24,6 +25,9 @@ use tokio::sync::mpsc;
 
 /// Jobs queued per worker before messages are shed.
 const QUEUE_PER_WORKER: usize = 2048;
+/// Bytes of messages in the pool (queued, being checked, or checked and
+/// not yet taken back) before messages are shed: vertices are up to 1 MiB.
+const MAX_POOL_BYTES: usize = 64 << 20;
 /// Most workers (the machine's cores beyond that serve the API and
 /// consensus).
 const MAX_WORKERS: usize = 4;
@@ -58,14 +62,44 @@ pub enum Checked {
     Vertex {
         source: PeerId,
         id: gossipsub::MessageId,
+        /// The vertex's size on the wire (for the pool's byte budget).
+        bytes: usize,
         result: Result<Vertex, VertexError>,
     },
+}
+
+impl Checked {
+    pub fn source(&self) -> PeerId {
+        match self {
+            Checked::Frame { source, .. } | Checked::Vertex { source, .. } => *source,
+        }
+    }
+
+    pub fn id(&self) -> &gossipsub::MessageId {
+        match self {
+            Checked::Frame { id, .. } | Checked::Vertex { id, .. } => id,
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Checked::Frame { message, .. } => message.data.len(),
+            Checked::Vertex { bytes, .. } => *bytes,
+        }
+    }
 }
 
 impl Job {
     fn source(&self) -> &PeerId {
         match self {
             Job::Frame { source, .. } | Job::Vertex { source, .. } => source,
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Job::Frame { message, .. } => message.data.len(),
+            Job::Vertex { data, .. } => data.len(),
         }
     }
 
@@ -94,6 +128,7 @@ impl Job {
             Job::Vertex { source, id, data } => Checked::Vertex {
                 source,
                 id,
+                bytes: data.len(),
                 result: Vertex::decode(&data),
             },
         }
@@ -159,6 +194,8 @@ pub struct ValidationPool {
     queues: Vec<mpsc::Sender<Job>>,
     pub results: mpsc::Receiver<Checked>,
     hasher: std::collections::hash_map::RandomState,
+    /// Bytes of messages submitted and not yet taken back.
+    bytes: usize,
 }
 
 impl ValidationPool {
@@ -189,18 +226,32 @@ impl ValidationPool {
             queues,
             results,
             hasher: Default::default(),
+            bytes: 0,
         }
     }
 
-    /// Queues `job`; if its worker's queue is full (or the workers have
-    /// stopped), returns the sender and id of the message shed.
+    /// Queues `job`; if the pool's byte budget or its worker's queue is
+    /// full (or the workers have stopped), returns the sender and id of
+    /// the message shed.
     pub fn submit(&mut self, job: Job) -> Result<(), (PeerId, gossipsub::MessageId)> {
+        let shed = |job: Job| match job {
+            Job::Frame { source, id, .. } | Job::Vertex { source, id, .. } => (source, id),
+        };
+        let bytes = job.bytes();
+        if self.bytes + bytes > MAX_POOL_BYTES {
+            return Err(shed(job));
+        }
         let worker = (self.hasher.hash_one(job.source()) % self.queues.len() as u64) as usize;
         self.queues[worker]
             .try_send(job)
-            .map_err(|e| match e.into_inner() {
-                Job::Frame { source, id, .. } | Job::Vertex { source, id, .. } => (source, id),
-            })
+            .map_err(|e| shed(e.into_inner()))?;
+        self.bytes += bytes;
+        Ok(())
+    }
+
+    /// A result was taken back: its bytes leave the budget.
+    pub fn done(&mut self, checked: &Checked) {
+        self.bytes = self.bytes.saturating_sub(checked.bytes());
     }
 }
 

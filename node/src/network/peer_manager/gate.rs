@@ -83,6 +83,15 @@ impl Refusal {
     ];
 }
 
+/// The key bans and strikes are kept under: the address itself for IPv4,
+/// its /64 for IPv6 (one host may rotate through a whole /64).
+pub fn ban_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(_) => IpNet::new(ip, 64).map_or(ip, |n| n.trunc().addr()),
+    }
+}
+
 struct Inbound {
     peer: Option<PeerId>,
     /// The counted address, if per-address limits apply to it.
@@ -132,10 +141,11 @@ impl Gate {
         if self.is_exempt(&ip) {
             return false;
         }
-        self.ip_bans.put(ip, until);
+        let key = ban_key(ip);
+        self.ip_bans.put(key, until);
         for (id, conn) in &self.inbound {
             if let (Some(peer), Some(counted)) = (conn.peer, conn.counted) {
-                if counted == ip {
+                if ban_key(counted) == key {
                     self.to_close.push_back((peer, *id));
                 }
             }
@@ -144,10 +154,12 @@ impl Gate {
     }
 
     pub fn is_ip_banned(&mut self, ip: &IpAddr, now: Instant) -> bool {
-        match self.ip_bans.get(ip) {
+        let key = ban_key(*ip);
+        // `peek`: a lookup does not make a ban the last to be evicted.
+        match self.ip_bans.peek(&key) {
             Some(until) if *until > now => true,
             Some(_) => {
-                self.ip_bans.pop(ip);
+                self.ip_bans.pop(&key);
                 false
             }
             None => false,
@@ -265,6 +277,12 @@ impl NetworkBehaviour for Gate {
         _local: &Multiaddr,
         _remote: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
+        // Banned while its handshake was under way.
+        let counted = self.inbound.get(&connection_id).and_then(|c| c.counted);
+        if counted.is_some_and(|ip| self.is_ip_banned(&ip, Instant::now())) {
+            self.release(&connection_id);
+            return Err(self.refuse(Refusal::IpBanned));
+        }
         if self.established_inbound >= self.limits.max_inbound
             || self.established_inbound + self.outbound.len() >= self.limits.max_peers
         {

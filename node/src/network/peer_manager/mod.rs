@@ -6,8 +6,10 @@
 //!   node's own choices stay), worst first — strangers still proving
 //!   membership (longest waiting first), then the lowest gossipsub score,
 //!   newest first among equals, so tenure protects.
-//! - An address that several refused or banned identities came from is
-//!   banned itself for a while: throwaway keys are free, addresses are not.
+//! - An address that several refused or banned identities came from (or
+//!   that left while proving membership) is banned itself for a while:
+//!   throwaway keys are free, addresses are not. IPv6 addresses count by
+//!   /64, the block one host can rotate within.
 
 pub mod addrs;
 pub mod gate;
@@ -22,9 +24,9 @@ use std::time::{Duration, Instant};
 
 /// How often excess peers are pruned.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(5);
-/// Refused or banned identities from one address, within `STRIKE_WINDOW`,
-/// that get the address banned.
-const STRIKES_TO_BAN_IP: u32 = 3;
+/// Distinct refused or banned identities from one address, within
+/// `STRIKE_WINDOW`, that get the address banned.
+const STRIKES_TO_BAN_IP: usize = 3;
 const STRIKE_WINDOW: Duration = Duration::from_secs(600);
 /// How long a pruned peer may not reconnect: long enough for the slot to
 /// go to someone else.
@@ -77,8 +79,8 @@ pub fn choose_prunes(
 pub struct PeerManager {
     target: usize,
     last_prune: Instant,
-    /// Refused or banned identities per address, and since when counted.
-    strikes: LruCache<IpAddr, (u32, Instant)>,
+    /// Distinct identities struck per address, and since when counted.
+    strikes: LruCache<IpAddr, (Vec<PeerId>, Instant)>,
     ip_ban_duration: Duration,
     pub pruned: u64,
     pub ip_bans_issued: u64,
@@ -96,15 +98,19 @@ impl PeerManager {
         }
     }
 
-    /// Counts a strike against `ip`; true when that earns it a ban.
-    fn strike(&mut self, ip: IpAddr, now: Instant) -> bool {
-        let entry = self.strikes.get_or_insert_mut(ip, || (0, now));
+    /// Counts a strike of `peer` against `ip` (an identity counts once);
+    /// true when that earns the address a ban.
+    fn strike(&mut self, ip: IpAddr, peer: PeerId, now: Instant) -> bool {
+        let key = gate::ban_key(ip);
+        let entry = self.strikes.get_or_insert_mut(key, || (Vec::new(), now));
         if now.duration_since(entry.1) > STRIKE_WINDOW {
-            *entry = (0, now);
+            *entry = (Vec::new(), now);
         }
-        entry.0 += 1;
-        if entry.0 >= STRIKES_TO_BAN_IP {
-            self.strikes.pop(&ip);
+        if !entry.0.contains(&peer) {
+            entry.0.push(peer);
+        }
+        if entry.0.len() >= STRIKES_TO_BAN_IP {
+            self.strikes.pop(&key);
             return true;
         }
         false
@@ -121,6 +127,7 @@ impl Network {
         let gate = &self.swarm.behaviour().gate;
         let gossipsub = &self.swarm.behaviour().gossipsub;
         let candidates = self
+            .links
             .table
             .inbound_only()
             .into_iter()
@@ -132,7 +139,7 @@ impl Network {
                 since,
             })
             .collect();
-        for peer in choose_prunes(candidates, self.table.len(), self.peer_manager.target) {
+        for peer in choose_prunes(candidates, self.links.table.len(), self.peer_manager.target) {
             tracing::debug!(%peer, "pruning an excess peer");
             self.peer_manager.pruned += 1;
             self.cool_off(peer, now + PRUNED_COOL_OFF);
@@ -158,14 +165,22 @@ impl Network {
     /// Counts a strike against the addresses `peer` connected from (it was
     /// refused or banned); bans an address that collected enough.
     pub(super) fn strike_addresses_of(&mut self, peer: &PeerId) {
-        let now = Instant::now();
         for ip in self.swarm.behaviour().gate.counted_ips_of(peer) {
-            if self.peer_manager.strike(ip, now) {
-                let until = now + self.peer_manager.ip_ban_duration;
-                if self.swarm.behaviour_mut().gate.ban_ip(ip, until) {
-                    self.peer_manager.ip_bans_issued += 1;
-                    tracing::warn!(%ip, "banned an address that several refused or banned identities came from");
-                }
+            self.strike_address(ip, *peer);
+        }
+    }
+
+    /// Counts a strike of `peer` against `ip` (not for exempt addresses).
+    pub(super) fn strike_address(&mut self, ip: IpAddr, peer: PeerId) {
+        if self.swarm.behaviour().gate.is_exempt(&ip) {
+            return;
+        }
+        let now = Instant::now();
+        if self.peer_manager.strike(ip, peer, now) {
+            let until = now + self.peer_manager.ip_ban_duration;
+            if self.swarm.behaviour_mut().gate.ban_ip(ip, until) {
+                self.peer_manager.ip_bans_issued += 1;
+                tracing::warn!(%ip, "banned an address that several refused or banned identities came from");
             }
         }
     }
@@ -219,21 +234,28 @@ mod tests {
     }
 
     #[test]
-    fn three_strikes_within_the_window_ban_an_address() {
+    fn three_identities_struck_within_the_window_ban_an_address() {
         let settings = Settings::from_config(&Default::default()).unwrap();
         let mut pm = PeerManager::new(&settings);
         let ip: IpAddr = "203.0.113.4".parse().unwrap();
         let now = Instant::now();
-        for _ in 0..STRIKES_TO_BAN_IP - 1 {
-            assert!(!pm.strike(ip, now));
+        let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
+        // One identity refused again and again is one strike (an honest
+        // node with a bad certificate redialling).
+        for _ in 0..10 {
+            assert!(!pm.strike(ip, a, now));
         }
+        assert!(!pm.strike(ip, b, now));
         // Strikes older than the window are forgotten.
         let later = now + STRIKE_WINDOW + Duration::from_secs(1);
-        assert!(!pm.strike(ip, later));
-        for _ in 0..STRIKES_TO_BAN_IP - 2 {
-            assert!(!pm.strike(ip, later));
-        }
-        assert!(pm.strike(ip, later));
+        assert!(!pm.strike(ip, c, later));
+        assert!(!pm.strike(ip, a, later));
+        assert!(pm.strike(ip, b, later));
+        // IPv6 addresses of one /64 count together.
+        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(!pm.strike(v6("2001:db8:0:1::1"), a, now));
+        assert!(!pm.strike(v6("2001:db8:0:1::2"), b, now));
+        assert!(pm.strike(v6("2001:db8:0:1:ffff::3"), c, now));
     }
 
     proptest! {
