@@ -589,13 +589,14 @@ async fn stalling_strangers_hold_at_most_the_handshake_places_and_members_still_
     member.certificate = Some(cert);
     // Turned away while every stranger's wait is still short, it retries,
     // as a node redials its bootstrap peers.
-    let deadline = Instant::now() + TIMEOUT;
+    let deadline = Instant::now() + 2 * TIMEOUT;
     while let Err(e) = member.connect(&target.to_string(), "chat").await {
         assert!(
             Instant::now() < deadline,
             "the member never got in: {e}; {:?}",
             security(&client0).await
         );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let deadline = Instant::now() + TIMEOUT;
     while member.gossip_received == 0 {

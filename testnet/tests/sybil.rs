@@ -1,4 +1,4 @@
-//! 300 throwaway identities from 30 loopback addresses attack one node of
+//! 300 throwaway identities from 12 loopback addresses attack one node of
 //! an open network (real processes): the node keeps the honest peers it
 //! dialled, stays within its peer limits and per-address limits, keeps
 //! carrying honest messages both ways, bans the addresses garbage came
@@ -12,8 +12,13 @@ use agentmesh_testnet::sybil_bench::{sybil_attack, SybilOptions};
 async fn three_hundred_sybils_take_no_honest_slot() {
     let dir = tempfile::tempdir().unwrap();
     let options = common::options(3, &dir);
+    // 12 addresses (25 identities each), 8 of which send garbage: in 30 s
+    // enough of their identities win a slot, misbehave and are banned for
+    // their addresses to be banned too.
     let o = SybilOptions {
         attack_secs: 30,
+        addresses: 12,
+        misbehaving_addresses: 8,
         ..SybilOptions::default()
     };
     let r = sybil_attack(options, &o).await.expect("the attack ran");

@@ -43,7 +43,7 @@ const REFUSED_COOL_OFF: Duration = Duration::from_secs(60);
 const HONEST_HANDSHAKE_BOUND: Duration = Duration::from_secs(1);
 /// How long a stranger turned away (or displaced) for want of a handshake
 /// place may not reconnect.
-const TURNED_AWAY_COOL_OFF: Duration = Duration::from_secs(5);
+const TURNED_AWAY_COOL_OFF: Duration = Duration::from_secs(1);
 
 /// Whether a refusal counts against the peer's address.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -449,14 +449,19 @@ impl Network {
             self.membership.admitted.remove(&peer);
             self.refuse_member(peer, "its membership certificate expired", Strike::No);
         }
+        // Cool-offs have several lengths, so the oldest is not always the
+        // first to end: look at all of them (a few thousand at most).
         let now = Instant::now();
-        while let Some((_, until)) = self.membership.cooling.peek_lru() {
-            if *until > now {
-                break;
-            }
-            if let Some((peer, _)) = self.membership.cooling.pop_lru() {
-                self.end_cool_off(peer);
-            }
+        let ended: Vec<PeerId> = self
+            .membership
+            .cooling
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in ended {
+            self.membership.cooling.pop(&peer);
+            self.end_cool_off(peer);
         }
     }
 
@@ -527,9 +532,8 @@ impl Network {
         let _ = self.swarm.disconnect_peer_id(peer);
     }
 
-    /// Refuses `peer`'s connections until `until` (in memory, bounded).
-    /// Cool-offs are issued in order with one of two lengths, so the least
-    /// recently issued is close to the first to expire.
+    /// Refuses `peer`'s connections until `until` (in memory, bounded: past
+    /// the bound the least recently issued ends early).
     pub(super) fn cool_off(&mut self, peer: PeerId, until: Instant) {
         if let Some((evicted, _)) = self.membership.cooling.push(peer, until) {
             if evicted != peer {
