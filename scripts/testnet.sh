@@ -18,5 +18,11 @@ if [ $# -eq 0 ]; then
   exit 2
 fi
 echo "[testnet] building agentmesh (release)..." >&2
-cargo build --release --quiet -p agentmesh-node -p agentmesh-testnet
+# Benchmarks also run NATS beside agentmesh (bench gossip): the client is
+# built only for them.
+features=()
+if [ "$1" = bench ]; then
+  features=(--features agentmesh-testnet/nats)
+fi
+cargo build --release --quiet -p agentmesh-node -p agentmesh-testnet "${features[@]}"
 exec target/release/agentmesh-testnet --bin target/release/agentmesh "$@"

@@ -161,7 +161,7 @@ pub enum ModelCommand {
     },
 }
 
-/// Feature choices (the defaults are what measured best; see the README).
+/// Feature choices (the defaults are what measured best; see docs/model.md).
 #[derive(Args, Debug, Clone)]
 pub struct FeatureArgs {
     /// Hashed feature dimension (a power of two).

@@ -13,6 +13,7 @@ pub mod hosts;
 pub mod membership_bench;
 pub mod mesh;
 pub mod model_bench;
+#[cfg(feature = "nats")]
 pub mod nats_bench;
 pub mod partition;
 pub mod patterns;

@@ -503,8 +503,19 @@ async fn run(cli: Cli) -> Result<()> {
                 let result = bench::gossip(&spec, options)
                     .await
                     .context("gossip benchmark")?;
+                #[cfg(feature = "nats")]
                 let result =
                     agentmesh_testnet::nats_bench::with_nats_comparison(&spec, result).await;
+                #[cfg(not(feature = "nats"))]
+                let result = {
+                    let mut result = result;
+                    agentmesh_testnet::bench::progress(
+                        "NATS comparison skipped: built without the `nats` feature (scripts/testnet.sh bench builds with it)",
+                    );
+                    result["nats"] =
+                        serde_json::json!({ "skipped": "built without the nats feature" });
+                    result
+                };
                 println!("{result}");
                 Ok(())
             }

@@ -86,9 +86,7 @@ pub fn router(state: ApiState) -> Router {
             get(model::export).put(model::import),
         )
         .route("/metrics", get(metrics))
-        .fallback(|| async {
-            ApiError::not_found("no such endpoint; see the API reference in README.md")
-        })
+        .fallback(|| async { ApiError::not_found("no such endpoint; see docs/api.md") })
         .layer(axum::middleware::from_fn_with_state(guard, guard::check))
         .with_state(state)
 }
