@@ -350,6 +350,26 @@ pub struct RunArgs {
     /// Dial discovered peers while fewer than this many are connected [default: 64].
     #[arg(long, env = "AGENTMESH_TARGET_PEERS")]
     pub target_peers: Option<usize>,
+    /// Inbound peers accepted beyond --target-peers before pruning [default: 16].
+    #[arg(long, env = "AGENTMESH_PEER_EXCESS")]
+    pub peer_excess: Option<usize>,
+    /// Peer slots only connections this node dials may use [default: 16].
+    #[arg(long, env = "AGENTMESH_RESERVED_OUTBOUND_PEERS")]
+    pub reserved_outbound_peers: Option<usize>,
+    /// Most inbound connections from one IP address [default: 8].
+    #[arg(long, env = "AGENTMESH_MAX_PEERS_PER_IP")]
+    pub max_peers_per_ip: Option<usize>,
+    /// Most inbound connections from one /24 or /48 [default: 32].
+    #[arg(long, env = "AGENTMESH_MAX_PEERS_PER_SUBNET")]
+    pub max_peers_per_subnet: Option<usize>,
+    /// Networks (CIDR) exempt from per-address limits and IP bans, repeatable
+    /// [default: 127.0.0.0/8,::1/128].
+    #[arg(long, env = "AGENTMESH_PEER_LIMITS_EXEMPT", value_delimiter = ',')]
+    pub peer_limits_exempt: Option<Vec<String>>,
+    /// Private networks (CIDR) whose addresses are accepted from any peer,
+    /// repeatable.
+    #[arg(long, env = "AGENTMESH_PRIVATE_NETWORKS", value_delimiter = ',')]
+    pub private_networks: Option<Vec<String>>,
     /// Peers remembered on disk for rejoining [default: 1000].
     #[arg(long, env = "AGENTMESH_MAX_KNOWN_PEERS")]
     pub max_known_peers: Option<usize>,
@@ -429,6 +449,9 @@ pub struct RunArgs {
     /// Membership: milliseconds a peer has to prove its membership [default: 10000].
     #[arg(long, env = "AGENTMESH_MEMBERSHIP_TIMEOUT_MS")]
     pub membership_timeout_ms: Option<u64>,
+    /// Membership: most strangers proving membership at once [default: 32].
+    #[arg(long, env = "AGENTMESH_MAX_PENDING_HANDSHAKES")]
+    pub max_pending_handshakes: Option<usize>,
     /// Channel messages per second accepted from one author [default: 50000].
     #[arg(long, env = "AGENTMESH_PEER_MESSAGE_RATE")]
     pub peer_message_rate: Option<u32>,
@@ -480,6 +503,9 @@ impl RunArgs {
             log_format => log_format, max_message_bytes => max_message_bytes,
             max_connections => max_connections, max_connections_per_peer => max_connections_per_peer,
             max_pending_connections => max_pending_connections, target_peers => target_peers,
+            peer_excess => peer_excess, reserved_outbound_peers => reserved_outbound_peers,
+            max_peers_per_ip => max_peers_per_ip, max_peers_per_subnet => max_peers_per_subnet,
+            peer_limits_exempt => peer_limits_exempt, private_networks => private_networks,
             max_known_peers => max_known_peers, ping_interval_secs => ping_interval_secs,
             ping_max_failures => ping_max_failures, ping_timeout_secs => ping_timeout_secs,
             quic_dial_timeout_ms => quic_dial_timeout_ms,
@@ -500,6 +526,7 @@ impl RunArgs {
             patterns_anti_entropy_secs => patterns_anti_entropy_secs,
             patterns_gossip_delay_ms => patterns_gossip_delay_ms,
             membership_timeout_ms => membership_timeout_ms,
+            max_pending_handshakes => max_pending_handshakes,
             peer_message_rate => peer_message_rate, peer_request_rate => peer_request_rate,
             ban_secs => ban_secs, ban_threshold => ban_threshold,
             model_enabled => model_enabled, model_share_secs => model_share_secs,
