@@ -64,21 +64,9 @@ pub const MAX_LABEL_BYTES: usize = 128;
 
 /// Imprinting a new label (see [`Classifier::add_label_from`]): the
 /// temperature of the weights it takes from the existing labels, and how
-/// far above the best of them it starts for its own context. Measured on
-/// the cargo-registry data with four crates held out of training, each
-/// imprinted from one of its samples (`examples/imprint.rs`, seeds 42 / 7 /
-/// 2, patience 10, features at norm 2, 12,409 samples): it ranks first for
-/// 36% / 45% / 43% of the crate's other samples (top five: 95.7% / 96.5% /
-/// 97.7%) and takes 0.8% / 1.0% / 1.4% of the other crates' test samples
-/// (at norm 1 on an earlier registry's data: 36% / 40% / 53%, 99.9% /
-/// 96.5% / 94.7%, 1.2% / 1.0% / 1.7%). Imprinting along the context's hidden
-/// activations (Qi et al. 2018, what this replaced) ranked 11% / 2% first,
-/// took 1.5% / 6.6%: its logit grows without bound in that direction, so it took whole
-/// crates whose contexts lie further out on it. The values were chosen
-/// with an earlier pick of held-out crates (gimli, regex-automata, ureq,
-/// chrono; taken / first): 0.5 and 0.5 gave 1.1% / 56%; margin 0.3, 0.7%
-/// / 39%; margin 1, 2.2% / 84%; temperature 0.3, 0.9% / 35%; a constant
-/// logit, 2.3% / 73%.
+/// far above the best of them it starts for its own context. How these
+/// values were chosen, and what they measured, is in docs/model.md
+/// ("Imprinting: the measurements").
 const IMPRINT_TEMPERATURE: f64 = 0.5;
 const IMPRINT_MARGIN: f64 = 0.5;
 

@@ -252,11 +252,8 @@ pub struct InputGradients {
 /// One deliberate difference: epsilon is left out of the idle steps (a
 /// touched step uses Burn's, 1e-5). A rare feature's √v is around 3e-6,
 /// so with epsilon its momentum is damped to a fraction and the telling,
-/// rare identifiers learn slowly. Measured on the cargo-registry data,
-/// held-out accuracy: 0.979 this way (mean of five splits); 0.975 with
-/// dense Adam's exact steps at epsilon 1e-8 (same five), 0.971 / 0.979 at
-/// 1e-5 (two of them); 2 points less than this with no idle movement at
-/// all (TensorFlow's LazyAdam, one split).
+/// rare identifiers learn slowly (the measurements: docs/model.md, "Lazy
+/// Adam: the measurements").
 pub struct LazyAdam {
     m: Vec<f32>,
     v: Vec<f32>,
