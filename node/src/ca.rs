@@ -2,8 +2,8 @@
 //! certificates it issues (see `agentmesh_protocol::membership`).
 
 use crate::cli::CaCommand;
+use crate::clock::now_ms;
 use crate::identity;
-use crate::network::now_ms;
 use agentmesh_protocol::membership::{self, Certificate, Scope};
 use agentmesh_protocol::NodeKey;
 use anyhow::{anyhow, bail, Context, Result};

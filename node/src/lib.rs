@@ -6,6 +6,7 @@ pub mod api;
 pub mod ca;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod consensus;
 pub mod identity;

@@ -245,7 +245,7 @@ fn known_consensus_peers(
         .filter_map(|b| identity::node_id_of(&b.peer_id))
         .map(|node| (node, Duration::ZERO, 1, None))
         .collect();
-    let now = crate::network::now_ms();
+    let now = crate::clock::now_ms();
     let age = |seen_ms: u64| Duration::from_millis(now.saturating_sub(seen_ms));
     let remembered = match source {
         validators::Source::Configured(_) => return peers,

@@ -80,7 +80,7 @@ pub async fn outcome(
             context: input.context,
             pattern: input.pattern,
             success: input.success,
-            at_ms: crate::network::now_ms(),
+            at_ms: crate::clock::now_ms(),
         })
     })
     .await

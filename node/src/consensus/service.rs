@@ -4,8 +4,9 @@
 use super::history::SledHistory;
 use super::validators::Validators;
 use super::views;
+use crate::clock::now_ms;
 use crate::network::consensus_io::{ConsensusCommand, ConsensusEvent, ConsensusReceivers};
-use crate::network::{now_ms, NetworkHandle};
+use crate::network::NetworkHandle;
 use crate::types::{
     ConsensusStatus, GraylistEntry, Percentiles, TaskInfo, ValidatorEntry, ValidatorsView,
     VertexInfo,

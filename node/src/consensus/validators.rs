@@ -1,8 +1,8 @@
 //! Who votes in this node's polls: the validator set the consensus service
 //! gives the engine, from one of three sources (docs/consensus.md).
 
+use crate::clock::now_ms;
 use crate::network::consensus_io::PeerVote;
-use crate::network::now_ms;
 use agentmesh_consensus::validators::MAX_VALIDATORS;
 use agentmesh_consensus::ValidatorSet;
 use agentmesh_protocol::NodeId;

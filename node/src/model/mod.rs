@@ -442,7 +442,7 @@ impl ModelHandle {
             .trainings
             .fetch_add(1, Ordering::Relaxed);
         let info = TrainingInfo {
-            finished_ms: crate::network::now_ms(),
+            finished_ms: crate::clock::now_ms(),
             samples: samples.len(),
             from_outcomes,
             report,

@@ -40,7 +40,7 @@ use peers::PeerTable;
 use router::{Router, Subscription};
 use std::collections::{HashMap, HashSet};
 use std::ops::ControlFlow;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 /// Commands waiting for the network task; senders wait when it is full.
@@ -56,12 +56,7 @@ const DUPLICATE_CLOSE_DELAY: Duration = Duration::from_secs(2);
 /// Most queued commands handled in one go before the swarm is polled again.
 const MAX_COMMAND_BURST: usize = 512;
 
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use crate::clock::now_ms;
 
 /// Every channel topic of `network` starts with this.
 pub fn topic_prefix(network: &str) -> String {

@@ -68,7 +68,7 @@ impl Patterns {
                 .to_string(),
         };
         let edit = views::edit_of(input);
-        let now = crate::network::now_ms();
+        let now = crate::clock::now_ms();
         let mut created = false;
         let pattern = self.store.edit(&id, |old| match old {
             Some(mut p) => {
