@@ -31,6 +31,15 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
+/// p50, p95 and p99 of sorted latencies, as the benchmarks report them.
+pub fn latency_summary(sorted: &[f64]) -> serde_json::Value {
+    json!({
+        "p50": percentile(sorted, 50.0),
+        "p95": percentile(sorted, 95.0),
+        "p99": percentile(sorted, 99.0),
+    })
+}
+
 pub fn progress(line: &str) {
     eprintln!("[bench] {line}");
 }
@@ -119,11 +128,7 @@ pub async fn gossip(bench: &GossipBench, mut options: TestnetOptions) -> Result<
         "bench": "gossip",
         "membership_handshake_ms": handshakes,
         "nodes": net.nodes.len(),
-        "latency_ms": {
-            "p50": percentile(&latencies, 50.0),
-            "p95": percentile(&latencies, 95.0),
-            "p99": percentile(&latencies, 99.0),
-        },
+        "latency_ms": latency_summary(&latencies),
         "latency_samples": latencies.len(),
         "throughput_msgs_per_s": sustained,
         "deliveries_per_s": sustained * net.nodes.len() as f64,

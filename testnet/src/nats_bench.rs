@@ -5,7 +5,7 @@
 //! The phases mirror [`crate::bench::gossip`]: paced messages for latency,
 //! then rising offered rates until a step is not delivered everywhere.
 
-use crate::bench::{percentile, progress, GossipBench};
+use crate::bench::{latency_summary, progress, GossipBench};
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -174,6 +174,17 @@ fn payload(id: u64) -> Bytes {
     Bytes::from(p)
 }
 
+/// The publish→delivery latency of a delivery at another host than the
+/// publisher's, in ms.
+fn record_latency(sent: &HashMap<u64, (usize, Instant)>, d: &Delivery, out: &mut Vec<f64>) {
+    let (host, id, at) = d;
+    if let Some((from, t0)) = sent.get(id) {
+        if from != host {
+            out.push(at.duration_since(*t0).as_secs_f64() * 1e3);
+        }
+    }
+}
+
 /// Runs `bench`'s workload over a NATS cluster; JSON like the gossip one.
 pub async fn nats_gossip(bench: &GossipBench, bin: &Path) -> Result<serde_json::Value> {
     let dir = tempfile::Builder::new()
@@ -222,24 +233,16 @@ pub async fn nats_gossip(bench: &GossipBench, bin: &Path) -> Result<serde_json::
         sent.insert(id, (host, t0));
         ids.push(id);
         hosts
-            .drain_until(t0 + bench.light_interval, |(h, id, at)| {
-                if let Some((from, t0)) = sent.get(id) {
-                    if from != h {
-                        latencies.push(at.duration_since(*t0).as_secs_f64() * 1e3);
-                    }
-                }
+            .drain_until(t0 + bench.light_interval, |d| {
+                record_latency(&sent, d, &mut latencies)
             })
             .await;
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     while hosts.everywhere(&ids) < ids.len() && Instant::now() < deadline {
         hosts
-            .drain_until(Instant::now() + Duration::from_millis(50), |(h, id, at)| {
-                if let Some((from, t0)) = sent.get(id) {
-                    if from != h {
-                        latencies.push(at.duration_since(*t0).as_secs_f64() * 1e3);
-                    }
-                }
+            .drain_until(Instant::now() + Duration::from_millis(50), |d| {
+                record_latency(&sent, d, &mut latencies)
             })
             .await;
     }
@@ -311,11 +314,7 @@ pub async fn nats_gossip(bench: &GossipBench, bin: &Path) -> Result<serde_json::
     Ok(json!({
         "servers": SERVERS,
         "hosts": bench.nodes,
-        "latency_ms": {
-            "p50": percentile(&latencies, 50.0),
-            "p95": percentile(&latencies, 95.0),
-            "p99": percentile(&latencies, 99.0),
-        },
+        "latency_ms": latency_summary(&latencies),
         "latency_samples": latencies.len(),
         "throughput_msgs_per_s": sustained,
         "steps": steps,

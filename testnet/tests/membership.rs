@@ -61,6 +61,33 @@ async fn members_with(scopes: &[&str], node0_args: &[String]) -> Members {
     }
 }
 
+/// A bare peer holding a certificate with `scopes` (valid for an hour),
+/// and the certificate.
+fn certified_member(m: &Members, scopes: &str) -> (RoguePeer, Vec<u8>) {
+    let mut member = RoguePeer::new(&m.net.options.network).unwrap();
+    let holder = node_id_of(&member.peer_id).unwrap();
+    let cert = m
+        .authority
+        .issue_at(holder, scopes, now_ms(), now_ms() + 3_600_000)
+        .unwrap();
+    member.certificate = Some(cert.clone());
+    (member, cert)
+}
+
+/// Keeps node 1 publishing on chat until `member` receives gossip (only
+/// an admitted member does).
+async fn wait_for_chat_gossip(net: &Testnet, member: &mut RoguePeer, what: &str) {
+    let deadline = Instant::now() + TIMEOUT;
+    while member.gossip_received == 0 {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        let _ = net.nodes[1]
+            .client
+            .publish("chat:general", "text/plain", b"to members".to_vec())
+            .await;
+        member.pump(Duration::from_millis(200)).await;
+    }
+}
+
 async fn security(client: &ApiClient) -> SecurityStatus {
     client.status().await.unwrap().security
 }
@@ -250,13 +277,7 @@ async fn members_talk_within_their_scopes_and_non_members_are_refused() {
 
     // A member with a valid certificate publishing outside its scopes: its
     // chat messages are delivered everywhere, the rest rejected.
-    let mut member = RoguePeer::new(&net.options.network).unwrap();
-    let holder = node_id_of(&member.peer_id).unwrap();
-    let cert = m
-        .authority
-        .issue_at(holder, "publish:chat:*", now_ms(), now_ms() + 3_600_000)
-        .unwrap();
-    member.certificate = Some(cert.clone());
+    let (mut member, cert) = certified_member(&m, "publish:chat:*");
     member.connect(&target, "chat").await.unwrap();
     let in_scope = frame(&member.key, "chat:general", "within scope", Some(&cert));
     member.publish_raw("chat", in_scope).unwrap();
@@ -275,16 +296,12 @@ async fn members_talk_within_their_scopes_and_non_members_are_refused() {
     }
     // Once admitted, a member gets gossip (what the fence withheld above
     // is real traffic).
-    let what = "the admitted member to receive chat gossip";
-    let deadline = Instant::now() + TIMEOUT;
-    while member.gossip_received == 0 {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        let _ = net.nodes[1]
-            .client
-            .publish("chat:general", "text/plain", b"to members".to_vec())
-            .await;
-        member.pump(Duration::from_millis(200)).await;
-    }
+    wait_for_chat_gossip(
+        net,
+        &mut member,
+        "the admitted member to receive chat gossip",
+    )
+    .await;
     let out_of_scope = frame(&member.key, "coordination", "outside scope", Some(&cert));
     member.publish_raw("coordination", out_of_scope).unwrap();
     // A vertex from a member without the propose scope.
@@ -580,13 +597,7 @@ async fn stalling_strangers_hold_at_most_the_handshake_places_and_members_still_
 
     // A member still gets in: it displaces a stranger that has waited
     // longer than any honest handshake takes.
-    let mut member = RoguePeer::new(&net.options.network).unwrap();
-    let holder = node_id_of(&member.peer_id).unwrap();
-    let cert = m
-        .authority
-        .issue_at(holder, "all", now_ms(), now_ms() + 3_600_000)
-        .unwrap();
-    member.certificate = Some(cert);
+    let (mut member, _) = certified_member(&m, "all");
     // Turned away while every stranger's wait is still short, it retries,
     // as a node redials its bootstrap peers.
     let deadline = Instant::now() + 2 * TIMEOUT;
@@ -598,18 +609,12 @@ async fn stalling_strangers_hold_at_most_the_handshake_places_and_members_still_
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let deadline = Instant::now() + TIMEOUT;
-    while member.gossip_received == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the member was not admitted while strangers stalled"
-        );
-        let _ = net.nodes[1]
-            .client
-            .publish("chat:general", "text/plain", b"to members".to_vec())
-            .await;
-        member.pump(Duration::from_millis(200)).await;
-    }
+    wait_for_chat_gossip(
+        net,
+        &mut member,
+        "the member to be admitted while strangers stalled",
+    )
+    .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for s in strangers {
         s.await.unwrap();

@@ -23,7 +23,7 @@ use libp2p::swarm::{
 };
 use libp2p::PeerId;
 use lru::LruCache;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::num::NonZeroUsize;
@@ -103,7 +103,7 @@ pub struct Gate {
     /// Inbound connections, pending (no peer yet) or established.
     inbound: HashMap<ConnectionId, Inbound>,
     established_inbound: usize,
-    outbound: HashMap<ConnectionId, PeerId>,
+    outbound: HashSet<ConnectionId>,
     per_ip: HashMap<IpAddr, usize>,
     per_subnet: HashMap<IpNet, usize>,
     /// Banned addresses and until when.
@@ -118,7 +118,7 @@ impl Gate {
             limits,
             inbound: HashMap::new(),
             established_inbound: 0,
-            outbound: HashMap::new(),
+            outbound: HashSet::new(),
             per_ip: HashMap::new(),
             per_subnet: HashMap::new(),
             ip_bans: LruCache::new(NonZeroUsize::new(MAX_IP_BANS).expect("non-zero")),
@@ -176,11 +176,6 @@ impl Gate {
 
     pub fn outbound_count(&self) -> usize {
         self.outbound.len()
-    }
-
-    /// Whether the node dialled `peer` (one of its outbound connections).
-    pub fn is_outbound(&self, peer: &PeerId) -> bool {
-        self.outbound.values().any(|p| p == peer)
     }
 
     /// The non-exempt addresses `peer` is connected from (inbound).
@@ -323,7 +318,7 @@ impl NetworkBehaviour for Gate {
                     }
                 }
                 ConnectedPoint::Dialer { .. } => {
-                    self.outbound.insert(connection_id, peer_id);
+                    self.outbound.insert(connection_id);
                 }
             },
             FromSwarm::ConnectionClosed(ConnectionClosed { connection_id, .. }) => {

@@ -124,14 +124,12 @@ impl Network {
             return;
         }
         self.peer_manager.last_prune = now;
-        let gate = &self.swarm.behaviour().gate;
         let gossipsub = &self.swarm.behaviour().gossipsub;
         let candidates = self
             .links
             .table
             .inbound_only()
             .into_iter()
-            .filter(|(peer, _)| !gate.is_outbound(peer))
             .map(|(peer, since)| PruneCandidate {
                 peer,
                 admitted: self.membership.is_admitted(&peer),
