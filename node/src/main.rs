@@ -1,15 +1,21 @@
-use agentmesh_node::cli::{Cli, ClientArgs, Command, PatternsCommand};
+use agentmesh_node::cli::{Cli, ClientArgs, Command, ConfigCommand, PatternsCommand};
 use agentmesh_node::client::{ApiClient, SubscriptionItem};
 use agentmesh_node::config::{LogFormat, Settings};
 use agentmesh_node::types::{PatternInput, TransactionBody};
 use agentmesh_node::{identity, logging, node};
 use anyhow::{Context, Result};
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use futures::StreamExt;
 use std::io::Read;
 
 fn main() {
-    let cli = Cli::parse();
+    // The `run` flags' help shows their defaults, taken from the settings'
+    // declarations (the flags themselves have none: see config::reference).
+    let command = agentmesh_node::config::with_defaults_in_help(Cli::command());
+    let cli = match Cli::from_arg_matches(&command.get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -26,6 +32,7 @@ fn main() {
 async fn dispatch(command: Command) -> Result<()> {
     match command {
         Command::Run(args) => run(*args).await,
+        Command::Config { action } => config(action),
         Command::Id { data_dir } => {
             logging::init(LogFormat::Human, "warn");
             let key = identity::load_or_create(&identity::key_path(&data_dir))?;
@@ -276,11 +283,25 @@ fn print_json_or<T: serde::Serialize>(
     Ok(())
 }
 
+fn config(action: ConfigCommand) -> Result<()> {
+    use agentmesh_node::config;
+    match action {
+        ConfigCommand::Reference => print!("{}", config::reference_markdown()),
+        ConfigCommand::Defaults => print!("{}", config::defaults_toml()),
+        ConfigCommand::Check(args) => {
+            let c = args.resolve()?;
+            Settings::from_config(&c)?;
+            print!("{}", toml::to_string(&c)?);
+        }
+    }
+    Ok(())
+}
+
 async fn run(args: agentmesh_node::cli::RunArgs) -> Result<()> {
     let config = args.resolve()?;
     let settings = Settings::from_config(&config)?;
-    logging::init(settings.log_format, "info,libp2p_gossipsub=warn");
-    if settings.bootstrap.is_empty() {
+    logging::init(settings.node.log_format, "info,libp2p_gossipsub=warn");
+    if settings.bootstrap_peers.is_empty() {
         tracing::info!("no bootstrap peers configured: starting alone or from remembered peers");
     }
     let running = node::start(settings).await?;

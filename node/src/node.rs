@@ -44,7 +44,7 @@ pub struct RunningNode {
 }
 
 pub async fn start(settings: Settings) -> Result<RunningNode> {
-    let dir = &settings.data_dir;
+    let dir = &settings.node.data_dir;
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create data directory {}", dir.display()))?;
     ready::remove(dir);
@@ -67,7 +67,7 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
     )?;
     let membership = Membership::load(&settings, node_id)?;
     let own_scopes = membership.own_scopes();
-    let validator_source = match (&settings.validators, &own_scopes) {
+    let validator_source = match (&settings.validator_set, &own_scopes) {
         (Some(set), _) => validators::Source::Configured(set.clone()),
         (None, Some(own)) => validators::Source::Certificates {
             own_weight: own.validator_weight().unwrap_or(0),
@@ -79,7 +79,7 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
         (None, None) => validators::Source::PeersSeen,
     };
     let mut engine = Engine::new(
-        settings.consensus.clone(),
+        settings.consensus_params.clone(),
         NodeKey::from_seed(*key.seed())?,
         SledHistory::new(decisions),
         RandomState::new().build_hasher().finish(),
@@ -135,7 +135,7 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
         changes: changes_rx,
         sync_events: sync_events_rx,
         peers: sync_peers,
-        gossip_delay: settings.pattern_gossip_delay,
+        gossip_delay: settings.patterns.gossip_delay_ms.duration(),
     };
     let reconciler = Reconciler {
         local: node_id,
@@ -143,7 +143,7 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
         network: handle.clone(),
         stats: sync_stats,
         peers: sync_peers_rx,
-        interval: settings.anti_entropy_interval,
+        interval: settings.patterns.anti_entropy_secs.duration(),
         may_push: own_scopes.as_ref().is_none_or(|v| v.may_share_patterns()),
     };
     let model_service = ModelService {
@@ -162,21 +162,21 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
         .context("timed out waiting for the listeners to come up")?
         .context("the network task stopped during start-up")?;
 
-    let listener = tokio::net::TcpListener::bind(settings.api)
+    let listener = tokio::net::TcpListener::bind(settings.api_addr)
         .await
         .with_context(|| {
             format!(
                 "cannot bind the API address {} (setting 'api')",
-                settings.api
+                settings.api_addr
             )
         })?;
     let api_addr = listener.local_addr()?;
-    let token = api::load_or_create_token(&settings.api_token_file)?;
+    let token = api::load_or_create_token(&settings.api_token_path)?;
     let guard = api::Guard::new(
         token,
-        settings.api_token_file.clone(),
+        settings.api_token_path.clone(),
         api_addr,
-        &settings.api_allowed_hosts,
+        &settings.api_hosts,
     );
     let app = api::router(ApiState {
         network: handle.clone(),
@@ -184,7 +184,7 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
         patterns,
         metrics,
         node_id,
-        max_message_bytes: settings.max_message_bytes,
+        max_message_bytes: settings.network.max_message_bytes,
         own_scopes,
         model: model.clone(),
         guard,
@@ -204,14 +204,14 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
         &ReadyInfo {
             peer_id: peer_id.to_string(),
             node_id: node_id.to_string(),
-            network: settings.network.clone(),
+            network: settings.node.network.clone(),
             api: api_addr,
-            api_token_file: settings.api_token_file.clone(),
+            api_token_file: settings.api_token_path.clone(),
             listen_addrs: listen_addrs.iter().map(|a| a.to_string()).collect(),
             pid: std::process::id(),
         },
     )?;
-    tracing::info!(%peer_id, api = %api_addr, network = %settings.network, "node started");
+    tracing::info!(%peer_id, api = %api_addr, network = %settings.node.network, "node started");
     Ok(RunningNode {
         peer_id,
         api_addr,
@@ -240,7 +240,7 @@ fn known_consensus_peers(
     source: &validators::Source,
 ) -> Vec<(NodeId, Duration, u64, Option<u64>)> {
     let mut peers: Vec<(NodeId, Duration, u64, Option<u64>)> = settings
-        .bootstrap
+        .bootstrap_peers
         .iter()
         .filter_map(|b| identity::node_id_of(&b.peer_id))
         .map(|node| (node, Duration::ZERO, 1, None))
@@ -287,7 +287,7 @@ impl RunningNode {
     /// Stops the API (open event streams end), persists peers, stops the
     /// network and flushes the database.
     pub async fn shutdown(self) -> Result<()> {
-        ready::remove(&self.settings.data_dir);
+        ready::remove(&self.settings.node.data_dir);
         let _ = self.stop_api.send(());
         // Open SSE streams keep graceful shutdown waiting; they end when the
         // network task drops the subscriptions below, but do not wait forever.

@@ -42,7 +42,12 @@ async fn stranger(target: String, network: String, stop: Arc<AtomicBool>) -> Res
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let vertex = vec![0x5a; agentmesh_protocol::vertex::MAX_VERTEX_BYTES - 64];
-    let channel = vec![0xa5; agentmesh_node::config::Config::default().max_message_bytes];
+    let channel = vec![
+        0xa5;
+        agentmesh_node::config::Config::default()
+            .network
+            .max_message_bytes
+    ];
     let mut n = 0u32;
     while !stop.load(Ordering::Relaxed) {
         // Distinct bytes each time: gossipsub drops repeats by content.
@@ -75,7 +80,8 @@ pub async fn pending_strangers(
     // test (all of them: the worst case).
     let config = options.root.join("pending.toml");
     let mut toml = format!(
-        "target_peers = {}\nmax_connections = {}\nmembership_timeout_ms = {}\n",
+        "[peers]\ntarget_peers = {}\n[network]\nmax_connections = {}\n\
+         [membership]\nmembership_timeout_ms = {}\n",
         strangers + 16,
         2 * strangers + 64,
         (secs + 30) * 1000

@@ -100,7 +100,7 @@ fn victim_config(dir: &std::path::Path, o: &SybilOptions) -> Result<std::path::P
     std::fs::write(
         &path,
         format!(
-            "target_peers = {}\npeer_excess = {EXCESS}\nreserved_outbound_peers = {RESERVED_OUTBOUND}\n\
+            "[peers]\ntarget_peers = {}\npeer_excess = {EXCESS}\nreserved_outbound_peers = {RESERVED_OUTBOUND}\n\
              max_peers_per_ip = {}\nmax_peers_per_subnet = 1000\n\
              peer_limits_exempt = [\"127.0.0.1/32\", \"::1/128\"]\n",
             o.target_peers, o.max_peers_per_ip

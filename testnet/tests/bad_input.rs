@@ -58,13 +58,13 @@ fn invalid_configuration_is_refused_naming_the_setting() {
     let bad_addr = dir.path().join("bad-addr.toml");
     std::fs::write(
         &bad_addr,
-        "bootstrap = [\"/ip4/10.0.0.1/tcp/notaport/p2p/x\"]\n",
+        "[network]\nbootstrap = [\"/ip4/10.0.0.1/tcp/notaport/p2p/x\"]\n",
     )
     .unwrap();
     let unknown = dir.path().join("unknown.toml");
-    std::fs::write(&unknown, "network = \"x\"\nbootstrap_peers = []\n").unwrap();
+    std::fs::write(&unknown, "[network]\nbootstrap_peers = []\n").unwrap();
     let wrong_type = dir.path().join("wrong-type.toml");
-    std::fs::write(&wrong_type, "ping_interval_secs = \"often\"\n").unwrap();
+    std::fs::write(&wrong_type, "[network]\nping_interval_secs = \"often\"\n").unwrap();
 
     let zeros = "0".repeat(64);
     type Env<'a> = Vec<(&'a str, &'a str)>;
@@ -72,7 +72,7 @@ fn invalid_configuration_is_refused_naming_the_setting() {
         (
             vec!["--config", bad_addr.to_str().unwrap()],
             vec![],
-            "'bootstrap'",
+            "'network.bootstrap'",
         ),
         (
             vec!["--config", unknown.to_str().unwrap()],
@@ -107,26 +107,34 @@ fn invalid_configuration_is_refused_naming_the_setting() {
         (
             vec![],
             vec![("AGENTMESH_MAX_MESSAGE_BYTES", "0")],
-            "'max_message_bytes'",
+            "'network.max_message_bytes'",
         ),
         (
             vec![],
             vec![("AGENTMESH_NETWORK", "has spaces")],
-            "'network'",
+            "'node.network'",
         ),
-        (vec!["--api", "0.0.0.0:7700"], vec![], "'api'"),
-        (vec!["--no-quic", "--no-tcp"], vec![], "enable at least one"),
+        (vec!["--api", "0.0.0.0:7700"], vec![], "'api.listen'"),
+        (
+            vec!["--quic=false", "--tcp=false"],
+            vec![],
+            "enable at least one",
+        ),
         (
             vec!["--consensus-alpha-preference", "5"],
             vec![],
-            "'consensus_alpha_preference'",
+            "'consensus.alpha_preference'",
         ),
         (
             vec!["--consensus-alpha-confidence", "12"],
             vec![],
             "Byzantine",
         ),
-        (vec!["--validators", "nonsense"], vec![], "'validators'"),
+        (
+            vec!["--validators", "nonsense"],
+            vec![],
+            "'consensus.validators'",
+        ),
         (
             vec![
                 "--validators",
@@ -138,10 +146,14 @@ fn invalid_configuration_is_refused_naming_the_setting() {
         (
             vec![],
             vec![("AGENTMESH_CONSENSUS_BETA_ROGUE", "1")],
-            "'consensus_beta_rogue'",
+            "'consensus.beta_rogue'",
         ),
-        (vec!["--authority", "abc"], vec![], "'authority'"),
-        (vec!["--authority", &zeros], vec![], "'certificate'"),
+        (vec!["--authority", "abc"], vec![], "'membership.authority'"),
+        (
+            vec!["--authority", &zeros],
+            vec![],
+            "'membership.certificate'",
+        ),
         (
             vec![
                 "--authority",
@@ -152,7 +164,7 @@ fn invalid_configuration_is_refused_naming_the_setting() {
             vec![],
             "/nonexistent/c.cert",
         ),
-        (vec!["--ban-threshold", "0"], vec![], "'ban_threshold'"),
+        (vec!["--ban-threshold", "0"], vec![], "--ban-threshold"),
     ];
     for (args, env, expected) in cases {
         let (status, stderr) = run_refused(&args, &env);

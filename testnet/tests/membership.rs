@@ -547,7 +547,7 @@ async fn stale_and_early_frames_are_dropped_without_charging_the_relay() {
 async fn stalling_strangers_hold_at_most_the_handshake_places_and_members_still_join() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("node0.toml");
-    std::fs::write(&config, "max_pending_handshakes = 4\n").unwrap();
+    std::fs::write(&config, "[membership]\nmax_pending_handshakes = 4\n").unwrap();
     let m = members_with(
         &["all", "all"],
         &["--config".into(), config.display().to_string()],

@@ -107,7 +107,7 @@ async fn several_local_subscribers_and_prefix_subscriptions_each_get_their_messa
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_without_quic_joins_over_tcp_while_quic_nodes_use_quic() {
     let mut t = start(2, &[]).await;
-    t.net.add_node(&["--no-quic"]).await.unwrap();
+    t.net.add_node(&["--quic=false"]).await.unwrap();
     let net = &t.net;
     net.wait_full_mesh(MESH_TIMEOUT).await.unwrap();
     let tcp_node = net.nodes[2].info.peer_id.clone();

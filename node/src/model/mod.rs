@@ -6,7 +6,7 @@
 mod outcomes;
 pub mod service;
 
-use crate::config::ModelSettings;
+use crate::config::ModelConfig;
 use crate::network::model_io::{ServedModel, SharedModel};
 use crate::patterns::Patterns;
 use agentmesh_neural::checkpoint::Checkpoint;
@@ -139,7 +139,7 @@ struct Shared {
     recommender: Mutex<LocalModel>,
     store: ModelStore,
     patterns: Patterns,
-    settings: ModelSettings,
+    settings: ModelConfig,
     counters: ModelCounters,
     last_training: Mutex<Option<TrainingInfo>>,
     training: AtomicBool,
@@ -167,7 +167,7 @@ impl ModelHandle {
     /// stored outcomes are learned again: all of them by the rules (their
     /// past contexts are not saved otherwise), and by the model those
     /// after its checkpoint's mark — what a crash lost since the last save.
-    pub fn load(store: ModelStore, patterns: Patterns, settings: ModelSettings) -> ModelHandle {
+    pub fn load(store: ModelStore, patterns: Patterns, settings: ModelConfig) -> ModelHandle {
         let mut recommender = Recommender::new(RecommenderConfig {
             model_enabled: settings.enabled,
             min_confidence: settings.min_confidence,
@@ -203,7 +203,7 @@ impl ModelHandle {
                 saved_version: AtomicU64::new(saved),
                 save_lock: Mutex::new(()),
                 next_background_save: AtomicU64::new(
-                    saved.saturating_add(settings.save_after_outcomes),
+                    saved.saturating_add(settings.save_outcomes.get()),
                 ),
                 saving: AtomicBool::new(false),
                 recommender: Mutex::new(local),
@@ -226,7 +226,7 @@ impl ModelHandle {
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn settings(&self) -> &ModelSettings {
+    pub fn settings(&self) -> &ModelConfig {
         &self.shared.settings
     }
 
@@ -318,7 +318,7 @@ impl ModelHandle {
         }
         // If this save fails, the next is tried as many outcomes later.
         self.shared.next_background_save.store(
-            version.saturating_add(self.shared.settings.save_after_outcomes),
+            version.saturating_add(self.shared.settings.save_outcomes.get()),
             Ordering::Relaxed,
         );
         let handle = self.clone();
@@ -544,7 +544,7 @@ impl ModelHandle {
             .save_checkpoint(bytes, snapshot.outcomes_through)?;
         saved.store(version, Ordering::Relaxed);
         self.shared.next_background_save.store(
-            version.saturating_add(self.shared.settings.save_after_outcomes),
+            version.saturating_add(self.shared.settings.save_outcomes.get()),
             Ordering::Relaxed,
         );
         Ok(())

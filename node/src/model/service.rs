@@ -129,7 +129,7 @@ impl ModelService {
         let Ok(subscription) = self.network.subscribe(pattern).await else {
             return;
         };
-        let mut tick = tokio::time::interval(self.model.settings().share_interval);
+        let mut tick = tokio::time::interval(self.model.settings().share_secs.duration());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut rules_tick = tokio::time::interval(RULES_REFRESH);
         rules_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -6,14 +6,14 @@ use agentmesh_store::Store;
 use std::path::Path;
 use tokio::sync::mpsc;
 
-fn settings(enabled: bool) -> ModelSettings {
-    ModelSettings {
+fn settings(enabled: bool) -> ModelConfig {
+    ModelConfig {
         enabled,
-        share_interval: std::time::Duration::from_secs(60),
+        share_secs: crate::config::Secs::new(60),
         min_confidence: 0.0,
         feature_dim: 1 << 10,
         seed: 7,
-        save_after_outcomes: 3,
+        save_outcomes: std::num::NonZeroU64::new(3).unwrap(),
     }
 }
 

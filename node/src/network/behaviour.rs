@@ -133,12 +133,12 @@ pub fn topic_scoring() -> gossipsub::TopicScoreParams {
 fn peer_scoring(
     settings: &Settings,
 ) -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThresholds) {
-    let topics = [consensus_topic(&settings.network).hash()]
+    let topics = [consensus_topic(&settings.node.network).hash()]
         .into_iter()
         .chain(
             STANDARD_FAMILIES
                 .iter()
-                .map(|f| super::topic_for(&settings.network, f).hash()),
+                .map(|f| super::topic_for(&settings.node.network, f).hash()),
         )
         .map(|t| (t, topic_scoring()))
         .collect();
@@ -189,16 +189,16 @@ pub fn gossipsub_config(settings: &Settings) -> Result<gossipsub::Config> {
         // takes, and what gossipsub reads off the wire before it knows the
         // topic.
         .max_transmit_size(
-            gossip_transmit_limit(settings.max_message_bytes)
+            gossip_transmit_limit(settings.network.max_message_bytes)
                 .max(agentmesh_protocol::vertex::MAX_VERTEX_BYTES + 1024),
         )
-        .heartbeat_interval(settings.gossip_heartbeat);
+        .heartbeat_interval(settings.network.gossip_heartbeat_ms.duration());
     // Channel messages are far smaller than vertices: a larger one is
     // refused as it is decoded, and counts as an invalid message.
     for family in STANDARD_FAMILIES {
         builder.max_transmit_size_for_topic(
-            gossip_transmit_limit(settings.max_message_bytes),
-            super::topic_for(&settings.network, family).hash(),
+            gossip_transmit_limit(settings.network.max_message_bytes),
+            super::topic_for(&settings.node.network, family).hash(),
         );
     }
     builder.build().context("invalid gossipsub configuration")
@@ -208,7 +208,7 @@ type BoxedTransport = Boxed<(PeerId, StreamMuxerBox)>;
 
 /// QUIC and/or TCP (Noise + yamux), as enabled.
 fn base_transport(keypair: &Keypair, settings: &Settings) -> Result<BoxedTransport> {
-    let tcp = if settings.tcp {
+    let tcp = if settings.network.tcp {
         let t = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
             .upgrade(upgrade::Version::V1Lazy)
             .authenticate(noise::Config::new(keypair).context("noise configuration")?)
@@ -219,10 +219,10 @@ fn base_transport(keypair: &Keypair, settings: &Settings) -> Result<BoxedTranspo
     } else {
         OptionalTransport::none()
     };
-    let quic = if settings.quic {
+    let quic = if settings.network.quic {
         let mut config = quic::Config::new(keypair);
         // An unanswered QUIC dial gives way to the next address (TCP) after this.
-        config.handshake_timeout = settings.quic_dial_timeout;
+        config.handshake_timeout = settings.network.quic_dial_timeout_ms.duration();
         let t = quic::tokio::Transport::new(config)
             .map(|(peer, conn), _| (peer, StreamMuxerBox::new(conn)));
         OptionalTransport::some(t)
@@ -256,14 +256,14 @@ pub fn build_swarm(keypair: Keypair, settings: &Settings) -> Result<Swarm<Behavi
 
     let limits = connection_limits::Behaviour::new(
         connection_limits::ConnectionLimits::default()
-            .with_max_established(Some(settings.max_connections))
-            .with_max_established_per_peer(Some(settings.max_connections_per_peer))
-            .with_max_pending_incoming(Some(settings.max_pending_connections))
-            .with_max_pending_outgoing(Some(settings.max_pending_connections)),
+            .with_max_established(Some(settings.network.max_connections.get()))
+            .with_max_established_per_peer(Some(settings.network.max_connections_per_peer.get()))
+            .with_max_pending_incoming(Some(settings.network.max_pending_connections.get()))
+            .with_max_pending_outgoing(Some(settings.network.max_pending_connections.get())),
     );
     let identify = identify::Behaviour::new(
         identify::Config::new(
-            identify_protocol_version(&settings.network),
+            identify_protocol_version(&settings.node.network),
             keypair.public(),
         )
         // The run nonce tells peers this process apart from an earlier one
@@ -279,11 +279,11 @@ pub fn build_swarm(keypair: Keypair, settings: &Settings) -> Result<Swarm<Behavi
     );
     let ping = ping::Behaviour::new(
         ping::Config::new()
-            .with_interval(settings.ping_interval)
-            .with_timeout(settings.ping_timeout),
+            .with_interval(settings.network.ping_interval_secs.duration())
+            .with_timeout(settings.network.ping_timeout_secs.duration()),
     );
 
-    let mut kad_config = kad::Config::new(kad_protocol(&settings.network));
+    let mut kad_config = kad::Config::new(kad_protocol(&settings.node.network));
     // The node schedules bootstraps itself (network::maintain): often while
     // the mesh changes, every `bootstrap_interval` once it is stable.
     kad_config.set_periodic_bootstrap_interval(None);
@@ -305,7 +305,7 @@ pub fn build_swarm(keypair: Keypair, settings: &Settings) -> Result<Swarm<Behavi
 
     let topics = gossipsub::MaxCountSubscriptionFilter {
         filter: NetworkTopics {
-            prefix: network_topic_prefix(&settings.network),
+            prefix: network_topic_prefix(&settings.node.network),
         },
         max_subscribed_topics: MAX_TOPICS_PER_PEER,
         max_subscriptions_per_request: MAX_TOPICS_PER_PEER,
@@ -324,12 +324,12 @@ pub fn build_swarm(keypair: Keypair, settings: &Settings) -> Result<Swarm<Behavi
     let consensus = request_response::Behaviour::with_codec(
         CborCodec::default(),
         [(
-            protocol_name::<ConsensusMessages>(&settings.network),
+            protocol_name::<ConsensusMessages>(&settings.node.network),
             request_response::ProtocolSupport::Full,
         )],
         request_response::Config::default()
             .with_request_timeout(Duration::from_millis(
-                settings.consensus.query_timeout_max_ms,
+                settings.consensus_params.query_timeout_max_ms,
             ))
             .with_max_concurrent_streams(1024),
     );
@@ -339,7 +339,7 @@ pub fn build_swarm(keypair: Keypair, settings: &Settings) -> Result<Swarm<Behavi
     let sync = request_response::Behaviour::with_codec(
         CborCodec::default(),
         [(
-            protocol_name::<SyncMessages>(&settings.network),
+            protocol_name::<SyncMessages>(&settings.node.network),
             request_response::ProtocolSupport::Full,
         )],
         request_response::Config::default()
@@ -350,17 +350,18 @@ pub fn build_swarm(keypair: Keypair, settings: &Settings) -> Result<Swarm<Behavi
     let membership = request_response::Behaviour::with_codec(
         CborCodec::default(),
         [(
-            protocol_name::<MembershipMessages>(&settings.network),
+            protocol_name::<MembershipMessages>(&settings.node.network),
             request_response::ProtocolSupport::Full,
         )],
-        request_response::Config::default().with_request_timeout(settings.membership_timeout),
+        request_response::Config::default()
+            .with_request_timeout(settings.membership.membership_timeout_ms.duration()),
     );
 
     // A chunk is 4 MiB: generous time for a loaded peer to send it.
     let model = request_response::Behaviour::with_codec(
         CborCodec::default(),
         [(
-            protocol_name::<ModelMessages>(&settings.network),
+            protocol_name::<ModelMessages>(&settings.node.network),
             request_response::ProtocolSupport::Full,
         )],
         request_response::Config::default()
@@ -370,11 +371,11 @@ pub fn build_swarm(keypair: Keypair, settings: &Settings) -> Result<Swarm<Behavi
 
     let peers = &settings.peers;
     let gate = Gate::new(GateLimits {
-        max_peers: peers.max_peers(settings.target_peers),
-        max_inbound: peers.max_inbound(settings.target_peers),
-        max_per_ip: peers.max_per_ip,
-        max_per_subnet: peers.max_per_subnet,
-        exempt: peers.exempt.clone(),
+        max_peers: peers.max_peers(),
+        max_inbound: peers.max_inbound(),
+        max_per_ip: peers.max_peers_per_ip.get(),
+        max_per_subnet: peers.max_peers_per_subnet,
+        exempt: settings.exempt_nets.clone(),
     });
     let behaviour = Behaviour {
         blocked: allow_block_list::Behaviour::default(),
@@ -390,7 +391,7 @@ pub fn build_swarm(keypair: Keypair, settings: &Settings) -> Result<Swarm<Behavi
         model,
     };
     let config = libp2p::swarm::Config::with_tokio_executor()
-        .with_idle_connection_timeout(settings.idle_connection_timeout)
+        .with_idle_connection_timeout(settings.network.idle_connection_timeout_secs.duration())
         // One address at a time, in the order given: QUIC before TCP.
         .with_dial_concurrency_factor(NonZeroU8::MIN);
     Ok(Swarm::new(transport, behaviour, local_peer_id, config))

@@ -120,12 +120,12 @@ impl Membership {
             pending: HashMap::new(),
             held_bytes: 0,
             cooling: LruCache::new(MAX_COOLING),
-            timeout: settings.membership_timeout,
+            timeout: settings.membership.membership_timeout_ms.duration(),
             refused: 0,
             turned_away: 0,
             last_handshake_ms: None,
         };
-        let Some(m) = &settings.membership else {
+        let Some(m) = &settings.authority else {
             tracing::warn!("no authority configured: this node runs OPEN and accepts any peer (set 'authority' and 'certificate' to require membership)");
             return Ok(membership);
         };
@@ -368,7 +368,8 @@ impl Network {
     pub(super) fn membership_connected(&mut self, peer: PeerId, dialled: bool) {
         if !self.membership.is_open()
             && !dialled
-            && self.membership.pending_count() >= self.settings.max_pending_handshakes
+            && self.membership.pending_count()
+                >= self.settings.membership.max_pending_handshakes.get()
             && !self.make_room_for_a_handshake()
         {
             tracing::debug!(%peer, "too many handshakes under way; turning a newcomer away");

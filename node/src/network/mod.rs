@@ -302,15 +302,18 @@ impl Network {
         let peer_book = store.peers()?;
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let (listening_tx, listening_rx) = oneshot::channel();
-        let router = Router::new(settings.subscriber_buffer);
-        let discovery = Backoff::new(settings.bootstrap_interval, Instant::now());
-        let dialer = Dialer::new(
-            settings.breaker_cooldown,
-            settings.reconnect_max_delay,
-            settings.quic,
-            settings.tcp,
+        let router = Router::new(settings.network.subscriber_buffer.get());
+        let discovery = Backoff::new(
+            settings.network.bootstrap_interval_secs.duration(),
+            Instant::now(),
         );
-        let consensus = consensus_io::ConsensusIo::new(&settings.network, consensus_events);
+        let dialer = Dialer::new(
+            settings.network.breaker_cooldown_secs.duration(),
+            settings.network.reconnect_max_delay_secs.duration(),
+            settings.network.quic,
+            settings.network.tcp,
+        );
+        let consensus = consensus_io::ConsensusIo::new(&settings.node.network, consensus_events);
         let guard = guard::Guard::new(&settings, store.bans()?);
         let peer_manager = peer_manager::PeerManager::new(&settings);
         let mut network = Network {
@@ -320,7 +323,7 @@ impl Network {
             sync: sync_io::SyncIo::new(sync_events),
             model: model_io::ModelIo::new(served_model),
             metrics,
-            topic_prefix: topic_prefix(&settings.network),
+            topic_prefix: topic_prefix(&settings.node.network),
             swarm,
             settings,
             local_node: key.node_id(),
@@ -350,14 +353,14 @@ impl Network {
             peer_manager,
             validation: validation::ValidationPool::start(),
         };
-        for addr in network.settings.listen.clone() {
+        for addr in network.settings.listen_addrs.clone() {
             let id = network
                 .swarm
                 .listen_on(addr.clone())
                 .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
             network.listening.pending.insert(id);
         }
-        for addr in network.settings.external_addresses.clone() {
+        for addr in network.settings.external_addrs.clone() {
             network.swarm.add_external_address(addr);
         }
         let topic = network.consensus.topic().clone();
@@ -375,7 +378,7 @@ impl Network {
     /// Bootstrap peers from the configuration, then every peer remembered
     /// from earlier runs.
     fn add_initial_peers(&mut self) {
-        for b in self.settings.bootstrap.clone() {
+        for b in self.settings.bootstrap_peers.clone() {
             self.swarm
                 .behaviour_mut()
                 .kad
@@ -430,7 +433,7 @@ impl Network {
     fn maintain(&mut self) {
         let now = Instant::now();
         for family in self.router.collect_unused() {
-            let topic = topic_for(&self.settings.network, &family);
+            let topic = topic_for(&self.settings.node.network, &family);
             self.swarm.behaviour_mut().gossipsub.unsubscribe(&topic);
         }
         self.dial_due(now);
@@ -453,7 +456,10 @@ impl Network {
         }
         if now.duration_since(self.last_prune) > Duration::from_secs(600) {
             self.last_prune = now;
-            if let Err(e) = self.peer_book.prune(self.settings.max_known_peers) {
+            if let Err(e) = self
+                .peer_book
+                .prune(self.settings.network.max_known_peers.get())
+            {
                 tracing::warn!(error = %e, "cannot prune known peers");
             }
         }
@@ -582,7 +588,7 @@ impl Network {
             }) => {
                 self.links.discovery.restart(Instant::now());
                 if !self.swarm.is_connected(&peer)
-                    && self.links.table.len() < self.settings.target_peers
+                    && self.links.table.len() < self.settings.peers.target_peers.get()
                 {
                     self.dial(peer, addresses.into_vec());
                 }
@@ -596,7 +602,7 @@ impl Network {
                 Err(error) => {
                     let failures = self.links.table.ping_failed(&peer);
                     tracing::debug!(%peer, %error, failures, "ping failed");
-                    if failures >= self.settings.ping_max_failures {
+                    if failures >= self.settings.network.ping_max_failures.get() {
                         tracing::info!(%peer, failures, "peer stopped answering pings; closing the connection");
                         self.swarm.close_connection(connection);
                     }
@@ -620,7 +626,7 @@ impl Network {
             // Refused (or banned) while its identify was on the way.
             return;
         }
-        let ours = behaviour::identify_protocol_version(&self.settings.network);
+        let ours = behaviour::identify_protocol_version(&self.settings.node.network);
         if info.protocol_version != ours {
             tracing::info!(%peer, theirs = %info.protocol_version, %ours, "peer belongs to another network; disconnecting");
             self.mark_unwanted(peer);
@@ -631,7 +637,7 @@ impl Network {
         // none pointing a remote peer's audience at this host, a link, or
         // a private network the peer is not on.
         let seen_at = self.links.table.remote_ip(&peer);
-        let private = &self.settings.peers.private_networks;
+        let private = &self.settings.private_nets;
         let mut addrs: Vec<Multiaddr> = info
             .listen_addrs
             .into_iter()
@@ -650,7 +656,7 @@ impl Network {
             let _ = self.swarm.disconnect_peer_id(peer);
             return;
         }
-        let kad_protocol = behaviour::kad_protocol(&self.settings.network);
+        let kad_protocol = behaviour::kad_protocol(&self.settings.node.network);
         let identified = membership::Identified {
             addrs,
             seen_at,
@@ -753,7 +759,8 @@ impl Network {
             Command::Subscribe { pattern, reply } => {
                 let (subscription, is_new) = self.router.subscribe(pattern);
                 if is_new {
-                    let topic = topic_for(&self.settings.network, subscription.pattern.family());
+                    let topic =
+                        topic_for(&self.settings.node.network, subscription.pattern.family());
                     let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
                     // Standard families are scored from the start; others
                     // from when this node joins them.
@@ -819,7 +826,7 @@ impl Network {
         Status {
             peer_id: self.swarm.local_peer_id().to_string(),
             node_id: self.local_node.to_string(),
-            network: self.settings.network.clone(),
+            network: self.settings.node.network.clone(),
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_secs: self.started.elapsed().as_secs(),
             listen_addrs: self.listening.addrs.iter().map(|a| a.to_string()).collect(),
@@ -831,8 +838,8 @@ impl Network {
             connected_peers: self.links.table.len(),
             known_peers: self.peer_book.len(),
             routing_table_peers: kad_peers,
-            quic: self.settings.quic,
-            tcp: self.settings.tcp,
+            quic: self.settings.network.quic,
+            tcp: self.settings.network.tcp,
             messages: self.totals.clone(),
             consensus_events_dropped: self.consensus.dropped_events,
             security: self.security_status(),
@@ -850,7 +857,7 @@ impl Network {
         let mut subscribed: Vec<ChannelFamilyInfo> = families
             .into_iter()
             .map(|family| {
-                let topic = topic_for(&self.settings.network, &family).hash();
+                let topic = topic_for(&self.settings.node.network, &family).hash();
                 ChannelFamilyInfo {
                     local_subscribers: self.router.local_subscribers(&family),
                     remote_subscribers: self.remote_subscribers(&topic),
