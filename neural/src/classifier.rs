@@ -71,7 +71,7 @@ const IMPRINT_TEMPERATURE: f64 = 0.5;
 const IMPRINT_MARGIN: f64 = 0.5;
 
 /// What a training run measured on the held-out test part.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TrainReport {
     pub samples: usize,
     pub classes: usize,

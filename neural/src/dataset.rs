@@ -8,7 +8,7 @@ use std::path::Path;
 
 /// What an agent is doing when it asks for a recommendation. Only `text`
 /// is required.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Context {
     pub text: String,
@@ -25,7 +25,7 @@ pub struct Context {
     pub metadata: BTreeMap<String, f64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Sample {
     pub context: Context,

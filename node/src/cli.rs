@@ -16,6 +16,9 @@ pub struct Cli {
 pub enum Command {
     /// Run a node (settings: config file < AGENTMESH_* environment < flags).
     Run(Box<RunArgs>),
+    /// Print the agent API's OpenAPI 3 description (JSON), as a node serves
+    /// it at /v1/openapi.json.
+    Openapi,
     /// The configuration: its reference, its defaults, or a check of one.
     Config {
         #[command(subcommand)]

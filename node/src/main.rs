@@ -33,6 +33,10 @@ async fn dispatch(command: Command) -> Result<()> {
     match command {
         Command::Run(args) => run(*args).await,
         Command::Config { action } => config(action),
+        Command::Openapi => {
+            println!("{}", agentmesh_node::api::openapi().to_pretty_json()?);
+            Ok(())
+        }
         Command::Id { data_dir } => {
             logging::init(LogFormat::Human, "warn");
             let key = identity::load_or_create(&identity::key_path(&data_dir))?;

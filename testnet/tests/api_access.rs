@@ -133,3 +133,71 @@ async fn event_streams_are_capped_and_a_closed_one_frees_its_place() {
     .await
     .unwrap();
 }
+
+/// The node describes its API at /v1/openapi.json (no token needed), and
+/// the description is the API: every documented route answers (not the
+/// "no such endpoint" fallback, nor 405), with the token it says it needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_the_served_description_names_exists_and_is_guarded_as_described() {
+    let t = start(1, &[]).await;
+    let node = &t.net.nodes[0];
+    let api = node.info.api;
+    let anonymous = reqwest::Client::new();
+    let holder = node.http();
+    let spec: serde_json::Value = anonymous
+        .get(format!("http://{api}/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(spec["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = spec["paths"].as_object().unwrap();
+    assert!(paths.len() >= 23, "{} paths", paths.len());
+    let mut checked = 0;
+    for (path, item) in paths {
+        let url = format!(
+            "http://{api}{}",
+            path.replace("{name}", "coordination")
+                .replace("{pattern}", "coordination")
+                .replace("{id}", &"0".repeat(64))
+        );
+        for (method, op) in item.as_object().unwrap() {
+            let public = op["security"] == serde_json::json!([{}]);
+            let method: reqwest::Method = method.to_uppercase().parse().unwrap();
+            for (client, with_token) in [(&anonymous, false), (&holder, true)] {
+                let response = client
+                    .request(method.clone(), &url)
+                    .header("content-type", "application/json")
+                    .body("{}")
+                    .send()
+                    .await
+                    .unwrap();
+                let status = response.status().as_u16();
+                let body = if path.ends_with("/events") {
+                    String::new() // a live stream: its status says enough
+                } else {
+                    response.text().await.unwrap()
+                };
+                assert!(
+                    !body.contains("no such endpoint") && status != 405,
+                    "{method} {path}: {status} {body}"
+                );
+                if !with_token {
+                    let expected = if public { 200 } else { 401 };
+                    assert_eq!(status, expected, "{method} {path} without a token: {body}");
+                }
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 26, "{checked} operations");
+    // And what it does not name does not exist.
+    let unknown = holder
+        .get(format!("http://{api}/v1/undocumented"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status().as_u16(), 404);
+}

@@ -3,7 +3,8 @@
 use super::{json_body, ApiError, ApiState};
 use crate::consensus::{views::task_key, ConsensusStopped, BUSY_PREFIX};
 use crate::types::{
-    Claim, ClaimRequest, ConsensusStatus, ProposeReceipt, ProposeRequest, TaskInfo, VertexInfo,
+    Claim, ClaimRequest, ConsensusStatus, ErrorBody, ProposeReceipt, ProposeRequest, TaskInfo,
+    VertexInfo,
 };
 use agentmesh_protocol::vertex::{
     MAX_CONFLICT_KEY_BYTES, MAX_PAYLOAD_BYTES, MAX_VERTEX_TRANSACTIONS,
@@ -85,6 +86,10 @@ async fn propose_checked(
 }
 
 /// `POST /v1/transactions`: `{"transactions": [{"key": "...", "payload": "..."}]}`.
+#[utoipa::path(post, path = "/v1/transactions", tag = "consensus",
+    request_body = ProposeRequest,
+    responses((status = 202, description = "Accepted for consensus", body = ProposeReceipt), (status = 400, description = "Bad input (the error names it)", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Outside this node's membership scopes", body = ErrorBody), (status = 503, description = "Shutting down or too busy: retry later", body = ErrorBody)))]
 pub async fn propose(
     State(s): State<ApiState>,
     body: Body,
@@ -95,6 +100,10 @@ pub async fn propose(
 }
 
 /// `GET /v1/vertices/{id}`.
+#[utoipa::path(get, path = "/v1/vertices/{id}", tag = "consensus",
+    params(("id" = String, Path, description = "Vertex id, 64 hex digits")),
+    responses((status = 200, description = "The vertex and where consensus stands on it", body = VertexInfo), (status = 400, description = "Bad input (the error names it)", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 404, description = "Unknown here", body = ErrorBody)))]
 pub async fn vertex(
     State(s): State<ApiState>,
     Path(id): Path<String>,
@@ -118,6 +127,11 @@ fn check_name(what: &str, value: &str) -> Result<(), ApiError> {
 
 /// `POST /v1/tasks/{id}/claim`: `{"claimant": "agent-7"}`. 409 if the task
 /// already has a final winner.
+#[utoipa::path(post, path = "/v1/tasks/{id}/claim", tag = "consensus",
+    params(("id" = String, Path, description = "Task id")),
+    request_body = ClaimRequest,
+    responses((status = 202, description = "The claim is proposed", body = ProposeReceipt), (status = 400, description = "Bad input (the error names it)", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 409, description = "The task already has a final winner (named)", body = ErrorBody), (status = 503, description = "Shutting down or too busy: retry later", body = ErrorBody)))]
 pub async fn claim(
     State(s): State<ApiState>,
     Path(task): Path<String>,
@@ -149,6 +163,9 @@ pub async fn claim(
 }
 
 /// `GET /v1/tasks/{id}`.
+#[utoipa::path(get, path = "/v1/tasks/{id}", tag = "consensus",
+    params(("id" = String, Path, description = "Task id")),
+    responses((status = 200, description = "Who holds the task, or the undecided claims", body = TaskInfo), (status = 400, description = "Bad input (the error names it)", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody)))]
 pub async fn task(
     State(s): State<ApiState>,
     Path(task): Path<String>,
@@ -158,6 +175,8 @@ pub async fn task(
 }
 
 /// `GET /v1/consensus`.
+#[utoipa::path(get, path = "/v1/consensus", tag = "consensus",
+    responses((status = 200, description = "Engine state, counters, validators, latency percentiles", body = ConsensusStatus), (status = 401, description = "No valid token", body = ErrorBody)))]
 pub async fn status(State(s): State<ApiState>) -> Result<Json<ConsensusStatus>, ApiError> {
     Ok(Json(s.consensus.status().await?))
 }

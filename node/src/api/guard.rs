@@ -22,9 +22,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The token file's name in the data directory.
 pub const TOKEN_FILE: &str = "api-token";
-/// Paths anyone on an allowed Host may read: the health probe, and the
-/// dashboard page (static; it asks for the token and sends it).
-const PUBLIC_PATHS: [&str; 2] = ["/v1/health", "/"];
+/// Paths anyone on an allowed Host may read: the health probe, the
+/// dashboard page (static; it asks for the token and sends it) and the
+/// API's description. The description marks the same ones public (a test
+/// checks both agree).
+pub(crate) const PUBLIC_PATHS: [&str; 3] = ["/v1/health", "/", "/v1/openapi.json"];
 /// A request's handler must finish within this (event streams only have to
 /// start within it).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);

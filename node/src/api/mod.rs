@@ -14,11 +14,11 @@ use crate::patterns::Patterns;
 use agentmesh_protocol::NodeId;
 use axum::body::Body;
 use axum::extract::State;
-use axum::routing::{get, post};
 use axum::{Json, Router};
 pub use error::ApiError;
 pub use guard::{load_or_create_token, Guard, TOKEN_FILE};
 use serde::de::DeserializeOwned;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -57,56 +57,131 @@ impl ApiState {
     }
 }
 
+/// The agent API's description: its routes and their types, as
+/// `GET /v1/openapi.json` serves it (and docs/openapi.json holds it).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "agentmesh agent API",
+        description = "The HTTP/JSON API a node offers the agents on its host. Every route but \
+            `GET /v1/health`, `GET /` and `GET /v1/openapi.json` needs `Authorization: Bearer <token>` \
+            (the node writes the token to `<data dir>/api-token`). Errors are `{\"error\": \"...\"}`. \
+            See docs/api.md."
+    ),
+    modifiers(&BearerToken),
+    security(("token" = [])),
+    tags(
+        (name = "node", description = "The node, its peers and its health"),
+        (name = "channels", description = "Publish and subscribe"),
+        (name = "consensus", description = "Transactions, vertices and task claims"),
+        (name = "patterns", description = "The shared pattern store"),
+        (name = "model", description = "Recommendations and the local model")
+    )
+)]
+struct ApiDoc;
+
+/// The bearer token every route but the public ones needs.
+struct BearerToken;
+
+impl utoipa::Modify for BearerToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// Every route, registered with its description: a route cannot exist
+/// undocumented, nor a documented one be missing.
+fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
+        .routes(routes!(dashboard))
+        .routes(routes!(health))
+        .routes(routes!(openapi_json))
+        .routes(routes!(status))
+        .routes(routes!(peers))
+        .routes(routes!(metrics))
+        .routes(routes!(channels::list))
+        .routes(routes!(channels::publish_batch))
+        .routes(routes!(channels::publish))
+        .routes(routes!(channels::events))
+        .routes(routes!(consensus::propose))
+        .routes(routes!(consensus::vertex))
+        .routes(routes!(consensus::claim))
+        .routes(routes!(consensus::task))
+        .routes(routes!(consensus::status))
+        .routes(routes!(patterns::put, patterns::list))
+        .routes(routes!(patterns::get))
+        .routes(routes!(patterns::outcome))
+        .routes(routes!(patterns::sync_status))
+        .routes(routes!(model::recommend))
+        .routes(routes!(model::outcome))
+        .routes(routes!(model::status))
+        .routes(routes!(model::train))
+        .routes(routes!(model::export, model::import))
+}
+
+/// The OpenAPI description of the agent API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, api) = routes().split_for_parts();
+    api
+}
+
 pub fn router(state: ApiState) -> Router {
     let guard = state.guard.clone();
-    Router::new()
-        .route("/", get(dashboard))
-        .route("/v1/health", get(health))
-        .route("/v1/status", get(status))
-        .route("/v1/peers", get(peers))
-        .route("/v1/channels", get(channels::list))
-        .route("/v1/messages", post(channels::publish_batch))
-        .route("/v1/channels/{name}/messages", post(channels::publish))
-        .route("/v1/channels/{name}/events", get(channels::events))
-        .route("/v1/transactions", post(consensus::propose))
-        .route("/v1/vertices/{id}", get(consensus::vertex))
-        .route("/v1/tasks/{id}/claim", post(consensus::claim))
-        .route("/v1/tasks/{id}", get(consensus::task))
-        .route("/v1/consensus", get(consensus::status))
-        .route("/v1/patterns", post(patterns::put).get(patterns::list))
-        .route("/v1/patterns/{id}", get(patterns::get))
-        .route("/v1/patterns/{id}/outcomes", post(patterns::outcome))
-        .route("/v1/sync", get(patterns::sync_status))
-        .route("/v1/recommend", post(model::recommend))
-        .route("/v1/outcomes", post(model::outcome))
-        .route("/v1/model", get(model::status))
-        .route("/v1/model/train", post(model::train))
-        .route(
-            "/v1/model/checkpoint",
-            get(model::export).put(model::import),
-        )
-        .route("/metrics", get(metrics))
-        .fallback(|| async { ApiError::not_found("no such endpoint; see docs/api.md") })
+    let (router, api) = routes().split_for_parts();
+    let spec = std::sync::Arc::new(
+        api.to_pretty_json()
+            .expect("the API description serializes"),
+    );
+    router
+        .layer(axum::Extension(spec))
+        .fallback(|| async { ApiError::not_found("no such endpoint; see /v1/openapi.json") })
         .layer(axum::middleware::from_fn_with_state(guard, guard::check))
         .with_state(state)
 }
 
-/// The health probe: the one route that needs no token (it tells nothing
-/// but that the API is up).
+/// The API's OpenAPI 3 description (no token needed: it holds no data).
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "node", security(()),
+    responses((status = 200, description = "This description", content_type = "application/json")))]
+async fn openapi_json(
+    axum::Extension(spec): axum::Extension<std::sync::Arc<String>>,
+) -> impl axum::response::IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        spec.as_ref().clone(),
+    )
+}
+
+/// The health probe: it needs no token (it tells nothing but that the API
+/// is up).
+#[utoipa::path(get, path = "/v1/health", tag = "node", security(()),
+    responses((status = 200, description = "`{\"ok\": true}`")))]
 async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "ok": true }))
 }
 
+#[utoipa::path(get, path = "/v1/status", tag = "node",
+    responses((status = 200, description = "Identity, addresses, peer counts, message counters, security", body = crate::types::Status),
+        (status = 401, description = "No valid token", body = crate::types::ErrorBody)))]
 async fn status(State(s): State<ApiState>) -> Result<Json<crate::types::Status>, ApiError> {
     Ok(Json(s.network.status().await?))
 }
 
 /// The live dashboard: one page that polls this API.
+#[utoipa::path(get, path = "/", tag = "node", security(()),
+    responses((status = 200, description = "The dashboard page (it reads the token from its link: `agentmesh dashboard`)", content_type = "text/html")))]
 async fn dashboard() -> axum::response::Html<&'static str> {
     axum::response::Html(include_str!("dashboard.html"))
 }
 
 /// Prometheus scrape: libp2p's metrics and the node's, in the text format.
+#[utoipa::path(get, path = "/metrics", tag = "node",
+    responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text"),
+        (status = 401, description = "No valid token", body = crate::types::ErrorBody)))]
 async fn metrics(State(s): State<ApiState>) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
     let snapshot = crate::metrics::Snapshot {
@@ -125,6 +200,9 @@ async fn metrics(State(s): State<ApiState>) -> Result<axum::response::Response, 
     Ok(([(axum::http::header::CONTENT_TYPE, content_type)], text).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/peers", tag = "node",
+    responses((status = 200, description = "The connected peers", body = Vec<crate::types::PeerInfo>),
+        (status = 401, description = "No valid token", body = crate::types::ErrorBody)))]
 async fn peers(State(s): State<ApiState>) -> Result<Json<Vec<crate::types::PeerInfo>>, ApiError> {
     Ok(Json(s.network.peers().await?))
 }
@@ -147,4 +225,38 @@ pub(crate) async fn json_body_limited<T: DeserializeOwned>(
     serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::bad_request(format!("request body is not what this endpoint takes: {e}"))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The routes the description calls public are the ones the guard lets
+    /// through without a token, and every other route asks for it.
+    #[test]
+    fn the_description_and_the_guard_agree_on_public_routes() {
+        let api = openapi();
+        let mut public = Vec::new();
+        for (path, item) in &api.paths.paths {
+            let operations = [&item.get, &item.post, &item.put, &item.delete, &item.head];
+            for op in operations.into_iter().flatten() {
+                let open = op
+                    .security
+                    .as_ref()
+                    .is_some_and(|s| serde_json::to_value(s).unwrap() == serde_json::json!([{}]));
+                if open {
+                    public.push(path.as_str());
+                }
+            }
+        }
+        public.sort_unstable();
+        let mut expected = guard::PUBLIC_PATHS.to_vec();
+        expected.sort_unstable();
+        assert_eq!(public, expected);
+        assert!(
+            api.paths.paths.len() >= 23,
+            "{} paths",
+            api.paths.paths.len()
+        );
+    }
 }

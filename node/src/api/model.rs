@@ -4,6 +4,7 @@
 use super::error::ApiError;
 use super::{json_body_limited, ApiState, MAX_BODY_BYTES};
 use crate::model::{ModelError, Outcome, TrainingInfo};
+use crate::types::ErrorBody;
 use agentmesh_neural::recommender::{Answer, OutcomeEffect};
 use agentmesh_neural::{Context, Sample};
 use axum::body::Body;
@@ -36,11 +37,13 @@ fn join_failed(e: tokio::task::JoinError) -> ApiError {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecommendInput {
     pub context: Context,
+    /// How many patterns (1 to 100).
     #[serde(default = "default_k")]
+    #[schema(default = 5, minimum = 1, maximum = 100)]
     pub k: usize,
 }
 
@@ -48,26 +51,34 @@ fn default_k() -> usize {
     5
 }
 
+#[utoipa::path(post, path = "/v1/recommend", tag = "model",
+    request_body = RecommendInput,
+    responses((status = 200, description = "Patterns that fit, from the model or the rules", body = Answer), (status = 400, description = "Bad input (the error names it)", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody)))]
 pub async fn recommend(State(s): State<ApiState>, body: Body) -> Result<Json<Answer>, ApiError> {
     let input: RecommendInput = json_body_limited(body, MAX_BODY_BYTES).await?;
     Ok(Json(s.model.recommend(&input.context, input.k)?))
 }
 
-#[derive(Deserialize)]
+/// An outcome the model learns from (`types::OutcomeInput` is a pattern's).
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = LearnOutcomeInput)]
 pub struct OutcomeInput {
     pub context: Context,
     pub pattern: String,
     pub success: bool,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct OutcomeReply {
     #[serde(flatten)]
     pub effect: OutcomeEffect,
     pub model_version: u64,
 }
 
+#[utoipa::path(post, path = "/v1/outcomes", tag = "model",
+    request_body = OutcomeInput,
+    responses((status = 200, description = "Stored, counted and learned", body = OutcomeReply), (status = 400, description = "Bad input (the error names it)", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody)))]
 pub async fn outcome(
     State(s): State<ApiState>,
     body: Body,
@@ -91,6 +102,8 @@ pub async fn outcome(
     }))
 }
 
+#[utoipa::path(get, path = "/v1/model", tag = "model",
+    responses((status = 200, description = "The local model", body = crate::model::ModelStatus), (status = 401, description = "No valid token", body = ErrorBody)))]
 pub async fn status(State(s): State<ApiState>) -> Json<crate::model::ModelStatus> {
     Json(s.model.status())
 }
@@ -98,7 +111,7 @@ pub async fn status(State(s): State<ApiState>) -> Json<crate::model::ModelStatus
 /// Training samples sent inline are bounded by this body size.
 const MAX_TRAIN_BODY_BYTES: usize = 32 * 1024 * 1024;
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TrainInput {
     /// Samples besides the stored successful outcomes.
@@ -107,11 +120,19 @@ pub struct TrainInput {
     pub max_epochs: Option<usize>,
 }
 
+#[utoipa::path(post, path = "/v1/model/train", tag = "model",
+    request_body = TrainInput,
+    responses((status = 200, description = "The training report", body = TrainingInfo), (status = 400, description = "Bad input (the error names it)", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 408, description = "Took over 600 s", body = ErrorBody),
+        (status = 409, description = "Another training runs", body = ErrorBody)))]
 pub async fn train(State(s): State<ApiState>, body: Body) -> Result<Json<TrainingInfo>, ApiError> {
     let input: TrainInput = json_body_limited(body, MAX_TRAIN_BODY_BYTES).await?;
     Ok(Json(s.model.train(input.samples, input.max_epochs).await?))
 }
 
+#[utoipa::path(get, path = "/v1/model/checkpoint", tag = "model",
+    responses((status = 200, description = "The model checkpoint (CBOR)", content_type = "application/cbor", body = Vec<u8>), (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 404, description = "No model yet", body = ErrorBody)))]
 pub async fn export(State(s): State<ApiState>) -> Result<impl IntoResponse, ApiError> {
     let model = s.model.clone();
     let bytes = tokio::task::spawn_blocking(move || model.export())
@@ -120,10 +141,17 @@ pub async fn export(State(s): State<ApiState>) -> Result<impl IntoResponse, ApiE
     Ok(([(header::CONTENT_TYPE, "application/cbor")], bytes))
 }
 
-pub async fn import(
-    State(s): State<ApiState>,
-    body: Body,
-) -> Result<Json<serde_json::Value>, ApiError> {
+/// The version an imported checkpoint was installed as.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ImportReply {
+    pub version: u64,
+}
+
+#[utoipa::path(put, path = "/v1/model/checkpoint", tag = "model",
+    request_body(content = Vec<u8>, description = "A checkpoint as `GET` exports it", content_type = "application/cbor"),
+    responses((status = 200, description = "Installed; its version", body = ImportReply), (status = 400, description = "Bad input (the error names it)", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 413, description = "Checkpoint too large", body = ErrorBody)))]
+pub async fn import(State(s): State<ApiState>, body: Body) -> Result<Json<ImportReply>, ApiError> {
     let limit = agentmesh_protocol::model_wire::MAX_MODEL_BYTES as usize;
     let bytes = axum::body::to_bytes(body, limit)
         .await
@@ -132,5 +160,5 @@ pub async fn import(
     let version = tokio::task::spawn_blocking(move || model.import(&bytes))
         .await
         .map_err(join_failed)??;
-    Ok(Json(serde_json::json!({ "version": version })))
+    Ok(Json(ImportReply { version }))
 }

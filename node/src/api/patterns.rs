@@ -3,7 +3,7 @@
 
 use super::{json_body, ApiError, ApiState};
 use crate::patterns::views::view;
-use crate::types::{OutcomeInput, PatternInput, PatternList, PatternView, SyncStatus};
+use crate::types::{ErrorBody, OutcomeInput, PatternInput, PatternList, PatternView, SyncStatus};
 use agentmesh_store::patterns::{EditError, Filter};
 use agentmesh_store::StoreError;
 use axum::body::Body;
@@ -35,6 +35,10 @@ impl From<EditError> for ApiError {
     }
 }
 
+#[utoipa::path(post, path = "/v1/patterns", tag = "patterns",
+    request_body = PatternInput,
+    responses((status = 201, description = "Created", body = PatternView), (status = 200, description = "Updated (next version)", body = PatternView), (status = 400, description = "Bad input (the error names it)", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Outside this node's membership scopes", body = ErrorBody)))]
 pub async fn put(
     State(s): State<ApiState>,
     body: Body,
@@ -50,6 +54,10 @@ pub async fn put(
     Ok((status, Json(view(&pattern))))
 }
 
+#[utoipa::path(get, path = "/v1/patterns/{id}", tag = "patterns",
+    params(("id" = String, Path, description = "Pattern id")),
+    responses((status = 200, description = "The pattern", body = PatternView), (status = 400, description = "Bad input (the error names it)", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 404, description = "Unknown", body = ErrorBody)))]
 pub async fn get(
     State(s): State<ApiState>,
     Path(id): Path<String>,
@@ -60,15 +68,23 @@ pub async fn get(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Patterns with this tag.
     tag: Option<String>,
+    /// Patterns of this kind.
     kind: Option<String>,
+    /// Start after this id (the `next` of the previous page).
     after: Option<String>,
+    /// Page size, 1 to 1000 (100 if absent).
     limit: Option<usize>,
 }
 
+#[utoipa::path(get, path = "/v1/patterns", tag = "patterns",
+    params(ListQuery),
+    responses((status = 200, description = "A page of patterns; pass `next` as `after` for the next", body = PatternList), (status = 400, description = "Bad input (the error names it)", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody)))]
 pub async fn list(
     State(s): State<ApiState>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
@@ -98,6 +114,12 @@ pub async fn list(
     }))
 }
 
+#[utoipa::path(post, path = "/v1/patterns/{id}/outcomes", tag = "patterns",
+    params(("id" = String, Path, description = "Pattern id")),
+    request_body = OutcomeInput,
+    responses((status = 200, description = "The pattern with its statistics", body = PatternView), (status = 400, description = "Bad input (the error names it)", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Outside this node's membership scopes", body = ErrorBody),
+        (status = 404, description = "Unknown", body = ErrorBody)))]
 pub async fn outcome(
     State(s): State<ApiState>,
     Path(id): Path<String>,
@@ -108,6 +130,8 @@ pub async fn outcome(
     Ok(Json(view(&s.patterns.record_outcome(&id, input.success)?)))
 }
 
+#[utoipa::path(get, path = "/v1/sync", tag = "patterns",
+    responses((status = 200, description = "Replication and anti-entropy status", body = SyncStatus), (status = 401, description = "No valid token", body = ErrorBody)))]
 pub async fn sync_status(State(s): State<ApiState>) -> Result<Json<SyncStatus>, ApiError> {
     Ok(Json(s.patterns.status()?))
 }

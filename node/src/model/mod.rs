@@ -65,7 +65,7 @@ pub struct ModelCounters {
     pub trainings: AtomicU64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TrainingInfo {
     pub finished_ms: u64,
     pub samples: usize,
@@ -74,14 +74,14 @@ pub struct TrainingInfo {
 }
 
 /// Recommendations answered, by who chose them, and from the cache.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
 pub struct RecommendationCounts {
     pub model: u64,
     pub rules: u64,
     pub cached: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ModelStatus {
     pub enabled: bool,
     pub trained: bool,

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Status {
     pub peer_id: String,
     pub node_id: String,
@@ -25,7 +25,7 @@ pub struct Status {
 }
 
 /// Membership and misbehaviour counters.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SecurityStatus {
     /// `open` (any peer may join) or `authority` (certificates required).
     pub membership: String,
@@ -64,7 +64,7 @@ pub struct SecurityStatus {
     pub peer_manager: PeerManagerStatus,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PeerManagerStatus {
     pub inbound: usize,
     pub outbound: usize,
@@ -74,14 +74,14 @@ pub struct PeerManagerStatus {
     pub refused_connections: std::collections::BTreeMap<String, u64>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BanInfo {
     pub peer_id: String,
     pub until_ms: u64,
     pub reason: String,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MessageCounters {
     pub published: u64,
     /// Messages from peers that passed validation.
@@ -96,7 +96,7 @@ pub struct MessageCounters {
     pub shed: u64,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
     Quic,
@@ -104,7 +104,7 @@ pub enum Transport {
     Other,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ConnectionInfo {
     pub remote_addr: String,
     pub transport: Transport,
@@ -113,7 +113,7 @@ pub struct ConnectionInfo {
     pub established_secs: u64,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RttInfo {
     pub last_ms: f64,
     /// Mean of the most recent samples (up to 16).
@@ -121,7 +121,7 @@ pub struct RttInfo {
     pub samples: usize,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PeerInfo {
     pub peer_id: String,
     /// The transport of the oldest open connection (the one in use).
@@ -140,7 +140,7 @@ pub struct PeerInfo {
     pub quic_successes: u64,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChannelFamilyInfo {
     /// The family (first segment of channel names) this topic carries.
     pub family: String,
@@ -152,7 +152,7 @@ pub struct ChannelFamilyInfo {
     pub mesh_peers: usize,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChannelCountersInfo {
     pub channel: String,
     pub published: u64,
@@ -160,7 +160,7 @@ pub struct ChannelCountersInfo {
     pub rejected: u64,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Channels {
     /// Topic families with local or remote subscribers.
     pub subscribed: Vec<ChannelFamilyInfo>,
@@ -168,7 +168,7 @@ pub struct Channels {
 }
 
 /// What happened to a published message.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RemoteDelivery {
     /// Handed to gossipsub for the listed number of subscribed peers.
@@ -178,7 +178,7 @@ pub enum RemoteDelivery {
     NoRemoteSubscribers,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PublishReceipt {
     pub id: String,
     pub channel: String,
@@ -189,25 +189,25 @@ pub struct PublishReceipt {
 }
 
 /// `POST /v1/messages`: several JSON messages in one request.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PublishBatch {
     pub messages: Vec<BatchMessage>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BatchMessage {
     pub channel: String,
     /// Any JSON value; published with content type `application/json`.
     pub body: serde_json::Value,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BatchReceipts {
     pub receipts: Vec<PublishReceipt>,
 }
 
 /// One message as a subscriber sees it (the `data` of a `message` SSE event).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MessageEvent {
     pub id: String,
     pub channel: String,
@@ -224,31 +224,31 @@ pub struct MessageEvent {
 
 /// The `data` of a `lagged` SSE event: the subscriber was too slow and this
 /// many messages were dropped for it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LaggedEvent {
     pub missed: u64,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error: String,
 }
 
 /// One transaction as agents see it: the payload is UTF-8 text (often JSON).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct TransactionBody {
     pub key: String,
     pub payload: String,
 }
 
 /// `POST /v1/transactions`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProposeRequest {
     pub transactions: Vec<TransactionBody>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProposeReceipt {
     pub vertex: String,
     pub transactions: usize,
@@ -256,7 +256,7 @@ pub struct ProposeReceipt {
 }
 
 /// `GET /v1/vertices/{id}`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VertexInfo {
     pub id: String,
     /// pending (ancestors missing), processing, accepted or rejected.
@@ -275,21 +275,21 @@ pub struct VertexInfo {
 }
 
 /// `POST /v1/tasks/{id}/claim`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimRequest {
     pub claimant: String,
 }
 
 /// The payload of a task-claim transaction (key `task:<id>`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Claim {
     pub claimant: String,
     /// Node id of the node the claim was made through.
     pub node: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ClaimInfo {
     pub claimant: String,
     pub node: String,
@@ -297,7 +297,7 @@ pub struct ClaimInfo {
 }
 
 /// `GET /v1/tasks/{id}`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskInfo {
     pub task: String,
     /// unclaimed, contested (undecided claims) or claimed (final winner).
@@ -307,7 +307,7 @@ pub struct TaskInfo {
     pub candidates: Vec<ClaimInfo>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Percentiles {
     pub samples: usize,
     pub p50: f64,
@@ -315,20 +315,20 @@ pub struct Percentiles {
     pub p99: f64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GraylistEntry {
     pub node_id: String,
     pub until_ms: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ValidatorEntry {
     pub node_id: String,
     pub weight: u64,
 }
 
 /// Who votes in this node's polls.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ValidatorsView {
     /// Where the set comes from.
     pub source: String,
@@ -345,7 +345,7 @@ pub struct ValidatorsView {
 }
 
 /// `GET /v1/consensus`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ConsensusStatus {
     pub peers_sampled_from: usize,
     pub validators: ValidatorsView,

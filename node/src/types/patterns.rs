@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 /// `POST /v1/patterns`: creates the pattern, or writes its next version
 /// when the id exists (every content field and the tag set are replaced).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatternInput {
     /// Chosen by the node (random) when absent.
@@ -31,7 +31,7 @@ pub struct PatternInput {
     pub author_agent: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PatternStats {
     pub uses: u64,
     pub successes: u64,
@@ -40,7 +40,7 @@ pub struct PatternStats {
     pub uses_by_node: BTreeMap<String, u64>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PatternView {
     pub id: String,
     pub version: u64,
@@ -61,7 +61,7 @@ pub struct PatternView {
     pub clock: BTreeMap<String, u64>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PatternList {
     pub patterns: Vec<PatternView>,
     /// Pass as `after` for the next page; absent on the last page.
@@ -69,13 +69,13 @@ pub struct PatternList {
 }
 
 /// `POST /v1/patterns/{id}/outcomes`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OutcomeInput {
     pub success: bool,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReplicationStats {
     pub batches_sent: u64,
     pub patterns_sent: u64,
@@ -98,7 +98,7 @@ pub struct ReplicationStats {
     pub changes_not_queued: u64,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AntiEntropyStats {
     /// Reconciliations this node started, finished and failed.
     pub rounds: u64,
@@ -118,7 +118,7 @@ pub struct AntiEntropyStats {
 }
 
 /// `GET /v1/sync`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SyncStatus {
     pub patterns: u64,
     /// Root of the hash tree over all patterns (hex): equal on two nodes
