@@ -23,7 +23,7 @@ pub fn is_json(content_type: &str) -> bool {
     essence == "application/json" || essence.ends_with("+json")
 }
 
-#[utoipa::path(get, path = "/v1/channels", tag = "channels",
+#[utoipa::path(get, path = "/v1/channels", operation_id = "list_channels", tag = "channels",
     responses((status = 200, description = "Channel families with subscribers and mesh sizes; per-channel counters", body = Channels), (status = 401, description = "No valid token", body = ErrorBody)))]
 pub async fn list(State(s): State<ApiState>) -> Result<Json<Channels>, ApiError> {
     Ok(Json(s.network.channels().await?))
@@ -31,7 +31,7 @@ pub async fn list(State(s): State<ApiState>) -> Result<Json<Channels>, ApiError>
 
 /// `POST /v1/channels/{name}/messages`: the request body is the message
 /// body, the request's Content-Type its content type.
-#[utoipa::path(post, path = "/v1/channels/{name}/messages", tag = "channels",
+#[utoipa::path(post, path = "/v1/channels/{name}/messages", operation_id = "publish_message", tag = "channels",
     params(("name" = String, Path, description = "Channel, e.g. `coordination` or `task:assigned`")),
     request_body(content = Vec<u8>, description = "The message body; the request's Content-Type is its content type (JSON types must be valid JSON)", content_type = "*/*"),
     responses((status = 200, description = "Published", body = PublishReceipt), (status = 400, description = "Bad input (the error names it)", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody),
@@ -83,7 +83,7 @@ pub const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 /// `POST /v1/messages`: `{"messages": [{"channel": "...", "body": <JSON>}, ...]}`.
 /// All messages are checked before any is published; the answer lists one
 /// receipt per message, in order.
-#[utoipa::path(post, path = "/v1/messages", tag = "channels",
+#[utoipa::path(post, path = "/v1/messages", operation_id = "publish_batch", tag = "channels",
     request_body = PublishBatch,
     responses((status = 200, description = "One receipt per message, in order", body = BatchReceipts), (status = 400, description = "Bad input (the error names it)", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody),
         (status = 403, description = "Outside this node's membership scopes", body = ErrorBody),
@@ -146,7 +146,7 @@ pub async fn publish_batch(
 /// `GET /v1/channels/{pattern}/events`: server-sent events, one `message`
 /// event per message (data: [`MessageEvent`]), and a `lagged` event if the
 /// client read too slowly and messages were dropped for it.
-#[utoipa::path(get, path = "/v1/channels/{pattern}/events", tag = "channels",
+#[utoipa::path(get, path = "/v1/channels/{pattern}/events", operation_id = "channel_events", tag = "channels",
     params(("pattern" = String, Path, description = "Channel name, or a prefix pattern ending in `:*`")),
     responses((status = 200, description = "Server-sent events: `message` (data: MessageEvent) and `lagged` (data: LaggedEvent)", content_type = "text/event-stream", body = MessageEvent), (status = 400, description = "Bad input (the error names it)", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody),
         (status = 503, description = "Too many event streams open", body = ErrorBody)))]

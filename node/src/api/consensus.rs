@@ -86,7 +86,7 @@ async fn propose_checked(
 }
 
 /// `POST /v1/transactions`: `{"transactions": [{"key": "...", "payload": "..."}]}`.
-#[utoipa::path(post, path = "/v1/transactions", tag = "consensus",
+#[utoipa::path(post, path = "/v1/transactions", operation_id = "propose", tag = "consensus",
     request_body = ProposeRequest,
     responses((status = 202, description = "Accepted for consensus", body = ProposeReceipt), (status = 400, description = "Bad input (the error names it)", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody),
         (status = 403, description = "Outside this node's membership scopes", body = ErrorBody), (status = 503, description = "Shutting down or too busy: retry later", body = ErrorBody)))]
@@ -100,7 +100,7 @@ pub async fn propose(
 }
 
 /// `GET /v1/vertices/{id}`.
-#[utoipa::path(get, path = "/v1/vertices/{id}", tag = "consensus",
+#[utoipa::path(get, path = "/v1/vertices/{id}", operation_id = "get_vertex", tag = "consensus",
     params(("id" = String, Path, description = "Vertex id, 64 hex digits")),
     responses((status = 200, description = "The vertex and where consensus stands on it", body = VertexInfo), (status = 400, description = "Bad input (the error names it)", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody),
         (status = 404, description = "Unknown here", body = ErrorBody)))]
@@ -127,7 +127,7 @@ fn check_name(what: &str, value: &str) -> Result<(), ApiError> {
 
 /// `POST /v1/tasks/{id}/claim`: `{"claimant": "agent-7"}`. 409 if the task
 /// already has a final winner.
-#[utoipa::path(post, path = "/v1/tasks/{id}/claim", tag = "consensus",
+#[utoipa::path(post, path = "/v1/tasks/{id}/claim", operation_id = "claim_task", tag = "consensus",
     params(("id" = String, Path, description = "Task id")),
     request_body = ClaimRequest,
     responses((status = 202, description = "The claim is proposed", body = ProposeReceipt), (status = 400, description = "Bad input (the error names it)", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody),
@@ -163,7 +163,7 @@ pub async fn claim(
 }
 
 /// `GET /v1/tasks/{id}`.
-#[utoipa::path(get, path = "/v1/tasks/{id}", tag = "consensus",
+#[utoipa::path(get, path = "/v1/tasks/{id}", operation_id = "get_task", tag = "consensus",
     params(("id" = String, Path, description = "Task id")),
     responses((status = 200, description = "Who holds the task, or the undecided claims", body = TaskInfo), (status = 400, description = "Bad input (the error names it)", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody)))]
 pub async fn task(
@@ -175,7 +175,7 @@ pub async fn task(
 }
 
 /// `GET /v1/consensus`.
-#[utoipa::path(get, path = "/v1/consensus", tag = "consensus",
+#[utoipa::path(get, path = "/v1/consensus", operation_id = "consensus_status", tag = "consensus",
     responses((status = 200, description = "Engine state, counters, validators, latency percentiles", body = ConsensusStatus), (status = 401, description = "No valid token", body = ErrorBody)))]
 pub async fn status(State(s): State<ApiState>) -> Result<Json<ConsensusStatus>, ApiError> {
     Ok(Json(s.consensus.status().await?))

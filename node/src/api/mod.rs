@@ -145,7 +145,7 @@ pub fn router(state: ApiState) -> Router {
 }
 
 /// The API's OpenAPI 3 description (no token needed: it holds no data).
-#[utoipa::path(get, path = "/v1/openapi.json", tag = "node", security(()),
+#[utoipa::path(get, path = "/v1/openapi.json", operation_id = "openapi", tag = "node", security(()),
     responses((status = 200, description = "This description", content_type = "application/json")))]
 async fn openapi_json(
     axum::Extension(spec): axum::Extension<std::sync::Arc<String>>,
@@ -158,13 +158,13 @@ async fn openapi_json(
 
 /// The health probe: it needs no token (it tells nothing but that the API
 /// is up).
-#[utoipa::path(get, path = "/v1/health", tag = "node", security(()),
+#[utoipa::path(get, path = "/v1/health", operation_id = "health", tag = "node", security(()),
     responses((status = 200, description = "`{\"ok\": true}`")))]
 async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "ok": true }))
 }
 
-#[utoipa::path(get, path = "/v1/status", tag = "node",
+#[utoipa::path(get, path = "/v1/status", operation_id = "node_status", tag = "node",
     responses((status = 200, description = "Identity, addresses, peer counts, message counters, security", body = crate::types::Status),
         (status = 401, description = "No valid token", body = crate::types::ErrorBody)))]
 async fn status(State(s): State<ApiState>) -> Result<Json<crate::types::Status>, ApiError> {
@@ -172,14 +172,14 @@ async fn status(State(s): State<ApiState>) -> Result<Json<crate::types::Status>,
 }
 
 /// The live dashboard: one page that polls this API.
-#[utoipa::path(get, path = "/", tag = "node", security(()),
+#[utoipa::path(get, path = "/", operation_id = "dashboard", tag = "node", security(()),
     responses((status = 200, description = "The dashboard page (it reads the token from its link: `agentmesh dashboard`)", content_type = "text/html")))]
 async fn dashboard() -> axum::response::Html<&'static str> {
     axum::response::Html(include_str!("dashboard.html"))
 }
 
 /// Prometheus scrape: libp2p's metrics and the node's, in the text format.
-#[utoipa::path(get, path = "/metrics", tag = "node",
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "node",
     responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text"),
         (status = 401, description = "No valid token", body = crate::types::ErrorBody)))]
 async fn metrics(State(s): State<ApiState>) -> Result<axum::response::Response, ApiError> {
@@ -200,7 +200,7 @@ async fn metrics(State(s): State<ApiState>) -> Result<axum::response::Response, 
     Ok(([(axum::http::header::CONTENT_TYPE, content_type)], text).into_response())
 }
 
-#[utoipa::path(get, path = "/v1/peers", tag = "node",
+#[utoipa::path(get, path = "/v1/peers", operation_id = "list_peers", tag = "node",
     responses((status = 200, description = "The connected peers", body = Vec<crate::types::PeerInfo>),
         (status = 401, description = "No valid token", body = crate::types::ErrorBody)))]
 async fn peers(State(s): State<ApiState>) -> Result<Json<Vec<crate::types::PeerInfo>>, ApiError> {

@@ -51,7 +51,7 @@ fn default_k() -> usize {
     5
 }
 
-#[utoipa::path(post, path = "/v1/recommend", tag = "model",
+#[utoipa::path(post, path = "/v1/recommend", operation_id = "recommend", tag = "model",
     request_body = RecommendInput,
     responses((status = 200, description = "Patterns that fit, from the model or the rules", body = Answer), (status = 400, description = "Bad input (the error names it)", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody)))]
 pub async fn recommend(State(s): State<ApiState>, body: Body) -> Result<Json<Answer>, ApiError> {
@@ -76,7 +76,7 @@ pub struct OutcomeReply {
     pub model_version: u64,
 }
 
-#[utoipa::path(post, path = "/v1/outcomes", tag = "model",
+#[utoipa::path(post, path = "/v1/outcomes", operation_id = "learn_outcome", tag = "model",
     request_body = OutcomeInput,
     responses((status = 200, description = "Stored, counted and learned", body = OutcomeReply), (status = 400, description = "Bad input (the error names it)", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody)))]
 pub async fn outcome(
@@ -102,7 +102,7 @@ pub async fn outcome(
     }))
 }
 
-#[utoipa::path(get, path = "/v1/model", tag = "model",
+#[utoipa::path(get, path = "/v1/model", operation_id = "model_status", tag = "model",
     responses((status = 200, description = "The local model", body = crate::model::ModelStatus), (status = 401, description = "No valid token", body = ErrorBody)))]
 pub async fn status(State(s): State<ApiState>) -> Json<crate::model::ModelStatus> {
     Json(s.model.status())
@@ -120,7 +120,7 @@ pub struct TrainInput {
     pub max_epochs: Option<usize>,
 }
 
-#[utoipa::path(post, path = "/v1/model/train", tag = "model",
+#[utoipa::path(post, path = "/v1/model/train", operation_id = "train_model", tag = "model",
     request_body = TrainInput,
     responses((status = 200, description = "The training report", body = TrainingInfo), (status = 400, description = "Bad input (the error names it)", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody),
         (status = 408, description = "Took over 600 s", body = ErrorBody),
@@ -130,7 +130,7 @@ pub async fn train(State(s): State<ApiState>, body: Body) -> Result<Json<Trainin
     Ok(Json(s.model.train(input.samples, input.max_epochs).await?))
 }
 
-#[utoipa::path(get, path = "/v1/model/checkpoint", tag = "model",
+#[utoipa::path(get, path = "/v1/model/checkpoint", operation_id = "export_checkpoint", tag = "model",
     responses((status = 200, description = "The model checkpoint (CBOR)", content_type = "application/cbor", body = Vec<u8>), (status = 401, description = "No valid token", body = ErrorBody),
         (status = 404, description = "No model yet", body = ErrorBody)))]
 pub async fn export(State(s): State<ApiState>) -> Result<impl IntoResponse, ApiError> {
@@ -147,7 +147,7 @@ pub struct ImportReply {
     pub version: u64,
 }
 
-#[utoipa::path(put, path = "/v1/model/checkpoint", tag = "model",
+#[utoipa::path(put, path = "/v1/model/checkpoint", operation_id = "import_checkpoint", tag = "model",
     request_body(content = Vec<u8>, description = "A checkpoint as `GET` exports it", content_type = "application/cbor"),
     responses((status = 200, description = "Installed; its version", body = ImportReply), (status = 400, description = "Bad input (the error names it)", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody),
         (status = 413, description = "Checkpoint too large", body = ErrorBody)))]

@@ -35,7 +35,7 @@ impl From<EditError> for ApiError {
     }
 }
 
-#[utoipa::path(post, path = "/v1/patterns", tag = "patterns",
+#[utoipa::path(post, path = "/v1/patterns", operation_id = "put_pattern", tag = "patterns",
     request_body = PatternInput,
     responses((status = 201, description = "Created", body = PatternView), (status = 200, description = "Updated (next version)", body = PatternView), (status = 400, description = "Bad input (the error names it)", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody),
         (status = 403, description = "Outside this node's membership scopes", body = ErrorBody)))]
@@ -54,7 +54,7 @@ pub async fn put(
     Ok((status, Json(view(&pattern))))
 }
 
-#[utoipa::path(get, path = "/v1/patterns/{id}", tag = "patterns",
+#[utoipa::path(get, path = "/v1/patterns/{id}", operation_id = "get_pattern", tag = "patterns",
     params(("id" = String, Path, description = "Pattern id")),
     responses((status = 200, description = "The pattern", body = PatternView), (status = 400, description = "Bad input (the error names it)", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody),
         (status = 404, description = "Unknown", body = ErrorBody)))]
@@ -82,7 +82,7 @@ pub struct ListQuery {
     limit: Option<usize>,
 }
 
-#[utoipa::path(get, path = "/v1/patterns", tag = "patterns",
+#[utoipa::path(get, path = "/v1/patterns", operation_id = "list_patterns", tag = "patterns",
     params(ListQuery),
     responses((status = 200, description = "A page of patterns; pass `next` as `after` for the next", body = PatternList), (status = 400, description = "Bad input (the error names it)", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody)))]
 pub async fn list(
@@ -114,7 +114,7 @@ pub async fn list(
     }))
 }
 
-#[utoipa::path(post, path = "/v1/patterns/{id}/outcomes", tag = "patterns",
+#[utoipa::path(post, path = "/v1/patterns/{id}/outcomes", operation_id = "pattern_outcome", tag = "patterns",
     params(("id" = String, Path, description = "Pattern id")),
     request_body = OutcomeInput,
     responses((status = 200, description = "The pattern with its statistics", body = PatternView), (status = 400, description = "Bad input (the error names it)", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody),
@@ -130,7 +130,7 @@ pub async fn outcome(
     Ok(Json(view(&s.patterns.record_outcome(&id, input.success)?)))
 }
 
-#[utoipa::path(get, path = "/v1/sync", tag = "patterns",
+#[utoipa::path(get, path = "/v1/sync", operation_id = "sync_status", tag = "patterns",
     responses((status = 200, description = "Replication and anti-entropy status", body = SyncStatus), (status = 401, description = "No valid token", body = ErrorBody)))]
 pub async fn sync_status(State(s): State<ApiState>) -> Result<Json<SyncStatus>, ApiError> {
     Ok(Json(s.patterns.status()?))
