@@ -69,7 +69,7 @@ fn run() -> Result<(), String> {
         ..TrainConfig::default()
     };
     eprintln!("training without {held:?}");
-    let (model, report) = train(&known, &config, |_| {})?;
+    let (model, report) = train(&known, &config, |_| {}).map_err(|e| e.to_string())?;
     let (_, _, test_idx) = split(known.len(), seed);
     let test: Vec<&Sample> = test_idx.iter().map(|&i| &known[i]).collect();
 

@@ -3,6 +3,7 @@
 //! built from it, so a damaged file (or a peer's bytes) cannot crash a node.
 
 use crate::classifier::{check_parts, Classifier, TrainReport};
+use crate::error::NeuralError;
 use crate::features::FeatureConfig;
 use crate::model::Weights;
 use serde::{Deserialize, Serialize};
@@ -51,48 +52,50 @@ impl Checkpoint {
         }
     }
 
-    pub fn encode(&self) -> Result<Vec<u8>, String> {
+    pub fn encode(&self) -> Result<Vec<u8>, NeuralError> {
         let mut out = Vec::new();
-        ciborium::into_writer(self, &mut out).map_err(|e| format!("encoding a checkpoint: {e}"))?;
+        ciborium::into_writer(self, &mut out)
+            .map_err(|e| NeuralError::Checkpoint(format!("encoding a checkpoint: {e}")))?;
         Ok(out)
     }
 
-    /// Decodes and checks a checkpoint.
-    pub fn decode(bytes: &[u8]) -> Result<Checkpoint, String> {
+    /// Decodes and checks a checkpoint; any failure is a
+    /// [`NeuralError::Checkpoint`].
+    pub fn decode(bytes: &[u8]) -> Result<Checkpoint, NeuralError> {
         if bytes.len() > MAX_CHECKPOINT_BYTES {
-            return Err(format!(
+            return Err(NeuralError::Checkpoint(format!(
                 "checkpoint of {} bytes is larger than {MAX_CHECKPOINT_BYTES}",
                 bytes.len()
-            ));
+            )));
         }
-        let mut c: Checkpoint =
-            ciborium::from_reader(bytes).map_err(|e| format!("malformed checkpoint: {e}"))?;
+        let mut c: Checkpoint = ciborium::from_reader(bytes)
+            .map_err(|e| NeuralError::Checkpoint(format!("malformed checkpoint: {e}")))?;
         if c.format == UNIT_NORM_FORMAT {
             c.features.norm = 1.0;
             c.format = FORMAT;
         }
         if c.format != FORMAT {
-            return Err(format!(
+            return Err(NeuralError::Checkpoint(format!(
                 "checkpoint format {} (this build reads {FORMAT})",
                 c.format
-            ));
+            )));
         }
         c.validate()?;
         Ok(c)
     }
 
     /// Do its parts make a model?
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), NeuralError> {
         check_parts(&self.features, &self.labels, &self.weights)
-            .map_err(|e| format!("checkpoint: {e}"))
+            .map_err(|e| NeuralError::Checkpoint(format!("checkpoint: {e}")))
     }
 
     /// The classifier, taking the weights.
-    pub fn into_classifier(self) -> Result<Classifier, String> {
+    pub fn into_classifier(self) -> Result<Classifier, NeuralError> {
         Classifier::from_owned(self.features, self.labels, self.weights)
     }
 
-    pub fn classifier(&self) -> Result<Classifier, String> {
+    pub fn classifier(&self) -> Result<Classifier, NeuralError> {
         Classifier::from_parts(self.features.clone(), self.labels.clone(), &self.weights)
     }
 }
@@ -153,11 +156,15 @@ mod tests {
         }
         // One of this format must give its norm.
         let refused = Checkpoint::decode(&without_norm(&checkpoint, FORMAT)).unwrap_err();
-        assert!(refused.contains("feature norm NaN"), "{refused}");
+        assert!(matches!(refused, NeuralError::Checkpoint(_)), "{refused:?}");
+        assert!(
+            refused.to_string().contains("feature norm NaN"),
+            "{refused}"
+        );
         // A format this build does not know is refused, and named.
         let mut newer = Checkpoint::of(&classifier, 5, 150, None);
         newer.format = FORMAT + 1;
         let refused = Checkpoint::decode(&newer.encode().unwrap()).unwrap_err();
-        assert!(refused.contains("format 4"), "{refused}");
+        assert!(refused.to_string().contains("format 4"), "{refused}");
     }
 }

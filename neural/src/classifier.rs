@@ -3,6 +3,7 @@
 
 use crate::baseline::RuleRecommender;
 use crate::dataset::{split, Context, Sample};
+use crate::error::NeuralError;
 use crate::features::FeatureConfig;
 use crate::metrics::{evaluate, Metrics};
 use crate::model::{
@@ -165,18 +166,22 @@ fn backward_batch(
 }
 
 /// Trains on `samples` with the seeded 70/20/10 split; `progress` gets
-/// one line per epoch.
+/// one line per epoch. Fails with [`NeuralError::InvalidData`] for samples
+/// of fewer than two labels or too few to split, and with
+/// [`NeuralError::InvalidConfig`] for settings out of range.
 pub fn train(
     samples: &[Sample],
     config: &TrainConfig,
     mut progress: impl FnMut(&str),
-) -> Result<(Classifier, TrainReport), String> {
+) -> Result<(Classifier, TrainReport), NeuralError> {
     let started = Instant::now();
     let mut labels: Vec<String> = samples.iter().map(|s| s.label.clone()).collect();
     labels.sort();
     labels.dedup();
     if labels.len() < 2 {
-        return Err("training needs samples of at least two labels".into());
+        return Err(NeuralError::InvalidData(
+            "training needs samples of at least two labels".into(),
+        ));
     }
     let index: HashMap<String, usize> = labels
         .iter()
@@ -185,10 +190,10 @@ pub fn train(
         .collect();
     let (train_idx, val_idx, test_idx) = split(samples.len(), config.seed);
     if train_idx.is_empty() || val_idx.is_empty() || test_idx.is_empty() {
-        return Err(format!(
+        return Err(NeuralError::InvalidData(format!(
             "{} samples are too few to split 70/20/10",
             samples.len()
-        ));
+        )));
     }
     let mut features = config.features.clone();
     features.validate()?;
@@ -262,7 +267,9 @@ pub fn train(
             break;
         }
     }
-    let (best_loss, best_epoch, weights) = best.ok_or("no epoch ran")?;
+    // None only when `max_epochs` is 0.
+    let (best_loss, best_epoch, weights) =
+        best.ok_or_else(|| NeuralError::InvalidConfig("no epoch ran".into()))?;
     let classifier = Classifier {
         features,
         labels,
@@ -303,33 +310,43 @@ pub fn train(
 }
 
 /// Do these features, label map and weights make a model? (Checked
-/// before a checkpoint or a peer's update is used.)
+/// before a checkpoint or a peer's update is used.) Any failure is a
+/// [`NeuralError::Checkpoint`], a bad feature configuration among them.
 pub fn check_parts(
     features: &FeatureConfig,
     labels: &[String],
     weights: &Weights,
-) -> Result<(), String> {
-    features.validate()?;
+) -> Result<(), NeuralError> {
+    features
+        .validate()
+        .map_err(|e| NeuralError::Checkpoint(e.to_string()))?;
     weights.validate()?;
     if weights.input_dim() != features.dim || weights.classes() != labels.len() {
-        return Err("weights do not fit the feature dimension or the label map".into());
+        return Err(NeuralError::Checkpoint(
+            "weights do not fit the feature dimension or the label map".into(),
+        ));
     }
     if labels.len() > MAX_LABELS {
-        return Err(format!("{} labels; at most {MAX_LABELS}", labels.len()));
+        return Err(NeuralError::Checkpoint(format!(
+            "{} labels; at most {MAX_LABELS}",
+            labels.len()
+        )));
     }
     if let Some(bad) = labels
         .iter()
         .find(|l| l.is_empty() || l.len() > MAX_LABEL_BYTES)
     {
-        return Err(format!(
+        return Err(NeuralError::Checkpoint(format!(
             "label {bad:?} is empty or over {MAX_LABEL_BYTES} bytes"
-        ));
+        )));
     }
     let mut sorted: Vec<&String> = labels.iter().collect();
     sorted.sort();
     sorted.dedup();
     if sorted.len() != labels.len() {
-        return Err("the label map has duplicates".into());
+        return Err(NeuralError::Checkpoint(
+            "the label map has duplicates".into(),
+        ));
     }
     Ok(())
 }
@@ -339,7 +356,7 @@ impl Classifier {
         features: FeatureConfig,
         labels: Vec<String>,
         weights: &Weights,
-    ) -> Result<Classifier, String> {
+    ) -> Result<Classifier, NeuralError> {
         Classifier::from_owned(features, labels, weights.clone())
     }
 
@@ -348,7 +365,7 @@ impl Classifier {
         features: FeatureConfig,
         labels: Vec<String>,
         weights: Weights,
-    ) -> Result<Classifier, String> {
+    ) -> Result<Classifier, NeuralError> {
         check_parts(&features, &labels, &weights)?;
         Ok(Classifier {
             features,

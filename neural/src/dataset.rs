@@ -2,6 +2,7 @@
 //! and the seeded 70/20/10 split (the same one `scripts/model/baseline.py`
 //! computes, so both classifiers are measured on the same test part).
 
+use crate::error::NeuralError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -62,24 +63,30 @@ impl Context {
     }
 
     /// Checks what a caller (agent, file) sent; names the problem.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), NeuralError> {
         if self.text.trim().is_empty() {
-            return Err("context.text is empty".into());
+            return Err(NeuralError::InvalidData("context.text is empty".into()));
         }
         if self.text.len() > MAX_TEXT_BYTES {
-            return Err(format!(
+            return Err(NeuralError::InvalidData(format!(
                 "context.text is {} bytes; at most {MAX_TEXT_BYTES} are accepted",
                 self.text.len()
-            ));
+            )));
         }
         if self.keywords.len() > 256 {
-            return Err("context.keywords has more than 256 entries".into());
+            return Err(NeuralError::InvalidData(
+                "context.keywords has more than 256 entries".into(),
+            ));
         }
         if self.metadata.len() > 64 {
-            return Err("context.metadata has more than 64 entries".into());
+            return Err(NeuralError::InvalidData(
+                "context.metadata has more than 64 entries".into(),
+            ));
         }
         if let Some((key, _)) = self.metadata.iter().find(|(_, v)| !v.is_finite()) {
-            return Err(format!("context.metadata.{key} is not a finite number"));
+            return Err(NeuralError::InvalidData(format!(
+                "context.metadata.{key} is not a finite number"
+            )));
         }
         Ok(())
     }
@@ -103,7 +110,7 @@ pub fn load_jsonl(path: &Path) -> Result<Vec<Sample>, DatasetError> {
             reason,
         };
         let sample: Sample = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
-        sample.context.validate().map_err(bad)?;
+        sample.context.validate().map_err(|e| bad(e.to_string()))?;
         if sample.label.trim().is_empty() || sample.label.len() > 128 {
             return Err(bad("label must be 1 to 128 characters".into()));
         }

@@ -9,6 +9,7 @@
 //! same vector on every machine and run.
 
 use crate::dataset::Context;
+use crate::error::NeuralError;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -204,31 +205,35 @@ impl FeatureConfig {
     }
 
     /// Checks a configuration read from a checkpoint or a peer.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), NeuralError> {
         if !self.dim.is_power_of_two() || !(64..=1 << 20).contains(&self.dim) {
-            return Err(format!(
+            return Err(NeuralError::InvalidConfig(format!(
                 "feature dim {} is not a power of two in 64..=2^20",
                 self.dim
-            ));
+            )));
         }
         if !self.idf.is_empty() && self.idf.len() != self.dim {
-            return Err(format!(
+            return Err(NeuralError::InvalidConfig(format!(
                 "{} idf weights for dim {}",
                 self.idf.len(),
                 self.dim
-            ));
+            )));
         }
         if self.char_min > self.char_max || self.char_max > 8 {
-            return Err("character n-gram lengths out of range".into());
+            return Err(NeuralError::InvalidConfig(
+                "character n-gram lengths out of range".into(),
+            ));
         }
         if self.idf.iter().any(|x| !x.is_finite()) || !self.char_weight.is_finite() {
-            return Err("feature weights are not finite".into());
+            return Err(NeuralError::InvalidConfig(
+                "feature weights are not finite".into(),
+            ));
         }
         if !(self.norm > 0.0 && self.norm <= MAX_NORM) {
-            return Err(format!(
+            return Err(NeuralError::InvalidConfig(format!(
                 "feature norm {} is not in (0, {MAX_NORM}]",
                 self.norm
-            ));
+            )));
         }
         Ok(())
     }

@@ -7,6 +7,7 @@ pub mod baseline;
 pub mod checkpoint;
 pub mod classifier;
 pub mod dataset;
+pub mod error;
 pub mod features;
 mod floats;
 pub mod merge;
@@ -16,3 +17,4 @@ pub mod recommender;
 
 pub use classifier::{train, Classifier, TrainConfig, TrainReport};
 pub use dataset::{Context, Sample};
+pub use error::NeuralError;

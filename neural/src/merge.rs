@@ -16,6 +16,7 @@
 
 use crate::checkpoint::{Checkpoint, FORMAT};
 use crate::classifier::MAX_LABELS;
+use crate::error::NeuralError;
 use crate::model::{LayerWeights, Weights};
 use std::collections::{HashMap, HashSet};
 
@@ -50,11 +51,12 @@ fn each_peer(reasons: impl Iterator<Item = String>) -> String {
 
 /// Merges `peers` into `local` (or, without a local model, averages the
 /// peers). The result keeps the local version and sample count; the caller
-/// bumps the version. Fails only if nothing is left to merge.
+/// bumps the version. Fails only if nothing is left to merge, always with
+/// [`NeuralError::Incompatible`].
 pub fn merge(
     local: Option<&Checkpoint>,
     peers: &[&Checkpoint],
-) -> Result<(Checkpoint, MergeReport), String> {
+) -> Result<(Checkpoint, MergeReport), NeuralError> {
     let mut report = MergeReport::default();
     // The shape everything must match: the local model's, or the first
     // peer's that is usable at all.
@@ -69,26 +71,29 @@ pub fn merge(
             let reasons = peers.iter().map(|p| {
                 p.validate()
                     .err()
-                    .unwrap_or("learned from no samples".into())
+                    .map_or_else(|| "learned from no samples".into(), |e| e.to_string())
             });
-            format!("no usable peer model ({})", each_peer(reasons))
+            NeuralError::Incompatible(format!("no usable peer model ({})", each_peer(reasons)))
         })?;
-    let compatible = |c: &Checkpoint| -> Result<(), String> {
+    // Why a model does not merge with `base` (None: it does).
+    let incompatible = |c: &Checkpoint| -> Option<String> {
         if c.format != FORMAT {
-            return Err(format!("checkpoint format {}", c.format));
+            return Some(format!("checkpoint format {}", c.format));
         }
         let (a, b) = (&c.features, &base.features);
         if (a.dim, a.char_min, a.char_max) != (b.dim, b.char_min, b.char_max) {
-            return Err(format!(
+            return Some(format!(
                 "feature dimension {} does not match {}",
                 a.dim, b.dim
             ));
         }
         // Weights learnt on inputs of another size do not average.
         if a.norm != b.norm {
-            return Err(format!("feature norm {} does not match {}", a.norm, b.norm));
+            return Some(format!("feature norm {} does not match {}", a.norm, b.norm));
         }
         crate::classifier::check_parts(&c.features, &c.labels, &c.weights)
+            .err()
+            .map(|e| e.to_string())
     };
     let local_samples = local.map(|l| l.samples as f64);
     let mut members: Vec<Member> = Vec::new();
@@ -100,7 +105,7 @@ pub fn merge(
         });
     }
     for (i, p) in peers.iter().enumerate() {
-        if let Err(e) = compatible(p) {
+        if let Some(e) = incompatible(p) {
             report.skipped.push((i, e));
             continue;
         }
@@ -122,7 +127,10 @@ pub fn merge(
     }
     if report.peers_merged == 0 {
         let reasons = report.skipped.iter().map(|(_, reason)| reason.clone());
-        return Err(format!("no compatible peer model ({})", each_peer(reasons)));
+        return Err(NeuralError::Incompatible(format!(
+            "no compatible peer model ({})",
+            each_peer(reasons)
+        )));
     }
 
     // The reference the distances are measured from.
@@ -185,10 +193,10 @@ pub fn merge(
     report.labels_added = new.clone();
     labels.extend(new);
     if labels.len() > MAX_LABELS {
-        return Err(format!(
+        return Err(NeuralError::Incompatible(format!(
             "the merged model would know {} patterns; at most {MAX_LABELS}",
             labels.len()
-        ));
+        )));
     }
     let output = merge_output(&members, &labels, local);
 
@@ -218,7 +226,8 @@ pub fn merge(
         weights,
         report: local.and_then(|l| l.report.clone()),
     };
-    crate::classifier::check_parts(&merged.features, &merged.labels, &merged.weights)?;
+    crate::classifier::check_parts(&merged.features, &merged.labels, &merged.weights)
+        .map_err(|e| NeuralError::Incompatible(e.to_string()))?;
     Ok((merged, report))
 }
 
@@ -500,7 +509,10 @@ mod tests {
         other.features.dim = 1024;
         let (_, report) = merge(Some(&a), &[&b, &other]).unwrap();
         assert_eq!(report.skipped.len(), 1);
-        assert!(merge(Some(&a), &[&other]).is_err());
+        assert!(matches!(
+            merge(Some(&a), &[&other]),
+            Err(NeuralError::Incompatible(_))
+        ));
         // So is one trained on inputs of another norm.
         let mut scaled = b.clone();
         scaled.features.norm = 1.0;
@@ -508,7 +520,7 @@ mod tests {
         assert_eq!(report.skipped.len(), 1);
         assert!(report.skipped[0].1.contains("norm"), "{:?}", report.skipped);
         // With nothing to merge, the error says why each was skipped.
-        let refused = merge(Some(&a), &[&scaled]).unwrap_err();
+        let refused = merge(Some(&a), &[&scaled]).unwrap_err().to_string();
         assert!(
             refused.contains("peer model 0: feature norm 1 does not match 2"),
             "{refused}"
@@ -517,7 +529,7 @@ mod tests {
         // one, an untrained node follows it whatever its norm.
         let mut empty = b.clone();
         empty.samples = 0;
-        let refused = merge(None, &[&empty]).unwrap_err();
+        let refused = merge(None, &[&empty]).unwrap_err().to_string();
         assert!(
             refused.contains("peer model 0: learned from no samples"),
             "{refused}"

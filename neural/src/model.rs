@@ -13,6 +13,7 @@
 //! Weights move in and out as plain `f32` vectors ([`Weights`]), which is
 //! what checkpoints store, peers exchange and merges average.
 
+use crate::error::NeuralError;
 use burn::module::{Module, Param};
 use burn::nn::{Linear, Relu};
 use burn::tensor::{Device, Tensor, TensorData};
@@ -36,13 +37,17 @@ static BACKEND: std::sync::OnceLock<Backend> = std::sync::OnceLock::new();
 
 /// Chooses the backend for the whole process, before any model exists:
 /// tensors of two backends do not mix, so it is set once.
-pub fn set_backend(backend: Backend) -> Result<(), String> {
+pub fn set_backend(backend: Backend) -> Result<(), NeuralError> {
     if backend == Backend::Flex && !cfg!(feature = "flex") {
-        return Err("this build has no flex backend (build with --features flex)".into());
+        return Err(NeuralError::Backend(
+            "this build has no flex backend (build with --features flex)".into(),
+        ));
     }
     match BACKEND.get_or_init(|| backend) {
         chosen if *chosen == backend => Ok(()),
-        chosen => Err(format!("the backend is {chosen:?} already")),
+        chosen => Err(NeuralError::Backend(format!(
+            "the backend is {chosen:?} already"
+        ))),
     }
 }
 
@@ -91,21 +96,33 @@ impl Weights {
         self.layers.last().map_or(0, |l| l.d_out)
     }
 
-    /// Checks shapes (input → 256 → 128 → 64 → classes) and values.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks shapes (input → 256 → 128 → 64 → classes) and values: of
+    /// weights read from a checkpoint or a peer, so a failure is a
+    /// [`NeuralError::Checkpoint`].
+    pub fn validate(&self) -> Result<(), NeuralError> {
         if self.layers.len() != 4 {
-            return Err(format!("{} layers; the model has 4", self.layers.len()));
+            return Err(NeuralError::Checkpoint(format!(
+                "{} layers; the model has 4",
+                self.layers.len()
+            )));
         }
         let mut expected_in = self.input_dim();
         for (i, l) in self.layers.iter().enumerate() {
             if l.d_in != expected_in || (i < 3 && l.d_out != HIDDEN[i]) || l.d_out == 0 {
-                return Err(format!("layer {i} is {}x{}: wrong shape", l.d_in, l.d_out));
+                return Err(NeuralError::Checkpoint(format!(
+                    "layer {i} is {}x{}: wrong shape",
+                    l.d_in, l.d_out
+                )));
             }
             if l.weight.len() != l.d_in * l.d_out || l.bias.len() != l.d_out {
-                return Err(format!("layer {i} holds the wrong number of values"));
+                return Err(NeuralError::Checkpoint(format!(
+                    "layer {i} holds the wrong number of values"
+                )));
             }
             if l.weight.iter().chain(&l.bias).any(|x| !x.is_finite()) {
-                return Err(format!("layer {i} holds a value that is not finite"));
+                return Err(NeuralError::Checkpoint(format!(
+                    "layer {i} holds a value that is not finite"
+                )));
             }
             expected_in = l.d_out;
         }
@@ -552,6 +569,8 @@ mod tests {
         assert_eq!(backend(), Backend::Ndarray);
         // Either not built, or another backend chosen already: refused.
         let refused = set_backend(Backend::Flex).unwrap_err();
+        assert!(matches!(refused, NeuralError::Backend(_)), "{refused:?}");
+        let refused = refused.to_string();
         assert!(
             refused.contains("flex") || refused.contains("Ndarray"),
             "{refused}"

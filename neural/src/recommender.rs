@@ -8,6 +8,7 @@ use crate::baseline::RuleRecommender;
 use crate::checkpoint::Checkpoint;
 use crate::classifier::{Classifier, TrainReport, MAX_LABELS};
 use crate::dataset::Context;
+use crate::error::NeuralError;
 use crate::features::FeatureConfig;
 use lru::LruCache;
 use serde::{Deserialize, Serialize};
@@ -72,8 +73,9 @@ pub struct Installed {
 }
 
 impl Installed {
-    /// Checks and builds a checkpoint's model.
-    pub fn from_checkpoint(checkpoint: Checkpoint) -> Result<Installed, String> {
+    /// Checks and builds a checkpoint's model (a failure is a
+    /// [`NeuralError::Checkpoint`]).
+    pub fn from_checkpoint(checkpoint: Checkpoint) -> Result<Installed, NeuralError> {
         let (version, samples, report) = (
             checkpoint.version,
             checkpoint.samples,
@@ -305,7 +307,7 @@ impl Recommender {
 
     /// Installs a trained, imported or merged model; its version becomes
     /// at least one above the current one.
-    pub fn install(&mut self, checkpoint: Checkpoint) -> Result<u64, String> {
+    pub fn install(&mut self, checkpoint: Checkpoint) -> Result<u64, NeuralError> {
         Ok(self.install_built(Installed::from_checkpoint(checkpoint)?))
     }
 

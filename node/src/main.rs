@@ -37,124 +37,23 @@ async fn dispatch(command: Command) -> Result<()> {
             println!("{}", agentmesh_node::api::openapi().to_pretty_json()?);
             Ok(())
         }
-        Command::Id { data_dir } => {
-            logging::init(LogFormat::Human, "warn");
-            let key = identity::load_or_create(&identity::key_path(&data_dir))?;
-            println!("{}", identity::libp2p_keypair(&key)?.public().to_peer_id());
-            Ok(())
-        }
-        Command::Keygen { out, force } => {
-            if force && out.exists() {
-                std::fs::remove_file(&out)
-                    .with_context(|| format!("cannot replace {}", out.display()))?;
-            }
-            identity::ensure_not_exists(&out)?;
-            let key = agentmesh_protocol::NodeKey::generate()?;
-            identity::write_new(&out, &key)?;
-            println!("{}", identity::libp2p_keypair(&key)?.public().to_peer_id());
-            Ok(())
-        }
+        Command::Id { data_dir } => id(data_dir),
+        Command::Keygen { out, force } => keygen(out, force),
         Command::Ca { action } => agentmesh_node::ca::run(action),
         Command::Model { action } => agentmesh_node::model_cli::run(action),
-        Command::Status(args) => {
-            let status = args.client().status().await?;
-            print_json_or(&args, &status, || {
-                println!("peer id      {}", status.peer_id);
-                println!("network      {}", status.network);
-                println!("uptime       {} s", status.uptime_secs);
-                println!("listening    {}", status.listen_addrs.join(" "));
-                println!(
-                    "peers        {} connected, {} in routing table, {} known",
-                    status.connected_peers, status.routing_table_peers, status.known_peers
-                );
-                let m = &status.messages;
-                println!(
-                    "messages     {} published, {} received, {} rejected",
-                    m.published, m.received, m.rejected
-                );
-            })
-        }
-        Command::Dashboard(args) => {
-            let token = std::fs::read_to_string(&args.api_token_file).with_context(|| {
-                format!(
-                    "cannot read the API token file {} (the node writes it to <data dir>/api-token; \
-                     pass --api-token-file)",
-                    args.api_token_file.display()
-                )
-            })?;
-            println!("http://{}/#token={}", args.api, token.trim());
-            Ok(())
-        }
-        Command::Peers(args) => {
-            let peers = args.client().peers().await?;
-            print_json_or(&args, &peers, || {
-                println!(
-                    "{:<54} {:<9} {:<9} {:>9} {:>9} {:>8}  address",
-                    "peer id", "transport", "breaker", "quic fail", "rtt ms", "rejected"
-                );
-                for p in &peers {
-                    let rtt = p
-                        .rtt
-                        .as_ref()
-                        .map_or("-".to_string(), |r| format!("{:.2}", r.mean_ms));
-                    let addr = p.connections.first().map_or("", |c| c.remote_addr.as_str());
-                    let transport = serde_json::to_value(&p.transport)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_default();
-                    println!(
-                        "{:<54} {:<9} {:<9} {:>9} {:>9} {:>8}  {}",
-                        p.peer_id,
-                        transport,
-                        p.breaker,
-                        p.quic_failures,
-                        rtt,
-                        p.rejected_messages,
-                        addr
-                    );
-                }
-            })
-        }
+        Command::Status(args) => status(args).await,
+        Command::Dashboard(args) => dashboard(args),
+        Command::Peers(args) => peers(args).await,
         Command::Publish {
             client,
             channel,
             body,
             content_type,
-        } => {
-            let body = if body == "-" {
-                let mut buf = Vec::new();
-                std::io::stdin()
-                    .read_to_end(&mut buf)
-                    .context("reading the body from standard input")?;
-                buf
-            } else {
-                body.into_bytes()
-            };
-            let receipt = client
-                .client()
-                .publish(&channel, &content_type, body)
-                .await?;
-            println!("{}", serde_json::to_string(&receipt)?);
-            Ok(())
-        }
+        } => publish(client, channel, body, content_type).await,
         Command::Propose {
             client,
             transactions,
-        } => {
-            let mut bodies = Vec::new();
-            for t in transactions {
-                let (key, payload) = t
-                    .split_once('=')
-                    .with_context(|| format!("{t:?} is not KEY=PAYLOAD"))?;
-                bodies.push(TransactionBody {
-                    key: key.to_string(),
-                    payload: payload.to_string(),
-                });
-            }
-            let receipt = client.client().propose(bodies).await?;
-            println!("{}", serde_json::to_string(&receipt)?);
-            Ok(())
-        }
+        } => propose(client, transactions).await,
         Command::Recommend {
             client,
             text,
@@ -179,29 +78,7 @@ async fn dispatch(command: Command) -> Result<()> {
             task,
             claimant,
             wait,
-        } => {
-            let api = client.client();
-            let receipt = api.claim(&task, &claimant).await?;
-            let Some(wait) = wait else {
-                println!("{}", serde_json::to_string(&receipt)?);
-                return Ok(());
-            };
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait);
-            loop {
-                let info = api.task(&task).await?;
-                if info.winner.is_some() {
-                    println!("{}", serde_json::to_string(&info)?);
-                    return Ok(());
-                }
-                if std::time::Instant::now() >= deadline {
-                    anyhow::bail!(
-                        "task {task} has no final winner after {wait} s: {}",
-                        info.status
-                    );
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
+        } => claim(client, task, claimant, wait).await,
         Command::Task { client, task } => {
             let info = client.client().task(&task).await?;
             println!("{}", serde_json::to_string_pretty(&info)?);
@@ -217,25 +94,169 @@ async fn dispatch(command: Command) -> Result<()> {
             client,
             pattern,
             count,
-        } => {
-            let mut stream = client.client().subscribe(&pattern).await?;
-            let mut seen = 0u64;
-            while count.is_none_or(|c| seen < c) {
-                match stream.next().await {
-                    Some(Ok(SubscriptionItem::Message(m))) => {
-                        println!("{}", serde_json::to_string(&m)?);
-                        seen += 1;
-                    }
-                    Some(Ok(SubscriptionItem::Lagged(n))) => eprintln!(
-                        "agentmesh: {n} messages were dropped because this reader was too slow"
-                    ),
-                    Some(Err(e)) => return Err(e.into()),
-                    None => anyhow::bail!("the node closed the subscription"),
-                }
+        } => subscribe(client, pattern, count).await,
+    }
+}
+
+fn id(data_dir: std::path::PathBuf) -> Result<()> {
+    logging::init(LogFormat::Human, "warn");
+    let key = identity::load_or_create(&identity::key_path(&data_dir))?;
+    println!("{}", identity::libp2p_keypair(&key)?.public().to_peer_id());
+    Ok(())
+}
+
+fn keygen(out: std::path::PathBuf, force: bool) -> Result<()> {
+    if force && out.exists() {
+        std::fs::remove_file(&out).with_context(|| format!("cannot replace {}", out.display()))?;
+    }
+    identity::ensure_not_exists(&out)?;
+    let key = agentmesh_protocol::NodeKey::generate()?;
+    identity::write_new(&out, &key)?;
+    println!("{}", identity::libp2p_keypair(&key)?.public().to_peer_id());
+    Ok(())
+}
+
+async fn status(args: ClientArgs) -> Result<()> {
+    let status = args.client().status().await?;
+    print_json_or(&args, &status, || {
+        println!("peer id      {}", status.peer_id);
+        println!("network      {}", status.network);
+        println!("uptime       {} s", status.uptime_secs);
+        println!("listening    {}", status.listen_addrs.join(" "));
+        println!(
+            "peers        {} connected, {} in routing table, {} known",
+            status.connected_peers, status.routing_table_peers, status.known_peers
+        );
+        let m = &status.messages;
+        println!(
+            "messages     {} published, {} received, {} rejected",
+            m.published, m.received, m.rejected
+        );
+    })
+}
+
+fn dashboard(args: ClientArgs) -> Result<()> {
+    let token = std::fs::read_to_string(&args.api_token_file).with_context(|| {
+        format!(
+            "cannot read the API token file {} (the node writes it to <data dir>/api-token; \
+             pass --api-token-file)",
+            args.api_token_file.display()
+        )
+    })?;
+    println!("http://{}/#token={}", args.api, token.trim());
+    Ok(())
+}
+
+async fn peers(args: ClientArgs) -> Result<()> {
+    let peers = args.client().peers().await?;
+    print_json_or(&args, &peers, || {
+        println!(
+            "{:<54} {:<9} {:<9} {:>9} {:>9} {:>8}  address",
+            "peer id", "transport", "breaker", "quic fail", "rtt ms", "rejected"
+        );
+        for p in &peers {
+            let rtt = p
+                .rtt
+                .as_ref()
+                .map_or("-".to_string(), |r| format!("{:.2}", r.mean_ms));
+            let addr = p.connections.first().map_or("", |c| c.remote_addr.as_str());
+            let transport = serde_json::to_value(&p.transport)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            println!(
+                "{:<54} {:<9} {:<9} {:>9} {:>9} {:>8}  {}",
+                p.peer_id, transport, p.breaker, p.quic_failures, rtt, p.rejected_messages, addr
+            );
+        }
+    })
+}
+
+async fn publish(
+    client: ClientArgs,
+    channel: String,
+    body: String,
+    content_type: String,
+) -> Result<()> {
+    let body = if body == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .context("reading the body from standard input")?;
+        buf
+    } else {
+        body.into_bytes()
+    };
+    let receipt = client
+        .client()
+        .publish(&channel, &content_type, body)
+        .await?;
+    println!("{}", serde_json::to_string(&receipt)?);
+    Ok(())
+}
+
+async fn propose(client: ClientArgs, transactions: Vec<String>) -> Result<()> {
+    let mut bodies = Vec::new();
+    for t in transactions {
+        let (key, payload) = t
+            .split_once('=')
+            .with_context(|| format!("{t:?} is not KEY=PAYLOAD"))?;
+        bodies.push(TransactionBody {
+            key: key.to_string(),
+            payload: payload.to_string(),
+        });
+    }
+    let receipt = client.client().propose(bodies).await?;
+    println!("{}", serde_json::to_string(&receipt)?);
+    Ok(())
+}
+
+async fn claim(
+    client: ClientArgs,
+    task: String,
+    claimant: String,
+    wait: Option<u64>,
+) -> Result<()> {
+    let api = client.client();
+    let receipt = api.claim(&task, &claimant).await?;
+    let Some(wait) = wait else {
+        println!("{}", serde_json::to_string(&receipt)?);
+        return Ok(());
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait);
+    loop {
+        let info = api.task(&task).await?;
+        if info.winner.is_some() {
+            println!("{}", serde_json::to_string(&info)?);
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "task {task} has no final winner after {wait} s: {}",
+                info.status
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+async fn subscribe(client: ClientArgs, pattern: String, count: Option<u64>) -> Result<()> {
+    let mut stream = client.client().subscribe(&pattern).await?;
+    let mut seen = 0u64;
+    while count.is_none_or(|c| seen < c) {
+        match stream.next().await {
+            Some(Ok(SubscriptionItem::Message(m))) => {
+                println!("{}", serde_json::to_string(&m)?);
+                seen += 1;
             }
-            Ok(())
+            Some(Ok(SubscriptionItem::Lagged(n))) => {
+                eprintln!("agentmesh: {n} messages were dropped because this reader was too slow")
+            }
+            Some(Err(e)) => return Err(e.into()),
+            None => anyhow::bail!("the node closed the subscription"),
         }
     }
+    Ok(())
 }
 
 async fn patterns(client: ApiClient, action: PatternsCommand) -> Result<()> {

@@ -145,308 +145,197 @@ fn gauges(
     family(e, name, help, MetricType::Gauge, rows)
 }
 
+/// Plain metrics of one area: name, help, value.
+type Counters<'a> = &'a [(&'static str, &'static str, u64)];
+type Gauges<'a> = &'a [(&'static str, &'static str, i64)];
+
+fn table(e: &mut DescriptorEncoder, counters: Counters, gauges: Gauges) -> fmt::Result {
+    for (name, help, value) in counters {
+        counter(e, name, help, *value)?;
+    }
+    for (name, help, value) in gauges {
+        gauge(e, name, help, *value)?;
+    }
+    Ok(())
+}
+
 impl prometheus_client::collector::Collector for NodeCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> fmt::Result {
         let guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let Some(s) = guard.as_ref() else {
             return Ok(());
         };
-        let m = &s.status.messages;
-        counter(
-            &mut e,
-            "agentmesh_messages_published",
-            "Messages published by this node's agents",
-            m.published,
-        )?;
-        counter(
-            &mut e,
-            "agentmesh_messages_received",
-            "Messages from peers that passed validation",
-            m.received,
-        )?;
-        counter(
-            &mut e,
-            "agentmesh_messages_rejected",
-            "Messages from peers that failed validation",
-            m.rejected,
-        )?;
-        counter(
-            &mut e,
-            "agentmesh_messages_delivered",
-            "Deliveries to local subscribers",
-            m.delivered_locally,
-        )?;
-        let per_channel = |pick: fn(&crate::types::ChannelCountersInfo) -> u64| {
-            s.channels
-                .counters
-                .iter()
-                .map(move |c| (vec![("channel", c.channel.clone())], pick(c)))
-        };
-        counters(
-            &mut e,
-            "agentmesh_channel_messages_published",
-            "Messages published per channel",
-            per_channel(|c| c.published),
-        )?;
-        counters(
-            &mut e,
-            "agentmesh_channel_messages_received",
-            "Messages received per channel",
-            per_channel(|c| c.received),
-        )?;
-        counters(
-            &mut e,
-            "agentmesh_channel_messages_rejected",
-            "Messages rejected per channel (or topic family)",
-            per_channel(|c| c.rejected),
-        )?;
-        gauges(
-            &mut e,
-            "agentmesh_channel_subscribers",
-            "Subscribers per channel family: local streams and connected peers",
-            s.channels.subscribed.iter().flat_map(|f| {
-                [
-                    (
-                        vec![("family", f.family.clone()), ("where", "local".to_string())],
-                        f.local_subscribers as f64,
-                    ),
-                    (
-                        vec![
-                            ("family", f.family.clone()),
-                            ("where", "remote".to_string()),
-                        ],
-                        f.remote_subscribers as f64,
-                    ),
-                ]
-            }),
-        )?;
-        let mut by_state: BTreeMap<(String, String), u64> = BTreeMap::new();
-        for p in &s.peers {
-            let transport = serde_json::to_value(&p.transport)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default();
-            *by_state.entry((transport, p.breaker.clone())).or_default() += 1;
-        }
-        gauges(
-            &mut e,
-            "agentmesh_peers",
-            "Connected peers by the transport in use and the state of their QUIC circuit breaker",
-            by_state
-                .into_iter()
-                .map(|((t, b), n)| (vec![("transport", t), ("breaker", b)], n as f64)),
-        )?;
-        gauge(
-            &mut e,
-            "agentmesh_known_peers",
-            "Peers remembered on disk",
-            s.status.known_peers as i64,
-        )?;
-        let sec = &s.status.security;
-        counters(
-            &mut e,
-            "agentmesh_peer_offences",
-            "Misbehaviour seen from peers, by kind (malformed, bad_signature, unauthorised, over_rate)",
-            sec.offences
-                .iter()
-                .map(|(kind, n)| (vec![("kind", kind.clone())], *n)),
-        )?;
-        gauge(
-            &mut e,
-            "agentmesh_banned_peers",
-            "Peers banned now (bans survive restarts)",
-            sec.banned_peers as i64,
-        )?;
-        counter(
-            &mut e,
-            "agentmesh_peer_bans",
-            "Bans issued since start-up",
-            sec.bans_issued,
-        )?;
-        counter(
-            &mut e,
-            "agentmesh_membership_refused_peers",
-            "Peers refused for lacking a valid membership certificate",
-            sec.refused_peers,
-        )?;
-        let c = &s.consensus;
-        counter(
-            &mut e,
-            "agentmesh_consensus_polls",
-            "Consensus polls started",
-            c.polls_started,
-        )?;
-        counter(
-            &mut e,
-            "agentmesh_consensus_polls_succeeded",
-            "Polls that reached an alpha majority",
-            c.polls_succeeded,
-        )?;
-        counter(
-            &mut e,
-            "agentmesh_consensus_accepted_vertices",
-            "Vertices finalized as accepted",
-            c.accepted_vertices,
-        )?;
-        counter(
-            &mut e,
-            "agentmesh_consensus_rejected_vertices",
-            "Vertices finalized as rejected",
-            c.rejected_vertices,
-        )?;
-        counter(
-            &mut e,
-            "agentmesh_consensus_accepted_transactions",
-            "Transactions finalized as accepted",
-            c.accepted_transactions,
-        )?;
-        gauge(
-            &mut e,
-            "agentmesh_consensus_processing_vertices",
-            "Vertices being polled",
-            c.processing as i64,
-        )?;
-        gauge(
-            &mut e,
-            "agentmesh_consensus_graylisted_peers",
-            "Peers whose votes are ignored for now",
-            c.graylisted.len() as i64,
-        )?;
-        let quantiles = |p: &crate::types::Percentiles| {
-            [("0.5", p.p50), ("0.95", p.p95), ("0.99", p.p99)]
-                .map(|(q, v)| (vec![("quantile", q.to_string())], v / 1e3))
-        };
-        gauges(
-            &mut e,
-            "agentmesh_consensus_finality_seconds",
-            "Proposal to acceptance of this node's recent vertices, by quantile",
-            quantiles(&c.finality_ms),
-        )?;
-        gauges(
-            &mut e,
-            "agentmesh_consensus_query_rtt_seconds",
-            "Consensus query round trips, by quantile",
-            quantiles(&c.query_rtt_ms),
-        )?;
-        let r = &s.sync.replication;
-        let a = &s.sync.anti_entropy;
-        gauge(
-            &mut e,
-            "agentmesh_patterns",
-            "Patterns held",
-            s.sync.patterns as i64,
-        )?;
-        counter(
-            &mut e,
-            "agentmesh_pattern_batches_sent",
-            "Pattern batches gossiped",
-            r.batches_sent,
-        )?;
-        counter(
-            &mut e,
-            "agentmesh_pattern_batches_received",
-            "Pattern batches received by gossip",
-            r.batches_received,
-        )?;
-        counter(
-            &mut e,
-            "agentmesh_pattern_batches_rejected",
-            "Pattern batches refused whole (frame, checksum, encoding)",
-            r.batches_rejected,
-        )?;
-        counter(
-            &mut e,
-            "agentmesh_patterns_sent",
-            "Pattern states gossiped",
-            r.patterns_sent,
-        )?;
-        counter(
-            &mut e,
-            "agentmesh_patterns_applied",
-            "Gossiped pattern states that changed what this node holds",
-            r.patterns_applied,
-        )?;
-        counter(
-            &mut e,
-            "agentmesh_patterns_rejected",
-            "Pattern states refused (invalid, or a join past the limits)",
-            r.patterns_rejected,
-        )?;
-        counter(
-            &mut e,
-            "agentmesh_anti_entropy_rounds",
-            "Anti-entropy rounds this node started",
-            a.rounds,
-        )?;
-        counter(
-            &mut e,
-            "agentmesh_anti_entropy_rounds_failed",
-            "Anti-entropy rounds that failed",
-            a.rounds_failed,
-        )?;
-        counter(
-            &mut e,
-            "agentmesh_anti_entropy_patterns_fetched",
-            "Pattern states fetched by anti-entropy",
-            a.patterns_fetched,
-        )?;
-        counter(
-            &mut e,
-            "agentmesh_anti_entropy_patterns_pushed",
-            "Pattern states pushed by anti-entropy",
-            a.patterns_pushed,
-        )?;
-        let m = &s.model;
-        gauge(
-            &mut e,
-            "agentmesh_model_version",
-            "Version of the local model (0: untrained)",
-            m.version as i64,
-        )?;
-        gauge(
-            &mut e,
-            "agentmesh_model_classes",
-            "Patterns the local model knows",
-            m.classes.len() as i64,
-        )?;
-        let r = m.recommendations;
-        counters(
-            &mut e,
-            "agentmesh_recommendations",
-            "Recommendations answered, by who chose them",
-            [("model", r.model), ("rules", r.rules)]
-                .map(|(k, v)| (vec![("source", k.to_string())], v)),
-        )?;
-        counter(
-            &mut e,
-            "agentmesh_recommendations_cached",
-            "Recommendations answered from the cache",
-            r.cached,
-        )?;
-        counter(
-            &mut e,
-            "agentmesh_model_online_updates",
-            "Outcomes that changed the model at once",
-            m.online_updates,
-        )?;
-        counter(
-            &mut e,
-            "agentmesh_model_merges",
-            "Merge rounds that installed peers' models",
-            m.merges,
-        )?;
-        counter(
-            &mut e,
-            "agentmesh_model_merge_failures",
-            "Peer models that could not be fetched or merged",
-            m.merge_failures,
-        )?;
+        encode_messages(&mut e, s)?;
+        encode_peers(&mut e, s)?;
+        encode_consensus(&mut e, &s.consensus)?;
+        encode_patterns(&mut e, &s.sync)?;
+        encode_model(&mut e, &s.model)?;
         gauge(
             &mut e,
             "agentmesh_uptime_seconds",
             "Seconds since the node started",
             s.status.uptime_secs as i64,
-        )?;
-        Ok(())
+        )
     }
+}
+
+fn encode_messages(e: &mut DescriptorEncoder, s: &Snapshot) -> fmt::Result {
+    let m = &s.status.messages;
+    #[rustfmt::skip]
+    let plain_counters: Counters = &[
+        ("agentmesh_messages_published", "Messages published by this node's agents", m.published),
+        ("agentmesh_messages_received", "Messages from peers that passed validation", m.received),
+        ("agentmesh_messages_rejected", "Messages from peers that failed validation", m.rejected),
+        ("agentmesh_messages_delivered", "Deliveries to local subscribers", m.delivered_locally),
+    ];
+    #[rustfmt::skip]
+    let plain_gauges: Gauges = &[];
+    table(e, plain_counters, plain_gauges)?;
+    let per_channel = |pick: fn(&crate::types::ChannelCountersInfo) -> u64| {
+        s.channels
+            .counters
+            .iter()
+            .map(move |c| (vec![("channel", c.channel.clone())], pick(c)))
+    };
+    #[rustfmt::skip]
+    let channel_counters: [(&str, &str, fn(&crate::types::ChannelCountersInfo) -> u64); 3] = [
+        ("agentmesh_channel_messages_published", "Messages published per channel", |c| c.published),
+        ("agentmesh_channel_messages_received", "Messages received per channel", |c| c.received),
+        ("agentmesh_channel_messages_rejected", "Messages rejected per channel (or topic family)", |c| c.rejected),
+    ];
+    for (name, help, pick) in channel_counters {
+        counters(e, name, help, per_channel(pick))?;
+    }
+    gauges(
+        e,
+        "agentmesh_channel_subscribers",
+        "Subscribers per channel family: local streams and connected peers",
+        s.channels.subscribed.iter().flat_map(|f| {
+            [
+                ("local", f.local_subscribers as f64),
+                ("remote", f.remote_subscribers as f64),
+            ]
+            .map(|(place, n)| {
+                let labels = vec![("family", f.family.clone()), ("where", place.to_string())];
+                (labels, n)
+            })
+        }),
+    )
+}
+
+fn encode_peers(e: &mut DescriptorEncoder, s: &Snapshot) -> fmt::Result {
+    let mut by_state: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for p in &s.peers {
+        let transport = serde_json::to_value(&p.transport)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        *by_state.entry((transport, p.breaker.clone())).or_default() += 1;
+    }
+    gauges(
+        e,
+        "agentmesh_peers",
+        "Connected peers by the transport in use and the state of their QUIC circuit breaker",
+        by_state
+            .into_iter()
+            .map(|((t, b), n)| (vec![("transport", t), ("breaker", b)], n as f64)),
+    )?;
+    let sec = &s.status.security;
+    counters(
+        e,
+        "agentmesh_peer_offences",
+        "Misbehaviour seen from peers, by kind (malformed, bad_signature, unauthorised, over_rate)",
+        sec.offences
+            .iter()
+            .map(|(kind, n)| (vec![("kind", kind.clone())], *n)),
+    )?;
+    #[rustfmt::skip]
+    let plain_counters: Counters = &[
+        ("agentmesh_peer_bans", "Bans issued since start-up", sec.bans_issued),
+        ("agentmesh_membership_refused_peers", "Peers refused for lacking a valid membership certificate", sec.refused_peers),
+    ];
+    #[rustfmt::skip]
+    let plain_gauges: Gauges = &[
+        ("agentmesh_known_peers", "Peers remembered on disk", s.status.known_peers as i64),
+        ("agentmesh_banned_peers", "Peers banned now (bans survive restarts)", sec.banned_peers as i64),
+    ];
+    table(e, plain_counters, plain_gauges)
+}
+
+fn encode_consensus(e: &mut DescriptorEncoder, c: &crate::types::ConsensusStatus) -> fmt::Result {
+    #[rustfmt::skip]
+    let plain_counters: Counters = &[
+        ("agentmesh_consensus_polls", "Consensus polls started", c.polls_started),
+        ("agentmesh_consensus_polls_succeeded", "Polls that reached an alpha majority", c.polls_succeeded),
+        ("agentmesh_consensus_accepted_vertices", "Vertices finalized as accepted", c.accepted_vertices),
+        ("agentmesh_consensus_rejected_vertices", "Vertices finalized as rejected", c.rejected_vertices),
+        ("agentmesh_consensus_accepted_transactions", "Transactions finalized as accepted", c.accepted_transactions),
+    ];
+    #[rustfmt::skip]
+    let plain_gauges: Gauges = &[
+        ("agentmesh_consensus_processing_vertices", "Vertices being polled", c.processing as i64),
+        ("agentmesh_consensus_graylisted_peers", "Peers whose votes are ignored for now", c.graylisted.len() as i64),
+    ];
+    table(e, plain_counters, plain_gauges)?;
+    let quantiles = |p: &crate::types::Percentiles| {
+        [("0.5", p.p50), ("0.95", p.p95), ("0.99", p.p99)]
+            .map(|(q, v)| (vec![("quantile", q.to_string())], v / 1e3))
+    };
+    gauges(
+        e,
+        "agentmesh_consensus_finality_seconds",
+        "Proposal to acceptance of this node's recent vertices, by quantile",
+        quantiles(&c.finality_ms),
+    )?;
+    gauges(
+        e,
+        "agentmesh_consensus_query_rtt_seconds",
+        "Consensus query round trips, by quantile",
+        quantiles(&c.query_rtt_ms),
+    )
+}
+
+fn encode_patterns(e: &mut DescriptorEncoder, sync: &crate::types::SyncStatus) -> fmt::Result {
+    let (r, a) = (&sync.replication, &sync.anti_entropy);
+    #[rustfmt::skip]
+    let plain_counters: Counters = &[
+        ("agentmesh_pattern_batches_sent", "Pattern batches gossiped", r.batches_sent),
+        ("agentmesh_pattern_batches_received", "Pattern batches received by gossip", r.batches_received),
+        ("agentmesh_pattern_batches_rejected", "Pattern batches refused whole (frame, checksum, encoding)", r.batches_rejected),
+        ("agentmesh_patterns_sent", "Pattern states gossiped", r.patterns_sent),
+        ("agentmesh_patterns_applied", "Gossiped pattern states that changed what this node holds", r.patterns_applied),
+        ("agentmesh_patterns_rejected", "Pattern states refused (invalid, or a join past the limits)", r.patterns_rejected),
+        ("agentmesh_anti_entropy_rounds", "Anti-entropy rounds this node started", a.rounds),
+        ("agentmesh_anti_entropy_rounds_failed", "Anti-entropy rounds that failed", a.rounds_failed),
+        ("agentmesh_anti_entropy_patterns_fetched", "Pattern states fetched by anti-entropy", a.patterns_fetched),
+        ("agentmesh_anti_entropy_patterns_pushed", "Pattern states pushed by anti-entropy", a.patterns_pushed),
+    ];
+    #[rustfmt::skip]
+    let plain_gauges: Gauges = &[
+        ("agentmesh_patterns", "Patterns held", sync.patterns as i64),
+    ];
+    table(e, plain_counters, plain_gauges)
+}
+
+fn encode_model(e: &mut DescriptorEncoder, m: &crate::model::ModelStatus) -> fmt::Result {
+    let r = m.recommendations;
+    counters(
+        e,
+        "agentmesh_recommendations",
+        "Recommendations answered, by who chose them",
+        [("model", r.model), ("rules", r.rules)].map(|(k, v)| (vec![("source", k.to_string())], v)),
+    )?;
+    #[rustfmt::skip]
+    let plain_counters: Counters = &[
+        ("agentmesh_recommendations_cached", "Recommendations answered from the cache", r.cached),
+        ("agentmesh_model_online_updates", "Outcomes that changed the model at once", m.online_updates),
+        ("agentmesh_model_merges", "Merge rounds that installed peers' models", m.merges),
+        ("agentmesh_model_merge_failures", "Peer models that could not be fetched or merged", m.merge_failures),
+    ];
+    #[rustfmt::skip]
+    let plain_gauges: Gauges = &[
+        ("agentmesh_model_version", "Version of the local model (0: untrained)", m.version as i64),
+        ("agentmesh_model_classes", "Patterns the local model knows", m.classes.len() as i64),
+    ];
+    table(e, plain_counters, plain_gauges)
 }

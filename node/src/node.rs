@@ -10,7 +10,7 @@ use crate::model::service::ModelService;
 use crate::model::ModelHandle;
 use crate::network::consensus_io::consensus_channels;
 use crate::network::membership::Membership;
-use crate::network::sync_io::SYNC_EVENT_QUEUE;
+use crate::network::sync_io::{SyncEvent, SYNC_EVENT_QUEUE};
 use crate::network::{behaviour, Network, NetworkHandle, ServiceSenders};
 use crate::patterns::{PatternService, Patterns, Reconciler, SyncStats, CHANGE_QUEUE};
 use crate::ready::{self, ReadyInfo};
@@ -51,14 +51,7 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
     let key = identity::load_or_create(&identity::key_path(dir))?;
     let keypair = identity::libp2p_keypair(&key)?;
     let peer_id = keypair.public().to_peer_id();
-    let db_path = dir.join("db");
-    // On a blocking thread: the open may wait out a lock (see Store::open)
-    // and trims stored outcomes past their limit.
-    let opening = db_path.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&opening))
-        .await
-        .context("opening the database")?
-        .with_context(|| format!("cannot open the database at {}", db_path.display()))?;
+    let store = open_store(dir).await?;
 
     let node_id = key.node_id();
     let decisions = store.decisions()?;
@@ -67,17 +60,7 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
     )?;
     let membership = Membership::load(&settings, node_id)?;
     let own_scopes = membership.own_scopes();
-    let validator_source = match (&settings.validator_set, &own_scopes) {
-        (Some(set), _) => validators::Source::Configured(set.clone()),
-        (None, Some(own)) => validators::Source::Certificates {
-            own_weight: own.validator_weight().unwrap_or(0),
-            book: store
-                .validators()
-                .map_err(|e| tracing::warn!(error = %e, "cannot open the validator book"))
-                .ok(),
-        },
-        (None, None) => validators::Source::PeersSeen,
-    };
+    let validator_source = validator_source(&settings, own_scopes.as_deref(), &store);
     let mut engine = Engine::new(
         settings.consensus_params.clone(),
         NodeKey::from_seed(*key.seed())?,
@@ -112,92 +95,47 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
     )?;
     let network_task = tokio::spawn(network.run());
     let (requests, requests_rx) = mpsc::channel(REQUEST_QUEUE);
-    if matches!(validator_source, validators::Source::PeersSeen) {
-        tracing::warn!(
-            "no validators configured: every peer seen in the last 24 hours votes in consensus \
-             with weight 1; this is for development and is not Sybil-resistant (set `validators`, \
-             or run with an authority)"
-        );
-    }
     let known = known_consensus_peers(&settings, &store, &validator_source);
     let validators = validators::Validators::new(node_id, validator_source, known);
     let service = ConsensusService::new(engine, handle.clone(), events_rx, requests_rx, validators);
     let consensus_task = tokio::spawn(service.run());
     let consensus = ConsensusHandle::new(requests);
 
-    let changes_rx = sync_changes_rx;
-    let (sync_peers, sync_peers_rx) = watch::channel(Vec::new());
-    let pattern_service = PatternService {
-        store: store.patterns(),
-        node: node_id,
-        network: handle.clone(),
-        stats: sync_stats.clone(),
-        changes: changes_rx,
-        sync_events: sync_events_rx,
-        peers: sync_peers,
-        gossip_delay: settings.patterns.gossip_delay_ms.duration(),
-    };
-    let reconciler = Reconciler {
-        local: node_id,
-        store: store.patterns(),
-        network: handle.clone(),
-        stats: sync_stats,
-        peers: sync_peers_rx,
-        interval: settings.patterns.anti_entropy_secs.duration(),
-        may_push: own_scopes.as_ref().is_none_or(|v| v.may_share_patterns()),
-    };
-    let model_service = ModelService {
-        model: model.clone(),
-        network: handle.clone(),
-        node: node_id,
-        patterns: patterns.clone(),
-    };
-    let pattern_tasks = [
-        tokio::spawn(pattern_service.run()),
-        tokio::spawn(reconciler.run()),
-        tokio::spawn(model_service.run()),
-    ];
+    let pattern_tasks = spawn_pattern_tasks(
+        &settings,
+        &store,
+        node_id,
+        &handle,
+        PatternChannels {
+            stats: sync_stats,
+            changes: sync_changes_rx,
+            events: sync_events_rx,
+        },
+        own_scopes.as_deref(),
+        &model,
+        &patterns,
+    );
     let listen_addrs = tokio::time::timeout(Duration::from_secs(10), listening)
         .await
         .context("timed out waiting for the listeners to come up")?
         .context("the network task stopped during start-up")?;
 
-    let listener = tokio::net::TcpListener::bind(settings.api_addr)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot bind the API address {} (setting 'api')",
-                settings.api_addr
-            )
-        })?;
+    let (listener, guard) = bind_api(&settings).await?;
     let api_addr = listener.local_addr()?;
-    let token = api::load_or_create_token(&settings.api_token_path)?;
-    let guard = api::Guard::new(
-        token,
-        settings.api_token_path.clone(),
-        api_addr,
-        &settings.api_hosts,
+    let (api_task, stop_api) = serve_api(
+        listener,
+        ApiState {
+            network: handle.clone(),
+            consensus: consensus.clone(),
+            patterns,
+            metrics,
+            node_id,
+            max_message_bytes: settings.network.max_message_bytes,
+            own_scopes,
+            model: model.clone(),
+            guard,
+        },
     );
-    let app = api::router(ApiState {
-        network: handle.clone(),
-        consensus: consensus.clone(),
-        patterns,
-        metrics,
-        node_id,
-        max_message_bytes: settings.network.max_message_bytes,
-        own_scopes,
-        model: model.clone(),
-        guard,
-    });
-    let (stop_api, stopped) = oneshot::channel::<()>();
-    let api_task = tokio::spawn(async move {
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async {
-            let _ = stopped.await;
-        });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "agent API server failed");
-        }
-    });
 
     ready::write(
         dir,
@@ -227,6 +165,137 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
         api_task,
         stop_api,
     })
+}
+
+/// Opens the database on a blocking thread: the open may wait out a lock
+/// (see Store::open) and trims stored outcomes past their limit.
+async fn open_store(dir: &std::path::Path) -> Result<Store> {
+    let db_path = dir.join("db");
+    let opening = db_path.clone();
+    tokio::task::spawn_blocking(move || Store::open(&opening))
+        .await
+        .context("opening the database")?
+        .with_context(|| format!("cannot open the database at {}", db_path.display()))
+}
+
+/// Who votes in consensus: the configured set, the certificates of an
+/// authority's validators, or (development only) the peers seen.
+fn validator_source(
+    settings: &Settings,
+    own_scopes: Option<&agentmesh_protocol::membership::Verified>,
+    store: &Store,
+) -> validators::Source {
+    match (&settings.validator_set, own_scopes) {
+        (Some(set), _) => validators::Source::Configured(set.clone()),
+        (None, Some(own)) => validators::Source::Certificates {
+            own_weight: own.validator_weight().unwrap_or(0),
+            book: store
+                .validators()
+                .map_err(|e| tracing::warn!(error = %e, "cannot open the validator book"))
+                .ok(),
+        },
+        (None, None) => {
+            tracing::warn!(
+                "no validators configured: every peer seen in the last 24 hours votes in consensus \
+                 with weight 1; this is for development and is not Sybil-resistant (set \
+                 consensus.validators, or run with an authority)"
+            );
+            validators::Source::PeersSeen
+        }
+    }
+}
+
+/// The pattern service's side of the channels to the network task.
+struct PatternChannels {
+    stats: Arc<SyncStats>,
+    /// Ids of patterns changed here, to gossip.
+    changes: mpsc::Receiver<String>,
+    events: mpsc::Receiver<SyncEvent>,
+}
+
+/// Pattern replication, anti-entropy and model sharing, each a task.
+#[allow(clippy::too_many_arguments)] // the parts a start-up wires together
+fn spawn_pattern_tasks(
+    settings: &Settings,
+    store: &Store,
+    node_id: NodeId,
+    handle: &NetworkHandle,
+    channels: PatternChannels,
+    own_scopes: Option<&agentmesh_protocol::membership::Verified>,
+    model: &ModelHandle,
+    patterns: &Patterns,
+) -> [JoinHandle<()>; 3] {
+    let (sync_peers, sync_peers_rx) = watch::channel(Vec::new());
+    let pattern_service = PatternService {
+        store: store.patterns(),
+        node: node_id,
+        network: handle.clone(),
+        stats: channels.stats.clone(),
+        changes: channels.changes,
+        sync_events: channels.events,
+        peers: sync_peers,
+        gossip_delay: settings.patterns.gossip_delay_ms.duration(),
+    };
+    let reconciler = Reconciler {
+        local: node_id,
+        store: store.patterns(),
+        network: handle.clone(),
+        stats: channels.stats,
+        peers: sync_peers_rx,
+        interval: settings.patterns.anti_entropy_secs.duration(),
+        may_push: own_scopes.is_none_or(|v| v.may_share_patterns()),
+    };
+    let model_service = ModelService {
+        model: model.clone(),
+        network: handle.clone(),
+        node: node_id,
+        patterns: patterns.clone(),
+    };
+    [
+        tokio::spawn(pattern_service.run()),
+        tokio::spawn(reconciler.run()),
+        tokio::spawn(model_service.run()),
+    ]
+}
+
+/// Binds the agent API's address (port 0 picks one) and makes its guard,
+/// with the token (created if there is none yet).
+async fn bind_api(settings: &Settings) -> Result<(tokio::net::TcpListener, api::Guard)> {
+    let listener = tokio::net::TcpListener::bind(settings.api_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot bind the API address {} (setting 'api.listen')",
+                settings.api_addr
+            )
+        })?;
+    let api_addr = listener.local_addr()?;
+    let token = api::load_or_create_token(&settings.api_token_path)?;
+    let guard = api::Guard::new(
+        token,
+        settings.api_token_path.clone(),
+        api_addr,
+        &settings.api_hosts,
+    );
+    Ok((listener, guard))
+}
+
+/// Serves the agent API until the returned sender fires (or is dropped).
+fn serve_api(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+) -> (JoinHandle<()>, oneshot::Sender<()>) {
+    let app = api::router(state);
+    let (stop_api, stopped) = oneshot::channel::<()>();
+    let api_task = tokio::spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async {
+            let _ = stopped.await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "agent API server failed");
+        }
+    });
+    (api_task, stop_api)
 }
 
 /// Who may vote before any connection is up, with how long ago each was

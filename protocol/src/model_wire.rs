@@ -22,6 +22,23 @@ pub const MAX_MODEL_BYTES: u64 = 128 << 20;
 pub const MAX_LABELS: u64 = 10_000;
 const MAX_ANNOUNCEMENT_BYTES: usize = 1024;
 
+/// Why an announcement is refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AnnouncementError {
+    /// Not a well-formed announcement (too long, malformed CBOR).
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// The announced model is empty or over [`MAX_MODEL_BYTES`].
+    #[error("announced model of {0} bytes")]
+    Size(u64),
+    /// More patterns than [`MAX_LABELS`].
+    #[error("{0} patterns announced")]
+    TooManyPatterns(u64),
+    /// A feature norm that is not finite and positive.
+    #[error("announced feature norm {0}")]
+    Norm(f32),
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelAnnouncement {
     pub version: u64,
@@ -51,17 +68,16 @@ impl ModelAnnouncement {
         self.feature_norm.unwrap_or(1.0)
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<ModelAnnouncement, String> {
-        let a: ModelAnnouncement =
-            codec::decode(bytes, MAX_ANNOUNCEMENT_BYTES).map_err(|e| e.to_string())?;
+    pub fn decode(bytes: &[u8]) -> Result<ModelAnnouncement, AnnouncementError> {
+        let a: ModelAnnouncement = codec::decode(bytes, MAX_ANNOUNCEMENT_BYTES)?;
         if a.bytes == 0 || a.bytes > MAX_MODEL_BYTES {
-            return Err(format!("announced model of {} bytes", a.bytes));
+            return Err(AnnouncementError::Size(a.bytes));
         }
         if a.classes > MAX_LABELS {
-            return Err(format!("{} patterns announced", a.classes));
+            return Err(AnnouncementError::TooManyPatterns(a.classes));
         }
         if !(a.norm().is_finite() && a.norm() > 0.0) {
-            return Err(format!("announced feature norm {}", a.norm()));
+            return Err(AnnouncementError::Norm(a.norm()));
         }
         Ok(a)
     }
@@ -130,14 +146,21 @@ mod tests {
                 ..a.clone()
             };
             let refused = ModelAnnouncement::decode(&absurd.encode().unwrap()).unwrap_err();
-            assert!(refused.contains("feature norm"), "{refused}");
+            assert!(matches!(refused, AnnouncementError::Norm(_)), "{refused:?}");
+            assert!(refused.to_string().contains("feature norm"), "{refused}");
         }
         let huge = ModelAnnouncement {
             bytes: MAX_MODEL_BYTES + 1,
             ..a.clone()
         };
-        assert!(ModelAnnouncement::decode(&huge.encode().unwrap()).is_err());
-        assert!(ModelAnnouncement::decode(b"\xff\x00").is_err());
+        assert_eq!(
+            ModelAnnouncement::decode(&huge.encode().unwrap()),
+            Err(AnnouncementError::Size(MAX_MODEL_BYTES + 1))
+        );
+        assert!(matches!(
+            ModelAnnouncement::decode(b"\xff\x00"),
+            Err(AnnouncementError::Codec(_))
+        ));
         let chunk = ModelResponse::Chunk {
             total: 5,
             bytes: vec![1, 2, 3],

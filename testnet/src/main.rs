@@ -8,6 +8,7 @@ use agentmesh_testnet::{binary, wait, Testnet, TestnetOptions};
 use agentmesh_testnet::{claims, demo};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use std::path::Path;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -85,30 +86,7 @@ enum BenchCommand {
     /// Finalized transactions/s, finality and query round-trip percentiles,
     /// peak RSS; all honest, then with one contrary voter; and the
     /// simulator's cost per round at 100 nodes.
-    Consensus {
-        #[arg(long, default_value_t = 7)]
-        nodes: usize,
-        /// Byzantine node counts to run, one scenario each (0 or 1).
-        #[arg(long, value_delimiter = ',', default_value = "0,1")]
-        byzantine: Vec<usize>,
-        /// Transactions per proposal request.
-        #[arg(long, default_value_t = 500)]
-        batch: usize,
-        /// Proposal requests in flight per node.
-        #[arg(long, default_value_t = 1)]
-        concurrency: usize,
-        #[arg(long, default_value_t = 3)]
-        warmup_secs: u64,
-        #[arg(long, default_value_t = 10)]
-        measure_secs: u64,
-        /// Engines in the simulator run.
-        #[arg(long, default_value_t = 100)]
-        sim_nodes: usize,
-        /// Offered transactions/s over all nodes, one scenario each; 0 means
-        /// as fast as the nodes accept.
-        #[arg(long, value_delimiter = ',', default_value = "10000,0")]
-        rates: Vec<u64>,
-    },
+    Consensus(ConsensusArgs),
     /// Every one of N loopback nodes claims the same task at once: time until
     /// every node reports the single winner.
     Claims {
@@ -205,6 +183,32 @@ enum BenchCommand {
         #[command(flatten)]
         load: GossipLoad,
     },
+}
+
+#[derive(clap::Args)]
+struct ConsensusArgs {
+    #[arg(long, default_value_t = 7)]
+    nodes: usize,
+    /// Byzantine node counts to run, one scenario each (0 or 1).
+    #[arg(long, value_delimiter = ',', default_value = "0,1")]
+    byzantine: Vec<usize>,
+    /// Transactions per proposal request.
+    #[arg(long, default_value_t = 500)]
+    batch: usize,
+    /// Proposal requests in flight per node.
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    #[arg(long, default_value_t = 3)]
+    warmup_secs: u64,
+    #[arg(long, default_value_t = 10)]
+    measure_secs: u64,
+    /// Engines in the simulator run.
+    #[arg(long, default_value_t = 100)]
+    sim_nodes: usize,
+    /// Offered transactions/s over all nodes, one scenario each; 0 means
+    /// as fast as the nodes accept.
+    #[arg(long, value_delimiter = ',', default_value = "10000,0")]
+    rates: Vec<u64>,
 }
 
 /// The load of a gossip benchmark.
@@ -387,226 +391,233 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Campaign { .. } => Ok(()),
-        Command::Bench { which } => match which {
-            BenchCommand::Claims {
-                nodes,
-                timeout_secs,
-            } => {
-                anyhow::ensure!(nodes >= 2, "--nodes must be at least 2");
-                let (_tmp, options) = bench_testnet(nodes, &bin)?;
-                let started = std::time::Instant::now();
-                let net = agentmesh_testnet::Testnet::start(options).await?;
-                net.wait_full_mesh(Duration::from_secs(timeout_secs))
-                    .await?;
-                let mesh_s = started.elapsed().as_secs_f64();
-                let report = agentmesh_testnet::claims::contested_claim(
-                    &net,
-                    "claimed-by-all",
-                    Duration::from_secs(timeout_secs),
-                )
-                .await?;
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "bench": "claims",
-                        "nodes": nodes,
-                        "mesh_s": (mesh_s * 10.0).round() / 10.0,
-                        "decide_ms": report.elapsed.as_millis() as u64,
-                        "winner": report.winners[0].claimant,
-                        "one_winner": true,
-                    })
-                );
-                net.stop().await
+        Command::Bench { which } => bench(which, &bin).await,
+    }
+}
+
+/// `bench ...`: each prints its figures as JSON.
+async fn bench(which: BenchCommand, bin: &Path) -> Result<()> {
+    match which {
+        BenchCommand::Claims {
+            nodes,
+            timeout_secs,
+        } => bench_claims(nodes, timeout_secs, bin).await,
+        BenchCommand::Partition { hosts, hold_secs } => {
+            if let Some(why) = agentmesh_testnet::hosts::unavailable() {
+                anyhow::bail!("namespaced hosts are unavailable: {why}");
             }
-            BenchCommand::Partition { hosts, hold_secs } => {
-                if let Some(why) = agentmesh_testnet::hosts::unavailable() {
-                    anyhow::bail!("namespaced hosts are unavailable: {why}");
-                }
-                let tmp = tempfile::Builder::new()
-                    .prefix("agentmesh-partition-")
-                    .tempdir()?;
-                let report = agentmesh_testnet::partition::run(
-                    &bin,
-                    tmp.path(),
-                    hosts,
-                    Duration::from_secs(hold_secs),
-                )
-                .await?;
-                println!("{}", serde_json::to_string(&report)?);
-                Ok(())
+            let tmp = tempfile::Builder::new()
+                .prefix("agentmesh-partition-")
+                .tempdir()?;
+            let report = agentmesh_testnet::partition::run(
+                &bin,
+                tmp.path(),
+                hosts,
+                Duration::from_secs(hold_secs),
+            )
+            .await?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        BenchCommand::Transport => {
+            for line in agentmesh_testnet::transport_bench::transport(&bin).await? {
+                println!("{line}");
             }
-            BenchCommand::Transport => {
-                for line in agentmesh_testnet::transport_bench::transport(&bin).await? {
-                    println!("{line}");
-                }
-                Ok(())
-            }
-            BenchCommand::Consensus {
-                nodes,
-                byzantine,
-                batch,
-                concurrency,
-                warmup_secs,
-                measure_secs,
-                sim_nodes,
-                rates,
-            } => {
-                anyhow::ensure!(nodes >= 2, "--nodes must be at least 2");
-                for (b, rate) in byzantine
-                    .iter()
-                    .flat_map(|b| rates.iter().map(move |r| (*b, *r)))
-                {
-                    anyhow::ensure!(b <= 1, "--byzantine takes 0 or 1 (one contrary voter)");
-                    let (_tmp, options) = bench_testnet(nodes, &bin)?;
-                    let spec = ConsensusBench {
-                        nodes,
-                        byzantine: b,
-                        batch,
-                        concurrency,
-                        warmup: Duration::from_secs(warmup_secs),
-                        measure: Duration::from_secs(measure_secs),
-                        rate,
-                    };
-                    let result = consensus_bench::consensus(&spec, options)
-                        .await
-                        .context("consensus benchmark")?;
-                    println!("{result}");
-                }
-                println!("{}", consensus_bench::simulator(sim_nodes, 1));
-                Ok(())
-            }
-            BenchCommand::Sync {
+            Ok(())
+        }
+        BenchCommand::Consensus(c) => bench_consensus(c, bin).await,
+        BenchCommand::Sync {
+            patterns,
+            nodes,
+            replicated,
+        } => {
+            anyhow::ensure!(nodes >= 2, "--nodes must be at least 2");
+            anyhow::ensure!(
+                patterns >= 1 && replicated >= nodes,
+                "--patterns and --replicated must be positive"
+            );
+            let (_tmp, options) = bench_testnet(nodes, &bin)?;
+            let spec = SyncBench {
                 patterns,
                 nodes,
                 replicated,
-            } => {
-                anyhow::ensure!(nodes >= 2, "--nodes must be at least 2");
-                anyhow::ensure!(
-                    patterns >= 1 && replicated >= nodes,
-                    "--patterns and --replicated must be positive"
-                );
-                let (_tmp, options) = bench_testnet(nodes, &bin)?;
-                let spec = SyncBench {
-                    patterns,
-                    nodes,
-                    replicated,
-                };
-                let result = sync_bench::sync(&spec, &options)
-                    .await
-                    .context("sync benchmark")?;
-                println!("{result}");
-                Ok(())
-            }
-            BenchCommand::Gossip { nodes, load } => {
-                let (_tmp, options) = bench_testnet(nodes, &bin)?;
-                let spec = load.spec(nodes);
-                let result = bench::gossip(&spec, options)
-                    .await
-                    .context("gossip benchmark")?;
-                #[cfg(feature = "nats")]
-                let result =
-                    agentmesh_testnet::nats_bench::with_nats_comparison(&spec, result).await;
-                #[cfg(not(feature = "nats"))]
-                let result = {
-                    let mut result = result;
-                    agentmesh_testnet::bench::progress(
-                        "NATS comparison skipped: built without the `nats` feature (scripts/testnet.sh bench builds with it)",
-                    );
-                    result["nats"] =
-                        serde_json::json!({ "skipped": "built without the nats feature" });
-                    result
-                };
-                println!("{result}");
-                Ok(())
-            }
-            BenchCommand::Flood {
-                messages,
-                interval_ms,
-            } => {
-                let (_tmp, options) = bench_testnet(3, &bin)?;
-                let result = agentmesh_testnet::membership_bench::flood(
-                    options,
-                    messages,
-                    Duration::from_millis(interval_ms),
-                )
+            };
+            let result = sync_bench::sync(&spec, &options)
                 .await
-                .context("flood benchmark")?;
-                println!("{result}");
-                Ok(())
-            }
-            BenchCommand::Model {
-                data,
-                samples,
-                seed,
-                backend,
-            } => {
-                use agentmesh_neural::model::{set_backend, Backend};
-                let backend = if backend == "flex" {
-                    Backend::Flex
-                } else {
-                    Backend::Ndarray
-                };
-                set_backend(backend).map_err(|e| anyhow::anyhow!(e))?;
-                let result = tokio::task::spawn_blocking(move || {
-                    agentmesh_testnet::model_bench::model(data, samples, seed)
-                })
-                .await?
-                .context("model benchmark")?;
-                println!("{result}");
-                Ok(())
-            }
-            BenchCommand::Sybil {
+                .context("sync benchmark")?;
+            println!("{result}");
+            Ok(())
+        }
+        BenchCommand::Gossip { nodes, load } => bench_gossip(nodes, load, bin).await,
+        BenchCommand::Flood {
+            messages,
+            interval_ms,
+        } => {
+            let (_tmp, options) = bench_testnet(3, &bin)?;
+            let result = agentmesh_testnet::membership_bench::flood(
+                options,
+                messages,
+                Duration::from_millis(interval_ms),
+            )
+            .await
+            .context("flood benchmark")?;
+            println!("{result}");
+            Ok(())
+        }
+        BenchCommand::Model {
+            data,
+            samples,
+            seed,
+            backend,
+        } => {
+            use agentmesh_neural::model::{set_backend, Backend};
+            let backend = if backend == "flex" {
+                Backend::Flex
+            } else {
+                Backend::Ndarray
+            };
+            set_backend(backend).map_err(|e| anyhow::anyhow!(e))?;
+            let result = tokio::task::spawn_blocking(move || {
+                agentmesh_testnet::model_bench::model(data, samples, seed)
+            })
+            .await?
+            .context("model benchmark")?;
+            println!("{result}");
+            Ok(())
+        }
+        BenchCommand::Sybil {
+            identities,
+            addresses,
+            misbehaving_addresses,
+            attack_secs,
+        } => {
+            let (_dir, options) = bench_testnet(3, &bin)?;
+            let o = agentmesh_testnet::sybil_bench::SybilOptions {
                 identities,
                 addresses,
                 misbehaving_addresses,
                 attack_secs,
-            } => {
-                let (_dir, options) = bench_testnet(3, &bin)?;
-                let o = agentmesh_testnet::sybil_bench::SybilOptions {
-                    identities,
-                    addresses,
-                    misbehaving_addresses,
-                    attack_secs,
-                    ..Default::default()
-                };
-                let result = agentmesh_testnet::sybil_bench::sybil_attack(options, &o)
-                    .await
-                    .context("sybil benchmark")?;
-                println!("{result}");
-                Ok(())
-            }
-            BenchCommand::Pending {
+                ..Default::default()
+            };
+            let result = agentmesh_testnet::sybil_bench::sybil_attack(options, &o)
+                .await
+                .context("sybil benchmark")?;
+            println!("{result}");
+            Ok(())
+        }
+        BenchCommand::Pending {
+            strangers,
+            secs,
+            max_pending_handshakes,
+        } => {
+            let (_dir, options) = bench_testnet(1, &bin)?;
+            let result = agentmesh_testnet::pending_bench::pending_strangers(
+                options,
                 strangers,
                 secs,
                 max_pending_handshakes,
-            } => {
-                let (_dir, options) = bench_testnet(1, &bin)?;
-                let result = agentmesh_testnet::pending_bench::pending_strangers(
-                    options,
-                    strangers,
-                    secs,
-                    max_pending_handshakes,
-                )
-                .await
-                .context("pending benchmark")?;
-                println!("{result}");
-                Ok(())
-            }
-            BenchCommand::Membership { nodes, load } => {
-                let (_open_dir, open) = bench_testnet(nodes, &bin)?;
-                let (_members_dir, members) = bench_testnet(nodes, &bin)?;
-                let result = agentmesh_testnet::membership_bench::membership(
-                    &load.spec(nodes),
-                    open,
-                    members,
-                )
-                .await
-                .context("membership benchmark")?;
-                println!("{result}");
-                Ok(())
-            }
-        },
+            )
+            .await
+            .context("pending benchmark")?;
+            println!("{result}");
+            Ok(())
+        }
+        BenchCommand::Membership { nodes, load } => {
+            let (_open_dir, open) = bench_testnet(nodes, &bin)?;
+            let (_members_dir, members) = bench_testnet(nodes, &bin)?;
+            let result =
+                agentmesh_testnet::membership_bench::membership(&load.spec(nodes), open, members)
+                    .await
+                    .context("membership benchmark")?;
+            println!("{result}");
+            Ok(())
+        }
     }
+}
+
+async fn bench_claims(nodes: usize, timeout_secs: u64, bin: &Path) -> Result<()> {
+    anyhow::ensure!(nodes >= 2, "--nodes must be at least 2");
+    let (_tmp, options) = bench_testnet(nodes, &bin)?;
+    let started = std::time::Instant::now();
+    let net = agentmesh_testnet::Testnet::start(options).await?;
+    net.wait_full_mesh(Duration::from_secs(timeout_secs))
+        .await?;
+    let mesh_s = started.elapsed().as_secs_f64();
+    let report = agentmesh_testnet::claims::contested_claim(
+        &net,
+        "claimed-by-all",
+        Duration::from_secs(timeout_secs),
+    )
+    .await?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "bench": "claims",
+            "nodes": nodes,
+            "mesh_s": (mesh_s * 10.0).round() / 10.0,
+            "decide_ms": report.elapsed.as_millis() as u64,
+            "winner": report.winners[0].claimant,
+            "one_winner": true,
+        })
+    );
+    net.stop().await
+}
+
+async fn bench_consensus(c: ConsensusArgs, bin: &Path) -> Result<()> {
+    let ConsensusArgs {
+        nodes,
+        byzantine,
+        batch,
+        concurrency,
+        warmup_secs,
+        measure_secs,
+        sim_nodes,
+        rates,
+    } = c;
+    anyhow::ensure!(nodes >= 2, "--nodes must be at least 2");
+    for (b, rate) in byzantine
+        .iter()
+        .flat_map(|b| rates.iter().map(move |r| (*b, *r)))
+    {
+        anyhow::ensure!(b <= 1, "--byzantine takes 0 or 1 (one contrary voter)");
+        let (_tmp, options) = bench_testnet(nodes, &bin)?;
+        let spec = ConsensusBench {
+            nodes,
+            byzantine: b,
+            batch,
+            concurrency,
+            warmup: Duration::from_secs(warmup_secs),
+            measure: Duration::from_secs(measure_secs),
+            rate,
+        };
+        let result = consensus_bench::consensus(&spec, options)
+            .await
+            .context("consensus benchmark")?;
+        println!("{result}");
+    }
+    println!("{}", consensus_bench::simulator(sim_nodes, 1));
+    Ok(())
+}
+
+async fn bench_gossip(nodes: usize, load: GossipLoad, bin: &Path) -> Result<()> {
+    let (_tmp, options) = bench_testnet(nodes, &bin)?;
+    let spec = load.spec(nodes);
+    let result = bench::gossip(&spec, options)
+        .await
+        .context("gossip benchmark")?;
+    #[cfg(feature = "nats")]
+    let result = agentmesh_testnet::nats_bench::with_nats_comparison(&spec, result).await;
+    #[cfg(not(feature = "nats"))]
+    let result = {
+        let mut result = result;
+        agentmesh_testnet::bench::progress(
+                "NATS comparison skipped: built without the `nats` feature (scripts/testnet.sh bench builds with it)",
+            );
+        result["nats"] = serde_json::json!({ "skipped": "built without the nats feature" });
+        result
+    };
+    println!("{result}");
+    Ok(())
 }
 
 async fn run_demo(options: TestnetOptions) -> Result<()> {

@@ -65,6 +65,19 @@ fn element(dom: &str, id: &str) -> String {
     strip_tags(&rest[open..close])
 }
 
+/// The `data-points` of each line in the chart with `id`.
+fn data_points(dom: &str, id: &str) -> Vec<u32> {
+    let start = dom
+        .find(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no #{id} in the page"));
+    let chart = &dom[start..start + dom[start..].find("</svg>").unwrap()];
+    chart
+        .split("data-points=\"")
+        .skip(1)
+        .map(|rest| rest[..rest.find('"').unwrap()].parse().unwrap())
+        .collect()
+}
+
 fn tag_of(before: &str) -> &str {
     let at = before.rfind('<').unwrap() + 1;
     before[at..].split_whitespace().next().unwrap()
@@ -119,6 +132,16 @@ async fn the_dashboard_shows_the_node_live_in_headless_chromium() {
     wait_converged(net, &[0, 1, 2], 1, MESH_TIMEOUT)
         .await
         .unwrap();
+    // The model is untrained on a fresh node: the rules answer.
+    let context = agentmesh_neural::Context {
+        text: "retry a flaky network call".into(),
+        ..Default::default()
+    };
+    let answer = net.nodes[0].client.recommend(&context, 3).await.unwrap();
+    assert_eq!(
+        serde_json::to_value(answer.source).unwrap(),
+        serde_json::json!("rules")
+    );
 
     // Without the token the page says how to get in, and shows nothing.
     let bare = format!("http://{}/", net.nodes[0].info.api);
@@ -140,6 +163,28 @@ async fn the_dashboard_shows_the_node_live_in_headless_chromium() {
     assert!(patterns.starts_with("patterns 1 "), "{patterns}");
     let channels = element(&dom, "channels");
     assert!(channels.contains("learning"), "{channels}");
+    // The model panel is live: the node's own /v1/model, including the
+    // recommendation just answered by the rules.
+    let model = element(&dom, "model");
+    assert!(
+        model.starts_with("model enabled, untrained (the rules answer) version 0 "),
+        "{model}"
+    );
+    assert!(
+        model.contains("recommendations by model / rules / cache 0 / 1 / 0"),
+        "{model}"
+    );
+    // The charts hold one point a refresh (throughput one fewer: a rate
+    // needs two polls), and their captions the latest values.
+    assert!(data_points(&dom, "chart-peers")[0] >= 2, "peers chart");
+    assert_eq!(element(&dom, "chart-peers-latest"), "2");
+    let throughput = data_points(&dom, "chart-throughput");
+    assert_eq!(throughput.len(), 2, "published and received lines");
+    assert!(throughput.iter().all(|n| *n >= 1), "{throughput:?}");
+    let rates = element(&dom, "chart-throughput-latest");
+    let parts: Vec<&str> = rates.split(" / ").collect();
+    assert_eq!(parts.len(), 2, "{rates}");
+    assert!(parts.iter().all(|p| p.parse::<f64>().is_ok()), "{rates}");
     let security = element(&dom, "security");
     assert!(
         security.starts_with("membership open (no authority)"),

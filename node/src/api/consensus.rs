@@ -1,11 +1,12 @@
 //! Agreement: proposing transactions, vertex status, task claims.
 
 use super::{json_body, ApiError, ApiState};
-use crate::consensus::{views::task_key, ConsensusStopped, BUSY_PREFIX};
+use crate::consensus::{views::task_key, ConsensusStopped};
 use crate::types::{
     Claim, ClaimRequest, ConsensusStatus, ErrorBody, ProposeReceipt, ProposeRequest, TaskInfo,
     VertexInfo,
 };
+use agentmesh_consensus::ProposeError;
 use agentmesh_protocol::vertex::{
     MAX_CONFLICT_KEY_BYTES, MAX_PAYLOAD_BYTES, MAX_VERTEX_TRANSACTIONS,
 };
@@ -77,11 +78,14 @@ async fn propose_checked(
                 status: "processing".into(),
             }),
         )),
-        Err(e) if e.starts_with(BUSY_PREFIX) => Err(ApiError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            message: e,
+        Err(e) => Err(ApiError {
+            status: match *e {
+                ProposeError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+                ProposeError::Invalid(_) => StatusCode::BAD_REQUEST,
+                ProposeError::History(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            message: e.to_string(),
         }),
-        Err(e) => Err(ApiError::bad_request(e)),
     }
 }
 

@@ -20,7 +20,7 @@ impl From<ModelError> for ApiError {
             ModelError::Invalid(_) => StatusCode::BAD_REQUEST,
             ModelError::Busy => StatusCode::CONFLICT,
             ModelError::Unavailable(_) => StatusCode::NOT_FOUND,
-            ModelError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ModelError::Store(_) | ModelError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError {
             status,

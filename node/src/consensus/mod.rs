@@ -7,10 +7,12 @@ pub mod validators;
 pub mod views;
 
 pub use history::SledHistory;
-pub use service::{ConsensusService, Request, BUSY_PREFIX, FINALIZED_CHANNEL, REQUEST_QUEUE};
+pub use service::{ConsensusService, Request, FINALIZED_CHANNEL, REQUEST_QUEUE};
 
 use crate::types::{ConsensusStatus, TaskInfo, VertexInfo};
+use agentmesh_consensus::ProposeError;
 use agentmesh_protocol::{Transaction, VertexId};
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 #[derive(Debug, thiserror::Error)]
@@ -41,11 +43,11 @@ impl ConsensusHandle {
     }
 
     /// Proposes transactions; the id of the vertex that carries them, or
-    /// why not (prefixed with [`BUSY_PREFIX`] when the node is saturated).
+    /// why not ([`ProposeError::Busy`] when the node is saturated).
     pub async fn propose(
         &self,
         transactions: Vec<Transaction>,
-    ) -> Result<Result<VertexId, String>, ConsensusStopped> {
+    ) -> Result<Result<VertexId, Arc<ProposeError>>, ConsensusStopped> {
         self.ask(|reply| Request::Propose {
             transactions,
             reply,

@@ -15,6 +15,7 @@ use agentmesh_consensus::{Decision, Engine, Output, ProposeError};
 use agentmesh_protocol::consensus_wire::ConsensusResponse;
 use agentmesh_protocol::{Channel, Transaction, VertexId};
 use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -31,8 +32,9 @@ pub const REQUEST_QUEUE: usize = 1024;
 
 pub const FINALIZED_CHANNEL: &str = "consensus:finalized";
 
-/// Where a proposal's outcome goes: the vertex id, or why not.
-pub type ProposeReply = oneshot::Sender<Result<VertexId, String>>;
+/// Where a proposal's outcome goes: the vertex id, or why not (shared:
+/// proposals batched into one vertex get the same answer).
+pub type ProposeReply = oneshot::Sender<Result<VertexId, Arc<ProposeError>>>;
 
 pub enum Request {
     Propose {
@@ -49,9 +51,6 @@ pub enum Request {
     },
     Status(oneshot::Sender<ConsensusStatus>),
 }
-
-/// Why a proposal was refused, for the API's status code.
-pub const BUSY_PREFIX: &str = "busy: ";
 
 pub struct ConsensusService {
     engine: Engine<SledHistory>,
@@ -258,10 +257,7 @@ impl ConsensusService {
     }
 
     fn propose_batch(&mut self, batch: Vec<Transaction>, replies: Vec<ProposeReply>) {
-        let result = self.engine.propose(now_ms(), batch).map_err(|e| match e {
-            ProposeError::Busy(_) => format!("{BUSY_PREFIX}{e}"),
-            other => other.to_string(),
-        });
+        let result = self.engine.propose(now_ms(), batch).map_err(Arc::new);
         for reply in replies {
             let _ = reply.send(result.clone());
         }

@@ -14,7 +14,7 @@ use agentmesh_neural::features::FeatureConfig;
 use agentmesh_neural::recommender::{
     Answer, Installed, OutcomeEffect, Recommender, RecommenderConfig,
 };
-use agentmesh_neural::{Context, Sample, TrainConfig, TrainReport};
+use agentmesh_neural::{Context, NeuralError, Sample, TrainConfig, TrainReport};
 use agentmesh_protocol::codec;
 use agentmesh_store::{ModelStore, OutcomeMark};
 use outcomes::{learn_stored_outcomes, stored_outcomes, MAX_OUTCOME_BYTES};
@@ -49,6 +49,21 @@ pub enum ModelError {
     Unavailable(String),
     #[error("storage: {0}")]
     Store(#[from] agentmesh_store::StoreError),
+    /// The node's own fault (its settings, a checkpoint it wrote).
+    #[error("{0}")]
+    Internal(NeuralError),
+}
+
+/// Why a training run failed: too few samples or labels, or no epoch to
+/// run, is what the caller sent (with the stored outcomes); anything else is
+/// the node's own fault.
+fn training_error(e: NeuralError) -> ModelError {
+    match e {
+        NeuralError::InvalidData(reason) | NeuralError::InvalidConfig(reason) => {
+            ModelError::Invalid(reason)
+        }
+        other => ModelError::Internal(other),
+    }
 }
 
 /// Counters for `/metrics` and the status.
@@ -243,7 +258,9 @@ impl ModelHandle {
     }
 
     pub fn recommend(&self, context: &Context, k: usize) -> Result<Answer, ModelError> {
-        context.validate().map_err(ModelError::Invalid)?;
+        context
+            .validate()
+            .map_err(|e| ModelError::Invalid(e.to_string()))?;
         if k == 0 || k > MAX_K {
             return Err(ModelError::Invalid(format!(
                 "k must be between 1 and {MAX_K}"
@@ -265,7 +282,10 @@ impl ModelHandle {
     /// Stores the outcome, updates the pattern's replicated statistics (if
     /// the pattern is in the store) and lets the recommender learn from it.
     pub fn outcome(&self, outcome: Outcome) -> Result<OutcomeEffect, ModelError> {
-        outcome.context.validate().map_err(ModelError::Invalid)?;
+        outcome
+            .context
+            .validate()
+            .map_err(|e| ModelError::Invalid(e.to_string()))?;
         agentmesh_protocol::pattern::validate_id(&outcome.pattern)
             .map_err(|e| ModelError::Invalid(format!("pattern: {e}")))?;
         let bytes = codec::encode(&outcome).map_err(|e| ModelError::Invalid(e.to_string()))?;
@@ -401,9 +421,11 @@ impl ModelHandle {
         };
         let (classifier, report) =
             agentmesh_neural::train(&samples, &config, |line| tracing::info!("training: {line}"))
-                .map_err(ModelError::Invalid)?;
+                .map_err(training_error)?;
         let checkpoint = Checkpoint::of(&classifier, 0, samples.len() as u64, Some(report.clone()));
-        let mut built = Installed::from_checkpoint(checkpoint).map_err(ModelError::Invalid)?;
+        // Fails only for labels the samples gave (too many, too long).
+        let mut built = Installed::from_checkpoint(checkpoint)
+            .map_err(|e| ModelError::Invalid(e.to_string()))?;
         // Outcomes reported while it trained changed the model it replaces:
         // the new one learns them too, most of them before the lock and the
         // rest under it (outcomes are stored under it), so that none is
@@ -458,7 +480,8 @@ impl ModelHandle {
     /// Installs a checkpoint (trained, imported or merged) and saves it.
     pub fn install_and_save(&self, checkpoint: Checkpoint) -> Result<u64, ModelError> {
         // Checked and built before the lock: recommendations go on meanwhile.
-        let built = Installed::from_checkpoint(checkpoint).map_err(ModelError::Invalid)?;
+        let built = Installed::from_checkpoint(checkpoint)
+            .map_err(|e| ModelError::Invalid(e.to_string()))?;
         let version = self.recommender().install_built(built);
         self.save()?;
         Ok(version)
@@ -471,7 +494,8 @@ impl ModelHandle {
         checkpoint: Checkpoint,
         read_version: u64,
     ) -> Result<Option<u64>, ModelError> {
-        let built = Installed::from_checkpoint(checkpoint).map_err(ModelError::Invalid)?;
+        let built = Installed::from_checkpoint(checkpoint)
+            .map_err(|e| ModelError::Invalid(e.to_string()))?;
         let version = {
             let mut r = self.recommender();
             if r.version() != read_version {
@@ -518,7 +542,7 @@ impl ModelHandle {
             let bytes = snapshot
                 .checkpoint
                 .encode()
-                .map_err(ModelError::Unavailable)?;
+                .map_err(|e| ModelError::Unavailable(e.to_string()))?;
             self.save_encoded(&bytes, &snapshot)?;
         }
         Ok(())
@@ -552,7 +576,8 @@ impl ModelHandle {
 
     /// Checks and installs a checkpoint file's bytes.
     pub fn import(&self, bytes: &[u8]) -> Result<u64, ModelError> {
-        let checkpoint = Checkpoint::decode(bytes).map_err(ModelError::Invalid)?;
+        let checkpoint =
+            Checkpoint::decode(bytes).map_err(|e| ModelError::Invalid(e.to_string()))?;
         self.install_and_save(checkpoint)
     }
 
@@ -560,7 +585,7 @@ impl ModelHandle {
         self.checkpoint()
             .ok_or_else(|| ModelError::Unavailable("the node has no model yet".into()))?
             .encode()
-            .map_err(ModelError::Unavailable)
+            .map_err(|e| ModelError::Unavailable(e.to_string()))
     }
 
     /// Makes `bytes` (with its digest) what this node serves to peers.

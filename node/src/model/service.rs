@@ -11,6 +11,7 @@ use crate::network::router::Subscription;
 use crate::network::NetworkHandle;
 use agentmesh_neural::checkpoint::Checkpoint;
 use agentmesh_neural::merge::merge;
+use agentmesh_neural::NeuralError;
 use agentmesh_protocol::model_wire::{
     ModelAnnouncement, ModelRequest, ModelResponse, ANNOUNCEMENT_CONTENT_TYPE, CHUNK_BYTES,
     MODEL_CHANNEL,
@@ -120,7 +121,7 @@ enum FetchFailure {
     Transfer(String),
     /// Received as announced, but not a model this build can read (another
     /// format, or invalid).
-    Unreadable(String),
+    Unreadable(NeuralError),
 }
 
 impl ModelService {
@@ -240,7 +241,7 @@ impl ModelService {
                 .fetch_model(peer, request)
                 .await
                 .map_err(|e| e.to_string())
-                .and_then(|r| r)
+                .and_then(|r| r.map_err(|e| e.to_string()))
                 .map_err(FetchFailure::Transfer)?;
             match response {
                 ModelResponse::Chunk {
@@ -345,7 +346,9 @@ impl ModelService {
             let local = model.checkpoint();
             let version = local.as_ref().map_or(0, |c| c.version);
             let peers: Vec<&Checkpoint> = fetched.iter().collect();
-            merge(local.as_ref(), &peers).map(|m| (m, version))
+            merge(local.as_ref(), &peers)
+                .map(|m| (m, version))
+                .map_err(|e| e.to_string())
         })
         .await;
         let ((checkpoint, report), version_before) =

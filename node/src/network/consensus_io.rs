@@ -249,7 +249,7 @@ impl Network {
         let vertex = verified.map_err(|e| (Offence::Malformed, e.to_string()))?;
         self.membership
             .check_proposer(&vertex)
-            .map_err(|reason| (Offence::Unauthorised, reason))?;
+            .map_err(|refused| (Offence::Unauthorised, refused.to_string()))?;
         Ok(vertex)
     }
 

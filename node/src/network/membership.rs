@@ -24,6 +24,15 @@ use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Why a vertex's author may not propose.
+#[derive(Debug, thiserror::Error)]
+pub enum ProposerRefused {
+    #[error("author {0} may not propose vertices")]
+    NoScope(NodeId),
+    #[error("author {0} is not a member: {1}")]
+    NotAMember(NodeId, MembershipError),
+}
+
 /// Certificates of authors met through frames and vertices, verified once.
 const KNOWN_CERTIFICATES: NonZeroUsize = NonZeroUsize::new(4096).unwrap();
 
@@ -250,14 +259,12 @@ impl Membership {
     }
 
     /// May the author of `vertex` propose? (Its certificate travels with it.)
-    pub fn check_proposer(&mut self, vertex: &Vertex) -> Result<(), String> {
-        match self.check(&vertex.author(), vertex.certificate(), now_ms()) {
-            Ok(Some(scopes)) if !scopes.may_propose() => Err(format!(
-                "author {} may not propose vertices",
-                vertex.author()
-            )),
+    pub fn check_proposer(&mut self, vertex: &Vertex) -> Result<(), ProposerRefused> {
+        let author = vertex.author();
+        match self.check(&author, vertex.certificate(), now_ms()) {
+            Ok(Some(scopes)) if !scopes.may_propose() => Err(ProposerRefused::NoScope(author)),
             Ok(_) => Ok(()),
-            Err(e) => Err(format!("author {} is not a member: {e}", vertex.author())),
+            Err(e) => Err(ProposerRefused::NotAMember(author, e)),
         }
     }
 

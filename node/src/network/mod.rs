@@ -111,6 +111,18 @@ pub enum Command {
 #[error("the network task has stopped")]
 pub struct NetworkStopped;
 
+/// Why a request to a peer (pattern sync, model fetch) got no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerRequestError {
+    #[error("not a peer id: {0}")]
+    NotAPeer(String),
+    #[error(transparent)]
+    Failed(#[from] libp2p::request_response::OutboundFailure),
+    /// The peer answered, but its membership does not allow what it sent.
+    #[error("the peer's membership certificate does not allow {0}")]
+    NotAllowed(&'static str),
+}
+
 /// A cheap, cloneable way to talk to the network task.
 #[derive(Clone)]
 pub struct NetworkHandle {
@@ -217,7 +229,10 @@ impl NetworkHandle {
         &self,
         peer: NodeId,
         request: agentmesh_protocol::model_wire::ModelRequest,
-    ) -> Result<Result<agentmesh_protocol::model_wire::ModelResponse, String>, NetworkStopped> {
+    ) -> Result<
+        Result<agentmesh_protocol::model_wire::ModelResponse, PeerRequestError>,
+        NetworkStopped,
+    > {
         self.ask(|reply| {
             Command::FetchModel(model_io::ModelFetch {
                 peer,

@@ -21,7 +21,7 @@ pub struct SharedModel {
 /// Written by the model service, read by the network task.
 pub type ServedModel = Arc<RwLock<Option<SharedModel>>>;
 
-pub type ModelReply = oneshot::Sender<Result<ModelResponse, String>>;
+pub type ModelReply = oneshot::Sender<Result<ModelResponse, super::PeerRequestError>>;
 
 pub struct ModelFetch {
     pub peer: NodeId,
@@ -71,7 +71,9 @@ impl Network {
                 self.model.outbound.insert(id, fetch.reply);
             }
             Err(e) => {
-                let _ = fetch.reply.send(Err(format!("not a peer id: {e}")));
+                let _ = fetch
+                    .reply
+                    .send(Err(super::PeerRequestError::NotAPeer(e.to_string())));
             }
         }
     }
@@ -109,7 +111,7 @@ impl Network {
                 request_id, error, ..
             } => {
                 if let Some(reply) = self.model.outbound.remove(&request_id) {
-                    let _ = reply.send(Err(error.to_string()));
+                    let _ = reply.send(Err(error.into()));
                 }
             }
             request_response::Event::InboundFailure { peer, error, .. } => {

@@ -23,7 +23,7 @@ pub enum SyncEvent {
     Peers(Vec<NodeId>),
 }
 
-pub type SyncReply = oneshot::Sender<Result<SyncResponse, String>>;
+pub type SyncReply = oneshot::Sender<Result<SyncResponse, super::PeerRequestError>>;
 
 #[derive(Debug)]
 pub enum SyncCommand {
@@ -75,7 +75,7 @@ impl Network {
                     self.sync.outbound.insert(id, reply);
                 }
                 Err(e) => {
-                    let _ = reply.send(Err(format!("not a peer id: {e}")));
+                    let _ = reply.send(Err(super::PeerRequestError::NotAPeer(e.to_string())));
                 }
             },
             SyncCommand::Respond { request, response } => {
@@ -149,10 +149,7 @@ impl Network {
                         let answer = if matches!(response, SyncResponse::Batch { .. })
                             && !self.may_share_patterns(&peer)
                         {
-                            Err(
-                                "the peer's membership certificate does not allow sharing patterns"
-                                    .to_string(),
-                            )
+                            Err(super::PeerRequestError::NotAllowed("sharing patterns"))
                         } else {
                             Ok(response)
                         };
@@ -164,7 +161,7 @@ impl Network {
                 request_id, error, ..
             } => {
                 if let Some(reply) = self.sync.outbound.remove(&request_id) {
-                    let _ = reply.send(Err(error.to_string()));
+                    let _ = reply.send(Err(error.into()));
                 }
             }
             request_response::Event::InboundFailure { peer, error, .. } => {

@@ -177,7 +177,7 @@ impl Reconciler {
         answer
             .await
             .map_err(|_| RoundError::Peer("the network task stopped".into()))?
-            .map_err(RoundError::Peer)
+            .map_err(|e| RoundError::Peer(e.to_string()))
     }
 
     fn received(&self, bytes: usize) {
@@ -263,7 +263,7 @@ impl Reconciler {
                 (remote, remote_complete),
                 (local, local_complete),
             )
-            .map_err(RoundError::Peer)?;
+            .map_err(|e| RoundError::Peer(e.to_string()))?;
             let diff = page.diff;
             let wanted: Vec<String> = diff
                 .missing

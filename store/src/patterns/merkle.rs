@@ -239,6 +239,18 @@ pub struct PageComparison {
     pub next: Option<String>,
 }
 
+/// Why a page of the peer's entries cannot be compared (the peer's fault).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PageError {
+    /// An incomplete page without any entry in the asked range: paging
+    /// would never progress.
+    #[error("peer sent an empty page of entries that is not the last")]
+    EmptyPage,
+    /// The page ends at an id that is not UTF-8.
+    #[error("an entry id is not UTF-8")]
+    NotUtf8,
+}
+
 /// Compares two pages of entries of `buckets` that both start after
 /// `after`. The compared range ends where the shorter page ends, so each
 /// side's entries past it are compared on the next round. Entries of the
@@ -249,7 +261,7 @@ pub fn compare_pages(
     after: Option<&str>,
     remote: EntryPage,
     local: EntryPage,
-) -> Result<PageComparison, String> {
+) -> Result<PageComparison, PageError> {
     let start = after.map(entry_key);
     let (remote, remote_complete) = remote;
     let (local, local_complete) = local;
@@ -266,7 +278,7 @@ pub fn compare_pages(
     let remote_end = match remote.last() {
         _ if remote_complete => None,
         Some((key, _, _)) => Some(key.clone()),
-        None => return Err("peer sent an empty page of entries that is not the last".into()),
+        None => return Err(PageError::EmptyPage),
     };
     let local_end = local
         .last()
@@ -288,10 +300,7 @@ pub fn compare_pages(
         .collect();
     let next = match end {
         None => None,
-        Some(key) => Some(
-            String::from_utf8(key[2..].to_vec())
-                .map_err(|_| "an entry id is not UTF-8".to_string())?,
-        ),
+        Some(key) => Some(String::from_utf8(key[2..].to_vec()).map_err(|_| PageError::NotUtf8)?),
     };
     Ok(PageComparison {
         diff: diff_entries(&local, &remote),
