@@ -121,6 +121,8 @@ fn check(ok: bool, name: &'static str, problem: impl Into<String>) -> Result<(),
 }
 
 impl Params {
+    // Long on purpose: A list of independent checks, each with its rule and its message;
+    // splitting them apart would hide the whole set of constraints.
     pub fn validate(&self) -> Result<(), ParamsError> {
         check(
             (1..=64).contains(&self.k),

@@ -169,6 +169,8 @@ fn backward_batch(
 /// one line per epoch. Fails with [`NeuralError::InvalidData`] for samples
 /// of fewer than two labels or too few to split, and with
 /// [`NeuralError::InvalidConfig`] for settings out of range.
+// Long on purpose: The training loop in one place: split, epochs, early stopping and the report
+// share their state.
 pub fn train(
     samples: &[Sample],
     config: &TrainConfig,
@@ -426,8 +428,8 @@ impl Classifier {
     /// Adds `label` as a new output, imprinted from one context it
     /// succeeded for. Its logit for any context is the average of the
     /// existing labels' logits there, weighted by how the model ranks them
-    /// for the imprinting context (softmax at [`IMPRINT_TEMPERATURE`]),
-    /// plus the constant C that puts it [`IMPRINT_MARGIN`] above the best of
+    /// for the imprinting context (softmax at `IMPRINT_TEMPERATURE`),
+    /// plus the constant C that puts it `IMPRINT_MARGIN` above the best of
     /// them for that context (C = that best logit − the weighted mean +
     /// the margin). A linear output cannot peak at one context; this one
     /// wins only where the model is about as unsure among the same labels

@@ -58,116 +58,14 @@ pub fn merge(
     peers: &[&Checkpoint],
 ) -> Result<(Checkpoint, MergeReport), NeuralError> {
     let mut report = MergeReport::default();
-    // The shape everything must match: the local model's, or the first
-    // peer's that is usable at all.
-    let base = local
-        .or_else(|| {
-            peers
-                .iter()
-                .copied()
-                .find(|p| p.samples > 0 && p.validate().is_ok())
-        })
-        .ok_or_else(|| {
-            let reasons = peers.iter().map(|p| {
-                p.validate()
-                    .err()
-                    .map_or_else(|| "learned from no samples".into(), |e| e.to_string())
-            });
-            NeuralError::Incompatible(format!("no usable peer model ({})", each_peer(reasons)))
-        })?;
-    // Why a model does not merge with `base` (None: it does).
-    let incompatible = |c: &Checkpoint| -> Option<String> {
-        if c.format != FORMAT {
-            return Some(format!("checkpoint format {}", c.format));
-        }
-        let (a, b) = (&c.features, &base.features);
-        if (a.dim, a.char_min, a.char_max) != (b.dim, b.char_min, b.char_max) {
-            return Some(format!(
-                "feature dimension {} does not match {}",
-                a.dim, b.dim
-            ));
-        }
-        // Weights learnt on inputs of another size do not average.
-        if a.norm != b.norm {
-            return Some(format!("feature norm {} does not match {}", a.norm, b.norm));
-        }
-        crate::classifier::check_parts(&c.features, &c.labels, &c.weights)
-            .err()
-            .map(|e| e.to_string())
-    };
-    let local_samples = local.map(|l| l.samples as f64);
-    let mut members: Vec<Member> = Vec::new();
-    if let Some(l) = local {
-        members.push(Member {
-            checkpoint: l,
-            weight: (l.samples as f64).max(1.0),
-            keep: 1.0,
-        });
-    }
-    for (i, p) in peers.iter().enumerate() {
-        if let Some(e) = incompatible(p) {
-            report.skipped.push((i, e));
-            continue;
-        }
-        if p.samples == 0 {
-            report.skipped.push((i, "learned from no samples".into()));
-            continue;
-        }
-        let claimed = p.samples as f64;
-        let weight = match local_samples {
-            Some(own) => claimed.min(own.max(1.0)),
-            None => claimed,
-        };
-        members.push(Member {
-            checkpoint: p,
-            weight,
-            keep: 1.0,
-        });
-        report.peers_merged += 1;
-    }
-    if report.peers_merged == 0 {
-        let reasons = report.skipped.iter().map(|(_, reason)| reason.clone());
-        return Err(NeuralError::Incompatible(format!(
-            "no compatible peer model ({})",
-            each_peer(reasons)
-        )));
-    }
+    let base = base_of(local, peers)?;
+    let mut members = members(local, peers, base, &mut report)?;
 
-    // The reference the distances are measured from.
+    // The hidden layers: a weighted average, each member clipped to a
+    // bounded distance from the reference first.
     let shared = 3; // input and hidden layers; the output layer is per label
-    let reference: Vec<LayerWeights> = match local {
-        Some(l) => l.weights.layers[..shared].to_vec(),
-        None => (0..shared)
-            .map(|layer| {
-                average_layer(
-                    members
-                        .iter()
-                        .map(|m| (&m.checkpoint.weights.layers[layer], 1.0, 1.0)),
-                    None,
-                )
-            })
-            .collect(),
-    };
-    let distances: Vec<f64> = members
-        .iter()
-        .map(|m| distance(&m.checkpoint.weights.layers[..shared], &reference))
-        .collect();
-    let mut peer_distances: Vec<f64> = distances
-        .iter()
-        .zip(&members)
-        .filter(|(_, m)| local.is_none_or(|l| !std::ptr::eq(m.checkpoint, l)))
-        .map(|(d, _)| *d)
-        .collect();
-    peer_distances.sort_by(f64::total_cmp);
-    let median = peer_distances[peer_distances.len() / 2];
-    let bound = CLIP_FACTOR * median;
-    for (m, d) in members.iter_mut().zip(&distances) {
-        if *d > bound && *d > 0.0 {
-            m.keep = (bound / d) as f32;
-            report.clipped += 1;
-        }
-    }
-
+    let reference = reference(local, &members, shared);
+    report.clipped = clip_outliers(&mut members, local, &reference, shared);
     let layers: Vec<LayerWeights> = (0..shared)
         .map(|layer| {
             average_layer(
@@ -200,21 +98,8 @@ pub fn merge(
     }
     let output = merge_output(&members, &labels, local);
 
-    let dim = base.features.dim;
     let mut features = base.features.clone();
-    let total: f64 = members.iter().map(|m| m.weight).sum();
-    features.idf = (0..dim)
-        .map(|i| {
-            let sum: f64 = members
-                .iter()
-                .map(|m| {
-                    m.weight * f64::from(m.checkpoint.features.idf.get(i).copied().unwrap_or(1.0))
-                })
-                .sum();
-            (sum / total) as f32
-        })
-        .collect();
-
+    features.idf = merged_idf(&members, base.features.dim);
     let mut weights = Weights { layers };
     weights.layers.push(output);
     let merged = Checkpoint {
@@ -229,6 +114,164 @@ pub fn merge(
     crate::classifier::check_parts(&merged.features, &merged.labels, &merged.weights)
         .map_err(|e| NeuralError::Incompatible(e.to_string()))?;
     Ok((merged, report))
+}
+
+/// The shape everything must match: the local model's, or the first
+/// peer's that is usable at all.
+fn base_of<'a>(
+    local: Option<&'a Checkpoint>,
+    peers: &[&'a Checkpoint],
+) -> Result<&'a Checkpoint, NeuralError> {
+    local
+        .or_else(|| {
+            peers
+                .iter()
+                .copied()
+                .find(|p| p.samples > 0 && p.validate().is_ok())
+        })
+        .ok_or_else(|| {
+            let reasons = peers.iter().map(|p| {
+                p.validate()
+                    .err()
+                    .map_or_else(|| "learned from no samples".into(), |e| e.to_string())
+            });
+            NeuralError::Incompatible(format!("no usable peer model ({})", each_peer(reasons)))
+        })
+}
+
+/// Why a model does not merge with `base` (None: it does).
+fn incompatible(c: &Checkpoint, base: &Checkpoint) -> Option<String> {
+    if c.format != FORMAT {
+        return Some(format!("checkpoint format {}", c.format));
+    }
+    let (a, b) = (&c.features, &base.features);
+    if (a.dim, a.char_min, a.char_max) != (b.dim, b.char_min, b.char_max) {
+        return Some(format!(
+            "feature dimension {} does not match {}",
+            a.dim, b.dim
+        ));
+    }
+    // Weights learnt on inputs of another size do not average.
+    if a.norm != b.norm {
+        return Some(format!("feature norm {} does not match {}", a.norm, b.norm));
+    }
+    crate::classifier::check_parts(&c.features, &c.labels, &c.weights)
+        .err()
+        .map(|e| e.to_string())
+}
+
+/// The local model and the compatible peers, each weighted by the samples
+/// it learned from (a peer's claim capped at the local count); the others
+/// are listed in the report.
+fn members<'a>(
+    local: Option<&'a Checkpoint>,
+    peers: &[&'a Checkpoint],
+    base: &Checkpoint,
+    report: &mut MergeReport,
+) -> Result<Vec<Member<'a>>, NeuralError> {
+    let local_samples = local.map(|l| l.samples as f64);
+    let mut members: Vec<Member> = Vec::new();
+    if let Some(l) = local {
+        members.push(Member {
+            checkpoint: l,
+            weight: (l.samples as f64).max(1.0),
+            keep: 1.0,
+        });
+    }
+    for (i, p) in peers.iter().enumerate() {
+        if let Some(e) = incompatible(p, base) {
+            report.skipped.push((i, e));
+            continue;
+        }
+        if p.samples == 0 {
+            report.skipped.push((i, "learned from no samples".into()));
+            continue;
+        }
+        let claimed = p.samples as f64;
+        let weight = match local_samples {
+            Some(own) => claimed.min(own.max(1.0)),
+            None => claimed,
+        };
+        members.push(Member {
+            checkpoint: p,
+            weight,
+            keep: 1.0,
+        });
+        report.peers_merged += 1;
+    }
+    if report.peers_merged == 0 {
+        let reasons = report.skipped.iter().map(|(_, reason)| reason.clone());
+        return Err(NeuralError::Incompatible(format!(
+            "no compatible peer model ({})",
+            each_peer(reasons)
+        )));
+    }
+    Ok(members)
+}
+
+/// The reference the distances are measured from: the local model's
+/// shared layers, or without one the plain average.
+fn reference(local: Option<&Checkpoint>, members: &[Member], shared: usize) -> Vec<LayerWeights> {
+    match local {
+        Some(l) => l.weights.layers[..shared].to_vec(),
+        None => (0..shared)
+            .map(|layer| {
+                average_layer(
+                    members
+                        .iter()
+                        .map(|m| (&m.checkpoint.weights.layers[layer], 1.0, 1.0)),
+                    None,
+                )
+            })
+            .collect(),
+    }
+}
+
+/// Shrinks members farther from the reference than `CLIP_FACTOR` times the
+/// peers' median distance back to that bound; how many were shrunk.
+fn clip_outliers(
+    members: &mut [Member],
+    local: Option<&Checkpoint>,
+    reference: &[LayerWeights],
+    shared: usize,
+) -> usize {
+    let distances: Vec<f64> = members
+        .iter()
+        .map(|m| distance(&m.checkpoint.weights.layers[..shared], reference))
+        .collect();
+    let mut peer_distances: Vec<f64> = distances
+        .iter()
+        .zip(members.iter())
+        .filter(|(_, m)| local.is_none_or(|l| !std::ptr::eq(m.checkpoint, l)))
+        .map(|(d, _)| *d)
+        .collect();
+    peer_distances.sort_by(f64::total_cmp);
+    let median = peer_distances[peer_distances.len() / 2];
+    let bound = CLIP_FACTOR * median;
+    let mut clipped = 0;
+    for (m, d) in members.iter_mut().zip(&distances) {
+        if *d > bound && *d > 0.0 {
+            m.keep = (bound / d) as f32;
+            clipped += 1;
+        }
+    }
+    clipped
+}
+
+/// Inverse document frequencies: the members' weighted average.
+fn merged_idf(members: &[Member], dim: usize) -> Vec<f32> {
+    let total: f64 = members.iter().map(|m| m.weight).sum();
+    (0..dim)
+        .map(|i| {
+            let sum: f64 = members
+                .iter()
+                .map(|m| {
+                    m.weight * f64::from(m.checkpoint.features.idf.get(i).copied().unwrap_or(1.0))
+                })
+                .sum();
+            (sum / total) as f32
+        })
+        .collect()
 }
 
 /// Euclidean distance between two stacks of layers of the same shapes.

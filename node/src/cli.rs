@@ -97,7 +97,7 @@ pub enum Command {
     Claim {
         #[command(flatten)]
         client: ClientArgs,
-        /// Task id (the claim is a transaction with key task:<id>).
+        /// Task id (the claim is a transaction with key `task:<id>`).
         task: String,
         /// Who claims it (an agent name).
         #[arg(long)]
@@ -223,7 +223,7 @@ pub enum CaCommand {
         /// Validity, e.g. `90d`, `12h`, `30m`.
         #[arg(long)]
         expires: String,
-        /// Where to write the certificate [default: <peer id>.cert].
+        /// Where to write the certificate (default: `<peer id>.cert`).
         #[arg(long)]
         out: Option<PathBuf>,
     },

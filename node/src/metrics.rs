@@ -179,6 +179,9 @@ impl prometheus_client::collector::Collector for NodeCollector {
     }
 }
 
+/// Which of a channel's counters a metric reports.
+type PickCounter = fn(&crate::types::ChannelCountersInfo) -> u64;
+
 fn encode_messages(e: &mut DescriptorEncoder, s: &Snapshot) -> fmt::Result {
     let m = &s.status.messages;
     #[rustfmt::skip]
@@ -191,14 +194,14 @@ fn encode_messages(e: &mut DescriptorEncoder, s: &Snapshot) -> fmt::Result {
     #[rustfmt::skip]
     let plain_gauges: Gauges = &[];
     table(e, plain_counters, plain_gauges)?;
-    let per_channel = |pick: fn(&crate::types::ChannelCountersInfo) -> u64| {
+    let per_channel = |pick: PickCounter| {
         s.channels
             .counters
             .iter()
             .map(move |c| (vec![("channel", c.channel.clone())], pick(c)))
     };
     #[rustfmt::skip]
-    let channel_counters: [(&str, &str, fn(&crate::types::ChannelCountersInfo) -> u64); 3] = [
+    let channel_counters: [(&str, &str, PickCounter); 3] = [
         ("agentmesh_channel_messages_published", "Messages published per channel", |c| c.published),
         ("agentmesh_channel_messages_received", "Messages received per channel", |c| c.received),
         ("agentmesh_channel_messages_rejected", "Messages rejected per channel (or topic family)", |c| c.rejected),

@@ -54,20 +54,10 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
     let store = open_store(dir).await?;
 
     let node_id = key.node_id();
-    let decisions = store.decisions()?;
-    decisions.next_seq().context(
-        "the consensus history is damaged (remove the data directory's db to start over)",
-    )?;
     let membership = Membership::load(&settings, node_id)?;
     let own_scopes = membership.own_scopes();
     let validator_source = validator_source(&settings, own_scopes.as_deref(), &store);
-    let mut engine = Engine::new(
-        settings.consensus_params.clone(),
-        NodeKey::from_seed(*key.seed())?,
-        SledHistory::new(decisions),
-        RandomState::new().build_hasher().finish(),
-    )?;
-    engine.set_certificate(membership.own_certificate().map(<[u8]>::to_vec));
+    let engine = consensus_engine(&settings, &key, &store, &membership)?;
     let swarm = behaviour::build_swarm(keypair, &settings)?;
     let (consensus_events, events_rx) = consensus_channels();
     let (sync_events, sync_events_rx) = mpsc::channel(SYNC_EVENT_QUEUE);
@@ -94,9 +84,9 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
         membership,
     )?;
     let network_task = tokio::spawn(network.run());
-    let (requests, requests_rx) = mpsc::channel(REQUEST_QUEUE);
     let known = known_consensus_peers(&settings, &store, &validator_source);
     let validators = validators::Validators::new(node_id, validator_source, known);
+    let (requests, requests_rx) = mpsc::channel(REQUEST_QUEUE);
     let service = ConsensusService::new(engine, handle.clone(), events_rx, requests_rx, validators);
     let consensus_task = tokio::spawn(service.run());
     let consensus = ConsensusHandle::new(requests);
@@ -137,18 +127,7 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
         },
     );
 
-    ready::write(
-        dir,
-        &ReadyInfo {
-            peer_id: peer_id.to_string(),
-            node_id: node_id.to_string(),
-            network: settings.node.network.clone(),
-            api: api_addr,
-            api_token_file: settings.api_token_path.clone(),
-            listen_addrs: listen_addrs.iter().map(|a| a.to_string()).collect(),
-            pid: std::process::id(),
-        },
-    )?;
+    announce_ready(&settings, peer_id, node_id, api_addr, &listen_addrs)?;
     tracing::info!(%peer_id, api = %api_addr, network = %settings.node.network, "node started");
     Ok(RunningNode {
         peer_id,
@@ -165,6 +144,51 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
         api_task,
         stop_api,
     })
+}
+
+/// Writes `node.json` in the data directory: how to reach this node, for
+/// the CLI and the testnet (removed again at shutdown).
+fn announce_ready(
+    settings: &Settings,
+    peer_id: PeerId,
+    node_id: NodeId,
+    api_addr: SocketAddr,
+    listen_addrs: &[Multiaddr],
+) -> Result<()> {
+    ready::write(
+        &settings.node.data_dir,
+        &ReadyInfo {
+            peer_id: peer_id.to_string(),
+            node_id: node_id.to_string(),
+            network: settings.node.network.clone(),
+            api: api_addr,
+            api_token_file: settings.api_token_path.clone(),
+            listen_addrs: listen_addrs.iter().map(|a| a.to_string()).collect(),
+            pid: std::process::id(),
+        },
+    )
+}
+
+/// The consensus engine over the stored history, signing with this node's
+/// key and carrying its certificate.
+fn consensus_engine(
+    settings: &Settings,
+    key: &NodeKey,
+    store: &Store,
+    membership: &Membership,
+) -> Result<Engine<SledHistory>> {
+    let decisions = store.decisions()?;
+    decisions.next_seq().context(
+        "the consensus history is damaged (remove the data directory's db to start over)",
+    )?;
+    let mut engine = Engine::new(
+        settings.consensus_params.clone(),
+        NodeKey::from_seed(*key.seed())?,
+        SledHistory::new(decisions),
+        RandomState::new().build_hasher().finish(),
+    )?;
+    engine.set_certificate(membership.own_certificate().map(<[u8]>::to_vec));
+    Ok(engine)
 }
 
 /// Opens the database on a blocking thread: the open may wait out a lock

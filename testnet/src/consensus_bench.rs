@@ -30,6 +30,8 @@ pub struct ConsensusBench {
     pub rate: u64,
 }
 
+// Long on purpose: A benchmark reads best as its scenario, top to bottom: set-up, warm-up,
+// load, report.
 pub async fn consensus(
     bench: &ConsensusBench,
     mut options: TestnetOptions,

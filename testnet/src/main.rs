@@ -305,97 +305,104 @@ async fn run(cli: Cli) -> Result<()> {
                 _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; nodes stopped"),
             }
         }
-        Command::Up { nodes, dir } => {
-            if TestnetState::load(&dir).is_ok() {
-                anyhow::bail!(
-                    "a testnet is already up in {}; run `down` first",
-                    dir.display()
-                );
-            }
-            let mut options = TestnetOptions::new(nodes, &dir, &bin);
-            options.progress = true;
-            options.detached = true;
-            options.network = "testnet".into();
-            let net = Testnet::start(options).await?;
-            let state = TestnetState {
-                network: net.options.network.clone(),
-                nodes: net
-                    .nodes
-                    .iter()
-                    .map(|n| NodeState {
-                        pid: n.pid(),
-                        peer_id: n.info.peer_id.clone(),
-                        api: n.info.api,
-                        data_dir: n.spec.data_dir.clone(),
-                    })
-                    .collect(),
-            };
-            state.save(&dir)?;
-            net.wait_full_mesh(Duration::from_secs(60)).await?;
-            demo::print_summary(&net, None).await?;
-            println!("\nnodes keep running; `scripts/testnet.sh status` shows them, `scripts/testnet.sh down` stops them");
-            Ok(())
-        }
-        Command::Status { dir } => {
-            let state = TestnetState::load(&dir)?;
-            println!(
-                "{:<4} {:<8} {:<54} {:<20} {:>6}  state",
-                "node", "pid", "peer id", "api", "peers"
-            );
-            for (i, n) in state.nodes.iter().enumerate() {
-                let token_file = n.data_dir.join(agentmesh_node::api::TOKEN_FILE);
-                let client = agentmesh_node::client::ApiClient::with_token_file(n.api, &token_file)
-                    .unwrap_or_else(|_| agentmesh_node::client::ApiClient::new(n.api));
-                let (peers, st) = match client.status().await {
-                    Ok(s) => (s.connected_peers.to_string(), "running".to_string()),
-                    Err(_) if !pid_alive(n.pid) => ("-".into(), "stopped".into()),
-                    Err(e) => ("-".into(), format!("not answering: {e}")),
-                };
-                println!(
-                    "{:<4} {:<8} {:<54} {:<20} {:>6}  {}",
-                    i,
-                    n.pid,
-                    n.peer_id,
-                    n.api.to_string(),
-                    peers,
-                    st
-                );
-            }
-            Ok(())
-        }
-        Command::Down { dir } => {
-            let state = TestnetState::load(&dir)?;
-            for n in &state.nodes {
-                if pid_alive(n.pid) {
-                    signal(n.pid, libc::SIGTERM);
-                }
-            }
-            let pids: Vec<u32> = state.nodes.iter().map(|n| n.pid).collect();
-            let stopped = wait::until("the nodes to stop", Duration::from_secs(15), || {
-                let pids = pids.clone();
-                async move { Ok(pids.iter().all(|p| !pid_alive(*p)).then_some(())) }
-            })
-            .await;
-            if stopped.is_err() {
-                for p in &pids {
-                    signal(*p, libc::SIGKILL);
-                }
-                eprintln!("some nodes did not stop within 15 s and were killed");
-            }
-            TestnetState::remove(&dir);
-            println!(
-                "stopped {} nodes (data kept in {})",
-                pids.len(),
-                dir.display()
-            );
-            Ok(())
-        }
+        Command::Up { nodes, dir } => up(nodes, dir, &bin).await,
+        Command::Status { dir } => status(dir).await,
+        Command::Down { dir } => down(dir).await,
         Command::Campaign { .. } => Ok(()),
         Command::Bench { which } => bench(which, &bin).await,
     }
 }
 
+async fn up(nodes: usize, dir: PathBuf, bin: &Path) -> Result<()> {
+    if TestnetState::load(&dir).is_ok() {
+        anyhow::bail!(
+            "a testnet is already up in {}; run `down` first",
+            dir.display()
+        );
+    }
+    let mut options = TestnetOptions::new(nodes, &dir, bin);
+    options.progress = true;
+    options.detached = true;
+    options.network = "testnet".into();
+    let net = Testnet::start(options).await?;
+    let state = TestnetState {
+        network: net.options.network.clone(),
+        nodes: net
+            .nodes
+            .iter()
+            .map(|n| NodeState {
+                pid: n.pid(),
+                peer_id: n.info.peer_id.clone(),
+                api: n.info.api,
+                data_dir: n.spec.data_dir.clone(),
+            })
+            .collect(),
+    };
+    state.save(&dir)?;
+    net.wait_full_mesh(Duration::from_secs(60)).await?;
+    demo::print_summary(&net, None).await?;
+    println!("\nnodes keep running; `scripts/testnet.sh status` shows them, `scripts/testnet.sh down` stops them");
+    Ok(())
+}
+
+async fn status(dir: PathBuf) -> Result<()> {
+    let state = TestnetState::load(&dir)?;
+    println!(
+        "{:<4} {:<8} {:<54} {:<20} {:>6}  state",
+        "node", "pid", "peer id", "api", "peers"
+    );
+    for (i, n) in state.nodes.iter().enumerate() {
+        let token_file = n.data_dir.join(agentmesh_node::api::TOKEN_FILE);
+        let client = agentmesh_node::client::ApiClient::with_token_file(n.api, &token_file)
+            .unwrap_or_else(|_| agentmesh_node::client::ApiClient::new(n.api));
+        let (peers, st) = match client.status().await {
+            Ok(s) => (s.connected_peers.to_string(), "running".to_string()),
+            Err(_) if !pid_alive(n.pid) => ("-".into(), "stopped".into()),
+            Err(e) => ("-".into(), format!("not answering: {e}")),
+        };
+        println!(
+            "{:<4} {:<8} {:<54} {:<20} {:>6}  {}",
+            i,
+            n.pid,
+            n.peer_id,
+            n.api.to_string(),
+            peers,
+            st
+        );
+    }
+    Ok(())
+}
+
+async fn down(dir: PathBuf) -> Result<()> {
+    let state = TestnetState::load(&dir)?;
+    for n in &state.nodes {
+        if pid_alive(n.pid) {
+            signal(n.pid, libc::SIGTERM);
+        }
+    }
+    let pids: Vec<u32> = state.nodes.iter().map(|n| n.pid).collect();
+    let stopped = wait::until("the nodes to stop", Duration::from_secs(15), || {
+        let pids = pids.clone();
+        async move { Ok(pids.iter().all(|p| !pid_alive(*p)).then_some(())) }
+    })
+    .await;
+    if stopped.is_err() {
+        for p in &pids {
+            signal(*p, libc::SIGKILL);
+        }
+        eprintln!("some nodes did not stop within 15 s and were killed");
+    }
+    TestnetState::remove(&dir);
+    println!(
+        "stopped {} nodes (data kept in {})",
+        pids.len(),
+        dir.display()
+    );
+    Ok(())
+}
+
 /// `bench ...`: each prints its figures as JSON.
+// Long on purpose: A dispatch table: one short arm per benchmark.
 async fn bench(which: BenchCommand, bin: &Path) -> Result<()> {
     match which {
         BenchCommand::Claims {
@@ -410,7 +417,7 @@ async fn bench(which: BenchCommand, bin: &Path) -> Result<()> {
                 .prefix("agentmesh-partition-")
                 .tempdir()?;
             let report = agentmesh_testnet::partition::run(
-                &bin,
+                bin,
                 tmp.path(),
                 hosts,
                 Duration::from_secs(hold_secs),
@@ -420,7 +427,7 @@ async fn bench(which: BenchCommand, bin: &Path) -> Result<()> {
             Ok(())
         }
         BenchCommand::Transport => {
-            for line in agentmesh_testnet::transport_bench::transport(&bin).await? {
+            for line in agentmesh_testnet::transport_bench::transport(bin).await? {
                 println!("{line}");
             }
             Ok(())
@@ -436,7 +443,7 @@ async fn bench(which: BenchCommand, bin: &Path) -> Result<()> {
                 patterns >= 1 && replicated >= nodes,
                 "--patterns and --replicated must be positive"
             );
-            let (_tmp, options) = bench_testnet(nodes, &bin)?;
+            let (_tmp, options) = bench_testnet(nodes, bin)?;
             let spec = SyncBench {
                 patterns,
                 nodes,
@@ -453,7 +460,7 @@ async fn bench(which: BenchCommand, bin: &Path) -> Result<()> {
             messages,
             interval_ms,
         } => {
-            let (_tmp, options) = bench_testnet(3, &bin)?;
+            let (_tmp, options) = bench_testnet(3, bin)?;
             let result = agentmesh_testnet::membership_bench::flood(
                 options,
                 messages,
@@ -491,7 +498,7 @@ async fn bench(which: BenchCommand, bin: &Path) -> Result<()> {
             misbehaving_addresses,
             attack_secs,
         } => {
-            let (_dir, options) = bench_testnet(3, &bin)?;
+            let (_dir, options) = bench_testnet(3, bin)?;
             let o = agentmesh_testnet::sybil_bench::SybilOptions {
                 identities,
                 addresses,
@@ -510,7 +517,7 @@ async fn bench(which: BenchCommand, bin: &Path) -> Result<()> {
             secs,
             max_pending_handshakes,
         } => {
-            let (_dir, options) = bench_testnet(1, &bin)?;
+            let (_dir, options) = bench_testnet(1, bin)?;
             let result = agentmesh_testnet::pending_bench::pending_strangers(
                 options,
                 strangers,
@@ -523,8 +530,8 @@ async fn bench(which: BenchCommand, bin: &Path) -> Result<()> {
             Ok(())
         }
         BenchCommand::Membership { nodes, load } => {
-            let (_open_dir, open) = bench_testnet(nodes, &bin)?;
-            let (_members_dir, members) = bench_testnet(nodes, &bin)?;
+            let (_open_dir, open) = bench_testnet(nodes, bin)?;
+            let (_members_dir, members) = bench_testnet(nodes, bin)?;
             let result =
                 agentmesh_testnet::membership_bench::membership(&load.spec(nodes), open, members)
                     .await
@@ -537,7 +544,7 @@ async fn bench(which: BenchCommand, bin: &Path) -> Result<()> {
 
 async fn bench_claims(nodes: usize, timeout_secs: u64, bin: &Path) -> Result<()> {
     anyhow::ensure!(nodes >= 2, "--nodes must be at least 2");
-    let (_tmp, options) = bench_testnet(nodes, &bin)?;
+    let (_tmp, options) = bench_testnet(nodes, bin)?;
     let started = std::time::Instant::now();
     let net = agentmesh_testnet::Testnet::start(options).await?;
     net.wait_full_mesh(Duration::from_secs(timeout_secs))
@@ -580,7 +587,7 @@ async fn bench_consensus(c: ConsensusArgs, bin: &Path) -> Result<()> {
         .flat_map(|b| rates.iter().map(move |r| (*b, *r)))
     {
         anyhow::ensure!(b <= 1, "--byzantine takes 0 or 1 (one contrary voter)");
-        let (_tmp, options) = bench_testnet(nodes, &bin)?;
+        let (_tmp, options) = bench_testnet(nodes, bin)?;
         let spec = ConsensusBench {
             nodes,
             byzantine: b,
@@ -600,7 +607,7 @@ async fn bench_consensus(c: ConsensusArgs, bin: &Path) -> Result<()> {
 }
 
 async fn bench_gossip(nodes: usize, load: GossipLoad, bin: &Path) -> Result<()> {
-    let (_tmp, options) = bench_testnet(nodes, &bin)?;
+    let (_tmp, options) = bench_testnet(nodes, bin)?;
     let spec = load.spec(nodes);
     let result = bench::gossip(&spec, options)
         .await

@@ -62,6 +62,8 @@ pub async fn membership(
 
 /// Gossip latency among honest nodes before and while a peer floods one of
 /// them, and how long until the flooder is banned.
+// Long on purpose: A benchmark reads best as its scenario, top to bottom: set-up, flood,
+// measurements, report.
 pub async fn flood(
     mut options: TestnetOptions,
     messages: usize,

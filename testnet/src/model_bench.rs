@@ -51,6 +51,8 @@ fn sklearn(data: &Path, seed: u64) -> serde_json::Value {
     }
 }
 
+// Long on purpose: A benchmark reads best as its scenario, top to bottom: data, training,
+// measurements, report.
 pub fn model(data: Option<PathBuf>, samples: usize, seed: u64) -> Result<serde_json::Value> {
     let tmp = tempfile::tempdir()?;
     let data = match data {

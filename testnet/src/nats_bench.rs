@@ -186,6 +186,8 @@ fn record_latency(sent: &HashMap<u64, (usize, Instant)>, d: &Delivery, out: &mut
 }
 
 /// Runs `bench`'s workload over a NATS cluster; JSON like the gossip one.
+// Long on purpose: A benchmark reads best as its scenario, top to bottom: set-up, warm-up,
+// load, report.
 pub async fn nats_gossip(bench: &GossipBench, bin: &Path) -> Result<serde_json::Value> {
     let dir = tempfile::Builder::new()
         .prefix("agentmesh-nats-")

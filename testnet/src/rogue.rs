@@ -216,7 +216,7 @@ impl RoguePeer {
         }
     }
 
-    /// Connects to `target` (a TCP multiaddr ending in /p2p/<id>) and waits
+    /// Connects to `target` (a TCP multiaddr ending in `/p2p/<id>`) and waits
     /// until the target announces a subscription to `family`'s topic.
     pub async fn connect(&mut self, target: &str, family: &str) -> Result<()> {
         let topic = topic_for(&self.network, family);

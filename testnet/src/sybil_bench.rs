@@ -110,6 +110,8 @@ fn victim_config(dir: &std::path::Path, o: &SybilOptions) -> Result<std::path::P
 }
 
 /// Runs the attack; returns the JSON report (the caller judges it).
+// Long on purpose: A benchmark reads best as its scenario, top to bottom: set-up, attack,
+// measurements, report.
 pub async fn sybil_attack(
     mut options: TestnetOptions,
     o: &SybilOptions,

@@ -52,6 +52,8 @@ fn seed(data_dir: &std::path::Path, count: usize) -> Result<()> {
     Ok(())
 }
 
+// Long on purpose: A benchmark reads best as its scenario, top to bottom: set-up, load,
+// measurements, report.
 pub async fn sync(bench: &SyncBench, options: &TestnetOptions) -> Result<serde_json::Value> {
     // 1. A fresh node reconciles `patterns` from one peer.
     let mut first = options.clone();

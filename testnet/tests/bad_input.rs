@@ -53,6 +53,7 @@ fn run_refused(args: &[&str], env: &[(&str, &str)]) -> (std::process::ExitStatus
 }
 
 #[test]
+// Long on purpose: A table of cases: each bad setting and the words its error must contain.
 fn invalid_configuration_is_refused_naming_the_setting() {
     let dir = tempfile::tempdir().unwrap();
     let bad_addr = dir.path().join("bad-addr.toml");
@@ -265,6 +266,8 @@ fn model_data_files_are_checked_and_trained_from_the_cli() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// Long on purpose: A table of cases on one node: each bad request and the error a user must
+// read.
 async fn invalid_api_requests_get_an_error_with_the_reason() {
     // Every kind of bad data at once would get the rogue banned (see the
     // flooding test in membership.rs); here each must be seen and counted.
@@ -683,6 +686,8 @@ fn signed(key: &NodeKey, author: NodeId, envelopes: Vec<Envelope>) -> Vec<u8> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// Long on purpose: One rogue peer against one node: each kind of bad message in turn, then the
+// counters.
 async fn malformed_oversized_and_forged_messages_from_a_peer_are_rejected_and_counted() {
     // Every kind of bad data at once would get the rogue banned (see the
     // flooding test in membership.rs); here each must be seen and counted.

@@ -26,6 +26,8 @@ async fn claim_at_once(net: &Testnet, task: &str, claimants: &[(usize, String)])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// Long on purpose: One scenario on one seven-node mesh, start to end: splitting it would start
+// the mesh again per step.
 async fn concurrent_claims_on_seven_nodes_have_exactly_one_winner_everywhere() {
     let t = start(7, &[]).await;
     let net = &t.net;

@@ -152,6 +152,8 @@ async fn sentinel(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// Long on purpose: One authority network and its members, every scope checked on the same
+// running nodes.
 async fn members_talk_within_their_scopes_and_non_members_are_refused() {
     let m = members(&["all", "all", "publish:chat:*"]).await;
     let net = &m.net;

@@ -37,6 +37,8 @@ async fn five_nodes_find_each_other_through_one_bootstrap_peer_and_deliver_exact
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// Long on purpose: One scenario on one mesh: each subscription kind is checked on the same
+// running nodes.
 async fn several_local_subscribers_and_prefix_subscriptions_each_get_their_messages() {
     let t = start(3, &[]).await;
     let net = &t.net;

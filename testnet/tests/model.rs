@@ -52,6 +52,8 @@ fn first(a: &Answer) -> (&str, f64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// Long on purpose: One scenario: outcomes on one node, then what the others learn from it, on
+// the same mesh.
 async fn outcomes_change_a_node_at_once_and_the_mesh_teaches_a_node_that_saw_none() {
     let mut t = start(
         3,

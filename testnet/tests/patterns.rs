@@ -25,6 +25,7 @@ async fn views(net: &Testnet, id: &str) -> Vec<PatternView> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// Long on purpose: One scenario on one five-node mesh: writes, convergence, then the counters.
 async fn patterns_replicate_converge_and_count_across_five_nodes() {
     let t = start(5, &[]).await;
     let net = &t.net;

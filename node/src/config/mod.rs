@@ -1,4 +1,4 @@
-//! Node configuration. Every setting is declared once, in [`sections`],
+//! Node configuration. Every setting is declared once, in `sections.rs`,
 //! which gives it its TOML key, default, `--flag` and `AGENTMESH_*`
 //! variable. A TOML file is read first, the environment and flags are laid
 //! over it (clap resolves env < flag), and [`Settings::from_config`] checks

@@ -60,7 +60,7 @@ config_section! {
         /// peers through identify).
         #[arg(value_delimiter = ',', long = "external-address", env = "AGENTMESH_EXTERNAL_ADDRESS")]
         external_addresses: Vec<String> = Vec::new(),
-        /// Peers to join through, as full multiaddrs ending in /p2p/<peer id>.
+        /// Peers to join through, as full multiaddrs ending in `/p2p/<peer id>`.
         #[arg(value_delimiter = ',')]
         bootstrap: Vec<String> = Vec::new(),
         /// Use the QUIC transport (`--quic=false` to disable).

@@ -274,7 +274,9 @@ impl ModelService {
             .map_err(FetchFailure::Unreadable)
     }
 
-    async fn merge_round(&self, round: &mut Round) {
+    /// The announced models worth fetching this round, newest first; the
+    /// rest go back to the queue.
+    fn due(&self, round: &mut Round) -> Vec<(NodeId, ModelAnnouncement)> {
         let mut queue: Vec<(NodeId, ModelAnnouncement)> = {
             let mut pending = round.pending.lock().unwrap_or_else(|e| e.into_inner());
             pending
@@ -297,17 +299,24 @@ impl ModelService {
             }
             fits
         });
-        if queue.is_empty() {
-            return;
-        }
-        let counters = self.model.counters();
-        let mut fetched = Vec::new();
-        let mut taken = Vec::new();
         // The newest few; the rest wait for the next round (each fetched
         // model is held in memory until the merge).
         queue.sort_by_key(|(_, a)| std::cmp::Reverse(a.version));
         let later = queue.split_off(MAX_PEERS_PER_ROUND.min(queue.len()));
         requeue(&round.pending, later);
+        queue
+    }
+
+    /// Fetches `queue`'s models (each within a deadline): the models, and
+    /// whose they are, in the same order.
+    async fn fetch_all(
+        &self,
+        round: &mut Round,
+        queue: Vec<(NodeId, ModelAnnouncement)>,
+    ) -> (Vec<Checkpoint>, Vec<(NodeId, ModelAnnouncement)>) {
+        let counters = self.model.counters();
+        let mut fetched = Vec::new();
+        let mut taken = Vec::new();
         for (peer, a) in queue {
             // Bounded, so a slow or stalling peer cannot hold up the round.
             let limit = FETCH_BASE_TIMEOUT + Duration::from_secs(a.bytes / (1 << 20));
@@ -337,6 +346,16 @@ impl ModelService {
                 }
             }
         }
+        (fetched, taken)
+    }
+
+    async fn merge_round(&self, round: &mut Round) {
+        let queue = self.due(round);
+        if queue.is_empty() {
+            return;
+        }
+        let (fetched, taken) = self.fetch_all(round, queue).await;
+        let counters = self.model.counters();
         if fetched.is_empty() {
             return;
         }

@@ -2,7 +2,8 @@
 
 use crate::config::Settings;
 use crate::network::cbor_codec::{
-    protocol_name, CborCodec, ConsensusMessages, MembershipMessages, ModelMessages, SyncMessages,
+    protocol_name, CborCodec, ConsensusMessages, MembershipMessages, Messages, ModelMessages,
+    SyncMessages,
 };
 use crate::network::consensus_io::consensus_topic;
 use crate::network::peer_manager::gate::{Gate, GateLimits};
@@ -283,91 +284,21 @@ pub fn build_swarm(keypair: Keypair, settings: &Settings) -> Result<Swarm<Behavi
             .with_timeout(settings.network.ping_timeout_secs.duration()),
     );
 
-    let mut kad_config = kad::Config::new(kad_protocol(&settings.node.network));
-    // The node schedules bootstraps itself (network::maintain): often while
-    // the mesh changes, every `bootstrap_interval` once it is stable.
-    kad_config.set_periodic_bootstrap_interval(None);
-    // The node keeps no records: a PUT or ADD_PROVIDER from a peer becomes
-    // an event that is dropped, never a stored record.
-    kad_config.set_record_filtering(kad::StoreInserts::FilterBoth);
-    // Peers enter the routing table only when the node puts them there:
-    // bootstrap peers, and peers once admitted (network::route_to). A
-    // connection alone (a non-member's, or one a query made) adds nothing.
-    kad_config.set_kbucket_inserts(kad::BucketInserts::Manual);
-    let mut kad = kad::Behaviour::with_config(
-        local_peer_id,
-        kad::store::MemoryStore::new(local_peer_id),
-        kad_config,
-    );
-    // Without this kad waits for a confirmed external address before serving
-    // queries, and a fresh mesh on private addresses would never have one.
-    kad.set_mode(Some(kad::Mode::Server));
+    let kad = kademlia(local_peer_id, &settings.node.network);
 
-    let topics = gossipsub::MaxCountSubscriptionFilter {
-        filter: NetworkTopics {
-            prefix: network_topic_prefix(&settings.node.network),
-        },
-        max_subscribed_topics: MAX_TOPICS_PER_PEER,
-        max_subscriptions_per_request: MAX_TOPICS_PER_PEER,
-    };
-    let mut gossipsub = Gossipsub::new_with_subscription_filter(
-        gossipsub::MessageAuthenticity::Anonymous,
-        gossipsub_config(settings)?,
-        topics,
-    )
-    .map_err(|e| anyhow::anyhow!("gossipsub: {e}"))?;
-    let (params, thresholds) = peer_scoring(settings);
-    gossipsub
-        .with_peer_score(params, thresholds)
-        .map_err(|e| anyhow::anyhow!("gossipsub peer scoring: {e}"))?;
+    let gossipsub = gossipsub_behaviour(settings)?;
 
-    let consensus = request_response::Behaviour::with_codec(
-        CborCodec::default(),
-        [(
-            protocol_name::<ConsensusMessages>(&settings.node.network),
-            request_response::ProtocolSupport::Full,
-        )],
-        request_response::Config::default()
-            .with_request_timeout(Duration::from_millis(
-                settings.consensus_params.query_timeout_max_ms,
-            ))
-            .with_max_concurrent_streams(1024),
-    );
-
+    let network = &settings.node.network;
+    let query_timeout = Duration::from_millis(settings.consensus_params.query_timeout_max_ms);
+    let consensus = requests::<ConsensusMessages>(network, query_timeout, 1024);
     // Anti-entropy requests walk a hash tree and move batches of patterns;
     // a peer busy writing a large batch may take a while to answer.
-    let sync = request_response::Behaviour::with_codec(
-        CborCodec::default(),
-        [(
-            protocol_name::<SyncMessages>(&settings.node.network),
-            request_response::ProtocolSupport::Full,
-        )],
-        request_response::Config::default()
-            .with_request_timeout(Duration::from_secs(30))
-            .with_max_concurrent_streams(64),
-    );
-
-    let membership = request_response::Behaviour::with_codec(
-        CborCodec::default(),
-        [(
-            protocol_name::<MembershipMessages>(&settings.node.network),
-            request_response::ProtocolSupport::Full,
-        )],
-        request_response::Config::default()
-            .with_request_timeout(settings.membership.membership_timeout_ms.duration()),
-    );
-
+    let sync = requests::<SyncMessages>(network, Duration::from_secs(30), 64);
+    let handshake_timeout = settings.membership.membership_timeout_ms.duration();
+    // libp2p's default stream count: a handshake is one request a peer.
+    let membership = requests::<MembershipMessages>(network, handshake_timeout, 100);
     // A chunk is 4 MiB: generous time for a loaded peer to send it.
-    let model = request_response::Behaviour::with_codec(
-        CborCodec::default(),
-        [(
-            protocol_name::<ModelMessages>(&settings.node.network),
-            request_response::ProtocolSupport::Full,
-        )],
-        request_response::Config::default()
-            .with_request_timeout(Duration::from_secs(60))
-            .with_max_concurrent_streams(16),
-    );
+    let model = requests::<ModelMessages>(network, Duration::from_secs(60), 16);
 
     let peers = &settings.peers;
     let gate = Gate::new(GateLimits {
@@ -395,4 +326,70 @@ pub fn build_swarm(keypair: Keypair, settings: &Settings) -> Result<Swarm<Behavi
         // One address at a time, in the order given: QUIC before TCP.
         .with_dial_concurrency_factor(NonZeroU8::MIN);
     Ok(Swarm::new(transport, behaviour, local_peer_id, config))
+}
+
+/// Kademlia for discovery only: no records, and a routing table the node
+/// fills itself.
+fn kademlia(local_peer_id: PeerId, network: &str) -> kad::Behaviour<kad::store::MemoryStore> {
+    let mut kad_config = kad::Config::new(kad_protocol(network));
+    // The node schedules bootstraps itself (network::maintain): often while
+    // the mesh changes, every `bootstrap_interval` once it is stable.
+    kad_config.set_periodic_bootstrap_interval(None);
+    // The node keeps no records: a PUT or ADD_PROVIDER from a peer becomes
+    // an event that is dropped, never a stored record.
+    kad_config.set_record_filtering(kad::StoreInserts::FilterBoth);
+    // Peers enter the routing table only when the node puts them there:
+    // bootstrap peers, and peers once admitted (network::route_to). A
+    // connection alone (a non-member's, or one a query made) adds nothing.
+    kad_config.set_kbucket_inserts(kad::BucketInserts::Manual);
+    let mut kad = kad::Behaviour::with_config(
+        local_peer_id,
+        kad::store::MemoryStore::new(local_peer_id),
+        kad_config,
+    );
+    // Without this kad waits for a confirmed external address before serving
+    // queries, and a fresh mesh on private addresses would never have one.
+    kad.set_mode(Some(kad::Mode::Server));
+    kad
+}
+
+/// Gossipsub with this network's topics only, and peer scoring.
+fn gossipsub_behaviour(settings: &Settings) -> Result<Gossipsub> {
+    let topics = gossipsub::MaxCountSubscriptionFilter {
+        filter: NetworkTopics {
+            prefix: network_topic_prefix(&settings.node.network),
+        },
+        max_subscribed_topics: MAX_TOPICS_PER_PEER,
+        max_subscriptions_per_request: MAX_TOPICS_PER_PEER,
+    };
+    let mut gossipsub = Gossipsub::new_with_subscription_filter(
+        gossipsub::MessageAuthenticity::Anonymous,
+        gossipsub_config(settings)?,
+        topics,
+    )
+    .map_err(|e| anyhow::anyhow!("gossipsub: {e}"))?;
+    let (params, thresholds) = peer_scoring(settings);
+    gossipsub
+        .with_peer_score(params, thresholds)
+        .map_err(|e| anyhow::anyhow!("gossipsub peer scoring: {e}"))?;
+    Ok(gossipsub)
+}
+
+/// A request-response protocol of the node's, CBOR-encoded, with its
+/// answer deadline and most streams at once.
+fn requests<M: Messages>(
+    network: &str,
+    timeout: Duration,
+    max_streams: usize,
+) -> request_response::Behaviour<CborCodec<M>> {
+    request_response::Behaviour::with_codec(
+        CborCodec::default(),
+        [(
+            protocol_name::<M>(network),
+            request_response::ProtocolSupport::Full,
+        )],
+        request_response::Config::default()
+            .with_request_timeout(timeout)
+            .with_max_concurrent_streams(max_streams),
+    )
 }

@@ -13,6 +13,9 @@ use libp2p::StreamProtocol;
 use std::io;
 use std::marker::PhantomData;
 
+/// Why received bytes are not a valid message (the protocol's own error).
+pub type DecodeError = Box<dyn std::error::Error + Send + Sync>;
+
 /// One request-response protocol's messages and limits.
 pub trait Messages: Send + 'static {
     const NAME: &'static str;
@@ -20,8 +23,8 @@ pub trait Messages: Send + 'static {
     const MAX_RESPONSE_BYTES: usize;
     type Request: serde::Serialize + Send + Sync + std::fmt::Debug;
     type Response: serde::Serialize + Send + Sync + std::fmt::Debug;
-    fn decode_request(bytes: &[u8]) -> Result<Self::Request, String>;
-    fn decode_response(bytes: &[u8]) -> Result<Self::Response, String>;
+    fn decode_request(bytes: &[u8]) -> Result<Self::Request, DecodeError>;
+    fn decode_response(bytes: &[u8]) -> Result<Self::Response, DecodeError>;
 }
 
 /// `/agentmesh/<network>/consensus/1`: queries and vertex fetches.
@@ -33,11 +36,11 @@ impl Messages for ConsensusMessages {
     const MAX_RESPONSE_BYTES: usize = consensus_wire::MAX_RESPONSE_BYTES;
     type Request = ConsensusRequest;
     type Response = ConsensusResponse;
-    fn decode_request(bytes: &[u8]) -> Result<ConsensusRequest, String> {
-        ConsensusRequest::decode(bytes).map_err(|e| e.to_string())
+    fn decode_request(bytes: &[u8]) -> Result<ConsensusRequest, DecodeError> {
+        ConsensusRequest::decode(bytes).map_err(Into::into)
     }
-    fn decode_response(bytes: &[u8]) -> Result<ConsensusResponse, String> {
-        ConsensusResponse::decode(bytes).map_err(|e| e.to_string())
+    fn decode_response(bytes: &[u8]) -> Result<ConsensusResponse, DecodeError> {
+        ConsensusResponse::decode(bytes).map_err(Into::into)
     }
 }
 
@@ -50,11 +53,11 @@ impl Messages for SyncMessages {
     const MAX_RESPONSE_BYTES: usize = pattern_wire::MAX_SYNC_RESPONSE_BYTES;
     type Request = SyncRequest;
     type Response = SyncResponse;
-    fn decode_request(bytes: &[u8]) -> Result<SyncRequest, String> {
-        SyncRequest::decode(bytes).map_err(|e| e.to_string())
+    fn decode_request(bytes: &[u8]) -> Result<SyncRequest, DecodeError> {
+        SyncRequest::decode(bytes).map_err(Into::into)
     }
-    fn decode_response(bytes: &[u8]) -> Result<SyncResponse, String> {
-        SyncResponse::decode(bytes).map_err(|e| e.to_string())
+    fn decode_response(bytes: &[u8]) -> Result<SyncResponse, DecodeError> {
+        SyncResponse::decode(bytes).map_err(Into::into)
     }
 }
 
@@ -67,11 +70,11 @@ impl Messages for MembershipMessages {
     const MAX_RESPONSE_BYTES: usize = membership::MAX_HELLO_BYTES;
     type Request = Hello;
     type Response = HelloReply;
-    fn decode_request(bytes: &[u8]) -> Result<Hello, String> {
-        Hello::decode(bytes).map_err(|e| e.to_string())
+    fn decode_request(bytes: &[u8]) -> Result<Hello, DecodeError> {
+        Hello::decode(bytes).map_err(Into::into)
     }
-    fn decode_response(bytes: &[u8]) -> Result<HelloReply, String> {
-        HelloReply::decode(bytes).map_err(|e| e.to_string())
+    fn decode_response(bytes: &[u8]) -> Result<HelloReply, DecodeError> {
+        HelloReply::decode(bytes).map_err(Into::into)
     }
 }
 
@@ -84,11 +87,11 @@ impl Messages for ModelMessages {
     const MAX_RESPONSE_BYTES: usize = model_wire::MAX_RESPONSE_BYTES;
     type Request = ModelRequest;
     type Response = ModelResponse;
-    fn decode_request(bytes: &[u8]) -> Result<ModelRequest, String> {
-        ModelRequest::decode(bytes).map_err(|e| e.to_string())
+    fn decode_request(bytes: &[u8]) -> Result<ModelRequest, DecodeError> {
+        ModelRequest::decode(bytes).map_err(Into::into)
     }
-    fn decode_response(bytes: &[u8]) -> Result<ModelResponse, String> {
-        ModelResponse::decode(bytes).map_err(|e| e.to_string())
+    fn decode_response(bytes: &[u8]) -> Result<ModelResponse, DecodeError> {
+        ModelResponse::decode(bytes).map_err(Into::into)
     }
 }
 
