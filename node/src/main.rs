@@ -325,7 +325,10 @@ fn config(action: ConfigCommand) -> Result<()> {
 async fn run(args: agentmesh_node::cli::RunArgs) -> Result<()> {
     let config = args.resolve()?;
     let settings = Settings::from_config(&config)?;
-    logging::init(settings.node.log_format, "info,libp2p_gossipsub=warn");
+    logging::init(
+        settings.config.node.log_format,
+        "info,libp2p_gossipsub=warn",
+    );
     if settings.bootstrap_peers.is_empty() {
         tracing::info!("no bootstrap peers configured: starting alone or from remembered peers");
     }

@@ -44,7 +44,7 @@ pub struct RunningNode {
 }
 
 pub async fn start(settings: Settings) -> Result<RunningNode> {
-    let dir = &settings.node.data_dir;
+    let dir = &settings.config.node.data_dir;
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create data directory {}", dir.display()))?;
     ready::remove(dir);
@@ -67,7 +67,11 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
     let patterns = Patterns::new(store.patterns(), node_id, sync_changes, sync_stats.clone());
     // Learning the stored outcomes again can take seconds: off the runtime.
     let model = {
-        let (store, patterns, settings) = (store.model(), patterns.clone(), settings.model.clone());
+        let (store, patterns, settings) = (
+            store.model(),
+            patterns.clone(),
+            settings.config.model.clone(),
+        );
         tokio::task::spawn_blocking(move || ModelHandle::load(store, patterns, settings)).await?
     };
     let (network, handle, listening) = Network::new(
@@ -120,7 +124,7 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
             patterns,
             metrics,
             node_id,
-            max_message_bytes: settings.network.max_message_bytes,
+            max_message_bytes: settings.config.network.max_message_bytes,
             own_scopes,
             model: model.clone(),
             guard,
@@ -128,7 +132,7 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
     );
 
     announce_ready(&settings, peer_id, node_id, api_addr, &listen_addrs)?;
-    tracing::info!(%peer_id, api = %api_addr, network = %settings.node.network, "node started");
+    tracing::info!(%peer_id, api = %api_addr, network = %settings.config.node.network, "node started");
     Ok(RunningNode {
         peer_id,
         api_addr,
@@ -156,11 +160,11 @@ fn announce_ready(
     listen_addrs: &[Multiaddr],
 ) -> Result<()> {
     ready::write(
-        &settings.node.data_dir,
+        &settings.config.node.data_dir,
         &ReadyInfo {
             peer_id: peer_id.to_string(),
             node_id: node_id.to_string(),
-            network: settings.node.network.clone(),
+            network: settings.config.node.network.clone(),
             api: api_addr,
             api_token_file: settings.api_token_path.clone(),
             listen_addrs: listen_addrs.iter().map(|a| a.to_string()).collect(),
@@ -258,7 +262,7 @@ fn spawn_pattern_tasks(
         changes: channels.changes,
         sync_events: channels.events,
         peers: sync_peers,
-        gossip_delay: settings.patterns.gossip_delay_ms.duration(),
+        gossip_delay: settings.config.patterns.gossip_delay_ms.duration(),
     };
     let reconciler = Reconciler {
         local: node_id,
@@ -266,7 +270,7 @@ fn spawn_pattern_tasks(
         network: handle.clone(),
         stats: channels.stats,
         peers: sync_peers_rx,
-        interval: settings.patterns.anti_entropy_secs.duration(),
+        interval: settings.config.patterns.anti_entropy_secs.duration(),
         may_push: own_scopes.is_none_or(|v| v.may_share_patterns()),
     };
     let model_service = ModelService {
@@ -380,7 +384,7 @@ impl RunningNode {
     /// Stops the API (open event streams end), persists peers, stops the
     /// network and flushes the database.
     pub async fn shutdown(self) -> Result<()> {
-        ready::remove(&self.settings.node.data_dir);
+        ready::remove(&self.settings.config.node.data_dir);
         let _ = self.stop_api.send(());
         // Open SSE streams keep graceful shutdown waiting; they end when the
         // network task drops the subscriptions below, but do not wait forever.

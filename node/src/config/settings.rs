@@ -2,11 +2,9 @@
 //! plus the parsed form of the settings given as text (addresses, keys,
 //! networks). Checks that involve more than one setting live here too.
 
+use super::PeersConfig;
 use super::{invalid, Config, ConfigError};
-use super::{
-    ApiConfig, ConsensusConfig, MembershipConfig, ModelConfig, NetworkConfig, NodeConfig,
-    PatternsConfig, PeersConfig,
-};
+use super::{ApiConfig, ConsensusConfig, MembershipConfig, ModelConfig, NetworkConfig, NodeConfig};
 use agentmesh_consensus::{Params, ValidatorSet};
 use agentmesh_protocol::NodeId;
 use ipnet::IpNet;
@@ -22,14 +20,8 @@ pub const MAX_MESSAGE_BYTES_LIMIT: usize = 16 * 1024 * 1024;
 /// The validated configuration the node runs with.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    pub node: NodeConfig,
-    pub network: NetworkConfig,
-    pub peers: PeersConfig,
-    pub consensus: ConsensusConfig,
-    pub patterns: PatternsConfig,
-    pub membership: MembershipConfig,
-    pub model: ModelConfig,
-    pub api: ApiConfig,
+    /// Every setting as given (and checked).
+    pub config: Config,
     /// `network.listen` of the enabled transports.
     pub listen_addrs: Vec<Multiaddr>,
     /// `network.external_addresses`.
@@ -116,14 +108,7 @@ impl Settings {
                 c.api.token_file.clone()
             },
             api_hosts,
-            node: c.node.clone(),
-            network: c.network.clone(),
-            peers: c.peers.clone(),
-            consensus: c.consensus.clone(),
-            patterns: c.patterns.clone(),
-            membership: c.membership.clone(),
-            model: c.model.clone(),
-            api: c.api.clone(),
+            config: c.clone(),
         })
     }
 }

@@ -134,12 +134,12 @@ pub fn topic_scoring() -> gossipsub::TopicScoreParams {
 fn peer_scoring(
     settings: &Settings,
 ) -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThresholds) {
-    let topics = [consensus_topic(&settings.node.network).hash()]
+    let topics = [consensus_topic(&settings.config.node.network).hash()]
         .into_iter()
         .chain(
             STANDARD_FAMILIES
                 .iter()
-                .map(|f| super::topic_for(&settings.node.network, f).hash()),
+                .map(|f| super::topic_for(&settings.config.node.network, f).hash()),
         )
         .map(|t| (t, topic_scoring()))
         .collect();
@@ -190,16 +190,16 @@ pub fn gossipsub_config(settings: &Settings) -> Result<gossipsub::Config> {
         // takes, and what gossipsub reads off the wire before it knows the
         // topic.
         .max_transmit_size(
-            gossip_transmit_limit(settings.network.max_message_bytes)
+            gossip_transmit_limit(settings.config.network.max_message_bytes)
                 .max(agentmesh_protocol::vertex::MAX_VERTEX_BYTES + 1024),
         )
-        .heartbeat_interval(settings.network.gossip_heartbeat_ms.duration());
+        .heartbeat_interval(settings.config.network.gossip_heartbeat_ms.duration());
     // Channel messages are far smaller than vertices: a larger one is
     // refused as it is decoded, and counts as an invalid message.
     for family in STANDARD_FAMILIES {
         builder.max_transmit_size_for_topic(
-            gossip_transmit_limit(settings.network.max_message_bytes),
-            super::topic_for(&settings.node.network, family).hash(),
+            gossip_transmit_limit(settings.config.network.max_message_bytes),
+            super::topic_for(&settings.config.node.network, family).hash(),
         );
     }
     builder.build().context("invalid gossipsub configuration")
@@ -209,7 +209,7 @@ type BoxedTransport = Boxed<(PeerId, StreamMuxerBox)>;
 
 /// QUIC and/or TCP (Noise + yamux), as enabled.
 fn base_transport(keypair: &Keypair, settings: &Settings) -> Result<BoxedTransport> {
-    let tcp = if settings.network.tcp {
+    let tcp = if settings.config.network.tcp {
         let t = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
             .upgrade(upgrade::Version::V1Lazy)
             .authenticate(noise::Config::new(keypair).context("noise configuration")?)
@@ -220,10 +220,10 @@ fn base_transport(keypair: &Keypair, settings: &Settings) -> Result<BoxedTranspo
     } else {
         OptionalTransport::none()
     };
-    let quic = if settings.network.quic {
+    let quic = if settings.config.network.quic {
         let mut config = quic::Config::new(keypair);
         // An unanswered QUIC dial gives way to the next address (TCP) after this.
-        config.handshake_timeout = settings.network.quic_dial_timeout_ms.duration();
+        config.handshake_timeout = settings.config.network.quic_dial_timeout_ms.duration();
         let t = quic::tokio::Transport::new(config)
             .map(|(peer, conn), _| (peer, StreamMuxerBox::new(conn)));
         OptionalTransport::some(t)
@@ -257,14 +257,16 @@ pub fn build_swarm(keypair: Keypair, settings: &Settings) -> Result<Swarm<Behavi
 
     let limits = connection_limits::Behaviour::new(
         connection_limits::ConnectionLimits::default()
-            .with_max_established(Some(settings.network.max_connections.get()))
-            .with_max_established_per_peer(Some(settings.network.max_connections_per_peer.get()))
-            .with_max_pending_incoming(Some(settings.network.max_pending_connections.get()))
-            .with_max_pending_outgoing(Some(settings.network.max_pending_connections.get())),
+            .with_max_established(Some(settings.config.network.max_connections.get()))
+            .with_max_established_per_peer(Some(
+                settings.config.network.max_connections_per_peer.get(),
+            ))
+            .with_max_pending_incoming(Some(settings.config.network.max_pending_connections.get()))
+            .with_max_pending_outgoing(Some(settings.config.network.max_pending_connections.get())),
     );
     let identify = identify::Behaviour::new(
         identify::Config::new(
-            identify_protocol_version(&settings.node.network),
+            identify_protocol_version(&settings.config.node.network),
             keypair.public(),
         )
         // The run nonce tells peers this process apart from an earlier one
@@ -280,27 +282,27 @@ pub fn build_swarm(keypair: Keypair, settings: &Settings) -> Result<Swarm<Behavi
     );
     let ping = ping::Behaviour::new(
         ping::Config::new()
-            .with_interval(settings.network.ping_interval_secs.duration())
-            .with_timeout(settings.network.ping_timeout_secs.duration()),
+            .with_interval(settings.config.network.ping_interval_secs.duration())
+            .with_timeout(settings.config.network.ping_timeout_secs.duration()),
     );
 
-    let kad = kademlia(local_peer_id, &settings.node.network);
+    let kad = kademlia(local_peer_id, &settings.config.node.network);
 
     let gossipsub = gossipsub_behaviour(settings)?;
 
-    let network = &settings.node.network;
+    let network = &settings.config.node.network;
     let query_timeout = Duration::from_millis(settings.consensus_params.query_timeout_max_ms);
     let consensus = requests::<ConsensusMessages>(network, query_timeout, 1024);
     // Anti-entropy requests walk a hash tree and move batches of patterns;
     // a peer busy writing a large batch may take a while to answer.
     let sync = requests::<SyncMessages>(network, Duration::from_secs(30), 64);
-    let handshake_timeout = settings.membership.membership_timeout_ms.duration();
+    let handshake_timeout = settings.config.membership.membership_timeout_ms.duration();
     // libp2p's default stream count: a handshake is one request a peer.
     let membership = requests::<MembershipMessages>(network, handshake_timeout, 100);
     // A chunk is 4 MiB: generous time for a loaded peer to send it.
     let model = requests::<ModelMessages>(network, Duration::from_secs(60), 16);
 
-    let peers = &settings.peers;
+    let peers = &settings.config.peers;
     let gate = Gate::new(GateLimits {
         max_peers: peers.max_peers(),
         max_inbound: peers.max_inbound(),
@@ -322,7 +324,13 @@ pub fn build_swarm(keypair: Keypair, settings: &Settings) -> Result<Swarm<Behavi
         model,
     };
     let config = libp2p::swarm::Config::with_tokio_executor()
-        .with_idle_connection_timeout(settings.network.idle_connection_timeout_secs.duration())
+        .with_idle_connection_timeout(
+            settings
+                .config
+                .network
+                .idle_connection_timeout_secs
+                .duration(),
+        )
         // One address at a time, in the order given: QUIC before TCP.
         .with_dial_concurrency_factor(NonZeroU8::MIN);
     Ok(Swarm::new(transport, behaviour, local_peer_id, config))
@@ -357,7 +365,7 @@ fn kademlia(local_peer_id: PeerId, network: &str) -> kad::Behaviour<kad::store::
 fn gossipsub_behaviour(settings: &Settings) -> Result<Gossipsub> {
     let topics = gossipsub::MaxCountSubscriptionFilter {
         filter: NetworkTopics {
-            prefix: network_topic_prefix(&settings.node.network),
+            prefix: network_topic_prefix(&settings.config.node.network),
         },
         max_subscribed_topics: MAX_TOPICS_PER_PEER,
         max_subscriptions_per_request: MAX_TOPICS_PER_PEER,

@@ -111,13 +111,17 @@ impl Guard {
             Err(e) => tracing::warn!(error = %e, "cannot read the ban list"),
         }
         Guard {
-            messages: DefaultKeyedRateLimiter::keyed(quota(settings.peers.peer_message_rate)),
-            requests: DefaultKeyedRateLimiter::keyed(quota(settings.peers.peer_request_rate)),
+            messages: DefaultKeyedRateLimiter::keyed(quota(
+                settings.config.peers.peer_message_rate,
+            )),
+            requests: DefaultKeyedRateLimiter::keyed(quota(
+                settings.config.peers.peer_request_rate,
+            )),
             scores: HashMap::new(),
             bans,
             ban_list,
-            ban_duration: settings.peers.ban_secs.duration(),
-            ban_threshold: f64::from(settings.peers.ban_threshold.get()),
+            ban_duration: settings.config.peers.ban_secs.duration(),
+            ban_threshold: f64::from(settings.config.peers.ban_threshold.get()),
             offences: HashMap::new(),
             bans_issued: 0,
             last_cleanup: Instant::now(),
@@ -373,8 +377,8 @@ mod tests {
 
     fn settings(rate: u32) -> crate::config::Settings {
         let mut s = crate::config::Settings::from_config(&Default::default()).unwrap();
-        s.peers.peer_message_rate = NonZeroU32::new(rate).unwrap();
-        s.peers.peer_request_rate = NonZeroU32::new(rate).unwrap();
+        s.config.peers.peer_message_rate = NonZeroU32::new(rate).unwrap();
+        s.config.peers.peer_request_rate = NonZeroU32::new(rate).unwrap();
         s
     }
 

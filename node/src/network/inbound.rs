@@ -83,7 +83,7 @@ impl Network {
                 id,
                 family: self.family_of_topic(&message.topic),
                 message,
-                max_message_bytes: self.settings.network.max_message_bytes,
+                max_message_bytes: self.settings.config.network.max_message_bytes,
             }
         };
         if let Err((source, id)) = self.validation.submit(job) {

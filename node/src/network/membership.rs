@@ -129,7 +129,7 @@ impl Membership {
             pending: HashMap::new(),
             held_bytes: 0,
             cooling: LruCache::new(MAX_COOLING),
-            timeout: settings.membership.membership_timeout_ms.duration(),
+            timeout: settings.config.membership.membership_timeout_ms.duration(),
             refused: 0,
             turned_away: 0,
             last_handshake_ms: None,
@@ -376,7 +376,7 @@ impl Network {
         if !self.membership.is_open()
             && !dialled
             && self.membership.pending_count()
-                >= self.settings.membership.max_pending_handshakes.get()
+                >= self.settings.config.membership.max_pending_handshakes.get()
             && !self.make_room_for_a_handshake()
         {
             tracing::debug!(%peer, "too many handshakes under way; turning a newcomer away");

@@ -317,18 +317,19 @@ impl Network {
         let peer_book = store.peers()?;
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let (listening_tx, listening_rx) = oneshot::channel();
-        let router = Router::new(settings.network.subscriber_buffer.get());
+        let router = Router::new(settings.config.network.subscriber_buffer.get());
         let discovery = Backoff::new(
-            settings.network.bootstrap_interval_secs.duration(),
+            settings.config.network.bootstrap_interval_secs.duration(),
             Instant::now(),
         );
         let dialer = Dialer::new(
-            settings.network.breaker_cooldown_secs.duration(),
-            settings.network.reconnect_max_delay_secs.duration(),
-            settings.network.quic,
-            settings.network.tcp,
+            settings.config.network.breaker_cooldown_secs.duration(),
+            settings.config.network.reconnect_max_delay_secs.duration(),
+            settings.config.network.quic,
+            settings.config.network.tcp,
         );
-        let consensus = consensus_io::ConsensusIo::new(&settings.node.network, consensus_events);
+        let consensus =
+            consensus_io::ConsensusIo::new(&settings.config.node.network, consensus_events);
         let guard = guard::Guard::new(&settings, store.bans()?);
         let peer_manager = peer_manager::PeerManager::new(&settings);
         let mut network = Network {
@@ -338,7 +339,7 @@ impl Network {
             sync: sync_io::SyncIo::new(sync_events),
             model: model_io::ModelIo::new(served_model),
             metrics,
-            topic_prefix: topic_prefix(&settings.node.network),
+            topic_prefix: topic_prefix(&settings.config.node.network),
             swarm,
             settings,
             local_node: key.node_id(),
@@ -448,7 +449,7 @@ impl Network {
     fn maintain(&mut self) {
         let now = Instant::now();
         for family in self.router.collect_unused() {
-            let topic = topic_for(&self.settings.node.network, &family);
+            let topic = topic_for(&self.settings.config.node.network, &family);
             self.swarm.behaviour_mut().gossipsub.unsubscribe(&topic);
         }
         self.dial_due(now);
@@ -473,7 +474,7 @@ impl Network {
             self.last_prune = now;
             if let Err(e) = self
                 .peer_book
-                .prune(self.settings.network.max_known_peers.get())
+                .prune(self.settings.config.network.max_known_peers.get())
             {
                 tracing::warn!(error = %e, "cannot prune known peers");
             }
@@ -603,7 +604,7 @@ impl Network {
             }) => {
                 self.links.discovery.restart(Instant::now());
                 if !self.swarm.is_connected(&peer)
-                    && self.links.table.len() < self.settings.peers.target_peers.get()
+                    && self.links.table.len() < self.settings.config.peers.target_peers.get()
                 {
                     self.dial(peer, addresses.into_vec());
                 }
@@ -617,7 +618,7 @@ impl Network {
                 Err(error) => {
                     let failures = self.links.table.ping_failed(&peer);
                     tracing::debug!(%peer, %error, failures, "ping failed");
-                    if failures >= self.settings.network.ping_max_failures.get() {
+                    if failures >= self.settings.config.network.ping_max_failures.get() {
                         tracing::info!(%peer, failures, "peer stopped answering pings; closing the connection");
                         self.swarm.close_connection(connection);
                     }
@@ -641,7 +642,7 @@ impl Network {
             // Refused (or banned) while its identify was on the way.
             return;
         }
-        let ours = behaviour::identify_protocol_version(&self.settings.node.network);
+        let ours = behaviour::identify_protocol_version(&self.settings.config.node.network);
         if info.protocol_version != ours {
             tracing::info!(%peer, theirs = %info.protocol_version, %ours, "peer belongs to another network; disconnecting");
             self.mark_unwanted(peer);
@@ -671,7 +672,7 @@ impl Network {
             let _ = self.swarm.disconnect_peer_id(peer);
             return;
         }
-        let kad_protocol = behaviour::kad_protocol(&self.settings.node.network);
+        let kad_protocol = behaviour::kad_protocol(&self.settings.config.node.network);
         let identified = membership::Identified {
             addrs,
             seen_at,
@@ -774,8 +775,10 @@ impl Network {
             Command::Subscribe { pattern, reply } => {
                 let (subscription, is_new) = self.router.subscribe(pattern);
                 if is_new {
-                    let topic =
-                        topic_for(&self.settings.node.network, subscription.pattern.family());
+                    let topic = topic_for(
+                        &self.settings.config.node.network,
+                        subscription.pattern.family(),
+                    );
                     let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
                     // Standard families are scored from the start; others
                     // from when this node joins them.
@@ -841,7 +844,7 @@ impl Network {
         Status {
             peer_id: self.swarm.local_peer_id().to_string(),
             node_id: self.local_node.to_string(),
-            network: self.settings.node.network.clone(),
+            network: self.settings.config.node.network.clone(),
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_secs: self.started.elapsed().as_secs(),
             listen_addrs: self.listening.addrs.iter().map(|a| a.to_string()).collect(),
@@ -853,8 +856,8 @@ impl Network {
             connected_peers: self.links.table.len(),
             known_peers: self.peer_book.len(),
             routing_table_peers: kad_peers,
-            quic: self.settings.network.quic,
-            tcp: self.settings.network.tcp,
+            quic: self.settings.config.network.quic,
+            tcp: self.settings.config.network.tcp,
             messages: self.totals.clone(),
             consensus_events_dropped: self.consensus.dropped_events,
             security: self.security_status(),
@@ -872,7 +875,7 @@ impl Network {
         let mut subscribed: Vec<ChannelFamilyInfo> = families
             .into_iter()
             .map(|family| {
-                let topic = topic_for(&self.settings.node.network, &family).hash();
+                let topic = topic_for(&self.settings.config.node.network, &family).hash();
                 ChannelFamilyInfo {
                     local_subscribers: self.router.local_subscribers(&family),
                     remote_subscribers: self.remote_subscribers(&topic),

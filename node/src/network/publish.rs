@@ -91,7 +91,7 @@ impl Network {
         let Some(envelope) = self.own_envelope(channel, content_type, body) else {
             return Err((PublishError::Failed("system RNG failed".into()), reply));
         };
-        match envelope.validate(self.settings.network.max_message_bytes) {
+        match envelope.validate(self.settings.config.network.max_message_bytes) {
             Ok(()) => Ok((envelope, reply)),
             Err(e) => Err((PublishError::Invalid(e.to_string()), reply)),
         }
@@ -137,7 +137,7 @@ impl Network {
     ) -> Result<(RemoteDelivery, usize), PublishError> {
         let bytes = encode_frame(&self.key, envelopes, self.membership.own_certificate())
             .map_err(|e| PublishError::Failed(e.to_string()))?;
-        let topic = topic_for(&self.settings.node.network, family);
+        let topic = topic_for(&self.settings.config.node.network, family);
         let remote_subscribers = self.remote_subscribers(&topic.hash());
         let size = bytes.len();
         match self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {

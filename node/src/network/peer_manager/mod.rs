@@ -89,10 +89,10 @@ pub struct PeerManager {
 impl PeerManager {
     pub fn new(settings: &Settings) -> PeerManager {
         PeerManager {
-            target: settings.peers.target_peers.get(),
+            target: settings.config.peers.target_peers.get(),
             last_prune: Instant::now(),
             strikes: LruCache::new(NonZeroUsize::new(MAX_STRIKE_ADDRS).expect("non-zero")),
-            ip_ban_duration: settings.peers.ban_secs.duration(),
+            ip_ban_duration: settings.config.peers.ban_secs.duration(),
             pruned: 0,
             ip_bans_issued: 0,
         }
