@@ -19,7 +19,9 @@ pub fn run(command: CaCommand) -> Result<()> {
                 "# authority key written to {} (mode 0600; keep it off the nodes)",
                 key.display()
             );
-            println!("# set this on every node of the network:");
+            println!("# set this on every node of the network (with its `certificate`),");
+            println!("# or pass it as --authority / AGENTMESH_AUTHORITY:");
+            println!("[membership]");
             println!("authority = \"{}\"", authority.node_id());
             Ok(())
         }

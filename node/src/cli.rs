@@ -328,6 +328,7 @@ pub struct RunArgs {
 impl RunArgs {
     /// The config file (if any) with environment and flags laid over it.
     pub fn resolve(&self) -> Result<Config, ConfigError> {
+        crate::config::check_retired_variables()?;
         let mut c = match &self.config {
             Some(path) => Config::from_file(path)?,
             None => Config::default(),

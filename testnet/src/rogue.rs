@@ -313,7 +313,7 @@ impl RoguePeer {
         &mut self,
         peer: PeerId,
         request: SyncRequest,
-    ) -> Result<Result<SyncResponse, String>> {
+    ) -> Result<Result<SyncResponse, request_response::OutboundFailure>> {
         let id = self.swarm.behaviour_mut().sync.send_request(&peer, request);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
@@ -335,7 +335,7 @@ impl RoguePeer {
                     request_response::Event::OutboundFailure {
                         request_id, error, ..
                     },
-                )) if request_id == id => return Ok(Err(error.to_string())),
+                )) if request_id == id => return Ok(Err(error)),
                 _ => {}
             }
         }

@@ -136,7 +136,8 @@ async fn event_streams_are_capped_and_a_closed_one_frees_its_place() {
 
 /// The node describes its API at /v1/openapi.json (no token needed), and
 /// the description is the API: every documented route answers (not the
-/// "no such endpoint" fallback, nor 405), with the token it says it needs.
+/// "no such endpoint" fallback, nor 405), with the token it says it needs,
+/// and with a status the description lists for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_the_served_description_names_exists_and_is_guarded_as_described() {
     let t = start(1, &[]).await;
@@ -183,6 +184,10 @@ async fn every_route_the_served_description_names_exists_and_is_guarded_as_descr
                 assert!(
                     !body.contains("no such endpoint") && status != 405,
                     "{method} {path}: {status} {body}"
+                );
+                assert!(
+                    op["responses"].get(status.to_string()).is_some(),
+                    "{method} {path} answered {status}, which its description does not list: {body}"
                 );
                 if !with_token {
                     let expected = if public { 200 } else { 401 };

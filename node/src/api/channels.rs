@@ -33,10 +33,10 @@ pub async fn list(State(s): State<ApiState>) -> Result<Json<Channels>, ApiError>
 /// body, the request's Content-Type its content type.
 #[utoipa::path(post, path = "/v1/channels/{name}/messages", operation_id = "publish_message", tag = "channels",
     params(("name" = String, Path, description = "Channel, e.g. `coordination` or `task:assigned`")),
-    request_body(content = Vec<u8>, description = "The message body; the request's Content-Type is its content type (JSON types must be valid JSON)", content_type = "*/*"),
+    request_body(content = super::Binary, description = "The message body; the request's Content-Type is its content type (JSON types must be valid JSON)", content_type = "*/*"),
     responses((status = 200, description = "Published", body = PublishReceipt), (status = 400, description = "Bad input (the error names it)", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody),
         (status = 403, description = "Outside this node's membership scopes", body = ErrorBody),
-        (status = 413, description = "Body over max_message_bytes", body = ErrorBody), (status = 503, description = "Shutting down or too busy: retry later", body = ErrorBody)))]
+        (status = 413, description = "Body over network.max_message_bytes", body = ErrorBody), (status = 503, description = "Shutting down or too busy: retry later", body = ErrorBody)))]
 pub async fn publish(
     State(s): State<ApiState>,
     Path(name): Path<String>,

@@ -93,7 +93,10 @@ async fn propose_checked(
 #[utoipa::path(post, path = "/v1/transactions", operation_id = "propose", tag = "consensus",
     request_body = ProposeRequest,
     responses((status = 202, description = "Accepted for consensus", body = ProposeReceipt), (status = 400, description = "Bad input (the error names it)", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 403, description = "Outside this node's membership scopes", body = ErrorBody), (status = 503, description = "Shutting down or too busy: retry later", body = ErrorBody)))]
+        (status = 403, description = "Outside this node's membership scopes", body = ErrorBody),
+        (status = 503, description = "Shutting down or too busy: retry later", body = ErrorBody),
+        (status = 413, description = "Body or payload too large", body = ErrorBody),
+        (status = 500, description = "The node cannot write its consensus history", body = ErrorBody)))]
 pub async fn propose(
     State(s): State<ApiState>,
     body: Body,
@@ -135,7 +138,10 @@ fn check_name(what: &str, value: &str) -> Result<(), ApiError> {
     params(("id" = String, Path, description = "Task id")),
     request_body = ClaimRequest,
     responses((status = 202, description = "The claim is proposed", body = ProposeReceipt), (status = 400, description = "Bad input (the error names it)", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 409, description = "The task already has a final winner (named)", body = ErrorBody), (status = 503, description = "Shutting down or too busy: retry later", body = ErrorBody)))]
+        (status = 409, description = "The task already has a final winner (named)", body = ErrorBody), (status = 503, description = "Shutting down or too busy: retry later", body = ErrorBody),
+        (status = 403, description = "Outside this node's membership scopes", body = ErrorBody),
+        (status = 413, description = "Body or payload too large", body = ErrorBody),
+        (status = 500, description = "The node cannot write its consensus history", body = ErrorBody)))]
 pub async fn claim(
     State(s): State<ApiState>,
     Path(task): Path<String>,

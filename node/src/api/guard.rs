@@ -1,5 +1,5 @@
 //! Who may drive the agent API: a bearer token on every route but the
-//! health probe and the dashboard page, a Host allowlist against DNS
+//! health probe, the dashboard page and the API's description, a Host allowlist against DNS
 //! rebinding, JSON bodies declared as JSON, a time limit per request and a
 //! cap on open event streams (docs/api.md, "Access").
 //!
@@ -95,7 +95,7 @@ impl Guard {
         Err(ApiError {
             status: StatusCode::FORBIDDEN,
             message: format!(
-                "Host {host:?} is not allowed (loopback names and the api_allowed_hosts setting are)"
+                "Host {host:?} is not allowed (loopback names and the api.allowed_hosts setting are)"
             ),
         })
     }

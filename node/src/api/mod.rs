@@ -65,7 +65,9 @@ impl ApiState {
         title = "agentmesh agent API",
         description = "The HTTP/JSON API a node offers the agents on its host. Every route but \
             `GET /v1/health`, `GET /` and `GET /v1/openapi.json` needs `Authorization: Bearer <token>` \
-            (the node writes the token to `<data dir>/api-token`). Errors are `{\"error\": \"...\"}`. \
+            (the node writes the token to `<data dir>/api-token`). Errors are `{\"error\": \"...\"}`; \
+            besides those listed per route, any route may answer 403 (a Host header that is not \
+            allowed), 408 (over 60 s) or 415 (a JSON route without a JSON Content-Type). \
             See docs/api.md."
     ),
     modifiers(&BearerToken),
@@ -79,6 +81,17 @@ impl ApiState {
     )
 )]
 struct ApiDoc;
+
+/// Raw bytes in a request or response body (a binary string to OpenAPI).
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct Binary(pub Vec<u8>);
+
+/// `GET /v1/health`'s answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Health {
+    pub ok: bool,
+}
 
 /// The bearer token every route but the public ones needs.
 struct BearerToken;
@@ -159,9 +172,9 @@ async fn openapi_json(
 /// The health probe: it needs no token (it tells nothing but that the API
 /// is up).
 #[utoipa::path(get, path = "/v1/health", operation_id = "health", tag = "node", security(()),
-    responses((status = 200, description = "`{\"ok\": true}`")))]
-async fn health() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "ok": true }))
+    responses((status = 200, description = "The API is up", body = Health)))]
+async fn health() -> Json<Health> {
+    Json(Health { ok: true })
 }
 
 #[utoipa::path(get, path = "/v1/status", operation_id = "node_status", tag = "node",

@@ -53,7 +53,8 @@ fn default_k() -> usize {
 
 #[utoipa::path(post, path = "/v1/recommend", operation_id = "recommend", tag = "model",
     request_body = RecommendInput,
-    responses((status = 200, description = "Patterns that fit, from the model or the rules", body = Answer), (status = 400, description = "Bad input (the error names it)", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody)))]
+    responses((status = 200, description = "Patterns that fit, from the model or the rules", body = Answer), (status = 400, description = "Bad input (the error names it)", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody)))]
 pub async fn recommend(State(s): State<ApiState>, body: Body) -> Result<Json<Answer>, ApiError> {
     let input: RecommendInput = json_body_limited(body, MAX_BODY_BYTES).await?;
     Ok(Json(s.model.recommend(&input.context, input.k)?))
@@ -78,7 +79,8 @@ pub struct OutcomeReply {
 
 #[utoipa::path(post, path = "/v1/outcomes", operation_id = "learn_outcome", tag = "model",
     request_body = OutcomeInput,
-    responses((status = 200, description = "Stored, counted and learned", body = OutcomeReply), (status = 400, description = "Bad input (the error names it)", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody)))]
+    responses((status = 200, description = "Stored, counted and learned", body = OutcomeReply), (status = 400, description = "Bad input (the error names it)", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody)))]
 pub async fn outcome(
     State(s): State<ApiState>,
     body: Body,
@@ -124,14 +126,16 @@ pub struct TrainInput {
     request_body = TrainInput,
     responses((status = 200, description = "The training report", body = TrainingInfo), (status = 400, description = "Bad input (the error names it)", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody),
         (status = 408, description = "Took over 600 s", body = ErrorBody),
-        (status = 409, description = "Another training runs", body = ErrorBody)))]
+        (status = 409, description = "Another training runs", body = ErrorBody),
+        (status = 500, description = "The node's own fault", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody)))]
 pub async fn train(State(s): State<ApiState>, body: Body) -> Result<Json<TrainingInfo>, ApiError> {
     let input: TrainInput = json_body_limited(body, MAX_TRAIN_BODY_BYTES).await?;
     Ok(Json(s.model.train(input.samples, input.max_epochs).await?))
 }
 
 #[utoipa::path(get, path = "/v1/model/checkpoint", operation_id = "export_checkpoint", tag = "model",
-    responses((status = 200, description = "The model checkpoint (CBOR)", content_type = "application/cbor", body = Vec<u8>), (status = 401, description = "No valid token", body = ErrorBody),
+    responses((status = 200, description = "The model checkpoint (CBOR)", content_type = "application/cbor", body = super::Binary), (status = 401, description = "No valid token", body = ErrorBody),
         (status = 404, description = "No model yet", body = ErrorBody)))]
 pub async fn export(State(s): State<ApiState>) -> Result<impl IntoResponse, ApiError> {
     let model = s.model.clone();
@@ -148,7 +152,7 @@ pub struct ImportReply {
 }
 
 #[utoipa::path(put, path = "/v1/model/checkpoint", operation_id = "import_checkpoint", tag = "model",
-    request_body(content = Vec<u8>, description = "A checkpoint as `GET` exports it", content_type = "application/cbor"),
+    request_body(content = super::Binary, description = "A checkpoint as `GET` exports it", content_type = "application/cbor"),
     responses((status = 200, description = "Installed; its version", body = ImportReply), (status = 400, description = "Bad input (the error names it)", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody),
         (status = 413, description = "Checkpoint too large", body = ErrorBody)))]
 pub async fn import(State(s): State<ApiState>, body: Body) -> Result<Json<ImportReply>, ApiError> {

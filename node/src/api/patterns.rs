@@ -38,7 +38,8 @@ impl From<EditError> for ApiError {
 #[utoipa::path(post, path = "/v1/patterns", operation_id = "put_pattern", tag = "patterns",
     request_body = PatternInput,
     responses((status = 201, description = "Created", body = PatternView), (status = 200, description = "Updated (next version)", body = PatternView), (status = 400, description = "Bad input (the error names it)", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 403, description = "Outside this node's membership scopes", body = ErrorBody)))]
+        (status = 403, description = "Outside this node's membership scopes", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody)))]
 pub async fn put(
     State(s): State<ApiState>,
     body: Body,
@@ -119,7 +120,8 @@ pub async fn list(
     request_body = OutcomeInput,
     responses((status = 200, description = "The pattern with its statistics", body = PatternView), (status = 400, description = "Bad input (the error names it)", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody),
         (status = 403, description = "Outside this node's membership scopes", body = ErrorBody),
-        (status = 404, description = "Unknown", body = ErrorBody)))]
+        (status = 404, description = "Unknown", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody)))]
 pub async fn outcome(
     State(s): State<ApiState>,
     Path(id): Path<String>,

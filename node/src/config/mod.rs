@@ -89,11 +89,48 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        let parse_error = |message: String| ConfigError::Parse {
             path: path.to_path_buf(),
-            message: e.to_string().trim_end().replace('\n', " "),
+            message,
+        };
+        toml::from_str(&text).map_err(|e| {
+            // A file written before settings were grouped into sections
+            // gets told where each setting went, not just a type error.
+            let moved = toml::from_str::<toml::Table>(&text)
+                .ok()
+                .and_then(|table| moved_settings(&table));
+            parse_error(moved.unwrap_or_else(|| e.to_string().trim_end().replace('\n', " ")))
         })
     }
+}
+
+/// Settings at the top level of a file, where they were before sections
+/// existed: where each one belongs now (`None` if there are none).
+fn moved_settings(table: &toml::Table) -> Option<String> {
+    let reference = Config::reference();
+    let moves: Vec<String> = table
+        .iter()
+        .filter(|(_, value)| !value.is_table())
+        .filter_map(|(key, _)| {
+            // Old names were the flags' (`consensus_k`) or the keys'.
+            let doc = reference
+                .iter()
+                .find(|d| d.id == key.as_str() || d.key == key.as_str());
+            match (key.as_str(), doc) {
+                // The flat file's `api` was the address.
+                ("api", _) => Some("'api' is now 'listen' in [api]".to_string()),
+                ("network", _) => Some("'network' is now 'network' in [node]".to_string()),
+                (_, Some(d)) => Some(format!("'{key}' is now '{}' in [{}]", d.key, d.section)),
+                (_, None) => None,
+            }
+        })
+        .collect();
+    (!moves.is_empty()).then(|| {
+        format!(
+            "settings are grouped in sections now (see docs/configuration.md): {}",
+            moves.join("; ")
+        )
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +148,35 @@ pub enum ConfigError {
         setting: &'static str,
         reason: String,
     },
+    /// An environment variable that earlier versions read.
+    #[error("{old} is no longer read: {instead}")]
+    Retired {
+        old: &'static str,
+        instead: &'static str,
+    },
+}
+
+/// Variables earlier versions read, and what replaced them: refused rather
+/// than ignored, so that an upgrade never silently drops a setting.
+const RETIRED_VARIABLES: [(&str, &str); 2] = [
+    (
+        "AGENTMESH_NO_QUIC",
+        "set AGENTMESH_QUIC=false (or pass --quic false)",
+    ),
+    (
+        "AGENTMESH_NO_TCP",
+        "set AGENTMESH_TCP=false (or pass --tcp false)",
+    ),
+];
+
+/// Refuses variables of earlier versions that are set.
+pub fn check_retired_variables() -> Result<(), ConfigError> {
+    for (old, instead) in RETIRED_VARIABLES {
+        if std::env::var_os(old).is_some() {
+            return Err(ConfigError::Retired { old, instead });
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {

@@ -61,12 +61,16 @@ pub fn reference_markdown() -> String {
             );
         }
         let n = names_of(&names, &doc);
+        let default = if doc.default.is_empty() {
+            "unset".to_string()
+        } else {
+            format!("`{}`", doc.default)
+        };
         let _ = writeln!(
             out,
-            "| `{}`<br>{} | `{}` | `{}`<br>`{}` | {} |",
+            "| `{}`<br>{} | {default} | `{}`<br>`{}` | {} |",
             doc.key,
             kind_of(doc.ty),
-            doc.default,
             n.flag,
             n.env,
             markdown_text(&doc.doc),
@@ -87,6 +91,8 @@ fn kind_of(ty: &str) -> &'static str {
         "Secs" => "seconds > 0",
         "Millis" => "milliseconds > 0",
         "Vec<String>" => "list of text",
+        "Option<String>" => "text, or unset",
+        "Option<PathBuf>" => "path, or unset",
         "LogFormat" => "human / json",
         other => panic!("no reference name for the setting type {other}"),
     }

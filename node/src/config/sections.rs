@@ -63,11 +63,11 @@ config_section! {
         /// Peers to join through, as full multiaddrs ending in `/p2p/<peer id>`.
         #[arg(value_delimiter = ',')]
         bootstrap: Vec<String> = Vec::new(),
-        /// Use the QUIC transport (`--quic=false` to disable).
-        #[arg(num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+        /// Use the QUIC transport (`--quic false` to disable).
+        #[arg(num_args = 0..=1, default_missing_value = "true")]
         quic: bool = true,
-        /// Use the TCP transport (`--tcp=false` to disable).
-        #[arg(num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+        /// Use the TCP transport (`--tcp false` to disable).
+        #[arg(num_args = 0..=1, default_missing_value = "true")]
         tcp: bool = true,
         /// Largest message body accepted from agents and peers, in bytes
         /// (at most 16 MiB).
@@ -210,11 +210,13 @@ config_section! {
     MembershipConfig / MembershipFlags, "membership", prefix {
         /// The network authority's public key (64 hex characters, printed by
         /// `agentmesh ca init`). Set, every peer must present a certificate
-        /// it signed; empty, the node runs open to any peer.
-        authority: String = String::new(),
+        /// it signed; unset, the node runs open to any peer.
+        #[arg(num_args = 1)]
+        authority: Option<String> = None,
         /// This node's certificate file (`agentmesh ca issue`); required
         /// when `authority` is set.
-        certificate: PathBuf = PathBuf::new(),
+        #[arg(num_args = 1)]
+        certificate: Option<PathBuf> = None,
         /// A connected peer that has not proved its membership within this
         /// many milliseconds is disconnected.
         membership_timeout_ms: Millis = Millis::new(10_000),
@@ -232,7 +234,7 @@ config_section! {
     ModelConfig / ModelFlags, "model", prefix model_ {
         /// Use the local model for recommendations (false: the rule-based
         /// recommender answers alone, and no model is shared).
-        #[arg(num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+        #[arg(num_args = 0..=1, default_missing_value = "true")]
         enabled: bool = true,
         /// Seconds between sharing the model on `learning:model` and merging
         /// what peers shared.
@@ -262,7 +264,7 @@ config_section! {
         listen: String = "127.0.0.1:7700".into(),
         /// Allow the agent API on a non-loopback address (plain HTTP: anyone
         /// on the path can read the token).
-        #[arg(num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+        #[arg(num_args = 0..=1, default_missing_value = "true")]
         allow_remote: bool = false,
         /// File holding the API's bearer token; created (mode 0600) if
         /// absent (one written by hand needs at least 32 characters). Empty:

@@ -293,32 +293,36 @@ fn consensus_params(c: &ConsensusConfig) -> Result<Params, ConfigError> {
 }
 
 fn authority(m: &MembershipConfig) -> Result<Option<MembershipSettings>, ConfigError> {
-    let has_certificate = !m.certificate.as_os_str().is_empty();
-    let text = m.authority.trim();
-    if text.is_empty() {
-        if has_certificate {
+    let Some(text) = &m.authority else {
+        if m.certificate.is_some() {
             return Err(invalid(
                 "membership.certificate",
                 "a certificate is only used with an authority; set membership.authority too",
             ));
         }
         return Ok(None);
-    }
-    let authority = agentmesh_protocol::membership::parse_public_key(text).ok_or_else(|| {
+    };
+    // An authority given but empty (a template that left it blank) must
+    // not open the network: only leaving it out does.
+    let authority =
+        agentmesh_protocol::membership::parse_public_key(text.trim()).ok_or_else(|| {
+            invalid(
+                "membership.authority",
+                format!(
+                    "{text:?} is not a public key of 64 hex characters (see `agentmesh ca init`); \
+                     leave the setting out for an open network"
+                ),
+            )
+        })?;
+    let certificate = m.certificate.clone().ok_or_else(|| {
         invalid(
-            "membership.authority",
-            format!("{text:?} is not a public key of 64 hex characters (see `agentmesh ca init`)"),
-        )
-    })?;
-    if !has_certificate {
-        return Err(invalid(
             "membership.certificate",
             "a node in a network with an authority needs its certificate file (see `agentmesh ca issue`)",
-        ));
-    }
+        )
+    })?;
     Ok(Some(MembershipSettings {
         authority,
-        certificate: m.certificate.clone(),
+        certificate,
     }))
 }
 
@@ -471,15 +475,19 @@ mod tests {
                 "network.quic",
             ),
             (
-                |c| c.membership.authority = "abc".into(),
+                |c| c.membership.authority = Some("abc".into()),
                 "membership.authority",
             ),
             (
-                |c| c.membership.authority = "00".repeat(32),
+                |c| c.membership.authority = Some(" ".into()),
+                "membership.authority",
+            ),
+            (
+                |c| c.membership.authority = Some("00".repeat(32)),
                 "membership.certificate",
             ),
             (
-                |c| c.membership.certificate = "member.cert".into(),
+                |c| c.membership.certificate = Some("member.cert".into()),
                 "membership.certificate",
             ),
             (|c| c.model.min_confidence = 1.5, "model.min_confidence"),
@@ -566,8 +574,20 @@ mod tests {
         std::fs::write(&path, "[node]\nnetwork = \"x\"\nlisten_prot = 3\n").unwrap();
         let err = Config::from_file(&path).unwrap_err().to_string();
         assert!(err.contains("listen_prot"), "{err}");
-        std::fs::write(&path, "target_peers = 3\n").unwrap();
+        // A file from before sections: each setting is told where it went.
+        std::fs::write(
+            &path,
+            "network = \"x\"\ntarget_peers = 3\nconsensus_k = 5\napi = \"127.0.0.1:1\"\n",
+        )
+        .unwrap();
         let err = Config::from_file(&path).unwrap_err().to_string();
-        assert!(err.contains("target_peers"), "{err}");
+        for moved in [
+            "'network' is now 'network' in [node]",
+            "'target_peers' is now 'target_peers' in [peers]",
+            "'consensus_k' is now 'k' in [consensus]",
+            "'api' is now 'listen' in [api]",
+        ] {
+            assert!(err.contains(moved), "{err}");
+        }
     }
 }

@@ -49,14 +49,15 @@ pub enum ModelError {
     Unavailable(String),
     #[error("storage: {0}")]
     Store(#[from] agentmesh_store::StoreError),
-    /// The node's own fault (its settings, a checkpoint it wrote).
+    /// The node's own fault (a model it holds that cannot be used).
     #[error("{0}")]
     Internal(NeuralError),
 }
 
 /// Why a training run failed: too few samples or labels, or no epoch to
-/// run, is what the caller sent (with the stored outcomes); anything else is
-/// the node's own fault.
+/// run (`max_epochs` 0), is what the caller sent (with the stored
+/// outcomes); the node's feature settings, the other `InvalidConfig`, are
+/// checked at start-up. Anything else is the node's own fault.
 fn training_error(e: NeuralError) -> ModelError {
     match e {
         NeuralError::InvalidData(reason) | NeuralError::InvalidConfig(reason) => {

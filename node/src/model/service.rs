@@ -1,4 +1,4 @@
-//! Mesh learning. Every `model_share_secs` the service (1) announces the
+//! Mesh learning. Every `model.share_secs` the service (1) announces the
 //! node's model on `learning:model` if it changed and learned from samples
 //! of its own, serving the encoded checkpoint to peers that fetch it, and
 //! (2) fetches the models peers announced since the last round (checking

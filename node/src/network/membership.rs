@@ -135,7 +135,7 @@ impl Membership {
             last_handshake_ms: None,
         };
         let Some(m) = &settings.authority else {
-            tracing::warn!("no authority configured: this node runs OPEN and accepts any peer (set 'authority' and 'certificate' to require membership)");
+            tracing::warn!("no authority configured: this node runs OPEN and accepts any peer (set membership.authority and membership.certificate to require membership)");
             return Ok(membership);
         };
         let path = &m.certificate;
