@@ -35,6 +35,12 @@ pub trait History {
     /// The next sequence number this node signs with.
     fn next_seq(&self) -> u64;
     fn set_next_seq(&mut self, seq: u64) -> Result<(), HistoryError>;
+    /// Why the history can no longer be trusted, once a read or a write
+    /// failed: the reads above then answer "none", which the engine must
+    /// not act on (it halts; see `Engine::take_outputs`).
+    fn fault(&self) -> Option<String> {
+        None
+    }
 }
 
 /// History in memory, for the simulator and tests.

@@ -273,11 +273,13 @@ fn encode_consensus(e: &mut DescriptorEncoder, c: &crate::types::ConsensusStatus
         ("agentmesh_consensus_accepted_vertices", "Vertices finalized as accepted", c.accepted_vertices),
         ("agentmesh_consensus_rejected_vertices", "Vertices finalized as rejected", c.rejected_vertices),
         ("agentmesh_consensus_accepted_transactions", "Transactions finalized as accepted", c.accepted_transactions),
+        ("agentmesh_consensus_flush_failures", "Flushes of decisions to disk that failed", c.flush_failures),
     ];
     #[rustfmt::skip]
     let plain_gauges: Gauges = &[
         ("agentmesh_consensus_processing_vertices", "Vertices being polled", c.processing as i64),
         ("agentmesh_consensus_graylisted_peers", "Peers whose votes are ignored for now", c.graylisted.len() as i64),
+        ("agentmesh_consensus_halted", "1 once the consensus history failed: the node votes no more", c.halted.is_some() as i64),
     ];
     table(e, plain_counters, plain_gauges)?;
     let quantiles = |p: &crate::types::Percentiles| {

@@ -91,9 +91,17 @@ pub async fn start(settings: Settings) -> Result<RunningNode> {
     let known = known_consensus_peers(&settings, &store, &validator_source);
     let validators = validators::Validators::new(node_id, validator_source, known);
     let (requests, requests_rx) = mpsc::channel(REQUEST_QUEUE);
-    let service = ConsensusService::new(engine, handle.clone(), events_rx, requests_rx, validators);
+    let halted = crate::consensus::HaltReason::default();
+    let service = ConsensusService::new(
+        engine,
+        handle.clone(),
+        events_rx,
+        requests_rx,
+        validators,
+        halted.clone(),
+    );
     let consensus_task = tokio::spawn(service.run());
-    let consensus = ConsensusHandle::new(requests);
+    let consensus = ConsensusHandle::new(requests, halted);
 
     let pattern_tasks = spawn_pattern_tasks(
         &settings,

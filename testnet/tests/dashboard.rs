@@ -185,6 +185,8 @@ async fn the_dashboard_shows_the_node_live_in_headless_chromium() {
     let parts: Vec<&str> = rates.split(" / ").collect();
     assert_eq!(parts.len(), 2, "{rates}");
     assert!(parts.iter().all(|p| p.parse::<f64>().is_ok()), "{rates}");
+    let consensus = element(&dom, "consensus");
+    assert!(consensus.starts_with("state running "), "{consensus}");
     let security = element(&dom, "security");
     assert!(
         security.starts_with("membership open (no authority)"),

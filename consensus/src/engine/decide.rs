@@ -173,7 +173,7 @@ impl<H: History> Engine<H> {
 
     fn record(&mut self, now_ms: u64, vertex: Vertex, decision: Decision) {
         if let Err(e) = self.history.record(&vertex, decision, now_ms) {
-            self.outputs.push(Output::HistoryFailed(e.to_string()));
+            self.halt_with(e.to_string());
         }
         self.outputs.push(Output::Decided { vertex, decision });
     }

@@ -53,6 +53,9 @@ pub enum Output {
         votes: Vec<bool>,
         /// Accepted rivals of queried vertices this node rejected.
         hints: Vec<VertexId>,
+        /// Some votes or hints rest on decisions read from the history:
+        /// the driver must not send them before those are durable.
+        decided: bool,
     },
     /// Gossip a vertex this node proposed.
     Broadcast(Vertex),
@@ -72,8 +75,9 @@ pub enum Output {
         reason: Misbehaviour,
         until_ms: u64,
     },
-    /// Recording a decision failed; the decision stands in memory.
-    HistoryFailed(String),
+    /// The history failed a read or a write: the engine has stopped, and
+    /// nothing it decided or would vote on that history leaves it.
+    Halted(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +88,9 @@ pub enum ProposeError {
     Invalid(#[from] VertexError),
     #[error(transparent)]
     History(#[from] HistoryError),
+    /// The engine stopped after its history failed.
+    #[error("consensus has stopped: {0}")]
+    Halted(String),
 }
 
 /// Where a vertex stands, as this node sees it.
@@ -247,6 +254,8 @@ pub struct Engine<H: History> {
     /// same key were still undecided.
     orphans: HashMap<String, Transaction>,
     outputs: Vec<Output>,
+    /// Why the engine stopped: its history failed (see `halt_with`).
+    halt: Option<String>,
     stats: EngineStats,
 }
 
@@ -312,8 +321,33 @@ impl<H: History> Engine<H> {
             reissued: HashMap::new(),
             orphans: HashMap::new(),
             outputs: Vec::new(),
+            halt: None,
             stats: EngineStats::default(),
         })
+    }
+
+    /// Why the engine stopped, if it did.
+    pub fn halted(&self) -> Option<&str> {
+        self.halt.as_deref()
+    }
+
+    /// Stops the engine for good (until the node restarts): a failed read
+    /// answers "none", and a decision or vote resting on it could be wrong.
+    pub(super) fn halt_with(&mut self, reason: String) {
+        if self.halt.is_none() {
+            self.halt = Some(reason.clone());
+            self.outputs.push(Output::Halted(reason));
+        }
+    }
+
+    /// Whether the engine may act: not halted, and its history sound.
+    pub(super) fn running(&mut self) -> bool {
+        if self.halt.is_none() {
+            if let Some(fault) = self.history.fault() {
+                self.halt_with(fault);
+            }
+        }
+        self.halt.is_none()
     }
 
     pub fn node_id(&self) -> NodeId {
@@ -338,9 +372,19 @@ impl<H: History> Engine<H> {
         self.stats
     }
 
-    /// Everything the engine wants done since the last call.
+    /// Everything the engine wants done since the last call. Once the
+    /// history failed, only the news that the engine halted: whatever was
+    /// decided or voted in the call that met the failure may rest on it.
     pub fn take_outputs(&mut self) -> Vec<Output> {
-        std::mem::take(&mut self.outputs)
+        self.running();
+        let outputs = std::mem::take(&mut self.outputs);
+        if self.halt.is_some() {
+            return outputs
+                .into_iter()
+                .filter(|o| matches!(o, Output::Halted(_)))
+                .collect();
+        }
+        outputs
     }
 
     /// Who votes, from now on: only members are sampled and only their
@@ -424,6 +468,9 @@ impl<H: History> Engine<H> {
         now_ms: u64,
         transactions: Vec<Transaction>,
     ) -> Result<VertexId, ProposeError> {
+        if !self.running() {
+            return Err(ProposeError::Halted(self.halt.clone().unwrap_or_default()));
+        }
         if !self.has_room(transactions.len(), 1) {
             return Err(ProposeError::Busy(self.processing_txs));
         }
@@ -452,6 +499,9 @@ impl<H: History> Engine<H> {
 
     /// A vertex arrived from `from` (gossip or fetch), already verified.
     pub fn on_vertex(&mut self, now_ms: u64, from: NodeId, vertex: Vertex) {
+        if !self.running() {
+            return;
+        }
         self.receive(now_ms, Some(from), vertex);
         self.issue_polls(now_ms);
     }
@@ -465,9 +515,13 @@ impl<H: History> Engine<H> {
     /// prefers the vertex. Unknown ids get a no and are fetched from the
     /// asker, who evidently has them.
     pub fn on_query(&mut self, now_ms: u64, from: NodeId, request: RequestId, ids: &[VertexId]) {
+        if !self.running() {
+            return;
+        }
         let mut unknown = Vec::new();
         let mut hints = Vec::new();
         let mut hint_lookups = 0;
+        let mut decided = false;
         let votes: Vec<bool> = ids
             .iter()
             .map(|id| {
@@ -475,8 +529,12 @@ impl<H: History> Engine<H> {
                     return self.strongly_preferred(id);
                 }
                 match self.history.decision(id) {
-                    Some((Decision::Accepted, _)) => true,
+                    Some((Decision::Accepted, _)) => {
+                        decided = true;
+                        true
+                    }
                     Some((Decision::Rejected, _)) => {
+                        decided = true;
                         // Each hint costs a read of a stored vertex: a few
                         // per query, however many rejected ids it names.
                         if hint_lookups < MAX_HINT_LOOKUPS {
@@ -509,6 +567,7 @@ impl<H: History> Engine<H> {
             request,
             votes,
             hints,
+            decided,
         });
         self.fetch(now_ms, from, unknown, true);
     }
@@ -536,6 +595,9 @@ impl<H: History> Engine<H> {
 
     /// Answers a fetch with the vertices this node holds.
     pub fn on_fetch(&mut self, from: NodeId, request: RequestId, ids: &[VertexId]) {
+        if !self.running() {
+            return;
+        }
         let budget = agentmesh_protocol::consensus_wire::FETCH_RESPONSE_BUDGET;
         let mut used = 0;
         let mut vertices = Vec::new();
@@ -566,6 +628,9 @@ impl<H: History> Engine<H> {
     /// Periodic work: expire polls, retry fetches, drop stale pending
     /// vertices, re-propose orphaned local transactions, start polls.
     pub fn tick(&mut self, now_ms: u64) {
+        if !self.running() {
+            return;
+        }
         self.expire_polls(now_ms);
         self.retry_fetches(now_ms);
         self.expire_pending(now_ms);
@@ -599,10 +664,9 @@ impl<H: History> Engine<H> {
                 }
                 Err(e @ ProposeError::History(_)) => {
                     self.reissue = rest;
-                    self.outputs.push(Output::HistoryFailed(format!(
-                        "could not re-propose transactions: {e}"
-                    )));
+                    self.halt_with(format!("could not re-propose transactions: {e}"));
                 }
+                Err(ProposeError::Halted(_)) => self.reissue = rest,
             }
         }
         self.issue_polls(now_ms);

@@ -200,6 +200,9 @@ impl<H: History> Engine<H> {
         votes: &[bool],
         hints: &[VertexId],
     ) {
+        if !self.running() {
+            return;
+        }
         let Some(poll) = self.polls.get(&poll_id) else {
             // Finished early, or timed out: a late answer still tells how
             // long this validator takes.
@@ -278,6 +281,9 @@ impl<H: History> Engine<H> {
     /// strike; one that could not be reached at all (no connection, the
     /// connection dropped) does not: that is a network fault, not conduct.
     pub fn on_query_failed(&mut self, now_ms: u64, peer: NodeId, poll_id: PollId, silent: bool) {
+        if !self.running() {
+            return;
+        }
         let Some(poll) = self.polls.get_mut(&poll_id) else {
             return;
         };

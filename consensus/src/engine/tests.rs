@@ -458,3 +458,116 @@ fn a_poll_about_a_rival_also_asks_about_the_preferred_member() {
     }
     assert!(rival_polls >= 4, "each rival was polled: {rival_polls}");
 }
+
+/// A history whose reads and writes can be made to fail, as a damaged disk
+/// would: the failed read answers "none" and the fault is latched.
+#[derive(Default)]
+struct FaultyHistory {
+    inner: MemoryHistory,
+    failing: std::cell::Cell<bool>,
+    failing_writes: std::cell::Cell<bool>,
+    fault: std::cell::RefCell<Option<String>>,
+}
+
+impl FaultyHistory {
+    fn read<T>(&self, value: impl FnOnce() -> Option<T>) -> Option<T> {
+        if self.failing.get() {
+            *self.fault.borrow_mut() = Some("read failed: I/O error".into());
+            return None;
+        }
+        value()
+    }
+}
+
+impl History for FaultyHistory {
+    fn decision(&self, id: &VertexId) -> Option<(Decision, u64)> {
+        self.read(|| self.inner.decision(id))
+    }
+    fn vertex(&self, id: &VertexId) -> Option<Vertex> {
+        self.read(|| self.inner.vertex(id))
+    }
+    fn winner(&self, key: &str) -> Option<VertexId> {
+        self.read(|| self.inner.winner(key))
+    }
+    fn authored(&self, author: &NodeId, seq: u64) -> Option<VertexId> {
+        self.read(|| self.inner.authored(author, seq))
+    }
+    fn record(&mut self, v: &Vertex, d: Decision, at_ms: u64) -> Result<(), HistoryError> {
+        if self.failing.get() || self.failing_writes.get() {
+            return Err(HistoryError("write failed: I/O error".into()));
+        }
+        self.inner.record(v, d, at_ms)
+    }
+    fn next_seq(&self) -> u64 {
+        self.inner.next_seq()
+    }
+    fn set_next_seq(&mut self, seq: u64) -> Result<(), HistoryError> {
+        self.inner.set_next_seq(seq)
+    }
+    fn fault(&self) -> Option<String> {
+        self.fault.borrow().clone()
+    }
+}
+
+#[test]
+fn a_failed_history_read_halts_the_engine_instead_of_voting_on_it() {
+    let mut e = Engine::new(Params::default(), key(1), FaultyHistory::default(), 1).unwrap();
+    let me = e.node_id();
+    let peer = key(2).node_id();
+    e.set_validators(ValidatorSet::equal_weights(1, [me]));
+    let id = e.propose(0, vec![tx("task:1")]).unwrap();
+    let mut now = 0;
+    while e.status(&id) != VertexStatus::Accepted && now < 10_000 {
+        now += 10;
+        e.tick(now);
+    }
+    assert_eq!(e.status(&id), VertexStatus::Accepted);
+    e.take_outputs();
+    // Sound, it votes yes for what it accepted.
+    e.on_query(now, peer, 7, &[id]);
+    assert!(e.take_outputs().iter().any(|o| matches!(
+        o,
+        Output::Votes { votes, .. } if votes == &vec![true]
+    )));
+
+    // The disk fails: the read says "none", which would be a no vote (and
+    // a fetch) for an accepted vertex. Nothing of that leaves the engine.
+    e.history().failing.set(true);
+    e.on_query(now, peer, 8, &[id]);
+    let outputs = e.take_outputs();
+    assert_eq!(outputs.len(), 1, "{outputs:?}");
+    assert!(matches!(&outputs[0], Output::Halted(r) if r.contains("I/O error")));
+    assert!(e.halted().is_some());
+    // Halted for good: no votes, no proposals, no polls, even once reads
+    // work again (the node must restart on a checked disk).
+    e.history().failing.set(false);
+    e.on_query(now, peer, 9, &[id]);
+    e.tick(now + 10);
+    assert!(e.take_outputs().is_empty());
+    assert!(matches!(
+        e.propose(now, vec![tx("task:2")]),
+        Err(ProposeError::Halted(_))
+    ));
+}
+
+#[test]
+fn a_failed_history_write_halts_the_engine_and_announces_nothing() {
+    let mut e = Engine::new(Params::default(), key(1), FaultyHistory::default(), 1).unwrap();
+    let me = e.node_id();
+    e.set_validators(ValidatorSet::equal_weights(1, [me]));
+    e.propose(0, vec![tx("task:1")]).unwrap();
+    e.take_outputs();
+    // Writes fail from the moment the vertex would be recorded.
+    e.history().failing_writes.set(true);
+    let mut now = 0;
+    while e.halted().is_none() && now < 10_000 {
+        now += 10;
+        e.tick(now);
+    }
+    let outputs = e.take_outputs();
+    assert!(e.halted().is_some_and(|r| r.contains("write failed")));
+    assert!(
+        outputs.iter().all(|o| matches!(o, Output::Halted(_))),
+        "nothing decided is announced: {outputs:?}"
+    );
+}

@@ -533,11 +533,13 @@ impl Sim {
                         );
                     }
                 }
+                // The simulator's history is in memory: always durable.
                 Output::Votes {
                     to,
                     request,
                     votes,
                     hints,
+                    ..
                 } => {
                     let to = self.index[&to];
                     let (votes, hold) = self.byzantine_votes(i, to, votes);
@@ -577,7 +579,7 @@ impl Sim {
                         }
                     }
                 }
-                Output::Graylisted { .. } | Output::HistoryFailed(_) => {}
+                Output::Graylisted { .. } | Output::Halted(_) => {}
             }
         }
     }

@@ -83,6 +83,7 @@ async fn propose_checked(
                 ProposeError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
                 ProposeError::Invalid(_) => StatusCode::BAD_REQUEST,
                 ProposeError::History(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                ProposeError::Halted(_) => StatusCode::SERVICE_UNAVAILABLE,
             },
             message: e.to_string(),
         }),

@@ -6,11 +6,43 @@ use agentmesh_store::{DecisionLog, StoreError};
 
 pub struct SledHistory {
     log: DecisionLog,
+    /// The first read or write that failed: from then on the engine halts
+    /// (a failed read would otherwise pass for "not decided here").
+    fault: std::sync::OnceLock<String>,
 }
 
 impl SledHistory {
     pub fn new(log: DecisionLog) -> SledHistory {
-        SledHistory { log }
+        SledHistory {
+            log,
+            fault: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The value read, or `None` with the fault latched.
+    fn read<T>(&self, what: &str, result: Result<Option<T>, StoreError>) -> Option<T> {
+        result.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "reading {what} from the consensus history failed");
+            let _ = self.fault.set(format!("reading {what} failed: {e}"));
+            None
+        })
+    }
+
+    /// Refuses to write once the history failed.
+    fn writable(&self) -> Result<(), HistoryError> {
+        match self.fault.get() {
+            Some(fault) => Err(HistoryError(fault.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// The write's outcome, with a failure latched.
+    fn written(&self, what: &str, result: Result<(), StoreError>) -> Result<(), HistoryError> {
+        result.map_err(|e| {
+            let reason = format!("writing {what} failed: {e}");
+            let _ = self.fault.set(reason.clone());
+            HistoryError(reason)
+        })
     }
 
     /// Decided vertices on disk.
@@ -23,18 +55,9 @@ impl SledHistory {
     }
 }
 
-/// A failed read is logged and treated as "not decided here": the engine
-/// then polls or fetches instead of trusting damaged data.
-fn logged<T>(what: &str, result: Result<Option<T>, StoreError>) -> Option<T> {
-    result.unwrap_or_else(|e| {
-        tracing::error!(error = %e, "reading {what} from the consensus history failed");
-        None
-    })
-}
-
 impl History for SledHistory {
     fn decision(&self, id: &VertexId) -> Option<(Decision, u64)> {
-        logged("a decision", self.log.decision(id)).map(|d| {
+        self.read("a decision", self.log.decision(id)).map(|d| {
             let decision = if d.accepted {
                 Decision::Accepted
             } else {
@@ -45,15 +68,15 @@ impl History for SledHistory {
     }
 
     fn vertex(&self, id: &VertexId) -> Option<Vertex> {
-        logged("a vertex", self.log.vertex(id))
+        self.read("a vertex", self.log.vertex(id))
     }
 
     fn winner(&self, key: &str) -> Option<VertexId> {
-        logged("a conflict winner", self.log.winner(key))
+        self.read("a conflict winner", self.log.winner(key))
     }
 
     fn authored(&self, author: &NodeId, seq: u64) -> Option<VertexId> {
-        logged("a sequence number", self.log.authored(author, seq))
+        self.read("a sequence number", self.log.authored(author, seq))
     }
 
     fn record(
@@ -62,22 +85,32 @@ impl History for SledHistory {
         decision: Decision,
         at_ms: u64,
     ) -> Result<(), HistoryError> {
-        self.log
-            .record(vertex, decision == Decision::Accepted, at_ms)
-            .map_err(|e| HistoryError(e.to_string()))
+        self.writable()?;
+        let result = self
+            .log
+            .record(vertex, decision == Decision::Accepted, at_ms);
+        self.written("a decision", result)
     }
 
     fn next_seq(&self) -> u64 {
         self.log.next_seq().unwrap_or_else(|e| {
-            // Never reuse a number: start far beyond anything plausible.
+            // Never reuse a number: start far beyond anything plausible
+            // (and the engine halts on the fault before signing with it).
             tracing::error!(error = %e, "cannot read the next sequence number");
+            let _ = self
+                .fault
+                .set(format!("reading the next sequence number failed: {e}"));
             u64::MAX / 2
         })
     }
 
+    fn fault(&self) -> Option<String> {
+        self.fault.get().cloned()
+    }
+
     fn set_next_seq(&mut self, seq: u64) -> Result<(), HistoryError> {
-        self.log
-            .set_next_seq(seq)
-            .map_err(|e| HistoryError(e.to_string()))
+        self.writable()?;
+        let result = self.log.set_next_seq(seq);
+        self.written("the sequence number lease", result)
     }
 }

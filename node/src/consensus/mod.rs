@@ -16,18 +16,36 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 #[derive(Debug, thiserror::Error)]
-#[error("the consensus service has stopped")]
-pub struct ConsensusStopped;
+pub enum ConsensusStopped {
+    #[error("the consensus service has stopped")]
+    Stopped,
+    /// The history failed: the node votes, decides and reports no more.
+    #[error("consensus has stopped: {0} (restart the node once its disk is sound)")]
+    Halted(String),
+}
+
+/// Why consensus halted, once it did; shared by the service (which sets
+/// it) and its handles (which tell callers).
+pub type HaltReason = Arc<std::sync::OnceLock<String>>;
 
 /// A cheap, cloneable way to talk to the consensus service.
 #[derive(Clone)]
 pub struct ConsensusHandle {
     requests: mpsc::Sender<Request>,
+    halted: HaltReason,
 }
 
 impl ConsensusHandle {
-    pub fn new(requests: mpsc::Sender<Request>) -> ConsensusHandle {
-        ConsensusHandle { requests }
+    pub fn new(requests: mpsc::Sender<Request>, halted: HaltReason) -> ConsensusHandle {
+        ConsensusHandle { requests, halted }
+    }
+
+    /// Why the service answered nothing: halted, or gone.
+    fn stopped(&self) -> ConsensusStopped {
+        match self.halted.get() {
+            Some(reason) => ConsensusStopped::Halted(reason.clone()),
+            None => ConsensusStopped::Stopped,
+        }
     }
 
     async fn ask<T>(
@@ -38,8 +56,8 @@ impl ConsensusHandle {
         self.requests
             .send(make(tx))
             .await
-            .map_err(|_| ConsensusStopped)?;
-        rx.await.map_err(|_| ConsensusStopped)
+            .map_err(|_| self.stopped())?;
+        rx.await.map_err(|_| self.stopped())
     }
 
     /// Proposes transactions; the id of the vertex that carries them, or

@@ -66,6 +66,10 @@ pub struct ConsensusService {
     /// node killed at any moment keeps every decision it reported.
     unflushed: Vec<ConsensusCommand>,
     dirty: bool,
+    /// Set when the engine halted (its history failed).
+    halted: super::HaltReason,
+    /// Flushes that failed, for the status.
+    flush_failures: u64,
 }
 
 fn push_sample(samples: &mut VecDeque<f64>, value: f64) {
@@ -97,6 +101,7 @@ impl ConsensusService {
         events: ConsensusReceivers,
         requests: mpsc::Receiver<Request>,
         validators: Validators,
+        halted: super::HaltReason,
     ) -> ConsensusService {
         let mut service = ConsensusService {
             engine,
@@ -109,6 +114,8 @@ impl ConsensusService {
             finalized_channel: Channel::parse(FINALIZED_CHANNEL).expect("a valid channel name"),
             unflushed: Vec::new(),
             dirty: false,
+            halted,
+            flush_failures: 0,
         };
         service.refresh_peers();
         service
@@ -265,6 +272,9 @@ impl ConsensusService {
 
     fn on_query_request(&mut self, request: Request) {
         match request {
+            // A halted engine's history is not trusted: these go
+            // unanswered, and the caller is told why (ConsensusStopped).
+            Request::Vertex { .. } | Request::Task { .. } if self.engine.halted().is_some() => {}
             Request::Vertex { id, reply } => {
                 let _ = reply.send(views::vertex_info(&self.engine, &id));
             }
@@ -321,6 +331,8 @@ impl ConsensusService {
                 .collect(),
             finality_ms: percentiles(&self.finality_ms),
             query_rtt_ms: percentiles(&self.rtt_ms),
+            halted: self.engine.halted().map(str::to_string),
+            flush_failures: self.flush_failures,
         }
     }
 
@@ -331,6 +343,9 @@ impl ConsensusService {
             return Ok(());
         }
         if let Err(e) = self.engine.history().flush().await {
+            // Retried at the next flush; until then nothing that rests on
+            // the unflushed decisions (events, votes) goes out.
+            self.flush_failures += 1;
             tracing::error!(error = %e, "cannot flush consensus decisions to disk");
             return Ok(());
         }
@@ -344,18 +359,35 @@ impl ConsensusService {
     /// Carries out the engine's outputs. Fails only when the network task
     /// has stopped.
     async fn execute(&mut self) -> Result<(), crate::network::NetworkStopped> {
-        for output in self.engine.take_outputs() {
+        let outputs = self.engine.take_outputs();
+        // Decisions of this batch count as unflushed before any vote of it
+        // is sent.
+        if outputs.iter().any(|o| matches!(o, Output::Decided { .. })) {
+            self.dirty = true;
+        }
+        for output in outputs {
             let command = match output {
                 Output::Query { poll, peers, ids } => ConsensusCommand::Query { poll, peers, ids },
                 Output::Votes {
                     request,
                     votes,
                     hints,
+                    decided,
                     ..
-                } => ConsensusCommand::Respond {
-                    request,
-                    response: ConsensusResponse::Votes { votes, hints },
-                },
+                } => {
+                    let answer = ConsensusCommand::Respond {
+                        request,
+                        response: ConsensusResponse::Votes { votes, hints },
+                    };
+                    // A vote that rests on a decision waits until the
+                    // decision is on disk: a crash must not make this node
+                    // forget what it voted for.
+                    if decided && self.dirty {
+                        self.unflushed.push(answer);
+                        continue;
+                    }
+                    answer
+                }
                 Output::Broadcast(vertex) => ConsensusCommand::Broadcast(vertex.encode()),
                 Output::Fetch { from, ids } => ConsensusCommand::Fetch { peer: from, ids },
                 Output::Vertices {
@@ -388,12 +420,12 @@ impl ConsensusService {
                     tracing::warn!(%peer, reason = reason.as_str(), until_ms, "graylisted a peer");
                     continue;
                 }
-                Output::HistoryFailed(e) => {
-                    // A decision that is not on disk cannot be checked
-                    // against later rivals: stop deciding rather than risk
-                    // accepting one.
-                    tracing::error!(error = %e, "consensus history write failed; consensus stops");
-                    return Err(crate::network::NetworkStopped);
+                Output::Halted(reason) => {
+                    // The engine does nothing more; the node stays up, says
+                    // why in the log and the status, and refuses requests.
+                    tracing::error!(%reason, "consensus history failed: this node stops voting and deciding");
+                    let _ = self.halted.set(reason);
+                    continue;
                 }
             };
             self.network.consensus(command).await?;

@@ -364,6 +364,15 @@ pub struct ConsensusStatus {
     pub finality_ms: Percentiles,
     /// Query round trips to peers (ms).
     pub query_rtt_ms: Percentiles,
+    /// Why consensus stopped, if it did: the history failed a read or a
+    /// write, and the node votes, decides and reports no more until it is
+    /// restarted.
+    #[serde(default)]
+    pub halted: Option<String>,
+    /// Flushes of decisions to disk that failed (each retried; nothing
+    /// resting on them goes out meanwhile).
+    #[serde(default)]
+    pub flush_failures: u64,
 }
 
 mod patterns;
