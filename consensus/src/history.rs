@@ -35,9 +35,10 @@ pub trait History {
     /// The next sequence number this node signs with.
     fn next_seq(&self) -> u64;
     fn set_next_seq(&mut self, seq: u64) -> Result<(), HistoryError>;
-    /// Why the history can no longer be trusted, once a read or a write
-    /// failed: the reads above then answer "none", which the engine must
-    /// not act on (it halts; see `Engine::take_outputs`).
+    /// Why the history can no longer be trusted, once a read, a write or a
+    /// flush failed: the reads above then answer "none", which the engine
+    /// must not act on (it halts; see `Engine::take_outputs`). Once a fault
+    /// is latched, `record` and `set_next_seq` must refuse to write.
     fn fault(&self) -> Option<String> {
         None
     }

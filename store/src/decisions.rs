@@ -36,14 +36,17 @@ fn authored_key(author: &NodeId, seq: u64) -> [u8; 40] {
     key
 }
 
-/// Whether the stored vertex `id` has a transaction with conflict key `key`
-/// (decoded only: the content was verified before it was stored).
-fn holds_key(vertices: &sled::Tree, id: &VertexId, key: &str) -> bool {
-    let Ok(Some(bytes)) = vertices.get(id.0) else {
-        return false;
-    };
-    codec::decode::<WireVertex>(&bytes, MAX_RECORD_BYTES)
-        .is_ok_and(|w| w.vertex.transactions.iter().any(|tx| tx.key == key))
+/// Whether the stored accepted vertex `id` has a transaction with conflict
+/// key `key` (decoded only: the content was verified before it was
+/// stored). A read that fails, or content missing or damaged, is an error:
+/// answering "no" would let a rival of the winner in.
+fn holds_key(vertices: &sled::Tree, id: &VertexId, key: &str) -> Result<bool, StoreError> {
+    let bytes = vertices
+        .get(id.0)?
+        .ok_or_else(|| corrupt(&id.0, "accepted vertex is missing its content"))?;
+    let wire: WireVertex =
+        codec::decode(&bytes, MAX_RECORD_BYTES).map_err(|e| corrupt(&id.0, e))?;
+    Ok(wire.vertex.transactions.iter().any(|tx| tx.key == key))
 }
 
 fn corrupt(key: &[u8], reason: impl ToString) -> StoreError {
@@ -149,7 +152,7 @@ impl DecisionLog {
     /// The accepted vertex holding a transaction with conflict key `key`.
     pub fn winner(&self, key: &str) -> Result<Option<VertexId>, StoreError> {
         for candidate in self.winners.candidates(key) {
-            if holds_key(&self.vertices, &candidate, key) {
+            if holds_key(&self.vertices, &candidate, key)? {
                 return Ok(Some(candidate));
             }
         }
@@ -249,6 +252,12 @@ mod tests {
         log.vertices.insert(v.id().0, &b"garbage"[..]).unwrap();
         assert!(matches!(
             log.vertex(&v.id()),
+            Err(StoreError::Corrupt { .. })
+        ));
+        // A damaged winner is an error, never "no winner" (which would let
+        // a rival of it in).
+        assert!(matches!(
+            log.winner("task:1"),
             Err(StoreError::Corrupt { .. })
         ));
     }

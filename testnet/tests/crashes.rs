@@ -8,12 +8,11 @@
 mod common;
 
 use agentmesh_node::client::{ApiClient, SubscriptionItem};
-use agentmesh_node::types::ClaimInfo;
 use common::{start, MESH_TIMEOUT};
 use futures::StreamExt;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const VICTIM: usize = 2;
@@ -57,35 +56,47 @@ fn keep_claiming(clients: Vec<ApiClient>, stop: Arc<AtomicBool>) -> tokio::task:
     })
 }
 
-/// The decisions the victim announces, until it dies or `enough` arrived.
-async fn reported_decisions(
-    client: &ApiClient,
-    enough: usize,
-    into: &mut HashMap<String, String>,
-) -> usize {
-    let Ok(mut events) = client.subscribe("consensus:finalized").await else {
-        return 0;
-    };
-    let mut seen = 0;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while seen < enough {
-        let next = tokio::time::timeout_at(deadline, events.next()).await;
-        let Ok(Some(Ok(SubscriptionItem::Message(m)))) = next else {
-            break;
+/// What the victim announced on `consensus:finalized`: decision per
+/// vertex, and the accepted vertex per task key.
+#[derive(Default)]
+struct Reported {
+    decisions: HashMap<String, String>,
+    winners: HashMap<String, String>,
+}
+
+/// Records the victim's announcements until its stream ends (the kill),
+/// counting them in `seen` as they arrive. Nothing else talks to the
+/// victim meanwhile: an API call would flush its decisions first.
+async fn watch(
+    mut events: impl futures::Stream<Item = Result<SubscriptionItem, agentmesh_node::client::ClientError>>
+        + Unpin,
+    reported: Arc<Mutex<Reported>>,
+    seen: tokio::sync::watch::Sender<usize>,
+) {
+    while let Some(Ok(item)) = events.next().await {
+        let SubscriptionItem::Message(m) = item else {
+            continue;
         };
         let (Some(vertex), Some(decision)) =
             (m.body["vertex"].as_str(), m.body["decision"].as_str())
         else {
             continue;
         };
-        let earlier = into.insert(vertex.to_string(), decision.to_string());
+        let mut r = reported.lock().unwrap();
+        let earlier = r.decisions.insert(vertex.to_string(), decision.to_string());
         assert!(
             earlier.as_deref().is_none_or(|e| e == decision),
             "the victim announced {vertex} {earlier:?} and then {decision}"
         );
-        seen += 1;
+        if decision == "accepted" {
+            for tx in m.body["transactions"].as_array().into_iter().flatten() {
+                if let Some(key) = tx["key"].as_str().and_then(|k| k.strip_prefix("task:")) {
+                    r.winners.insert(key.to_string(), vertex.to_string());
+                }
+            }
+        }
+        seen.send_modify(|n| *n += 1);
     }
-    seen
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,38 +111,34 @@ async fn a_node_killed_under_load_never_contradicts_what_it_reported() {
     let survivors = vec![t.net.nodes[0].client.clone(), t.net.nodes[1].client.clone()];
     let load = keep_claiming(survivors, stop.clone());
 
-    let mut decisions: HashMap<String, String> = HashMap::new();
-    let mut winners: HashMap<String, ClaimInfo> = HashMap::new();
+    let (mut decisions, mut winners) = (0, 0);
+    let reported = Arc::new(Mutex::new(Reported::default()));
     for round in 0..kills {
         let victim = t.net.nodes[VICTIM].client.clone();
         // The victim claims too, so some of what it reports is its own.
-        let task = format!("victim-{round}");
-        let _ = victim.claim(&task, "victim").await;
-        // Killed after a random number of announced decisions (0 to 7),
-        // then at a random moment up to 50 ms later: between or during
-        // flushes, votes and writes.
+        let _ = victim.claim(&format!("victim-{round}"), "victim").await;
+        let events = victim.subscribe("consensus:finalized").await.unwrap();
+        let (seen_tx, mut seen) = tokio::sync::watch::channel(0usize);
+        let watcher = tokio::spawn(watch(events, reported.clone(), seen_tx));
+        // Killed after a random number of announcements (0 to 7), then at
+        // a random moment up to 50 ms later: between or during flushes,
+        // votes and writes.
         let enough = moments.next(8) as usize;
-        reported_decisions(&victim, enough, &mut decisions).await;
-        for task in [
-            format!("victim-{round}"),
-            format!("load-{}", moments.next(5)),
-        ] {
-            if let Ok(info) = victim.task(&task).await {
-                if let Some(w) = info.winner {
-                    winners.insert(task, w);
-                }
-            }
-        }
+        let _ =
+            tokio::time::timeout(Duration::from_secs(30), seen.wait_for(|n| *n >= enough)).await;
         tokio::time::sleep(Duration::from_millis(moments.next(50))).await;
         let spec = t.net.kill(VICTIM);
+        watcher.await.unwrap();
         t.net.restart(VICTIM, spec).await.unwrap();
 
-        // Straight from disk, before it has talked to anyone: everything it
-        // reported is still decided, the same way.
+        // From disk (peers cannot undo a decision): everything it announced
+        // is still decided the same way, and every task it announced a
+        // winner for has that winner.
         let victim = &t.net.nodes[VICTIM].client;
-        for (vertex, decision) in &decisions {
+        let r = std::mem::take(&mut *reported.lock().unwrap());
+        for (vertex, decision) in &r.decisions {
             let info = victim.vertex(vertex).await.unwrap_or_else(|e| {
-                panic!("round {round}: the victim reported {vertex} {decision}, now: {e}")
+                panic!("round {round}: the victim announced {vertex} {decision}, now: {e}")
             });
             assert_eq!(
                 (info.status.as_str(), info.is_final),
@@ -139,25 +146,26 @@ async fn a_node_killed_under_load_never_contradicts_what_it_reported() {
                 "round {round}: {vertex}"
             );
         }
-        for (task, winner) in &winners {
-            let now = victim.task(task).await.unwrap().winner;
+        for (task, vertex) in &r.winners {
+            let winner = victim.task(task).await.unwrap().winner;
             assert_eq!(
-                now.as_ref(),
-                Some(winner),
+                winner.map(|w| w.vertex).as_ref(),
+                Some(vertex),
                 "round {round}: winner of {task}"
             );
         }
+        decisions += r.decisions.len();
+        winners += r.winners.len();
         t.net.wait_connected(VICTIM, 2, MESH_TIMEOUT).await.unwrap();
     }
     stop.store(true, Ordering::Relaxed);
     let claimed = load.await.unwrap();
     assert!(
-        !decisions.is_empty(),
+        decisions > 0,
         "the victim reported no decision over {kills} rounds ({claimed} tasks claimed)"
     );
     eprintln!(
         "{kills} kills: {} decisions and {} winners the victim reported, all kept; {claimed} tasks claimed",
-        decisions.len(),
-        winners.len()
+        decisions, winners
     );
 }

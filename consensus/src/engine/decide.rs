@@ -172,6 +172,10 @@ impl<H: History> Engine<H> {
     }
 
     fn record(&mut self, now_ms: u64, vertex: Vertex, decision: Decision) {
+        // Nothing is written once a read failed: this decision may rest on it.
+        if !self.running() {
+            return;
+        }
         if let Err(e) = self.history.record(&vertex, decision, now_ms) {
             self.halt_with(e.to_string());
         }

@@ -340,6 +340,13 @@ impl<H: History> Engine<H> {
         }
     }
 
+    /// Whether the engine's answers can be trusted: not halted, and no read
+    /// of its history failed since (a driver reading the history for its
+    /// own views asks this after reading).
+    pub fn check_history(&mut self) -> bool {
+        self.running()
+    }
+
     /// Whether the engine may act: not halted, and its history sound.
     pub(super) fn running(&mut self) -> bool {
         if self.halt.is_none() {
@@ -469,7 +476,7 @@ impl<H: History> Engine<H> {
         transactions: Vec<Transaction>,
     ) -> Result<VertexId, ProposeError> {
         if !self.running() {
-            return Err(ProposeError::Halted(self.halt.clone().unwrap_or_default()));
+            return Err(self.halted_error());
         }
         if !self.has_room(transactions.len(), 1) {
             return Err(ProposeError::Busy(self.processing_txs));
@@ -479,6 +486,9 @@ impl<H: History> Engine<H> {
             Some(seq) => seq,
             None => self.history.next_seq(),
         };
+        if !self.running() {
+            return Err(self.halted_error());
+        }
         let vertex = Vertex::sign(&self.key, parents, seq, now_ms, transactions)?
             .with_certificate(self.certificate.as_deref());
         // Sequence numbers are leased from the history in blocks, and the
@@ -486,7 +496,10 @@ impl<H: History> Engine<H> {
         // after a crash continues after the lease and never signs two
         // vertices with one number (numbers may be skipped; that is fine).
         if seq >= self.seq_lease_end {
-            self.history.set_next_seq(seq + SEQ_LEASE)?;
+            if let Err(e) = self.history.set_next_seq(seq + SEQ_LEASE) {
+                self.halt_with(format!("leasing sequence numbers failed: {e}"));
+                return Err(self.halted_error());
+            }
             self.seq_lease_end = seq + SEQ_LEASE;
         }
         self.next_seq = Some(seq + 1);
@@ -494,7 +507,16 @@ impl<H: History> Engine<H> {
         self.outputs.push(Output::Broadcast(vertex.clone()));
         self.receive(now_ms, None, vertex);
         self.issue_polls(now_ms);
+        // A read that failed on the way halts the engine, and the
+        // broadcast never leaves: the proposal did not happen.
+        if !self.running() {
+            return Err(self.halted_error());
+        }
         Ok(id)
+    }
+
+    fn halted_error(&self) -> ProposeError {
+        ProposeError::Halted(self.halt.clone().unwrap_or_default())
     }
 
     /// A vertex arrived from `from` (gossip or fetch), already verified.

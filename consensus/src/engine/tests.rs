@@ -493,7 +493,7 @@ impl History for FaultyHistory {
         self.read(|| self.inner.authored(author, seq))
     }
     fn record(&mut self, v: &Vertex, d: Decision, at_ms: u64) -> Result<(), HistoryError> {
-        if self.failing.get() || self.failing_writes.get() {
+        if self.failing.get() || self.failing_writes.get() || self.fault().is_some() {
             return Err(HistoryError("write failed: I/O error".into()));
         }
         self.inner.record(v, d, at_ms)

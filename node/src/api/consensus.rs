@@ -111,7 +111,8 @@ pub async fn propose(
 #[utoipa::path(get, path = "/v1/vertices/{id}", operation_id = "get_vertex", tag = "consensus",
     params(("id" = String, Path, description = "Vertex id, 64 hex digits")),
     responses((status = 200, description = "The vertex and where consensus stands on it", body = VertexInfo), (status = 400, description = "Bad input (the error names it)", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 404, description = "Unknown here", body = ErrorBody)))]
+        (status = 404, description = "Unknown here", body = ErrorBody),
+        (status = 503, description = "Consensus has stopped (the reason is named)", body = ErrorBody)))]
 pub async fn vertex(
     State(s): State<ApiState>,
     Path(id): Path<String>,
@@ -176,7 +177,8 @@ pub async fn claim(
 /// `GET /v1/tasks/{id}`.
 #[utoipa::path(get, path = "/v1/tasks/{id}", operation_id = "get_task", tag = "consensus",
     params(("id" = String, Path, description = "Task id")),
-    responses((status = 200, description = "Who holds the task, or the undecided claims", body = TaskInfo), (status = 400, description = "Bad input (the error names it)", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody)))]
+    responses((status = 200, description = "Who holds the task, or the undecided claims", body = TaskInfo), (status = 400, description = "Bad input (the error names it)", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 503, description = "Consensus has stopped (the reason is named)", body = ErrorBody)))]
 pub async fn task(
     State(s): State<ApiState>,
     Path(task): Path<String>,

@@ -50,8 +50,17 @@ impl SledHistory {
         self.log.len()
     }
 
+    /// Makes recorded decisions durable. A failure is latched like any
+    /// other: sled keeps failing after an I/O error until it is reopened,
+    /// and a retried fsync may report success for data the kernel dropped.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.log.flush().await
+        let result = self.log.flush().await;
+        if let Err(e) = &result {
+            let _ = self
+                .fault
+                .set(format!("flushing decisions to disk failed: {e}"));
+        }
+        result
     }
 }
 

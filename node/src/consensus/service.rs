@@ -272,20 +272,42 @@ impl ConsensusService {
 
     fn on_query_request(&mut self, request: Request) {
         match request {
-            // A halted engine's history is not trusted: these go
-            // unanswered, and the caller is told why (ConsensusStopped).
-            Request::Vertex { .. } | Request::Task { .. } if self.engine.halted().is_some() => {}
+            // A halted engine's history is not trusted, nor a view built
+            // from a read that failed: those go unanswered, and the caller
+            // is told why (ConsensusStopped::Halted).
             Request::Vertex { id, reply } => {
-                let _ = reply.send(views::vertex_info(&self.engine, &id));
+                if self.trusted() {
+                    let view = views::vertex_info(&self.engine, &id);
+                    if self.trusted() {
+                        let _ = reply.send(view);
+                    }
+                }
             }
             Request::Task { task, reply } => {
-                let _ = reply.send(views::task_info(&self.engine, &task));
+                if self.trusted() {
+                    let view = views::task_info(&self.engine, &task);
+                    if self.trusted() {
+                        let _ = reply.send(view);
+                    }
+                }
             }
             Request::Status(reply) => {
                 let _ = reply.send(self.status());
             }
             Request::Propose { .. } => {}
         }
+    }
+
+    /// Whether the history can be trusted; if not, the reason is shared at
+    /// once, before any unanswered request reaches its caller.
+    fn trusted(&mut self) -> bool {
+        if self.engine.check_history() {
+            return true;
+        }
+        if let Some(reason) = self.engine.halted() {
+            let _ = self.halted.set(reason.to_string());
+        }
+        false
     }
 
     fn status(&self) -> ConsensusStatus {
@@ -342,11 +364,18 @@ impl ConsensusService {
         if !self.dirty {
             return Ok(());
         }
+        if self.engine.halted().is_some() {
+            // Nothing resting on decisions goes out of a halted node.
+            self.unflushed.clear();
+            self.dirty = false;
+            return Ok(());
+        }
         if let Err(e) = self.engine.history().flush().await {
-            // Retried at the next flush; until then nothing that rests on
-            // the unflushed decisions (events, votes) goes out.
+            // The history latched the failure: the engine halts at its next
+            // call, and what waited for this flush never goes out.
             self.flush_failures += 1;
             tracing::error!(error = %e, "cannot flush consensus decisions to disk");
+            self.engine.check_history();
             return Ok(());
         }
         self.dirty = false;
