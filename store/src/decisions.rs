@@ -1,32 +1,57 @@
-//! Consensus decisions on disk: decided vertices with their status, the
-//! (author, seq) index used to detect equivocation, and this node's next
-//! sequence number; plus the in-memory index of conflict-key winners,
-//! rebuilt from the accepted vertices when the log is opened.
+//! Consensus decisions on disk.
 //!
-//! Write order makes a crash safe: content and indexes first, the status
-//! last, and readers treat a vertex without a status as undecided.
+//! - `consensus_status`: every decided vertex's status (accepted or
+//!   rejected, when) and, for a rejected one, the accepted rivals that beat
+//!   it (the hints a query answer carries);
+//! - `consensus_vertices`: the content of accepted vertices only (a rejected
+//!   vertex keeps its id and status: its content would let any proposer
+//!   fill every node's disk);
+//! - `consensus_winners`: conflict key → the accepted vertex holding it;
+//! - `consensus_accepted`: the accepted log, this node's acceptance order
+//!   (parents before children), which bootstrapping nodes page through;
+//! - `consensus_authored`: (author, seq) of accepted vertices, to catch
+//!   equivocation;
+//! - `consensus_meta`: the next sequence number, counters, the layout.
+//!
+//! Nothing is rebuilt or re-verified at start-up: opening costs the same
+//! whatever the history's length. Write order makes a crash safe: content
+//! and indexes first, the status last, and readers treat a vertex without
+//! a status as undecided. sled recovers a prefix of the writes, so an index
+//! entry without its status is harmless, and the reverse cannot happen.
 
-use crate::winners::WinnerIndex;
 use crate::{StoreError, MAX_RECORD_BYTES};
 use agentmesh_protocol::{codec, NodeId, Vertex, VertexId, WireVertex};
 
 const NEXT_SEQ: &[u8] = b"next_seq";
+const DECIDED: &[u8] = b"decided";
+const LAYOUT: &[u8] = b"layout";
+/// Version 2: winners and the accepted log on disk, rejected vertices
+/// without content. Version 1 (no layout key) kept the winner index in
+/// memory, rebuilt at every start.
+const CURRENT_LAYOUT: u64 = 2;
+/// Accepted rivals recorded with a rejected vertex.
+pub const MAX_RECORDED_RIVALS: usize = 8;
 
 pub struct DecisionLog {
     status: sled::Tree,
     vertices: sled::Tree,
     authored: sled::Tree,
+    winners: sled::Tree,
+    accepted: sled::Tree,
     meta: sled::Tree,
-    winners: WinnerIndex,
     /// Decided vertices (sled's own count scans the whole tree).
-    decided: usize,
+    decided: u64,
+    /// The next position in the accepted log.
+    log_end: u64,
 }
 
 /// A decided vertex's status: accepted or rejected, and when (ms).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredDecision {
     pub accepted: bool,
     pub at_ms: u64,
+    /// For a rejected vertex, accepted rivals that beat it (may be empty).
+    pub rivals: Vec<VertexId>,
 }
 
 fn authored_key(author: &NodeId, seq: u64) -> [u8; 40] {
@@ -36,24 +61,26 @@ fn authored_key(author: &NodeId, seq: u64) -> [u8; 40] {
     key
 }
 
-/// Whether the stored accepted vertex `id` has a transaction with conflict
-/// key `key` (decoded only: the content was verified before it was
-/// stored). A read that fails, or content missing or damaged, is an error:
-/// answering "no" would let a rival of the winner in.
-fn holds_key(vertices: &sled::Tree, id: &VertexId, key: &str) -> Result<bool, StoreError> {
-    let bytes = vertices
-        .get(id.0)?
-        .ok_or_else(|| corrupt(&id.0, "accepted vertex is missing its content"))?;
-    let wire: WireVertex =
-        codec::decode(&bytes, MAX_RECORD_BYTES).map_err(|e| corrupt(&id.0, e))?;
-    Ok(wire.vertex.transactions.iter().any(|tx| tx.key == key))
-}
-
 fn corrupt(key: &[u8], reason: impl ToString) -> StoreError {
     StoreError::Corrupt {
         key: hex::encode(key),
         reason: reason.to_string(),
     }
+}
+
+fn read_u64(tree: &sled::Tree, key: &[u8]) -> Result<Option<u64>, StoreError> {
+    match tree.get(key)? {
+        None => Ok(None),
+        Some(v) => <[u8; 8]>::try_from(v.as_ref())
+            .map(|b| Some(u64::from_be_bytes(b)))
+            .map_err(|_| corrupt(key, "counter is not 8 bytes")),
+    }
+}
+
+fn vertex_id(key: &[u8], value: &[u8]) -> Result<VertexId, StoreError> {
+    <[u8; 32]>::try_from(value)
+        .map(VertexId)
+        .map_err(|_| corrupt(key, "vertex id is not 32 bytes"))
 }
 
 impl DecisionLog {
@@ -62,59 +89,108 @@ impl DecisionLog {
             status: db.open_tree("consensus_status")?,
             vertices: db.open_tree("consensus_vertices")?,
             authored: db.open_tree("consensus_authored")?,
+            winners: db.open_tree("consensus_winners")?,
+            accepted: db.open_tree("consensus_accepted")?,
             meta: db.open_tree("consensus_meta")?,
-            winners: WinnerIndex::default(),
             decided: 0,
+            log_end: 0,
         };
-        log.rebuild_winners()?;
+        match read_u64(&log.meta, LAYOUT)? {
+            Some(CURRENT_LAYOUT) => {}
+            None => log.upgrade_from_layout_1()?,
+            Some(other) => return Err(corrupt(
+                LAYOUT,
+                format!(
+                    "the consensus history has layout {other}; this build reads {CURRENT_LAYOUT}"
+                ),
+            )),
+        }
+        log.decided = read_u64(&log.meta, DECIDED)?.unwrap_or(0);
+        log.log_end = match log.accepted.last()? {
+            Some((key, _)) => <[u8; 8]>::try_from(key.as_ref())
+                .map(|b| u64::from_be_bytes(b) + 1)
+                .map_err(|_| corrupt(&key, "accepted log position is not 8 bytes"))?,
+            None => 0,
+        };
         Ok(log)
     }
 
-    fn rebuild_winners(&mut self) -> Result<(), StoreError> {
+    /// A history written before winners were kept on disk: indexes every
+    /// accepted vertex once (verified, as it was then at every start) and
+    /// records the layout, so later starts read nothing but counters.
+    fn upgrade_from_layout_1(&mut self) -> Result<(), StoreError> {
+        let mut decided = 0u64;
         let mut accepted = Vec::new();
         for item in self.status.iter() {
             let (key, value) = item?;
-            self.decided += 1;
+            decided += 1;
             if value.first() == Some(&1) {
-                if let Ok(id) = <[u8; 32]>::try_from(key.as_ref()) {
-                    accepted.push(VertexId(id));
-                }
+                accepted.push(vertex_id(&key, &key)?);
             }
         }
         for id in accepted {
-            match self.vertex(&id)? {
-                Some(vertex) => self.index_winners(&vertex),
-                None => return Err(corrupt(&id.0, "accepted vertex is missing its content")),
-            }
+            let vertex = self
+                .vertex(&id)?
+                .ok_or_else(|| corrupt(&id.0, "accepted vertex is missing its content"))?;
+            self.index_accepted(&vertex)?;
         }
+        self.meta.insert(DECIDED, &decided.to_be_bytes())?;
+        self.meta.insert(LAYOUT, &CURRENT_LAYOUT.to_be_bytes())?;
+        self.meta.flush()?;
         Ok(())
     }
 
-    fn index_winners(&mut self, vertex: &Vertex) {
+    /// Winners, the accepted log and the (author, seq) slot of an accepted
+    /// vertex.
+    fn index_accepted(&mut self, vertex: &Vertex) -> Result<(), StoreError> {
+        let id = vertex.id();
+        let mut batch = sled::Batch::default();
         for tx in vertex.transactions() {
-            self.winners.insert(&tx.key, vertex.id());
+            batch.insert(tx.key.as_bytes(), &id.0);
         }
+        self.winners.apply_batch(batch)?;
+        self.authored
+            .insert(authored_key(&vertex.author(), vertex.seq()), &id.0)?;
+        self.accepted.insert(self.log_end.to_be_bytes(), &id.0)?;
+        self.log_end += 1;
+        Ok(())
     }
 
-    pub fn record(
-        &mut self,
-        vertex: &Vertex,
-        accepted: bool,
-        at_ms: u64,
-    ) -> Result<(), StoreError> {
+    /// Records an accepted vertex: its content, its winners, its place in
+    /// the accepted log.
+    pub fn accept(&mut self, vertex: &Vertex, at_ms: u64) -> Result<(), StoreError> {
         let id = vertex.id();
         let bytes = codec::encode(vertex.wire()).map_err(|e| StoreError::Encode(e.to_string()))?;
         self.vertices.insert(id.0, bytes)?;
-        self.authored
-            .insert(authored_key(&vertex.author(), vertex.seq()), &id.0)?;
-        if accepted {
-            self.index_winners(vertex);
+        self.index_accepted(vertex)?;
+        let mut status = Vec::with_capacity(9);
+        status.push(1);
+        status.extend_from_slice(&at_ms.to_be_bytes());
+        self.set_status(&id, status)
+    }
+
+    /// Records a rejected vertex: its status and the accepted rivals that
+    /// beat it (at most [`MAX_RECORDED_RIVALS`]), never its content.
+    pub fn reject(
+        &mut self,
+        id: &VertexId,
+        at_ms: u64,
+        rivals: &[VertexId],
+    ) -> Result<(), StoreError> {
+        let rivals = &rivals[..rivals.len().min(MAX_RECORDED_RIVALS)];
+        let mut status = Vec::with_capacity(9 + 32 * rivals.len());
+        status.push(0);
+        status.extend_from_slice(&at_ms.to_be_bytes());
+        for rival in rivals {
+            status.extend_from_slice(&rival.0);
         }
-        let mut status = [0u8; 9];
-        status[0] = accepted as u8;
-        status[1..].copy_from_slice(&at_ms.to_be_bytes());
-        if self.status.insert(id.0, &status)?.is_none() {
+        self.set_status(id, status)
+    }
+
+    fn set_status(&mut self, id: &VertexId, status: Vec<u8>) -> Result<(), StoreError> {
+        if self.status.insert(id.0, status)?.is_none() {
             self.decided += 1;
+            self.meta.insert(DECIDED, &self.decided.to_be_bytes())?;
         }
         Ok(())
     }
@@ -123,19 +199,27 @@ impl DecisionLog {
         let Some(value) = self.status.get(id.0)? else {
             return Ok(None);
         };
-        if value.len() != 9 || value[0] > 1 {
-            return Err(corrupt(&id.0, "status record is not 9 bytes"));
+        let well_formed = value.len() >= 9
+            && (value.len() - 9) % 32 == 0
+            && (value[0] == 0 || (value[0] == 1 && value.len() == 9));
+        if !well_formed {
+            return Err(corrupt(&id.0, "status record is malformed"));
         }
         let mut at = [0u8; 8];
-        at.copy_from_slice(&value[1..]);
+        at.copy_from_slice(&value[1..9]);
+        let rivals = value[9..]
+            .chunks_exact(32)
+            .map(|c| vertex_id(&id.0, c))
+            .collect::<Result<_, _>>()?;
         Ok(Some(StoredDecision {
             accepted: value[0] == 1,
             at_ms: u64::from_be_bytes(at),
+            rivals,
         }))
     }
 
-    /// A decided vertex, re-verified (a damaged record is an error, not a
-    /// vertex with a wrong id).
+    /// An accepted vertex, re-verified (a damaged record is an error, not a
+    /// vertex with a wrong id). Rejected vertices have no content.
     pub fn vertex(&self, id: &VertexId) -> Result<Option<Vertex>, StoreError> {
         let Some(value) = self.vertices.get(id.0)? else {
             return Ok(None);
@@ -151,39 +235,48 @@ impl DecisionLog {
 
     /// The accepted vertex holding a transaction with conflict key `key`.
     pub fn winner(&self, key: &str) -> Result<Option<VertexId>, StoreError> {
-        for candidate in self.winners.candidates(key) {
-            if holds_key(&self.vertices, &candidate, key)? {
-                return Ok(Some(candidate));
-            }
-        }
-        Ok(None)
+        let Some(value) = self.winners.get(key.as_bytes())? else {
+            return Ok(None);
+        };
+        vertex_id(key.as_bytes(), &value).map(Some)
     }
 
-    /// Conflict keys with a known winner.
+    /// Conflict keys with a known winner (counted by scanning: for tests
+    /// and tools, not for hot paths).
     pub fn winners(&self) -> usize {
-        self.winners.count()
+        self.winners.len()
     }
 
     pub fn authored(&self, author: &NodeId, seq: u64) -> Result<Option<VertexId>, StoreError> {
-        self.id_at(&self.authored, &authored_key(author, seq))
+        let key = authored_key(author, seq);
+        match self.authored.get(key)? {
+            None => Ok(None),
+            Some(value) => vertex_id(&key, &value).map(Some),
+        }
     }
 
-    fn id_at(&self, tree: &sled::Tree, key: &[u8]) -> Result<Option<VertexId>, StoreError> {
-        let Some(value) = tree.get(key)? else {
-            return Ok(None);
-        };
-        <[u8; 32]>::try_from(value.as_ref())
-            .map(|b| Some(VertexId(b)))
-            .map_err(|_| corrupt(key, "vertex id is not 32 bytes"))
+    /// Up to `limit` ids of the accepted log from position `from`, and the
+    /// log's end (its next position).
+    pub fn accepted_page(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<(Vec<VertexId>, u64), StoreError> {
+        let mut ids = Vec::new();
+        for item in self.accepted.range(from.to_be_bytes()..).take(limit) {
+            let (key, value) = item?;
+            ids.push(vertex_id(&key, &value)?);
+        }
+        Ok((ids, self.log_end))
+    }
+
+    /// Accepted vertices recorded (the end of the accepted log).
+    pub fn accepted_len(&self) -> u64 {
+        self.log_end
     }
 
     pub fn next_seq(&self) -> Result<u64, StoreError> {
-        match self.meta.get(NEXT_SEQ)? {
-            None => Ok(1),
-            Some(v) => <[u8; 8]>::try_from(v.as_ref())
-                .map(u64::from_be_bytes)
-                .map_err(|_| corrupt(NEXT_SEQ, "next sequence number is not 8 bytes")),
-        }
+        Ok(read_u64(&self.meta, NEXT_SEQ)?.unwrap_or(1))
     }
 
     /// Durable before it returns: a sequence number is never reused.
@@ -193,14 +286,15 @@ impl DecisionLog {
         Ok(())
     }
 
-    /// Makes every recorded decision durable.
+    /// Makes every recorded decision durable (sled flushes the whole
+    /// database, every tree, at once).
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.status.flush_async().await?;
         Ok(())
     }
 
     /// Decided vertices on disk.
-    pub fn len(&self) -> usize {
+    pub fn len(&self) -> u64 {
         self.decided
     }
 
@@ -215,50 +309,120 @@ mod tests {
     use crate::Store;
     use agentmesh_protocol::{NodeKey, Transaction};
 
+    fn vertex(key: &NodeKey, seq: u64, task: &str) -> Vertex {
+        let tx = Transaction {
+            key: task.into(),
+            payload: b"a".to_vec(),
+        };
+        Vertex::sign(key, vec![], seq, 10, vec![tx]).unwrap()
+    }
+
     #[test]
     fn decisions_survive_reopening_and_damage_is_reported() {
         let dir = tempfile::tempdir().unwrap();
         let key = NodeKey::generate().unwrap();
-        let tx = Transaction {
-            key: "task:1".into(),
-            payload: b"a".to_vec(),
-        };
-        let v = Vertex::sign(&key, vec![], 3, 10, vec![tx]).unwrap();
+        let v = vertex(&key, 3, "task:1");
+        let loser = vertex(&key, 4, "task:1");
         {
             let store = Store::open(dir.path()).unwrap();
             let mut log = store.decisions().unwrap();
             assert_eq!(log.next_seq().unwrap(), 1);
-            log.record(&v, true, 42).unwrap();
-            log.set_next_seq(4).unwrap();
+            log.accept(&v, 42).unwrap();
+            log.reject(&loser.id(), 43, &[v.id()]).unwrap();
+            log.set_next_seq(5).unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
         let log = store.decisions().unwrap();
+        assert_eq!(log.len(), 2, "the count survives without a scan");
         assert_eq!(
             log.decision(&v.id()).unwrap(),
             Some(StoredDecision {
                 accepted: true,
-                at_ms: 42
+                at_ms: 42,
+                rivals: vec![]
             })
         );
-        assert_eq!(log.vertex(&v.id()).unwrap().unwrap().id(), v.id());
         assert_eq!(
-            log.winner("task:1").unwrap(),
-            Some(v.id()),
-            "rebuilt on open"
+            log.decision(&loser.id()).unwrap(),
+            Some(StoredDecision {
+                accepted: false,
+                at_ms: 43,
+                rivals: vec![v.id()]
+            })
         );
+        assert_eq!(log.vertex(&loser.id()).unwrap(), None, "no content kept");
+        assert_eq!(log.vertex(&v.id()).unwrap().unwrap().id(), v.id());
+        assert_eq!(log.winner("task:1").unwrap(), Some(v.id()));
         assert_eq!(log.winner("task:2").unwrap(), None);
         assert_eq!(log.authored(&key.node_id(), 3).unwrap(), Some(v.id()));
-        assert_eq!(log.next_seq().unwrap(), 4);
+        assert_eq!(log.accepted_page(0, 10).unwrap(), (vec![v.id()], 1));
+        assert_eq!(log.next_seq().unwrap(), 5);
         log.vertices.insert(v.id().0, &b"garbage"[..]).unwrap();
         assert!(matches!(
             log.vertex(&v.id()),
             Err(StoreError::Corrupt { .. })
         ));
-        // A damaged winner is an error, never "no winner" (which would let
-        // a rival of it in).
+        // A damaged winner entry is an error, never "no winner" (which
+        // would let a rival of it in).
+        log.winners.insert("task:1", &b"short"[..]).unwrap();
         assert!(matches!(
             log.winner("task:1"),
             Err(StoreError::Corrupt { .. })
         ));
+        log.status.insert(v.id().0, &b"\x01short"[..]).unwrap();
+        assert!(matches!(
+            log.decision(&v.id()),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn the_accepted_log_pages_in_acceptance_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = NodeKey::generate().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut log = store.decisions().unwrap();
+        let vertices: Vec<Vertex> = (0..5)
+            .map(|i| vertex(&key, i, &format!("task:{i}")))
+            .collect();
+        for v in &vertices {
+            log.accept(v, 1).unwrap();
+        }
+        let (first, end) = log.accepted_page(0, 3).unwrap();
+        let (rest, _) = log.accepted_page(3, 3).unwrap();
+        assert_eq!(end, 5);
+        let all: Vec<VertexId> = first.into_iter().chain(rest).collect();
+        assert_eq!(all, vertices.iter().map(|v| v.id()).collect::<Vec<_>>());
+        drop(log);
+        let log = store.decisions().unwrap();
+        assert_eq!(log.accepted_len(), 5, "reopened at the log's end");
+    }
+
+    #[test]
+    fn a_layout_1_history_is_indexed_once_on_upgrade() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = NodeKey::generate().unwrap();
+        let v = vertex(&key, 1, "task:old");
+        {
+            // As the previous layout wrote it: content and status only.
+            let db = sled::open(dir.path()).unwrap();
+            db.open_tree("consensus_vertices")
+                .unwrap()
+                .insert(v.id().0, codec::encode(v.wire()).unwrap())
+                .unwrap();
+            let mut status = vec![1u8];
+            status.extend_from_slice(&7u64.to_be_bytes());
+            db.open_tree("consensus_status")
+                .unwrap()
+                .insert(v.id().0, status)
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let log = store.decisions().unwrap();
+        assert_eq!(log.winner("task:old").unwrap(), Some(v.id()));
+        assert_eq!(log.len(), 1);
+        assert_eq!(log.accepted_len(), 1);
+        assert_eq!(read_u64(&log.meta, LAYOUT).unwrap(), Some(CURRENT_LAYOUT));
     }
 }

@@ -6,10 +6,9 @@ mod decisions;
 mod model;
 pub mod patterns;
 mod peers;
-mod winners;
 
 pub use bans::{Ban, BanList};
-pub use decisions::{DecisionLog, StoredDecision};
+pub use decisions::{DecisionLog, StoredDecision, MAX_RECORDED_RIVALS};
 pub use model::{ModelStore, OutcomeMark, StoredCheckpoint};
 
 pub use patterns::PatternStore;

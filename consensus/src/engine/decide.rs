@@ -62,16 +62,19 @@ impl<H: History> Engine<H> {
         }
         self.stats.accepted_vertices += 1;
         self.stats.accepted_transactions += p.vertex.transactions().len() as u64;
-        self.record(now_ms, p.vertex, Decision::Accepted);
+        self.record_accepted(now_ms, p.vertex);
         self.preferred_memo.clear();
         for loser in losers {
-            self.reject(now_ms, loser);
+            self.reject(now_ms, loser, Some(id));
         }
     }
 
-    /// Rejects a processing vertex and everything that descends from it.
-    pub(super) fn reject(&mut self, now_ms: u64, id: VertexId) {
+    /// Rejects a processing vertex and everything that descends from it;
+    /// `winner`, the accepted rival that beat it, is recorded with it (a
+    /// hint for askers who never saw the winner).
+    pub(super) fn reject(&mut self, now_ms: u64, id: VertexId, winner: Option<VertexId>) {
         let mut queue = VecDeque::from([id]);
+        let mut rivals: Vec<VertexId> = winner.into_iter().collect();
         while let Some(id) = queue.pop_front() {
             let Some(p) = self.processing.remove(&id) else {
                 continue;
@@ -109,33 +112,49 @@ impl<H: History> Engine<H> {
             for waiter in self.waiting.remove(&id).unwrap_or_default() {
                 if let Some(pending) = self.take_pending(&waiter) {
                     self.unlink_pending(&waiter, &pending.missing);
-                    self.reject_unprocessed(now_ms, pending.vertex);
+                    self.reject_unprocessed(now_ms, pending.vertex, Vec::new());
                 }
             }
             self.plan_reissue(&p.vertex);
             self.stats.rejected_vertices += 1;
-            self.record(now_ms, p.vertex, Decision::Rejected);
+            // Descendants are rejected for their parent, not a rival.
+            self.record_rejected(now_ms, p.vertex, std::mem::take(&mut rivals));
         }
         self.preferred_memo.clear();
     }
 
     /// Rejects a vertex that never entered the processing set (a parent was
-    /// rejected, or it conflicts with an accepted transaction), and the
-    /// pending vertices waiting for it.
-    pub(super) fn reject_unprocessed(&mut self, now_ms: u64, vertex: Vertex) {
-        let mut queue = VecDeque::from([vertex]);
-        while let Some(vertex) = queue.pop_front() {
+    /// rejected, or it conflicts with an accepted transaction: `rivals`),
+    /// and the pending vertices waiting for it.
+    ///
+    /// Such a rejection is remembered in memory only, in a bounded cache:
+    /// it follows from decisions already recorded (a winner, a rejected
+    /// parent), so a vertex that comes back after it left the cache is
+    /// rejected again the same way, and a proposer sending vertices that
+    /// are dead on arrival costs no node any disk.
+    pub(super) fn reject_unprocessed(
+        &mut self,
+        now_ms: u64,
+        vertex: Vertex,
+        rivals: Vec<VertexId>,
+    ) {
+        let mut queue = VecDeque::from([(vertex, rivals)]);
+        while let Some((vertex, rivals)) = queue.pop_front() {
             let id = vertex.id();
             self.forget_authored(&vertex);
             for waiter in self.waiting.remove(&id).unwrap_or_default() {
                 if let Some(pending) = self.take_pending(&waiter) {
                     self.unlink_pending(&waiter, &pending.missing);
-                    queue.push_back(pending.vertex);
+                    queue.push_back((pending.vertex, Vec::new()));
                 }
             }
             self.plan_reissue(&vertex);
             self.stats.rejected_vertices += 1;
-            self.record(now_ms, vertex, Decision::Rejected);
+            self.rejected_on_arrival.put(id, (now_ms, rivals));
+            self.outputs.push(Output::Decided {
+                vertex,
+                decision: Decision::Rejected,
+            });
         }
     }
 
@@ -171,14 +190,30 @@ impl<H: History> Engine<H> {
         }
     }
 
-    fn record(&mut self, now_ms: u64, vertex: Vertex, decision: Decision) {
+    fn record_accepted(&mut self, now_ms: u64, vertex: Vertex) {
         // Nothing is written once a read failed: this decision may rest on it.
         if !self.running() {
             return;
         }
-        if let Err(e) = self.history.record(&vertex, decision, now_ms) {
+        if let Err(e) = self.history.accept(&vertex, now_ms) {
             self.halt_with(e.to_string());
         }
-        self.outputs.push(Output::Decided { vertex, decision });
+        self.outputs.push(Output::Decided {
+            vertex,
+            decision: Decision::Accepted,
+        });
+    }
+
+    fn record_rejected(&mut self, now_ms: u64, vertex: Vertex, rivals: Vec<VertexId>) {
+        if !self.running() {
+            return;
+        }
+        if let Err(e) = self.history.reject(&vertex.id(), now_ms, &rivals) {
+            self.halt_with(e.to_string());
+        }
+        self.outputs.push(Output::Decided {
+            vertex,
+            decision: Decision::Rejected,
+        });
     }
 }

@@ -25,7 +25,7 @@ impl<H: History> Engine<H> {
         let id = vertex.id();
         if self.processing.contains_key(&id)
             || self.pending.contains_key(&id)
-            || self.history.decision(&id).is_some()
+            || self.decided(&id).is_some()
         {
             return;
         }
@@ -37,10 +37,10 @@ impl<H: History> Engine<H> {
             if self.processing.contains_key(parent) {
                 continue;
             }
-            match self.history.decision(parent) {
+            match self.decided(parent) {
                 Some((Decision::Accepted, _)) => {}
                 Some((Decision::Rejected, _)) => {
-                    self.reject_unprocessed(now_ms, vertex);
+                    self.reject_unprocessed(now_ms, vertex, Vec::new());
                     return;
                 }
                 None => {
@@ -93,10 +93,10 @@ impl<H: History> Engine<H> {
             // another parent), and then this vertex is rejected with it.
             let parent_rejected = vertex.parents().iter().any(|parent| {
                 !self.processing.contains_key(parent)
-                    && self.history.decision(parent).map(|(d, _)| d) != Some(Decision::Accepted)
+                    && self.decided(parent).map(|(d, _)| d) != Some(Decision::Accepted)
             });
             if parent_rejected {
-                self.reject_unprocessed(now_ms, vertex);
+                self.reject_unprocessed(now_ms, vertex, Vec::new());
                 continue;
             }
             if !self.has_room(vertex.transactions().len(), 2) {
@@ -106,12 +106,20 @@ impl<H: History> Engine<H> {
                 self.drop_waiters(&id);
                 continue;
             }
-            let accepted_rival = vertex
-                .transactions()
-                .iter()
-                .any(|tx| self.history.winner(&tx.key).is_some_and(|w| w != id));
-            if accepted_rival || self.conflicts_with_own_ancestry(&vertex) {
-                self.reject_unprocessed(now_ms, vertex);
+            let mut rivals: Vec<VertexId> = Vec::new();
+            for tx in vertex.transactions() {
+                if let Some(winner) = self.history.winner(&tx.key).filter(|w| *w != id) {
+                    rivals.push(winner);
+                    // One rival settles it; a few are hints enough.
+                    if rivals.len() >= super::MAX_HINT_LOOKUPS {
+                        break;
+                    }
+                }
+            }
+            if !rivals.is_empty() || self.conflicts_with_own_ancestry(&vertex) {
+                rivals.sort();
+                rivals.dedup();
+                self.reject_unprocessed(now_ms, vertex, rivals);
                 continue;
             }
             self.add_processing(vertex);

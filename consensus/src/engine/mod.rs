@@ -254,10 +254,20 @@ pub struct Engine<H: History> {
     /// same key were still undecided.
     orphans: HashMap<String, Transaction>,
     outputs: Vec<Output>,
+    /// Vertices rejected on arrival (never processed), when, and the
+    /// accepted rivals that beat them: in memory only (see
+    /// `reject_unprocessed`).
+    rejected_on_arrival: lru::LruCache<VertexId, (u64, Vec<VertexId>)>,
     /// Why the engine stopped: its history failed (see `halt_with`).
     halt: Option<String>,
     stats: EngineStats,
 }
+
+/// Vertices rejected on arrival remembered (about 100 bytes each).
+const REJECTED_ON_ARRIVAL: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(16_384) {
+    Some(n) => n,
+    None => unreachable!(),
+};
 
 /// Counters for metrics and benchmarks.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -321,6 +331,7 @@ impl<H: History> Engine<H> {
             reissued: HashMap::new(),
             orphans: HashMap::new(),
             outputs: Vec::new(),
+            rejected_on_arrival: lru::LruCache::new(REJECTED_ON_ARRIVAL),
             halt: None,
             stats: EngineStats::default(),
         })
@@ -550,15 +561,15 @@ impl<H: History> Engine<H> {
                 if self.processing.contains_key(id) {
                     return self.strongly_preferred(id);
                 }
-                match self.history.decision(id) {
+                match self.decided(id) {
                     Some((Decision::Accepted, _)) => {
                         decided = true;
                         true
                     }
                     Some((Decision::Rejected, _)) => {
                         decided = true;
-                        // Each hint costs a read of a stored vertex: a few
-                        // per query, however many rejected ids it names.
+                        // Each hint costs a read: a few per query, however
+                        // many rejected ids it names.
                         if hint_lookups < MAX_HINT_LOOKUPS {
                             hint_lookups += 1;
                             hints.extend(self.rivals_that_won(id));
@@ -705,7 +716,7 @@ impl<H: History> Engine<H> {
         if self.pending.contains_key(id) {
             return VertexStatus::Pending;
         }
-        match self.history.decision(id) {
+        match self.decided(id) {
             Some((Decision::Accepted, _)) => VertexStatus::Accepted,
             Some((Decision::Rejected, _)) => VertexStatus::Rejected,
             None => VertexStatus::Unknown,
@@ -735,16 +746,21 @@ impl<H: History> Engine<H> {
             .or_else(|| self.pending.get(id).map(|p| &p.vertex))
     }
 
+    /// The accepted rivals recorded with a rejected vertex.
     fn rivals_that_won(&self, id: &VertexId) -> Vec<VertexId> {
-        let Some(vertex) = self.history.vertex(id) else {
-            return Vec::new();
-        };
-        vertex
-            .transactions()
-            .iter()
-            .filter_map(|tx| self.history.winner(&tx.key))
-            .filter(|w| w != id)
-            .collect()
+        match self.rejected_on_arrival.peek(id) {
+            Some((_, rivals)) => rivals.clone(),
+            None => self.history.rivals(id),
+        }
+    }
+
+    /// The decision on `id` and when: recorded in the history, or a
+    /// rejection on arrival still remembered.
+    pub(super) fn decided(&self, id: &VertexId) -> Option<(Decision, u64)> {
+        match self.rejected_on_arrival.peek(id) {
+            Some((at_ms, _)) => Some((Decision::Rejected, *at_ms)),
+            None => self.history.decision(id),
+        }
     }
 
     fn misbehaved(&mut self, now_ms: u64, peer: NodeId, reason: Misbehaviour) {

@@ -229,7 +229,7 @@ impl<H: History> Engine<H> {
             .filter(|h| {
                 !self.processing.contains_key(h)
                     && !self.pending.contains_key(h)
-                    && self.history.decision(h).is_none()
+                    && self.decided(h).is_none()
             })
             .copied()
             .collect();
@@ -261,7 +261,7 @@ impl<H: History> Engine<H> {
         if self.processing.contains_key(id) {
             return false;
         }
-        let Some((Decision::Rejected, at_ms)) = self.history.decision(id) else {
+        let Some((Decision::Rejected, at_ms)) = self.decided(id) else {
             return false;
         };
         if now_ms < at_ms + self.params.contradiction_grace_ms {

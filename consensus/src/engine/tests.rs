@@ -470,6 +470,13 @@ struct FaultyHistory {
 }
 
 impl FaultyHistory {
+    fn writable(&self) -> Result<(), HistoryError> {
+        if self.failing.get() || self.failing_writes.get() || self.fault().is_some() {
+            return Err(HistoryError("write failed: I/O error".into()));
+        }
+        Ok(())
+    }
+
     fn read<T>(&self, value: impl FnOnce() -> Option<T>) -> Option<T> {
         if self.failing.get() {
             *self.fault.borrow_mut() = Some("read failed: I/O error".into());
@@ -489,14 +496,31 @@ impl History for FaultyHistory {
     fn winner(&self, key: &str) -> Option<VertexId> {
         self.read(|| self.inner.winner(key))
     }
+    fn rivals(&self, id: &VertexId) -> Vec<VertexId> {
+        self.read(|| Some(self.inner.rivals(id)))
+            .unwrap_or_default()
+    }
     fn authored(&self, author: &NodeId, seq: u64) -> Option<VertexId> {
         self.read(|| self.inner.authored(author, seq))
     }
-    fn record(&mut self, v: &Vertex, d: Decision, at_ms: u64) -> Result<(), HistoryError> {
-        if self.failing.get() || self.failing_writes.get() || self.fault().is_some() {
-            return Err(HistoryError("write failed: I/O error".into()));
-        }
-        self.inner.record(v, d, at_ms)
+    fn accept(&mut self, v: &Vertex, at_ms: u64) -> Result<(), HistoryError> {
+        self.writable()?;
+        self.inner.accept(v, at_ms)
+    }
+    fn reject(
+        &mut self,
+        id: &VertexId,
+        at_ms: u64,
+        rivals: &[VertexId],
+    ) -> Result<(), HistoryError> {
+        self.writable()?;
+        self.inner.reject(id, at_ms, rivals)
+    }
+    fn accepted_len(&self) -> u64 {
+        self.inner.accepted_len()
+    }
+    fn accepted_page(&self, from: u64, limit: usize) -> (Vec<VertexId>, u64) {
+        self.inner.accepted_page(from, limit)
     }
     fn next_seq(&self) -> u64 {
         self.inner.next_seq()

@@ -1,5 +1,5 @@
 use super::*;
-use crate::history::History;
+use crate::engine::VertexStatus;
 use proptest::prelude::{any, prop_assert, prop_assert_eq, proptest, ProptestConfig};
 
 /// Simulated time by which everything must be decided: with 5-50 ms
@@ -295,9 +295,16 @@ proptest! {
         sim.deliver_shuffled(&vertices);
         let report = sim.run();
         prop_assert!(report.safety_violations.is_empty(), "{:?}", report.safety_violations);
-        for node in &sim.nodes {
-            for v in &vertices {
-                prop_assert!(node.engine.history().decision(&v.id()).is_some(), "{:?} undecided", v.id());
+        // Rejections on arrival are remembered in memory only: the status
+        // answers for both.
+        for v in &vertices {
+            let first = sim.nodes[0].engine.status(&v.id());
+            prop_assert!(
+                matches!(first, VertexStatus::Accepted | VertexStatus::Rejected),
+                "{:?} undecided: {:?}", v.id(), first
+            );
+            for node in &sim.nodes {
+                prop_assert_eq!(node.engine.status(&v.id()), first, "{:?}", v.id());
             }
         }
     }

@@ -46,7 +46,7 @@ impl SledHistory {
     }
 
     /// Decided vertices on disk.
-    pub fn decided(&self) -> usize {
+    pub fn decided(&self) -> u64 {
         self.log.len()
     }
 
@@ -84,21 +84,43 @@ impl History for SledHistory {
         self.read("a conflict winner", self.log.winner(key))
     }
 
+    fn rivals(&self, id: &VertexId) -> Vec<VertexId> {
+        self.read("a rejected vertex's rivals", self.log.decision(id))
+            .map(|d| d.rivals)
+            .unwrap_or_default()
+    }
+
     fn authored(&self, author: &NodeId, seq: u64) -> Option<VertexId> {
         self.read("a sequence number", self.log.authored(author, seq))
     }
 
-    fn record(
+    fn accept(&mut self, vertex: &Vertex, at_ms: u64) -> Result<(), HistoryError> {
+        self.writable()?;
+        let result = self.log.accept(vertex, at_ms);
+        self.written("an acceptance", result)
+    }
+
+    fn reject(
         &mut self,
-        vertex: &Vertex,
-        decision: Decision,
+        id: &VertexId,
         at_ms: u64,
+        rivals: &[VertexId],
     ) -> Result<(), HistoryError> {
         self.writable()?;
-        let result = self
-            .log
-            .record(vertex, decision == Decision::Accepted, at_ms);
-        self.written("a decision", result)
+        let result = self.log.reject(id, at_ms, rivals);
+        self.written("a rejection", result)
+    }
+
+    fn accepted_len(&self) -> u64 {
+        self.log.accepted_len()
+    }
+
+    fn accepted_page(&self, from: u64, limit: usize) -> (Vec<VertexId>, u64) {
+        self.read(
+            "the accepted log",
+            self.log.accepted_page(from, limit).map(Some),
+        )
+        .unwrap_or_default()
     }
 
     fn next_seq(&self) -> u64 {

@@ -27,10 +27,12 @@ pub fn vertex_info(engine: &Engine<SledHistory>, id: &VertexId) -> Option<Vertex
     let vertex = match status {
         VertexStatus::Unknown => return None,
         VertexStatus::Pending | VertexStatus::Processing { .. } => {
-            engine.undecided_vertex(id).cloned()
+            Some(engine.undecided_vertex(id).cloned()?)
         }
-        VertexStatus::Accepted | VertexStatus::Rejected => engine.history().vertex(id),
-    }?;
+        VertexStatus::Accepted => Some(engine.history().vertex(id)?),
+        // Rejected vertices keep no content.
+        VertexStatus::Rejected => None,
+    };
     let (name, confidence, preferred) = match status {
         VertexStatus::Pending => ("pending", 0, false),
         VertexStatus::Processing {
@@ -46,11 +48,14 @@ pub fn vertex_info(engine: &Engine<SledHistory>, id: &VertexId) -> Option<Vertex
         is_final: matches!(status, VertexStatus::Accepted | VertexStatus::Rejected),
         confidence,
         preferred,
-        author: vertex.author().to_string(),
-        seq: vertex.seq(),
-        timestamp_ms: vertex.timestamp_ms(),
-        parents: vertex.parents().iter().map(|p| p.to_string()).collect(),
-        transactions: bodies(&vertex),
+        author: vertex.as_ref().map(|v| v.author().to_string()),
+        seq: vertex.as_ref().map(|v| v.seq()),
+        timestamp_ms: vertex.as_ref().map(|v| v.timestamp_ms()),
+        parents: vertex
+            .as_ref()
+            .map(|v| v.parents().iter().map(|p| p.to_string()).collect())
+            .unwrap_or_default(),
+        transactions: vertex.as_ref().map(bodies).unwrap_or_default(),
     })
 }
 

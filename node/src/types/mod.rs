@@ -267,9 +267,14 @@ pub struct VertexInfo {
     /// Weakest consecutive-success streak among its transactions.
     pub confidence: u32,
     pub preferred: bool,
-    pub author: String,
-    pub seq: u64,
-    pub timestamp_ms: u64,
+    /// The content below is absent for a rejected vertex: a node keeps a
+    /// rejected vertex's id and status only (docs/consensus.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp_ms: Option<u64>,
     pub parents: Vec<String>,
     pub transactions: Vec<TransactionBody>,
 }
@@ -358,7 +363,7 @@ pub struct ConsensusStatus {
     pub accepted_vertices: u64,
     pub rejected_vertices: u64,
     pub accepted_transactions: u64,
-    pub decided_on_disk: usize,
+    pub decided_on_disk: u64,
     pub graylisted: Vec<GraylistEntry>,
     /// Proposal to acceptance of this node's own vertices (ms).
     pub finality_ms: Percentiles,
