@@ -5,6 +5,7 @@
 //! simulated network with Byzantine strategies.
 
 pub mod analysis;
+pub mod bootstrap;
 pub mod engine;
 pub mod graylist;
 pub mod history;
@@ -14,7 +15,10 @@ pub mod snowball;
 pub mod timeouts;
 pub mod validators;
 
-pub use engine::{Engine, EngineStats, Output, PollId, ProposeError, RequestId, VertexStatus};
+pub use bootstrap::{BootstrapProgress, BootstrapReply, BootstrapRequest, Bootstrapper};
+pub use engine::{
+    BootstrapRefusal, Engine, EngineStats, Output, PollId, ProposeError, RequestId, VertexStatus,
+};
 pub use graylist::Misbehaviour;
 pub use history::{Decision, History, HistoryError, MemoryHistory};
 pub use params::{Params, ParamsError};

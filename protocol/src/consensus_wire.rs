@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 pub const MAX_QUERY_IDS: usize = 1024;
 /// Most vertex ids in one fetch.
 pub const MAX_FETCH_IDS: usize = 256;
+/// Most ids in one page of an accepted log (32 KiB).
+pub const MAX_LOG_IDS: usize = 1024;
 /// Byte budget of a fetch response; a responder stops adding vertices when
 /// the next one would exceed it (at least one vertex is always sent).
 pub const FETCH_RESPONSE_BUDGET: usize = 4 * 1024 * 1024;
@@ -24,6 +26,12 @@ pub enum ConsensusRequest {
     Query { ids: Vec<VertexId> },
     /// "Send me these vertices" (missing ancestors or unknown queried ids).
     Fetch { ids: Vec<VertexId> },
+    /// Bootstrapping: "list the vertices you accepted, in the order you
+    /// accepted them, from position `from`" (`u64::MAX`: just the log's
+    /// length).
+    AcceptedLog { from: u64 },
+    /// Bootstrapping: "which of these have you accepted (durably)?"
+    Accepted { ids: Vec<VertexId> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +45,11 @@ pub enum ConsensusResponse {
     },
     /// The requested vertices this node has, in any order.
     Vertices { vertices: Vec<WireVertex> },
+    /// Up to [`MAX_LOG_IDS`] ids of the responder's accepted log from the
+    /// asked position, and the log's length.
+    AcceptedLog { ids: Vec<VertexId>, end: u64 },
+    /// One flag per asked id, in order: accepted here.
+    Accepted { accepted: Vec<bool> },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -57,6 +70,8 @@ impl ConsensusRequest {
         let (what, len, max) = match &request {
             ConsensusRequest::Query { ids } => ("query", ids.len(), MAX_QUERY_IDS),
             ConsensusRequest::Fetch { ids } => ("fetch", ids.len(), MAX_FETCH_IDS),
+            ConsensusRequest::AcceptedLog { .. } => ("log request", 0, 0),
+            ConsensusRequest::Accepted { ids } => ("acceptance query", ids.len(), MAX_QUERY_IDS),
         };
         if len > max {
             return Err(WireError::TooManyIds { what, len, max });
@@ -68,14 +83,18 @@ impl ConsensusRequest {
 impl ConsensusResponse {
     pub fn decode(bytes: &[u8]) -> Result<ConsensusResponse, WireError> {
         let response: ConsensusResponse = codec::decode(bytes, MAX_RESPONSE_BYTES)?;
-        if let ConsensusResponse::Votes { votes, hints } = &response {
-            if votes.len() > MAX_QUERY_IDS || hints.len() > MAX_QUERY_IDS {
-                return Err(WireError::TooManyIds {
-                    what: "vote list",
-                    len: votes.len(),
-                    max: MAX_QUERY_IDS,
-                });
+        let (what, len, max) = match &response {
+            ConsensusResponse::Votes { votes, hints } => {
+                ("vote list", votes.len().max(hints.len()), MAX_QUERY_IDS)
             }
+            ConsensusResponse::Vertices { .. } => ("vertex list", 0, 0),
+            ConsensusResponse::AcceptedLog { ids, .. } => ("log page", ids.len(), MAX_LOG_IDS),
+            ConsensusResponse::Accepted { accepted } => {
+                ("acceptance list", accepted.len(), MAX_QUERY_IDS)
+            }
+        };
+        if len > max {
+            return Err(WireError::TooManyIds { what, len, max });
         }
         Ok(response)
     }
@@ -98,6 +117,22 @@ mod tests {
         };
         let err = ConsensusRequest::decode(&codec::encode(&big).unwrap()).unwrap_err();
         assert!(matches!(err, WireError::TooManyIds { what: "fetch", .. }));
+        let page = ConsensusResponse::AcceptedLog {
+            ids: vec![VertexId([1; 32]); MAX_LOG_IDS + 1],
+            end: 5,
+        };
+        let err = ConsensusResponse::decode(&codec::encode(&page).unwrap()).unwrap_err();
+        assert!(matches!(
+            err,
+            WireError::TooManyIds {
+                what: "log page",
+                ..
+            }
+        ));
+        let asked = ConsensusRequest::Accepted {
+            ids: vec![VertexId([1; 32]); MAX_QUERY_IDS + 1],
+        };
+        assert!(ConsensusRequest::decode(&codec::encode(&asked).unwrap()).is_err());
     }
 
     proptest! {

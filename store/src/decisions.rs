@@ -98,12 +98,14 @@ impl DecisionLog {
         match read_u64(&log.meta, LAYOUT)? {
             Some(CURRENT_LAYOUT) => {}
             None => log.upgrade_from_layout_1()?,
-            Some(other) => return Err(corrupt(
-                LAYOUT,
-                format!(
+            Some(other) => {
+                return Err(corrupt(
+                    LAYOUT,
+                    format!(
                     "the consensus history has layout {other}; this build reads {CURRENT_LAYOUT}"
                 ),
-            )),
+                ))
+            }
         }
         log.decided = read_u64(&log.meta, DECIDED)?.unwrap_or(0);
         log.log_end = match log.accepted.last()? {

@@ -20,8 +20,66 @@ impl<H: History> Engine<H> {
             };
             self.processing_txs -= p.vertex.transactions().len();
             queue.extend(p.children.iter().copied());
-            self.accept(now_ms, p);
+            self.accept(now_ms, p, true);
         }
+    }
+
+    /// Accepts a vertex that validators holding a quorum of weight report
+    /// accepted (see [`crate::bootstrap`]), without polling it: an accepted
+    /// vertex's ancestors are accepted, and consensus safety means no
+    /// honest node decides otherwise. Its parents must be accepted here
+    /// already. Rivals still undecided here are rejected, as for any
+    /// acceptance; vertices waiting for it move on.
+    pub fn accept_bootstrapped(
+        &mut self,
+        now_ms: u64,
+        vertex: Vertex,
+    ) -> Result<(), super::BootstrapRefusal> {
+        use super::BootstrapRefusal;
+        if !self.running() {
+            return Err(BootstrapRefusal::Halted(
+                self.halt.clone().unwrap_or_default(),
+            ));
+        }
+        let id = vertex.id();
+        match self.decided(&id) {
+            Some((Decision::Accepted, _)) => return Ok(()),
+            Some((Decision::Rejected, _)) => return Err(BootstrapRefusal::Rejected(id)),
+            None => {}
+        }
+        if vertex
+            .parents()
+            .iter()
+            .any(|p| self.history.decision(p).map(|(d, _)| d) != Some(Decision::Accepted))
+        {
+            return Err(BootstrapRefusal::ParentNotAccepted(id));
+        }
+        for tx in vertex.transactions() {
+            if let Some(winner) = self.history.winner(&tx.key).filter(|w| *w != id) {
+                return Err(BootstrapRefusal::Conflict {
+                    vertex: id,
+                    winner,
+                    key: tx.key.clone(),
+                });
+            }
+        }
+        if !self.processing.contains_key(&id) {
+            if let Some(pending) = self.take_pending(&id) {
+                self.unlink_pending(&id, &pending.missing);
+            }
+            // In the processing set for a moment, so that its keys' other
+            // candidates become its rivals and lose to it below.
+            self.add_processing(vertex);
+        }
+        let Some(p) = self.processing.remove(&id) else {
+            return Ok(());
+        };
+        self.processing_txs -= p.vertex.transactions().len();
+        let children = p.children.clone();
+        self.accept(now_ms, p, false);
+        self.release_waiters(now_ms, &id);
+        self.accept_ready(now_ms, children);
+        Ok(())
     }
 
     fn acceptable(&self, id: &VertexId) -> bool {
@@ -44,7 +102,9 @@ impl<H: History> Engine<H> {
             })
     }
 
-    fn accept(&mut self, now_ms: u64, p: Processing) {
+    /// `polled`: accepted by this node's own polls (else on a quorum's
+    /// word while bootstrapping; counted apart).
+    fn accept(&mut self, now_ms: u64, p: Processing, polled: bool) {
         let id = p.vertex.id();
         self.leaves.remove(&id);
         self.forget_authored(&p.vertex);
@@ -60,8 +120,14 @@ impl<H: History> Engine<H> {
         if self.recent_accepted.len() > RECENT_ACCEPTED {
             self.recent_accepted.pop_front();
         }
-        self.stats.accepted_vertices += 1;
-        self.stats.accepted_transactions += p.vertex.transactions().len() as u64;
+        let txs = p.vertex.transactions().len() as u64;
+        if polled {
+            self.stats.accepted_vertices += 1;
+            self.stats.accepted_transactions += txs;
+        } else {
+            self.stats.bootstrapped_vertices += 1;
+            self.stats.bootstrapped_transactions += txs;
+        }
         self.record_accepted(now_ms, p.vertex);
         self.preferred_memo.clear();
         for loser in losers {

@@ -123,17 +123,33 @@ impl<H: History> Engine<H> {
                 continue;
             }
             self.add_processing(vertex);
-            for waiter in self.waiting.remove(&id).unwrap_or_default() {
-                let Some(p) = self.pending.get_mut(&waiter) else {
-                    continue;
-                };
-                p.missing.remove(&id);
-                if p.missing.is_empty() {
-                    if let Some(p) = self.take_pending(&waiter) {
-                        ready.push_back(p.vertex);
-                    }
+            ready.extend(self.take_unblocked(&id));
+        }
+    }
+
+    /// Pending vertices that waited only for `id` (now processing or
+    /// accepted), taken out of the pending set.
+    fn take_unblocked(&mut self, id: &VertexId) -> Vec<Vertex> {
+        let mut unblocked = Vec::new();
+        for waiter in self.waiting.remove(id).unwrap_or_default() {
+            let Some(p) = self.pending.get_mut(&waiter) else {
+                continue;
+            };
+            p.missing.remove(id);
+            if p.missing.is_empty() {
+                if let Some(p) = self.take_pending(&waiter) {
+                    unblocked.push(p.vertex);
                 }
             }
+        }
+        unblocked
+    }
+
+    /// Moves on the pending vertices that waited only for `id`, which was
+    /// just accepted.
+    pub(super) fn release_waiters(&mut self, now_ms: u64, id: &VertexId) {
+        for vertex in self.take_unblocked(id) {
+            self.insert_ready(now_ms, vertex);
         }
     }
 
@@ -175,7 +191,7 @@ impl<H: History> Engine<H> {
         false
     }
 
-    fn add_processing(&mut self, vertex: Vertex) {
+    pub(super) fn add_processing(&mut self, vertex: Vertex) {
         let id = vertex.id();
         let mut height = 0;
         for parent in vertex.parents() {

@@ -93,6 +93,26 @@ pub enum ProposeError {
     Halted(String),
 }
 
+/// Why a vertex handed over by bootstrapping was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BootstrapRefusal {
+    /// This node rejected it: a quorum of validators and this node
+    /// disagree, which consensus safety rules out; reported, never applied.
+    #[error("this node rejected vertex {0}, which a quorum of validators reports accepted")]
+    Rejected(VertexId),
+    #[error("vertex {0} has a parent this node has not accepted")]
+    ParentNotAccepted(VertexId),
+    /// This node accepted a different vertex for one of its keys.
+    #[error("vertex {vertex} conflicts with accepted vertex {winner} on key {key}")]
+    Conflict {
+        vertex: VertexId,
+        winner: VertexId,
+        key: String,
+    },
+    #[error("consensus has stopped: {0}")]
+    Halted(String),
+}
+
 /// Where a vertex stands, as this node sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VertexStatus {
@@ -278,6 +298,9 @@ pub struct EngineStats {
     pub rejected_vertices: u64,
     pub accepted_transactions: u64,
     pub queries_answered: u64,
+    /// Accepted on a quorum's word while bootstrapping, never polled.
+    pub bootstrapped_vertices: u64,
+    pub bootstrapped_transactions: u64,
 }
 
 impl<H: History> Engine<H> {

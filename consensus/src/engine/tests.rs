@@ -595,3 +595,45 @@ fn a_failed_history_write_halts_the_engine_and_announces_nothing() {
         "nothing decided is announced: {outputs:?}"
     );
 }
+
+#[test]
+fn a_bootstrapped_vertex_is_accepted_unpolled_beats_its_rivals_and_frees_its_waiters() {
+    let mut e = engine(1);
+    let peer = key(2).node_id();
+    set_peers(&mut e, vec![peer, key(3).node_id()]);
+    let rival = Vertex::sign(&key(2), vec![], 1, 0, vec![tx("task:1")]).unwrap();
+    e.on_vertex(0, peer, rival.clone());
+    assert!(matches!(
+        e.status(&rival.id()),
+        VertexStatus::Processing { .. }
+    ));
+    let winner = Vertex::sign(&key(3), vec![], 1, 0, vec![tx("task:1")]).unwrap();
+    let child = Vertex::sign(&key(3), vec![winner.id()], 2, 0, vec![tx("task:2")]).unwrap();
+    e.on_vertex(0, peer, child.clone());
+    assert_eq!(e.status(&child.id()), VertexStatus::Pending);
+
+    let orphan = Vertex::sign(&key(3), vec![VertexId([9; 32])], 3, 0, vec![tx("task:3")]).unwrap();
+    assert_eq!(
+        e.accept_bootstrapped(1, orphan.clone()),
+        Err(BootstrapRefusal::ParentNotAccepted(orphan.id()))
+    );
+    e.accept_bootstrapped(1, winner.clone()).unwrap();
+    assert_eq!(e.status(&winner.id()), VertexStatus::Accepted);
+    assert_eq!(e.status(&rival.id()), VertexStatus::Rejected);
+    assert_eq!(e.history().winner("task:1"), Some(winner.id()));
+    assert!(matches!(
+        e.status(&child.id()),
+        VertexStatus::Processing { .. }
+    ));
+    let stats = e.stats();
+    assert_eq!(
+        (stats.bootstrapped_vertices, stats.accepted_vertices),
+        (1, 0)
+    );
+    // Twice is fine; a vertex this node rejected is refused.
+    e.accept_bootstrapped(2, winner).unwrap();
+    assert_eq!(
+        e.accept_bootstrapped(2, rival.clone()),
+        Err(BootstrapRefusal::Rejected(rival.id()))
+    );
+}
