@@ -49,6 +49,12 @@ pub const MAX_BATCH: usize = 4096;
 const MAX_FETCH_TRIES: usize = 3;
 /// How long to wait before probing again when no validator answered.
 const RETRY_MS: u64 = 5_000;
+/// How long the validator set must stay unchanged before the walk starts:
+/// a node that just started connects to its peers one by one, and a
+/// quorum counted among the first to answer would be a quorum of few.
+const SETTLE_MS: u64 = 2_000;
+/// Probe rounds without any answer before the walk is given up.
+const MAX_PROBE_ROUNDS: u32 = 3;
 /// Pages in a row with nothing confirmed before a source is dropped (a
 /// source listing made-up ids would otherwise keep the walk going).
 const MAX_BARREN_PAGES: u32 = 3;
@@ -150,7 +156,10 @@ pub struct Bootstrapper {
     sources: Vec<(u64, NodeId)>,
     listing: Option<(Tag, NodeId)>,
     page: Page,
+    /// When the validator set last changed.
+    set_changed_ms: u64,
     barren_pages: u32,
+    probe_rounds: u32,
     retry_at_ms: u64,
     requests: Vec<(Tag, NodeId, BootstrapRequest)>,
     ready: Vec<Vertex>,
@@ -168,7 +177,9 @@ impl Bootstrapper {
             sources: Vec::new(),
             listing: None,
             page: Page::default(),
+            set_changed_ms: 0,
             barren_pages: 0,
+            probe_rounds: 0,
             retry_at_ms: 0,
             requests: Vec::new(),
             ready: Vec::new(),
@@ -182,6 +193,17 @@ impl Bootstrapper {
 
     pub fn is_done(&self) -> bool {
         self.progress.phase == Phase::Done
+    }
+
+    /// Whether the driver should keep vertices from gossip and fetches
+    /// away from the engine: while there is history to walk (there are
+    /// validators to ask and the walk has not ended). Otherwise they
+    /// would be polled one by one, the very thing bootstrapping avoids;
+    /// those still undecided come back after the walk, named by queries
+    /// and by their descendants (as avalanchego drops consensus messages
+    /// while it bootstraps).
+    pub fn holds_consensus(&self) -> bool {
+        !self.is_done() && self.validators.iter().any(|(id, _)| id != self.me)
     }
 
     /// Requests to send: (tag, peer, request).
@@ -210,12 +232,19 @@ impl Bootstrapper {
     }
 
     /// Periodic work: starts (or restarts) the walk once there are
-    /// validators to ask. `validators` is the current set.
+    /// validators to ask and their set has settled. `validators` is the
+    /// current set.
     pub fn tick(&mut self, now_ms: u64, validators: &ValidatorSet) {
         if validators.version() != self.validators.version() || self.validators.is_empty() {
+            if validators.version() != self.validators.version() {
+                self.set_changed_ms = now_ms;
+            }
             self.validators = validators.clone();
         }
-        if self.progress.phase != Phase::Waiting || now_ms < self.retry_at_ms {
+        if self.progress.phase != Phase::Waiting
+            || now_ms < self.retry_at_ms
+            || now_ms < self.set_changed_ms + SETTLE_MS
+        {
             return;
         }
         let others = self.others();
@@ -277,9 +306,19 @@ impl Bootstrapper {
         // Longest first; ties in random order so one peer is not always
         // the one everybody reads from.
         self.sources.shuffle(&mut self.rng);
-        self.sources.sort_by(|a, b| b.0.cmp(&a.0));
+        self.sources.sort_by_key(|s| std::cmp::Reverse(s.0));
         match self.sources.first() {
-            None => self.wait(now_ms),
+            None => {
+                // Nobody answered: try again a few times, then give up
+                // (validators that cannot serve their history, say of an
+                // older version, must not keep this node out of consensus).
+                self.probe_rounds += 1;
+                if self.probe_rounds >= MAX_PROBE_ROUNDS {
+                    self.finish(now_ms)
+                } else {
+                    self.wait(now_ms)
+                }
+            }
             Some((0, _)) => self.finish(now_ms),
             Some((end, _)) => {
                 self.progress.end = *end;
@@ -303,7 +342,9 @@ impl Bootstrapper {
 
     fn list(&mut self, now_ms: u64) {
         let Some((_, source)) = self.sources.first().copied() else {
-            return self.wait(now_ms);
+            // Every source failed: what was walked stays accepted, and the
+            // rest reaches this node through consensus.
+            return self.finish(now_ms);
         };
         self.progress.phase = Phase::Listing;
         self.progress.source = Some(source);

@@ -343,7 +343,8 @@ impl RoguePeer {
 
     /// Drives the swarm for `duration` so queued messages go out. Consensus
     /// queries get contrary answers: "no" to everything asked, which no
-    /// node can tell apart from a slow honest peer; fetches get nothing.
+    /// node can tell apart from a slow honest peer; fetches get nothing,
+    /// and bootstrapping peers an empty history.
     pub async fn pump(&mut self, duration: Duration) {
         let _ = tokio::time::timeout(duration, async {
             loop {
@@ -365,6 +366,15 @@ impl RoguePeer {
                         },
                         ConsensusRequest::Fetch { .. } => ConsensusResponse::Vertices {
                             vertices: Vec::new(),
+                        },
+                        // Bootstrapping peers: an empty history, nothing
+                        // accepted.
+                        ConsensusRequest::AcceptedLog { .. } => ConsensusResponse::AcceptedLog {
+                            ids: Vec::new(),
+                            end: 0,
+                        },
+                        ConsensusRequest::Accepted { ids } => ConsensusResponse::Accepted {
+                            accepted: vec![false; ids.len()],
                         },
                     };
                     let _ = self

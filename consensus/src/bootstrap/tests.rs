@@ -198,3 +198,35 @@ fn silent_validators_leave_nothing_confirmed_and_the_walk_still_ends() {
     assert!(accepted.is_empty(), "one voice of four confirms nothing");
     assert_eq!(progress.unconfirmed, 8);
 }
+
+#[test]
+fn validators_that_cannot_serve_history_do_not_hold_consensus_forever() {
+    let all = history(3, 0);
+    let mut peers: Vec<Peer> = (2..5).map(|n| Peer::honest(n, &all)).collect();
+    for p in &mut peers {
+        p.silent = true;
+    }
+    let me = key(1).node_id();
+    let validators = ValidatorSet::equal_weights(1, peers.iter().map(|p| p.id).chain([me]));
+    let mut b = Bootstrapper::new(me, 1);
+    assert!(
+        !b.holds_consensus(),
+        "no validators yet: nothing to wait for"
+    );
+    let mut now = 0;
+    b.tick(now, &validators);
+    assert!(b.holds_consensus(), "history to walk: gossip waits");
+    while !b.is_done() && now < 60_000 {
+        b.tick(now, &validators);
+        for (tag, peer, _) in b.take_requests() {
+            b.on_reply(now, tag, peer, BootstrapReply::Failed, &|_| false);
+        }
+        now += 1000;
+    }
+    assert!(
+        b.is_done(),
+        "gave up after a few rounds: {:?}",
+        b.progress()
+    );
+    assert!(!b.holds_consensus());
+}

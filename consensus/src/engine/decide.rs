@@ -193,11 +193,12 @@ impl<H: History> Engine<H> {
     /// rejected, or it conflicts with an accepted transaction: `rivals`),
     /// and the pending vertices waiting for it.
     ///
-    /// Such a rejection is remembered in memory only, in a bounded cache:
-    /// it follows from decisions already recorded (a winner, a rejected
-    /// parent), so a vertex that comes back after it left the cache is
-    /// rejected again the same way, and a proposer sending vertices that
-    /// are dead on arrival costs no node any disk.
+    /// Another node's vertex rejected so is remembered in memory only, in a
+    /// bounded cache, and not announced: the rejection follows from
+    /// decisions already recorded (a winner, a rejected parent), so a
+    /// vertex that comes back after it left the cache is rejected again the
+    /// same way, and a proposer sending vertices that are dead on arrival
+    /// costs no node any disk. This node's own vertices are recorded.
     pub(super) fn reject_unprocessed(
         &mut self,
         now_ms: u64,
@@ -216,11 +217,13 @@ impl<H: History> Engine<H> {
             }
             self.plan_reissue(&vertex);
             self.stats.rejected_vertices += 1;
-            self.rejected_on_arrival.put(id, (now_ms, rivals));
-            self.outputs.push(Output::Decided {
-                vertex,
-                decision: Decision::Rejected,
-            });
+            if vertex.author() == self.me {
+                // This node's own proposal: recorded and announced like
+                // any decision (its own disk pays for it).
+                self.record_rejected(now_ms, vertex, rivals);
+            } else {
+                self.rejected_on_arrival.put(id, (now_ms, rivals));
+            }
         }
     }
 

@@ -8,11 +8,15 @@ use crate::clock::now_ms;
 use crate::network::consensus_io::{ConsensusCommand, ConsensusEvent, ConsensusReceivers};
 use crate::network::NetworkHandle;
 use crate::types::{
-    ConsensusStatus, GraylistEntry, Percentiles, TaskInfo, ValidatorEntry, ValidatorsView,
-    VertexInfo,
+    BootstrapView, ConsensusStatus, GraylistEntry, Percentiles, TaskInfo, ValidatorEntry,
+    ValidatorsView, VertexInfo,
 };
-use agentmesh_consensus::{Decision, Engine, Output, ProposeError};
+use agentmesh_consensus::bootstrap::{Phase, Tag};
+use agentmesh_consensus::{
+    BootstrapReply, Bootstrapper, Decision, Engine, History, Output, ProposeError, VertexStatus,
+};
 use agentmesh_protocol::consensus_wire::ConsensusResponse;
+use agentmesh_protocol::consensus_wire::MAX_LOG_IDS;
 use agentmesh_protocol::{Channel, Transaction, VertexId};
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -29,6 +33,8 @@ const FLUSH_EVERY: Duration = Duration::from_millis(20);
 const SAMPLES: usize = 20_000;
 /// Requests from the API waiting for the service.
 pub const REQUEST_QUEUE: usize = 1024;
+/// How often bootstrapping progress is logged while it runs.
+const BOOTSTRAP_LOG_EVERY_MS: u64 = 5_000;
 
 pub const FINALIZED_CHANNEL: &str = "consensus:finalized";
 
@@ -70,6 +76,16 @@ pub struct ConsensusService {
     halted: super::HaltReason,
     /// Flushes that failed, for the status.
     flush_failures: u64,
+    bootstrap: Bootstrapper,
+    /// Confirmed vertices the engine refused (logged; see
+    /// `BootstrapRefusal`).
+    bootstrap_refused: u64,
+    /// Gossip and fetch deliveries kept from the engine while bootstrapping.
+    bootstrap_deferred: u64,
+    /// When bootstrapping progress was last logged, and in what phase.
+    bootstrap_logged: (u64, Phase),
+    /// Commands to send before the engine's outputs.
+    outbox: Vec<ConsensusCommand>,
 }
 
 fn push_sample(samples: &mut VecDeque<f64>, value: f64) {
@@ -103,6 +119,7 @@ impl ConsensusService {
         validators: Validators,
         halted: super::HaltReason,
     ) -> ConsensusService {
+        let me = engine.node_id();
         let mut service = ConsensusService {
             engine,
             network,
@@ -116,6 +133,16 @@ impl ConsensusService {
             dirty: false,
             halted,
             flush_failures: 0,
+            bootstrap: Bootstrapper::new(me, {
+                use std::hash::{BuildHasher, Hasher};
+                std::collections::hash_map::RandomState::new()
+                    .build_hasher()
+                    .finish()
+            }),
+            bootstrap_refused: 0,
+            bootstrap_deferred: 0,
+            bootstrap_logged: (0, Phase::Waiting),
+            outbox: Vec::new(),
         };
         service.refresh_peers();
         service
@@ -152,7 +179,11 @@ impl ConsensusService {
                         break;
                     }
                 }
-                _ = tick.tick() => self.engine.tick(now_ms()),
+                _ = tick.tick() => {
+                    let now = now_ms();
+                    self.engine.tick(now);
+                    self.bootstrap_tick(now);
+                }
                 _ = peer_refresh.tick() => self.refresh_peers(),
             }
             if self.execute().await.is_err() {
@@ -165,6 +196,11 @@ impl ConsensusService {
     fn on_event(&mut self, event: ConsensusEvent) {
         let now = now_ms();
         match event {
+            ConsensusEvent::Vertex { .. } | ConsensusEvent::Vertices { .. }
+                if self.bootstrap.holds_consensus() =>
+            {
+                self.bootstrap_deferred += 1;
+            }
             ConsensusEvent::Vertex { from, vertex } => self.engine.on_vertex(now, from, vertex),
             ConsensusEvent::InvalidVertex { from, reason } => {
                 tracing::warn!(peer = %from, %reason, "peer sent an invalid vertex");
@@ -198,6 +234,118 @@ impl ConsensusService {
                 self.validators.set_connected(peers);
                 self.refresh_peers();
             }
+            ConsensusEvent::LogRequest { request, position } => {
+                let (ids, end) = if position == u64::MAX {
+                    (Vec::new(), self.engine.history().accepted_len())
+                } else {
+                    self.engine.history().accepted_page(position, MAX_LOG_IDS)
+                };
+                self.answer_from_history(request, ConsensusResponse::AcceptedLog { ids, end });
+            }
+            ConsensusEvent::AcceptedQuery { request, ids } => {
+                let accepted = ids
+                    .iter()
+                    .map(|id| self.engine.status(id) == VertexStatus::Accepted)
+                    .collect();
+                self.answer_from_history(request, ConsensusResponse::Accepted { accepted });
+            }
+            ConsensusEvent::Bootstrap { tag, from, reply } => {
+                self.on_bootstrap_reply(now, tag, from, reply)
+            }
+        }
+    }
+
+    /// Answers a bootstrapping peer with what was read from the history:
+    /// only once it is durable (the peer accepts on it), and never from a
+    /// history that failed a read (the asker's request then fails).
+    fn answer_from_history(&mut self, request: u64, response: ConsensusResponse) {
+        if !self.trusted() {
+            return;
+        }
+        let command = ConsensusCommand::Respond { request, response };
+        if self.dirty {
+            self.unflushed.push(command);
+        } else {
+            self.outbox.push(command);
+        }
+    }
+
+    fn bootstrap_tick(&mut self, now: u64) {
+        if self.bootstrap.is_done() && self.bootstrap_logged.1 == Phase::Done {
+            return;
+        }
+        self.bootstrap.tick(now, self.engine.validators());
+        self.bootstrap_io(now);
+    }
+
+    fn on_bootstrap_reply(
+        &mut self,
+        now: u64,
+        tag: Tag,
+        from: agentmesh_protocol::NodeId,
+        reply: BootstrapReply,
+    ) {
+        let engine = &self.engine;
+        let is_accepted = |id: &VertexId| engine.status(id) == VertexStatus::Accepted;
+        self.bootstrap.on_reply(now, tag, from, reply, &is_accepted);
+        for vertex in self.bootstrap.take_ready() {
+            if let Err(refusal) = self.engine.accept_bootstrapped(now, vertex) {
+                tracing::warn!(%refusal, "bootstrapping: a confirmed vertex was not accepted");
+                self.bootstrap_refused += 1;
+            }
+        }
+        self.bootstrap_io(now);
+    }
+
+    /// Sends the bootstrapper's requests and logs its progress.
+    fn bootstrap_io(&mut self, now: u64) {
+        for (tag, peer, request) in self.bootstrap.take_requests() {
+            self.outbox
+                .push(ConsensusCommand::Bootstrap { tag, peer, request });
+        }
+        let progress = self.bootstrap.progress();
+        let (logged_at, logged_phase) = self.bootstrap_logged;
+        let running = !matches!(progress.phase, Phase::Waiting | Phase::Done);
+        let log = (progress.phase == Phase::Done && logged_phase != Phase::Done)
+            || (logged_phase == Phase::Waiting && running)
+            || (running && now >= logged_at + BOOTSTRAP_LOG_EVERY_MS);
+        if log {
+            let stats = self.engine.stats();
+            tracing::info!(
+                state = progress.phase.as_str(),
+                fetched_vertices = progress.fetched_vertices,
+                fetched_bytes = progress.fetched_bytes,
+                accepted_vertices = stats.bootstrapped_vertices,
+                remaining = progress.end.saturating_sub(progress.position),
+                unconfirmed = progress.unconfirmed,
+                "bootstrapping"
+            );
+            self.bootstrap_logged = (now, progress.phase);
+        }
+    }
+
+    fn bootstrap_view(&self, now: u64) -> BootstrapView {
+        let p = self.bootstrap.progress();
+        let stats = self.engine.stats();
+        let seconds = match p.started_ms {
+            Some(start) => p.finished_ms.unwrap_or(now).saturating_sub(start) as f64 / 1000.0,
+            None => 0.0,
+        };
+        BootstrapView {
+            state: p.phase.as_str().to_string(),
+            source: p.source.map(|s| s.to_string()),
+            position: p.position,
+            end: p.end,
+            remaining: p.end.saturating_sub(p.position),
+            fetched_vertices: p.fetched_vertices,
+            fetched_bytes: p.fetched_bytes,
+            accepted_vertices: stats.bootstrapped_vertices,
+            accepted_transactions: stats.bootstrapped_transactions,
+            known: p.known,
+            unconfirmed: p.unconfirmed,
+            missed: p.missed + self.bootstrap_refused,
+            deferred_deliveries: self.bootstrap_deferred,
+            seconds,
         }
     }
 
@@ -342,6 +490,7 @@ impl ConsensusService {
             rejected_vertices: stats.rejected_vertices,
             accepted_transactions: stats.accepted_transactions,
             decided_on_disk: self.engine.history().decided(),
+            accepted_on_disk: self.engine.history().accepted_len(),
             graylisted: self
                 .engine
                 .graylisted(now)
@@ -355,6 +504,7 @@ impl ConsensusService {
             query_rtt_ms: percentiles(&self.rtt_ms),
             halted: self.engine.halted().map(str::to_string),
             flush_failures: self.flush_failures,
+            bootstrap: self.bootstrap_view(now),
         }
     }
 
@@ -388,6 +538,9 @@ impl ConsensusService {
     /// Carries out the engine's outputs. Fails only when the network task
     /// has stopped.
     async fn execute(&mut self) -> Result<(), crate::network::NetworkStopped> {
+        for command in std::mem::take(&mut self.outbox) {
+            self.network.consensus(command).await?;
+        }
         let outputs = self.engine.take_outputs();
         // Decisions of this batch count as unflushed before any vote of it
         // is sent.

@@ -7,6 +7,8 @@ use super::guard::Offence;
 use super::{now_ms, Network};
 use crate::identity::{node_id_of, peer_id_of};
 use crate::network::router::Delivery;
+use agentmesh_consensus::bootstrap::Tag;
+use agentmesh_consensus::{BootstrapReply, BootstrapRequest};
 use agentmesh_protocol::consensus_wire::{ConsensusRequest, ConsensusResponse};
 use agentmesh_protocol::{Channel, NodeId, Vertex, VertexError, VertexId};
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
@@ -52,6 +54,17 @@ pub enum ConsensusEvent {
     /// The connected, admitted peers and their say in consensus, whenever
     /// that changes.
     Peers(Vec<PeerVote>),
+    /// A peer bootstrapping asks for a page of the accepted log.
+    LogRequest { request: u64, position: u64 },
+    /// A peer bootstrapping asks which of `ids` this node accepted.
+    AcceptedQuery { request: u64, ids: Vec<VertexId> },
+    /// The reply to this node's bootstrapping request `tag` (vertices
+    /// verified).
+    Bootstrap {
+        tag: Tag,
+        from: NodeId,
+        reply: BootstrapReply,
+    },
 }
 
 /// A connected, admitted peer's say in consensus.
@@ -84,6 +97,12 @@ pub enum ConsensusCommand {
     },
     /// Gossip an encoded vertex.
     Broadcast(Vec<u8>),
+    /// A bootstrapping request; the reply comes back tagged.
+    Bootstrap {
+        tag: Tag,
+        peer: NodeId,
+        request: BootstrapRequest,
+    },
     /// Deliver an event to local subscribers of `channel` (not gossiped:
     /// every node reports its own decisions).
     Local {
@@ -100,6 +119,10 @@ enum Outbound {
         sent: Instant,
     },
     Fetch,
+    Bootstrap {
+        tag: Tag,
+        peer: NodeId,
+    },
 }
 
 /// Events waiting for the consensus service, per queue; beyond this they
@@ -172,9 +195,9 @@ impl ConsensusIo {
     /// (the event is dropped and counted).
     fn emit(&mut self, event: ConsensusEvent) -> bool {
         let queue = match event {
-            ConsensusEvent::Vertex { .. } | ConsensusEvent::Vertices { .. } => {
-                &self.events.vertices
-            }
+            ConsensusEvent::Vertex { .. }
+            | ConsensusEvent::Vertices { .. }
+            | ConsensusEvent::Bootstrap { .. } => &self.events.vertices,
             _ => &self.events.control,
         };
         let sent = queue.try_send(event).is_ok();
@@ -293,6 +316,30 @@ impl Network {
                     self.consensus.outbound.insert(id, Outbound::Fetch);
                 }
             }
+            ConsensusCommand::Bootstrap { tag, peer, request } => {
+                let Some(peer_id) = self.consensus.peer_of(&peer) else {
+                    self.consensus.emit(ConsensusEvent::Bootstrap {
+                        tag,
+                        from: peer,
+                        reply: BootstrapReply::Failed,
+                    });
+                    return;
+                };
+                let request = match request {
+                    BootstrapRequest::LogLength => ConsensusRequest::AcceptedLog { from: u64::MAX },
+                    BootstrapRequest::Log { from } => ConsensusRequest::AcceptedLog { from },
+                    BootstrapRequest::Accepted { ids } => ConsensusRequest::Accepted { ids },
+                    BootstrapRequest::Fetch { ids } => ConsensusRequest::Fetch { ids },
+                };
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .consensus
+                    .send_request(&peer_id, request);
+                self.consensus
+                    .outbound
+                    .insert(id, Outbound::Bootstrap { tag, peer });
+            }
             ConsensusCommand::Respond { request, response } => {
                 if let Some(channel) = self.consensus.inbound.remove(&request) {
                     // Fails only if the asker gave up; nothing to do then.
@@ -359,6 +406,15 @@ impl Network {
                                 request: id,
                                 ids,
                             },
+                            ConsensusRequest::AcceptedLog { from: position } => {
+                                ConsensusEvent::LogRequest {
+                                    request: id,
+                                    position,
+                                }
+                            }
+                            ConsensusRequest::Accepted { ids } => {
+                                ConsensusEvent::AcceptedQuery { request: id, ids }
+                            }
                         };
                         self.consensus.emit(event);
                     }
@@ -370,10 +426,16 @@ impl Network {
             }
             request_response::Event::OutboundFailure {
                 request_id, error, ..
-            } => {
-                if let Some(Outbound::Query { peer, poll, .. }) =
-                    self.consensus.outbound.remove(&request_id)
-                {
+            } => match self.consensus.outbound.remove(&request_id) {
+                Some(Outbound::Bootstrap { tag, peer }) => {
+                    tracing::debug!(%peer, %error, "bootstrapping request failed");
+                    self.consensus.emit(ConsensusEvent::Bootstrap {
+                        tag,
+                        from: peer,
+                        reply: BootstrapReply::Failed,
+                    });
+                }
+                Some(Outbound::Query { peer, poll, .. }) => {
                     tracing::debug!(%peer, %error, "consensus query failed");
                     // Unsupported protocol: connected but cannot vote, as
                     // good as silent.
@@ -385,7 +447,8 @@ impl Network {
                     self.consensus
                         .emit(ConsensusEvent::QueryFailed { peer, poll, silent });
                 }
-            }
+                _ => {}
+            },
             request_response::Event::InboundFailure { peer, error, .. } => {
                 tracing::debug!(%peer, %error, "inbound consensus request failed");
             }
@@ -415,21 +478,25 @@ impl Network {
                 });
             }
             (Some(Outbound::Fetch), ConsensusResponse::Vertices { vertices }) => {
-                let mut good = Vec::with_capacity(vertices.len());
-                for wire in vertices {
-                    match self.admit_vertex(Vertex::verify(wire)) {
-                        Ok(v) => good.push(v),
-                        Err((offence, reason)) => {
-                            self.links.table.rejected(&peer);
-                            self.charge_peer(&peer, offence);
-                            self.consensus
-                                .emit(ConsensusEvent::InvalidVertex { from, reason });
-                        }
-                    }
-                }
+                let good = self.admit_vertices(peer, from, vertices);
                 self.consensus.emit(ConsensusEvent::Vertices {
                     from,
                     vertices: good,
+                });
+            }
+            (Some(Outbound::Bootstrap { tag, peer: asked }), response) => {
+                let reply = match response {
+                    ConsensusResponse::AcceptedLog { ids, end } => BootstrapReply::Log { ids, end },
+                    ConsensusResponse::Accepted { accepted } => BootstrapReply::Accepted(accepted),
+                    ConsensusResponse::Vertices { vertices } => {
+                        BootstrapReply::Vertices(self.admit_vertices(peer, from, vertices))
+                    }
+                    ConsensusResponse::Votes { .. } => BootstrapReply::Failed,
+                };
+                self.consensus.emit(ConsensusEvent::Bootstrap {
+                    tag,
+                    from: asked,
+                    reply,
                 });
             }
             (Some(Outbound::Query { poll, .. }), _) => {
@@ -445,6 +512,29 @@ impl Network {
             }
             _ => {}
         }
+    }
+
+    /// The vertices of a fetch response that verify and whose authors may
+    /// propose; the sender is charged for each of the others.
+    fn admit_vertices(
+        &mut self,
+        peer: PeerId,
+        from: NodeId,
+        vertices: Vec<agentmesh_protocol::WireVertex>,
+    ) -> Vec<Vertex> {
+        let mut good = Vec::with_capacity(vertices.len());
+        for wire in vertices {
+            match self.admit_vertex(Vertex::verify(wire)) {
+                Ok(v) => good.push(v),
+                Err((offence, reason)) => {
+                    self.links.table.rejected(&peer);
+                    self.charge_peer(&peer, offence);
+                    self.consensus
+                        .emit(ConsensusEvent::InvalidVertex { from, reason });
+                }
+            }
+        }
+        good
     }
 
     /// Tells the consensus and pattern services when the set of connected

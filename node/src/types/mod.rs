@@ -364,6 +364,9 @@ pub struct ConsensusStatus {
     pub rejected_vertices: u64,
     pub accepted_transactions: u64,
     pub decided_on_disk: u64,
+    /// Accepted vertices on disk (the length of the accepted log that
+    /// bootstrapping peers read).
+    pub accepted_on_disk: u64,
     pub graylisted: Vec<GraylistEntry>,
     /// Proposal to acceptance of this node's own vertices (ms).
     pub finality_ms: Percentiles,
@@ -378,6 +381,39 @@ pub struct ConsensusStatus {
     /// resting on them goes out meanwhile).
     #[serde(default)]
     pub flush_failures: u64,
+    pub bootstrap: BootstrapView,
+}
+
+/// Catching up on accepted history from the validators (see
+/// docs/consensus.md, "Bootstrapping").
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BootstrapView {
+    /// waiting (no validator to ask), probing, listing, confirming,
+    /// fetching, or done.
+    pub state: String,
+    /// The validator whose accepted log is being read.
+    pub source: Option<String>,
+    /// Entries of the source's log read so far, of `end`.
+    pub position: u64,
+    pub end: u64,
+    pub remaining: u64,
+    /// Vertices fetched and their size in bytes.
+    pub fetched_vertices: u64,
+    pub fetched_bytes: u64,
+    /// Vertices accepted on a quorum's word, without polling them.
+    pub accepted_vertices: u64,
+    pub accepted_transactions: u64,
+    /// Log entries this node had accepted already.
+    pub known: u64,
+    /// Log entries no quorum confirmed (left to consensus).
+    pub unconfirmed: u64,
+    /// Confirmed vertices that could not be fetched, ordered or accepted.
+    pub missed: u64,
+    /// Vertex deliveries (gossip, fetches) set aside while the walk ran;
+    /// what is still undecided comes back through consensus afterwards.
+    pub deferred_deliveries: u64,
+    /// Seconds from the first probe to the end (or to now).
+    pub seconds: f64,
 }
 
 mod patterns;
