@@ -79,41 +79,7 @@ pub async fn consensus(
 
     let stop = Arc::new(AtomicBool::new(false));
     let refused = Arc::new(AtomicU64::new(0));
-    let mut load = Vec::new();
-    for (i, node) in net.nodes.iter().enumerate() {
-        for worker in 0..bench.concurrency {
-            let client = node.client.clone();
-            let (stop, refused) = (stop.clone(), refused.clone());
-            let batch = bench.batch;
-            // With an offered rate, each client sends one batch per slot;
-            // without one, back to back.
-            let clients = (honest * bench.concurrency) as f64;
-            let slot = (bench.rate > 0)
-                .then(|| Duration::from_secs_f64(batch as f64 * clients / bench.rate as f64));
-            load.push(tokio::spawn(async move {
-                let mut n = 0u64;
-                let mut next = tokio::time::Instant::now();
-                while !stop.load(Ordering::Relaxed) {
-                    if let Some(slot) = slot {
-                        next += slot;
-                        tokio::time::sleep_until(next).await;
-                    }
-                    let txs = (0..batch)
-                        .map(|j| TransactionBody {
-                            key: format!("bench:{i}:{worker}:{n}:{j}"),
-                            payload: "x".into(),
-                        })
-                        .collect();
-                    n += 1;
-                    if client.propose(txs).await.is_err() {
-                        // Saturated (503): back off briefly.
-                        refused.fetch_add(1, Ordering::Relaxed);
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                }
-            }));
-        }
-    }
+    let load = spawn_load(&net, bench, stop.clone(), refused.clone());
     progress(&format!(
         "load: {} nodes x {} clients x {} transactions per request; warm-up {:?}, measuring {:?}",
         honest, bench.concurrency, bench.batch, bench.warmup, bench.measure
@@ -155,6 +121,55 @@ pub async fn consensus(
         "light_load": {"finality_ms": light.finality, "query_rtt_ms": {"p95": light.rtt_p95}},
         "note": "finality and query round trip: the worst per-node percentile; finality runs from a vertex's timestamp to its acceptance on its author's node, over the node's last 20000 own vertices; refused requests were answered 503 (backpressure) and retried"
     }))
+}
+
+/// Sustained proposals on every node of `net` (`bench.concurrency`
+/// clients each, `bench.batch` transactions per request, at `bench.rate`
+/// over all nodes or as fast as they accept) until `stop`; requests
+/// refused with 503 are counted in `refused` and retried.
+pub fn spawn_load(
+    net: &Testnet,
+    bench: &ConsensusBench,
+    stop: Arc<AtomicBool>,
+    refused: Arc<AtomicU64>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let honest = net.nodes.len();
+    let mut load = Vec::new();
+    for (i, node) in net.nodes.iter().enumerate() {
+        for worker in 0..bench.concurrency {
+            let client = node.client.clone();
+            let (stop, refused) = (stop.clone(), refused.clone());
+            let batch = bench.batch;
+            // With an offered rate, each client sends one batch per slot;
+            // without one, back to back.
+            let clients = (honest * bench.concurrency) as f64;
+            let slot = (bench.rate > 0)
+                .then(|| Duration::from_secs_f64(batch as f64 * clients / bench.rate as f64));
+            load.push(tokio::spawn(async move {
+                let mut n = 0u64;
+                let mut next = tokio::time::Instant::now();
+                while !stop.load(Ordering::Relaxed) {
+                    if let Some(slot) = slot {
+                        next += slot;
+                        tokio::time::sleep_until(next).await;
+                    }
+                    let txs = (0..batch)
+                        .map(|j| TransactionBody {
+                            key: format!("bench:{i}:{worker}:{n}:{j}"),
+                            payload: "x".into(),
+                        })
+                        .collect();
+                    n += 1;
+                    if client.propose(txs).await.is_err() {
+                        // Saturated (503): back off briefly.
+                        refused.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }));
+        }
+    }
+    load
 }
 
 struct Worst {

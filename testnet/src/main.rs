@@ -209,6 +209,12 @@ struct ConsensusArgs {
     /// as fast as the nodes accept.
     #[arg(long, value_delimiter = ',', default_value = "10000,0")]
     rates: Vec<u64>,
+    /// Instead of the scenarios above, the long run: the first rate offered
+    /// for this many seconds by honest nodes, then memory, disk per
+    /// transaction, start-up time and a new node's bootstrapping
+    /// (docs/benchmarks.md).
+    #[arg(long, default_value_t = 0)]
+    long_run_secs: u64,
 }
 
 /// The load of a gossip benchmark.
@@ -580,8 +586,30 @@ async fn bench_consensus(c: ConsensusArgs, bin: &Path) -> Result<()> {
         measure_secs,
         sim_nodes,
         rates,
+        long_run_secs,
     } = c;
     anyhow::ensure!(nodes >= 2, "--nodes must be at least 2");
+    if long_run_secs > 0 {
+        let (_tmp, options) = bench_testnet(nodes, bin)?;
+        let spec = ConsensusBench {
+            nodes,
+            byzantine: 0,
+            batch,
+            concurrency,
+            warmup: Duration::ZERO,
+            measure: Duration::from_secs(long_run_secs),
+            rate: rates.first().copied().unwrap_or(0),
+        };
+        let result = agentmesh_testnet::history_bench::long_run(
+            &spec,
+            Duration::from_secs(long_run_secs),
+            options,
+        )
+        .await
+        .context("consensus long run")?;
+        println!("{result}");
+        return Ok(());
+    }
     for (b, rate) in byzantine
         .iter()
         .flat_map(|b| rates.iter().map(move |r| (*b, *r)))

@@ -2,7 +2,7 @@
 //! while the mesh decides contested claims comes back never contradicting
 //! a decision it reported before the kill (its `consensus:finalized`
 //! events and its task answers), and with every such decision still on
-//! disk. CI runs a few kills; `AGENTMESH_CRASH_KILLS=25` (and
+//! disk. CI runs 20 kills; `AGENTMESH_CRASH_KILLS=100` (and
 //! `AGENTMESH_CRASH_SEED`) make a campaign of it.
 
 mod common;
@@ -91,7 +91,7 @@ async fn watch(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_under_load_never_contradicts_what_it_reported() {
-    let kills = env_or("AGENTMESH_CRASH_KILLS", 4);
+    let kills = env_or("AGENTMESH_CRASH_KILLS", 20);
     let seed = env_or("AGENTMESH_CRASH_SEED", 0x5eed_c0de);
     eprintln!("crash campaign: {kills} kills, seed {seed}");
     // Seeded: the kill moments of a run can be replayed.
