@@ -196,7 +196,7 @@ fn consensus_engine(
     let mut engine = Engine::new(
         settings.consensus_params.clone(),
         NodeKey::from_seed(*key.seed())?,
-        SledHistory::new(decisions),
+        SledHistory::new(decisions, crate::consensus::faults::from_env()),
         RandomState::new().build_hasher().finish(),
     )?;
     engine.set_certificate(membership.own_certificate().map(<[u8]>::to_vec));

@@ -22,6 +22,8 @@ pub struct NodeSpec {
     pub extra_args: Vec<String>,
     /// Command prefix the node runs under (e.g. `ip netns exec <ns>`).
     pub wrapper: Vec<String>,
+    /// Environment variables set for this node only.
+    pub env: Vec<(String, String)>,
 }
 
 impl NodeSpec {
@@ -37,6 +39,7 @@ impl NodeSpec {
             api: "127.0.0.1:0".into(),
             extra_args: vec![],
             wrapper: vec![],
+            env: vec![],
         }
     }
 
@@ -55,6 +58,7 @@ impl NodeSpec {
             api: format!("{addr}:7700"),
             extra_args: vec!["--api-allow-remote".into()],
             wrapper: hosts.exec_prefix(i),
+            env: vec![],
         }
     }
 
@@ -117,6 +121,7 @@ impl NodeProcess {
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info,libp2p_gossipsub=warn");
         }
+        cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
         use std::os::unix::process::CommandExt;
         if detached {
             cmd.process_group(0);

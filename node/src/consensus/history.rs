@@ -1,26 +1,39 @@
 //! The engine's history in sled.
 
+use super::faults::{Fault, FaultSwitch};
 use agentmesh_consensus::{Decision, History, HistoryError};
 use agentmesh_protocol::{NodeId, Vertex, VertexId};
 use agentmesh_store::{DecisionLog, StoreError};
+use std::sync::Arc;
 
 pub struct SledHistory {
     log: DecisionLog,
+    /// Injected failures, in tests (see `faults`).
+    faults: Option<Arc<FaultSwitch>>,
     /// The first read or write that failed: from then on the engine halts
     /// (a failed read would otherwise pass for "not decided here").
     fault: std::sync::OnceLock<String>,
 }
 
 impl SledHistory {
-    pub fn new(log: DecisionLog) -> SledHistory {
+    pub fn new(log: DecisionLog, faults: Option<Arc<FaultSwitch>>) -> SledHistory {
         SledHistory {
             log,
+            faults,
             fault: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn injected(&self, op: Fault) -> Result<(), StoreError> {
+        match &self.faults {
+            Some(switch) => switch.check(op),
+            None => Ok(()),
         }
     }
 
     /// The value read, or `None` with the fault latched.
     fn read<T>(&self, what: &str, result: Result<Option<T>, StoreError>) -> Option<T> {
+        let result = self.injected(Fault::Read).and(result);
         result.unwrap_or_else(|e| {
             tracing::error!(error = %e, "reading {what} from the consensus history failed");
             let _ = self.fault.set(format!("reading {what} failed: {e}"));
@@ -28,12 +41,13 @@ impl SledHistory {
         })
     }
 
-    /// Refuses to write once the history failed.
+    /// Refuses to write once the history failed (or while a write fault is
+    /// injected, which latches like a real one).
     fn writable(&self) -> Result<(), HistoryError> {
-        match self.fault.get() {
-            Some(fault) => Err(HistoryError(fault.clone())),
-            None => Ok(()),
+        if let Some(fault) = self.fault.get() {
+            return Err(HistoryError(fault.clone()));
         }
+        self.written("the history", self.injected(Fault::Write))
     }
 
     /// The write's outcome, with a failure latched.
@@ -54,7 +68,10 @@ impl SledHistory {
     /// other: sled keeps failing after an I/O error until it is reopened,
     /// and a retried fsync may report success for data the kernel dropped.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        let result = self.log.flush().await;
+        let result = match self.injected(Fault::Flush) {
+            Ok(()) => self.log.flush().await,
+            Err(e) => Err(e),
+        };
         if let Err(e) = &result {
             let _ = self
                 .fault

@@ -1,6 +1,7 @@
 //! The consensus driver of a node: the pure engine (agentmesh-consensus)
 //! fed by the network and the API, its history in sled.
 
+pub mod faults;
 mod history;
 mod service;
 pub mod validators;
