@@ -7,57 +7,73 @@
 //! frontier replaced by each node's *accepted log*: the ids it accepted, in
 //! the order it accepted them, which is parents-first. The walk:
 //!
-//! 1. **Probe**: ask every validator how long its log is; the longest is the
-//!    source (the others are fallbacks).
-//! 2. **List**: read one page (up to 1,024 ids) of the source's log and drop
-//!    the ids accepted here already (a restarted walk skips quickly).
+//! 1. **Probe**: ask every validator how long its log is. The longest is the
+//!    source (the others are fallbacks, each read from the top); the length
+//!    that validators holding a majority of the answering weight reach is
+//!    the target, which no single liar can move.
+//! 2. **List**: read one page (up to 1,024 ids) of the source's log, drop
+//!    repeated ids and the ids accepted here already (a restarted walk skips
+//!    quickly). A source whose log ends before the target, or that fails,
+//!    is replaced by the next; pages per source are bounded by the target.
 //! 3. **Confirm**: ask every validator which of the remaining ids it has
 //!    accepted; an id is confirmed when validators holding more than half of
-//!    the other validators' weight say so. With less than a third of the
-//!    weight Byzantine, a confirmed id was accepted by an honest validator,
-//!    and by consensus safety every honest node accepts it: a lying source
-//!    can omit vertices (they then reach this node through consensus, or a
-//!    later walk from another source) but never insert one.
+//!    the other validators' weight say so (each counted once, at its current
+//!    weight). With less than a third of the weight Byzantine, a confirmed
+//!    id was accepted by an honest validator, and by consensus safety every
+//!    honest node accepts it: a lying source can omit vertices (they then
+//!    reach this node through consensus) but never insert one.
 //! 4. **Fetch** the confirmed vertices (from the source, else from a
 //!    validator that confirmed them), at most 256 per request and 4 MiB per
-//!    response. A parent this node has not accepted is fetched too: an
-//!    ancestor of an accepted vertex is accepted, and the child's id commits
-//!    to it. The network layer verifies every vertex (id, signature,
-//!    membership) before it gets here.
-//! 5. **Apply** in parents-first order; the driver hands each vertex to
-//!    [`crate::Engine::accept_bootstrapped`], which records it as accepted
-//!    (durable at the next flush) without polling it.
+//!    response, a few requests at a time. A parent this node has not
+//!    accepted is fetched too: an ancestor of an accepted vertex is
+//!    accepted, and the child's id commits to it. The network layer checks
+//!    every vertex's id and signature before it gets here.
+//! 5. **Apply** parents first, as soon as a vertex's parents are in; the
+//!    driver hands each vertex to [`crate::Engine::accept_bootstrapped`],
+//!    which records it as accepted (durable at the next flush) unpolled.
 //!
-//! Memory is bounded by one page: 1,024 ids plus at most [`MAX_BATCH`]
-//! fetched vertices. Progress is what was recorded, so a walk interrupted
-//! by a crash starts again from the top and skips what it already has.
+//! Memory is bounded: one page of ids, at most [`MAX_BATCH`] vertices and
+//! [`MAX_BATCH_BYTES`] of fetched content waiting for their parents, and a
+//! few responses in flight. Every request times out. Progress is what was
+//! recorded, so a walk interrupted by a crash starts again from the top and
+//! skips what it already has.
 
 use crate::validators::ValidatorSet;
-use agentmesh_protocol::consensus_wire::MAX_FETCH_IDS;
+use agentmesh_protocol::consensus_wire::{MAX_FETCH_IDS, MAX_LOG_IDS};
 use agentmesh_protocol::{NodeId, Vertex, VertexId};
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 /// The driver's handle on a request, echoed with its reply.
 pub type Tag = u64;
 
-/// Most vertices fetched for one page (its ids and missing ancestors).
+/// Most vertices of one page held at once (its ids and missing ancestors).
 pub const MAX_BATCH: usize = 4096;
+/// Most bytes of fetched vertices held while they wait for their parents.
+pub const MAX_BATCH_BYTES: u64 = 64 * 1024 * 1024;
+/// Fetch requests in flight at once (each answer is at most 5 MiB).
+const MAX_FETCHES_IN_FLIGHT: usize = 4;
 /// Peers asked for one vertex before it is given up for this walk.
 const MAX_FETCH_TRIES: usize = 3;
+/// A request without a reply by then counts as failed (the network layer
+/// times requests out sooner; this also covers a reply lost on the way).
+const REQUEST_TIMEOUT_MS: u64 = 60_000;
 /// How long to wait before probing again when no validator answered.
 const RETRY_MS: u64 = 5_000;
 /// How long the validator set must stay unchanged before the walk starts:
 /// a node that just started connects to its peers one by one, and a
-/// quorum counted among the first to answer would be a quorum of few.
+/// quorum counted among the first to answer would be a quorum of few...
 const SETTLE_MS: u64 = 2_000;
+/// ...but a set that keeps changing does not keep the walk from starting.
+const MAX_SETTLE_MS: u64 = 30_000;
 /// Probe rounds without any answer before the walk is given up.
 const MAX_PROBE_ROUNDS: u32 = 3;
-/// Pages in a row with nothing confirmed before a source is dropped (a
-/// source listing made-up ids would otherwise keep the walk going).
+/// Pages in a row with nothing confirmed before a source's walk ends.
 const MAX_BARREN_PAGES: u32 = 3;
+/// Pages read from one source beyond what the target length needs.
+const EXTRA_PAGES: u64 = 16;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BootstrapRequest {
@@ -134,15 +150,20 @@ pub struct BootstrapProgress {
 
 #[derive(Default)]
 struct Page {
-    /// Ids of this page not accepted here, in log order.
+    /// Ids of this page not accepted here, once each, in log order.
     ids: Vec<VertexId>,
-    confirmations: HashMap<VertexId, u64>,
-    confirmers: HashMap<VertexId, Vec<NodeId>>,
+    confirmers: HashMap<VertexId, HashSet<NodeId>>,
     /// Outstanding acceptance queries.
     asked: HashMap<Tag, NodeId>,
-    /// Vertices to fetch and the peers tried for each.
+    /// Vertices to fetch, not delivered yet, and the peers tried for each.
     wanted: HashMap<VertexId, Vec<NodeId>>,
-    got: HashMap<VertexId, Vertex>,
+    /// Wanted vertices not requested at the moment.
+    queue: VecDeque<VertexId>,
+    /// Delivered vertices waiting for their parents, and their size.
+    got: HashMap<VertexId, (Vertex, u64)>,
+    got_bytes: u64,
+    /// Vertices handed out during this page.
+    placed: HashSet<VertexId>,
     fetches: HashMap<Tag, (NodeId, Vec<VertexId>)>,
 }
 
@@ -151,13 +172,25 @@ pub struct Bootstrapper {
     rng: SmallRng,
     validators: ValidatorSet,
     next_tag: Tag,
+    /// Every request awaiting its reply: the peer asked and when.
+    outstanding: HashMap<Tag, (NodeId, u64)>,
     probes: HashMap<Tag, NodeId>,
     /// Sources by log length, longest first; the first is in use.
     sources: Vec<(u64, NodeId)>,
-    listing: Option<(Tag, NodeId)>,
+    /// The log length validators holding a majority of the answering
+    /// weight reach.
+    target_end: u64,
+    /// Pages read from the current source.
+    pages_read: u64,
+    /// Distinct ids of the current source's log found accepted here or
+    /// confirmed: a source whose log ends before it covered the target
+    /// length omitted something, and the next one is read.
+    covered: HashSet<VertexId>,
+    listing: Option<Tag>,
     page: Page,
-    /// When the validator set last changed.
+    /// When the validator set last changed, and when it first had others.
     set_changed_ms: u64,
+    first_validators_ms: Option<u64>,
     barren_pages: u32,
     probe_rounds: u32,
     retry_at_ms: u64,
@@ -166,6 +199,8 @@ pub struct Bootstrapper {
     progress: BootstrapProgress,
 }
 
+type IsAccepted<'a> = &'a dyn Fn(&VertexId) -> bool;
+
 impl Bootstrapper {
     pub fn new(me: NodeId, seed: u64) -> Bootstrapper {
         Bootstrapper {
@@ -173,11 +208,16 @@ impl Bootstrapper {
             rng: SmallRng::seed_from_u64(seed),
             validators: ValidatorSet::default(),
             next_tag: 1,
+            outstanding: HashMap::new(),
             probes: HashMap::new(),
             sources: Vec::new(),
+            target_end: 0,
+            pages_read: 0,
+            covered: HashSet::new(),
             listing: None,
             page: Page::default(),
             set_changed_ms: 0,
+            first_validators_ms: None,
             barren_pages: 0,
             probe_rounds: 0,
             retry_at_ms: 0,
@@ -197,11 +237,11 @@ impl Bootstrapper {
 
     /// Whether the driver should keep vertices from gossip and fetches
     /// away from the engine: while there is history to walk (there are
-    /// validators to ask and the walk has not ended). Otherwise they
-    /// would be polled one by one, the very thing bootstrapping avoids;
-    /// those still undecided come back after the walk, named by queries
-    /// and by their descendants (as avalanchego drops consensus messages
-    /// while it bootstraps).
+    /// validators to ask and the walk has not ended, which it does in
+    /// bounded time). Otherwise they would be polled one by one, the very
+    /// thing bootstrapping avoids; those still undecided come back after
+    /// the walk, named by queries and by their descendants (avalanchego
+    /// likewise drops consensus messages while it bootstraps).
     pub fn holds_consensus(&self) -> bool {
         !self.is_done() && self.validators.iter().any(|(id, _)| id != self.me)
     }
@@ -224,37 +264,54 @@ impl Bootstrapper {
             .collect()
     }
 
-    fn send(&mut self, peer: NodeId, request: BootstrapRequest) -> Tag {
+    fn others_weight(&self) -> u64 {
+        self.validators
+            .iter()
+            .filter(|(id, _)| *id != self.me)
+            .map(|(_, w)| w)
+            .sum()
+    }
+
+    fn send(&mut self, now_ms: u64, peer: NodeId, request: BootstrapRequest) -> Tag {
         let tag = self.next_tag;
         self.next_tag += 1;
         self.requests.push((tag, peer, request));
+        self.outstanding.insert(tag, (peer, now_ms));
         tag
     }
 
-    /// Periodic work: starts (or restarts) the walk once there are
-    /// validators to ask and their set has settled. `validators` is the
-    /// current set.
-    pub fn tick(&mut self, now_ms: u64, validators: &ValidatorSet) {
+    /// Periodic work: fails overdue requests, and starts the walk once
+    /// there are validators to ask and their set has settled.
+    /// `validators` is the current set.
+    pub fn tick(&mut self, now_ms: u64, validators: &ValidatorSet, is_accepted: IsAccepted) {
         if validators.version() != self.validators.version() || self.validators.is_empty() {
             if validators.version() != self.validators.version() {
                 self.set_changed_ms = now_ms;
             }
             self.validators = validators.clone();
         }
-        if self.progress.phase != Phase::Waiting
-            || now_ms < self.retry_at_ms
-            || now_ms < self.set_changed_ms + SETTLE_MS
-        {
+        let mut overdue: Vec<(Tag, NodeId)> = self
+            .outstanding
+            .iter()
+            .filter(|(_, (_, sent))| now_ms >= sent + REQUEST_TIMEOUT_MS)
+            .map(|(tag, (peer, _))| (*tag, *peer))
+            .collect();
+        overdue.sort();
+        for (tag, peer) in overdue {
+            self.on_reply(now_ms, tag, peer, BootstrapReply::Failed, is_accepted);
+        }
+        if self.others().is_empty() {
             return;
         }
-        let others = self.others();
-        if others.is_empty() {
+        let first = *self.first_validators_ms.get_or_insert(now_ms);
+        let settled = now_ms >= self.set_changed_ms + SETTLE_MS || now_ms >= first + MAX_SETTLE_MS;
+        if self.progress.phase != Phase::Waiting || now_ms < self.retry_at_ms || !settled {
             return;
         }
         self.progress.started_ms.get_or_insert(now_ms);
         self.progress.phase = Phase::Probing;
-        for peer in others {
-            let tag = self.send(peer, BootstrapRequest::LogLength);
+        for peer in self.others() {
+            let tag = self.send(now_ms, peer, BootstrapRequest::LogLength);
             self.probes.insert(tag, peer);
         }
     }
@@ -267,118 +324,173 @@ impl Bootstrapper {
         tag: Tag,
         from: NodeId,
         reply: BootstrapReply,
-        is_accepted: &dyn Fn(&VertexId) -> bool,
+        is_accepted: IsAccepted,
     ) {
-        if self.probes.get(&tag) == Some(&from) {
-            self.probes.remove(&tag);
+        // Only a reply to a request still awaited, from the peer asked:
+        // anything else is late, repeated or unasked, and ignored.
+        if self.outstanding.get(&tag).map(|(peer, _)| *peer) != Some(from) {
+            return;
+        }
+        self.outstanding.remove(&tag);
+        if self.probes.remove(&tag).is_some() {
             if let BootstrapReply::Log { end, .. } = reply {
                 self.sources.push((end, from));
             }
             if self.probes.is_empty() {
                 self.choose_source(now_ms);
             }
-        } else if self.listing == Some((tag, from)) {
+        } else if self.listing == Some(tag) {
             self.listing = None;
             self.on_page(now_ms, reply, is_accepted);
-        } else if self.page.asked.get(&tag) == Some(&from) {
-            self.page.asked.remove(&tag);
+        } else if self.page.asked.remove(&tag).is_some() {
             if let BootstrapReply::Accepted(flags) = reply {
                 self.on_confirmations(from, &flags);
             }
             self.maybe_fetch(now_ms, is_accepted);
-        } else if self.page.fetches.get(&tag).is_some_and(|(p, _)| *p == from) {
-            let Some((_, asked)) = self.page.fetches.remove(&tag) else {
-                return;
-            };
+        } else if let Some((_, asked)) = self.page.fetches.remove(&tag) {
             let vertices = match reply {
                 BootstrapReply::Vertices(vertices) => vertices,
                 _ => Vec::new(),
             };
-            self.on_vertices(asked, vertices, is_accepted);
-            if self.page.fetches.is_empty() {
-                self.finish_page(now_ms, is_accepted);
-            }
+            self.on_vertices(from, asked, vertices, is_accepted);
+            self.after_fetch(now_ms, is_accepted);
         }
-        // Anything else is a late or unasked reply: ignored.
     }
 
     fn choose_source(&mut self, now_ms: u64) {
+        if self.sources.is_empty() {
+            // Nobody answered: try again a few times, then give up
+            // (validators that cannot serve their history, say of an
+            // older version, must not keep this node out of consensus).
+            self.probe_rounds += 1;
+            if self.probe_rounds >= MAX_PROBE_ROUNDS {
+                return self.finish(now_ms);
+            }
+            self.progress.phase = Phase::Waiting;
+            self.retry_at_ms = now_ms + RETRY_MS;
+            return;
+        }
         // Longest first; ties in random order so one peer is not always
         // the one everybody reads from.
         self.sources.shuffle(&mut self.rng);
         self.sources.sort_by_key(|s| std::cmp::Reverse(s.0));
-        match self.sources.first() {
-            None => {
-                // Nobody answered: try again a few times, then give up
-                // (validators that cannot serve their history, say of an
-                // older version, must not keep this node out of consensus).
-                self.probe_rounds += 1;
-                if self.probe_rounds >= MAX_PROBE_ROUNDS {
-                    self.finish(now_ms)
-                } else {
-                    self.wait(now_ms)
-                }
+        let answering: u64 = self
+            .sources
+            .iter()
+            .map(|(_, p)| self.validators.weight(p))
+            .sum();
+        let mut reached = 0;
+        self.target_end = 0;
+        for (end, peer) in &self.sources {
+            reached += self.validators.weight(peer);
+            if reached * 2 > answering {
+                self.target_end = *end;
+                break;
             }
-            Some((0, _)) => self.finish(now_ms),
-            Some((end, _)) => {
-                self.progress.end = *end;
-                self.progress.position = 0;
-                self.list(now_ms);
-            }
+        }
+        self.progress.end = self.target_end;
+        if self.sources[0].0 == 0 {
+            return self.finish(now_ms);
+        }
+        self.start_source(now_ms);
+    }
+
+    /// Reads the first source from the top.
+    fn start_source(&mut self, now_ms: u64) {
+        self.progress.position = 0;
+        self.pages_read = 0;
+        self.barren_pages = 0;
+        self.covered.clear();
+        self.list(now_ms);
+    }
+
+    /// The current source's log is over (it ended, ran out of its page
+    /// budget or kept listing nothing confirmable): done if it covered the
+    /// target length, else the next source.
+    fn end_of_source(&mut self, now_ms: u64) {
+        if self.covered.len() as u64 >= self.target_end {
+            self.finish(now_ms)
+        } else {
+            self.next_source(now_ms)
         }
     }
 
-    fn wait(&mut self, now_ms: u64) {
-        self.progress.phase = Phase::Waiting;
-        self.retry_at_ms = now_ms + RETRY_MS;
-        self.sources.clear();
+    /// The current source failed or misbehaved: the next one, from the top
+    /// (logs list the same accepted vertices in different orders).
+    fn next_source(&mut self, now_ms: u64) {
+        if !self.sources.is_empty() {
+            self.sources.remove(0);
+        }
+        if self.sources.is_empty() {
+            // What was walked stays accepted; the rest reaches this node
+            // through consensus.
+            return self.finish(now_ms);
+        }
+        self.start_source(now_ms);
     }
 
     fn finish(&mut self, now_ms: u64) {
         self.progress.phase = Phase::Done;
         self.progress.finished_ms = Some(now_ms);
         self.page = Page::default();
+        self.probes.clear();
+        self.listing = None;
+        self.outstanding.clear();
+        self.covered = HashSet::new();
     }
 
     fn list(&mut self, now_ms: u64) {
         let Some((_, source)) = self.sources.first().copied() else {
-            // Every source failed: what was walked stays accepted, and the
-            // rest reaches this node through consensus.
             return self.finish(now_ms);
         };
+        let budget = self.target_end.div_ceil(MAX_LOG_IDS as u64) + EXTRA_PAGES;
+        if self.pages_read >= budget {
+            return self.end_of_source(now_ms);
+        }
+        self.pages_read += 1;
         self.progress.phase = Phase::Listing;
         self.progress.source = Some(source);
-        let tag = self.send(
-            source,
-            BootstrapRequest::Log {
-                from: self.progress.position,
-            },
-        );
-        self.listing = Some((tag, source));
+        let from = self.progress.position;
+        self.listing = Some(self.send(now_ms, source, BootstrapRequest::Log { from }));
     }
 
-    fn on_page(
-        &mut self,
-        now_ms: u64,
-        reply: BootstrapReply,
-        is_accepted: &dyn Fn(&VertexId) -> bool,
-    ) {
-        let BootstrapReply::Log { ids, end } = reply else {
-            // The source failed: the next one continues from the same
-            // position (logs differ in order, not in what is accepted;
-            // anything skipped reaches this node through consensus).
-            self.sources.remove(0);
-            return self.list(now_ms);
+    /// A page with nothing confirmed in it: a few in a row end the source
+    /// (at the tail of a busy log, the others may not have accepted the
+    /// newest entries yet; a source listing made-up ids gets no further).
+    fn barren(&mut self, now_ms: u64) {
+        self.barren_pages += 1;
+        if self.barren_pages < MAX_BARREN_PAGES {
+            self.list(now_ms)
+        } else {
+            self.end_of_source(now_ms)
+        }
+    }
+
+    fn on_page(&mut self, now_ms: u64, reply: BootstrapReply, is_accepted: IsAccepted) {
+        let BootstrapReply::Log { ids, .. } = reply else {
+            return self.next_source(now_ms);
         };
-        self.progress.end = self.progress.end.max(end);
         if ids.is_empty() {
-            return self.finish(now_ms);
+            return self.end_of_source(now_ms);
         }
         self.progress.position += ids.len() as u64;
-        let (known, unknown): (Vec<VertexId>, Vec<VertexId>) =
-            ids.into_iter().partition(|id| is_accepted(id));
-        self.progress.known += known.len() as u64;
+        let mut seen = HashSet::new();
+        let mut unknown = Vec::new();
+        for id in ids {
+            if !seen.insert(id) {
+                continue;
+            }
+            if is_accepted(&id) {
+                if self.covered.insert(id) {
+                    self.progress.known += 1;
+                }
+            } else {
+                unknown.push(id);
+            }
+        }
         if unknown.is_empty() {
+            // Nothing new: normal for a restarted node (the page budget
+            // bounds a source that lists the same ids again and again).
             return self.list(now_ms);
         }
         self.page = Page {
@@ -388,6 +500,7 @@ impl Bootstrapper {
         self.progress.phase = Phase::Confirming;
         for peer in self.others() {
             let tag = self.send(
+                now_ms,
                 peer,
                 BootstrapRequest::Accepted {
                     ids: unknown.clone(),
@@ -395,38 +508,38 @@ impl Bootstrapper {
             );
             self.page.asked.insert(tag, peer);
         }
+        self.maybe_fetch(now_ms, is_accepted);
     }
 
     fn on_confirmations(&mut self, from: NodeId, flags: &[bool]) {
         if flags.len() != self.page.ids.len() {
             return;
         }
-        let weight = self.validators.weight(&from);
         for (id, yes) in self.page.ids.iter().zip(flags) {
             if *yes {
-                *self.page.confirmations.entry(*id).or_insert(0) += weight;
-                self.page.confirmers.entry(*id).or_default().push(from);
+                self.page.confirmers.entry(*id).or_default().insert(from);
             }
         }
     }
 
-    /// More than half of the weight of the validators other than this node.
+    /// Validators holding more than half of the weight of the validators
+    /// other than this node (each once, at its current weight) accepted it.
     fn confirmed(&self, id: &VertexId) -> bool {
-        let others: u64 = self
-            .validators
-            .iter()
-            .filter(|(id, _)| *id != self.me)
-            .map(|(_, w)| w)
-            .sum();
-        self.page.confirmations.get(id).copied().unwrap_or(0) * 2 > others
+        let weight: u64 = self.page.confirmers.get(id).map_or(0, |peers| {
+            peers.iter().map(|p| self.validators.weight(p)).sum()
+        });
+        weight * 2 > self.others_weight()
     }
 
     /// Once every validator answered (or every id is confirmed), fetches
     /// the confirmed ids.
-    fn maybe_fetch(&mut self, now_ms: u64, is_accepted: &dyn Fn(&VertexId) -> bool) {
+    fn maybe_fetch(&mut self, now_ms: u64, is_accepted: IsAccepted) {
         let all_confirmed = self.page.ids.iter().all(|id| self.confirmed(id));
         if !self.page.asked.is_empty() && !all_confirmed {
             return;
+        }
+        for tag in self.page.asked.keys() {
+            self.outstanding.remove(tag);
         }
         self.page.asked.clear();
         let confirmed: Vec<VertexId> = self
@@ -438,139 +551,156 @@ impl Bootstrapper {
             .collect();
         self.progress.unconfirmed += (self.page.ids.len() - confirmed.len()) as u64;
         if confirmed.is_empty() {
-            self.barren_pages += 1;
-            if self.barren_pages >= MAX_BARREN_PAGES {
-                self.barren_pages = 0;
-                self.sources.remove(0);
-            }
-            return self.list(now_ms);
+            return self.barren(now_ms);
         }
         self.barren_pages = 0;
         self.progress.phase = Phase::Fetching;
-        for id in &confirmed {
-            self.page.wanted.insert(*id, Vec::new());
+        self.covered.extend(confirmed.iter().copied());
+        for id in confirmed {
+            self.page.wanted.insert(id, Vec::new());
+            self.page.queue.push_back(id);
         }
-        self.request_wanted(confirmed, is_accepted);
-        if self.page.fetches.is_empty() {
-            self.finish_page(now_ms, is_accepted);
-        }
+        self.issue_fetches(now_ms, is_accepted);
+        self.after_fetch(now_ms, is_accepted);
     }
 
-    /// Asks for `ids` (already in `wanted`), each from the next peer to
-    /// try: the source, then validators that confirmed it, then any.
-    fn request_wanted(&mut self, ids: Vec<VertexId>, is_accepted: &dyn Fn(&VertexId) -> bool) {
+    /// Sends fetches for queued ids while few are in flight and little is
+    /// held, each id to the next peer to try: the source, then validators
+    /// that confirmed it, then any.
+    fn issue_fetches(&mut self, now_ms: u64, is_accepted: IsAccepted) {
         let source = self.sources.first().map(|(_, s)| *s);
         let others = self.others();
-        let mut by_peer: HashMap<NodeId, Vec<VertexId>> = HashMap::new();
-        for id in ids {
-            if is_accepted(&id) {
-                self.page.wanted.remove(&id);
-                continue;
-            }
-            let tried = self.page.wanted.get(&id).cloned().unwrap_or_default();
-            if tried.len() >= MAX_FETCH_TRIES {
-                self.page.wanted.remove(&id);
-                continue;
-            }
-            let confirmers = self.page.confirmers.get(&id).cloned().unwrap_or_default();
-            let next = source
-                .into_iter()
-                .chain(confirmers)
-                .chain(others.iter().copied())
-                .find(|p| !tried.contains(p));
-            match next {
-                Some(peer) => {
-                    if let Some(tried) = self.page.wanted.get_mut(&id) {
-                        tried.push(peer);
-                    }
-                    by_peer.entry(peer).or_default().push(id);
-                }
-                None => {
+        while self.page.fetches.len() < MAX_FETCHES_IN_FLIGHT
+            && self.page.got_bytes < MAX_BATCH_BYTES
+            && !self.page.queue.is_empty()
+        {
+            let mut by_peer: HashMap<NodeId, Vec<VertexId>> = HashMap::new();
+            while let Some(id) = self.page.queue.pop_front() {
+                if is_accepted(&id) || !self.page.wanted.contains_key(&id) {
                     self.page.wanted.remove(&id);
+                    continue;
+                }
+                let tried = self.page.wanted.get(&id).cloned().unwrap_or_default();
+                let confirmers: Vec<NodeId> = self
+                    .page
+                    .confirmers
+                    .get(&id)
+                    .map(|c| c.iter().copied().collect())
+                    .unwrap_or_default();
+                let next = source
+                    .into_iter()
+                    .chain(confirmers)
+                    .chain(others.iter().copied())
+                    .find(|p| !tried.contains(p));
+                match next.filter(|_| tried.len() < MAX_FETCH_TRIES) {
+                    Some(peer) => {
+                        if let Some(tried) = self.page.wanted.get_mut(&id) {
+                            tried.push(peer);
+                        }
+                        let ids = by_peer.entry(peer).or_default();
+                        ids.push(id);
+                        if ids.len() >= MAX_FETCH_IDS {
+                            break;
+                        }
+                    }
+                    None => {
+                        self.page.wanted.remove(&id);
+                    }
                 }
             }
-        }
-        let mut by_peer: Vec<_> = by_peer.into_iter().collect();
-        by_peer.sort();
-        for (peer, ids) in by_peer {
-            for chunk in ids.chunks(MAX_FETCH_IDS) {
-                let tag = self.send(
-                    peer,
-                    BootstrapRequest::Fetch {
-                        ids: chunk.to_vec(),
-                    },
-                );
-                self.page.fetches.insert(tag, (peer, chunk.to_vec()));
+            let mut by_peer: Vec<_> = by_peer.into_iter().collect();
+            by_peer.sort();
+            for (peer, ids) in by_peer {
+                let tag = self.send(now_ms, peer, BootstrapRequest::Fetch { ids: ids.clone() });
+                self.page.fetches.insert(tag, (peer, ids));
             }
         }
     }
 
     fn on_vertices(
         &mut self,
+        from: NodeId,
         asked: Vec<VertexId>,
         vertices: Vec<Vertex>,
-        is_accepted: &dyn Fn(&VertexId) -> bool,
+        is_accepted: IsAccepted,
     ) {
-        let mut parents = Vec::new();
+        let mut delivered = 0;
         for vertex in vertices {
             let id = vertex.id();
-            // Only what was asked of this peer: anything else is unasked.
-            if !asked.contains(&id) || self.page.got.contains_key(&id) {
+            // Only what was asked of this peer and is still wanted.
+            if !asked.contains(&id) || !self.page.wanted.contains_key(&id) {
                 continue;
             }
+            let size = vertex.encode().len() as u64;
             self.progress.fetched_vertices += 1;
-            self.progress.fetched_bytes += vertex.encode().len() as u64;
+            self.progress.fetched_bytes += size;
+            delivered += 1;
             for parent in vertex.parents() {
                 let known = is_accepted(parent)
+                    || self.page.placed.contains(parent)
                     || self.page.got.contains_key(parent)
                     || self.page.wanted.contains_key(parent);
-                if !known && self.page.wanted.len() + self.page.got.len() < MAX_BATCH {
+                let held = self.page.wanted.len() + self.page.got.len() + self.page.placed.len();
+                if !known && held < MAX_BATCH {
                     self.page.wanted.insert(*parent, Vec::new());
-                    parents.push(*parent);
+                    self.page.queue.push_back(*parent);
                 }
             }
             self.page.wanted.remove(&id);
-            self.page.got.insert(id, vertex);
+            self.page.got.insert(id, (vertex, size));
+            self.page.got_bytes += size;
         }
-        // Asked and not delivered (a response budget cut it short, or the
-        // peer lacks it): asked again of the next peer.
-        let mut again: Vec<VertexId> = asked
-            .into_iter()
-            .filter(|id| self.page.wanted.contains_key(id))
-            .collect();
-        again.extend(parents);
-        if !again.is_empty() {
-            self.request_wanted(again, is_accepted);
+        // Asked and not delivered: asked again. A peer that delivered part
+        // of what it was asked hit its response budget, and may be asked
+        // for the rest without that counting as a try.
+        for id in asked.iter().rev() {
+            if let Some(tried) = self.page.wanted.get_mut(id) {
+                if delivered > 0 {
+                    tried.retain(|p| *p != from);
+                }
+                self.page.queue.push_front(*id);
+            }
+        }
+        self.place_ready(is_accepted);
+    }
+
+    /// Hands out every held vertex whose parents are in, parents first.
+    fn place_ready(&mut self, is_accepted: IsAccepted) {
+        loop {
+            let mut ready: Vec<VertexId> = self
+                .page
+                .got
+                .iter()
+                .filter(|(_, (v, _))| {
+                    v.parents()
+                        .iter()
+                        .all(|p| self.page.placed.contains(p) || is_accepted(p))
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            if ready.is_empty() {
+                return;
+            }
+            ready.sort();
+            for id in ready {
+                if let Some((vertex, size)) = self.page.got.remove(&id) {
+                    self.page.got_bytes -= size;
+                    self.page.placed.insert(id);
+                    self.progress.ready_vertices += 1;
+                    self.ready.push(vertex);
+                }
+            }
         }
     }
 
-    /// Hands out the fetched vertices parents-first and reads the next page.
-    fn finish_page(&mut self, now_ms: u64, is_accepted: &dyn Fn(&VertexId) -> bool) {
-        let mut waiting: Vec<Vertex> = std::mem::take(&mut self.page.got).into_values().collect();
-        waiting.sort_by_key(|v| v.id());
-        let mut placed: HashSet<VertexId> = HashSet::new();
-        loop {
-            let before = placed.len();
-            let mut still = Vec::new();
-            for vertex in waiting {
-                let ready = vertex
-                    .parents()
-                    .iter()
-                    .all(|p| placed.contains(p) || is_accepted(p));
-                if ready {
-                    placed.insert(vertex.id());
-                    self.ready.push(vertex);
-                } else {
-                    still.push(vertex);
-                }
-            }
-            waiting = still;
-            if waiting.is_empty() || placed.len() == before {
-                break;
-            }
+    /// More fetches, or the page is over: what could not be fetched or
+    /// ordered is counted as missed, and the next page is read.
+    fn after_fetch(&mut self, now_ms: u64, is_accepted: IsAccepted) {
+        self.issue_fetches(now_ms, is_accepted);
+        if !self.page.fetches.is_empty() || self.progress.phase != Phase::Fetching {
+            return;
         }
-        self.progress.missed += (waiting.len() + self.page.wanted.len()) as u64;
-        self.progress.ready_vertices += placed.len() as u64;
+        self.progress.missed += (self.page.got.len() + self.page.wanted.len()) as u64;
         self.page = Page::default();
         self.list(now_ms);
     }

@@ -274,12 +274,16 @@ fn encode_consensus(e: &mut DescriptorEncoder, c: &crate::types::ConsensusStatus
         ("agentmesh_consensus_rejected_vertices", "Vertices finalized as rejected", c.rejected_vertices),
         ("agentmesh_consensus_accepted_transactions", "Transactions finalized as accepted", c.accepted_transactions),
         ("agentmesh_consensus_flush_failures", "Flushes of decisions to disk that failed", c.flush_failures),
+        ("agentmesh_consensus_bootstrapped_vertices", "Vertices accepted unpolled on a quorum's word while bootstrapping", c.bootstrap.accepted_vertices),
+        ("agentmesh_consensus_bootstrap_fetched_bytes", "Bytes of vertices fetched while bootstrapping", c.bootstrap.fetched_bytes),
     ];
     #[rustfmt::skip]
     let plain_gauges: Gauges = &[
         ("agentmesh_consensus_processing_vertices", "Vertices being polled", c.processing as i64),
         ("agentmesh_consensus_graylisted_peers", "Peers whose votes are ignored for now", c.graylisted.len() as i64),
         ("agentmesh_consensus_halted", "1 once the consensus history failed: the node votes no more", c.halted.is_some() as i64),
+        ("agentmesh_consensus_bootstrapping", "1 while the node walks the validators' accepted history", (c.bootstrap.state != "done" && c.bootstrap.state != "waiting") as i64),
+        ("agentmesh_consensus_bootstrap_remaining", "Entries of the source's accepted log still to read", c.bootstrap.remaining as i64),
     ];
     table(e, plain_counters, plain_gauges)?;
     let quantiles = |p: &crate::types::Percentiles| {

@@ -122,19 +122,46 @@ impl DecisionLog {
     /// records the layout, so later starts read nothing but counters.
     fn upgrade_from_layout_1(&mut self) -> Result<(), StoreError> {
         let mut decided = 0u64;
-        let mut accepted = Vec::new();
+        let mut accepted: Vec<(u64, VertexId)> = Vec::new();
         for item in self.status.iter() {
             let (key, value) = item?;
             decided += 1;
             if value.first() == Some(&1) {
-                accepted.push(vertex_id(&key, &key)?);
+                let at_ms = value
+                    .get(1..9)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map_or(0, u64::from_be_bytes);
+                accepted.push((at_ms, vertex_id(&key, &key)?));
             }
         }
-        for id in accepted {
-            let vertex = self
-                .vertex(&id)?
-                .ok_or_else(|| corrupt(&id.0, "accepted vertex is missing its content"))?;
-            self.index_accepted(&vertex)?;
+        // The accepted log must list parents first (bootstrapping peers
+        // read it in order): in acceptance time order, each vertex after
+        // its accepted parents.
+        accepted.sort();
+        let ids: std::collections::HashSet<VertexId> = accepted.iter().map(|(_, id)| *id).collect();
+        let mut placed = std::collections::HashSet::new();
+        for (_, root) in &accepted {
+            // Iterative depth-first walk: (vertex, parents pushed yet).
+            let mut stack = vec![(*root, false)];
+            while let Some((id, expanded)) = stack.pop() {
+                if placed.contains(&id) {
+                    continue;
+                }
+                let vertex = self
+                    .vertex(&id)?
+                    .ok_or_else(|| corrupt(&id.0, "accepted vertex is missing its content"))?;
+                if expanded {
+                    placed.insert(id);
+                    self.index_accepted(&vertex)?;
+                    continue;
+                }
+                stack.push((id, true));
+                for parent in vertex.parents() {
+                    if ids.contains(parent) && !placed.contains(parent) {
+                        stack.push((*parent, false));
+                    }
+                }
+            }
         }
         self.meta.insert(DECIDED, &decided.to_be_bytes())?;
         self.meta.insert(LAYOUT, &CURRENT_LAYOUT.to_be_bytes())?;
@@ -401,30 +428,44 @@ mod tests {
     }
 
     #[test]
-    fn a_layout_1_history_is_indexed_once_on_upgrade() {
+    fn a_layout_1_history_is_indexed_once_on_upgrade_parents_first() {
         let dir = tempfile::tempdir().unwrap();
         let key = NodeKey::generate().unwrap();
-        let v = vertex(&key, 1, "task:old");
+        // A chain accepted within one millisecond: time alone cannot order
+        // it, and ids are in no particular order.
+        let mut chain: Vec<Vertex> = Vec::new();
+        for i in 0..20u64 {
+            let parents = chain.last().map(|p| vec![p.id()]).unwrap_or_default();
+            let tx = Transaction {
+                key: format!("task:old{i}"),
+                payload: b"a".to_vec(),
+            };
+            chain.push(Vertex::sign(&key, parents, i, 10, vec![tx]).unwrap());
+        }
         {
             // As the previous layout wrote it: content and status only.
             let db = sled::open(dir.path()).unwrap();
-            db.open_tree("consensus_vertices")
-                .unwrap()
-                .insert(v.id().0, codec::encode(v.wire()).unwrap())
-                .unwrap();
-            let mut status = vec![1u8];
-            status.extend_from_slice(&7u64.to_be_bytes());
-            db.open_tree("consensus_status")
-                .unwrap()
-                .insert(v.id().0, status)
-                .unwrap();
+            for v in &chain {
+                db.open_tree("consensus_vertices")
+                    .unwrap()
+                    .insert(v.id().0, codec::encode(v.wire()).unwrap())
+                    .unwrap();
+                let mut status = vec![1u8];
+                status.extend_from_slice(&7u64.to_be_bytes());
+                db.open_tree("consensus_status")
+                    .unwrap()
+                    .insert(v.id().0, status)
+                    .unwrap();
+            }
             db.flush().unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
         let log = store.decisions().unwrap();
-        assert_eq!(log.winner("task:old").unwrap(), Some(v.id()));
-        assert_eq!(log.len(), 1);
-        assert_eq!(log.accepted_len(), 1);
+        assert_eq!(log.winner("task:old3").unwrap(), Some(chain[3].id()));
+        assert_eq!(log.len(), 20);
+        let (order, end) = log.accepted_page(0, 100).unwrap();
+        assert_eq!(end, 20);
+        assert_eq!(order, chain.iter().map(|v| v.id()).collect::<Vec<_>>());
         assert_eq!(read_u64(&log.meta, LAYOUT).unwrap(), Some(CURRENT_LAYOUT));
     }
 }

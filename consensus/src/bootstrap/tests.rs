@@ -31,8 +31,12 @@ fn history(n: usize, side: usize) -> Vec<Vertex> {
 struct Peer {
     id: NodeId,
     log: Vec<Vertex>,
-    /// Lists these made-up ids (and serves these vertices) as well.
+    /// Lists these made-up ids (and serves these vertices) as well, each
+    /// `repeat` times.
     forged: Vec<Vertex>,
+    repeat: usize,
+    /// Claims this log length and lists its first page at every position.
+    stuck: Option<u64>,
     silent: bool,
 }
 
@@ -42,6 +46,8 @@ impl Peer {
             id: key(n).node_id(),
             log: log.to_vec(),
             forged: Vec::new(),
+            repeat: 1,
+            stuck: None,
             silent: false,
         }
     }
@@ -50,7 +56,24 @@ impl Peer {
         if self.silent {
             return BootstrapReply::Failed;
         }
-        let listed: Vec<&Vertex> = self.log.iter().chain(&self.forged).collect();
+        let listed: Vec<&Vertex> = self
+            .log
+            .iter()
+            .chain(
+                self.forged
+                    .iter()
+                    .flat_map(|v| std::iter::repeat_n(v, self.repeat)),
+            )
+            .collect();
+        if let (Some(end), BootstrapRequest::LogLength | BootstrapRequest::Log { .. }) =
+            (self.stuck, request)
+        {
+            let ids = match request {
+                BootstrapRequest::Log { .. } => listed.iter().take(7).map(|v| v.id()).collect(),
+                _ => vec![],
+            };
+            return BootstrapReply::Log { ids, end };
+        }
         match request {
             BootstrapRequest::LogLength => BootstrapReply::Log {
                 ids: vec![],
@@ -91,7 +114,9 @@ fn walk(peers: &[Peer], start: &[Vertex]) -> (Vec<VertexId>, BootstrapProgress) 
     let mut b = Bootstrapper::new(me, 7);
     let mut now = 0;
     while !b.is_done() && now < 1_000_000 {
-        b.tick(now, &validators);
+        b.tick(now, &validators, &|id: &VertexId| {
+            accepted.borrow().contains(id)
+        });
         for (tag, peer, request) in b.take_requests() {
             let reply = peers
                 .iter()
@@ -214,10 +239,10 @@ fn validators_that_cannot_serve_history_do_not_hold_consensus_forever() {
         "no validators yet: nothing to wait for"
     );
     let mut now = 0;
-    b.tick(now, &validators);
+    b.tick(now, &validators, &|_| false);
     assert!(b.holds_consensus(), "history to walk: gossip waits");
     while !b.is_done() && now < 60_000 {
-        b.tick(now, &validators);
+        b.tick(now, &validators, &|_| false);
         for (tag, peer, _) in b.take_requests() {
             b.on_reply(now, tag, peer, BootstrapReply::Failed, &|_| false);
         }
@@ -229,4 +254,83 @@ fn validators_that_cannot_serve_history_do_not_hold_consensus_forever() {
         b.progress()
     );
     assert!(!b.holds_consensus());
+}
+
+fn forged_rival(n: u8, of: &Vertex) -> Vertex {
+    let tx = Transaction {
+        key: of.transactions()[0].key.clone(),
+        payload: b"forged".to_vec(),
+    };
+    Vertex::sign(&key(n), of.parents().to_vec(), 1000 + of.seq(), 1, vec![tx]).unwrap()
+}
+
+#[test]
+fn a_source_repeating_its_own_vertex_is_still_one_voice() {
+    let all = history(6, 0);
+    let forged = forged_rival(2, &all[0]);
+    let mut liar = Peer::honest(2, &all);
+    liar.forged = vec![forged.clone()];
+    // Listed a thousand times, it still has only the liar's word.
+    liar.repeat = 1000;
+    let peers = vec![
+        liar,
+        Peer::honest(3, &all),
+        Peer::honest(4, &all),
+        Peer::honest(5, &all),
+    ];
+    let (accepted, _) = walk(&peers, &[]);
+    assert!(!accepted.contains(&forged.id()));
+    assert_eq!(accepted.len(), 6);
+}
+
+#[test]
+fn a_source_whose_log_ends_early_or_never_ends_is_replaced() {
+    let all = history(30, 0);
+    // Claims the longest log and lists nothing.
+    let mut empty = Peer::honest(2, &[]);
+    empty.stuck = Some(1000);
+    // Claims an endless log and lists the same few ids forever.
+    let mut endless = Peer::honest(3, &all);
+    endless.stuck = Some(u64::MAX);
+    let peers = vec![
+        empty,
+        endless,
+        Peer::honest(4, &all),
+        Peer::honest(5, &all),
+        Peer::honest(6, &all),
+    ];
+    let (accepted, progress) = walk(&peers, &[]);
+    assert_eq!(accepted.len(), 30, "{progress:?}");
+    assert_eq!(progress.missed, 0);
+}
+
+#[test]
+fn a_lost_reply_times_out_instead_of_stalling_the_walk() {
+    let all = history(5, 0);
+    let peers: Vec<Peer> = (2..5).map(|n| Peer::honest(n, &all)).collect();
+    let me = key(1).node_id();
+    let validators = ValidatorSet::equal_weights(1, peers.iter().map(|p| p.id).chain([me]));
+    let mut b = Bootstrapper::new(me, 3);
+    let mut now = 0;
+    let mut dropped = false;
+    while !b.is_done() && now < 600_000 {
+        b.tick(now, &validators, &|_| false);
+        for (tag, peer, request) in b.take_requests() {
+            // The first log page's reply never arrives.
+            if !dropped && matches!(request, BootstrapRequest::Log { .. }) {
+                dropped = true;
+                continue;
+            }
+            let reply = peers
+                .iter()
+                .find(|p| p.id == peer)
+                .unwrap()
+                .answer(&request);
+            b.on_reply(now, tag, peer, reply, &|_| false);
+        }
+        b.take_ready();
+        now += 1000;
+    }
+    assert!(dropped && b.is_done(), "{:?}", b.progress());
+    assert!(b.progress().ready_vertices >= 5);
 }

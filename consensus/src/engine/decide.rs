@@ -63,6 +63,7 @@ impl<H: History> Engine<H> {
                 });
             }
         }
+        self.fetching.remove(&id);
         if !self.processing.contains_key(&id) {
             if let Some(pending) = self.take_pending(&id) {
                 self.unlink_pending(&id, &pending.missing);

@@ -274,8 +274,10 @@ impl ConsensusService {
         if self.bootstrap.is_done() && self.bootstrap_logged.1 == Phase::Done {
             return;
         }
-        self.bootstrap.tick(now, self.engine.validators());
-        self.bootstrap_io(now);
+        let engine = &self.engine;
+        let is_accepted = |id: &VertexId| engine.status(id) == VertexStatus::Accepted;
+        self.bootstrap.tick(now, engine.validators(), &is_accepted);
+        self.apply_bootstrapped(now);
     }
 
     fn on_bootstrap_reply(
@@ -288,6 +290,11 @@ impl ConsensusService {
         let engine = &self.engine;
         let is_accepted = |id: &VertexId| engine.status(id) == VertexStatus::Accepted;
         self.bootstrap.on_reply(now, tag, from, reply, &is_accepted);
+        self.apply_bootstrapped(now);
+    }
+
+    /// Accepts what the walk confirmed, then sends its requests.
+    fn apply_bootstrapped(&mut self, now: u64) {
         for vertex in self.bootstrap.take_ready() {
             if let Err(refusal) = self.engine.accept_bootstrapped(now, vertex) {
                 tracing::warn!(%refusal, "bootstrapping: a confirmed vertex was not accepted");

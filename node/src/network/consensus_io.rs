@@ -195,9 +195,12 @@ impl ConsensusIo {
     /// (the event is dropped and counted).
     fn emit(&mut self, event: ConsensusEvent) -> bool {
         let queue = match event {
-            ConsensusEvent::Vertex { .. }
-            | ConsensusEvent::Vertices { .. }
-            | ConsensusEvent::Bootstrap { .. } => &self.events.vertices,
+            // Bootstrapping replies take the control queue: few are in
+            // flight, and one dropped behind a flood of gossip would stall
+            // the walk until its timeout.
+            ConsensusEvent::Vertex { .. } | ConsensusEvent::Vertices { .. } => {
+                &self.events.vertices
+            }
             _ => &self.events.control,
         };
         let sent = queue.try_send(event).is_ok();
@@ -489,7 +492,7 @@ impl Network {
                     ConsensusResponse::AcceptedLog { ids, end } => BootstrapReply::Log { ids, end },
                     ConsensusResponse::Accepted { accepted } => BootstrapReply::Accepted(accepted),
                     ConsensusResponse::Vertices { vertices } => {
-                        BootstrapReply::Vertices(self.admit_vertices(peer, from, vertices))
+                        BootstrapReply::Vertices(self.verified_history(peer, vertices))
                     }
                     ConsensusResponse::Votes { .. } => BootstrapReply::Failed,
                 };
@@ -531,6 +534,30 @@ impl Network {
                     self.charge_peer(&peer, offence);
                     self.consensus
                         .emit(ConsensusEvent::InvalidVertex { from, reason });
+                }
+            }
+        }
+        good
+    }
+
+    /// Vertices fetched while bootstrapping whose id and signature verify.
+    /// Their authors' membership is not checked again: each is accepted
+    /// history, confirmed by a quorum (or an ancestor of such a vertex),
+    /// and the certificate it carried may have expired since. Content that
+    /// does not verify is never honest, and the sender is charged for it.
+    fn verified_history(
+        &mut self,
+        peer: PeerId,
+        vertices: Vec<agentmesh_protocol::WireVertex>,
+    ) -> Vec<Vertex> {
+        let mut good = Vec::with_capacity(vertices.len());
+        for wire in vertices {
+            match Vertex::verify(wire) {
+                Ok(v) => good.push(v),
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "a peer served an invalid vertex");
+                    self.links.table.rejected(&peer);
+                    self.charge_peer(&peer, Offence::Malformed);
                 }
             }
         }
