@@ -8,6 +8,7 @@ use crate::bench::progress;
 use crate::consensus_bench::{spawn_load, ConsensusBench};
 use crate::mesh::{Testnet, TestnetOptions};
 use crate::process::rss_mb;
+use agentmesh_node::types::{BootstrapView, ConsensusStatus};
 use anyhow::{Context, Result};
 use serde_json::json;
 use std::path::Path;
@@ -32,8 +33,56 @@ fn dir_bytes(path: &Path) -> u64 {
         .sum()
 }
 
-// Long on purpose: the scenario reads top to bottom (load, history,
-// restart, bootstrap).
+/// The largest resident set of any node now (MB, one decimal).
+fn largest_rss(net: &Testnet) -> f64 {
+    let worst = net
+        .nodes
+        .iter()
+        .filter_map(|n| rss_mb(n.pid()))
+        .fold(0.0f64, f64::max);
+    (worst * 10.0).round() / 10.0
+}
+
+/// Node 0's status once nothing is left processing (or after 2 min).
+async fn settled(net: &Testnet) -> Result<ConsensusStatus> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let s = net.nodes[0].client.consensus().await?;
+        if s.processing == 0 || Instant::now() > deadline {
+            return Ok(s);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Stops node `index` cleanly, measures its database, and starts it again:
+/// (database bytes, ms from launch to its API answering).
+async fn restart_timed(net: &mut Testnet, index: usize) -> Result<(u64, u64)> {
+    let spec = net.nodes[index].spec.clone();
+    let node = net.nodes.remove(index);
+    node.stop(Duration::from_secs(10)).await?;
+    let disk = dir_bytes(&spec.data_dir.join("db"));
+    let launched = Instant::now();
+    net.restart(index, spec)
+        .await
+        .context("restarting a node")?;
+    Ok((disk, launched.elapsed().as_millis() as u64))
+}
+
+/// Adds a brand-new node and waits for the end of its bootstrapping.
+async fn fresh_bootstrap(net: &mut Testnet) -> Result<BootstrapView> {
+    let fresh = net.nodes.len();
+    net.add_node(&[]).await?;
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    loop {
+        let s = net.nodes[fresh].client.consensus().await?;
+        if s.bootstrap.state == "done" || Instant::now() > deadline {
+            return Ok(s.bootstrap);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 pub async fn long_run(
     bench: &ConsensusBench,
     run: Duration,
@@ -50,19 +99,24 @@ pub async fn long_run(
         bench.rate, run
     ));
     let started = Instant::now();
-    // Per sample: the largest resident set of any node (MB).
     let mut rss_samples: Vec<f64> = Vec::new();
     while started.elapsed() < run {
         tokio::time::sleep(SAMPLE_EVERY.min(run.saturating_sub(started.elapsed()))).await;
-        let worst = net
-            .nodes
-            .iter()
-            .filter_map(|n| rss_mb(n.pid()))
-            .fold(0.0f64, f64::max);
-        rss_samples.push((worst * 10.0).round() / 10.0);
+        rss_samples.push(largest_rss(&net));
+        let mut states = Vec::new();
+        for node in &net.nodes {
+            if let Ok(s) = node.client.consensus().await {
+                states.push(format!(
+                    "{}/{}/{}",
+                    s.bootstrap.state, s.processing, s.accepted_transactions
+                ));
+            }
+        }
         progress(&format!(
-            "{:.0} s: largest node RSS {worst:.1} MB",
-            started.elapsed().as_secs_f64()
+            "{:.0} s: largest node RSS {:.1} MB; bootstrap/processing/accepted tx per node: {}",
+            started.elapsed().as_secs_f64(),
+            rss_samples.last().copied().unwrap_or(0.0),
+            states.join(" ")
         ));
     }
     stop.store(true, Ordering::Relaxed);
@@ -70,48 +124,16 @@ pub async fn long_run(
         let _ = task.await;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    // Let the last proposals settle before measuring the history.
-    let observer = net.nodes[0].client.clone();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        let s = observer.consensus().await?;
-        if s.processing == 0 || Instant::now() > deadline {
-            break s;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    let finalized = status.accepted_transactions;
+    let finalized = settled(&net).await?.accepted_transactions;
     let peak_rss = net
         .nodes
         .iter()
         .filter_map(|n| n.peak_rss_mb())
         .fold(0.0f64, f64::max);
-
-    // Start-up with that history: node 1 stopped cleanly and started again,
-    // from launch to its API answering.
-    let index = 1;
-    let spec = net.nodes[index].spec.clone();
-    let db = spec.data_dir.join("db");
-    let node = net.nodes.remove(index);
-    node.stop(Duration::from_secs(10)).await?;
-    let disk = dir_bytes(&db);
-    let launched = Instant::now();
-    net.restart(index, spec)
-        .await
-        .context("restarting a node")?;
-    let startup_ms = launched.elapsed().as_millis() as u64;
-
+    progress("restarting node 1 with that history");
+    let (disk, startup_ms) = restart_timed(&mut net, 1).await?;
     progress("a new node bootstraps the history");
-    let fresh = net.nodes.len();
-    net.add_node(&[]).await?;
-    let deadline = Instant::now() + Duration::from_secs(1800);
-    let bootstrap = loop {
-        let s = net.nodes[fresh].client.consensus().await?;
-        if s.bootstrap.state == "done" || Instant::now() > deadline {
-            break s.bootstrap;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let bootstrap = fresh_bootstrap(&mut net).await?;
     net.stop().await?;
     let warm = rss_samples.len().min(3);
     Ok(json!({

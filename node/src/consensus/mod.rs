@@ -2,6 +2,7 @@
 //! fed by the network and the API, its history in sled.
 
 pub mod faults;
+mod held;
 mod history;
 mod service;
 pub mod validators;

@@ -80,8 +80,8 @@ pub struct ConsensusService {
     /// Confirmed vertices the engine refused (logged; see
     /// `BootstrapRefusal`).
     bootstrap_refused: u64,
-    /// Gossip and fetch deliveries kept from the engine while bootstrapping.
-    bootstrap_deferred: u64,
+    /// Vertices delivered while bootstrapping, for the engine afterwards.
+    held: super::held::Held,
     /// When bootstrapping progress was last logged, and in what phase.
     bootstrap_logged: (u64, Phase),
     /// Commands to send before the engine's outputs.
@@ -140,7 +140,7 @@ impl ConsensusService {
                     .finish()
             }),
             bootstrap_refused: 0,
-            bootstrap_deferred: 0,
+            held: super::held::Held::default(),
             bootstrap_logged: (0, Phase::Waiting),
             outbox: Vec::new(),
         };
@@ -196,10 +196,13 @@ impl ConsensusService {
     fn on_event(&mut self, event: ConsensusEvent) {
         let now = now_ms();
         match event {
-            ConsensusEvent::Vertex { .. } | ConsensusEvent::Vertices { .. }
-                if self.bootstrap.holds_consensus() =>
-            {
-                self.bootstrap_deferred += 1;
+            ConsensusEvent::Vertex { from, vertex } if self.bootstrap.holds_consensus() => {
+                self.held.hold(from, vertex)
+            }
+            ConsensusEvent::Vertices { from, vertices } if self.bootstrap.holds_consensus() => {
+                for vertex in vertices {
+                    self.held.hold(from, vertex);
+                }
             }
             ConsensusEvent::Vertex { from, vertex } => self.engine.on_vertex(now, from, vertex),
             ConsensusEvent::InvalidVertex { from, reason } => {
@@ -271,6 +274,11 @@ impl ConsensusService {
     }
 
     fn bootstrap_tick(&mut self, now: u64) {
+        if !self.held.is_empty() && !self.bootstrap.holds_consensus() {
+            for (from, vertex) in self.held.release() {
+                self.engine.on_vertex(now, from, vertex);
+            }
+        }
         if self.bootstrap.is_done() && self.bootstrap_logged.1 == Phase::Done {
             return;
         }
@@ -351,7 +359,8 @@ impl ConsensusService {
             known: p.known,
             unconfirmed: p.unconfirmed,
             missed: p.missed + self.bootstrap_refused,
-            deferred_deliveries: self.bootstrap_deferred,
+            held_vertices: self.held.held,
+            dropped_held_vertices: self.held.dropped,
             seconds,
         }
     }

@@ -320,28 +320,7 @@ impl Network {
                 }
             }
             ConsensusCommand::Bootstrap { tag, peer, request } => {
-                let Some(peer_id) = self.consensus.peer_of(&peer) else {
-                    self.consensus.emit(ConsensusEvent::Bootstrap {
-                        tag,
-                        from: peer,
-                        reply: BootstrapReply::Failed,
-                    });
-                    return;
-                };
-                let request = match request {
-                    BootstrapRequest::LogLength => ConsensusRequest::AcceptedLog { from: u64::MAX },
-                    BootstrapRequest::Log { from } => ConsensusRequest::AcceptedLog { from },
-                    BootstrapRequest::Accepted { ids } => ConsensusRequest::Accepted { ids },
-                    BootstrapRequest::Fetch { ids } => ConsensusRequest::Fetch { ids },
-                };
-                let id = self
-                    .swarm
-                    .behaviour_mut()
-                    .consensus
-                    .send_request(&peer_id, request);
-                self.consensus
-                    .outbound
-                    .insert(id, Outbound::Bootstrap { tag, peer });
+                self.send_bootstrap_request(tag, peer, request)
             }
             ConsensusCommand::Respond { request, response } => {
                 if let Some(channel) = self.consensus.inbound.remove(&request) {
@@ -375,6 +354,33 @@ impl Network {
                 self.totals.delivered_locally += self.router.deliver(delivery) as u64;
             }
         }
+    }
+
+    /// Sends a bootstrapping request; its reply (or failure) comes back
+    /// tagged.
+    fn send_bootstrap_request(&mut self, tag: Tag, peer: NodeId, request: BootstrapRequest) {
+        let Some(peer_id) = self.consensus.peer_of(&peer) else {
+            self.consensus.emit(ConsensusEvent::Bootstrap {
+                tag,
+                from: peer,
+                reply: BootstrapReply::Failed,
+            });
+            return;
+        };
+        let request = match request {
+            BootstrapRequest::LogLength => ConsensusRequest::AcceptedLog { from: u64::MAX },
+            BootstrapRequest::Log { from } => ConsensusRequest::AcceptedLog { from },
+            BootstrapRequest::Accepted { ids } => ConsensusRequest::Accepted { ids },
+            BootstrapRequest::Fetch { ids } => ConsensusRequest::Fetch { ids },
+        };
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .consensus
+            .send_request(&peer_id, request);
+        self.consensus
+            .outbound
+            .insert(id, Outbound::Bootstrap { tag, peer });
     }
 
     pub(super) fn on_consensus_event(

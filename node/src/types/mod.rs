@@ -409,9 +409,11 @@ pub struct BootstrapView {
     pub unconfirmed: u64,
     /// Confirmed vertices that could not be fetched, ordered or accepted.
     pub missed: u64,
-    /// Vertex deliveries (gossip, fetches) set aside while the walk ran;
-    /// what is still undecided comes back through consensus afterwards.
-    pub deferred_deliveries: u64,
+    /// Vertices delivered (gossip, fetches) while the walk ran, held back
+    /// and handed to consensus after it; and those dropped over the bounds
+    /// (4,096 vertices, 64 MiB), which come back when named again.
+    pub held_vertices: u64,
+    pub dropped_held_vertices: u64,
     /// Seconds from the first probe to the end (or to now).
     pub seconds: f64,
 }

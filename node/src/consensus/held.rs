@@ -1,0 +1,80 @@
+//! Vertices that arrive while the node bootstraps: held back from the
+//! engine (which would poll them one by one, ancestry and all, the very
+//! thing bootstrapping avoids) and handed to it once the walk is over, so
+//! none is lost and every node ends up holding the same undecided set.
+//! Bounded; beyond the bounds they are dropped, and come back when queries
+//! or descendants name them.
+
+use agentmesh_protocol::{NodeId, Vertex};
+use std::collections::VecDeque;
+
+/// Most vertices held.
+const MAX_HELD: usize = 4096;
+/// Most bytes held (vertices are up to 1 MiB each).
+const MAX_HELD_BYTES: usize = 64 * 1024 * 1024;
+
+#[derive(Default)]
+pub struct Held {
+    vertices: VecDeque<(NodeId, Vertex)>,
+    bytes: usize,
+    /// Deliveries held, and those dropped over the bounds.
+    pub held: u64,
+    pub dropped: u64,
+}
+
+fn size(vertex: &Vertex) -> usize {
+    200 + 40 * vertex.parents().len()
+        + vertex
+            .transactions()
+            .iter()
+            .map(|tx| tx.key.len() + tx.payload.len() + 8)
+            .sum::<usize>()
+}
+
+impl Held {
+    pub fn hold(&mut self, from: NodeId, vertex: Vertex) {
+        let size = size(&vertex);
+        if self.vertices.len() >= MAX_HELD || self.bytes + size > MAX_HELD_BYTES {
+            self.dropped += 1;
+            return;
+        }
+        self.held += 1;
+        self.bytes += size;
+        self.vertices.push_back((from, vertex));
+    }
+
+    /// Everything held, in arrival order.
+    pub fn release(&mut self) -> Vec<(NodeId, Vertex)> {
+        self.bytes = 0;
+        self.vertices.drain(..).collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.vertices.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agentmesh_protocol::{NodeKey, Transaction};
+
+    #[test]
+    fn holds_in_order_within_bounds_and_counts_what_it_drops() {
+        let key = NodeKey::generate().unwrap();
+        let from = key.node_id();
+        let mut held = Held::default();
+        for i in 0..(MAX_HELD as u64 + 5) {
+            let tx = Transaction {
+                key: format!("k{i}"),
+                payload: vec![],
+            };
+            held.hold(from, Vertex::sign(&key, vec![], i, 0, vec![tx]).unwrap());
+        }
+        assert_eq!((held.held, held.dropped), (MAX_HELD as u64, 5));
+        let out = held.release();
+        assert_eq!(out.len(), MAX_HELD);
+        assert_eq!(out[0].1.seq(), 0, "arrival order");
+        assert!(held.is_empty());
+    }
+}
