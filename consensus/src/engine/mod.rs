@@ -955,7 +955,9 @@ impl<H: History> Engine<H> {
     }
 }
 
-fn approximate_size(vertex: &Vertex) -> usize {
+/// A vertex's size in memory, roughly (its encoded size without being
+/// encoded).
+pub fn approximate_size(vertex: &Vertex) -> usize {
     200 + 40 * vertex.parents().len()
         + vertex
             .transactions()

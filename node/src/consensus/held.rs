@@ -22,18 +22,9 @@ pub struct Held {
     pub dropped: u64,
 }
 
-fn size(vertex: &Vertex) -> usize {
-    200 + 40 * vertex.parents().len()
-        + vertex
-            .transactions()
-            .iter()
-            .map(|tx| tx.key.len() + tx.payload.len() + 8)
-            .sum::<usize>()
-}
-
 impl Held {
     pub fn hold(&mut self, from: NodeId, vertex: Vertex) {
-        let size = size(&vertex);
+        let size = agentmesh_consensus::engine::approximate_size(&vertex);
         if self.vertices.len() >= MAX_HELD || self.bytes + size > MAX_HELD_BYTES {
             self.dropped += 1;
             return;
