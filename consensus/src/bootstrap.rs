@@ -7,14 +7,15 @@
 //! frontier replaced by each node's *accepted log*: the ids it accepted, in
 //! the order it accepted them, which is parents-first. The walk:
 //!
-//! 1. **Probe**: ask every validator how long its log is. The longest is the
-//!    source (the others are fallbacks, each read from the top); the length
-//!    that validators holding a majority of the answering weight reach is
-//!    the target, which no single liar can move.
+//! 1. **Probe**: ask every validator how long its log is. The length that
+//!    validators holding a majority of the answering weight reach is the
+//!    target, which no single liar can move; the source is drawn among the
+//!    logs that reach it (the others are fallbacks, each read from the top).
 //! 2. **List**: read one page (up to 1,024 ids) of the source's log, drop
 //!    repeated ids and the ids accepted here already (a restarted walk skips
-//!    quickly). A source whose log ends before the target, or that fails,
-//!    is replaced by the next; pages per source are bounded by the target.
+//!    quickly). A source that fails, or whose log ends while this node
+//!    holds fewer accepted vertices than the target, is replaced by the
+//!    next; pages per source are bounded by the target.
 //! 3. **Confirm**: ask every validator which of the remaining ids it has
 //!    accepted; an id is confirmed when validators holding more than half of
 //!    the other validators' weight say so (each counted once, at its current
@@ -57,9 +58,15 @@ pub const MAX_BATCH_BYTES: u64 = 64 * 1024 * 1024;
 const MAX_FETCHES_IN_FLIGHT: usize = 4;
 /// Peers asked for one vertex before it is given up for this walk.
 const MAX_FETCH_TRIES: usize = 3;
+/// A fetch answer at least this large was cut short by the responder's
+/// budget: the peer may be asked for the rest without that counting as a
+/// try (a smaller partial answer counts, so a peer cannot drip vertices
+/// one at a time forever).
+const FULL_ANSWER_BYTES: u64 = (agentmesh_protocol::consensus_wire::FETCH_RESPONSE_BUDGET
+    - agentmesh_protocol::vertex::MAX_VERTEX_BYTES) as u64;
 /// A request without a reply by then counts as failed (the network layer
 /// times requests out sooner; this also covers a reply lost on the way).
-const REQUEST_TIMEOUT_MS: u64 = 60_000;
+const REQUEST_TIMEOUT_MS: u64 = 15_000;
 /// How long to wait before probing again when no validator answered.
 const RETRY_MS: u64 = 5_000;
 /// How long the validator set must stay unchanged before the walk starts:
@@ -159,8 +166,11 @@ struct Page {
     wanted: HashMap<VertexId, Vec<NodeId>>,
     /// Wanted vertices not requested at the moment.
     queue: VecDeque<VertexId>,
-    /// Delivered vertices waiting for their parents, and their size.
-    got: HashMap<VertexId, (Vertex, u64)>,
+    /// Delivered vertices waiting for their parents: their size and how
+    /// many parents are still missing.
+    got: HashMap<VertexId, (Vertex, u64, usize)>,
+    /// Missing parent → held vertices waiting for it.
+    children: HashMap<VertexId, Vec<VertexId>>,
     got_bytes: u64,
     /// Vertices handed out during this page.
     placed: HashSet<VertexId>,
@@ -182,10 +192,11 @@ pub struct Bootstrapper {
     target_end: u64,
     /// Pages read from the current source.
     pages_read: u64,
-    /// Distinct ids of the current source's log found accepted here or
-    /// confirmed: a source whose log ends before it covered the target
-    /// length omitted something, and the next one is read.
-    covered: HashSet<VertexId>,
+    /// Vertices accepted here, as the driver last said (see
+    /// [`Bootstrapper::set_accepted_len`]): a source whose log ends while
+    /// this node holds fewer than the target length omitted something (or
+    /// its vertices could not be applied), and the next one is read.
+    accepted_len: u64,
     listing: Option<Tag>,
     page: Page,
     /// When the validator set last changed, and when it first had others.
@@ -213,7 +224,7 @@ impl Bootstrapper {
             sources: Vec::new(),
             target_end: 0,
             pages_read: 0,
-            covered: HashSet::new(),
+            accepted_len: 0,
             listing: None,
             page: Page::default(),
             set_changed_ms: 0,
@@ -370,9 +381,6 @@ impl Bootstrapper {
             self.retry_at_ms = now_ms + RETRY_MS;
             return;
         }
-        // Longest first; ties in random order so one peer is not always
-        // the one everybody reads from.
-        self.sources.shuffle(&mut self.rng);
         self.sources.sort_by_key(|s| std::cmp::Reverse(s.0));
         let answering: u64 = self
             .sources
@@ -389,9 +397,16 @@ impl Bootstrapper {
             }
         }
         self.progress.end = self.target_end;
-        if self.sources[0].0 == 0 {
+        if self.target_end == 0 || self.accepted_len >= self.target_end {
             return self.finish(now_ms);
         }
+        // Sources that reach the target, in random order (so a liar
+        // claiming an endless log is not always read first, and one peer
+        // is not the one everybody reads from), then the shorter ones.
+        let target = self.target_end;
+        self.sources.shuffle(&mut self.rng);
+        self.sources
+            .sort_by_key(|s| std::cmp::Reverse(s.0.min(target)));
         self.start_source(now_ms);
     }
 
@@ -400,15 +415,20 @@ impl Bootstrapper {
         self.progress.position = 0;
         self.pages_read = 0;
         self.barren_pages = 0;
-        self.covered.clear();
         self.list(now_ms);
     }
 
+    /// How many vertices this node has accepted; the driver says so before
+    /// each call (a walk is complete when it holds the target length).
+    pub fn set_accepted_len(&mut self, accepted: u64) {
+        self.accepted_len = accepted;
+    }
+
     /// The current source's log is over (it ended, ran out of its page
-    /// budget or kept listing nothing confirmable): done if it covered the
-    /// target length, else the next source.
+    /// budget or kept listing nothing confirmable): done if this node now
+    /// holds the target length, else the next source.
     fn end_of_source(&mut self, now_ms: u64) {
-        if self.covered.len() as u64 >= self.target_end {
+        if self.accepted_len + self.ready.len() as u64 >= self.target_end {
             self.finish(now_ms)
         } else {
             self.next_source(now_ms)
@@ -436,7 +456,6 @@ impl Bootstrapper {
         self.probes.clear();
         self.listing = None;
         self.outstanding.clear();
-        self.covered = HashSet::new();
     }
 
     fn list(&mut self, now_ms: u64) {
@@ -481,9 +500,7 @@ impl Bootstrapper {
                 continue;
             }
             if is_accepted(&id) {
-                if self.covered.insert(id) {
-                    self.progress.known += 1;
-                }
+                self.progress.known += 1;
             } else {
                 unknown.push(id);
             }
@@ -555,7 +572,6 @@ impl Bootstrapper {
         }
         self.barren_pages = 0;
         self.progress.phase = Phase::Fetching;
-        self.covered.extend(confirmed.iter().copied());
         for id in confirmed {
             self.page.wanted.insert(id, Vec::new());
             self.page.queue.push_back(id);
@@ -593,6 +609,14 @@ impl Bootstrapper {
                     .chain(others.iter().copied())
                     .find(|p| !tried.contains(p));
                 match next.filter(|_| tried.len() < MAX_FETCH_TRIES) {
+                    Some(peer)
+                        if !by_peer.contains_key(&peer)
+                            && self.page.fetches.len() + by_peer.len() >= MAX_FETCHES_IN_FLIGHT =>
+                    {
+                        // No room for another request now.
+                        self.page.queue.push_front(id);
+                        break;
+                    }
                     Some(peer) => {
                         if let Some(tried) = self.page.wanted.get_mut(&id) {
                             tried.push(peer);
@@ -607,6 +631,9 @@ impl Bootstrapper {
                         self.page.wanted.remove(&id);
                     }
                 }
+            }
+            if by_peer.is_empty() {
+                return;
             }
             let mut by_peer: Vec<_> = by_peer.into_iter().collect();
             by_peer.sort();
@@ -624,7 +651,7 @@ impl Bootstrapper {
         vertices: Vec<Vertex>,
         is_accepted: IsAccepted,
     ) {
-        let mut delivered = 0;
+        let mut delivered_bytes = 0;
         for vertex in vertices {
             let id = vertex.id();
             // Only what was asked of this peer and is still wanted.
@@ -634,60 +661,62 @@ impl Bootstrapper {
             let size = vertex.encode().len() as u64;
             self.progress.fetched_vertices += 1;
             self.progress.fetched_bytes += size;
-            delivered += 1;
+            delivered_bytes += size;
+            self.page.wanted.remove(&id);
+            let mut missing = 0;
             for parent in vertex.parents() {
-                let known = is_accepted(parent)
-                    || self.page.placed.contains(parent)
-                    || self.page.got.contains_key(parent)
-                    || self.page.wanted.contains_key(parent);
-                let held = self.page.wanted.len() + self.page.got.len() + self.page.placed.len();
+                if self.page.placed.contains(parent) || is_accepted(parent) {
+                    continue;
+                }
+                missing += 1;
+                self.page.children.entry(*parent).or_default().push(id);
+                let known =
+                    self.page.got.contains_key(parent) || self.page.wanted.contains_key(parent);
+                let held = self.page.wanted.len() + self.page.got.len();
                 if !known && held < MAX_BATCH {
                     self.page.wanted.insert(*parent, Vec::new());
                     self.page.queue.push_back(*parent);
                 }
             }
-            self.page.wanted.remove(&id);
-            self.page.got.insert(id, (vertex, size));
+            self.page.got.insert(id, (vertex, size, missing));
             self.page.got_bytes += size;
+            if missing == 0 {
+                self.place(id);
+            }
         }
-        // Asked and not delivered: asked again. A peer that delivered part
-        // of what it was asked hit its response budget, and may be asked
-        // for the rest without that counting as a try.
+        // Asked and not delivered: asked again, of the next peer; of the
+        // same one without that counting as a try only if its answer was
+        // cut short by its response budget.
+        let cut_short = delivered_bytes >= FULL_ANSWER_BYTES;
         for id in asked.iter().rev() {
             if let Some(tried) = self.page.wanted.get_mut(id) {
-                if delivered > 0 {
+                if cut_short {
                     tried.retain(|p| *p != from);
                 }
                 self.page.queue.push_front(*id);
             }
         }
-        self.place_ready(is_accepted);
     }
 
-    /// Hands out every held vertex whose parents are in, parents first.
-    fn place_ready(&mut self, is_accepted: IsAccepted) {
-        loop {
-            let mut ready: Vec<VertexId> = self
-                .page
-                .got
-                .iter()
-                .filter(|(_, (v, _))| {
-                    v.parents()
-                        .iter()
-                        .all(|p| self.page.placed.contains(p) || is_accepted(p))
-                })
-                .map(|(id, _)| *id)
-                .collect();
-            if ready.is_empty() {
-                return;
-            }
-            ready.sort();
-            for id in ready {
-                if let Some((vertex, size)) = self.page.got.remove(&id) {
-                    self.page.got_bytes -= size;
-                    self.page.placed.insert(id);
-                    self.progress.ready_vertices += 1;
-                    self.ready.push(vertex);
+    /// Hands out a held vertex whose parents are all in, then every held
+    /// descendant that this completes (each vertex once: linear in what is
+    /// held).
+    fn place(&mut self, id: VertexId) {
+        let mut ready = vec![id];
+        while let Some(id) = ready.pop() {
+            let Some((vertex, size, _)) = self.page.got.remove(&id) else {
+                continue;
+            };
+            self.page.got_bytes -= size;
+            self.page.placed.insert(id);
+            self.progress.ready_vertices += 1;
+            self.ready.push(vertex);
+            for child in self.page.children.remove(&id).unwrap_or_default() {
+                if let Some((_, _, missing)) = self.page.got.get_mut(&child) {
+                    *missing -= 1;
+                    if *missing == 0 {
+                        ready.push(child);
+                    }
                 }
             }
         }

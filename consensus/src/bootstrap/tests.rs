@@ -38,6 +38,8 @@ struct Peer {
     /// Claims this log length and lists its first page at every position.
     stuck: Option<u64>,
     silent: bool,
+    /// Ids per log page.
+    page: usize,
 }
 
 impl Peer {
@@ -49,6 +51,7 @@ impl Peer {
             repeat: 1,
             stuck: None,
             silent: false,
+            page: 7,
         }
     }
 
@@ -69,7 +72,9 @@ impl Peer {
             (self.stuck, request)
         {
             let ids = match request {
-                BootstrapRequest::Log { .. } => listed.iter().take(7).map(|v| v.id()).collect(),
+                BootstrapRequest::Log { .. } => {
+                    listed.iter().take(self.page).map(|v| v.id()).collect()
+                }
                 _ => vec![],
             };
             return BootstrapReply::Log { ids, end };
@@ -83,7 +88,7 @@ impl Peer {
                 ids: listed
                     .iter()
                     .skip(*from as usize)
-                    .take(7)
+                    .take(self.page)
                     .map(|v| v.id())
                     .collect(),
                 end: listed.len() as u64,
@@ -93,10 +98,8 @@ impl Peer {
                     .map(|id| listed.iter().any(|v| v.id() == *id))
                     .collect(),
             ),
-            // A few at a time, as a response budget would.
             BootstrapRequest::Fetch { ids } => BootstrapReply::Vertices(
                 ids.iter()
-                    .take(3)
                     .filter_map(|id| listed.iter().find(|v| v.id() == *id))
                     .map(|v| (*v).clone())
                     .collect(),
@@ -123,6 +126,7 @@ fn walk(peers: &[Peer], start: &[Vertex]) -> (Vec<VertexId>, BootstrapProgress) 
                 .find(|p| p.id == peer)
                 .map_or(BootstrapReply::Failed, |p| p.answer(&request));
             let is_accepted = |id: &VertexId| accepted.borrow().contains(id);
+            b.set_accepted_len(accepted.borrow().len() as u64);
             b.on_reply(now, tag, peer, reply, &is_accepted);
             for vertex in b.take_ready() {
                 assert!(
@@ -313,6 +317,7 @@ fn a_lost_reply_times_out_instead_of_stalling_the_walk() {
     let mut b = Bootstrapper::new(me, 3);
     let mut now = 0;
     let mut dropped = false;
+    let mut applied = 0;
     while !b.is_done() && now < 600_000 {
         b.tick(now, &validators, &|_| false);
         for (tag, peer, request) in b.take_requests() {
@@ -327,10 +332,34 @@ fn a_lost_reply_times_out_instead_of_stalling_the_walk() {
                 .unwrap()
                 .answer(&request);
             b.on_reply(now, tag, peer, reply, &|_| false);
+            applied += b.take_ready().len() as u64;
+            b.set_accepted_len(applied);
         }
-        b.take_ready();
         now += 1000;
     }
     assert!(dropped && b.is_done(), "{:?}", b.progress());
-    assert!(b.progress().ready_vertices >= 5);
+    assert_eq!(applied, 5, "each vertex once, the walk complete");
+}
+
+#[test]
+fn a_source_listing_newest_first_past_the_batch_bound_does_not_end_the_walk_early() {
+    // Children first, more than a page's batch can hold: a liar serving
+    // the real history in that order gets nothing applied in its pages
+    // beyond the bound, and the walk must not stop at it.
+    let all = history(MAX_BATCH + 1200, 0);
+    let mut reversed = all.clone();
+    reversed.reverse();
+    let mut liar = Peer::honest(2, &reversed);
+    liar.page = 1024;
+    let mut peers = vec![
+        liar,
+        Peer::honest(3, &all),
+        Peer::honest(4, &all),
+        Peer::honest(5, &all),
+    ];
+    for p in &mut peers[1..] {
+        p.page = 1024;
+    }
+    let (accepted, _) = walk(&peers, &[]);
+    assert_eq!(accepted.len(), all.len());
 }

@@ -282,6 +282,8 @@ impl ConsensusService {
         if self.bootstrap.is_done() && self.bootstrap_logged.1 == Phase::Done {
             return;
         }
+        self.bootstrap
+            .set_accepted_len(self.engine.history().accepted_len());
         let engine = &self.engine;
         let is_accepted = |id: &VertexId| engine.status(id) == VertexStatus::Accepted;
         self.bootstrap.tick(now, engine.validators(), &is_accepted);
@@ -295,6 +297,8 @@ impl ConsensusService {
         from: agentmesh_protocol::NodeId,
         reply: BootstrapReply,
     ) {
+        self.bootstrap
+            .set_accepted_len(self.engine.history().accepted_len());
         let engine = &self.engine;
         let is_accepted = |id: &VertexId| engine.status(id) == VertexStatus::Accepted;
         self.bootstrap.on_reply(now, tag, from, reply, &is_accepted);
