@@ -141,7 +141,10 @@ impl DecisionLog {
         let ids: std::collections::HashSet<VertexId> = accepted.iter().map(|(_, id)| *id).collect();
         let mut placed = std::collections::HashSet::new();
         for (_, root) in &accepted {
-            // Iterative depth-first walk: (vertex, parents pushed yet).
+            // Iterative depth-first walk: (vertex, parents pushed yet). Only
+            // ids are stacked and each vertex is read again when it is
+            // placed: a chain can be as deep as the history, and stacking
+            // content would hold all of it in memory at once.
             let mut stack = vec![(*root, false)];
             while let Some((id, expanded)) = stack.pop() {
                 if placed.contains(&id) {
