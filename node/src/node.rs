@@ -4,7 +4,7 @@
 use crate::api::{self, ApiState};
 use crate::config::Settings;
 use crate::consensus::validators;
-use crate::consensus::{ConsensusHandle, ConsensusService, SledHistory, REQUEST_QUEUE};
+use crate::consensus::{ConsensusHandle, ConsensusService, DiskHistory, REQUEST_QUEUE};
 use crate::identity;
 use crate::model::service::ModelService;
 use crate::model::ModelHandle;
@@ -188,7 +188,7 @@ fn consensus_engine(
     key: &NodeKey,
     store: &Store,
     membership: &Membership,
-) -> Result<Engine<SledHistory>> {
+) -> Result<Engine<DiskHistory>> {
     let decisions = store.decisions()?;
     decisions.next_seq().context(
         "the consensus history is damaged (remove the data directory's db to start over)",
@@ -196,7 +196,7 @@ fn consensus_engine(
     let mut engine = Engine::new(
         settings.consensus_params.clone(),
         NodeKey::from_seed(*key.seed())?,
-        SledHistory::new(decisions, crate::consensus::faults::from_env()),
+        DiskHistory::new(decisions, crate::consensus::faults::from_env()),
         RandomState::new().build_hasher().finish(),
     )?;
     engine.set_certificate(membership.own_certificate().map(<[u8]>::to_vec));

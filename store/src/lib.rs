@@ -1,5 +1,6 @@
 //! agentmesh storage: one sled database per node, one typed tree per kind of
-//! record. Values are CBOR (see `agentmesh-protocol`).
+//! record, and the consensus history in a redb database beside it (see
+//! `decisions` for why). Values are CBOR (see `agentmesh-protocol`).
 
 mod bans;
 mod decisions;
@@ -8,13 +9,14 @@ pub mod patterns;
 mod peers;
 
 pub use bans::{Ban, BanList};
-pub use decisions::{DecisionLog, StoredDecision, MAX_RECORDED_RIVALS};
+pub use decisions::{DecisionLog, DurableCommit, StoredDecision, MAX_RECORDED_RIVALS};
 pub use model::{ModelStore, OutcomeMark, StoredCheckpoint};
 
 pub use patterns::PatternStore;
 pub use peers::{KnownPeer, KnownPeers, KnownValidator, NodeRecords, PeerBook, ValidatorBook};
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// sled reports a held lock only as an `Other` I/O error with this text
@@ -31,15 +33,45 @@ fn is_lock_contention(e: &sled::Error) -> bool {
 pub enum StoreError {
     #[error("storage error: {0}")]
     Sled(#[from] sled::Error),
+    #[error("consensus history storage error: {0}")]
+    History(#[from] redb::Error),
     #[error("stored record under {key} is corrupt: {reason}")]
     Corrupt { key: String, reason: String },
     #[error("encoding a record failed: {0}")]
     Encode(String),
+    #[error("a storage task stopped before it finished: {0}")]
+    Interrupted(String),
     #[error(
         "the database at {path} is locked by another process (is another node using this data directory?)"
     )]
     Locked { path: String },
 }
+
+/// redb reports each operation's failure as its own type; all of them are
+/// a [`StoreError::History`].
+macro_rules! history_errors {
+    ($($error:ty),*) => {$(
+        impl From<$error> for StoreError {
+            fn from(e: $error) -> StoreError {
+                StoreError::History(e.into())
+            }
+        }
+    )*};
+}
+history_errors!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+/// The consensus history's file, inside the store's directory.
+const HISTORY_FILE: &str = "consensus.redb";
+/// redb's page cache (its default is 1 GiB): the history is read mostly
+/// by key, once per decision, and a node must stay small.
+const HISTORY_CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Largest stored record we will decode; records are written by this node,
 /// so anything larger means the file was damaged.
@@ -48,6 +80,7 @@ pub(crate) const MAX_RECORD_BYTES: usize = 2 << 20;
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
+    history: Arc<redb::Database>,
     patterns: PatternStore,
     /// One per database: it keeps the outcome count.
     model: ModelStore,
@@ -94,10 +127,21 @@ impl Store {
                 Err(e) => return Err(e.into()),
             }
         };
+        // sled's lock is held: the history's cannot be held by another node.
+        let history = redb::Database::builder()
+            .set_cache_size(HISTORY_CACHE_BYTES)
+            .create(path.join(HISTORY_FILE))
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
+                    path: path.display().to_string(),
+                },
+                e => e.into(),
+            })?;
         let patterns = PatternStore::open(&db)?;
         let model = ModelStore::open(&db, model::MAX_STORED_OUTCOMES)?;
         Ok(Store {
             db,
+            history: Arc::new(history),
             patterns,
             model,
         })
@@ -116,7 +160,7 @@ impl Store {
     }
 
     pub fn decisions(&self) -> Result<DecisionLog, StoreError> {
-        DecisionLog::open(&self.db)
+        DecisionLog::open(self.history.clone(), &self.db)
     }
 
     /// The model's records (one per database: it keeps the outcome count).
@@ -129,9 +173,10 @@ impl Store {
         self.patterns.clone()
     }
 
-    /// Writes everything buffered to disk.
+    /// Writes everything buffered to disk (the consensus history too).
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.db.flush_async().await?;
+        DurableCommit::new(self.history.clone()).commit()?;
         Ok(())
     }
 }

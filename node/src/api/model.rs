@@ -98,6 +98,9 @@ pub async fn outcome(
     })
     .await
     .map_err(join_failed)??;
+    // Acknowledged means durable: the outcome record and the pattern's
+    // counts.
+    s.patterns.flush().await?;
     Ok(Json(OutcomeReply {
         effect,
         model_version: s.model.version(),

@@ -46,7 +46,7 @@ pub async fn put(
 ) -> Result<(StatusCode, Json<PatternView>), ApiError> {
     let input: PatternInput = json_body(body).await?;
     s.require_scope(|v| v.may_share_patterns(), "sharing patterns")?;
-    let (pattern, created) = s.patterns.put(input)?;
+    let (pattern, created) = s.patterns.put(input).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -129,7 +129,9 @@ pub async fn outcome(
 ) -> Result<Json<PatternView>, ApiError> {
     let input: OutcomeInput = json_body(body).await?;
     s.require_scope(|v| v.may_share_patterns(), "sharing patterns")?;
-    Ok(Json(view(&s.patterns.record_outcome(&id, input.success)?)))
+    Ok(Json(view(
+        &s.patterns.record_outcome(&id, input.success).await?,
+    )))
 }
 
 #[utoipa::path(get, path = "/v1/sync", operation_id = "sync_status", tag = "patterns",

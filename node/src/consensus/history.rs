@@ -1,4 +1,4 @@
-//! The engine's history in sled.
+//! The engine's history on disk (the store's redb history database).
 
 use super::faults::{Fault, FaultSwitch};
 use agentmesh_consensus::{Decision, History, HistoryError};
@@ -6,7 +6,7 @@ use agentmesh_protocol::{NodeId, Vertex, VertexId};
 use agentmesh_store::{DecisionLog, StoreError};
 use std::sync::Arc;
 
-pub struct SledHistory {
+pub struct DiskHistory {
     log: DecisionLog,
     /// Injected failures, in tests (see `faults`).
     faults: Option<Arc<FaultSwitch>>,
@@ -15,9 +15,9 @@ pub struct SledHistory {
     fault: std::sync::OnceLock<String>,
 }
 
-impl SledHistory {
-    pub fn new(log: DecisionLog, faults: Option<Arc<FaultSwitch>>) -> SledHistory {
-        SledHistory {
+impl DiskHistory {
+    pub fn new(log: DecisionLog, faults: Option<Arc<FaultSwitch>>) -> DiskHistory {
+        DiskHistory {
             log,
             faults,
             fault: std::sync::OnceLock::new(),
@@ -64,12 +64,17 @@ impl SledHistory {
         self.log.len()
     }
 
-    /// Makes recorded decisions durable. A failure is latched like any
-    /// other: sled keeps failing after an I/O error until it is reopened,
-    /// and a retried fsync may report success for data the kernel dropped.
+    /// Makes recorded decisions durable, off the async threads (an
+    /// fsync). A failure is latched like any other: a retried fsync may
+    /// report success for data the kernel dropped.
     pub async fn flush(&self) -> Result<(), StoreError> {
         let result = match self.injected(Fault::Flush) {
-            Ok(()) => self.log.flush().await,
+            Ok(()) => {
+                let commit = self.log.durable_commit();
+                tokio::task::spawn_blocking(move || commit.commit())
+                    .await
+                    .unwrap_or_else(|e| Err(StoreError::Interrupted(e.to_string())))
+            }
             Err(e) => Err(e),
         };
         if let Err(e) = &result {
@@ -81,7 +86,7 @@ impl SledHistory {
     }
 }
 
-impl History for SledHistory {
+impl History for DiskHistory {
     fn decision(&self, id: &VertexId) -> Option<(Decision, u64)> {
         self.read("a decision", self.log.decision(id)).map(|d| {
             let decision = if d.accepted {

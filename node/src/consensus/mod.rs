@@ -8,7 +8,7 @@ mod service;
 pub mod validators;
 pub mod views;
 
-pub use history::SledHistory;
+pub use history::DiskHistory;
 pub use service::{ConsensusService, Request, FINALIZED_CHANNEL, REQUEST_QUEUE};
 
 use crate::types::{ConsensusStatus, TaskInfo, VertexInfo};

@@ -1,7 +1,7 @@
 //! The consensus driver: a task that owns the engine, feeds it network
 //! events, API requests and ticks, and carries out what it returns.
 
-use super::history::SledHistory;
+use super::history::DiskHistory;
 use super::validators::Validators;
 use super::views;
 use crate::clock::now_ms;
@@ -59,7 +59,7 @@ pub enum Request {
 }
 
 pub struct ConsensusService {
-    engine: Engine<SledHistory>,
+    engine: Engine<DiskHistory>,
     network: NetworkHandle,
     events: ConsensusReceivers,
     requests: mpsc::Receiver<Request>,
@@ -112,7 +112,7 @@ fn percentiles(samples: &VecDeque<f64>) -> Percentiles {
 
 impl ConsensusService {
     pub fn new(
-        engine: Engine<SledHistory>,
+        engine: Engine<DiskHistory>,
         network: NetworkHandle,
         events: ConsensusReceivers,
         requests: mpsc::Receiver<Request>,

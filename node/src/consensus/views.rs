@@ -1,7 +1,7 @@
 //! What the API shows of the engine's state: vertices, task claims, and the
 //! `consensus:finalized` events.
 
-use super::history::SledHistory;
+use super::history::DiskHistory;
 use crate::types::{Claim, ClaimInfo, TaskInfo, TransactionBody, VertexInfo};
 use agentmesh_consensus::{Decision, Engine, History, VertexStatus};
 use agentmesh_protocol::{Vertex, VertexId};
@@ -22,7 +22,7 @@ fn bodies(vertex: &Vertex) -> Vec<TransactionBody> {
         .collect()
 }
 
-pub fn vertex_info(engine: &Engine<SledHistory>, id: &VertexId) -> Option<VertexInfo> {
+pub fn vertex_info(engine: &Engine<DiskHistory>, id: &VertexId) -> Option<VertexInfo> {
     let status = engine.status(id);
     let vertex = match status {
         VertexStatus::Unknown => return None,
@@ -70,7 +70,7 @@ fn claim_in(vertex: &Vertex, key: &str) -> Option<ClaimInfo> {
     })
 }
 
-pub fn task_info(engine: &Engine<SledHistory>, task: &str) -> TaskInfo {
+pub fn task_info(engine: &Engine<DiskHistory>, task: &str) -> TaskInfo {
     let key = task_key(task);
     let winner = engine
         .history()

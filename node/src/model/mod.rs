@@ -312,7 +312,7 @@ impl ModelHandle {
         match self
             .shared
             .patterns
-            .record_outcome(&outcome.pattern, outcome.success)
+            .count_outcome(&outcome.pattern, outcome.success)
         {
             Ok(_) | Err(agentmesh_store::patterns::EditError::NotFound(_)) => {}
             Err(e) => {

@@ -59,8 +59,9 @@ impl Patterns {
         }
     }
 
-    /// Creates or updates; also says whether the pattern is new.
-    pub fn put(&self, input: PatternInput) -> Result<(Pattern, bool), EditError> {
+    /// Creates or updates; also says whether the pattern is new. Durable
+    /// when it returns.
+    pub async fn put(&self, input: PatternInput) -> Result<(Pattern, bool), EditError> {
         let id = match &input.id {
             Some(id) => id.clone(),
             None => MessageId::random()
@@ -80,11 +81,20 @@ impl Patterns {
                 Ok(Pattern::create(id.clone(), edit, self.node, now)?)
             }
         })?;
+        self.flush().await?;
         self.changed(&pattern.id);
         Ok((pattern, created))
     }
 
-    pub fn record_outcome(&self, id: &str, success: bool) -> Result<Pattern, EditError> {
+    /// Counts a use and how it went. Durable when it returns.
+    pub async fn record_outcome(&self, id: &str, success: bool) -> Result<Pattern, EditError> {
+        let pattern = self.count_outcome(id, success)?;
+        self.flush().await?;
+        Ok(pattern)
+    }
+
+    /// Counts a use and how it went; durable at the next flush.
+    pub fn count_outcome(&self, id: &str, success: bool) -> Result<Pattern, EditError> {
         let pattern = self.store.edit(id, |old| {
             let mut p = old.ok_or_else(|| EditError::NotFound(id.to_string()))?;
             p.record_outcome(self.node, success);
@@ -92,6 +102,15 @@ impl Patterns {
         })?;
         self.changed(id);
         Ok(pattern)
+    }
+
+    /// Makes every write before it durable (the whole database: the
+    /// model's outcome records too).
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.flush())
+            .await
+            .map_err(|e| StoreError::Interrupted(e.to_string()))?
     }
 
     pub fn get(&self, id: &str) -> Result<Option<Pattern>, StoreError> {
@@ -109,6 +128,7 @@ impl Patterns {
             root: hex::encode(self.store.root()?),
             replication,
             anti_entropy,
+            corrupt_records_skipped: self.store.corrupt_skipped(),
         })
     }
 }

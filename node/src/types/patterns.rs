@@ -126,4 +126,7 @@ pub struct SyncStatus {
     pub root: String,
     pub replication: ReplicationStats,
     pub anti_entropy: AntiEntropyStats,
+    /// Stored records found damaged (they no longer decode) and skipped by
+    /// listings since start-up; a peer's state replaces each one.
+    pub corrupt_records_skipped: u64,
 }

@@ -7,8 +7,16 @@
 //!
 //! Reads go straight to sled from any task. Writes (local edits and merges
 //! of remote states) are serialized by one lock, which also guards the
-//! cached hash tree, so an index never disagrees with the state it
-//! indexes for longer than a write takes.
+//! cached hash tree. A write changes the state, its tag and kind index
+//! entries and its digest entry in one sled transaction: after a crash
+//! they agree or the write is absent. Durability is the caller's: sled
+//! flushes every second, and [`PatternStore::flush`] makes every write
+//! before it durable (the node calls it before it acknowledges a write).
+//!
+//! Every state written is valid (a local edit that would break a limit is
+//! refused, naming it). A record that no longer decodes (damaged on disk)
+//! is isolated: listings skip and count it, a merge of a peer's state
+//! replaces it, and a local write treats it as absent.
 
 pub mod merkle;
 
@@ -16,7 +24,10 @@ use crate::StoreError;
 use agentmesh_protocol::pattern::{digest, Pattern, PatternError};
 use agentmesh_protocol::pattern_wire::Hash;
 use merkle::{bucket_of, entry_key, HashCache};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
 use std::collections::BTreeSet;
+use std::convert::Infallible;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -33,6 +44,8 @@ struct Inner {
     entries: sled::Tree,
     writer: Mutex<HashCache>,
     count: AtomicU64,
+    /// Damaged records listings skipped (since start-up).
+    corrupt_skipped: AtomicU64,
 }
 
 /// Which patterns a listing wants.
@@ -102,12 +115,43 @@ impl PatternStore {
                 entries,
                 writer: Mutex::new(cache),
                 count: AtomicU64::new(count),
+                corrupt_skipped: AtomicU64::new(0),
             }),
         })
     }
 
     pub fn count(&self) -> u64 {
         self.inner.count.load(Ordering::Relaxed)
+    }
+
+    /// Damaged records that listings skipped since start-up.
+    pub fn corrupt_skipped(&self) -> u64 {
+        self.inner.corrupt_skipped.load(Ordering::Relaxed)
+    }
+
+    /// A damaged record is skipped (and counted), not fatal to a listing.
+    fn skip_corrupt(
+        &self,
+        read: Result<Option<Pattern>, StoreError>,
+    ) -> Result<Option<Pattern>, StoreError> {
+        match read {
+            // Anti-entropy replaces the record with a peer's state (its
+            // digest differs from theirs).
+            Err(StoreError::Corrupt { .. }) => {
+                self.inner.corrupt_skipped.fetch_add(1, Ordering::Relaxed);
+                Ok(None)
+            }
+            other => other,
+        }
+    }
+
+    /// Makes every write before it durable (sled flushes the whole
+    /// database; concurrent callers share the fsync). Blocks: run it off
+    /// the async threads. (sled's `flush_async` left some callers waiting
+    /// for good under 8 concurrent writers: `tests/pattern_crashes.rs`.)
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.inner.patterns.flush()?;
+        Ok(())
     }
 
     pub fn get(&self, id: &str) -> Result<Option<Pattern>, StoreError> {
@@ -163,7 +207,7 @@ impl PatternStore {
                     if filter.after.as_deref() == Some(id.as_str()) {
                         continue;
                     }
-                    if let Some(p) = self.get(&id)?.filter(wanted) {
+                    if let Some(p) = self.skip_corrupt(self.get(&id))?.filter(wanted) {
                         out.push(p);
                     }
                 }
@@ -180,7 +224,7 @@ impl PatternStore {
                     if after.as_deref() == Some(&key[..]) {
                         continue;
                     }
-                    out.push(decode(&key, &bytes)?);
+                    out.extend(self.skip_corrupt(decode(&key, &bytes).map(Some))?);
                 }
             }
         }
@@ -196,16 +240,22 @@ impl PatternStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// A local write: `edit` gets the current state (if any) and returns
-    /// the new one, which is stored and returned.
+    /// A local write: `edit` gets the current state (if any: a damaged
+    /// record counts as none) and returns the new one, which is checked
+    /// against every limit, stored and returned. A state that would break
+    /// a limit is refused and nothing is written.
     pub fn edit(
         &self,
         id: &str,
         edit: impl FnOnce(Option<Pattern>) -> Result<Pattern, EditError>,
     ) -> Result<Pattern, EditError> {
         let mut cache = self.lock();
-        let old = self.get(id)?;
+        let old = match self.get(id) {
+            Err(StoreError::Corrupt { .. }) => None,
+            read => read?,
+        };
         let new = edit(old.clone())?;
+        new.validate()?;
         let bytes = new.encode()?;
         self.write(&mut cache, old.as_ref(), &new, &bytes)?;
         Ok(new)
@@ -248,7 +298,8 @@ impl PatternStore {
         Ok(applied)
     }
 
-    /// Stores `new` (whose encoding is `bytes`) in place of `old`.
+    /// Stores `new` (whose encoding is `bytes`) in place of `old`: the
+    /// state, its index entries and its digest entry in one transaction.
     fn write(
         &self,
         cache: &mut HashCache,
@@ -257,42 +308,51 @@ impl PatternStore {
         bytes: &[u8],
     ) -> Result<(), StoreError> {
         let inner = &self.inner;
-        inner.patterns.insert(entry_key(&new.id), bytes)?;
-        if old.is_none() {
+        let key = entry_key(&new.id);
+        let old_tags: BTreeSet<&String> =
+            old.map(|p| p.tags.elements().collect()).unwrap_or_default();
+        let new_tags: BTreeSet<&String> = new.tags.elements().collect();
+        let new_kind = &new.content.value.kind;
+        let old_kind = old
+            .map(|o| &o.content.value.kind)
+            .filter(|kind| *kind != new_kind);
+        let created = (
+            &inner.patterns,
+            &inner.by_tag,
+            &inner.by_kind,
+            &inner.entries,
+        )
+            .transaction(|(patterns, by_tag, by_kind, entries)| {
+                let created = patterns.insert(&key[..], bytes)?.is_none();
+                for gone in old_tags.difference(&new_tags) {
+                    by_tag.remove(index_key(gone, &new.id))?;
+                }
+                for tag in &new_tags {
+                    by_tag.insert(index_key(tag, &new.id), &[][..])?;
+                }
+                if let Some(kind) = old_kind {
+                    by_kind.remove(index_key(kind, &new.id))?;
+                }
+                by_kind.insert(index_key(new_kind, &new.id), &[][..])?;
+                entries.insert(&key[..], &digest(bytes)[..])?;
+                Ok::<_, ConflictableTransactionError<Infallible>>(created)
+            })
+            .map_err(|e| match e {
+                TransactionError::Storage(e) => StoreError::Sled(e),
+                TransactionError::Abort(never) => match never {},
+            })?;
+        // Counted by what was on disk, not by `old` (a damaged record
+        // replaced here was stored but not readable).
+        if created {
             inner.count.fetch_add(1, Ordering::Relaxed);
         }
-        self.index(old, new)?;
-        inner
-            .entries
-            .insert(entry_key(&new.id), &digest(bytes)[..])?;
         cache.invalidate(bucket_of(&new.id));
         Ok(())
     }
 
-    fn index(&self, old: Option<&Pattern>, new: &Pattern) -> Result<(), StoreError> {
-        let inner = &self.inner;
-        let old_tags: BTreeSet<&String> =
-            old.map(|p| p.tags.elements().collect()).unwrap_or_default();
-        let new_tags: BTreeSet<&String> = new.tags.elements().collect();
-        for gone in old_tags.difference(&new_tags) {
-            inner.by_tag.remove(index_key(gone, &new.id))?;
-        }
-        for tag in &new_tags {
-            inner.by_tag.insert(index_key(tag, &new.id), &[])?;
-        }
-        let new_kind = &new.content.value.kind;
-        if let Some(old) = old.filter(|o| &o.content.value.kind != new_kind) {
-            inner
-                .by_kind
-                .remove(index_key(&old.content.value.kind, &new.id))?;
-        }
-        inner.by_kind.insert(index_key(new_kind, &new.id), &[])?;
-        Ok(())
-    }
-
-    /// A write interrupted by a crash can leave the state stored but its
-    /// digest entry (or an index) stale; merging a state already held
-    /// checks the entry and rewrites the indexes when it is off, so
+    /// A store written before writes were transactions can hold a state
+    /// whose digest entry (or an index) a crash left stale; merging a state
+    /// already held checks the entry and rewrites both when it is off, so
     /// anti-entropy does not fetch the same pattern every round.
     fn repair_entry(&self, cache: &mut HashCache, state: &Pattern) -> Result<(), StoreError> {
         let Some(bytes) = self.inner.patterns.get(entry_key(&state.id))? else {
@@ -300,9 +360,7 @@ impl PatternStore {
         };
         let key = entry_key(&state.id);
         if self.inner.entries.get(&key)?.as_deref() != Some(&digest(&bytes)[..]) {
-            self.index(None, state)?;
-            self.inner.entries.insert(key, &digest(&bytes)[..])?;
-            cache.invalidate(bucket_of(&state.id));
+            self.write(cache, None, state, &bytes)?;
         }
         Ok(())
     }

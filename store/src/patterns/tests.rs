@@ -231,3 +231,69 @@ fn a_lost_digest_entry_is_repaired_by_the_next_merge() {
         1
     );
 }
+
+#[test]
+fn a_local_write_that_would_break_a_limit_is_refused_and_nothing_written() {
+    use agentmesh_protocol::pattern::MAX_COUNT;
+    let (_dir, s) = store();
+    let me = NodeId([7; 32]);
+    // A peer's state that pushes this node's own use count to the edge (a
+    // valid state: every count is below the limit).
+    let mut pushed = pattern("a", "fix", &["t"]);
+    pushed.uses.increment(me, MAX_COUNT - 2);
+    s.apply(std::slice::from_ref(&pushed)).unwrap();
+    let outcome = |s: &PatternStore| {
+        s.edit("a", |old| {
+            let mut p = old.expect("stored");
+            p.record_outcome(me, true);
+            Ok(p)
+        })
+    };
+    outcome(&s).expect("one more use fits");
+    let before = s.get_raw("a").unwrap();
+    match outcome(&s) {
+        Err(EditError::Invalid(e)) => assert!(e.to_string().contains("counts"), "{e}"),
+        other => panic!("a write past the limit was not refused: {other:?}"),
+    }
+    assert_eq!(s.get_raw("a").unwrap(), before, "nothing written");
+    assert_eq!(s.list(&all(Filter::default())).unwrap().len(), 1);
+    assert_eq!(s.corrupt_skipped(), 0);
+}
+
+#[test]
+fn a_damaged_record_is_skipped_by_listings_and_replaced_by_a_peer_state() {
+    let (_dir, s) = store();
+    s.apply(&[pattern("a", "fix", &["t"]), pattern("b", "fix", &["t"])])
+        .unwrap();
+    s.inner
+        .patterns
+        .insert(entry_key("b"), &b"damaged"[..])
+        .unwrap();
+    let ids =
+        |f: Filter| -> Vec<String> { s.list(&all(f)).unwrap().into_iter().map(|p| p.id).collect() };
+    assert_eq!(ids(Filter::default()), vec!["a"]);
+    let by_tag = Filter {
+        tag: Some("t".into()),
+        ..Filter::default()
+    };
+    assert_eq!(ids(by_tag.clone()), vec!["a"]);
+    assert_eq!(s.corrupt_skipped(), 2);
+    assert!(matches!(s.get("b"), Err(StoreError::Corrupt { .. })));
+    // A peer's state replaces it; the count does not move.
+    s.apply(&[pattern("b", "fix", &["t"])]).unwrap();
+    assert_eq!(ids(by_tag), vec!["a", "b"]);
+    assert_eq!(s.count(), 2);
+    // A local write treats a damaged record as absent.
+    s.inner
+        .patterns
+        .insert(entry_key("a"), &b"damaged"[..])
+        .unwrap();
+    let written = s
+        .edit("a", |old| {
+            assert!(old.is_none());
+            Ok(pattern("a", "template", &[]))
+        })
+        .unwrap();
+    assert_eq!(s.get("a").unwrap(), Some(written));
+    assert_eq!(s.count(), 2);
+}
