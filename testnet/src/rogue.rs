@@ -1,7 +1,10 @@
 //! A misbehaving peer for tests and benchmarks: a bare libp2p swarm that
 //! joins a node's network, publishes whatever bytes it is told to (channel
 //! frames, forged vertices), bypassing every check an honest node makes
-//! before sending, and votes "no" on every consensus query.
+//! before sending, and votes "no" on every consensus query. With
+//! `sync_lies` set it also keeps anti-entropy rounds going: every hash
+//! differs, every page of entries names one made-up pattern and says more
+//! follow, and no fetch delivers anything.
 
 use agentmesh_node::identity;
 use agentmesh_node::network::cbor_codec::{
@@ -40,6 +43,11 @@ pub struct RoguePeer {
     pub stall_handshake: bool,
     /// Gossip messages it has received (a fenced non-member gets none).
     pub gossip_received: usize,
+    /// Answer anti-entropy requests with endless made-up pages (see the
+    /// module doc); otherwise they go unanswered.
+    pub sync_lies: bool,
+    /// Made-up ids handed out so far.
+    pub ghosts_listed: u64,
     stalled: Vec<(
         PeerId,
         Option<request_response::ResponseChannel<HelloReply>>,
@@ -93,7 +101,7 @@ impl RoguePeer {
                         CborCodec::default(),
                         [(
                             protocol_name::<SyncMessages>(network),
-                            request_response::ProtocolSupport::Outbound,
+                            request_response::ProtocolSupport::Full,
                         )],
                         request_response::Config::default()
                             .with_request_timeout(Duration::from_secs(20)),
@@ -119,6 +127,8 @@ impl RoguePeer {
             certificate: None,
             stall_handshake: false,
             gossip_received: 0,
+            sync_lies: false,
+            ghosts_listed: 0,
             stalled: Vec::new(),
         })
     }
@@ -341,6 +351,50 @@ impl RoguePeer {
         }
     }
 
+    /// An answer that keeps an anti-entropy round going without ever
+    /// delivering a pattern.
+    fn lie_about_patterns(&mut self, request: SyncRequest) -> SyncResponse {
+        let noise = |i: usize| serde_bytes::ByteArray::new(sha256(&i.to_be_bytes()));
+        match request {
+            SyncRequest::Pages { .. } => SyncResponse::Pages {
+                root: sha256(b"lies"),
+                pages: (0..256).map(noise).collect(),
+            },
+            SyncRequest::Buckets { pages } => SyncResponse::Buckets {
+                hashes: pages
+                    .iter()
+                    .map(|_| (0..256).map(noise).collect())
+                    .collect(),
+            },
+            SyncRequest::Entries { buckets, after } => {
+                // One made-up id in the first asked bucket, after `after`
+                // (ids of a bucket are in byte order, and these grow).
+                let bucket = buckets.first().copied().unwrap_or(0);
+                let id = loop {
+                    self.ghosts_listed += 1;
+                    let id = format!("ghost-{:012}", self.ghosts_listed);
+                    if agentmesh_store::patterns::merkle::bucket_of(&id) == bucket
+                        && after.as_deref().is_none_or(|a| id.as_str() > a)
+                    {
+                        break id;
+                    }
+                };
+                SyncResponse::Entries {
+                    entries: vec![(
+                        id.clone(),
+                        serde_bytes::ByteArray::new(sha256(id.as_bytes())),
+                    )],
+                    complete: false,
+                }
+            }
+            SyncRequest::Fetch { .. } => SyncResponse::Batch {
+                batch: agentmesh_protocol::pattern_wire::encode_batch(&[]),
+                more: Vec::new(),
+            },
+            SyncRequest::Push { .. } => SyncResponse::Pushed { applied: 0 },
+        }
+    }
+
     /// Drives the swarm for `duration` so queued messages go out. Consensus
     /// queries get contrary answers: "no" to everything asked, which no
     /// node can tell apart from a slow honest peer; fetches get nothing,
@@ -349,6 +403,26 @@ impl RoguePeer {
         let _ = tokio::time::timeout(duration, async {
             loop {
                 let event = self.next_event().await;
+                if let SwarmEvent::Behaviour(RogueBehaviourEvent::Sync(
+                    request_response::Event::Message {
+                        message:
+                            request_response::Message::Request {
+                                request, channel, ..
+                            },
+                        ..
+                    },
+                )) = event
+                {
+                    if self.sync_lies {
+                        let response = self.lie_about_patterns(request);
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .sync
+                            .send_response(channel, response);
+                    }
+                    continue;
+                }
                 if let SwarmEvent::Behaviour(RogueBehaviourEvent::Consensus(
                     request_response::Event::Message {
                         message:

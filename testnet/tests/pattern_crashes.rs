@@ -8,8 +8,7 @@
 mod common;
 
 use agentmesh_node::client::ApiClient;
-use agentmesh_node::types::PatternInput;
-use common::{start, MESH_TIMEOUT};
+use common::{pattern_input, start, MESH_TIMEOUT};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeSet;
@@ -28,21 +27,6 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn input(id: &str) -> PatternInput {
-    PatternInput {
-        id: Some(id.to_string()),
-        kind: "fix".into(),
-        name: format!("pattern {id}"),
-        description: String::new(),
-        framework: None,
-        language: None,
-        tags: vec![TAG.into()],
-        body: serde_json::json!({"steps": [id]}),
-        metadata: None,
-        author_agent: "writer".into(),
-    }
-}
-
 /// Writes patterns `next..total` (shared counter) until the node stops
 /// answering; records the ids it acknowledged.
 fn writer(
@@ -58,7 +42,7 @@ fn writer(
                 return;
             }
             let id = format!("p-{n:05}");
-            match client.put_pattern(&input(&id)).await {
+            match client.put_pattern(&pattern_input(&id, TAG)).await {
                 Ok(view) => {
                     assert_eq!(view.id, id);
                     acknowledged.lock().unwrap().insert(id);

@@ -100,7 +100,7 @@ pub async fn outcome(
     .map_err(join_failed)??;
     // Acknowledged means durable: the outcome record and the pattern's
     // counts.
-    s.patterns.flush().await?;
+    s.patterns.make_durable().await?;
     Ok(Json(OutcomeReply {
         effect,
         model_version: s.model.version(),

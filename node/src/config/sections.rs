@@ -145,8 +145,9 @@ config_section! {
         /// answered for one peer (bursts of twice this pass).
         peer_request_rate: NonZeroU32 = nz32(5_000),
         /// Misbehaviour points after which a peer is banned. Malformed or
-        /// unauthorised data costs 20, a bad signature 50, each message or
-        /// request over the rate 1; a peer recovers 1 point per second.
+        /// unauthorised data costs 20 (so does misleading anti-entropy), a
+        /// bad signature 50, each message or request over the rate 1; a
+        /// peer recovers 1 point per second.
         ban_threshold: NonZeroU32 = nz32(100),
         /// Seconds a misbehaving peer stays banned (bans are kept on disk
         /// across restarts).
@@ -197,6 +198,10 @@ config_section! {
         /// Seconds between anti-entropy rounds with a random peer (a peer is
         /// also reconciled with whenever it connects).
         anti_entropy_secs: Secs = Secs::new(30),
+        /// Seconds an anti-entropy round may run. A round cut short keeps
+        /// what it merged and is retried; a peer that keeps a round going
+        /// with entries it never delivers is charged for them.
+        anti_entropy_round_secs: Secs = Secs::new(60),
         /// Local changes are gossiped in batches collected over this many
         /// milliseconds (or 100 changes, whichever comes first); at most
         /// 10000.

@@ -36,12 +36,15 @@ pub enum Offence {
     Unauthorised,
     /// Above the rate limit (charged per excess message or request).
     OverRate,
+    /// Named data it then did not deliver (pattern states listed in
+    /// anti-entropy and never sent), keeping this node busy.
+    Misleading,
 }
 
 impl Offence {
     fn penalty(self) -> f64 {
         match self {
-            Offence::Malformed | Offence::Unauthorised => 20.0,
+            Offence::Malformed | Offence::Unauthorised | Offence::Misleading => 20.0,
             Offence::BadSignature => 50.0,
             Offence::OverRate => 1.0,
         }
@@ -53,14 +56,16 @@ impl Offence {
             Offence::BadSignature => "bad_signature",
             Offence::Unauthorised => "unauthorised",
             Offence::OverRate => "over_rate",
+            Offence::Misleading => "misleading",
         }
     }
 
-    pub const ALL: [Offence; 4] = [
+    pub const ALL: [Offence; 5] = [
         Offence::Malformed,
         Offence::BadSignature,
         Offence::Unauthorised,
         Offence::OverRate,
+        Offence::Misleading,
     ];
 }
 

@@ -36,6 +36,8 @@ pub enum SyncCommand {
         request: u64,
         response: SyncResponse,
     },
+    /// The peer listed states in a round and did not deliver them.
+    Misled { peer: NodeId },
 }
 
 /// Requests waiting for the pattern service; beyond this a peer is told
@@ -78,6 +80,7 @@ impl Network {
                     let _ = reply.send(Err(super::PeerRequestError::NotAPeer(e.to_string())));
                 }
             },
+            SyncCommand::Misled { peer } => self.charge(peer, super::guard::Offence::Misleading, 1),
             SyncCommand::Respond { request, response } => {
                 if let Some(channel) = self.sync.inbound.remove(&request) {
                     // Fails only if the asker gave up.
@@ -146,9 +149,15 @@ impl Network {
                     response,
                 } => {
                     if let Some(reply) = self.sync.outbound.remove(&request_id) {
-                        let answer = if matches!(response, SyncResponse::Batch { .. })
-                            && !self.may_share_patterns(&peer)
-                        {
+                        // Hashes, entries and states all say what this node
+                        // should hold: only from a peer that may share.
+                        let carries_patterns = !matches!(
+                            response,
+                            SyncResponse::InSync
+                                | SyncResponse::Pushed { .. }
+                                | SyncResponse::Refused { .. }
+                        );
+                        let answer = if carries_patterns && !self.may_share_patterns(&peer) {
                             Err(super::PeerRequestError::NotAllowed("sharing patterns"))
                         } else {
                             Ok(response)

@@ -7,7 +7,12 @@
 //! back what the peer lacks and the merged states it held differently.
 //! Every step is bounded (16 pages, 4096 buckets, a page of 8192 entries
 //! or 256 KiB, 100 patterns per message), so memory does not grow with
-//! the store.
+//! the store, and a round has a deadline: a peer that answers with endless
+//! pages cannot hold the reconciler (rounds run one at a time). Ids a peer
+//! lists and then does not deliver are counted, and a peer with more than
+//! [`MAX_PHANTOMS_PER_ROUND`] in a round is charged for misleading (an
+//! honest peer delivers what it lists; one with a damaged record might
+//! miss a few).
 
 use super::SyncStats;
 use crate::network::sync_io::SyncCommand;
@@ -24,6 +29,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeSet, VecDeque};
 use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
@@ -33,6 +39,9 @@ const FETCHES_IN_FLIGHT: usize = 8;
 /// Retries of a failed round (after 1, 2, 4, 8 s) before waiting for the
 /// next periodic round or reconnection.
 const MAX_RETRIES: u32 = 4;
+/// Listed-but-undelivered states a peer may cost a round before it is
+/// charged.
+pub const MAX_PHANTOMS_PER_ROUND: u64 = 16;
 
 #[derive(Debug, thiserror::Error)]
 enum RoundError {
@@ -66,6 +75,10 @@ pub struct Reconciler {
     /// False when this node's membership certificate lacks the `patterns`
     /// scope: it then only fetches (peers would refuse its pushes).
     pub may_push: bool,
+    /// How long a round may run.
+    pub round_deadline: Duration,
+    /// Ids the current round's peer listed and did not deliver.
+    pub phantoms: std::sync::atomic::AtomicU64,
 }
 
 impl Reconciler {
@@ -136,10 +149,26 @@ impl Reconciler {
     /// One round with `peer`; false if it failed.
     async fn round(&self, peer: NodeId) -> bool {
         let started = Instant::now();
-        let result = self.reconcile(peer).await;
+        self.phantoms.store(0, Ordering::Relaxed);
+        let (result, past_deadline) =
+            match tokio::time::timeout(self.round_deadline, self.reconcile(peer)).await {
+                Ok(result) => (result, false),
+                Err(_) => {
+                    let secs = self.round_deadline.as_secs();
+                    let error = format!("the round ran past its deadline ({secs} s)");
+                    (Err(RoundError::Peer(error)), true)
+                }
+            };
         let elapsed = started.elapsed().as_millis() as u64;
+        let phantoms = self.phantoms.load(Ordering::Relaxed);
+        if phantoms > MAX_PHANTOMS_PER_ROUND {
+            tracing::info!(%peer, phantoms, "peer listed pattern states it did not deliver");
+            let _ = self.network.sync(SyncCommand::Misled { peer }).await;
+        }
         self.stats.anti_entropy(|s| {
             s.rounds += 1;
+            s.rounds_past_deadline += past_deadline as u64;
+            s.phantom_ids += phantoms;
             s.last_peer = Some(peer.to_string());
             s.last_round_ms = elapsed;
             match &result {
@@ -297,32 +326,41 @@ impl Reconciler {
             while in_flight.len() < FETCHES_IN_FLIGHT && budget > 0 {
                 let Some(ids) = queue.pop_front() else { break };
                 budget -= 1;
-                in_flight.push(self.ask(peer, SyncRequest::Fetch { ids }));
+                let asked = ids.len();
+                let ask = self.ask(peer, SyncRequest::Fetch { ids });
+                in_flight.push(async move { (asked, ask.await) });
             }
-            let Some(answer) = in_flight.next().await else {
+            let Some((asked, answer)) = in_flight.next().await else {
                 break;
             };
             let (batch, more) = match answer? {
                 SyncResponse::Batch { batch, more } => (batch, more),
                 other => return Err(unexpected("fetch", &other)),
             };
+            let more_len = more.len();
             self.received(batch.len());
             let (store, stats) = (self.store.clone(), self.stats.clone());
             // Decoding and merging a batch take a few milliseconds of CPU.
-            received += tokio::task::spawn_blocking(move || -> Result<u64, RoundError> {
-                let decoded = decode_batch(&batch).map_err(|e| {
-                    stats.replication(|s| s.batches_rejected += 1);
-                    RoundError::Peer(format!("bad batch: {e}"))
-                })?;
-                let applied = store.apply(&decoded.patterns)?;
-                stats.rejected(&decoded.invalid, &applied.refused);
-                // Counted as they arrive: a round cut short still moved these.
-                let count = decoded.patterns.len() as u64;
-                stats.anti_entropy(|s| s.patterns_fetched += count);
-                Ok(decoded.patterns.len() as u64)
-            })
-            .await
-            .map_err(|e| RoundError::Peer(format!("merging failed: {e}")))??;
+            let (merged, invalid) =
+                tokio::task::spawn_blocking(move || -> Result<(usize, usize), RoundError> {
+                    let decoded = decode_batch(&batch).map_err(|e| {
+                        stats.replication(|s| s.batches_rejected += 1);
+                        RoundError::Peer(format!("bad batch: {e}"))
+                    })?;
+                    let applied = store.apply(&decoded.patterns)?;
+                    stats.rejected(&decoded.invalid, &applied.refused);
+                    // Counted as they arrive: a round cut short still moved these.
+                    let count = decoded.patterns.len() as u64;
+                    stats.anti_entropy(|s| s.patterns_fetched += count);
+                    Ok((decoded.patterns.len(), decoded.invalid.len()))
+                })
+                .await
+                .map_err(|e| RoundError::Peer(format!("merging failed: {e}")))??;
+            received += merged as u64;
+            // Every asked id comes back as a state (valid or not) or in
+            // `more`; the rest the peer listed and does not have.
+            let phantoms = asked.saturating_sub(merged + invalid + more_len);
+            self.phantoms.fetch_add(phantoms as u64, Ordering::Relaxed);
             if !more.is_empty() {
                 queue.push_back(more);
             }

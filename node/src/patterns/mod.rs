@@ -18,6 +18,7 @@ use agentmesh_protocol::pattern::Pattern;
 use agentmesh_protocol::{MessageId, NodeId};
 use agentmesh_store::patterns::{EditError, Filter};
 use agentmesh_store::{PatternStore, StoreError};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -36,6 +37,20 @@ pub struct Patterns {
     node: NodeId,
     changes: mpsc::Sender<String>,
     stats: Arc<SyncStats>,
+    flushes: Arc<GroupFlush>,
+}
+
+/// Group commit for acknowledged writes: a write waits for one flush that
+/// started after it was stored, and the writers that arrive while a flush
+/// runs share the next one (one fsync for many API calls, not one each).
+#[derive(Default)]
+struct GroupFlush {
+    /// Writes stored so far.
+    written: AtomicU64,
+    /// Writes known durable.
+    durable: AtomicU64,
+    /// Held by the flush in progress.
+    turn: tokio::sync::Mutex<()>,
 }
 
 impl Patterns {
@@ -50,7 +65,31 @@ impl Patterns {
             node,
             changes,
             stats,
+            flushes: Arc::default(),
         }
+    }
+
+    /// Waits until the write that was the `seq`th is durable.
+    async fn durable(&self, seq: u64) -> Result<(), StoreError> {
+        let flushes = &self.flushes;
+        let _turn = flushes.turn.lock().await;
+        if flushes.durable.load(Ordering::Acquire) >= seq {
+            return Ok(()); // a flush that started after it covered it
+        }
+        let covered = flushes.written.load(Ordering::Acquire);
+        self.flush().await?;
+        flushes.durable.fetch_max(covered, Ordering::Release);
+        Ok(())
+    }
+
+    /// Makes every write stored before the call durable (group commit).
+    pub async fn make_durable(&self) -> Result<(), StoreError> {
+        self.durable(self.stored()).await
+    }
+
+    /// Counts a stored write; its sequence number for [`Patterns::durable`].
+    fn stored(&self) -> u64 {
+        self.flushes.written.fetch_add(1, Ordering::AcqRel) + 1
     }
 
     fn changed(&self, id: &str) {
@@ -81,7 +120,7 @@ impl Patterns {
                 Ok(Pattern::create(id.clone(), edit, self.node, now)?)
             }
         })?;
-        self.flush().await?;
+        self.make_durable().await?;
         self.changed(&pattern.id);
         Ok((pattern, created))
     }
@@ -89,7 +128,7 @@ impl Patterns {
     /// Counts a use and how it went. Durable when it returns.
     pub async fn record_outcome(&self, id: &str, success: bool) -> Result<Pattern, EditError> {
         let pattern = self.count_outcome(id, success)?;
-        self.flush().await?;
+        self.make_durable().await?;
         Ok(pattern)
     }
 

@@ -54,7 +54,8 @@ pub struct SecurityStatus {
     /// Bans in force, and issued since start-up.
     pub banned_peers: usize,
     pub bans_issued: u64,
-    /// Offences by kind: malformed, bad_signature, unauthorised, over_rate.
+    /// Offences by kind: malformed, bad_signature, unauthorised, over_rate,
+    /// misleading.
     pub offences: std::collections::BTreeMap<String, u64>,
     pub bans: Vec<BanInfo>,
     /// The peer manager: connections by direction, peers pruned, addresses

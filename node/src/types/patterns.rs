@@ -115,6 +115,11 @@ pub struct AntiEntropyStats {
     pub bytes_sent: u64,
     /// Requests of peers answered.
     pub requests_served: u64,
+    /// Rounds cut short by `patterns.anti_entropy_round_secs`.
+    pub rounds_past_deadline: u64,
+    /// Pattern states peers listed in a round and then did not deliver;
+    /// a peer with more than 16 in a round is charged for misleading.
+    pub phantom_ids: u64,
 }
 
 /// `GET /v1/sync`.

@@ -95,6 +95,13 @@ fn corrupt(key: &[u8], reason: impl ToString) -> StoreError {
     }
 }
 
+/// One state to store in place of `old`, with its encoding.
+struct Write {
+    old: Option<Pattern>,
+    new: Pattern,
+    bytes: Vec<u8>,
+}
+
 fn decode(key: &[u8], bytes: &[u8]) -> Result<Pattern, StoreError> {
     Pattern::decode(bytes).map_err(|e| corrupt(key, e))
 }
@@ -261,11 +268,17 @@ impl PatternStore {
         Ok(new)
     }
 
-    /// Merges remote states (already validated) into what is stored.
+    /// Merges remote states (already validated) into what is stored, in
+    /// one transaction per batch (a state whose id comes twice commits
+    /// what came before it first).
     pub fn apply(&self, states: &[Pattern]) -> Result<Applied, StoreError> {
         let mut cache = self.lock();
         let mut applied = Applied::default();
+        let mut pending: Vec<Write> = Vec::new();
         for remote in states {
+            if pending.iter().any(|w| w.new.id == remote.id) {
+                self.write_all(&mut cache, &std::mem::take(&mut pending))?;
+            }
             let old = match self.get(&remote.id) {
                 Ok(old) => old,
                 // A record that no longer decodes is replaced by the
@@ -276,7 +289,11 @@ impl PatternStore {
             let Some(old) = old else {
                 match remote.encode() {
                     Ok(bytes) => {
-                        self.write(&mut cache, None, remote, &bytes)?;
+                        pending.push(Write {
+                            old: None,
+                            new: remote.clone(),
+                            bytes,
+                        });
                         applied.changed += 1;
                     }
                     Err(e) => applied.refused.push((remote.id.clone(), e)),
@@ -285,7 +302,11 @@ impl PatternStore {
             };
             match old.merged(remote) {
                 Ok(Some((merged, bytes))) => {
-                    self.write(&mut cache, Some(&old), &merged, &bytes)?;
+                    pending.push(Write {
+                        old: Some(old),
+                        new: merged,
+                        bytes,
+                    });
                     applied.changed += 1;
                 }
                 Ok(None) => {
@@ -295,11 +316,11 @@ impl PatternStore {
                 Err(e) => applied.refused.push((remote.id.clone(), e)),
             }
         }
+        self.write_all(&mut cache, &pending)?;
         Ok(applied)
     }
 
-    /// Stores `new` (whose encoding is `bytes`) in place of `old`: the
-    /// state, its index entries and its digest entry in one transaction.
+    /// Stores `new` (whose encoding is `bytes`) in place of `old`.
     fn write(
         &self,
         cache: &mut HashCache,
@@ -307,15 +328,21 @@ impl PatternStore {
         new: &Pattern,
         bytes: &[u8],
     ) -> Result<(), StoreError> {
+        let write = Write {
+            old: old.cloned(),
+            new: new.clone(),
+            bytes: bytes.to_vec(),
+        };
+        self.write_all(cache, std::slice::from_ref(&write))
+    }
+
+    /// Stores each write's state, its index entries and its digest entry,
+    /// all of them in one transaction.
+    fn write_all(&self, cache: &mut HashCache, writes: &[Write]) -> Result<(), StoreError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
         let inner = &self.inner;
-        let key = entry_key(&new.id);
-        let old_tags: BTreeSet<&String> =
-            old.map(|p| p.tags.elements().collect()).unwrap_or_default();
-        let new_tags: BTreeSet<&String> = new.tags.elements().collect();
-        let new_kind = &new.content.value.kind;
-        let old_kind = old
-            .map(|o| &o.content.value.kind)
-            .filter(|kind| *kind != new_kind);
         let created = (
             &inner.patterns,
             &inner.by_tag,
@@ -323,18 +350,28 @@ impl PatternStore {
             &inner.entries,
         )
             .transaction(|(patterns, by_tag, by_kind, entries)| {
-                let created = patterns.insert(&key[..], bytes)?.is_none();
-                for gone in old_tags.difference(&new_tags) {
-                    by_tag.remove(index_key(gone, &new.id))?;
+                let mut created = 0u64;
+                for Write { old, new, bytes } in writes {
+                    let key = entry_key(&new.id);
+                    if patterns.insert(&key[..], &bytes[..])?.is_none() {
+                        created += 1;
+                    }
+                    let old_tags: BTreeSet<&String> =
+                        old.iter().flat_map(|p| p.tags.elements()).collect();
+                    let new_tags: BTreeSet<&String> = new.tags.elements().collect();
+                    for gone in old_tags.difference(&new_tags) {
+                        by_tag.remove(index_key(gone, &new.id))?;
+                    }
+                    for tag in &new_tags {
+                        by_tag.insert(index_key(tag, &new.id), &[][..])?;
+                    }
+                    let new_kind = &new.content.value.kind;
+                    if let Some(old) = old.as_ref().filter(|o| &o.content.value.kind != new_kind) {
+                        by_kind.remove(index_key(&old.content.value.kind, &new.id))?;
+                    }
+                    by_kind.insert(index_key(new_kind, &new.id), &[][..])?;
+                    entries.insert(&key[..], &digest(bytes)[..])?;
                 }
-                for tag in &new_tags {
-                    by_tag.insert(index_key(tag, &new.id), &[][..])?;
-                }
-                if let Some(kind) = old_kind {
-                    by_kind.remove(index_key(kind, &new.id))?;
-                }
-                by_kind.insert(index_key(new_kind, &new.id), &[][..])?;
-                entries.insert(&key[..], &digest(bytes)[..])?;
                 Ok::<_, ConflictableTransactionError<Infallible>>(created)
             })
             .map_err(|e| match e {
@@ -343,10 +380,10 @@ impl PatternStore {
             })?;
         // Counted by what was on disk, not by `old` (a damaged record
         // replaced here was stored but not readable).
-        if created {
-            inner.count.fetch_add(1, Ordering::Relaxed);
+        inner.count.fetch_add(created, Ordering::Relaxed);
+        for write in writes {
+            cache.invalidate(bucket_of(&write.new.id));
         }
-        cache.invalidate(bucket_of(&new.id));
         Ok(())
     }
 

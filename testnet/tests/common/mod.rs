@@ -44,3 +44,19 @@ pub async fn start_with_validators(nodes: usize, extra_args: &[&str]) -> TestNet
     let net = Testnet::start(opts).await.expect("starting the testnet");
     TestNet { net, dir }
 }
+
+/// A pattern write with id `id` and one tag.
+pub fn pattern_input(id: &str, tag: &str) -> agentmesh_node::types::PatternInput {
+    agentmesh_node::types::PatternInput {
+        id: Some(id.to_string()),
+        kind: "fix".into(),
+        name: format!("pattern {id}"),
+        description: String::new(),
+        framework: None,
+        language: None,
+        tags: vec![tag.into()],
+        body: serde_json::json!({"steps": [id]}),
+        metadata: None,
+        author_agent: "writer".into(),
+    }
+}
