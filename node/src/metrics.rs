@@ -318,7 +318,7 @@ fn encode_patterns(e: &mut DescriptorEncoder, sync: &crate::types::SyncStatus) -
         ("agentmesh_anti_entropy_rounds_failed", "Anti-entropy rounds that failed", a.rounds_failed),
         ("agentmesh_anti_entropy_patterns_fetched", "Pattern states fetched by anti-entropy", a.patterns_fetched),
         ("agentmesh_anti_entropy_patterns_pushed", "Pattern states pushed by anti-entropy", a.patterns_pushed),
-        ("agentmesh_patterns_corrupt_skipped", "Damaged pattern records skipped by listings since start-up", sync.corrupt_records_skipped),
+        ("agentmesh_patterns_corrupt_skipped", "Times listings skipped a damaged pattern record since start-up", sync.corrupt_records_skipped),
     ];
     #[rustfmt::skip]
     let plain_gauges: Gauges = &[

@@ -401,7 +401,8 @@ impl RunningNode {
         let _ = self.network.shutdown().await;
         let _ = self.network_task.await;
         // With the network gone the service stops at its next send; its
-        // decisions are already in sled.
+        // decisions are committed to the history, and the store's flush
+        // below makes the last of them durable.
         self.consensus_task.abort();
         let _ = self.consensus_task.await;
         // Pattern writes are complete sled inserts; a round cut short is

@@ -24,7 +24,8 @@
 //! their own ([`Durability::None`]); [`DurableCommit::commit`] makes
 //! everything committed before it durable, and the node answers for a
 //! decision only after that. Nothing is rebuilt or re-verified at start-up:
-//! opening costs the same whatever the history's length.
+//! after a clean stop, opening costs the same whatever the history's length
+//! (after a crash, redb walks the file once to rebuild its allocator).
 
 use crate::{StoreError, MAX_RECORD_BYTES};
 use agentmesh_protocol::{codec, NodeId, Vertex, VertexId, WireVertex};

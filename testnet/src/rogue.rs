@@ -3,8 +3,9 @@
 //! frames, forged vertices), bypassing every check an honest node makes
 //! before sending, and votes "no" on every consensus query. With
 //! `sync_lies` set it also keeps anti-entropy rounds going: every hash
-//! differs, every page of entries names one made-up pattern and says more
-//! follow, and no fetch delivers anything.
+//! differs and every page of entries names one made-up pattern and says
+//! more follow; fetches deliver nothing ([`SyncLie::Phantoms`]) or a fresh
+//! valid state for each id ([`SyncLie::Flood`]).
 
 use agentmesh_node::identity;
 use agentmesh_node::network::cbor_codec::{
@@ -31,6 +32,38 @@ struct RogueBehaviour {
     membership: request_response::Behaviour<CborCodec<MembershipMessages>>,
 }
 
+/// How a rogue keeps anti-entropy rounds going.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncLie {
+    /// Lists patterns it never delivers.
+    Phantoms,
+    /// Delivers a fresh valid pattern for every made-up id it lists: data
+    /// a member may write, without end.
+    Flood,
+}
+
+/// A valid pattern state with id `id`, written by the rogue.
+fn made_up_state(key: &NodeKey, id: &str) -> Option<Vec<u8>> {
+    use agentmesh_protocol::pattern::{Content, Edit, Pattern};
+    let edit = Edit {
+        content: Content {
+            kind: "ghost".into(),
+            name: id.into(),
+            description: String::new(),
+            framework: None,
+            language: None,
+            author_agent: "rogue".into(),
+            body: "null".into(),
+            metadata: "{}".into(),
+        },
+        tags: Vec::new(),
+    };
+    Pattern::create(id.into(), edit, key.node_id(), 1)
+        .ok()?
+        .encode()
+        .ok()
+}
+
 pub struct RoguePeer {
     swarm: Swarm<RogueBehaviour>,
     network: String,
@@ -45,7 +78,7 @@ pub struct RoguePeer {
     pub gossip_received: usize,
     /// Answer anti-entropy requests with endless made-up pages (see the
     /// module doc); otherwise they go unanswered.
-    pub sync_lies: bool,
+    pub sync_lies: Option<SyncLie>,
     /// Made-up ids handed out so far.
     pub ghosts_listed: u64,
     stalled: Vec<(
@@ -127,7 +160,7 @@ impl RoguePeer {
             certificate: None,
             stall_handshake: false,
             gossip_received: 0,
-            sync_lies: false,
+            sync_lies: None,
             ghosts_listed: 0,
             stalled: Vec::new(),
         })
@@ -353,7 +386,7 @@ impl RoguePeer {
 
     /// An answer that keeps an anti-entropy round going without ever
     /// delivering a pattern.
-    fn lie_about_patterns(&mut self, request: SyncRequest) -> SyncResponse {
+    fn lie_about_patterns(&mut self, lie: SyncLie, request: SyncRequest) -> SyncResponse {
         let noise = |i: usize| serde_bytes::ByteArray::new(sha256(&i.to_be_bytes()));
         match request {
             SyncRequest::Pages { .. } => SyncResponse::Pages {
@@ -387,10 +420,19 @@ impl RoguePeer {
                     complete: false,
                 }
             }
-            SyncRequest::Fetch { .. } => SyncResponse::Batch {
-                batch: agentmesh_protocol::pattern_wire::encode_batch(&[]),
-                more: Vec::new(),
-            },
+            SyncRequest::Fetch { ids } => {
+                let states = match lie {
+                    SyncLie::Phantoms => Vec::new(),
+                    SyncLie::Flood => ids
+                        .iter()
+                        .filter_map(|id| made_up_state(&self.key, id))
+                        .collect(),
+                };
+                SyncResponse::Batch {
+                    batch: agentmesh_protocol::pattern_wire::encode_batch(&states),
+                    more: Vec::new(),
+                }
+            }
             SyncRequest::Push { .. } => SyncResponse::Pushed { applied: 0 },
         }
     }
@@ -413,8 +455,8 @@ impl RoguePeer {
                     },
                 )) = event
                 {
-                    if self.sync_lies {
-                        let response = self.lie_about_patterns(request);
+                    if let Some(lie) = self.sync_lies {
+                        let response = self.lie_about_patterns(lie, request);
                         let _ = self
                             .swarm
                             .behaviour_mut()

@@ -1,41 +1,38 @@
-//! A member that answers anti-entropy with endless made-up pages (every
-//! hash differs, each page of entries names one pattern that does not
-//! exist and says more follow, no fetch delivers anything): the victim's
-//! rounds end at their deadline, it keeps listing and taking writes
-//! meanwhile, and the attacker is charged until it is banned.
+//! Members that hold up anti-entropy rounds with endless made-up pages
+//! (every hash differs, each page of entries names one pattern the victim
+//! lacks and says more follow):
+//! - one that never delivers what it lists has each round ended at the
+//!   17th undelivered id and is charged until it is banned, at the default
+//!   round deadline;
+//! - one that delivers a fresh pattern for every id (data a member may
+//!   write) has its rounds cut at the deadline and is not charged.
+//!
+//! Meanwhile the victim keeps listing and taking writes.
 
 mod common;
 
-use agentmesh_testnet::rogue::RoguePeer;
-use common::{pattern_input, start};
+use agentmesh_node::client::ApiClient;
+use agentmesh_testnet::rogue::{RoguePeer, SyncLie};
+use common::{pattern_input, start, TestNet};
 use std::time::{Duration, Instant};
 
-const ROUND_SECS: u64 = 5;
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_peer_with_endless_made_up_pages_is_cut_off_and_charged() {
-    let round = ROUND_SECS.to_string();
-    let t = start(
-        1,
-        &[
-            "--patterns-anti-entropy-secs",
-            "1",
-            "--patterns-anti-entropy-round-secs",
-            &round,
-        ],
-    )
-    .await;
-    let node = t.net.nodes[0].client.clone();
+/// Pumps the rogue, writing and listing on the victim between pumps,
+/// until `done` holds; returns the number of writes.
+async fn attack(
+    t: &TestNet,
+    lie: SyncLie,
+    round_secs: u64,
+    done: impl Fn(&agentmesh_node::types::SyncStatus, &agentmesh_node::types::SecurityStatus) -> bool,
+) -> u32 {
+    let node: ApiClient = t.net.nodes[0].client.clone();
     let mut rogue = RoguePeer::new(&t.net.options.network).unwrap();
-    rogue.sync_lies = true;
+    rogue.sync_lies = Some(lie);
     let tcp = t.net.nodes[0].tcp_addr().unwrap();
     rogue.connect_consensus(&tcp).await.unwrap();
-
-    let deadline = Instant::now() + Duration::from_secs(180);
+    let deadline = Instant::now() + Duration::from_secs(240);
     let mut writes = 0u32;
     loop {
         rogue.pump(Duration::from_millis(500)).await;
-        // The victim keeps working while its rounds are held up.
         node.put_pattern(&pattern_input(&format!("w{writes}"), "attacked"))
             .await
             .unwrap();
@@ -47,31 +44,61 @@ async fn a_peer_with_endless_made_up_pages_is_cut_off_and_charged() {
         assert_eq!(listed.patterns.len() as u32, writes);
         let sync = node.sync_status().await.unwrap();
         let security = node.status().await.unwrap().security;
-        let misleading = security.offences.get("misleading").copied().unwrap_or(0);
         assert!(
-            sync.anti_entropy.last_round_ms <= (ROUND_SECS + 2) * 1000,
-            "a round ran {} ms, past its {ROUND_SECS} s deadline",
+            sync.anti_entropy.last_round_ms <= (round_secs + 2) * 1000,
+            "a round ran {} ms, past its {round_secs} s deadline",
             sync.anti_entropy.last_round_ms
         );
-        if sync.anti_entropy.rounds_past_deadline >= 1
-            && misleading >= 1
-            && security.bans_issued >= 1
-        {
+        if done(&sync, &security) {
             eprintln!(
-                "after {} made-up ids: {} rounds past the deadline, {} ids not delivered, charged {misleading} times, banned",
-                rogue.ghosts_listed,
-                sync.anti_entropy.rounds_past_deadline,
-                sync.anti_entropy.phantom_ids
+                "{lie:?}: {} made-up ids listed; {:?}; offences {:?}; bans {}",
+                rogue.ghosts_listed, sync.anti_entropy, security.offences, security.bans_issued
             );
-            break;
+            return writes;
         }
         assert!(
             Instant::now() < deadline,
-            "the attacker was not cut off and banned: {:?}, offences {:?}, bans {}",
+            "{lie:?}: the attack was not contained: {:?}, offences {:?}, bans {}",
             sync.anti_entropy,
             security.offences,
             security.bans_issued
         );
     }
-    assert_eq!(node.sync_status().await.unwrap().patterns, writes as u64);
+}
+
+fn misleading(security: &agentmesh_node::types::SecurityStatus) -> u64 {
+    security.offences.get("misleading").copied().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_listing_patterns_it_never_delivers_is_charged_and_banned() {
+    // Default round deadline (60 s); rounds every 5 s rather than 30 s.
+    let t = start(1, &["--patterns-anti-entropy-secs", "5"]).await;
+    attack(&t, SyncLie::Phantoms, 60, |_, security| {
+        misleading(security) >= 1 && security.bans_issued >= 1
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_flooding_a_round_with_new_patterns_is_cut_off_at_the_deadline() {
+    let t = start(
+        1,
+        &[
+            "--patterns-anti-entropy-secs",
+            "1",
+            "--patterns-anti-entropy-round-secs",
+            "3",
+        ],
+    )
+    .await;
+    attack(&t, SyncLie::Flood, 3, |sync, security| {
+        assert_eq!(
+            misleading(security),
+            0,
+            "charged for delivering what it listed"
+        );
+        sync.anti_entropy.rounds_past_deadline >= 2 && sync.anti_entropy.patterns_fetched > 0
+    })
+    .await;
 }

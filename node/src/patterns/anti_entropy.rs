@@ -27,7 +27,7 @@ use agentmesh_store::patterns::merkle::{compare_pages, differing};
 use agentmesh_store::{PatternStore, StoreError};
 use futures::stream::{FuturesUnordered, StreamExt};
 use std::collections::hash_map::RandomState;
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -326,23 +326,23 @@ impl Reconciler {
             while in_flight.len() < FETCHES_IN_FLIGHT && budget > 0 {
                 let Some(ids) = queue.pop_front() else { break };
                 budget -= 1;
-                let asked = ids.len();
+                let asked: HashSet<String> = ids.iter().cloned().collect();
                 let ask = self.ask(peer, SyncRequest::Fetch { ids });
                 in_flight.push(async move { (asked, ask.await) });
             }
             let Some((asked, answer)) = in_flight.next().await else {
                 break;
             };
-            let (batch, more) = match answer? {
+            let (batch, mut more) = match answer? {
                 SyncResponse::Batch { batch, more } => (batch, more),
                 other => return Err(unexpected("fetch", &other)),
             };
-            let more_len = more.len();
+
             self.received(batch.len());
             let (store, stats) = (self.store.clone(), self.stats.clone());
             // Decoding and merging a batch take a few milliseconds of CPU.
-            let (merged, invalid) =
-                tokio::task::spawn_blocking(move || -> Result<(usize, usize), RoundError> {
+            let (merged, delivered) =
+                tokio::task::spawn_blocking(move || -> Result<(usize, Vec<String>), RoundError> {
                     let decoded = decode_batch(&batch).map_err(|e| {
                         stats.replication(|s| s.batches_rejected += 1);
                         RoundError::Peer(format!("bad batch: {e}"))
@@ -352,15 +352,21 @@ impl Reconciler {
                     // Counted as they arrive: a round cut short still moved these.
                     let count = decoded.patterns.len() as u64;
                     stats.anti_entropy(|s| s.patterns_fetched += count);
-                    Ok((decoded.patterns.len(), decoded.invalid.len()))
+                    let ids = decoded.patterns.into_iter().map(|p| p.id).collect();
+                    Ok((count as usize, ids))
                 })
                 .await
                 .map_err(|e| RoundError::Peer(format!("merging failed: {e}")))??;
             received += merged as u64;
-            // Every asked id comes back as a state (valid or not) or in
-            // `more`; the rest the peer listed and does not have.
-            let phantoms = asked.saturating_sub(merged + invalid + more_len);
-            self.phantoms.fetch_add(phantoms as u64, Ordering::Relaxed);
+            let phantoms = phantoms_in(&asked, &delivered, &mut more);
+            let total = self.phantoms.fetch_add(phantoms, Ordering::Relaxed) + phantoms;
+            if total > MAX_PHANTOMS_PER_ROUND {
+                // Ended at once (and charged by `round`): a peer that keeps
+                // listing what it does not have gets no more of this round.
+                return Err(RoundError::Peer(format!(
+                    "the peer listed {total} pattern states it did not deliver"
+                )));
+            }
             if !more.is_empty() {
                 queue.push_back(more);
             }
@@ -404,5 +410,53 @@ impl Reconciler {
             }
         }
         Ok(pushed)
+    }
+}
+
+/// Ids of a fetch the peer listed but did not deliver. Only states with an
+/// asked id count as delivered (an undecodable item names no id; an
+/// unasked state is not an answer), and `more` is trimmed to asked ids
+/// still owed; an answer that delivers nothing and only defers is owed in
+/// full (an honest peer always fits at least one state in a batch).
+fn phantoms_in(asked: &HashSet<String>, delivered: &[String], more: &mut Vec<String>) -> u64 {
+    let delivered: HashSet<&String> = delivered.iter().filter(|id| asked.contains(*id)).collect();
+    more.retain(|id| asked.contains(id) && !delivered.contains(id));
+    more.sort();
+    more.dedup();
+    if delivered.is_empty() {
+        let owed = asked.len() as u64;
+        more.clear();
+        return owed;
+    }
+    (asked.len() - delivered.len() - more.len()) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::phantoms_in;
+    use std::collections::HashSet;
+
+    fn ids(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn only_asked_states_count_as_delivered_and_more_is_what_is_still_owed() {
+        let asked: HashSet<String> = ids(&["a", "b", "c", "d"]).into_iter().collect();
+        // Honest: two states, the rest deferred.
+        let mut more = ids(&["c", "d"]);
+        assert_eq!(phantoms_in(&asked, &ids(&["a", "b"]), &mut more), 0);
+        assert_eq!(more, ids(&["c", "d"]));
+        // Unasked states and unasked or repeated deferrals do not pay.
+        let mut more = ids(&["x", "a", "c", "c"]);
+        assert_eq!(phantoms_in(&asked, &ids(&["a", "z", "a"]), &mut more), 2);
+        assert_eq!(more, ids(&["c"]));
+        // Nothing delivered, everything deferred: owed in full, not asked
+        // again.
+        let mut more = ids(&["a", "b", "c", "d"]);
+        assert_eq!(phantoms_in(&asked, &[], &mut more), 4);
+        assert!(more.is_empty());
+        // Nothing at all.
+        assert_eq!(phantoms_in(&asked, &[], &mut Vec::new()), 4);
     }
 }

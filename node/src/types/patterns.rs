@@ -131,7 +131,8 @@ pub struct SyncStatus {
     pub root: String,
     pub replication: ReplicationStats,
     pub anti_entropy: AntiEntropyStats,
-    /// Stored records found damaged (they no longer decode) and skipped by
-    /// listings since start-up; a peer's state replaces each one.
+    /// Times listings met a damaged stored record (one that no longer
+    /// decodes) and skipped it, since start-up; each is marked so that
+    /// anti-entropy fetches a peer's state to replace it.
     pub corrupt_records_skipped: u64,
 }

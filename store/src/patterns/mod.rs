@@ -131,25 +131,44 @@ impl PatternStore {
         self.inner.count.load(Ordering::Relaxed)
     }
 
-    /// Damaged records that listings skipped since start-up.
+    /// Times listings skipped a damaged record since start-up.
     pub fn corrupt_skipped(&self) -> u64 {
         self.inner.corrupt_skipped.load(Ordering::Relaxed)
     }
 
-    /// A damaged record is skipped (and counted), not fatal to a listing.
+    /// A damaged record of `id` is skipped (and counted), not fatal to a
+    /// listing, and marked for repair.
     fn skip_corrupt(
         &self,
+        id: &str,
         read: Result<Option<Pattern>, StoreError>,
     ) -> Result<Option<Pattern>, StoreError> {
         match read {
-            // Anti-entropy replaces the record with a peer's state (its
-            // digest differs from theirs).
             Err(StoreError::Corrupt { .. }) => {
                 self.inner.corrupt_skipped.fetch_add(1, Ordering::Relaxed);
+                self.mark_for_repair(id)?;
                 Ok(None)
             }
             other => other,
         }
+    }
+
+    /// Zeroes the digest entry of a damaged record: its digest would
+    /// otherwise still be that of the good state, equal to the peers', and
+    /// anti-entropy would never fetch a replacement. A zero digest differs
+    /// from every peer's, so the next round fetches the state and the
+    /// merge replaces the record (see `apply`).
+    fn mark_for_repair(&self, id: &str) -> Result<(), StoreError> {
+        let mut cache = self.lock();
+        // Written meanwhile by a merge or an edit: nothing to repair.
+        if !matches!(self.get(id), Err(StoreError::Corrupt { .. })) {
+            return Ok(());
+        }
+        self.inner
+            .entries
+            .insert(entry_key(id), &merkle::ZERO[..])?;
+        cache.invalidate(bucket_of(id));
+        Ok(())
     }
 
     /// Makes every write before it durable (sled flushes the whole
@@ -214,7 +233,7 @@ impl PatternStore {
                     if filter.after.as_deref() == Some(id.as_str()) {
                         continue;
                     }
-                    if let Some(p) = self.skip_corrupt(self.get(&id))?.filter(wanted) {
+                    if let Some(p) = self.skip_corrupt(&id, self.get(&id))?.filter(wanted) {
                         out.push(p);
                     }
                 }
@@ -231,7 +250,8 @@ impl PatternStore {
                     if after.as_deref() == Some(&key[..]) {
                         continue;
                     }
-                    out.extend(self.skip_corrupt(decode(&key, &bytes).map(Some))?);
+                    let id = String::from_utf8_lossy(&key[2..]).into_owned();
+                    out.extend(self.skip_corrupt(&id, decode(&key, &bytes).map(Some))?);
                 }
             }
         }

@@ -279,6 +279,11 @@ fn a_damaged_record_is_skipped_by_listings_and_replaced_by_a_peer_state() {
     assert_eq!(ids(by_tag.clone()), vec!["a"]);
     assert_eq!(s.corrupt_skipped(), 2);
     assert!(matches!(s.get("b"), Err(StoreError::Corrupt { .. })));
+    // Marked for repair: its digest no longer matches a peer's.
+    assert_eq!(
+        s.inner.entries.get(entry_key("b")).unwrap().as_deref(),
+        Some(&ZERO[..])
+    );
     // A peer's state replaces it; the count does not move.
     s.apply(&[pattern("b", "fix", &["t"])]).unwrap();
     assert_eq!(ids(by_tag), vec!["a", "b"]);
