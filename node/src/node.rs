@@ -280,7 +280,6 @@ fn spawn_pattern_tasks(
         peers: sync_peers_rx,
         interval: settings.config.patterns.anti_entropy_secs.duration(),
         round_deadline: settings.config.patterns.anti_entropy_round_secs.duration(),
-        phantoms: std::sync::atomic::AtomicU64::new(0),
         may_push: own_scopes.is_none_or(|v| v.may_share_patterns()),
     };
     let model_service = ModelService {

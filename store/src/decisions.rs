@@ -30,8 +30,7 @@
 use crate::{StoreError, MAX_RECORD_BYTES};
 use agentmesh_protocol::{codec, NodeId, Vertex, VertexId, WireVertex};
 use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
-    WriteTransaction,
+    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
 };
 use std::sync::Arc;
 
@@ -296,11 +295,6 @@ impl DecisionLog {
         value
             .map(|v| vertex_id(key.as_bytes(), v.value()))
             .transpose()
-    }
-
-    /// Conflict keys with a known winner.
-    pub fn winners(&self) -> Result<u64, StoreError> {
-        Ok(self.db.begin_read()?.open_table(WINNERS)?.len()?)
     }
 
     pub fn authored(&self, author: &NodeId, seq: u64) -> Result<Option<VertexId>, StoreError> {

@@ -29,7 +29,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
@@ -77,8 +77,6 @@ pub struct Reconciler {
     pub may_push: bool,
     /// How long a round may run.
     pub round_deadline: Duration,
-    /// Ids the current round's peer listed and did not deliver.
-    pub phantoms: std::sync::atomic::AtomicU64,
 }
 
 impl Reconciler {
@@ -149,18 +147,24 @@ impl Reconciler {
     /// One round with `peer`; false if it failed.
     async fn round(&self, peer: NodeId) -> bool {
         let started = Instant::now();
-        self.phantoms.store(0, Ordering::Relaxed);
-        let (result, past_deadline) =
-            match tokio::time::timeout(self.round_deadline, self.reconcile(peer)).await {
-                Ok(result) => (result, false),
-                Err(_) => {
-                    let secs = self.round_deadline.as_secs();
-                    let error = format!("the round ran past its deadline ({secs} s)");
-                    (Err(RoundError::Peer(error)), true)
-                }
-            };
+        // Outside the round's future: a round cut at its deadline still
+        // reports what its peer failed to deliver.
+        let phantoms = AtomicU64::new(0);
+        let (result, past_deadline) = match tokio::time::timeout(
+            self.round_deadline,
+            self.reconcile(peer, &phantoms),
+        )
+        .await
+        {
+            Ok(result) => (result, false),
+            Err(_) => {
+                let secs = self.round_deadline.as_secs();
+                let error = format!("the round ran past its deadline ({secs} s)");
+                (Err(RoundError::Peer(error)), true)
+            }
+        };
         let elapsed = started.elapsed().as_millis() as u64;
-        let phantoms = self.phantoms.load(Ordering::Relaxed);
+        let phantoms = phantoms.into_inner();
         if phantoms > MAX_PHANTOMS_PER_ROUND {
             tracing::info!(%peer, phantoms, "peer listed pattern states it did not deliver");
             let _ = self.network.sync(SyncCommand::Misled { peer }).await;
@@ -214,7 +218,8 @@ impl Reconciler {
             .anti_entropy(|s| s.bytes_received += bytes as u64);
     }
 
-    async fn reconcile(&self, peer: NodeId) -> Result<Round, RoundError> {
+    /// `phantoms` counts ids the peer lists and does not deliver.
+    async fn reconcile(&self, peer: NodeId, phantoms: &AtomicU64) -> Result<Round, RoundError> {
         let root = self.store.root()?;
         let remote_pages = match self.ask(peer, SyncRequest::Pages { root }).await? {
             SyncResponse::InSync => return Ok(Round::InSync),
@@ -248,7 +253,7 @@ impl Reconciler {
                 );
             }
             for asked in buckets.chunks(MAX_BUCKETS_PER_REQUEST) {
-                let (f, p) = self.reconcile_buckets(peer, asked).await?;
+                let (f, p) = self.reconcile_buckets(peer, asked, phantoms).await?;
                 fetched += f;
                 pushed += p;
             }
@@ -263,6 +268,7 @@ impl Reconciler {
         &self,
         peer: NodeId,
         buckets: &[u16],
+        phantoms: &AtomicU64,
     ) -> Result<(u64, u64), RoundError> {
         let (mut fetched, mut pushed) = (0, 0);
         let mut after: Option<String> = None;
@@ -299,7 +305,7 @@ impl Reconciler {
                 .into_iter()
                 .chain(diff.differing.iter().cloned())
                 .collect();
-            fetched += self.fetch(peer, wanted).await?;
+            fetched += self.fetch(peer, wanted, phantoms).await?;
             if self.may_push {
                 let to_send: Vec<String> = diff.differing.into_iter().chain(diff.extra).collect();
                 pushed += self.push(peer, &to_send).await?;
@@ -313,7 +319,12 @@ impl Reconciler {
 
     /// Fetches `ids` in batches, a few requests in flight, merging each
     /// batch as it arrives; returns how many states were received.
-    async fn fetch(&self, peer: NodeId, ids: Vec<String>) -> Result<u64, RoundError> {
+    async fn fetch(
+        &self,
+        peer: NodeId,
+        ids: Vec<String>,
+        phantoms: &AtomicU64,
+    ) -> Result<u64, RoundError> {
         let mut queue: VecDeque<Vec<String>> = ids
             .chunks(MAX_BATCH_PATTERNS)
             .map(<[String]>::to_vec)
@@ -358,8 +369,8 @@ impl Reconciler {
                 .await
                 .map_err(|e| RoundError::Peer(format!("merging failed: {e}")))??;
             received += merged as u64;
-            let phantoms = phantoms_in(&asked, &delivered, &mut more);
-            let total = self.phantoms.fetch_add(phantoms, Ordering::Relaxed) + phantoms;
+            let owed = phantoms_in(&asked, &delivered, &mut more);
+            let total = phantoms.fetch_add(owed, Ordering::Relaxed) + owed;
             if total > MAX_PHANTOMS_PER_ROUND {
                 // Ended at once (and charged by `round`): a peer that keeps
                 // listing what it does not have gets no more of this round.

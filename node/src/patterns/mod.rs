@@ -120,8 +120,10 @@ impl Patterns {
                 Ok(Pattern::create(id.clone(), edit, self.node, now)?)
             }
         })?;
-        self.make_durable().await?;
+        // Gossiped even if the flush fails: the write is stored either way,
+        // and a peer holding it can only help.
         self.changed(&pattern.id);
+        self.make_durable().await?;
         Ok((pattern, created))
     }
 
@@ -145,7 +147,7 @@ impl Patterns {
 
     /// Makes every write before it durable (the whole database: the
     /// model's outcome records too).
-    pub async fn flush(&self) -> Result<(), StoreError> {
+    async fn flush(&self) -> Result<(), StoreError> {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.flush())
             .await

@@ -284,7 +284,9 @@ impl PatternStore {
         let new = edit(old.clone())?;
         new.validate()?;
         let bytes = new.encode()?;
-        self.write(&mut cache, old.as_ref(), &new, &bytes)?;
+        let write = [Write { old, new, bytes }];
+        self.write_all(&mut cache, &write)?;
+        let [Write { new, .. }] = write;
         Ok(new)
     }
 
@@ -338,22 +340,6 @@ impl PatternStore {
         }
         self.write_all(&mut cache, &pending)?;
         Ok(applied)
-    }
-
-    /// Stores `new` (whose encoding is `bytes`) in place of `old`.
-    fn write(
-        &self,
-        cache: &mut HashCache,
-        old: Option<&Pattern>,
-        new: &Pattern,
-        bytes: &[u8],
-    ) -> Result<(), StoreError> {
-        let write = Write {
-            old: old.cloned(),
-            new: new.clone(),
-            bytes: bytes.to_vec(),
-        };
-        self.write_all(cache, std::slice::from_ref(&write))
     }
 
     /// Stores each write's state, its index entries and its digest entry,
@@ -417,7 +403,12 @@ impl PatternStore {
         };
         let key = entry_key(&state.id);
         if self.inner.entries.get(&key)?.as_deref() != Some(&digest(&bytes)[..]) {
-            self.write(cache, None, state, &bytes)?;
+            let write = Write {
+                old: None,
+                new: state.clone(),
+                bytes: bytes.to_vec(),
+            };
+            self.write_all(cache, &[write])?;
         }
         Ok(())
     }
