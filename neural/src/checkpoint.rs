@@ -20,6 +20,15 @@ const UNIT_NORM_FORMAT: u32 = 2;
 
 /// Largest checkpoint accepted (a 2^16-wide input layer is 64 MiB).
 pub const MAX_CHECKPOINT_BYTES: usize = 96 << 20;
+/// Widest feature vector whose checkpoint fits in [`MAX_CHECKPOINT_BYTES`]
+/// (the input layer is this many rows of 256 f32s); nodes refuse wider
+/// settings at start-up rather than train a model they cannot load back.
+pub const MAX_FEATURE_DIM: usize = 1 << 16;
+// The input layer and idf, plus a generous 16 MiB for the rest (labels,
+// the other layers at MAX_LABELS outputs, framing).
+const _: () = assert!(
+    MAX_FEATURE_DIM * (crate::model::HIDDEN[0] + 1) * 4 + (16 << 20) <= MAX_CHECKPOINT_BYTES
+);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Checkpoint {

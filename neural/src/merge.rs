@@ -1,14 +1,36 @@
-//! Merging models learned on other nodes (federated averaging).
+//! Merging models learned on other nodes: federated averaging made robust
+//! to a peer that sends a poisoned model.
 //!
-//! Models are averaged parameter by parameter, each weighted by the
-//! samples it learned from; a peer's weight is capped at the local
-//! model's, so no single peer can replace what this node learned (an
-//! untrained node has nothing to protect and takes the peers' average).
-//! Output units are aligned by label: a pattern only some models know is
-//! averaged over those. Before averaging, a peer whose distance from the
-//! reference (the local model, or the peers' mean) is more than
-//! [`CLIP_FACTOR`] times the median distance is pulled back to that
-//! distance, so one wild update moves the result a bounded amount.
+//! A peer's model is read as an update: its difference from a reference
+//! (the local model; without one, the coordinate-wise median of the
+//! peers). The rule, applied to **every** parameter:
+//!
+//! 1. **Clipping, group by group.** The groups are the three hidden
+//!    layers, the output units (a column and its bias per label) and the
+//!    idf weights. A member's update in a group is shrunk to at most
+//!    [`CLIP_FACTOR`] times the median peer's in that group, and, when
+//!    there is a local model, to at most the local group's own norm: one
+//!    peer alone cannot make the median, so the second bound is what holds
+//!    when it is the only peer (a +1e6 bias on one output unit is pulled
+//!    back to the size of the local output layer). A label this node does
+//!    not know yet comes in with its column no longer than `CLIP_FACTOR`
+//!    times the longest local column.
+//! 2. **Shares.** Each member weighs by the samples it learned from, a
+//!    peer's claim capped at the local count; the caller can cap each
+//!    peer's share further ([`merge_capped`]: the node bounds a peer's
+//!    influence over time, not per round). Shares sum to one.
+//! 3. **Far updates are left out.** With a local model, a peer whose
+//!    update in some group is more than [`REJECT_FACTOR`] times that
+//!    group's local size is not a model trained from the same start: it is
+//!    left out (and named in the report), not clipped in.
+//! 4. **Labels.** Local labels keep their places and are never evicted; a
+//!    peer that would add more than [`MAX_NEW_LABELS_PER_PEER`] at once is
+//!    left out; new labels past [`MAX_LABELS`] are dropped and counted.
+//!
+//! Clipping bounds how far one update moves the model, not whether the
+//! move is harmful: a bounded bias can still change every answer. The node
+//! therefore installs a merged model only if it is not worse on its own
+//! held-out samples (`node/src/model/service.rs`, docs/model.md).
 //!
 //! Averaging hidden units only makes sense between models that started
 //! from the same initial weights: nodes train with the network-wide seed
@@ -18,26 +40,53 @@ use crate::checkpoint::{Checkpoint, FORMAT};
 use crate::classifier::MAX_LABELS;
 use crate::error::NeuralError;
 use crate::model::{LayerWeights, Weights};
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
-/// A peer's distance from the reference is clipped to this multiple of
-/// the median peer distance.
+/// A member's update in a group is clipped to this multiple of the median
+/// peer's.
 pub const CLIP_FACTOR: f64 = 3.0;
+/// Most labels one peer model may add to a local model in one merge; a
+/// model offering more is left out (a node learns patterns a few at a
+/// time; ten thousand at once is a model built to crowd the label map).
+pub const MAX_NEW_LABELS_PER_PEER: usize = 1_000;
+/// A peer whose update in some group is more than this many times the
+/// local group's size is left out rather than clipped.
+pub const REJECT_FACTOR: f64 = 10.0;
+
+/// The three hidden layers, then the output units, then idf.
+const HIDDEN: usize = 3;
+const OUTPUT: usize = 3;
+const IDF: usize = 4;
+const GROUPS: usize = 5;
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct MergeReport {
     pub peers_merged: usize,
     /// (peer index, why it was left out).
     pub skipped: Vec<(usize, String)>,
+    /// Members whose update was shrunk in at least one group.
     pub clipped: usize,
     pub labels_added: Vec<String>,
+    /// New labels left out for want of room under [`MAX_LABELS`].
+    pub labels_dropped: usize,
+    /// Each peer's share of the merged parameters, in peer order (0 for
+    /// one left out).
+    pub shares: Vec<f64>,
 }
 
 struct Member<'a> {
     checkpoint: &'a Checkpoint,
+    /// The peer's index (None: the local model).
+    peer: Option<usize>,
+    /// Its weight (samples, a peer's capped at the local count) and the
+    /// largest share it may have.
     weight: f64,
-    /// How much of its distance from the reference is kept (1 = all).
-    keep: f32,
+    cap: f64,
+    /// Its share of the result (the shares sum to one).
+    share: f64,
+    /// How much of its update is kept, per group (1 = all).
+    keep: [f32; GROUPS],
 }
 
 /// Reasons, one per peer model in order, as one line naming each.
@@ -49,66 +98,72 @@ fn each_peer(reasons: impl Iterator<Item = String>) -> String {
     named.join("; ")
 }
 
-/// Merges `peers` into `local` (or, without a local model, averages the
-/// peers). The result keeps the local version and sample count; the caller
-/// bumps the version. Fails only if nothing is left to merge, always with
-/// [`NeuralError::Incompatible`].
+/// [`merge_capped`] with no cap on any peer's share beyond the sample
+/// rule.
 pub fn merge(
     local: Option<&Checkpoint>,
     peers: &[&Checkpoint],
 ) -> Result<(Checkpoint, MergeReport), NeuralError> {
-    let mut report = MergeReport::default();
-    let base = base_of(local, peers)?;
-    let mut members = members(local, peers, base, &mut report)?;
+    merge_capped(local, peers, &vec![1.0; peers.len()])
+}
 
-    // The hidden layers: a weighted average, each member clipped to a
-    // bounded distance from the reference first.
-    let shared = 3; // input and hidden layers; the output layer is per label
-    let reference = reference(local, &members, shared);
-    report.clipped = clip_outliers(&mut members, local, &reference, shared);
-    let layers: Vec<LayerWeights> = (0..shared)
-        .map(|layer| {
-            average_layer(
-                members
-                    .iter()
-                    .map(|m| (&m.checkpoint.weights.layers[layer], m.weight, m.keep)),
-                Some(&reference[layer]),
-            )
+/// Merges `peers` into `local` (or, without a local model, the peers with
+/// one another), each peer's share at most `max_shares[i]` (0..=1; a peer
+/// with 0 is left out). The result keeps the local version and sample
+/// count; the caller bumps the version. Fails only if nothing is left to
+/// merge, always with [`NeuralError::Incompatible`].
+pub fn merge_capped(
+    local: Option<&Checkpoint>,
+    peers: &[&Checkpoint],
+    max_shares: &[f64],
+) -> Result<(Checkpoint, MergeReport), NeuralError> {
+    let mut report = MergeReport {
+        shares: vec![0.0; peers.len()],
+        ..MergeReport::default()
+    };
+    let base = base_of(local, peers)?;
+    let mut members = members(local, peers, max_shares, base, &mut report)?;
+    if let Some(l) = local {
+        leave_out_the_far(&mut members, l, &mut report)?;
+    }
+    let labels = merged_labels(local, base, &members, &mut report);
+
+    let reference = Reference::of(local, &members, &labels);
+    report.clipped = clip(&mut members, local, &reference, &labels);
+    for m in &members {
+        if let Some(i) = m.peer {
+            report.shares[i] = m.share;
+        }
+    }
+
+    let mut layers: Vec<LayerWeights> = (0..HIDDEN)
+        .map(|g| {
+            let blend = |pick: &dyn Fn(&LayerWeights) -> &[f32]| {
+                blend(&members, g, pick(&reference.layers[g]), |m: &Member| {
+                    pick(&m.checkpoint.weights.layers[g])
+                })
+            };
+            let r = &reference.layers[g];
+            LayerWeights {
+                d_in: r.d_in,
+                d_out: r.d_out,
+                weight: blend(&|l| &l.weight),
+                bias: blend(&|l| &l.bias),
+            }
         })
         .collect();
-
-    // Labels: the local order, then new ones sorted.
-    let mut labels = base.labels.clone();
-    let known: HashSet<&String> = base.labels.iter().collect();
-    let mut new: Vec<String> = members
-        .iter()
-        .flat_map(|m| m.checkpoint.labels.iter())
-        .filter(|l| !known.contains(l))
-        .cloned()
-        .collect();
-    new.sort();
-    new.dedup();
-    report.labels_added = new.clone();
-    labels.extend(new);
-    if labels.len() > MAX_LABELS {
-        return Err(NeuralError::Incompatible(format!(
-            "the merged model would know {} patterns; at most {MAX_LABELS}",
-            labels.len()
-        )));
-    }
-    let output = merge_output(&members, &labels, local);
-
+    layers.push(merge_output(&members, &labels, &reference, local.is_some()));
     let mut features = base.features.clone();
-    features.idf = merged_idf(&members, base.features.dim);
-    let mut weights = Weights { layers };
-    weights.layers.push(output);
+    features.idf = blend(&members, IDF, &reference.idf, |m| {
+        &m.checkpoint.features.idf
+    });
     let merged = Checkpoint {
         format: FORMAT,
         version: local.map_or(0, |l| l.version),
         samples: local.map_or(0, |l| l.samples),
         features,
         labels,
-        weights,
+        weights: Weights { layers },
         report: local.and_then(|l| l.report.clone()),
     };
     crate::classifier::check_parts(&merged.features, &merged.labels, &merged.weights)
@@ -160,45 +215,54 @@ fn incompatible(c: &Checkpoint, base: &Checkpoint) -> Option<String> {
         .map(|e| e.to_string())
 }
 
-/// The local model and the compatible peers, each weighted by the samples
-/// it learned from (a peer's claim capped at the local count); the others
-/// are listed in the report.
+/// The local model and the compatible peers, with their shares; the
+/// others are listed in the report.
 fn members<'a>(
     local: Option<&'a Checkpoint>,
     peers: &[&'a Checkpoint],
+    max_shares: &[f64],
     base: &Checkpoint,
     report: &mut MergeReport,
 ) -> Result<Vec<Member<'a>>, NeuralError> {
-    let local_samples = local.map(|l| l.samples as f64);
+    let local_samples = local.map(|l| (l.samples as f64).max(1.0));
+    let known: Option<HashSet<&String>> = local.map(|l| l.labels.iter().collect());
     let mut members: Vec<Member> = Vec::new();
     if let Some(l) = local {
-        members.push(Member {
-            checkpoint: l,
-            weight: (l.samples as f64).max(1.0),
-            keep: 1.0,
-        });
+        members.push(member(l, None, local_samples.unwrap_or(1.0), 1.0));
     }
     for (i, p) in peers.iter().enumerate() {
-        if let Some(e) = incompatible(p, base) {
-            report.skipped.push((i, e));
-            continue;
-        }
-        if p.samples == 0 {
-            report.skipped.push((i, "learned from no samples".into()));
+        let cap = max_shares.get(i).copied().unwrap_or(1.0).clamp(0.0, 1.0);
+        let new_labels = known
+            .as_ref()
+            .map_or(0, |k| p.labels.iter().filter(|l| !k.contains(l)).count());
+        let reason = if let Some(e) = incompatible(p, base) {
+            Some(e)
+        } else if p.samples == 0 {
+            Some("learned from no samples".into())
+        } else if new_labels > MAX_NEW_LABELS_PER_PEER {
+            Some(format!(
+                "it would add {new_labels} patterns at once; at most {MAX_NEW_LABELS_PER_PEER}"
+            ))
+        } else if cap <= 0.0 {
+            Some("its influence on this model is used up".into())
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            report.skipped.push((i, reason));
             continue;
         }
         let claimed = p.samples as f64;
-        let weight = match local_samples {
-            Some(own) => claimed.min(own.max(1.0)),
-            None => claimed,
-        };
-        members.push(Member {
-            checkpoint: p,
-            weight,
-            keep: 1.0,
-        });
+        let weight = local_samples.map_or(claimed, |own| claimed.min(own));
+        members.push(member(p, Some(i), weight, cap));
         report.peers_merged += 1;
     }
+    share_out(&mut members, report)?;
+    Ok(members)
+}
+
+/// Gives the members their shares; fails if no peer is left.
+fn share_out(members: &mut [Member], report: &MergeReport) -> Result<(), NeuralError> {
     if report.peers_merged == 0 {
         let reasons = report.skipped.iter().map(|(_, reason)| reason.clone());
         return Err(NeuralError::Incompatible(format!(
@@ -206,133 +270,179 @@ fn members<'a>(
             each_peer(reasons)
         )));
     }
-    Ok(members)
+    let weights: Vec<f64> = members.iter().map(|m| m.weight).collect();
+    let caps: Vec<f64> = members.iter().map(|m| m.cap).collect();
+    for (m, share) in members.iter_mut().zip(capped_shares(&weights, &caps)) {
+        m.share = share;
+    }
+    Ok(())
 }
 
-/// The reference the distances are measured from: the local model's
-/// shared layers, or without one the plain average.
-fn reference(local: Option<&Checkpoint>, members: &[Member], shared: usize) -> Vec<LayerWeights> {
-    match local {
-        Some(l) => l.weights.layers[..shared].to_vec(),
-        None => (0..shared)
-            .map(|layer| {
-                average_layer(
-                    members
-                        .iter()
-                        .map(|m| (&m.checkpoint.weights.layers[layer], 1.0, 1.0)),
-                    None,
-                )
-            })
-            .collect(),
+fn member(checkpoint: &Checkpoint, peer: Option<usize>, weight: f64, cap: f64) -> Member<'_> {
+    Member {
+        checkpoint,
+        peer,
+        weight,
+        cap,
+        share: 0.0,
+        keep: [1.0; GROUPS],
     }
 }
 
-/// Shrinks members farther from the reference than `CLIP_FACTOR` times the
-/// peers' median distance back to that bound; how many were shrunk.
-fn clip_outliers(
-    members: &mut [Member],
-    local: Option<&Checkpoint>,
-    reference: &[LayerWeights],
-    shared: usize,
-) -> usize {
-    let distances: Vec<f64> = members
-        .iter()
-        .map(|m| distance(&m.checkpoint.weights.layers[..shared], reference))
-        .collect();
-    let mut peer_distances: Vec<f64> = distances
-        .iter()
-        .zip(members.iter())
-        .filter(|(_, m)| local.is_none_or(|l| !std::ptr::eq(m.checkpoint, l)))
-        .map(|(d, _)| *d)
-        .collect();
-    peer_distances.sort_by(f64::total_cmp);
-    let median = peer_distances[peer_distances.len() / 2];
-    let bound = CLIP_FACTOR * median;
-    let mut clipped = 0;
-    for (m, d) in members.iter_mut().zip(&distances) {
-        if *d > bound && *d > 0.0 {
-            m.keep = (bound / d) as f32;
-            clipped += 1;
+/// Shares proportional to `weights`, none above its cap, summing to one
+/// (water-filling: members over their cap are fixed at it and the rest
+/// shared out again among the others). If every member is capped and the
+/// caps sum to less than one, the caps are scaled up to one.
+fn capped_shares(weights: &[f64], caps: &[f64]) -> Vec<f64> {
+    let n = weights.len();
+    let mut fixed: Vec<Option<f64>> = vec![None; n];
+    loop {
+        let fixed_mass: f64 = fixed.iter().flatten().sum();
+        let free_weight: f64 = (0..n)
+            .filter(|&i| fixed[i].is_none())
+            .map(|i| weights[i])
+            .sum();
+        if free_weight <= 0.0 {
+            let total = fixed_mass.max(f64::MIN_POSITIVE);
+            return fixed.iter().map(|f| f.unwrap_or(0.0) / total).collect();
+        }
+        let free_mass = (1.0 - fixed_mass).max(0.0);
+        let shares: Vec<f64> = (0..n)
+            .map(|i| fixed[i].unwrap_or(free_mass * weights[i] / free_weight))
+            .collect();
+        let over: Vec<usize> = (0..n)
+            .filter(|&i| fixed[i].is_none() && shares[i] > caps[i])
+            .collect();
+        if over.is_empty() {
+            return shares;
+        }
+        for i in over {
+            fixed[i] = Some(caps[i]);
         }
     }
-    clipped
 }
 
-/// Inverse document frequencies: the members' weighted average.
-fn merged_idf(members: &[Member], dim: usize) -> Vec<f32> {
-    let total: f64 = members.iter().map(|m| m.weight).sum();
-    (0..dim)
+/// The merged label map: the local order (or the base's), then new labels
+/// sorted, each peer adding at most [`MAX_NEW_LABELS_PER_PEER`] (checked
+/// in [`members`]) and all together no more than [`MAX_LABELS`] allows.
+fn merged_labels(
+    local: Option<&Checkpoint>,
+    base: &Checkpoint,
+    members: &[Member],
+    report: &mut MergeReport,
+) -> Vec<String> {
+    let start = local.unwrap_or(base);
+    let mut labels = start.labels.clone();
+    let known: HashSet<&String> = start.labels.iter().collect();
+    let mut new: Vec<String> = members
+        .iter()
+        .filter(|m| m.share > 0.0)
+        .flat_map(|m| m.checkpoint.labels.iter())
+        .filter(|l| !known.contains(l))
+        .cloned()
+        .collect();
+    new.sort();
+    new.dedup();
+    let room = MAX_LABELS.saturating_sub(labels.len());
+    if new.len() > room {
+        report.labels_dropped = new.len() - room;
+        new.truncate(room);
+    }
+    report.labels_added = new.clone();
+    labels.extend(new);
+    labels
+}
+
+/// What updates are measured from: the local model, or without one the
+/// coordinate-wise median of the members.
+struct Reference<'a> {
+    layers: Cow<'a, [LayerWeights]>,
+    /// Per merged label: its column (d_in weights, then the bias).
+    columns: Vec<Vec<f32>>,
+    idf: Cow<'a, [f32]>,
+    /// Labels the local model knows (their columns are the local ones).
+    local_labels: usize,
+}
+
+impl<'a> Reference<'a> {
+    fn of(local: Option<&'a Checkpoint>, members: &[Member], labels: &[String]) -> Reference<'a> {
+        let indexes: Vec<HashMap<&str, usize>> =
+            members.iter().map(|m| label_index(m.checkpoint)).collect();
+        let local_labels = local.map_or(0, |l| l.labels.len());
+        // Columns: the local one where the local model knows the label,
+        // else the median of the members that know it.
+        let columns: Vec<Vec<f32>> = labels
+            .iter()
+            .enumerate()
+            .map(|(j, label)| match local {
+                Some(l) if j < local_labels => column(l, j),
+                _ => {
+                    let known: Vec<Vec<f32>> = members
+                        .iter()
+                        .zip(&indexes)
+                        .filter_map(|(m, at)| Some(column(m.checkpoint, *at.get(label.as_str())?)))
+                        .collect();
+                    median_columns(&known)
+                }
+            })
+            .collect();
+        match local {
+            Some(l) => Reference {
+                layers: Cow::Borrowed(&l.weights.layers[..HIDDEN]),
+                columns,
+                idf: Cow::Borrowed(&l.features.idf),
+                local_labels,
+            },
+            None => {
+                let median = |pick: &dyn Fn(&Checkpoint) -> &[f32]| -> Vec<f32> {
+                    let all: Vec<&[f32]> = members.iter().map(|m| pick(m.checkpoint)).collect();
+                    coordinate_median(&all)
+                };
+                let layers = (0..HIDDEN)
+                    .map(|g| {
+                        let first = &members[0].checkpoint.weights.layers[g];
+                        LayerWeights {
+                            d_in: first.d_in,
+                            d_out: first.d_out,
+                            weight: median(&|c| &c.weights.layers[g].weight),
+                            bias: median(&|c| &c.weights.layers[g].bias),
+                        }
+                    })
+                    .collect();
+                Reference {
+                    layers: Cow::Owned(layers),
+                    columns,
+                    idf: Cow::Owned(median(&|c| &c.features.idf)),
+                    local_labels,
+                }
+            }
+        }
+    }
+}
+
+/// The elementwise median of equally long slices (the mean of the middle
+/// two for an even count).
+fn coordinate_median(all: &[&[f32]]) -> Vec<f32> {
+    let len = all.first().map_or(0, |a| a.len());
+    let mut values = Vec::with_capacity(all.len());
+    (0..len)
         .map(|i| {
-            let sum: f64 = members
-                .iter()
-                .map(|m| {
-                    m.weight * f64::from(m.checkpoint.features.idf.get(i).copied().unwrap_or(1.0))
-                })
-                .sum();
-            (sum / total) as f32
+            values.clear();
+            values.extend(all.iter().map(|a| a[i]));
+            values.sort_by(f32::total_cmp);
+            let n = values.len();
+            if n % 2 == 1 {
+                values[n / 2]
+            } else {
+                (values[n / 2 - 1] + values[n / 2]) / 2.0
+            }
         })
         .collect()
 }
 
-/// Euclidean distance between two stacks of layers of the same shapes.
-fn distance(a: &[LayerWeights], b: &[LayerWeights]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| {
-            x.weight
-                .iter()
-                .zip(&y.weight)
-                .chain(x.bias.iter().zip(&y.bias))
-                .map(|(p, q)| f64::from(p - q).powi(2))
-                .sum::<f64>()
-        })
-        .sum::<f64>()
-        .sqrt()
-}
-
-/// Σ wᵢ (ref + keepᵢ (xᵢ − ref)) / Σ wᵢ, elementwise (ref = 0 and keep = 1
-/// without a reference). Streams member by member into the result: a
-/// 2^16-wide input layer is 16.7 million values, so no per-element
-/// temporaries.
-fn average_layer<'a>(
-    members: impl Iterator<Item = (&'a LayerWeights, f64, f32)> + Clone,
-    reference: Option<&LayerWeights>,
-) -> LayerWeights {
-    let Some((first, _, _)) = members.clone().next() else {
-        return LayerWeights {
-            d_in: 0,
-            d_out: 0,
-            weight: Vec::new(),
-            bias: Vec::new(),
-        };
-    };
-    let total: f64 = members.clone().map(|(_, w, _)| w).sum();
-    let blend = |pick: &dyn Fn(&LayerWeights) -> &[f32], reference: Option<&[f32]>| {
-        let mut out = vec![0f32; pick(first).len()];
-        for (layer, w, keep) in members.clone() {
-            let share = (w / total) as f32;
-            let values = pick(layer);
-            match reference {
-                Some(r) => {
-                    for ((o, x), r) in out.iter_mut().zip(values).zip(r) {
-                        *o += share * (r + keep * (x - r));
-                    }
-                }
-                None => {
-                    for (o, x) in out.iter_mut().zip(values) {
-                        *o += share * x;
-                    }
-                }
-            }
-        }
-        out
-    };
-    LayerWeights {
-        d_in: first.d_in,
-        d_out: first.d_out,
-        weight: blend(&|l| &l.weight, reference.map(|r| r.weight.as_slice())),
-        bias: blend(&|l| &l.bias, reference.map(|r| r.bias.as_slice())),
-    }
+fn median_columns(columns: &[Vec<f32>]) -> Vec<f32> {
+    let all: Vec<&[f32]> = columns.iter().map(Vec::as_slice).collect();
+    coordinate_median(&all)
 }
 
 /// Label → output unit of one model.
@@ -344,47 +454,214 @@ fn label_index(c: &Checkpoint) -> HashMap<&str, usize> {
         .collect()
 }
 
-/// The output layer for `labels`: each label's column (and bias) averaged
-/// over the members that know the label, clipped toward the local column
-/// when there is one.
-fn merge_output(members: &[Member], labels: &[String], local: Option<&Checkpoint>) -> LayerWeights {
+/// Output unit `j` of a model: its d_in weights, then its bias.
+fn column(c: &Checkpoint, j: usize) -> Vec<f32> {
+    let out = &c.weights.layers[OUTPUT];
+    (0..out.d_in)
+        .map(|i| out.weight[i * out.d_out + j])
+        .chain(std::iter::once(out.bias[j]))
+        .collect()
+}
+
+fn norm(values: &[f32]) -> f64 {
+    values
+        .iter()
+        .map(|v| f64::from(*v).powi(2))
+        .sum::<f64>()
+        .sqrt()
+}
+
+fn squared_distance(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(p, q)| f64::from(p - q).powi(2)).sum()
+}
+
+/// The local model's size per group: no honest update is many times
+/// larger than the model it updates.
+fn sizes(l: &Checkpoint) -> [f64; GROUPS] {
+    let mut a = [0.0; GROUPS];
+    for (g, slot) in a.iter_mut().enumerate().take(OUTPUT + 1) {
+        let layer = &l.weights.layers[g];
+        *slot = (norm(&layer.weight).powi(2) + norm(&layer.bias).powi(2)).sqrt();
+    }
+    a[IDF] = norm(&l.features.idf);
+    a
+}
+
+/// Leaves out peers whose update is more than [`REJECT_FACTOR`] times the
+/// local model's size in some group: not a model trained from the same
+/// start on similar data, but one built to move this one (a +1e6 bias,
+/// weights drawn at another scale). Clipping would take some of it in;
+/// leaving it out names it. The shares are shared out again.
+fn leave_out_the_far(
+    members: &mut Vec<Member>,
+    local: &Checkpoint,
+    report: &mut MergeReport,
+) -> Result<(), NeuralError> {
+    const NAMES: [&str; GROUPS] = [
+        "first hidden layer",
+        "second hidden layer",
+        "third hidden layer",
+        "output units",
+        "idf weights",
+    ];
+    let reference = Reference::of(Some(local), members, &local.labels);
+    let size = sizes(local);
+    let mut far = Vec::new();
+    for (k, m) in members.iter().enumerate() {
+        let Some(i) = m.peer else { continue };
+        let d = distances(m, &reference, &local.labels);
+        if let Some(g) =
+            (0..GROUPS).find(|&g| d[g] > REJECT_FACTOR * size[g].max(f64::MIN_POSITIVE))
+        {
+            far.push(k);
+            report.skipped.push((
+                i,
+                format!(
+                    "its {} differ from this model's by {:.3e}, more than {REJECT_FACTOR} times their size ({:.3e})",
+                    NAMES[g], d[g], size[g]
+                ),
+            ));
+        }
+    }
+    if far.is_empty() {
+        return Ok(());
+    }
+    for k in far.into_iter().rev() {
+        members.remove(k);
+    }
+    report.peers_merged = members.iter().filter(|m| m.peer.is_some()).count();
+    share_out(members, report)
+}
+
+/// Each member's distance from the reference, per group.
+fn distances(member: &Member, reference: &Reference, labels: &[String]) -> [f64; GROUPS] {
+    let c = member.checkpoint;
+    let mut d = [0.0; GROUPS];
+    for (g, slot) in d.iter_mut().enumerate().take(HIDDEN) {
+        let (x, r) = (&c.weights.layers[g], &reference.layers[g]);
+        *slot =
+            (squared_distance(&x.weight, &r.weight) + squared_distance(&x.bias, &r.bias)).sqrt();
+    }
+    let at = label_index(c);
+    d[OUTPUT] = labels
+        .iter()
+        .zip(&reference.columns)
+        .filter_map(|(label, r)| Some(squared_distance(&column(c, *at.get(label.as_str())?), r)))
+        .sum::<f64>()
+        .sqrt();
+    d[IDF] = squared_distance(&c.features.idf, &reference.idf).sqrt();
+    d
+}
+
+/// Shrinks each member's update, group by group, to the bound (module
+/// docs); how many members were shrunk.
+fn clip(
+    members: &mut [Member],
+    local: Option<&Checkpoint>,
+    reference: &Reference,
+    labels: &[String],
+) -> usize {
+    let distances: Vec<[f64; GROUPS]> = members
+        .iter()
+        .map(|m| distances(m, reference, labels))
+        .collect();
+    // The anchor: no update larger than the local group itself.
+    let anchor: Option<[f64; GROUPS]> = local.map(sizes);
+    let mut shrunk = vec![false; members.len()];
+    for g in 0..GROUPS {
+        let mut peer_distances: Vec<f64> = members
+            .iter()
+            .zip(&distances)
+            .filter(|(m, _)| m.peer.is_some())
+            .map(|(_, d)| d[g])
+            .collect();
+        peer_distances.sort_by(f64::total_cmp);
+        let mut bound = CLIP_FACTOR * peer_distances[peer_distances.len() / 2];
+        if let Some(anchor) = anchor {
+            bound = bound.min(anchor[g]);
+        }
+        for ((m, d), shrunk) in members.iter_mut().zip(&distances).zip(&mut shrunk) {
+            if d[g] > bound && d[g] > 0.0 {
+                m.keep[g] = (bound / d[g]) as f32;
+                *shrunk = true;
+            }
+        }
+    }
+    shrunk.iter().filter(|s| **s).count()
+}
+
+/// Σ shareᵢ (ref + keepᵢ (xᵢ − ref)) over the members, elementwise, for
+/// group `g`. Streams member by member into the result: a 2^16-wide input
+/// layer is 16.7 million values, so no per-element temporaries.
+fn blend<'a>(
+    members: &'a [Member],
+    g: usize,
+    reference: &[f32],
+    pick: impl Fn(&'a Member) -> &'a [f32],
+) -> Vec<f32> {
+    let mut out = vec![0f32; reference.len()];
+    for m in members {
+        let (share, keep) = (m.share as f32, m.keep[g]);
+        if share == 0.0 {
+            continue;
+        }
+        for ((o, x), r) in out.iter_mut().zip(pick(m)).zip(reference) {
+            *o += share * (r + keep * (x - r));
+        }
+    }
+    out
+}
+
+/// The output layer for `labels`: each label's column (and bias) blended
+/// over the members that know it, their shares renormalised among them. A
+/// label new to a local model comes in no longer than [`CLIP_FACTOR`]
+/// times the longest local column (an imprinted label's bias stands out
+/// by design, so a tighter bound would undo what the peer learned).
+fn merge_output(
+    members: &[Member],
+    labels: &[String],
+    reference: &Reference,
+    has_local: bool,
+) -> LayerWeights {
     let d_in = crate::model::HIDDEN[2];
     let d_out = labels.len();
     let mut weight = vec![0f32; d_in * d_out];
     let mut bias = vec![0f32; d_out];
-    // Label → output unit, per model (a scan per label would be quadratic).
     let indexes: Vec<HashMap<&str, usize>> =
         members.iter().map(|m| label_index(m.checkpoint)).collect();
-    let local_index = local.map(label_index);
+    let longest_local = reference.columns[..reference.local_labels]
+        .iter()
+        .map(|c| norm(c))
+        .fold(0.0, f64::max);
     for (col, label) in labels.iter().enumerate() {
-        let column = |c: &Checkpoint, at: &HashMap<&str, usize>| -> Option<(Vec<f32>, f32)> {
-            let j = *at.get(label.as_str())?;
-            let out = &c.weights.layers[3];
-            let values = (0..d_in).map(|i| out.weight[i * out.d_out + j]).collect();
-            Some((values, out.bias[j]))
-        };
-        let reference = local
-            .zip(local_index.as_ref())
-            .and_then(|(l, at)| column(l, at));
+        let r = &reference.columns[col];
         let mut acc = vec![0f64; d_in + 1];
         let mut total = 0.0;
         for (m, at) in members.iter().zip(&indexes) {
-            let Some((values, b)) = column(m.checkpoint, at) else {
+            let Some(&j) = at.get(label.as_str()) else {
                 continue;
             };
-            let keep = if reference.is_some() { m.keep } else { 1.0 };
-            for (k, x) in values.iter().chain(std::iter::once(&b)).enumerate() {
-                let r = reference
-                    .as_ref()
-                    .map_or(*x, |(rv, rb)| if k < d_in { rv[k] } else { *rb });
-                acc[k] += m.weight * f64::from(r + keep * (x - r));
+            if m.share == 0.0 {
+                continue;
             }
-            total += m.weight;
+            let keep = m.keep[OUTPUT];
+            for (k, (x, r)) in column(m.checkpoint, j).iter().zip(r).enumerate() {
+                acc[k] += m.share * f64::from(r + keep * (x - r));
+            }
+            total += m.share;
         }
-        for i in 0..d_in {
-            weight[i * d_out + col] = (acc[i] / total) as f32;
+        let mut merged: Vec<f32> = acc.iter().map(|a| (a / total.max(1e-300)) as f32).collect();
+        if has_local && col >= reference.local_labels {
+            let (length, bound) = (norm(&merged), CLIP_FACTOR * longest_local);
+            if length > bound && length > 0.0 {
+                let scale = (bound / length) as f32;
+                merged.iter_mut().for_each(|v| *v *= scale);
+            }
         }
-        bias[col] = (acc[d_in] / total) as f32;
+        for (i, v) in merged[..d_in].iter().enumerate() {
+            weight[i * d_out + col] = *v;
+        }
+        bias[col] = merged[d_in];
     }
     LayerWeights {
         d_in,
@@ -539,14 +816,25 @@ mod tests {
         let (own, out) = (&a.weights.layers[3], &merged.weights.layers[3]);
         assert_eq!(out.bias[..2], own.bias[..]);
 
-        // Three peers, one with wild weights: it is pulled back.
+        // Three peers, one with wild weights: it is pulled back; far
+        // wilder, it is left out.
         let mut wild = b.clone();
+        wild.weights.layers[1]
+            .weight
+            .iter_mut()
+            .for_each(|w| *w *= 4.0);
+        let (_, report) = merge(Some(&a), &[&b, &b.clone(), &wild]).unwrap();
+        assert_eq!((report.clipped, report.skipped.len()), (1, 0));
         wild.weights.layers[1]
             .weight
             .iter_mut()
             .for_each(|w| *w *= 1000.0);
         let (_, report) = merge(Some(&a), &[&b, &b.clone(), &wild]).unwrap();
-        assert_eq!(report.clipped, 1);
+        assert_eq!((report.clipped, report.peers_merged), (0, 2));
+        assert!(
+            report.skipped[0].1.contains("second hidden layer"),
+            "{report:?}"
+        );
         // A model of another shape is left out, with the reason.
         let mut other = b.clone();
         other.features.dim = 1024;
@@ -579,5 +867,167 @@ mod tests {
         );
         let (merged, report) = merge(None, &[&empty, &scaled]).unwrap();
         assert_eq!((merged.features.norm, report.peers_merged), (1.0, 1));
+    }
+
+    /// The local model's output-layer norm (weights and bias).
+    fn output_norm(c: &Checkpoint) -> f64 {
+        let out = &c.weights.layers[OUTPUT];
+        (norm(&out.weight).powi(2) + norm(&out.bias).powi(2)).sqrt()
+    }
+
+    #[test]
+    fn a_huge_output_bias_is_left_out_and_a_large_one_pulled_back() {
+        let a = model(&A);
+        let honest = model(&A);
+        let mut poisoned = a.clone();
+        poisoned.samples = 1_000_000;
+        poisoned.weights.layers[OUTPUT].bias[0] += 1e6;
+        // Alone, nothing is left to merge, and the error says why.
+        let refused = merge(Some(&a), &[&poisoned]).unwrap_err().to_string();
+        assert!(refused.contains("its output units differ"), "{refused}");
+        // Beside honest peers it is left out and they are merged.
+        let (_, report) = merge(Some(&a), &[&honest, &poisoned, &honest]).unwrap();
+        assert_eq!(report.peers_merged, 2);
+        assert_eq!(report.skipped.len(), 1);
+        assert_eq!(report.skipped[0].0, 1);
+        assert_eq!(report.shares[1], 0.0);
+        assert!((report.shares[0] + report.shares[2] + 1.0 / 3.0 - 1.0).abs() < 1e-9);
+        // A bias within ten times the layer's size is clipped to its size.
+        let bound = output_norm(&a);
+        let mut large = a.clone();
+        large.weights.layers[OUTPUT].bias[0] += (5.0 * bound) as f32;
+        for peers in [vec![&large], vec![&honest, &large, &honest]] {
+            let (merged, report) = merge(Some(&a), &peers).unwrap();
+            let moved =
+                f64::from(merged.weights.layers[OUTPUT].bias[0] - a.weights.layers[OUTPUT].bias[0]);
+            assert!(
+                moved.abs() <= bound * 1.0001,
+                "moved {moved}, bound {bound}"
+            );
+            assert!(report.clipped >= 1, "{report:?}");
+            assert_eq!(report.peers_merged, peers.len());
+        }
+    }
+
+    #[test]
+    fn every_group_is_clipped_idf_included() {
+        let a = model(&A);
+        let mut wild = a.clone();
+        wild.features.idf.iter_mut().for_each(|v| *v *= 3.0);
+        let (merged, report) = merge(Some(&a), &[&wild]).unwrap();
+        assert_eq!(report.clipped, 1);
+        let moved = squared_distance(&merged.features.idf, &a.features.idf).sqrt();
+        assert!(moved <= norm(&a.features.idf) * 1.0001, "{moved}");
+        // Far larger, it is left out.
+        wild.features.idf.iter_mut().for_each(|v| *v *= 1000.0);
+        let refused = merge(Some(&a), &[&wild]).unwrap_err().to_string();
+        assert!(refused.contains("idf weights differ"), "{refused}");
+    }
+
+    #[test]
+    fn a_peer_adding_too_many_labels_is_left_out_and_the_others_merged() {
+        let a = model(&A);
+        let honest = model(&B);
+        let mut crowd = model(&B);
+        let out = &mut crowd.weights.layers[OUTPUT];
+        let extra = MAX_NEW_LABELS_PER_PEER + 1 - crowd.labels.len();
+        let (d_in, d_old) = (out.d_in, out.d_out);
+        let d_out = d_old + extra;
+        let mut weight = vec![0.5f32; d_in * d_out];
+        for i in 0..d_in {
+            weight[i * d_out..i * d_out + d_old]
+                .copy_from_slice(&out.weight[i * d_old..(i + 1) * d_old]);
+        }
+        out.weight = weight;
+        out.bias.resize(d_out, 0.5);
+        out.d_out = d_out;
+        crowd.labels.extend((0..extra).map(|i| format!("junk-{i}")));
+        crowd.validate().unwrap();
+        let (merged, report) = merge(Some(&a), &[&crowd, &honest]).unwrap();
+        assert_eq!(report.peers_merged, 1);
+        assert!(report.skipped[0].1.contains("1001 patterns"), "{report:?}");
+        assert_eq!(merged.labels, ["db", "net", "fs", "ui"]);
+        assert_eq!(report.shares[0], 0.0);
+        assert!(report.shares[1] > 0.0);
+    }
+
+    #[test]
+    fn a_full_label_map_drops_new_labels_and_keeps_every_local_one() {
+        let mut a = model(&A);
+        // Local labels up to the limit but one.
+        let out = &mut a.weights.layers[OUTPUT];
+        let (d_in, d_old) = (out.d_in, out.d_out);
+        let d_out = MAX_LABELS - 1;
+        let mut weight = vec![0.0f32; d_in * d_out];
+        for i in 0..d_in {
+            weight[i * d_out..i * d_out + d_old]
+                .copy_from_slice(&out.weight[i * d_old..(i + 1) * d_old]);
+        }
+        out.weight = weight;
+        out.bias.resize(d_out, -10.0);
+        out.d_out = d_out;
+        a.labels
+            .extend((0..d_out - d_old).map(|i| format!("local-{i}")));
+        let (merged, report) = merge(Some(&a), &[&model(&B)]).unwrap();
+        assert_eq!(merged.labels.len(), MAX_LABELS);
+        assert_eq!(merged.labels[..a.labels.len()], a.labels[..]);
+        assert_eq!((report.labels_added.len(), report.labels_dropped), (1, 1));
+    }
+
+    #[test]
+    fn a_peer_share_cap_holds_and_a_used_up_peer_is_left_out() {
+        let (a, b) = (model(&A), model(&B));
+        let (_, report) = merge_capped(Some(&a), &[&b, &b.clone()], &[0.1, 1.0]).unwrap();
+        assert!((report.shares[0] - 0.1).abs() < 1e-12, "{report:?}");
+        assert!((report.shares[1] - 0.45).abs() < 1e-12, "{report:?}");
+        let (_, report) = merge_capped(Some(&a), &[&b, &b.clone()], &[0.0, 1.0]).unwrap();
+        assert_eq!(report.peers_merged, 1);
+        assert!(report.skipped[0].1.contains("used up"), "{report:?}");
+    }
+
+    #[test]
+    fn without_a_local_model_an_outlier_is_measured_from_the_median() {
+        let b = model(&B);
+        let mut wild = b.clone();
+        wild.weights.layers[1]
+            .weight
+            .iter_mut()
+            .for_each(|w| *w *= 1000.0);
+        let (merged, report) = merge(None, &[&b, &b.clone(), &wild]).unwrap();
+        assert_eq!(report.clipped, 1);
+        let moved = squared_distance(
+            &merged.weights.layers[1].weight,
+            &b.weights.layers[1].weight,
+        )
+        .sqrt();
+        let size = norm(&b.weights.layers[1].weight);
+        // Clipped to three times the median distance (the median is b's 0
+        // here, so the wild one is dropped to b) — far below its own size.
+        assert!(moved < 1e-3 * size, "{moved} vs {size}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn capped_shares_sum_to_one_and_respect_every_cap(
+            weights in proptest::collection::vec(0.1f64..1e6, 1..8),
+            caps in proptest::collection::vec(0.0f64..=1.0, 8),
+        ) {
+            // The first member is the local model: never capped.
+            let mut caps = caps[..weights.len()].to_vec();
+            caps[0] = 1.0;
+            let shares = capped_shares(&weights, &caps);
+            let total: f64 = shares.iter().sum();
+            proptest::prop_assert!((total - 1.0).abs() < 1e-9, "{shares:?}");
+            for (s, c) in shares.iter().zip(&caps) {
+                proptest::prop_assert!(*s <= c + 1e-12 && *s >= 0.0, "{shares:?} {caps:?}");
+            }
+            // Uncapped members keep their proportions.
+            let free: Vec<usize> = (0..weights.len()).filter(|&i| shares[i] < caps[i] - 1e-12).collect();
+            for w in free.windows(2) {
+                let (i, j) = (w[0], w[1]);
+                proptest::prop_assert!((shares[i] / weights[i] - shares[j] / weights[j]).abs()
+                    <= 1e-9 * (shares[i] / weights[i]).max(1e-300));
+            }
+        }
     }
 }

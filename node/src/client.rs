@@ -246,6 +246,40 @@ impl ApiClient {
         self.get("/v1/model").await
     }
 
+    /// The model's checkpoint as `GET /v1/model/checkpoint` exports it.
+    pub async fn export_model(&self) -> Result<Vec<u8>, ClientError> {
+        let response = self
+            .http
+            .get(self.url("/v1/model/checkpoint"))
+            .timeout(Duration::from_secs(120))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let response = self.check(response).await?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        Ok(bytes.to_vec())
+    }
+
+    /// Installs a checkpoint (`PUT /v1/model/checkpoint`).
+    pub async fn import_model(
+        &self,
+        checkpoint: Vec<u8>,
+    ) -> Result<serde_json::Value, ClientError> {
+        let response = self
+            .http
+            .put(self.url("/v1/model/checkpoint"))
+            .header("content-type", "application/cbor")
+            .body(checkpoint)
+            .timeout(Duration::from_secs(120))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        self.read_json(response).await
+    }
+
     /// Trains the node's model on its stored outcomes plus `samples`.
     pub async fn train_model(
         &self,

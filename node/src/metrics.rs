@@ -341,6 +341,7 @@ fn encode_model(e: &mut DescriptorEncoder, m: &crate::model::ModelStatus) -> fmt
         ("agentmesh_model_online_updates", "Outcomes that changed the model at once", m.online_updates),
         ("agentmesh_model_merges", "Merge rounds that installed peers' models", m.merges),
         ("agentmesh_model_merge_failures", "Peer models that could not be fetched or merged", m.merge_failures),
+        ("agentmesh_model_peer_models_rejected", "Peer models rejected: worse on this node's own data, or unusable", m.peer_models_rejected),
     ];
     #[rustfmt::skip]
     let plain_gauges: Gauges = &[

@@ -13,6 +13,7 @@ pub const MAX_STORED_OUTCOMES: usize = 100_000;
 
 const CHECKPOINT_KEY: &[u8] = b"checkpoint";
 const OUTCOMES_THROUGH_KEY: &[u8] = b"outcomes_through";
+const CHECK_SLICE_KEY: &[u8] = b"check_slice";
 
 /// A saved checkpoint and what it says of the stored outcomes.
 pub struct StoredCheckpoint {
@@ -157,6 +158,29 @@ impl ModelStore {
         }
     }
 
+    /// Saves the samples merged models are checked against (opaque bytes,
+    /// encoded by the node), durably.
+    pub fn save_check_slice(&self, bytes: &[u8]) -> Result<(), StoreError> {
+        self.checkpoint.insert(CHECK_SLICE_KEY, bytes)?;
+        self.checkpoint.flush()?;
+        Ok(())
+    }
+
+    pub fn check_slice(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.checkpoint.get(CHECK_SLICE_KEY)?.map(|v| v.to_vec()))
+    }
+
+    /// The latest `limit` stored outcomes, newest first.
+    pub fn latest_outcomes(&self, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.outcomes
+            .iter()
+            .values()
+            .rev()
+            .take(limit)
+            .map(|v| Ok(v?.to_vec()))
+            .collect()
+    }
+
     /// Stored outcomes after sequence number `after` (all with `None`),
     /// oldest first, with their sequence numbers, read as they are used.
     pub fn outcomes_after(
@@ -180,6 +204,21 @@ impl ModelStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_latest_outcomes_come_newest_first_and_the_check_slice_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::Store::open(dir.path()).unwrap();
+        let model = store.model();
+        assert_eq!(model.check_slice().unwrap(), None);
+        for i in 0..5u8 {
+            model.append_outcome(&[i]).unwrap();
+        }
+        assert_eq!(model.latest_outcomes(2).unwrap(), [vec![4u8], vec![3u8]]);
+        assert_eq!(model.latest_outcomes(10).unwrap().len(), 5);
+        model.save_check_slice(b"slice").unwrap();
+        assert_eq!(model.check_slice().unwrap().as_deref(), Some(&b"slice"[..]));
+    }
 
     #[test]
     fn a_checkpoint_keeps_its_outcome_mark() {

@@ -247,7 +247,8 @@ config_section! {
         /// Top probability below which the rules answer instead (0 to 1).
         min_confidence: f64 = 0.25,
         /// Feature dimension of models this node trains (a power of two,
-        /// 64 to 1048576); all nodes of a network must use the same to merge.
+        /// 64 to 65536: a wider input layer makes a checkpoint larger than
+        /// a node loads); all nodes of a network must use the same to merge.
         feature_dim: usize = 1 << 16,
         /// Seed of the initial weights and of the data split; all nodes of a
         /// network must use the same (merging averages weights that started
@@ -257,6 +258,15 @@ config_section! {
         /// sharing rounds; a restart after a crash learns about this many
         /// again (a few ms each).
         save_outcomes: NonZeroU64 = NonZeroU64::new(2000).unwrap(),
+        /// A merged model is installed only if its top-1 accuracy on this
+        /// node's own held-out samples (and latest successful outcomes)
+        /// falls by at most this fraction (0 to 1) from the trained model's;
+        /// otherwise the peers' models are rejected and counted.
+        merge_max_accuracy_drop: f64 = 0.01,
+        /// Largest share of this node's model that one peer's models may
+        /// make up over time (0 to 1; merges from other peers and new
+        /// training dilute it). Applies once the node has data of its own.
+        max_peer_influence: f64 = 0.5,
     }
 }
 

@@ -220,10 +220,26 @@ fn check_model(m: &ModelConfig) -> Result<(), ConfigError> {
     if !(0.0..=1.0).contains(&m.min_confidence) {
         return Err(invalid("model.min_confidence", "must be between 0 and 1"));
     }
-    if !m.feature_dim.is_power_of_two() || !(64..=1 << 20).contains(&m.feature_dim) {
+    let max_dim = agentmesh_neural::checkpoint::MAX_FEATURE_DIM;
+    if !m.feature_dim.is_power_of_two() || !(64..=max_dim).contains(&m.feature_dim) {
         return Err(invalid(
             "model.feature_dim",
-            "must be a power of two between 64 and 1048576",
+            format!(
+                "must be a power of two between 64 and {max_dim} (a wider input layer makes a checkpoint larger than the {} MiB a node loads)",
+                agentmesh_neural::checkpoint::MAX_CHECKPOINT_BYTES >> 20
+            ),
+        ));
+    }
+    if !(0.0..=1.0).contains(&m.merge_max_accuracy_drop) {
+        return Err(invalid(
+            "model.merge_max_accuracy_drop",
+            "must be between 0 and 1",
+        ));
+    }
+    if !(m.max_peer_influence > 0.0 && m.max_peer_influence <= 1.0) {
+        return Err(invalid(
+            "model.max_peer_influence",
+            "must be above 0 and at most 1",
         ));
     }
     Ok(())
@@ -492,6 +508,15 @@ mod tests {
             ),
             (|c| c.model.min_confidence = 1.5, "model.min_confidence"),
             (|c| c.model.feature_dim = 1000, "model.feature_dim"),
+            (|c| c.model.feature_dim = 1 << 17, "model.feature_dim"),
+            (
+                |c| c.model.merge_max_accuracy_drop = -0.1,
+                "model.merge_max_accuracy_drop",
+            ),
+            (
+                |c| c.model.max_peer_influence = 0.0,
+                "model.max_peer_influence",
+            ),
             (
                 |c| c.peers.max_peers_per_subnet = 2,
                 "peers.max_peers_per_subnet",

@@ -3,6 +3,8 @@
 //! checkpoints in sled, import and export, and the state the mesh-learning
 //! service shares and merges.
 
+pub mod gate;
+mod ledger;
 mod outcomes;
 pub mod service;
 
@@ -78,6 +80,9 @@ pub struct ModelCounters {
     pub merges: AtomicU64,
     pub peer_models_merged: AtomicU64,
     pub merge_failures: AtomicU64,
+    /// Peer models left out of a merge: worse on this node's own data, or
+    /// unusable (too many new patterns, malformed).
+    pub peer_models_rejected: AtomicU64,
     pub trainings: AtomicU64,
 }
 
@@ -119,6 +124,12 @@ pub struct ModelStatus {
     pub merges: u64,
     pub peer_models_merged: u64,
     pub merge_failures: u64,
+    /// Peer models rejected: worse on this node's own held-out samples and
+    /// latest outcomes than its model, or unusable.
+    pub peer_models_rejected: u64,
+    /// Held-out samples merged models are checked against (from the last
+    /// training run).
+    pub held_out_samples: usize,
 }
 
 /// The recommender and the last stored outcome its model accounts for
@@ -170,6 +181,11 @@ struct Shared {
     next_background_save: AtomicU64,
     /// A save started by outcomes is under way.
     saving: AtomicBool,
+    /// Bumped by every training run and import: peers' influence is
+    /// counted again from zero on a new lineage.
+    lineage: AtomicU64,
+    /// Held-out samples in the stored check slice.
+    held_out: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Clone)]
@@ -214,6 +230,7 @@ impl ModelHandle {
             outcomes_through: None,
         };
         learn_stored_outcomes(&store, &mut local, mark);
+        let held_out = read_check_slice(&store).held_out.len();
         ModelHandle {
             shared: Arc::new(Shared {
                 saved_version: AtomicU64::new(saved),
@@ -222,6 +239,8 @@ impl ModelHandle {
                     saved.saturating_add(settings.save_outcomes.get()),
                 ),
                 saving: AtomicBool::new(false),
+                lineage: AtomicU64::new(0),
+                held_out: std::sync::atomic::AtomicUsize::new(held_out),
                 recommender: Mutex::new(local),
                 store,
                 patterns,
@@ -423,6 +442,7 @@ impl ModelHandle {
         let (classifier, report) =
             agentmesh_neural::train(&samples, &config, |line| tracing::info!("training: {line}"))
                 .map_err(training_error)?;
+        let slice = gate::CheckSlice::from_training(&samples, config.seed, &classifier);
         let checkpoint = Checkpoint::of(&classifier, 0, samples.len() as u64, Some(report.clone()));
         // Fails only for labels the samples gave (too many, too long).
         let mut built = Installed::from_checkpoint(checkpoint)
@@ -453,7 +473,9 @@ impl ModelHandle {
             }
             local.install_built(built);
         }
+        self.shared.lineage.fetch_add(1, Ordering::Relaxed);
         self.save()?;
+        self.save_check_slice(&slice)?;
         if relearned > 0 {
             tracing::info!(
                 outcomes = relearned,
@@ -575,11 +597,68 @@ impl ModelHandle {
         Ok(())
     }
 
-    /// Checks and installs a checkpoint file's bytes.
+    /// Checks and installs a checkpoint file's bytes. The held-out samples
+    /// stay (they are this node's data); the baseline merges are judged
+    /// against becomes the imported model's score on them.
     pub fn import(&self, bytes: &[u8]) -> Result<u64, ModelError> {
         let checkpoint =
             Checkpoint::decode(bytes).map_err(|e| ModelError::Invalid(e.to_string()))?;
-        self.install_and_save(checkpoint)
+        let mut slice = read_check_slice(&self.shared.store);
+        if !slice.held_out.is_empty() {
+            let classifier = checkpoint
+                .classifier()
+                .map_err(|e| ModelError::Invalid(e.to_string()))?;
+            slice.baseline = gate::correct(&classifier, &slice.held_out);
+        }
+        let version = self.install_and_save(checkpoint)?;
+        self.shared.lineage.fetch_add(1, Ordering::Relaxed);
+        self.save_check_slice(&slice)?;
+        Ok(version)
+    }
+
+    fn save_check_slice(&self, slice: &gate::CheckSlice) -> Result<(), ModelError> {
+        let bytes = codec::encode(slice).map_err(|e| ModelError::Invalid(e.to_string()))?;
+        self.shared.store.save_check_slice(&bytes)?;
+        self.shared
+            .held_out
+            .store(slice.held_out.len(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Bumped by every training run and import.
+    pub fn lineage(&self) -> u64 {
+        self.shared.lineage.load(Ordering::Relaxed)
+    }
+
+    /// Samples the installed model learned from (0: untrained, or a model
+    /// made only of peers' merges): influence is counted above 0.
+    pub fn own_samples(&self) -> u64 {
+        self.recommender().model().map_or(0, |m| m.samples)
+    }
+
+    /// What merged models are checked against (reads the store: call it
+    /// off the async threads).
+    pub fn gate(&self) -> gate::Gate {
+        let outcomes = match self.shared.store.latest_outcomes(gate::LATEST_OUTCOMES) {
+            Ok(records) => records
+                .iter()
+                .filter_map(|bytes| codec::decode::<Outcome>(bytes, MAX_OUTCOME_BYTES).ok())
+                .filter(|o| o.success)
+                .map(|o| Sample {
+                    context: o.context,
+                    label: o.pattern,
+                })
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the latest outcomes to check merges against");
+                Vec::new()
+            }
+        };
+        gate::Gate {
+            slice: read_check_slice(&self.shared.store),
+            outcomes,
+            max_drop: self.shared.settings.merge_max_accuracy_drop,
+        }
     }
 
     pub fn export(&self) -> Result<Vec<u8>, ModelError> {
@@ -670,6 +749,23 @@ impl ModelHandle {
             merges: load(&c.merges),
             peer_models_merged: load(&c.peer_models_merged),
             merge_failures: load(&c.merge_failures),
+            peer_models_rejected: load(&c.peer_models_rejected),
+            held_out_samples: self.shared.held_out.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The stored check slice (empty if none, or if damaged: reported).
+fn read_check_slice(store: &ModelStore) -> gate::CheckSlice {
+    match store.check_slice() {
+        Ok(None) => gate::CheckSlice::default(),
+        Ok(Some(bytes)) => codec::decode(&bytes, gate::MAX_SLICE_BYTES).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "the stored held-out samples are damaged; merges are checked on outcomes only until the next training");
+            gate::CheckSlice::default()
+        }),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the stored held-out samples");
+            gate::CheckSlice::default()
         }
     }
 }

@@ -6,11 +6,12 @@
 //! local model and saves the result. It also keeps the rule-based
 //! recommender's pattern descriptions and statistics current.
 
+use super::gate::merge_checked;
+use super::ledger::PeerLedger;
 use super::ModelHandle;
 use crate::network::router::Subscription;
 use crate::network::NetworkHandle;
 use agentmesh_neural::checkpoint::Checkpoint;
-use agentmesh_neural::merge::merge;
 use agentmesh_neural::NeuralError;
 use agentmesh_protocol::model_wire::{
     ModelAnnouncement, ModelRequest, ModelResponse, ANNOUNCEMENT_CONTENT_TYPE, CHUNK_BYTES,
@@ -59,6 +60,7 @@ struct Round {
     encoded_version: u64,
     announcement: Option<ModelAnnouncement>,
     described: HashMap<String, [u8; 32]>,
+    ledger: PeerLedger,
 }
 
 /// Reads announcements from `learning:model` into `pending` (the newest
@@ -143,6 +145,7 @@ impl ModelService {
             encoded_version: 0,
             announcement: None,
             described: HashMap::new(),
+            ledger: PeerLedger::new(self.model.settings().share_secs.duration()),
         };
         loop {
             tokio::select! {
@@ -274,14 +277,22 @@ impl ModelService {
             .map_err(FetchFailure::Unreadable)
     }
 
-    /// The announced models worth fetching this round, newest first; the
-    /// rest go back to the queue.
+    /// The announced models worth fetching this round, in the ledger's
+    /// order (peers taken longest ago first); the rest go back to the
+    /// queue. Peers cooling down after a rejection, or whose influence on
+    /// this model is used up, are passed over (they announce again).
     fn due(&self, round: &mut Round) -> Vec<(NodeId, ModelAnnouncement)> {
+        let now = Instant::now();
+        let counting = self.model.own_samples() > 0;
+        let max_influence = self.model.settings().max_peer_influence;
+        round.ledger.on_lineage(self.model.lineage());
         let mut queue: Vec<(NodeId, ModelAnnouncement)> = {
             let mut pending = round.pending.lock().unwrap_or_else(|e| e.into_inner());
             pending
                 .drain()
                 .filter(|(peer, a)| round.merged.get(peer) != Some(&*a.digest))
+                .filter(|(peer, _)| !round.ledger.cooling(peer, now))
+                .filter(|(peer, _)| round.ledger.cap(peer, max_influence, counting, now) > 0.0)
                 .collect()
         };
         // Models of another feature dimension or norm do not average with
@@ -299,9 +310,9 @@ impl ModelService {
             }
             fits
         });
-        // The newest few; the rest wait for the next round (each fetched
-        // model is held in memory until the merge).
-        queue.sort_by_key(|(_, a)| std::cmp::Reverse(a.version));
+        // A few; the rest wait for the next round (each fetched model is
+        // held in memory until the merge).
+        round.ledger.order(&mut queue);
         let later = queue.split_off(MAX_PEERS_PER_ROUND.min(queue.len()));
         requeue(&round.pending, later);
         queue
@@ -360,31 +371,50 @@ impl ModelService {
             return;
         }
         let started = Instant::now();
+        let counting = self.model.own_samples() > 0;
+        let max_influence = self.model.settings().max_peer_influence;
+        let caps: Vec<f64> = taken
+            .iter()
+            .map(|(peer, _)| round.ledger.cap(peer, max_influence, counting, started))
+            .collect();
         let model = self.model.clone();
-        let merged = tokio::task::spawn_blocking(move || {
+        let checked = tokio::task::spawn_blocking(move || {
             let local = model.checkpoint();
             let version = local.as_ref().map_or(0, |c| c.version);
-            let peers: Vec<&Checkpoint> = fetched.iter().collect();
-            merge(local.as_ref(), &peers)
+            let gate = model.gate();
+            merge_checked(local.as_ref(), &fetched, &caps, &gate)
                 .map(|m| (m, version))
                 .map_err(|e| e.to_string())
         })
         .await;
-        let ((checkpoint, report), version_before) =
-            match merged.map_err(|e| e.to_string()).and_then(|r| r) {
-                Ok(m) => m,
-                Err(e) => {
-                    counters.merge_failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(error = %e, "merging peers' models failed");
-                    return;
-                }
-            };
+        let (checked, version_before) = match checked.map_err(|e| e.to_string()).and_then(|r| r) {
+            Ok(m) => m,
+            Err(e) => {
+                counters.merge_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "merging peers' models failed");
+                return;
+            }
+        };
         // `taken` is in the order the models were fetched and merged.
-        for (i, reason) in &report.skipped {
+        let skipped = checked
+            .merged
+            .as_ref()
+            .map(|(_, report)| report.skipped.clone())
+            .unwrap_or_default();
+        for (i, reason) in checked.rejected.iter().chain(&skipped) {
             if let Some((peer, _)) = taken.get(*i) {
-                tracing::warn!(peer = %peer, reason = %reason, "a peer's model was not merged");
+                counters
+                    .peer_models_rejected
+                    .fetch_add(1, Ordering::Relaxed);
+                round
+                    .ledger
+                    .rejected(*peer, started, self.model.settings().share_secs.duration());
+                tracing::warn!(peer = %peer, reason = %reason, "a peer's model was rejected");
             }
         }
+        let Some((checkpoint, report)) = checked.merged else {
+            return;
+        };
         let model = self.model.clone();
         let installed = tokio::task::spawn_blocking(move || {
             model.install_if_unchanged(checkpoint, version_before)
@@ -393,18 +423,32 @@ impl ModelService {
         .map_err(|e| super::ModelError::Unavailable(e.to_string()))
         .and_then(|r| r);
         // Outcomes learned while merging would be lost by installing; the
-        // peers' models are fetched and merged again next round instead.
+        // peers' models that were not rejected are fetched and merged
+        // again next round instead.
         if matches!(installed, Ok(None)) {
             tracing::debug!("model changed during the merge; merging again next round");
-            for (peer, _) in &taken {
+            let again: Vec<(NodeId, ModelAnnouncement)> = taken
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| report.shares[*i] > 0.0)
+                .map(|(_, t)| t)
+                .collect();
+            for (peer, _) in &again {
                 round.merged.remove(peer);
             }
-            requeue(&round.pending, taken);
+            requeue(&round.pending, again);
             return;
         }
         match installed {
             Ok(None) => {}
             Ok(Some(version)) => {
+                let shares: Vec<(NodeId, f64)> = taken
+                    .iter()
+                    .zip(&report.shares)
+                    .filter(|(_, share)| **share > 0.0)
+                    .map(|((peer, _), share)| (*peer, *share))
+                    .collect();
+                round.ledger.merged(&shares, counting, Instant::now());
                 counters.merges.fetch_add(1, Ordering::Relaxed);
                 counters
                     .peer_models_merged
@@ -414,6 +458,7 @@ impl ModelService {
                     peers = report.peers_merged,
                     clipped = report.clipped,
                     new_patterns = report.labels_added.len(),
+                    patterns_dropped = report.labels_dropped,
                     ms = started.elapsed().as_millis() as u64,
                     "merged peers' models"
                 );

@@ -14,6 +14,8 @@ fn settings(enabled: bool) -> ModelConfig {
         feature_dim: 1 << 10,
         seed: 7,
         save_outcomes: std::num::NonZeroU64::new(3).unwrap(),
+        merge_max_accuracy_drop: 0.01,
+        max_peer_influence: 0.5,
     }
 }
 

@@ -1,0 +1,373 @@
+//! The check a merged model passes before it is installed: it must not be
+//! worse than the local model on this node's own data.
+//!
+//! Clipping (`agentmesh_neural::merge`) bounds how far a peer's model moves
+//! this one, not whether the move is harmful: a bounded bias on one output
+//! unit can still change every answer. So each merge is judged on samples
+//! only this node holds:
+//!
+//! - the **held-out slice**: the validation and test parts of the last
+//!   training run (at most [`MAX_HELD_OUT`]), which the trained model never
+//!   learned from, and how many of them it got right (the baseline);
+//! - the latest [`LATEST_OUTCOMES`] successful outcomes agents reported
+//!   here (learned already, so they show what a merge would unlearn).
+//!
+//! With `a(n)` = ⌊`model.merge_max_accuracy_drop` × n⌋, a candidate passes
+//! if on the held-out slice it gets at least min(baseline − a, what the
+//! local model gets) right, and on the outcomes at least what the local
+//! model gets minus a. The first floor is fixed at training time, so merges
+//! cannot ratchet accuracy down a little at a time; if the local model is
+//! already below it (outcomes moved it), a merge may not lower it further.
+//!
+//! A round judges each peer's model merged alone, then the ones that
+//! passed merged together: a poisoned model is named and rejected (honest
+//! models beside it cannot dilute it past the check), and honest peers of
+//! the same round are still merged. A node with no data of its own (no slice, no outcomes) has
+//! nothing to protect and merges without the check.
+
+use agentmesh_neural::checkpoint::Checkpoint;
+use agentmesh_neural::merge::{merge_capped, MergeReport};
+use agentmesh_neural::{Classifier, NeuralError, Sample};
+use serde::{Deserialize, Serialize};
+
+/// Most held-out samples kept from a training run.
+pub const MAX_HELD_OUT: usize = 1_000;
+/// Latest successful outcomes a merge is also judged on.
+pub const LATEST_OUTCOMES: usize = 256;
+/// Largest stored slice read back.
+pub const MAX_SLICE_BYTES: usize = 80 << 20;
+
+/// What is stored: the held-out samples and the baseline.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CheckSlice {
+    pub held_out: Vec<Sample>,
+    /// How many of them the model got right when it was trained or
+    /// imported.
+    pub baseline: usize,
+}
+
+impl CheckSlice {
+    /// The held-out part of a training run's samples (the same seeded
+    /// split training used) and the trained model's score on it.
+    pub fn from_training(samples: &[Sample], seed: u64, trained: &Classifier) -> CheckSlice {
+        let (_, validation, test) = agentmesh_neural::dataset::split(samples.len(), seed);
+        let held_out: Vec<Sample> = validation
+            .into_iter()
+            .chain(test)
+            .take(MAX_HELD_OUT)
+            .map(|i| samples[i].clone())
+            .collect();
+        let baseline = correct(trained, &held_out);
+        CheckSlice { held_out, baseline }
+    }
+}
+
+/// Samples whose top-1 prediction is their label.
+pub fn correct(classifier: &Classifier, samples: &[Sample]) -> usize {
+    samples
+        .iter()
+        .filter(|s| {
+            classifier
+                .predict(&s.context, 1)
+                .first()
+                .is_some_and(|(label, _)| *label == s.label)
+        })
+        .count()
+}
+
+pub struct Gate {
+    pub slice: CheckSlice,
+    pub outcomes: Vec<Sample>,
+    pub max_drop: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Score {
+    held_out: usize,
+    outcomes: usize,
+}
+
+impl Gate {
+    fn is_empty(&self) -> bool {
+        self.slice.held_out.is_empty() && self.outcomes.is_empty()
+    }
+
+    fn allowance(&self, n: usize) -> usize {
+        (self.max_drop * n as f64).floor() as usize
+    }
+
+    fn score(&self, c: &Checkpoint) -> Result<Score, NeuralError> {
+        let classifier = c.classifier()?;
+        Ok(Score {
+            held_out: correct(&classifier, &self.slice.held_out),
+            outcomes: correct(&classifier, &self.outcomes),
+        })
+    }
+
+    /// Why `candidate` may not replace a model that scored `local` (None:
+    /// it may).
+    fn judge(&self, local: Score, candidate: Score) -> Option<String> {
+        let n = self.slice.held_out.len();
+        let floor = self
+            .slice
+            .baseline
+            .saturating_sub(self.allowance(n))
+            .min(local.held_out);
+        if candidate.held_out < floor {
+            return Some(format!(
+                "it would get {} of this node's {n} held-out samples right, below the floor of {floor} (the local model gets {})",
+                candidate.held_out, local.held_out
+            ));
+        }
+        let m = self.outcomes.len();
+        let floor = local.outcomes.saturating_sub(self.allowance(m));
+        if candidate.outcomes < floor {
+            return Some(format!(
+                "it would get {} of this node's latest {m} successful outcomes right, below the floor of {floor} (the local model gets {})",
+                candidate.outcomes, local.outcomes
+            ));
+        }
+        None
+    }
+}
+
+/// A merge round's result: the model to install (if any) with its report
+/// (indices are the peers'), and the peers rejected by the check.
+pub struct Checked {
+    pub merged: Option<(Checkpoint, MergeReport)>,
+    pub rejected: Vec<(usize, String)>,
+}
+
+/// Merges `peers` into `local` with each peer's share capped, installing
+/// only what passes `gate` (module docs). Fails only when no peer model is
+/// usable at all.
+pub fn merge_checked(
+    local: Option<&Checkpoint>,
+    peers: &[Checkpoint],
+    caps: &[f64],
+    gate: &Gate,
+) -> Result<Checked, NeuralError> {
+    let all: Vec<usize> = (0..peers.len()).collect();
+    let Some(local) = local.filter(|_| !gate.is_empty()) else {
+        return Ok(Checked {
+            merged: Some(merge_subset(local, peers, caps, &all)?),
+            rejected: Vec::new(),
+        });
+    };
+    let before = gate.score(local)?;
+    // Each peer alone: a poisoned model is named and rejected even when
+    // the honest ones beside it would dilute it past the check.
+    let mut rejected = Vec::new();
+    let mut passed = Vec::new();
+    let mut last_alone = None;
+    for i in all {
+        match merge_subset(Some(local), peers, caps, &[i]) {
+            // Unusable (left out of the merge): the merge says why.
+            Err(e) => rejected.push((i, e.to_string())),
+            Ok(alone) => match gate.judge(before, gate.score(&alone.0)?) {
+                None => {
+                    passed.push(i);
+                    last_alone = Some(alone);
+                }
+                Some(reason) => rejected.push((i, reason)),
+            },
+        }
+    }
+    let merged = match passed.len() {
+        0 => None,
+        1 => last_alone,
+        _ => {
+            let together = merge_subset(Some(local), peers, caps, &passed)?;
+            match gate.judge(before, gate.score(&together.0)?) {
+                None => Some(together),
+                Some(reason) => {
+                    rejected.extend(passed.iter().map(|&i| {
+                        (
+                            i,
+                            format!("merged with the others that passed alone, {reason}"),
+                        )
+                    }));
+                    None
+                }
+            }
+        }
+    };
+    Ok(Checked { merged, rejected })
+}
+
+/// The merge of `peers[chosen]`, its report indexed like `peers`.
+fn merge_subset(
+    local: Option<&Checkpoint>,
+    peers: &[Checkpoint],
+    caps: &[f64],
+    chosen: &[usize],
+) -> Result<(Checkpoint, MergeReport), NeuralError> {
+    let subset: Vec<&Checkpoint> = chosen.iter().map(|&i| &peers[i]).collect();
+    let subset_caps: Vec<f64> = chosen.iter().map(|&i| caps[i]).collect();
+    let (merged, mut report) = merge_capped(local, &subset, &subset_caps)?;
+    let mut shares = vec![0.0; peers.len()];
+    for (k, &i) in chosen.iter().enumerate() {
+        shares[i] = report.shares[k];
+    }
+    report.shares = shares;
+    for (k, _) in &mut report.skipped {
+        *k = chosen[*k];
+    }
+    Ok((merged, report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agentmesh_neural::features::FeatureConfig;
+    use agentmesh_neural::{Context, TrainConfig};
+
+    const TOPICS: [(&str, [&str; 4]); 4] = [
+        ("net", ["socket", "dial", "peer", "packet"]),
+        ("db", ["table", "query", "index", "row"]),
+        ("ui", ["button", "click", "pixel", "layout"]),
+        ("fs", ["file", "directory", "path", "inode"]),
+    ];
+
+    fn samples(n: usize, offset: usize) -> Vec<Sample> {
+        let shared = ["the", "value", "result", "handle"];
+        (offset..offset + n)
+            .map(|i| {
+                let (label, words) = TOPICS[i % TOPICS.len()];
+                let text: Vec<&str> = (0..6)
+                    .flat_map(|j| [words[(i + j) % 4], shared[(i / 2 + j) % 4]])
+                    .collect();
+                Sample {
+                    context: Context::from_text(text.join(" ")),
+                    label: label.into(),
+                }
+            })
+            .collect()
+    }
+
+    /// A trained model and the gate its training leaves.
+    fn trained(offset: usize) -> (Checkpoint, Gate) {
+        trained_for(offset, 10)
+    }
+
+    fn trained_for(offset: usize, epochs: usize) -> (Checkpoint, Gate) {
+        let data = samples(400, offset);
+        let config = TrainConfig {
+            max_epochs: epochs,
+            features: FeatureConfig {
+                dim: 512,
+                ..FeatureConfig::default()
+            },
+            ..TrainConfig::default()
+        };
+        let (classifier, _) = agentmesh_neural::train(&data, &config, |_| {}).unwrap();
+        let slice = CheckSlice::from_training(&data, config.seed, &classifier);
+        assert!(slice.held_out.len() >= 100, "{}", slice.baseline);
+        let gate = Gate {
+            slice,
+            outcomes: Vec::new(),
+            max_drop: 0.01,
+        };
+        (Checkpoint::of(&classifier, 1, 400, None), gate)
+    }
+
+    /// `merged` gets all but at most one of the held-out samples the
+    /// trained model got right.
+    fn assert_kept_accuracy(merged: &Checkpoint, gate: &Gate) {
+        let score = correct(&merged.classifier().unwrap(), &gate.slice.held_out);
+        assert!(
+            score + 1 >= gate.slice.baseline,
+            "{score} vs {}",
+            gate.slice.baseline
+        );
+    }
+
+    /// The local model with its output units handed to other labels.
+    fn relabelled(local: &Checkpoint) -> Checkpoint {
+        let mut c = local.clone();
+        c.labels.rotate_left(1);
+        c
+    }
+
+    #[test]
+    fn a_harmful_model_within_the_clipping_bounds_is_rejected_by_the_check() {
+        // A barely trained local model: small margins, so a bounded update
+        // can change answers.
+        let (local, gate) = trained_for(0, 1);
+        let (honest, _) = trained(1000);
+        let mut negated = local.clone();
+        negated.weights.layers[0]
+            .weight
+            .iter_mut()
+            .for_each(|w| *w = -*w * 3.0);
+        let peers = [negated, honest];
+        let checked = merge_checked(Some(&local), &peers, &[1.0; 2], &gate).unwrap();
+        assert_eq!(checked.rejected.len(), 1, "{:?}", checked.rejected);
+        assert_eq!(checked.rejected[0].0, 0);
+        assert!(
+            checked.rejected[0].1.contains("held-out samples right"),
+            "{:?}",
+            checked.rejected
+        );
+        let (merged, report) = checked.merged.unwrap();
+        assert!(report.shares[1] > 0.0);
+        assert_kept_accuracy(&merged, &gate);
+    }
+
+    #[test]
+    fn a_poisoned_peer_is_rejected_and_the_honest_one_of_the_round_merged() {
+        let (local, gate) = trained(0);
+        let (honest, _) = trained(1000);
+        let mut poisoned = honest.clone();
+        poisoned.samples = 1_000_000;
+        poisoned.weights.layers[3].bias[0] += 1e6;
+        let mut random = honest.clone();
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for layer in &mut random.weights.layers {
+            for w in layer.weight.iter_mut().chain(layer.bias.iter_mut()) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *w = (x % 2000) as f32 / 100.0 - 10.0;
+            }
+        }
+        let peers = [poisoned, honest, random];
+        let checked = merge_checked(Some(&local), &peers, &[1.0; 3], &gate).unwrap();
+        let rejected: Vec<usize> = checked.rejected.iter().map(|(i, _)| *i).collect();
+        assert_eq!(rejected, [0, 2], "{:?}", checked.rejected);
+        assert!(checked.rejected[0].1.contains("output units differ"));
+        let (merged, report) = checked.merged.unwrap();
+        assert!(report.shares[1] > 0.0 && report.shares[0] == 0.0);
+        assert_kept_accuracy(&merged, &gate);
+    }
+
+    #[test]
+    fn merges_cannot_ratchet_accuracy_down_round_after_round() {
+        let (local, gate) = trained(0);
+        let n = gate.slice.held_out.len();
+        let at = |held_out| Score {
+            held_out,
+            outcomes: 0,
+        };
+        let baseline = gate.slice.baseline;
+        let allowance = (0.01 * n as f64).floor() as usize;
+        // One allowance below the baseline passes; below that, not even
+        // from a local model that is there already.
+        assert!(gate.judge(at(baseline), at(baseline - allowance)).is_none());
+        assert!(gate
+            .judge(at(baseline - allowance), at(baseline - allowance - 1))
+            .is_some());
+        // A local model already below the floor may not fall further...
+        assert!(gate.judge(at(baseline - 5), at(baseline - 6)).is_some());
+        // ...but may be merged into at its own level.
+        assert!(gate.judge(at(baseline - 5), at(baseline - 5)).is_none());
+        // Without data of its own a node merges unchecked.
+        let empty = Gate {
+            slice: CheckSlice::default(),
+            outcomes: Vec::new(),
+            max_drop: 0.01,
+        };
+        let checked = merge_checked(Some(&local), &[relabelled(&local)], &[1.0], &empty).unwrap();
+        assert!(checked.merged.is_some() && checked.rejected.is_empty());
+    }
+}
