@@ -25,7 +25,12 @@
 //!    left out (and named in the report), not clipped in.
 //! 4. **Labels.** Local labels keep their places and are never evicted; a
 //!    peer that would add more than [`MAX_NEW_LABELS_PER_PEER`] at once is
-//!    left out; new labels past [`MAX_LABELS`] are dropped and counted.
+//!    left out; peers' new labels past [`MAX_LABELS`] −
+//!    [`LOCAL_LABEL_RESERVE`] are dropped and counted, so room is always
+//!    left for patterns this node learns itself.
+//! 5. **idf** is clamped per weight to within [`IDF_FACTOR`] of the local
+//!    weight and to the local range. Without a local model, no peer's
+//!    sample claim counts for more than the median claim.
 //!
 //! Clipping bounds how far one update moves the model, not whether the
 //! move is harmful: a bounded bias can still change every answer. The node
@@ -50,6 +55,11 @@ pub const CLIP_FACTOR: f64 = 3.0;
 /// model offering more is left out (a node learns patterns a few at a
 /// time; ten thousand at once is a model built to crowd the label map).
 pub const MAX_NEW_LABELS_PER_PEER: usize = 1_000;
+/// A merged idf weight stays within this factor of the local one.
+pub const IDF_FACTOR: f32 = 2.0;
+/// Labels kept free for patterns this node learns from its own outcomes:
+/// peers' labels fill the label map only up to [`MAX_LABELS`] minus this.
+pub const LOCAL_LABEL_RESERVE: usize = 1_000;
 /// A peer whose update in some group is more than this many times the
 /// local group's size is left out rather than clipped.
 pub const REJECT_FACTOR: f64 = 10.0;
@@ -157,6 +167,9 @@ pub fn merge_capped(
     features.idf = blend(&members, IDF, &reference.idf, |m| {
         &m.checkpoint.features.idf
     });
+    if let Some(l) = local {
+        clamp_idf(&mut features.idf, &l.features.idf);
+    }
     let merged = Checkpoint {
         format: FORMAT,
         version: local.map_or(0, |l| l.version),
@@ -204,6 +217,14 @@ fn incompatible(c: &Checkpoint, base: &Checkpoint) -> Option<String> {
         return Some(format!(
             "feature dimension {} does not match {}",
             a.dim, b.dim
+        ));
+    }
+    // An empty idf means "all 1"; it averages only with another such.
+    if a.idf.len() != b.idf.len() {
+        return Some(format!(
+            "{} idf weights where this model has {}",
+            a.idf.len(),
+            b.idf.len()
         ));
     }
     // Weights learnt on inputs of another size do not average.
@@ -256,6 +277,17 @@ fn members<'a>(
         let weight = local_samples.map_or(claimed, |own| claimed.min(own));
         members.push(member(p, Some(i), weight, cap));
         report.peers_merged += 1;
+    }
+    // Without a local model, no claim counts for more than the median
+    // claim: one peer claiming u64::MAX samples does not outweigh the rest.
+    if local.is_none() {
+        let mut claims: Vec<f64> = members.iter().map(|m| m.weight).collect();
+        claims.sort_by(f64::total_cmp);
+        if let Some(median) = claims.get(claims.len() / 2).copied() {
+            members
+                .iter_mut()
+                .for_each(|m| m.weight = m.weight.min(median));
+        }
     }
     share_out(&mut members, report)?;
     Ok(members)
@@ -343,7 +375,7 @@ fn merged_labels(
         .collect();
     new.sort();
     new.dedup();
-    let room = MAX_LABELS.saturating_sub(labels.len());
+    let room = (MAX_LABELS - LOCAL_LABEL_RESERVE).saturating_sub(labels.len());
     if new.len() > room {
         report.labels_dropped = new.len() - room;
         new.truncate(room);
@@ -531,6 +563,22 @@ fn leave_out_the_far(
     }
     report.peers_merged = members.iter().filter(|m| m.peer.is_some()).count();
     share_out(members, report)
+}
+
+/// Keeps each merged idf weight within a factor [`IDF_FACTOR`] of the
+/// local one and within the range the local weights span: an L2 bound on
+/// the whole vector would let one peer spend all of it on one bucket (a
+/// trigger word weighted a hundred times its due).
+fn clamp_idf(merged: &mut [f32], local: &[f32]) {
+    let (low, high) = local
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(*v), hi.max(*v))
+        });
+    for (m, l) in merged.iter_mut().zip(local) {
+        let (a, b) = (l / IDF_FACTOR, l * IDF_FACTOR);
+        *m = m.clamp(a.min(b), a.max(b)).clamp(low, high);
+    }
 }
 
 /// Each member's distance from the reference, per group.
@@ -954,10 +1002,10 @@ mod tests {
     #[test]
     fn a_full_label_map_drops_new_labels_and_keeps_every_local_one() {
         let mut a = model(&A);
-        // Local labels up to the limit but one.
+        // Local labels up to the peers' limit but one.
         let out = &mut a.weights.layers[OUTPUT];
         let (d_in, d_old) = (out.d_in, out.d_out);
-        let d_out = MAX_LABELS - 1;
+        let d_out = MAX_LABELS - LOCAL_LABEL_RESERVE - 1;
         let mut weight = vec![0.0f32; d_in * d_out];
         for i in 0..d_in {
             weight[i * d_out..i * d_out + d_old]
@@ -969,7 +1017,7 @@ mod tests {
         a.labels
             .extend((0..d_out - d_old).map(|i| format!("local-{i}")));
         let (merged, report) = merge(Some(&a), &[&model(&B)]).unwrap();
-        assert_eq!(merged.labels.len(), MAX_LABELS);
+        assert_eq!(merged.labels.len(), MAX_LABELS - LOCAL_LABEL_RESERVE);
         assert_eq!(merged.labels[..a.labels.len()], a.labels[..]);
         assert_eq!((report.labels_added.len(), report.labels_dropped), (1, 1));
     }
@@ -1004,6 +1052,38 @@ mod tests {
         // Clipped to three times the median distance (the median is b's 0
         // here, so the wild one is dropped to b) — far below its own size.
         assert!(moved < 1e-3 * size, "{moved} vs {size}");
+    }
+
+    #[test]
+    fn idf_stays_near_the_local_weights_and_an_empty_idf_is_left_out() {
+        let a = model(&A);
+        // All of the budget on one bucket: clamped to twice the local.
+        let mut trigger = a.clone();
+        let bucket = 7;
+        trigger.features.idf[bucket] += (0.9 * norm(&a.features.idf)) as f32;
+        let (merged, _) = merge(Some(&a), &[&trigger]).unwrap();
+        assert!(merged.features.idf[bucket] <= 2.0 * a.features.idf[bucket] + 1e-6);
+        // An empty idf ("all 1") does not average with a fitted one.
+        let mut empty = model(&B);
+        empty.features.idf.clear();
+        let (_, report) = merge(Some(&a), &[&empty, &model(&B)]).unwrap();
+        assert!(report.skipped[0].1.contains("idf weights"), "{report:?}");
+        // Without a local model either (it used to index past the end).
+        let (_, report) = merge(None, &[&model(&B), &empty, &model(&B)]).unwrap();
+        assert_eq!(report.skipped.len(), 1, "{report:?}");
+    }
+
+    #[test]
+    fn without_a_local_model_no_claim_outweighs_the_median_claim() {
+        let b = model(&B);
+        let loud = Checkpoint {
+            samples: u64::MAX,
+            ..b.clone()
+        };
+        let (_, report) = merge(None, &[&loud, &b, &b.clone()]).unwrap();
+        for share in &report.shares {
+            assert!((share - 1.0 / 3.0).abs() < 1e-9, "{report:?}");
+        }
     }
 
     proptest::proptest! {

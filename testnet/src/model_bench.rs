@@ -9,6 +9,7 @@ use agentmesh_neural::dataset::{load_jsonl, split};
 use agentmesh_neural::merge::merge;
 use agentmesh_neural::recommender::{Recommender, RecommenderConfig};
 use agentmesh_neural::{train, TrainConfig};
+use agentmesh_node::model::gate::{merge_checked, CheckSlice, Gate};
 use anyhow::{anyhow, Context as _, Result};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -129,6 +130,31 @@ pub fn model(data: Option<PathBuf>, samples: usize, seed: u64) -> Result<serde_j
         merge(Some(&checkpoint), &[&updated, &updated.clone()]).map_err(|e| anyhow!(e))?;
     let merge_ms = started.elapsed().as_secs_f64() * 1e3;
     anyhow::ensure!(merge_report.peers_merged == 2, "the merge left peers out");
+    // The same round as a node runs it: each peer's model merged alone and
+    // checked on the held-out part of the training split, then both
+    // together and checked again.
+    progress("a checked merge round");
+    let gate = Gate {
+        slice: std::sync::Arc::new(CheckSlice::from_training(
+            &subset,
+            seed,
+            &checkpoint.classifier().map_err(|e| anyhow!(e))?,
+            0.25,
+        )),
+        outcomes: Vec::new(),
+        max_drop: 0.01,
+        min_confidence: 0.25,
+    };
+    let started = Instant::now();
+    let checked = merge_checked(
+        Some(&checkpoint),
+        &[updated.clone(), updated.clone()],
+        &[0.5, 0.5],
+        &gate,
+    )
+    .map_err(|e| anyhow!(e))?;
+    let checked_merge_ms = started.elapsed().as_secs_f64() * 1e3;
+    let held_out = gate.slice.held_out.len();
     let model_bytes = Checkpoint::of(&classifier, 1, subset.len() as u64, None)
         .encode()
         .map_err(|e| anyhow!(e))?
@@ -157,6 +183,12 @@ pub fn model(data: Option<PathBuf>, samples: usize, seed: u64) -> Result<serde_j
         "cached_infer_ms": { "p50": percentile(&cached, 50.0), "p99": percentile(&cached, 99.0) },
         "online_update_ms": percentile(&online, 50.0),
         "merge_ms": merge_ms,
+        "checked_merge": {
+            "ms": checked_merge_ms,
+            "held_out_samples": held_out,
+            "peers_merged": checked.merged.as_ref().map_or(0, |(_, r)| r.peers_merged),
+            "peers_rejected": checked.rejected.len(),
+        },
         "model_bytes": model_bytes,
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
     }))

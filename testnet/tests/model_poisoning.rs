@@ -16,7 +16,9 @@ use agentmesh_testnet::wait;
 use common::{start, MESH_TIMEOUT};
 use std::time::Duration;
 
-const LEARN_TIMEOUT: Duration = Duration::from_secs(120);
+// Generous: a poisoner that keeps changing its model is cooled down for
+// longer after each rejection (1 s, 2 s, 4 s...).
+const LEARN_TIMEOUT: Duration = Duration::from_secs(180);
 
 const TOPICS: [(&str, [&str; 4]); 4] = [
     ("net", ["socket", "dial", "peer", "packet"]),
@@ -97,6 +99,30 @@ fn poisons() -> Vec<(&'static str, Poison)> {
                         *w = (x % 2000) as f32 / 100.0 - 10.0;
                     }
                 }
+            }),
+        ),
+        (
+            // Within every bound the merge enforces (999 new labels, each a
+            // copy of an existing output unit a little lower): the top
+            // answer stays, but its probability drowns below the node's
+            // min_confidence. Only the check on held-out samples, which
+            // counts what the node would serve, catches it.
+            "999 shadow labels",
+            Box::new(|c: &mut Checkpoint| {
+                let out = &mut c.weights.layers[3];
+                let (d_in, old) = (out.d_in, out.d_out);
+                let d_out = old + 999;
+                let mut weight = vec![0f32; d_in * d_out];
+                for i in 0..d_in {
+                    let row = &out.weight[i * old..(i + 1) * old];
+                    weight[i * d_out..i * d_out + old].copy_from_slice(row);
+                    weight[i * d_out + old..(i + 1) * d_out].fill(row[0]);
+                }
+                let first = out.bias[0];
+                out.weight = weight;
+                out.bias.resize(d_out, first - 1.0);
+                out.d_out = d_out;
+                c.labels.extend((0..999).map(|i| format!("shadow-{i:03}")));
             }),
         ),
         (

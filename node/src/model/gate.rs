@@ -12,18 +12,26 @@
 //! - the latest [`LATEST_OUTCOMES`] successful outcomes agents reported
 //!   here (learned already, so they show what a merge would unlearn).
 //!
-//! With `a(n)` = ⌊`model.merge_max_accuracy_drop` × n⌋, a candidate passes
-//! if on the held-out slice it gets at least min(baseline − a, what the
-//! local model gets) right, and on the outcomes at least what the local
-//! model gets minus a. The first floor is fixed at training time, so merges
-//! cannot ratchet accuracy down a little at a time; if the local model is
-//! already below it (outcomes moved it), a merge may not lower it further.
+//! "Right" means what the node would serve: the top-1 label, at a
+//! probability of at least `model.min_confidence` (below it the rules
+//! answer). With `a(n)` = ⌊`model.merge_max_accuracy_drop` × n⌋, a
+//! candidate passes if on the held-out slice it gets at least min(baseline
+//! − a, what the local model gets) right, and on the outcomes at least what
+//! the local model gets minus a. The held-out floor is fixed at training
+//! time, so merges cannot wear held-out accuracy down a little at a time;
+//! if the local model is already below it (outcomes moved it), a merge may
+//! not lower it further. The outcomes' floor follows the local model, so
+//! it bounds each merge, not their sum.
 //!
 //! A round judges each peer's model merged alone, then the ones that
 //! passed merged together: a poisoned model is named and rejected (honest
 //! models beside it cannot dilute it past the check), and honest peers of
-//! the same round are still merged. A node with no data of its own (no slice, no outcomes) has
-//! nothing to protect and merges without the check.
+//! the same round are still merged. If the ones that passed alone fail
+//! together, the best alone is installed and the others wait for the next
+//! round. A node with neither held-out samples nor successful outcomes
+//! (never trained here: untrained, or running a model it imported) has
+//! nothing to judge by and merges unchecked; `held_out_samples` in
+//! `GET /v1/model` shows which.
 
 use agentmesh_neural::checkpoint::Checkpoint;
 use agentmesh_neural::merge::{merge_capped, MergeReport};
@@ -34,8 +42,22 @@ use serde::{Deserialize, Serialize};
 pub const MAX_HELD_OUT: usize = 1_000;
 /// Latest successful outcomes a merge is also judged on.
 pub const LATEST_OUTCOMES: usize = 256;
-/// Largest stored slice read back.
-pub const MAX_SLICE_BYTES: usize = 80 << 20;
+/// Most text kept in the held-out samples (what a stored slice of them
+/// can be read back within).
+pub const MAX_HELD_OUT_BYTES: usize = 8 << 20;
+/// Largest stored slice read back: the text plus generous framing.
+pub const MAX_SLICE_BYTES: usize = 2 * MAX_HELD_OUT_BYTES;
+
+/// A sample's text, roughly as encoded.
+fn sample_bytes(s: &Sample) -> usize {
+    let c = &s.context;
+    s.label.len()
+        + c.text.len()
+        + c.keywords.iter().map(|k| k.len() + 8).sum::<usize>()
+        + c.framework.as_ref().map_or(0, String::len)
+        + c.language.as_ref().map_or(0, String::len)
+        + 64
+}
 
 /// What is stored: the held-out samples and the baseline.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -48,37 +70,54 @@ pub struct CheckSlice {
 
 impl CheckSlice {
     /// The held-out part of a training run's samples (the same seeded
-    /// split training used) and the trained model's score on it.
-    pub fn from_training(samples: &[Sample], seed: u64, trained: &Classifier) -> CheckSlice {
+    /// split training used; at most [`MAX_HELD_OUT`] samples and
+    /// [`MAX_HELD_OUT_BYTES`] of text) and the trained model's score on it.
+    pub fn from_training(
+        samples: &[Sample],
+        seed: u64,
+        trained: &Classifier,
+        min_confidence: f64,
+    ) -> CheckSlice {
         let (_, validation, test) = agentmesh_neural::dataset::split(samples.len(), seed);
+        let mut bytes = 0;
         let held_out: Vec<Sample> = validation
             .into_iter()
             .chain(test)
+            .map(|i| &samples[i])
+            .take_while(|s| {
+                bytes += sample_bytes(s);
+                bytes <= MAX_HELD_OUT_BYTES
+            })
             .take(MAX_HELD_OUT)
-            .map(|i| samples[i].clone())
+            .cloned()
             .collect();
-        let baseline = correct(trained, &held_out);
+        let baseline = correct(trained, &held_out, min_confidence);
         CheckSlice { held_out, baseline }
     }
 }
 
-/// Samples whose top-1 prediction is their label.
-pub fn correct(classifier: &Classifier, samples: &[Sample]) -> usize {
+/// Samples the model answers with their label: its top-1 prediction, at a
+/// probability of at least `min_confidence` (below it the node answers
+/// from the rules, so a model whose answers were all drowned in made-up
+/// labels would not count as right).
+pub fn correct(classifier: &Classifier, samples: &[Sample], min_confidence: f64) -> usize {
     samples
         .iter()
         .filter(|s| {
             classifier
                 .predict(&s.context, 1)
                 .first()
-                .is_some_and(|(label, _)| *label == s.label)
+                .is_some_and(|(label, p)| *label == s.label && *p >= min_confidence)
         })
         .count()
 }
 
 pub struct Gate {
-    pub slice: CheckSlice,
+    pub slice: std::sync::Arc<CheckSlice>,
     pub outcomes: Vec<Sample>,
     pub max_drop: f64,
+    /// The node's `model.min_confidence`: answers below it are the rules'.
+    pub min_confidence: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,8 +138,8 @@ impl Gate {
     fn score(&self, c: &Checkpoint) -> Result<Score, NeuralError> {
         let classifier = c.classifier()?;
         Ok(Score {
-            held_out: correct(&classifier, &self.slice.held_out),
-            outcomes: correct(&classifier, &self.outcomes),
+            held_out: correct(&classifier, &self.slice.held_out, self.min_confidence),
+            outcomes: correct(&classifier, &self.outcomes, self.min_confidence),
         })
     }
 
@@ -132,10 +171,13 @@ impl Gate {
 }
 
 /// A merge round's result: the model to install (if any) with its report
-/// (indices are the peers'), and the peers rejected by the check.
+/// (indices are the peers'), the peers rejected by the check, and the
+/// peers whose models passed alone but were not merged this round (see
+/// [`merge_checked`]): neither merged nor rejected.
 pub struct Checked {
     pub merged: Option<(Checkpoint, MergeReport)>,
     pub rejected: Vec<(usize, String)>,
+    pub deferred: Vec<usize>,
 }
 
 /// Merges `peers` into `local` with each peer's share capped, installing
@@ -152,47 +194,67 @@ pub fn merge_checked(
         return Ok(Checked {
             merged: Some(merge_subset(local, peers, caps, &all)?),
             rejected: Vec::new(),
+            deferred: Vec::new(),
         });
     };
     let before = gate.score(local)?;
     // Each peer alone: a poisoned model is named and rejected even when
-    // the honest ones beside it would dilute it past the check.
+    // the honest ones beside it would dilute it past the check. Only the
+    // best candidate so far is kept (each is a whole model).
     let mut rejected = Vec::new();
     let mut passed = Vec::new();
-    let mut last_alone = None;
+    let mut best: Option<(Score, usize, (Checkpoint, MergeReport))> = None;
     for i in all {
         match merge_subset(Some(local), peers, caps, &[i]) {
             // Unusable (left out of the merge): the merge says why.
             Err(e) => rejected.push((i, e.to_string())),
-            Ok(alone) => match gate.judge(before, gate.score(&alone.0)?) {
-                None => {
-                    passed.push(i);
-                    last_alone = Some(alone);
-                }
-                Some(reason) => rejected.push((i, reason)),
-            },
-        }
-    }
-    let merged = match passed.len() {
-        0 => None,
-        1 => last_alone,
-        _ => {
-            let together = merge_subset(Some(local), peers, caps, &passed)?;
-            match gate.judge(before, gate.score(&together.0)?) {
-                None => Some(together),
-                Some(reason) => {
-                    rejected.extend(passed.iter().map(|&i| {
-                        (
-                            i,
-                            format!("merged with the others that passed alone, {reason}"),
-                        )
-                    }));
-                    None
+            Ok(alone) => {
+                let score = gate.score(&alone.0)?;
+                match gate.judge(before, score) {
+                    None => {
+                        passed.push(i);
+                        let better = best.as_ref().is_none_or(|(b, _, _)| {
+                            (score.held_out, score.outcomes) > (b.held_out, b.outcomes)
+                        });
+                        if better {
+                            best = Some((score, i, alone));
+                        }
+                    }
+                    Some(reason) => rejected.push((i, reason)),
                 }
             }
         }
+    }
+    let Some((_, best_peer, best_alone)) = best else {
+        return Ok(Checked {
+            merged: None,
+            rejected,
+            deferred: Vec::new(),
+        });
     };
-    Ok(Checked { merged, rejected })
+    if passed.len() == 1 {
+        return Ok(Checked {
+            merged: Some(best_alone),
+            rejected,
+            deferred: Vec::new(),
+        });
+    }
+    // Models that pass alone can still fail together (one crafted to tip
+    // the sum): then the best alone is installed and the others wait for
+    // the next round, neither merged nor charged.
+    let together = merge_subset(Some(local), peers, caps, &passed)?;
+    if gate.judge(before, gate.score(&together.0)?).is_none() {
+        return Ok(Checked {
+            merged: Some(together),
+            rejected,
+            deferred: Vec::new(),
+        });
+    }
+    Ok(Checked {
+        merged: Some(best_alone),
+        rejected,
+        deferred: passed.into_iter().filter(|&i| i != best_peer).collect(),
+    })
 }
 
 /// The merge of `peers[chosen]`, its report indexed like `peers`.
@@ -261,12 +323,13 @@ mod tests {
             ..TrainConfig::default()
         };
         let (classifier, _) = agentmesh_neural::train(&data, &config, |_| {}).unwrap();
-        let slice = CheckSlice::from_training(&data, config.seed, &classifier);
+        let slice = CheckSlice::from_training(&data, config.seed, &classifier, 0.0);
         assert!(slice.held_out.len() >= 100, "{}", slice.baseline);
         let gate = Gate {
-            slice,
+            slice: std::sync::Arc::new(slice),
             outcomes: Vec::new(),
             max_drop: 0.01,
+            min_confidence: 0.0,
         };
         (Checkpoint::of(&classifier, 1, 400, None), gate)
     }
@@ -274,7 +337,7 @@ mod tests {
     /// `merged` gets all but at most one of the held-out samples the
     /// trained model got right.
     fn assert_kept_accuracy(merged: &Checkpoint, gate: &Gate) {
-        let score = correct(&merged.classifier().unwrap(), &gate.slice.held_out);
+        let score = correct(&merged.classifier().unwrap(), &gate.slice.held_out, 0.0);
         assert!(
             score + 1 >= gate.slice.baseline,
             "{score} vs {}",
@@ -363,9 +426,10 @@ mod tests {
         assert!(gate.judge(at(baseline - 5), at(baseline - 5)).is_none());
         // Without data of its own a node merges unchecked.
         let empty = Gate {
-            slice: CheckSlice::default(),
+            slice: Default::default(),
             outcomes: Vec::new(),
             max_drop: 0.01,
+            min_confidence: 0.0,
         };
         let checked = merge_checked(Some(&local), &[relabelled(&local)], &[1.0], &empty).unwrap();
         assert!(checked.merged.is_some() && checked.rejected.is_empty());

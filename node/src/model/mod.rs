@@ -184,8 +184,8 @@ struct Shared {
     /// Bumped by every training run and import: peers' influence is
     /// counted again from zero on a new lineage.
     lineage: AtomicU64,
-    /// Held-out samples in the stored check slice.
-    held_out: std::sync::atomic::AtomicUsize,
+    /// The held-out samples merges are checked against (also stored).
+    check_slice: Mutex<Arc<gate::CheckSlice>>,
 }
 
 #[derive(Clone)]
@@ -230,7 +230,7 @@ impl ModelHandle {
             outcomes_through: None,
         };
         learn_stored_outcomes(&store, &mut local, mark);
-        let held_out = read_check_slice(&store).held_out.len();
+        let check_slice = read_check_slice(&store);
         ModelHandle {
             shared: Arc::new(Shared {
                 saved_version: AtomicU64::new(saved),
@@ -240,7 +240,7 @@ impl ModelHandle {
                 ),
                 saving: AtomicBool::new(false),
                 lineage: AtomicU64::new(0),
-                held_out: std::sync::atomic::AtomicUsize::new(held_out),
+                check_slice: Mutex::new(Arc::new(check_slice)),
                 recommender: Mutex::new(local),
                 store,
                 patterns,
@@ -442,7 +442,12 @@ impl ModelHandle {
         let (classifier, report) =
             agentmesh_neural::train(&samples, &config, |line| tracing::info!("training: {line}"))
                 .map_err(training_error)?;
-        let slice = gate::CheckSlice::from_training(&samples, config.seed, &classifier);
+        let slice = gate::CheckSlice::from_training(
+            &samples,
+            config.seed,
+            &classifier,
+            self.shared.settings.min_confidence,
+        );
         let checkpoint = Checkpoint::of(&classifier, 0, samples.len() as u64, Some(report.clone()));
         // Fails only for labels the samples gave (too many, too long).
         let mut built = Installed::from_checkpoint(checkpoint)
@@ -475,7 +480,7 @@ impl ModelHandle {
         }
         self.shared.lineage.fetch_add(1, Ordering::Relaxed);
         self.save()?;
-        self.save_check_slice(&slice)?;
+        self.save_check_slice(slice)?;
         if relearned > 0 {
             tracing::info!(
                 outcomes = relearned,
@@ -603,26 +608,42 @@ impl ModelHandle {
     pub fn import(&self, bytes: &[u8]) -> Result<u64, ModelError> {
         let checkpoint =
             Checkpoint::decode(bytes).map_err(|e| ModelError::Invalid(e.to_string()))?;
-        let mut slice = read_check_slice(&self.shared.store);
+        let mut slice = gate::CheckSlice::clone(&self.check_slice());
         if !slice.held_out.is_empty() {
             let classifier = checkpoint
                 .classifier()
                 .map_err(|e| ModelError::Invalid(e.to_string()))?;
-            slice.baseline = gate::correct(&classifier, &slice.held_out);
+            slice.baseline = gate::correct(
+                &classifier,
+                &slice.held_out,
+                self.shared.settings.min_confidence,
+            );
         }
         let version = self.install_and_save(checkpoint)?;
         self.shared.lineage.fetch_add(1, Ordering::Relaxed);
-        self.save_check_slice(&slice)?;
+        self.save_check_slice(slice)?;
         Ok(version)
     }
 
-    fn save_check_slice(&self, slice: &gate::CheckSlice) -> Result<(), ModelError> {
-        let bytes = codec::encode(slice).map_err(|e| ModelError::Invalid(e.to_string()))?;
+    /// Installs `slice` for the checks (at once, even if storing it fails)
+    /// and stores it.
+    fn save_check_slice(&self, slice: gate::CheckSlice) -> Result<(), ModelError> {
+        let bytes = codec::encode(&slice).map_err(|e| ModelError::Invalid(e.to_string()))?;
+        *self
+            .shared
+            .check_slice
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(slice);
         self.shared.store.save_check_slice(&bytes)?;
-        self.shared
-            .held_out
-            .store(slice.held_out.len(), Ordering::Relaxed);
         Ok(())
+    }
+
+    fn check_slice(&self) -> Arc<gate::CheckSlice> {
+        self.shared
+            .check_slice
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Bumped by every training run and import.
@@ -636,8 +657,8 @@ impl ModelHandle {
         self.recommender().model().map_or(0, |m| m.samples)
     }
 
-    /// What merged models are checked against (reads the store: call it
-    /// off the async threads).
+    /// What merged models are checked against (reads the latest outcomes
+    /// from the store: call it off the async threads).
     pub fn gate(&self) -> gate::Gate {
         let outcomes = match self.shared.store.latest_outcomes(gate::LATEST_OUTCOMES) {
             Ok(records) => records
@@ -655,9 +676,10 @@ impl ModelHandle {
             }
         };
         gate::Gate {
-            slice: read_check_slice(&self.shared.store),
+            slice: self.check_slice(),
             outcomes,
             max_drop: self.shared.settings.merge_max_accuracy_drop,
+            min_confidence: self.shared.settings.min_confidence,
         }
     }
 
@@ -750,7 +772,7 @@ impl ModelHandle {
             peer_models_merged: load(&c.peer_models_merged),
             merge_failures: load(&c.merge_failures),
             peer_models_rejected: load(&c.peer_models_rejected),
-            held_out_samples: self.shared.held_out.load(Ordering::Relaxed),
+            held_out_samples: self.check_slice().held_out.len(),
         }
     }
 }

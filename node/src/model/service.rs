@@ -344,8 +344,13 @@ impl ModelService {
                     fetched.push(c);
                     taken.push((peer, a));
                 }
+                // Either way the peer cools down like one whose model was
+                // rejected: a peer that stalls every fetch to its deadline,
+                // or serves an unreadable model under a new digest each
+                // round, costs this node one fetch now and then.
                 Err(FetchFailure::Transfer(e)) => {
                     counters.merge_failures.fetch_add(1, Ordering::Relaxed);
+                    round.ledger.rejected(peer, Instant::now(), self.interval());
                     tracing::warn!(peer = %peer, error = %e, "cannot fetch a peer's model");
                 }
                 Err(FetchFailure::Unreadable(e)) => {
@@ -353,11 +358,16 @@ impl ModelService {
                     // bytes: this model is not fetched again.
                     round.merged.insert(peer, *a.digest);
                     counters.merge_failures.fetch_add(1, Ordering::Relaxed);
+                    round.ledger.rejected(peer, Instant::now(), self.interval());
                     tracing::warn!(peer = %peer, error = %e, "a peer's model cannot be read; not fetched again");
                 }
             }
         }
         (fetched, taken)
+    }
+
+    fn interval(&self) -> Duration {
+        self.model.settings().share_secs.duration()
     }
 
     async fn merge_round(&self, round: &mut Round) {
@@ -373,10 +383,17 @@ impl ModelService {
         let started = Instant::now();
         let counting = self.model.own_samples() > 0;
         let max_influence = self.model.settings().max_peer_influence;
-        let caps: Vec<f64> = taken
+        let mut caps: Vec<f64> = taken
             .iter()
             .map(|(peer, _)| round.ledger.cap(peer, max_influence, counting, started))
             .collect();
+        // All peers of a round together make up at most `max_influence` of
+        // the merge: identities never merged before, each with a full cap,
+        // do not add up to a takeover.
+        let total: f64 = caps.iter().sum();
+        if counting && total > max_influence {
+            caps.iter_mut().for_each(|c| *c *= max_influence / total);
+        }
         let model = self.model.clone();
         let checked = tokio::task::spawn_blocking(move || {
             let local = model.checkpoint();
@@ -412,6 +429,16 @@ impl ModelService {
                 tracing::warn!(peer = %peer, reason = %reason, "a peer's model was rejected");
             }
         }
+        // Passed alone but not merged this round: fetched again next time.
+        let deferred: Vec<(NodeId, ModelAnnouncement)> = checked
+            .deferred
+            .iter()
+            .filter_map(|i| taken.get(*i).cloned())
+            .collect();
+        for (peer, _) in &deferred {
+            round.merged.remove(peer);
+        }
+        requeue(&round.pending, deferred);
         let Some((checkpoint, report)) = checked.merged else {
             return;
         };
