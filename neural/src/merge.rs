@@ -283,7 +283,8 @@ fn members<'a>(
     if local.is_none() {
         let mut claims: Vec<f64> = members.iter().map(|m| m.weight).collect();
         claims.sort_by(f64::total_cmp);
-        if let Some(median) = claims.get(claims.len() / 2).copied() {
+        // The lower median: with two peers, the smaller claim.
+        if let Some(median) = claims.get(claims.len().saturating_sub(1) / 2).copied() {
             members
                 .iter_mut()
                 .for_each(|m| m.weight = m.weight.min(median));
@@ -1083,6 +1084,10 @@ mod tests {
         let (_, report) = merge(None, &[&loud, &b, &b.clone()]).unwrap();
         for share in &report.shares {
             assert!((share - 1.0 / 3.0).abs() < 1e-9, "{report:?}");
+        }
+        let (_, report) = merge(None, &[&loud, &b]).unwrap();
+        for share in &report.shares {
+            assert!((share - 0.5).abs() < 1e-9, "{report:?}");
         }
     }
 

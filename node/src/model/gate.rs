@@ -42,21 +42,15 @@ use serde::{Deserialize, Serialize};
 pub const MAX_HELD_OUT: usize = 1_000;
 /// Latest successful outcomes a merge is also judged on.
 pub const LATEST_OUTCOMES: usize = 256;
-/// Most text kept in the held-out samples (what a stored slice of them
-/// can be read back within).
+/// Most encoded bytes kept in the held-out samples (so a stored slice is
+/// read back within [`MAX_SLICE_BYTES`]).
 pub const MAX_HELD_OUT_BYTES: usize = 8 << 20;
-/// Largest stored slice read back: the text plus generous framing.
+/// Largest stored slice read back: the samples plus generous framing.
 pub const MAX_SLICE_BYTES: usize = 2 * MAX_HELD_OUT_BYTES;
 
-/// A sample's text, roughly as encoded.
+/// A sample's encoded size (an unencodable one counts as too large).
 fn sample_bytes(s: &Sample) -> usize {
-    let c = &s.context;
-    s.label.len()
-        + c.text.len()
-        + c.keywords.iter().map(|k| k.len() + 8).sum::<usize>()
-        + c.framework.as_ref().map_or(0, String::len)
-        + c.language.as_ref().map_or(0, String::len)
-        + 64
+    agentmesh_protocol::codec::encode(s).map_or(usize::MAX / 2, |b| b.len() + 16)
 }
 
 /// What is stored: the held-out samples and the baseline.

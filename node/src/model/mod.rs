@@ -479,8 +479,10 @@ impl ModelHandle {
             local.install_built(built);
         }
         self.shared.lineage.fetch_add(1, Ordering::Relaxed);
-        self.save()?;
+        // The slice first: the new model is installed, and merges are
+        // judged against its held-out samples even if saving it fails.
         self.save_check_slice(slice)?;
+        self.save()?;
         if relearned > 0 {
             tracing::info!(
                 outcomes = relearned,
@@ -621,7 +623,11 @@ impl ModelHandle {
         }
         let version = self.install_and_save(checkpoint)?;
         self.shared.lineage.fetch_add(1, Ordering::Relaxed);
-        self.save_check_slice(slice)?;
+        // An empty slice in memory (none stored, or one that could not be
+        // read) is not written over what the store holds.
+        if !slice.held_out.is_empty() {
+            self.save_check_slice(slice)?;
+        }
         Ok(version)
     }
 

@@ -118,9 +118,14 @@ fn averages_with(a: &ModelAnnouncement, dim: u64, norm: Option<f32>) -> bool {
 
 /// Why a peer's model was not had.
 enum FetchFailure {
-    /// Not received whole and as announced (tried again when announced
-    /// again).
+    /// Not received: the connection failed, or the peer no longer serves
+    /// that model (it shared a newer one since). Tried again when
+    /// announced again; nothing is charged.
     Transfer(String),
+    /// Received otherwise than announced (chunks of the wrong size, bytes
+    /// that do not match the digest), or not within the deadline: the
+    /// peer cools down.
+    Breach(String),
     /// Received as announced, but not a model this build can read (another
     /// format, or invalid).
     Unreadable(NeuralError),
@@ -253,7 +258,7 @@ impl ModelService {
                 } => {
                     let expected = (a.bytes - bytes.len() as u64).min(CHUNK_BYTES as u64);
                     if total != a.bytes || chunk.len() as u64 != expected {
-                        return Err(FetchFailure::Transfer(format!(
+                        return Err(FetchFailure::Breach(format!(
                             "peer sent a {}-byte chunk of a {total}-byte model ({expected} of {} expected)",
                             chunk.len(),
                             a.bytes
@@ -267,7 +272,7 @@ impl ModelService {
             }
         }
         if bytes.len() as u64 != a.bytes || sha256(&bytes) != *a.digest {
-            return Err(FetchFailure::Transfer(
+            return Err(FetchFailure::Breach(
                 "the model does not match its announced digest".into(),
             ));
         }
@@ -334,7 +339,7 @@ impl ModelService {
             let fetched_one = tokio::time::timeout(limit, self.fetch(peer, &a))
                 .await
                 .unwrap_or_else(|_| {
-                    Err(FetchFailure::Transfer(format!(
+                    Err(FetchFailure::Breach(format!(
                         "no complete model within {limit:?}"
                     )))
                 });
@@ -344,14 +349,19 @@ impl ModelService {
                     fetched.push(c);
                     taken.push((peer, a));
                 }
-                // Either way the peer cools down like one whose model was
-                // rejected: a peer that stalls every fetch to its deadline,
-                // or serves an unreadable model under a new digest each
-                // round, costs this node one fetch now and then.
                 Err(FetchFailure::Transfer(e)) => {
                     counters.merge_failures.fetch_add(1, Ordering::Relaxed);
-                    round.ledger.rejected(peer, Instant::now(), self.interval());
                     tracing::warn!(peer = %peer, error = %e, "cannot fetch a peer's model");
+                }
+                // The peer cools down like one whose model was rejected: a
+                // peer that stalls every fetch to its deadline, or serves
+                // bytes other than it announced, or an unreadable model
+                // under a new digest each round, costs this node one fetch
+                // now and then.
+                Err(FetchFailure::Breach(e)) => {
+                    counters.merge_failures.fetch_add(1, Ordering::Relaxed);
+                    round.ledger.rejected(peer, Instant::now(), self.interval());
+                    tracing::warn!(peer = %peer, error = %e, "a peer's model was not served as announced");
                 }
                 Err(FetchFailure::Unreadable(e)) => {
                     // It matched its digest, so asking again gets the same
@@ -400,24 +410,33 @@ impl ModelService {
             let version = local.as_ref().map_or(0, |c| c.version);
             let gate = model.gate();
             merge_checked(local.as_ref(), &fetched, &caps, &gate)
-                .map(|m| (m, version))
+                .map(|m| (m, version, local.is_some()))
                 .map_err(|e| e.to_string())
         })
         .await;
-        let (checked, version_before) = match checked.map_err(|e| e.to_string()).and_then(|r| r) {
-            Ok(m) => m,
-            Err(e) => {
-                counters.merge_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "merging peers' models failed");
-                return;
-            }
-        };
+        let (checked, version_before, had_local) =
+            match checked.map_err(|e| e.to_string()).and_then(|r| r) {
+                Ok(m) => m,
+                Err(e) => {
+                    // Nothing was judged: the models are fetched again
+                    // when next due.
+                    counters.merge_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "merging peers' models failed");
+                    for (peer, _) in &taken {
+                        round.merged.remove(peer);
+                    }
+                    return;
+                }
+            };
         // `taken` is in the order the models were fetched and merged.
         let skipped = checked
             .merged
             .as_ref()
             .map(|(_, report)| report.skipped.clone())
             .unwrap_or_default();
+        // Without a local model, models are measured against a base that
+        // one of the peers set: one that does not fit it is not at fault.
+        let skipped = if had_local { skipped } else { Vec::new() };
         for (i, reason) in checked.rejected.iter().chain(&skipped) {
             if let Some((peer, _)) = taken.get(*i) {
                 counters
