@@ -35,6 +35,9 @@ use std::time::{Duration, Instant};
 const MAX_COOL_DOWN: Duration = Duration::from_secs(3600);
 /// Influence below this is forgotten.
 const NEGLIGIBLE: f64 = 1e-6;
+/// Peers whose last fetch is remembered (a Sybil cycling through
+/// identities cannot grow the map without bound).
+const MAX_REMEMBERED: usize = 4096;
 /// Sharing intervals over which a peer's counted influence halves.
 pub const HALF_LIFE_ROUNDS: u32 = 10;
 
@@ -83,16 +86,7 @@ impl PeerLedger {
     pub fn influence(&self, peer: &NodeId, now: Instant) -> f64 {
         self.influence
             .get(peer)
-            .map_or(0.0, |(o, at)| self.decayed(*o, *at, now))
-    }
-
-    fn decayed(&self, o: f64, at: Instant, now: Instant) -> f64 {
-        if self.half_life.is_zero() {
-            return 0.0;
-        }
-        let halvings =
-            now.saturating_duration_since(at).as_secs_f64() / self.half_life.as_secs_f64();
-        o * 0.5f64.powf(halvings)
+            .map_or(0.0, |(o, at)| decayed(*o, *at, now, self.half_life))
     }
 
     /// The most `peer` may weigh in a merge at `now` (1 when influence is
@@ -159,12 +153,36 @@ impl PeerLedger {
             let taken = self.last_taken.get(peer).copied().unwrap_or(0);
             (taken, self.ties.hash_one((peer, round)))
         });
-        // Strikes long expired are forgotten (the map stays the size of
-        // the peers seen lately).
-        let now = Instant::now();
+        self.forget_old(Instant::now());
+    }
+
+    /// Keeps the maps the size of the peers seen lately: strikes long
+    /// expired and influence decayed to nothing are dropped, and past
+    /// [`MAX_REMEMBERED`] peers the ones taken longest ago are forgotten
+    /// (they then count as never taken: first in line, which is what an
+    /// identity new to this node gets anyway).
+    fn forget_old(&mut self, now: Instant) {
         self.strikes
             .retain(|_, s| now.saturating_duration_since(s.until) < MAX_COOL_DOWN);
+        let half_life = self.half_life;
+        self.influence
+            .retain(|_, (o, at)| decayed(*o, *at, now, half_life) > NEGLIGIBLE);
+        if self.last_taken.len() > MAX_REMEMBERED {
+            let mut rounds: Vec<u64> = self.last_taken.values().copied().collect();
+            rounds.sort_unstable();
+            let cut = rounds[rounds.len() - MAX_REMEMBERED / 2];
+            self.last_taken.retain(|_, r| *r >= cut);
+        }
     }
+}
+
+/// Influence `o` counted at `at`, as it stands at `now`.
+fn decayed(o: f64, at: Instant, now: Instant, half_life: Duration) -> f64 {
+    if half_life.is_zero() {
+        return 0.0;
+    }
+    let halvings = now.saturating_duration_since(at).as_secs_f64() / half_life.as_secs_f64();
+    o * 0.5f64.powf(halvings)
 }
 
 #[cfg(test)]
@@ -254,6 +272,28 @@ mod tests {
         // A model of its taken later clears the strikes.
         ledger.merged(&[(peer(1), 0.1)], true, now);
         assert!(!ledger.cooling(&peer(1), now));
+    }
+
+    #[test]
+    fn the_maps_stay_bounded_as_identities_come_and_go() {
+        let mut ledger = PeerLedger::new(Duration::from_millis(1));
+        for i in 0..3 * MAX_REMEMBERED as u32 {
+            let mut id = [0u8; 32];
+            id[..4].copy_from_slice(&i.to_be_bytes());
+            let mut queue = vec![(NodeId(id), ())];
+            ledger.order(&mut queue);
+            ledger.merged(&[(NodeId(id), 0.01)], true, Instant::now());
+            ledger.rejected(
+                NodeId(id),
+                Instant::now() - MAX_COOL_DOWN * 3,
+                Duration::ZERO,
+            );
+        }
+        assert!(ledger.last_taken.len() <= MAX_REMEMBERED);
+        assert!(ledger.strikes.len() <= 1);
+        // A second later (a thousand half-lives) all influence has decayed.
+        ledger.forget_old(Instant::now() + Duration::from_secs(1));
+        assert!(ledger.influence.is_empty(), "{}", ledger.influence.len());
     }
 
     #[test]
