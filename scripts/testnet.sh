@@ -7,7 +7,7 @@
 #   scripts/testnet.sh up [N]          start N nodes in the background and wait for the mesh
 #   scripts/testnet.sh status          show the nodes started by `up`
 #   scripts/testnet.sh down            stop them
-#   scripts/testnet.sh bench gossip|transport|consensus|sync|membership|flood|model
+#   scripts/testnet.sh bench gossip|transport|consensus|sync|membership|flood|model|federated
 #                                      benchmarks (JSON on stdout)
 #
 # Builds in release mode first. Extra options: scripts/testnet.sh <command> --help

@@ -497,6 +497,26 @@ impl Classifier {
         true
     }
 
+    /// The raw output (one logit per label) for each of `contexts`.
+    pub fn logits(&self, contexts: &[&Context]) -> Vec<Vec<f32>> {
+        let vectors: Vec<SparseVec> = contexts
+            .iter()
+            .map(|c| self.features.extract_sparse(c))
+            .collect();
+        let mut out = Vec::with_capacity(contexts.len());
+        for chunk in vectors.chunks(256) {
+            let rows: Vec<&SparseVec> = chunk.iter().collect();
+            let flat = self
+                .model
+                .forward(&rows, &cpu())
+                .into_data()
+                .try_into_vec_as::<f32>()
+                .unwrap_or_default();
+            out.extend(flat.chunks(self.labels.len().max(1)).map(<[f32]>::to_vec));
+        }
+        out
+    }
+
     /// The `k` most likely labels with their probabilities.
     pub fn predict(&self, context: &Context, k: usize) -> Vec<(String, f64)> {
         let v = self.features.extract_sparse(context);

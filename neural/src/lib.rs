@@ -4,6 +4,7 @@
 //! must beat.
 
 pub mod baseline;
+pub mod calibrate;
 pub mod checkpoint;
 pub mod classifier;
 pub mod dataset;

@@ -342,6 +342,7 @@ fn encode_model(e: &mut DescriptorEncoder, m: &crate::model::ModelStatus) -> fmt
         ("agentmesh_model_merges", "Merge rounds that installed peers' models", m.merges),
         ("agentmesh_model_merge_failures", "Peer models that could not be fetched or merged", m.merge_failures),
         ("agentmesh_model_peer_models_rejected", "Peer models rejected: worse on this node's own data, or unusable", m.peer_models_rejected),
+        ("agentmesh_model_peer_model_bytes_fetched", "Bytes of peers' models fetched", m.model_bytes_fetched),
     ];
     #[rustfmt::skip]
     let plain_gauges: Gauges = &[

@@ -9,6 +9,7 @@ pub mod claims;
 pub mod collect;
 pub mod consensus_bench;
 pub mod demo;
+pub mod federated_bench;
 pub mod history_bench;
 pub mod hosts;
 pub mod membership_bench;

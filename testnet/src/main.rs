@@ -150,6 +150,20 @@ enum BenchCommand {
         #[arg(long, default_value = "ndarray", value_parser = ["ndarray", "flex"])]
         backend: String,
     },
+    /// Federated learning: five nodes train on their own shards of the
+    /// cargo-registry data (at random, or each seeing only every fifth
+    /// crate), then run one merge round as a node does; each node's
+    /// accuracy on a common test part before and after, against a model
+    /// trained on all of it.
+    Federated {
+        /// JSONL data; default: built by scripts/model/dataset.py.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long, default_value_t = 10_000)]
+        samples: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
     /// A Sybil attack on one node: throwaway identities from many loopback
     /// addresses; slots held by Sybils over time, honest peers kept, bans,
     /// prunes, memory.
@@ -474,6 +488,19 @@ async fn bench(which: BenchCommand, bin: &Path) -> Result<()> {
             )
             .await
             .context("flood benchmark")?;
+            println!("{result}");
+            Ok(())
+        }
+        BenchCommand::Federated {
+            data,
+            samples,
+            seed,
+        } => {
+            let result = tokio::task::spawn_blocking(move || {
+                agentmesh_testnet::federated_bench::federated(data, samples, seed)
+            })
+            .await?
+            .context("federated benchmark")?;
             println!("{result}");
             Ok(())
         }

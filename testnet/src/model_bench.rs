@@ -23,7 +23,7 @@ fn script(name: &str) -> PathBuf {
 }
 
 /// Builds the dataset with `scripts/model/dataset.py` into `dir`.
-fn build_dataset(dir: &Path) -> Result<PathBuf> {
+pub(crate) fn build_dataset(dir: &Path) -> Result<PathBuf> {
     let out = dir.join("crates.jsonl");
     progress("building the dataset from the local cargo registry");
     let status = Command::new("python3")

@@ -59,6 +59,18 @@ pub struct PeerLedger {
     ties: RandomState,
 }
 
+/// Scales a round's per-peer caps so that, while influence is counted,
+/// the peers of one round together make up at most `max_influence` of the
+/// merge: identities never merged before, each with a full cap, do not add
+/// up to a takeover.
+pub fn round_caps(mut caps: Vec<f64>, max_influence: f64, counting: bool) -> Vec<f64> {
+    let total: f64 = caps.iter().sum();
+    if counting && total > max_influence {
+        caps.iter_mut().for_each(|c| *c *= max_influence / total);
+    }
+    caps
+}
+
 impl PeerLedger {
     /// A ledger for a node sharing every `interval`.
     pub fn new(interval: Duration) -> PeerLedger {

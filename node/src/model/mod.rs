@@ -4,7 +4,7 @@
 //! service shares and merges.
 
 pub mod gate;
-mod ledger;
+pub mod ledger;
 mod outcomes;
 pub mod service;
 
@@ -84,6 +84,9 @@ pub struct ModelCounters {
     /// unusable (too many new patterns, malformed).
     pub peer_models_rejected: AtomicU64,
     pub trainings: AtomicU64,
+    /// Bytes of peers' models received (chunks, whether or not the model
+    /// was then merged).
+    pub model_bytes_fetched: AtomicU64,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -127,6 +130,9 @@ pub struct ModelStatus {
     /// Peer models rejected: worse on this node's own held-out samples and
     /// latest outcomes than its model, or unusable.
     pub peer_models_rejected: u64,
+    /// Bytes of peers' models this node has fetched since it started: it
+    /// stops growing once every peer's latest model is merged.
+    pub model_bytes_fetched: u64,
     /// Held-out samples merged models are checked against (from the last
     /// training run).
     pub held_out_samples: usize,
@@ -184,6 +190,11 @@ struct Shared {
     /// Bumped by every training run and import: peers' influence is
     /// counted again from zero on a new lineage.
     lineage: AtomicU64,
+    /// Bumped whenever the model learns from this node's own data
+    /// (training, an import, an outcome that changed it), not by merges:
+    /// a model is announced to peers only when this moved, so a mesh with
+    /// nothing new to learn stops moving models.
+    own_learning: AtomicU64,
     /// The held-out samples merges are checked against (also stored).
     check_slice: Mutex<Arc<gate::CheckSlice>>,
 }
@@ -240,6 +251,7 @@ impl ModelHandle {
                 ),
                 saving: AtomicBool::new(false),
                 lineage: AtomicU64::new(0),
+                own_learning: AtomicU64::new(0),
                 check_slice: Mutex::new(Arc::new(check_slice)),
                 recommender: Mutex::new(local),
                 store,
@@ -322,6 +334,11 @@ impl ModelHandle {
             let seq = self.shared.store.append_outcome(&bytes)?;
             let effect = local.outcome(&outcome.context, &outcome.pattern, outcome.success);
             local.outcomes_through = Some(seq);
+            // Under the lock: a snapshot taken after this count is read
+            // holds the change it counts.
+            if effect.model_updated {
+                self.shared.own_learning.fetch_add(1, Ordering::Release);
+            }
             (effect, local.version())
         };
         // The outcome is stored and learned whatever becomes of this.
@@ -479,6 +496,7 @@ impl ModelHandle {
             local.install_built(built);
         }
         self.shared.lineage.fetch_add(1, Ordering::Relaxed);
+        self.shared.own_learning.fetch_add(1, Ordering::Relaxed);
         // The slice first: the new model is installed, and merges are
         // judged against its held-out samples even if saving it fails.
         self.save_check_slice(slice)?;
@@ -623,6 +641,7 @@ impl ModelHandle {
         }
         let version = self.install_and_save(checkpoint)?;
         self.shared.lineage.fetch_add(1, Ordering::Relaxed);
+        self.shared.own_learning.fetch_add(1, Ordering::Relaxed);
         // An empty slice in memory (none stored, or one that could not be
         // read) is not written over what the store holds.
         if !slice.held_out.is_empty() {
@@ -655,6 +674,11 @@ impl ModelHandle {
     /// Bumped by every training run and import.
     pub fn lineage(&self) -> u64 {
         self.shared.lineage.load(Ordering::Relaxed)
+    }
+
+    /// Moves whenever the model learns from this node's own data.
+    pub fn own_learning(&self) -> u64 {
+        self.shared.own_learning.load(Ordering::Acquire)
     }
 
     /// Samples the installed model learned from (0: untrained, or a model
@@ -778,6 +802,7 @@ impl ModelHandle {
             peer_models_merged: load(&c.peer_models_merged),
             merge_failures: load(&c.merge_failures),
             peer_models_rejected: load(&c.peer_models_rejected),
+            model_bytes_fetched: load(&c.model_bytes_fetched),
             held_out_samples: self.check_slice().held_out.len(),
         }
     }

@@ -1,13 +1,13 @@
 //! Mesh learning. Every `model.share_secs` the service (1) announces the
-//! node's model on `learning:model` if it changed and learned from samples
-//! of its own, serving the encoded checkpoint to peers that fetch it, and
+//! node's model on `learning:model` if it has samples of its own and
+//! learned from this node's data since it was last announced, serving the encoded checkpoint to peers that fetch it, and
 //! (2) fetches the models peers announced since the last round (checking
 //! each against its announced SHA-256 and size), merges them into the
 //! local model and saves the result. It also keeps the rule-based
 //! recommender's pattern descriptions and statistics current.
 
 use super::gate::merge_checked;
-use super::ledger::PeerLedger;
+use super::ledger::{round_caps, PeerLedger};
 use super::ModelHandle;
 use crate::network::router::Subscription;
 use crate::network::NetworkHandle;
@@ -55,10 +55,16 @@ struct Round {
     /// The digest of the model last merged from each peer (a digest, not a
     /// version: a peer that restarts counts versions again).
     merged: HashMap<NodeId, [u8; 32]>,
+    /// The model lineage `merged` was merged into.
+    lineage: u64,
     /// The model version last encoded (and saved), and its announcement
     /// (None without samples of its own).
     encoded_version: u64,
     announcement: Option<ModelAnnouncement>,
+    /// The model's own-learning count when it was last announced (None:
+    /// not yet, so a model restored from disk is announced at the first
+    /// round).
+    announced_own: Option<u64>,
     described: HashMap<String, [u8; 32]>,
     ledger: PeerLedger,
 }
@@ -146,9 +152,11 @@ impl ModelService {
         let mut round = Round {
             pending,
             merged: HashMap::new(),
+            lineage: 0,
             // 0: a model restored from disk is announced at the first round.
             encoded_version: 0,
             announcement: None,
+            announced_own: None,
             described: HashMap::new(),
             ledger: PeerLedger::new(self.model.settings().share_secs.duration()),
         };
@@ -176,15 +184,24 @@ impl ModelService {
         }
     }
 
-    /// Encodes, saves and serves the model when it changed, and announces
-    /// it every round while it has samples of its own (a model made only of
-    /// merges has nothing new to teach). Announcing again each round is
-    /// cheap (a small frame; peers skip digests they merged) and repairs
-    /// announcements lost before the gossip mesh formed. Copying and
-    /// encoding tens of megabytes runs on a blocking thread.
+    /// Encodes and saves the model when it changed. Announces it (and
+    /// serves those bytes) only when it learned from this node's own data
+    /// since the last announcement: a model that changed only by merging
+    /// peers' models has nothing to teach them that they have not shared
+    /// themselves (every member hears every announcement and fetches from
+    /// its sender), and re-announcing merges would keep models moving
+    /// between nodes that have nothing new: each merge changes the bytes,
+    /// the peer merges them back, and so on. The current announcement is
+    /// published again every round: a small frame, which peers skip when
+    /// they merged its digest, and which repairs announcements lost before
+    /// the gossip mesh formed. Copying and encoding tens of megabytes runs
+    /// on a blocking thread.
     async fn share(&self, round: &mut Round) {
-        let version = self.model.version();
-        if version != round.encoded_version {
+        // Read before the snapshot: the snapshot holds at least what it
+        // counts.
+        let own = self.model.own_learning();
+        let announce = round.announced_own != Some(own);
+        if self.model.version() != round.encoded_version || announce {
             let model = self.model.clone();
             let prepared = tokio::task::spawn_blocking(move || {
                 let snapshot = model.snapshot()?;
@@ -208,8 +225,12 @@ impl ModelService {
                 tracing::warn!(error = %e, "cannot save the model");
             }
             round.encoded_version = version;
-            round.announcement = None;
-            if samples > 0 {
+            if announce {
+                round.announced_own = Some(own);
+            }
+            if samples == 0 {
+                round.announcement = None;
+            } else if announce {
                 let digest = sha256(&bytes);
                 round.announcement = Some(ModelAnnouncement {
                     version,
@@ -264,6 +285,10 @@ impl ModelService {
                             a.bytes
                         )));
                     }
+                    self.model
+                        .counters()
+                        .model_bytes_fetched
+                        .fetch_add(chunk.len() as u64, Ordering::Relaxed);
                     bytes.extend_from_slice(&chunk);
                 }
                 ModelResponse::Unavailable { reason } => {
@@ -290,7 +315,14 @@ impl ModelService {
         let now = Instant::now();
         let counting = self.model.own_samples() > 0;
         let max_influence = self.model.settings().max_peer_influence;
-        round.ledger.on_lineage(self.model.lineage());
+        let lineage = self.model.lineage();
+        round.ledger.on_lineage(lineage);
+        // A model trained or imported since replaced what the peers'
+        // models were merged into: their current models are taken again.
+        if lineage != round.lineage {
+            round.lineage = lineage;
+            round.merged.clear();
+        }
         let mut queue: Vec<(NodeId, ModelAnnouncement)> = {
             let mut pending = round.pending.lock().unwrap_or_else(|e| e.into_inner());
             pending
@@ -393,17 +425,14 @@ impl ModelService {
         let started = Instant::now();
         let counting = self.model.own_samples() > 0;
         let max_influence = self.model.settings().max_peer_influence;
-        let mut caps: Vec<f64> = taken
-            .iter()
-            .map(|(peer, _)| round.ledger.cap(peer, max_influence, counting, started))
-            .collect();
-        // All peers of a round together make up at most `max_influence` of
-        // the merge: identities never merged before, each with a full cap,
-        // do not add up to a takeover.
-        let total: f64 = caps.iter().sum();
-        if counting && total > max_influence {
-            caps.iter_mut().for_each(|c| *c *= max_influence / total);
-        }
+        let caps = round_caps(
+            taken
+                .iter()
+                .map(|(peer, _)| round.ledger.cap(peer, max_influence, counting, started))
+                .collect(),
+            max_influence,
+            counting,
+        );
         let model = self.model.clone();
         let checked = tokio::task::spawn_blocking(move || {
             let local = model.checkpoint();

@@ -60,3 +60,22 @@ pub fn pattern_input(id: &str, tag: &str) -> agentmesh_node::types::PatternInput
         author_agent: "writer".into(),
     }
 }
+
+/// Top-1 accuracy of a node's recommendations on `test`.
+pub async fn accuracy(
+    client: &agentmesh_node::client::ApiClient,
+    test: &[agentmesh_neural::Sample],
+) -> f64 {
+    let mut right = 0;
+    for s in test {
+        let answer = client.recommend(&s.context, 1).await.unwrap();
+        if answer
+            .recommendations
+            .first()
+            .is_some_and(|r| r.pattern == s.label)
+        {
+            right += 1;
+        }
+    }
+    right as f64 / test.len() as f64
+}
