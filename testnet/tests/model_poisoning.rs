@@ -210,8 +210,14 @@ async fn poisoned_models_are_rejected_and_honest_nodes_keep_their_accuracy_and_l
     })
     .await;
     if let Err(e) = learned {
+        let rejections: Vec<String> = net.nodes[0]
+            .log_tail(400)
+            .lines()
+            .filter(|l| l.contains("rejected"))
+            .map(String::from)
+            .collect();
         panic!(
-            "{e}: A {} / B {}",
+            "{e}: A {} / B {}\nA's rejections: {rejections:#?}",
             a.model_status().await.unwrap(),
             b.model_status().await.unwrap()
         );

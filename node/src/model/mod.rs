@@ -496,7 +496,7 @@ impl ModelHandle {
             local.install_built(built);
         }
         self.shared.lineage.fetch_add(1, Ordering::Relaxed);
-        self.shared.own_learning.fetch_add(1, Ordering::Relaxed);
+        self.shared.own_learning.fetch_add(1, Ordering::Release);
         // The slice first: the new model is installed, and merges are
         // judged against its held-out samples even if saving it fails.
         self.save_check_slice(slice)?;
@@ -641,7 +641,7 @@ impl ModelHandle {
         }
         let version = self.install_and_save(checkpoint)?;
         self.shared.lineage.fetch_add(1, Ordering::Relaxed);
-        self.shared.own_learning.fetch_add(1, Ordering::Relaxed);
+        self.shared.own_learning.fetch_add(1, Ordering::Release);
         // An empty slice in memory (none stored, or one that could not be
         // read) is not written over what the store holds.
         if !slice.held_out.is_empty() {

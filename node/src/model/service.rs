@@ -435,15 +435,17 @@ impl ModelService {
         );
         let model = self.model.clone();
         let checked = tokio::task::spawn_blocking(move || {
+            // Read before the model: training bumps it after installing.
+            let lineage = model.lineage();
             let local = model.checkpoint();
             let version = local.as_ref().map_or(0, |c| c.version);
             let gate = model.gate();
             merge_checked(local.as_ref(), &fetched, &caps, &gate)
-                .map(|m| (m, version, local.is_some()))
+                .map(|m| (m, (version, lineage), local.is_some()))
                 .map_err(|e| e.to_string())
         })
         .await;
-        let (checked, version_before, had_local) =
+        let (checked, (version_before, lineage), had_local) =
             match checked.map_err(|e| e.to_string()).and_then(|r| r) {
                 Ok(m) => m,
                 Err(e) => {
@@ -477,7 +479,8 @@ impl ModelService {
                 tracing::warn!(peer = %peer, reason = %reason, "a peer's model was rejected");
             }
         }
-        // Passed alone but not merged this round: fetched again next time.
+        // Kept but not merged this round (the best alone was installed
+        // instead): fetched again next time, uncharged.
         let deferred: Vec<(NodeId, ModelAnnouncement)> = checked
             .deferred
             .iter()
@@ -517,6 +520,17 @@ impl ModelService {
         match installed {
             Ok(None) => {}
             Ok(Some(version)) => {
+                // A model trained or imported after `due` looked: the merge
+                // went into it, so the peers merged now are not taken
+                // again, and the others (merged into the model it
+                // replaced) are.
+                if lineage != round.lineage {
+                    round.lineage = lineage;
+                    round.ledger.on_lineage(lineage);
+                    round
+                        .merged
+                        .retain(|peer, _| taken.iter().any(|(p, _)| p == peer));
+                }
                 let shares: Vec<(NodeId, f64)> = taken
                     .iter()
                     .zip(&report.shares)
