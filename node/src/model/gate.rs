@@ -20,7 +20,11 @@
 //! the local model gets minus a. The held-out floor is fixed at training
 //! time, so merges cannot wear held-out accuracy down a little at a time;
 //! if the local model is already below it (outcomes moved it), a merge may
-//! not lower it further. The outcomes' floor follows the local model, so
+//! not lower it further.
+//! A candidate's top answer must also be right, at any probability, for
+//! at least the local model's count − a of the held-out samples:
+//! candidates are calibrated (sharpened) and the local model is not, and
+//! this keeps answers lost from hiding behind answers made surer. The outcomes' floor follows the local model, so
 //! it bounds each merge, not their sum.
 //!
 //! A round first merges each peer's model alone: one that does not fit, or
@@ -181,8 +185,9 @@ impl Gate {
 
     /// Why a model that scores `alone` merged by itself is rejected
     /// whatever it is merged with: more than [`SCREEN_FACTOR`] times the
-    /// allowance below the local model, held-out or outcomes (None: it may
-    /// be merged with others).
+    /// allowance (at least that many samples) below the local model, on
+    /// held-out answers served, held-out top answers, or outcomes (None: it
+    /// may be merged with others).
     fn screen(&self, local: Score, alone: Score) -> Option<String> {
         let (n, m) = (self.slice.held_out.len(), self.outcomes.len());
         let far = |k: usize| SCREEN_FACTOR * self.allowance(k).max(1);
@@ -190,6 +195,12 @@ impl Gate {
             return Some(format!(
                 "alone it would get {} of this node's {n} held-out samples right, the local model {}",
                 alone.held_out, local.held_out
+            ));
+        }
+        if alone.top1 + far(n) < local.top1 {
+            return Some(format!(
+                "alone its top answer would be right for {} of this node's {n} held-out samples, the local model's for {}",
+                alone.top1, local.top1
             ));
         }
         if alone.outcomes + far(m) < local.outcomes {
@@ -203,13 +214,20 @@ impl Gate {
 
     /// Why a model whose merge scores `with` (against `without` it)
     /// harms the merge: without it, more than the allowance more samples
-    /// are right, held-out or outcomes (None: it does not harm it).
+    /// are right (held-out answers served, held-out top answers, or
+    /// outcomes; None: it does not harm it).
     fn harm(&self, without: Score, with: Score) -> Option<String> {
         let (n, m) = (self.slice.held_out.len(), self.outcomes.len());
         if without.held_out > with.held_out + self.allowance(n) {
             return Some(format!(
                 "with it the merge gets {} of this node's {n} held-out samples right, without it {}",
                 with.held_out, without.held_out
+            ));
+        }
+        if without.top1 > with.top1 + self.allowance(n) {
+            return Some(format!(
+                "with it the merge's top answer is right for {} of this node's {n} held-out samples, without it {}",
+                with.top1, without.top1
             ));
         }
         if without.outcomes > with.outcomes + self.allowance(m) {
