@@ -1,7 +1,7 @@
 //! Mesh learning. Every `model.share_secs` the service (1) announces the
 //! node's model on `learning:model` if it has samples of its own and
-//! learned from this node's data since it was last announced, serving the encoded checkpoint to peers that fetch it, and
-//! (2) fetches the models peers announced since the last round (checking
+//! learned from this node's data since it was last announced, serving the
+//! encoded checkpoint to peers that fetch it, and (2) fetches the models peers announced since the last round (checking
 //! each against its announced SHA-256 and size), merges them into the
 //! local model and saves the result. It also keeps the rule-based
 //! recommender's pattern descriptions and statistics current.
