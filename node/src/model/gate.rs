@@ -285,8 +285,9 @@ pub struct Checked {
 }
 
 /// Merges `peers` into `local` with each peer's share capped, installing
-/// only what passes `gate` (module docs). Fails only when no peer model is
-/// usable at all.
+/// only what passes `gate` (module docs). Without a check (no local model,
+/// or nothing to judge by) it fails when no peer model is usable; with
+/// one, unusable models are rejected and named instead.
 pub fn merge_checked(
     local: Option<&Checkpoint>,
     peers: &[Checkpoint],
@@ -302,11 +303,11 @@ pub fn merge_checked(
         });
     };
     let before = gate.score(local)?;
-    // Each alone: models that do not fit (too far, too many new labels)
-    // and models far worse than the local one are rejected, even where
-    // honest ones beside them would dilute them past the floor. The best
-    // that passes the floor alone is kept for the fallback below (each
-    // is a whole model).
+    // Each alone: models that do not fit (too far, too many new labels),
+    // whose new labels take the node's answers, or far worse than the
+    // local one are rejected, even where honest ones beside them would
+    // dilute them past the floor. The scores alone (not the models: each
+    // is a whole model) are kept for the fallback below.
     let mut rejected = Vec::new();
     let mut usable = Vec::new();
     let mut alone_scores = std::collections::HashMap::new();
