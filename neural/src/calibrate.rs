@@ -30,9 +30,9 @@ use crate::error::NeuralError;
 
 /// The factors tried (logits × factor). Merged models come out less sure,
 /// so the grid reaches further up than down.
-const FACTORS: [f32; 10] = [0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 3.5, 4.0];
+pub const FACTORS: [f32; 10] = [0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 3.5, 4.0];
 /// Fewer held-out samples than this fit no factor.
-const MIN_SAMPLES: usize = 20;
+pub const MIN_SAMPLES: usize = 20;
 
 /// Mean negative log-likelihood of `labels` under softmax(`logits` × `factor`).
 fn nll(logits: &[Vec<f32>], labels: &[usize], factor: f32) -> f64 {

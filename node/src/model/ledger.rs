@@ -32,7 +32,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::time::{Duration, Instant};
 
 /// Longest cool-down after rejections.
-const MAX_COOL_DOWN: Duration = Duration::from_secs(3600);
+pub const MAX_COOL_DOWN: Duration = Duration::from_secs(3600);
 /// Influence below this is forgotten.
 const NEGLIGIBLE: f64 = 1e-6;
 /// Peers whose last fetch is remembered (a Sybil cycling through
