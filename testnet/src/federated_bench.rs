@@ -23,6 +23,7 @@ use agentmesh_neural::checkpoint::Checkpoint;
 use agentmesh_neural::dataset::{load_jsonl, split, Sample};
 use agentmesh_neural::merge::merge;
 use agentmesh_neural::{train, TrainConfig};
+use agentmesh_node::config::ModelConfig;
 use agentmesh_node::model::gate::{merge_checked, CheckSlice, Gate};
 use agentmesh_node::model::ledger::round_caps;
 use anyhow::{anyhow, Result};
@@ -32,11 +33,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 const NODES: usize = 5;
-/// The node's defaults (`model.max_peer_influence`,
-/// `model.merge_max_accuracy_drop`, `model.min_confidence`).
-const MAX_PEER_INFLUENCE: f64 = 0.5;
-const MAX_ACCURACY_DROP: f64 = 0.01;
-const MIN_CONFIDENCE: f64 = 0.25;
 /// Targets of the federated evaluation: after merging, each node's top-1
 /// accuracy at least this share of the central model's (random shards),
 /// and its top-5 on crates only its peers saw at least this share of the
@@ -95,15 +91,17 @@ struct Trained {
 }
 
 fn train_node(shard: &[Sample], config: &TrainConfig) -> Result<Trained> {
+    // The node's defaults for the check.
+    let settings = ModelConfig::default();
     let (classifier, _) = train(shard, config, |_| {}).map_err(|e| anyhow!(e))?;
-    let slice = CheckSlice::from_training(shard, config.seed, &classifier, MIN_CONFIDENCE);
+    let slice = CheckSlice::from_training(shard, config.seed, &classifier, settings.min_confidence);
     Ok(Trained {
         model: Checkpoint::of(&classifier, 1, shard.len() as u64, None),
         gate: Gate {
             slice: Arc::new(slice),
             outcomes: Vec::new(),
-            max_drop: MAX_ACCURACY_DROP,
-            min_confidence: MIN_CONFIDENCE,
+            max_drop: settings.merge_max_accuracy_drop,
+            min_confidence: settings.min_confidence,
         },
     })
 }
@@ -136,11 +134,9 @@ fn scenario(
             .filter(|(j, _)| *j != i)
             .map(|(_, n)| n.model.clone())
             .collect();
-        let caps = round_caps(
-            vec![MAX_PEER_INFLUENCE; peers.len()],
-            MAX_PEER_INFLUENCE,
-            true,
-        );
+        // Fresh peers' caps, as the node's peer ledger gives them.
+        let max = ModelConfig::default().max_peer_influence;
+        let caps = round_caps(vec![max; peers.len()], max, true);
         let checked =
             merge_checked(Some(&node.model), &peers, &caps, &node.gate).map_err(|e| anyhow!(e))?;
         let after = checked
