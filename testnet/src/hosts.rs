@@ -4,6 +4,12 @@
 //! with iptables inside the namespaces: blocked UDP, random packet loss
 //! (the `statistic` match), partitions. Everything is removed on drop.
 //!
+//! A host can sit behind a NAT router instead (see [`NatKind`]): the router
+//! is a namespace of its own with one end on the bridge (the address the
+//! other hosts see) and one on the host's private network, and it
+//! translates with iptables MASQUERADE and drops what nobody inside asked
+//! for, as home and office routers do.
+//!
 //! Needs root, `ip` (iproute2) and `iptables`.
 
 use anyhow::{bail, Context, Result};
@@ -21,8 +27,47 @@ const LOSS: &str = "AM-LOSS";
 #[derive(Debug)]
 pub struct Host {
     pub ns: String,
+    /// The host's own address: on the bridge, or on its private network
+    /// behind its router.
     pub addr: Ipv4Addr,
+    /// Its NAT router, if it has one.
+    pub router: Option<Router>,
 }
+
+#[derive(Debug)]
+pub struct Router {
+    pub ns: String,
+    /// The router's address on the bridge: what other hosts see the host at.
+    pub public_addr: Ipv4Addr,
+    pub kind: NatKind,
+}
+
+/// How a NAT router maps a host's outgoing flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatKind {
+    /// Endpoint-independent mapping (a socket keeps its port, whoever it
+    /// talks to: Linux MASQUERADE preserves source ports) with
+    /// address-and-port-dependent filtering (only replies to flows the
+    /// host started get in): a "port-restricted cone". Hole punching works
+    /// through it.
+    PortRestricted,
+    /// A new random port for every flow (`MASQUERADE --random-fully`), so
+    /// the port a peer sees is of no use to anyone else; same filtering.
+    /// Hole punching fails; peers stay relayed.
+    Symmetric,
+}
+
+/// Where a host sits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// On the bridge, reachable by every other host.
+    Public,
+    Behind(NatKind),
+}
+
+/// The API port of nodes on hosts; the only port a NAT router lets the
+/// test driver (the bridge's own address) reach inside.
+pub const API_PORT: u16 = 7700;
 
 #[derive(Debug)]
 pub struct Hosts {
@@ -31,6 +76,8 @@ pub struct Hosts {
     /// Host-side ends of the veth pairs (gone with their namespace, unless
     /// creation failed half-way).
     veths: Vec<String>,
+    /// Routes added to the root namespace (to hosts behind NAT).
+    routes: Vec<String>,
     pub hosts: Vec<Host>,
 }
 
@@ -64,11 +111,25 @@ pub fn unavailable() -> Option<String> {
 }
 
 impl Hosts {
-    /// Creates `n` hosts. Names and the subnet include this process id, so
-    /// concurrent test processes do not collide; leftovers of dead
-    /// processes are removed first.
+    /// Creates `n` hosts on the bridge.
     pub fn create(n: usize) -> Result<Hosts> {
+        Hosts::create_placed(&vec![Placement::Public; n])
+    }
+
+    /// Creates one host per placement. Names and subnets include this
+    /// process id, so concurrent test processes do not collide; leftovers
+    /// of dead processes are removed first.
+    pub fn create_placed(placements: &[Placement]) -> Result<Hosts> {
+        let n = placements.len();
         anyhow::ensure!((1..=200).contains(&n), "between 1 and 200 hosts");
+        anyhow::ensure!(
+            placements
+                .iter()
+                .filter(|p| **p != Placement::Public)
+                .count()
+                <= 15,
+            "at most 15 hosts behind NAT"
+        );
         if let Some(why) = unavailable() {
             bail!("cannot create hosts: {why}");
         }
@@ -88,6 +149,7 @@ impl Hosts {
             bridge: format!("amb{tag}"),
             bridge_addr: Ipv4Addr::new(10, b, c, 254),
             veths: Vec::new(),
+            routes: Vec::new(),
             hosts: Vec::new(),
         };
         anyhow::ensure!(
@@ -110,26 +172,42 @@ impl Hosts {
         run(&[
             "iptables", "-I", "FORWARD", "-i", &br, "-o", &br, "-j", "ACCEPT",
         ])?;
-        for i in 0..n {
+        for (i, placement) in placements.iter().enumerate() {
             let ns = format!("am{tag}h{i}");
-            let addr = Ipv4Addr::new(10, b, c, i as u8 + 1);
+            // The address on the bridge: the host's own, or its router's.
+            let bridge_side = Ipv4Addr::new(10, b, c, i as u8 + 1);
             let (outer, inner) = (format!("amv{tag}o{i}"), format!("amv{tag}i{i}"));
             anyhow::ensure!(outer.len() <= 15, "interface name {outer} too long");
             run(&["ip", "netns", "add", &ns])?;
-            hosts.hosts.push(Host {
-                ns: ns.clone(),
-                addr,
-            });
-            run(&[
-                "ip", "link", "add", &outer, "type", "veth", "peer", "name", &inner,
-            ])?;
-            run(&["ip", "link", "set", &inner, "netns", &ns])?;
-            run(&["ip", "link", "set", &outer, "master", &br])?;
-            run(&["ip", "link", "set", &outer, "up"])?;
             let exec = ["ip", "netns", "exec", ns.as_str()];
             let in_ns = |args: &[&str]| run(&[&exec[..], args].concat());
-            in_ns(&["ip", "addr", "add", &format!("{addr}/24"), "dev", &inner])?;
-            in_ns(&["ip", "link", "set", &inner, "up"])?;
+            match placement {
+                Placement::Public => {
+                    hosts.hosts.push(Host {
+                        ns: ns.clone(),
+                        addr: bridge_side,
+                        router: None,
+                    });
+                    run(&[
+                        "ip", "link", "add", &outer, "type", "veth", "peer", "name", &inner,
+                    ])?;
+                    run(&["ip", "link", "set", &inner, "netns", &ns])?;
+                    run(&["ip", "link", "set", &outer, "master", &br])?;
+                    run(&["ip", "link", "set", &outer, "up"])?;
+                    in_ns(&[
+                        "ip",
+                        "addr",
+                        "add",
+                        &format!("{bridge_side}/24"),
+                        "dev",
+                        &inner,
+                    ])?;
+                    in_ns(&["ip", "link", "set", &inner, "up"])?;
+                }
+                Placement::Behind(kind) => {
+                    hosts.add_behind_nat(i, &tag, (b, c), *kind)?;
+                }
+            }
             in_ns(&["ip", "link", "set", "lo", "up"])?;
             in_ns(&["iptables", "-N", FAULTS])?;
             in_ns(&["iptables", "-N", LOSS])?;
@@ -142,6 +220,159 @@ impl Hosts {
 
     pub fn len(&self) -> usize {
         self.hosts.len()
+    }
+
+    /// Puts host `i` (its namespace already made) behind a NAT router:
+    ///
+    /// ```text
+    /// bridge 10.b.c.0/24 ── router (10.b.c.i+1 | 172.x.c.16k+1) ── host 172.x.c.16k+2
+    /// ```
+    ///
+    /// Private networks are /28s of one /24 per process. The test driver
+    /// (the bridge's address, in the root namespace) gets a route to the
+    /// host and may open its API port; nothing else gets in unasked.
+    fn add_behind_nat(
+        &mut self,
+        i: usize,
+        tag: &str,
+        (b, c): (u8, u8),
+        kind: NatKind,
+    ) -> Result<Ipv4Addr> {
+        let behind = self.hosts.iter().filter(|h| h.router.is_some()).count() as u8;
+        let ns = format!("am{tag}h{i}");
+        let router = format!("am{tag}r{i}");
+        let public_addr = Ipv4Addr::new(10, b, c, i as u8 + 1);
+        let lan_base = Ipv4Addr::new(172, 16 + b % 16, c, behind * 16);
+        let router_lan = Ipv4Addr::from(u32::from(lan_base) + 1);
+        let addr = Ipv4Addr::from(u32::from(lan_base) + 2);
+        let (outer, wan) = (format!("amv{tag}o{i}"), format!("amv{tag}w{i}"));
+        let (lan, inner) = (format!("amv{tag}l{i}"), format!("amv{tag}i{i}"));
+        run(&["ip", "netns", "add", &router])?;
+        self.hosts.push(Host {
+            ns: ns.clone(),
+            addr,
+            router: Some(Router {
+                ns: router.clone(),
+                public_addr,
+                kind,
+            }),
+        });
+        let in_router =
+            |args: &[&str]| run(&[&["ip", "netns", "exec", router.as_str()][..], args].concat());
+        let in_host =
+            |args: &[&str]| run(&[&["ip", "netns", "exec", ns.as_str()][..], args].concat());
+        // Router to bridge.
+        run(&[
+            "ip", "link", "add", &outer, "type", "veth", "peer", "name", &wan,
+        ])?;
+        run(&["ip", "link", "set", &wan, "netns", &router])?;
+        run(&["ip", "link", "set", &outer, "master", &self.bridge])?;
+        run(&["ip", "link", "set", &outer, "up"])?;
+        in_router(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{public_addr}/24"),
+            "dev",
+            &wan,
+        ])?;
+        in_router(&["ip", "link", "set", &wan, "up"])?;
+        // Router to host.
+        run(&[
+            "ip", "link", "add", &lan, "type", "veth", "peer", "name", &inner,
+        ])?;
+        run(&["ip", "link", "set", &lan, "netns", &router])?;
+        run(&["ip", "link", "set", &inner, "netns", &ns])?;
+        in_router(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{router_lan}/28"),
+            "dev",
+            &lan,
+        ])?;
+        in_router(&["ip", "link", "set", &lan, "up"])?;
+        in_router(&["ip", "link", "set", "lo", "up"])?;
+        in_host(&["ip", "addr", "add", &format!("{addr}/28"), "dev", &inner])?;
+        in_host(&["ip", "link", "set", &inner, "up"])?;
+        in_host(&[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            &router_lan.to_string(),
+        ])?;
+        // Translation and filtering.
+        in_router(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        let mut masquerade = vec![
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-o",
+            &wan,
+            "-j",
+            "MASQUERADE",
+        ];
+        if kind == NatKind::Symmetric {
+            masquerade.push("--random-fully");
+        }
+        in_router(&masquerade)?;
+        in_router(&[
+            "iptables",
+            "-A",
+            "FORWARD",
+            "-i",
+            &wan,
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "ESTABLISHED,RELATED",
+            "-j",
+            "ACCEPT",
+        ])?;
+        let driver = self.bridge_addr.to_string();
+        let api_port = API_PORT.to_string();
+        in_router(&[
+            "iptables", "-A", "FORWARD", "-i", &wan, "-s", &driver, "-p", "tcp", "--dport",
+            &api_port, "-j", "ACCEPT",
+        ])?;
+        in_router(&["iptables", "-A", "FORWARD", "-i", &wan, "-j", "DROP"])?;
+        in_router(&[
+            "iptables",
+            "-A",
+            "INPUT",
+            "-i",
+            &wan,
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "ESTABLISHED,RELATED",
+            "-j",
+            "ACCEPT",
+        ])?;
+        in_router(&["iptables", "-A", "INPUT", "-i", &wan, "-j", "DROP"])?;
+        // The driver reaches the host's API through the router.
+        run(&[
+            "ip",
+            "route",
+            "add",
+            &format!("{lan_base}/28"),
+            "via",
+            &public_addr.to_string(),
+        ])?;
+        self.routes.push(format!("{lan_base}/28"));
+        Ok(addr)
+    }
+
+    /// The address other hosts see host `i` at: its own, or its router's.
+    pub fn public_addr(&self, i: usize) -> Ipv4Addr {
+        self.hosts[i]
+            .router
+            .as_ref()
+            .map_or(self.hosts[i].addr, |r| r.public_addr)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -231,8 +462,14 @@ impl Hosts {
 
 impl Drop for Hosts {
     fn drop(&mut self) {
+        for route in &self.routes {
+            let _ = run(&["ip", "route", "del", route]);
+        }
         for host in &self.hosts {
             let _ = run(&["ip", "netns", "del", &host.ns]);
+            if let Some(router) = &host.router {
+                let _ = run(&["ip", "netns", "del", &router.ns]);
+            }
         }
         for veth in &self.veths {
             // Usually gone already with its namespace.
@@ -261,7 +498,11 @@ fn remove_stale() {
     if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             let name = line.split_whitespace().next().unwrap_or("");
-            if name.starts_with("am") && name.contains('h') && !owner_alive(name, "am") {
+            // Hosts (`am<tag>h<i>`) and routers (`am<tag>r<i>`); tags are hex.
+            if name.starts_with("am")
+                && (name.contains('h') || name.contains('r'))
+                && !owner_alive(name, "am")
+            {
                 let _ = run(&["ip", "netns", "del", name]);
             }
         }

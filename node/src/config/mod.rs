@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 pub struct Config {
     pub node: NodeConfig,
     pub network: NetworkConfig,
+    pub nat: NatConfig,
     pub peers: PeersConfig,
     pub consensus: ConsensusConfig,
     pub patterns: PatternsConfig,
@@ -40,6 +41,8 @@ pub struct ConfigFlags {
     pub node: NodeFlags,
     #[command(flatten)]
     pub network: NetworkFlags,
+    #[command(flatten)]
+    pub nat: NatFlags,
     #[command(flatten)]
     pub peers: PeersFlags,
     #[command(flatten)]
@@ -59,6 +62,7 @@ impl ConfigFlags {
     pub fn overlay(&self, c: &mut Config) {
         self.node.overlay(&mut c.node);
         self.network.overlay(&mut c.network);
+        self.nat.overlay(&mut c.nat);
         self.peers.overlay(&mut c.peers);
         self.consensus.overlay(&mut c.consensus);
         self.patterns.overlay(&mut c.patterns);
@@ -74,6 +78,7 @@ impl Config {
         [
             NodeConfig::reference(),
             NetworkConfig::reference(),
+            NatConfig::reference(),
             PeersConfig::reference(),
             ConsensusConfig::reference(),
             PatternsConfig::reference(),

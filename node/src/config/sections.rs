@@ -110,6 +110,62 @@ config_section! {
     }
 }
 
+/// Whether other hosts can dial this node directly.
+#[derive(
+    Copy, Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ReachabilityMode {
+    /// Learned with AutoNAT: peers dial back the addresses they see this
+    /// node at.
+    Auto,
+    /// Reachable: never reserve relay slots.
+    Public,
+    /// Behind NAT or a firewall: reserve relay slots at once.
+    Private,
+}
+
+config_section! {
+    /// Hosts behind NAT: reachability (AutoNAT), circuit relays and hole
+    /// punching (DCUtR). How they work together: docs/nat.md.
+    NatConfig / NatFlags, "nat", prefix nat_ {
+        /// `auto` (learned from peers dialling back the addresses they see
+        /// this node at), `public` or `private`.
+        reachability: ReachabilityMode = ReachabilityMode::Auto,
+        /// Relays to reserve a slot on while this node is not publicly
+        /// reachable, as full multiaddrs ending in `/p2p/<peer id>`; members
+        /// that offer relaying are used too.
+        #[arg(value_delimiter = ',')]
+        relays: Vec<String> = Vec::new(),
+        /// Relay slots held at once while not publicly reachable (0: never
+        /// use relays).
+        max_relays: usize = 2,
+        /// Offer circuit relay v2 to peers while this node is publicly
+        /// reachable (`--nat-relay-service false` to disable).
+        #[arg(num_args = 0..=1, default_missing_value = "true")]
+        relay_service: bool = true,
+        /// As a relay: most slots reserved by other peers.
+        relay_max_reservations: NonZeroUsize = nzu(64),
+        /// As a relay: most circuits relayed at once.
+        relay_max_circuits: NonZeroUsize = nzu(64),
+        /// As a relay: most circuits of one peer at once.
+        relay_max_circuits_per_peer: NonZeroUsize = nzu(8),
+        /// As a relay: seconds a circuit lasts before it is closed (its ends
+        /// reconnect, through a relay or directly).
+        relay_circuit_secs: Secs = Secs::new(600),
+        /// As a relay: bytes a circuit carries (both directions together)
+        /// before it is closed.
+        relay_circuit_bytes: NonZeroU64 = NonZeroU64::new(16 << 20).unwrap(),
+        /// Upgrade connections made through a relay to direct ones by hole
+        /// punching (DCUtR) (`--nat-hole-punching false` to disable).
+        #[arg(num_args = 0..=1, default_missing_value = "true")]
+        hole_punching: bool = true,
+        /// Ask the local gateway for a port mapping with UPnP IGD.
+        #[arg(num_args = 0..=1, default_missing_value = "true")]
+        upnp: bool = false,
+    }
+}
+
 config_section! {
     /// The peer manager: how many peers, from where, and how much each may
     /// send before it is banned.

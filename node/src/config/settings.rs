@@ -28,6 +28,8 @@ pub struct Settings {
     pub external_addrs: Vec<Multiaddr>,
     /// `network.bootstrap`.
     pub bootstrap_peers: Vec<BootstrapPeer>,
+    /// `nat.relays`.
+    pub relays: Vec<BootstrapPeer>,
     /// `peers.peer_limits_exempt`.
     pub exempt_nets: Vec<IpNet>,
     /// `peers.private_networks`.
@@ -94,7 +96,13 @@ impl Settings {
                 .network
                 .bootstrap
                 .iter()
-                .map(|s| parse_bootstrap(s))
+                .map(|s| parse_peer_addr("network.bootstrap", s))
+                .collect::<Result<_, _>>()?,
+            relays: c
+                .nat
+                .relays
+                .iter()
+                .map(|s| parse_peer_addr("nat.relays", s))
                 .collect::<Result<_, _>>()?,
             exempt_nets: cidrs("peers.peer_limits_exempt", &c.peers.peer_limits_exempt)?,
             private_nets: cidrs("peers.private_networks", &c.peers.private_networks)?,
@@ -355,12 +363,20 @@ fn parse_addr(setting: &'static str, s: &str) -> Result<Multiaddr, ConfigError> 
         .map_err(|e| invalid(setting, format!("{s:?} is not a valid multiaddr: {e}")))
 }
 
-fn parse_bootstrap(s: &str) -> Result<BootstrapPeer, ConfigError> {
-    let mut addr = parse_addr("network.bootstrap", s)?;
+/// A full address ending in `/p2p/<peer id>`; a relay's own address must
+/// not itself go through a relay.
+fn parse_peer_addr(setting: &'static str, s: &str) -> Result<BootstrapPeer, ConfigError> {
+    let mut addr = parse_addr(setting, s)?;
+    if setting == "nat.relays" && addr.iter().any(|p| p == Protocol::P2pCircuit) {
+        return Err(invalid(
+            setting,
+            format!("{s:?} goes through a relay itself; give the relay's direct address"),
+        ));
+    }
     match addr.pop() {
         Some(Protocol::P2p(peer_id)) if !addr.is_empty() => Ok(BootstrapPeer { peer_id, addr }),
         _ => Err(invalid(
-            "network.bootstrap",
+            setting,
             format!("{s:?} must be a full address ending in /p2p/<peer id>, e.g. /ip4/10.0.0.1/tcp/4001/p2p/12D3KooW..."),
         )),
     }
@@ -460,6 +476,18 @@ mod tests {
             (
                 |c| c.network.bootstrap = vec!["nonsense".into()],
                 "network.bootstrap",
+            ),
+            (
+                |c| c.nat.relays = vec!["/ip4/1.2.3.4/tcp/1".into()],
+                "nat.relays",
+            ),
+            (
+                |c| {
+                    c.nat.relays = vec![
+                        "/ip4/1.2.3.4/tcp/1/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN/p2p-circuit/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN".into(),
+                    ]
+                },
+                "nat.relays",
             ),
             (
                 |c| c.network.external_addresses = vec!["x".into()],

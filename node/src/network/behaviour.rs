@@ -13,10 +13,12 @@ use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::{Boxed, OptionalTransport};
 use libp2p::core::upgrade;
 use libp2p::futures::future::Either;
+use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
-    allow_block_list, connection_limits, gossipsub, identify, identity::Keypair, kad, noise, ping,
-    quic, request_response, tcp, yamux, PeerId, StreamProtocol, Swarm, Transport,
+    allow_block_list, autonat, connection_limits, dcutr, gossipsub, identify, identity::Keypair,
+    kad, noise, ping, quic, relay, request_response, tcp, upnp, yamux, PeerId, StreamProtocol,
+    Swarm, Transport,
 };
 use std::hash::{BuildHasher, Hasher};
 use std::num::NonZeroU8;
@@ -38,6 +40,19 @@ pub struct Behaviour {
     pub sync: request_response::Behaviour<CborCodec<SyncMessages>>,
     pub membership: request_response::Behaviour<CborCodec<MembershipMessages>>,
     pub model: request_response::Behaviour<CborCodec<ModelMessages>>,
+    /// Circuit relay v2 service, offered while this node is publicly
+    /// reachable (see `network::nat`).
+    pub relay: Toggle<super::relay_service::RelayService>,
+    /// Reservations on relays, and connections through them.
+    pub relay_client: relay::client::Behaviour,
+    /// Hole punching: upgrades relayed connections to direct ones.
+    pub dcutr: Toggle<dcutr::Behaviour>,
+    /// Asks peers to dial back the addresses they see this node at.
+    pub autonat: super::autonat_probe::Probe,
+    /// Dials back the addresses peers ask about.
+    pub autonat_server: autonat::v2::server::Behaviour,
+    /// Port mapping on the local gateway (off unless `nat.upnp`).
+    pub upnp: Toggle<upnp::tokio::Behaviour>,
 }
 
 /// Identify's protocol version doubles as the network check: peers that
@@ -240,7 +255,7 @@ fn base_transport(keypair: &Keypair, settings: &Settings) -> Result<BoxedTranspo
         .boxed())
 }
 
-fn build_transport(keypair: &Keypair, settings: &Settings) -> Result<BoxedTransport> {
+fn direct_transport(keypair: &Keypair, settings: &Settings) -> Result<BoxedTransport> {
     // DNS lets operators write /dns4/host/tcp/4001 addresses.
     match libp2p::dns::tokio::Transport::system(base_transport(keypair, settings)?) {
         Ok(dns) => Ok(dns.boxed()),
@@ -251,9 +266,48 @@ fn build_transport(keypair: &Keypair, settings: &Settings) -> Result<BoxedTransp
     }
 }
 
+/// Direct connections, and connections through a relay (`/p2p-circuit`
+/// addresses), which are encrypted end to end with Noise like TCP: the
+/// relay only forwards bytes it cannot read.
+fn build_transport(
+    keypair: &Keypair,
+    settings: &Settings,
+    relayed: relay::client::Transport,
+) -> Result<BoxedTransport> {
+    let relayed = relayed
+        .upgrade(upgrade::Version::V1Lazy)
+        .authenticate(noise::Config::new(keypair).context("noise configuration")?)
+        .multiplex(yamux::Config::default())
+        .timeout(Duration::from_secs(20))
+        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
+    Ok(relayed
+        .or_transport(direct_transport(keypair, settings)?)
+        .map(|either, _| match either {
+            Either::Left(out) | Either::Right(out) => out,
+        })
+        .boxed())
+}
+
+/// The relay service's limits: every one from the `nat` section, so a
+/// stranger can take at most what they allow.
+fn relay_config(settings: &Settings) -> relay::Config {
+    let nat = &settings.config.nat;
+    relay::Config {
+        max_reservations: nat.relay_max_reservations.get(),
+        max_reservations_per_peer: 1,
+        max_circuits: nat.relay_max_circuits.get(),
+        max_circuits_per_peer: nat.relay_max_circuits_per_peer.get(),
+        max_circuit_duration: nat.relay_circuit_secs.duration(),
+        max_circuit_bytes: nat.relay_circuit_bytes.get(),
+        // libp2p's rate limits (per peer and per IP) are kept.
+        ..relay::Config::default()
+    }
+}
+
 pub fn build_swarm(keypair: Keypair, settings: &Settings) -> Result<Swarm<Behaviour>> {
-    let transport = build_transport(&keypair, settings)?;
     let local_peer_id = keypair.public().to_peer_id();
+    let (relayed, relay_client) = relay::client::new(local_peer_id);
+    let transport = build_transport(&keypair, settings, relayed)?;
 
     let limits = connection_limits::Behaviour::new(
         connection_limits::ConnectionLimits::default()
@@ -322,6 +376,26 @@ pub fn build_swarm(keypair: Keypair, settings: &Settings) -> Result<Swarm<Behavi
         sync,
         membership,
         model,
+        relay: Toggle::from(settings.config.nat.relay_service.then(|| {
+            super::relay_service::RelayService::new(local_peer_id, relay_config(settings))
+        })),
+        relay_client,
+        dcutr: Toggle::from(
+            settings
+                .config
+                .nat
+                .hole_punching
+                .then(|| dcutr::Behaviour::new(local_peer_id)),
+        ),
+        autonat: super::autonat_probe::Probe::default(),
+        autonat_server: autonat::v2::server::Behaviour::default(),
+        upnp: Toggle::from(
+            settings
+                .config
+                .nat
+                .upnp
+                .then(upnp::tokio::Behaviour::default),
+        ),
     };
     let config = libp2p::swarm::Config::with_tokio_executor()
         .with_idle_connection_timeout(

@@ -34,6 +34,10 @@ pub(super) struct Links {
     pub dialer: Dialer,
     /// QUIC trial dials under way.
     pub trials: HashMap<ConnectionId, PeerId>,
+    /// This node's own dials under way (not those behaviours make for
+    /// their own ends: AutoNAT dial-backs of a peer's NATed address, hole
+    /// punching). Only their failures count against a peer's QUIC breaker.
+    pub own_dials: HashSet<ConnectionId>,
     /// Duplicate connections to close, and when.
     pub closing_duplicates: Vec<(Instant, ConnectionId)>,
     /// Peers reconnected because their gossip subscriptions never arrived:
@@ -77,8 +81,12 @@ impl Network {
             opts = opts.extend_addresses_through_behaviour();
         }
         let opts = opts.build();
-        if let Err(e) = self.swarm.dial(opts) {
-            tracing::debug!(%peer, error = %e, "dial not started");
+        let id = opts.connection_id();
+        match self.swarm.dial(opts) {
+            Ok(()) => {
+                self.links.own_dials.insert(id);
+            }
+            Err(e) => tracing::debug!(%peer, error = %e, "dial not started"),
         }
     }
 
@@ -222,6 +230,7 @@ impl Network {
         endpoint: &ConnectedPoint,
         dial_errors: Vec<Multiaddr>,
     ) {
+        self.links.own_dials.remove(&id);
         if node_id_of(&peer).is_none() {
             tracing::warn!(%peer, "peer has no Ed25519 identity; disconnecting");
             self.mark_unwanted(peer);
@@ -255,22 +264,18 @@ impl Network {
                     .closing_duplicates
                     .push((now + DUPLICATE_CLOSE_DELAY, duplicate));
             }
-            // The peer restarted. Keeping the new connection alone would
-            // leave it without this node's subscriptions (gossipsub sent
-            // them on the stale one); closing both lets it reconnect to a
-            // clean slate, where both ends exchange them again.
-            Some(Duplicate::Reconnection { stale, new }) => {
-                tracing::debug!(%peer, "peer reconnected over a stale connection; closing both");
-                self.swarm.close_connection(stale);
-                self.swarm.close_connection(new);
-            }
-            Some(Duplicate::Race(_)) | None => {}
+            Some(Duplicate::Race(_) | Duplicate::Later) | None => {}
         }
+        self.close_relayed_if_direct(peer, now);
         self.links.dialer.connected(peer, now);
         self.links.rejoin.restart(now);
+        // Breakers judge direct QUIC only.
         let ConnectedPoint::Dialer { address, .. } = endpoint else {
             return;
         };
+        if endpoint.is_relayed() {
+            return;
+        }
         let before = self.links.dialer.breaker_state(peer, now).0;
         let after = self
             .links
@@ -284,6 +289,23 @@ impl Network {
         {
             // Trials only test QUIC; the TCP connection stays in use.
             self.swarm.close_connection(id);
+        }
+    }
+
+    /// A peer reached directly needs no relay: its relayed connections
+    /// are closed (after the same delay as duplicates, so that gossip
+    /// subscriptions sent on them are delivered first).
+    pub(super) fn close_relayed_if_direct(&mut self, peer: PeerId, now: Instant) {
+        if self.links.table.direct_connections(&peer) == 0 {
+            return;
+        }
+        for id in self.links.table.relayed_connections(&peer) {
+            if !self.links.closing_duplicates.iter().any(|(_, c)| *c == id) {
+                tracing::debug!(%peer, "closing a relayed connection: the peer is reached directly");
+                self.links
+                    .closing_duplicates
+                    .push((now + DUPLICATE_CLOSE_DELAY, id));
+            }
         }
     }
 
@@ -326,10 +348,17 @@ impl Network {
             self.on_breaker_change(peer, before, after);
             return;
         }
+        if !self.links.own_dials.remove(&id) {
+            return;
+        }
         let (Some(peer), DialError::Transport(errors)) = (peer, error) else {
             return;
         };
-        let failed: Vec<Multiaddr> = errors.iter().map(|(a, _)| a.clone()).collect();
+        let failed: Vec<Multiaddr> = errors
+            .iter()
+            .map(|(a, _)| a.clone())
+            .filter(|a| !super::nat::is_relayed(a))
+            .collect();
         let before = self.links.dialer.breaker_state(peer, now).0;
         let after = self.links.dialer.dial_failed(peer, &failed, now);
         self.on_breaker_change(peer, before, after);

@@ -93,6 +93,8 @@ pub struct Identified {
     /// The IP the peer was seen connecting from.
     pub seen_at: Option<std::net::IpAddr>,
     pub serves_kad: bool,
+    /// It offers circuit relay service.
+    pub serves_relay: bool,
 }
 
 pub struct Membership {

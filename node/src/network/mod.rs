@@ -1,6 +1,7 @@
 //! The network task: owns the libp2p `Swarm`; everything else talks to it
 //! through a bounded command channel ([`NetworkHandle`]).
 
+mod autonat_probe;
 mod backoff;
 pub mod behaviour;
 pub mod breaker;
@@ -13,9 +14,11 @@ mod guard;
 mod inbound;
 pub mod membership;
 pub mod model_io;
+pub mod nat;
 pub mod peer_manager;
 mod peers;
 mod publish;
+mod relay_service;
 pub mod router;
 pub mod sync_io;
 mod validation;
@@ -295,6 +298,7 @@ pub struct Network {
     guard: guard::Guard,
     peer_manager: peer_manager::PeerManager,
     validation: validation::ValidationPool,
+    nat: nat::Nat,
 }
 
 impl Network {
@@ -331,6 +335,15 @@ impl Network {
         let consensus =
             consensus_io::ConsensusIo::new(&settings.config.node.network, consensus_events);
         let guard = guard::Guard::new(&settings, store.bans()?);
+        let nat = nat::Nat::new(
+            settings.config.nat.reachability,
+            settings.config.nat.max_relays,
+            &settings
+                .relays
+                .iter()
+                .map(|r| (r.peer_id, r.addr.clone()))
+                .collect::<Vec<_>>(),
+        );
         let peer_manager = peer_manager::PeerManager::new(&settings);
         let mut network = Network {
             membership,
@@ -359,6 +372,7 @@ impl Network {
                 table: PeerTable::default(),
                 dialer,
                 trials: HashMap::new(),
+                own_dials: HashSet::new(),
                 closing_duplicates: Vec::new(),
                 deaf_peers: HashMap::new(),
                 unwanted: HashSet::new(),
@@ -368,6 +382,7 @@ impl Network {
             last_prune: Instant::now(),
             peer_manager,
             validation: validation::ValidationPool::start(),
+            nat,
         };
         for addr in network.settings.listen_addrs.clone() {
             let id = network
@@ -454,6 +469,7 @@ impl Network {
         }
         self.dial_due(now);
         self.close_due_duplicates(now);
+        self.maintain_nat(now);
         self.reconnect_peers_missing_subscriptions(now);
         self.maintain_consensus();
         self.expire_handshakes();
@@ -528,6 +544,17 @@ impl Network {
                 self.listening.addrs.retain(|a| *a != address);
             }
             SwarmEvent::ListenerError { error, .. } => tracing::warn!(%error, "listener error"),
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } => {
+                let reason = match reason {
+                    Ok(()) => "closed".to_string(),
+                    Err(e) => e.to_string(),
+                };
+                self.on_listener_closed(listener_id, &reason);
+            }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
                 connection_id,
@@ -568,6 +595,7 @@ impl Network {
                         .then(|| peer_manager::addrs::ip_of(endpoint.get_remote_address()))
                         .flatten();
                     self.membership_disconnected(&peer_id, remote);
+                    self.nat.peer_gone(&peer_id);
                 }
                 self.maintain_consensus();
             }
@@ -593,9 +621,11 @@ impl Network {
             _ => {}
         }
         match event {
-            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
-                self.on_identified(peer_id, info)
-            }
+            BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                connection_id,
+            }) => self.on_identified(peer_id, connection_id, info),
             BehaviourEvent::Kad(kad::Event::RoutingUpdated {
                 peer,
                 addresses,
@@ -633,11 +663,21 @@ impl Network {
             BehaviourEvent::Sync(event) => self.on_sync_event(event),
             BehaviourEvent::Membership(event) => self.on_membership_event(event),
             BehaviourEvent::Model(event) => self.on_model_event(event),
+            BehaviourEvent::Autonat(event) => self.on_autonat(event),
+            BehaviourEvent::RelayClient(event) => self.on_relay_client(event),
+            BehaviourEvent::Relay(event) => self.nat.on_relay_service(&event),
+            BehaviourEvent::Dcutr(event) => self.on_hole_punch(event),
+            BehaviourEvent::Upnp(event) => tracing::info!(?event, "UPnP"),
             _ => {}
         }
     }
 
-    fn on_identified(&mut self, peer: PeerId, info: identify::Info) {
+    fn on_identified(
+        &mut self,
+        peer: PeerId,
+        connection: libp2p::swarm::ConnectionId,
+        info: identify::Info,
+    ) {
         if !self.membership.is_admitted(&peer) && !self.membership.is_pending(&peer) {
             // Refused (or banned) while its identify was on the way.
             return;
@@ -672,11 +712,21 @@ impl Network {
             let _ = self.swarm.disconnect_peer_id(peer);
             return;
         }
+        // The same process on a newer connection: the older ones of its
+        // transport are redundant (see `PeerTable::superseded`).
+        let due = Instant::now() + DUPLICATE_CLOSE_DELAY;
+        for old in self.links.table.superseded(&peer, connection) {
+            if !self.links.closing_duplicates.iter().any(|(_, c)| *c == old) {
+                tracing::debug!(%peer, connection = ?old, "closing a connection superseded by a newer one");
+                self.links.closing_duplicates.push((due, old));
+            }
+        }
         let kad_protocol = behaviour::kad_protocol(&self.settings.config.node.network);
         let identified = membership::Identified {
             addrs,
             seen_at,
             serves_kad: info.protocols.contains(&kad_protocol),
+            serves_relay: info.protocols.contains(&libp2p::relay::HOP_PROTOCOL_NAME),
         };
         if self.membership.is_admitted(&peer) {
             self.route_to(peer, identified);
@@ -693,7 +743,9 @@ impl Network {
             addrs,
             seen_at,
             serves_kad,
+            serves_relay,
         } = identified;
+        self.nat.relay_seen(peer, serves_relay, &addrs);
         // Redials and QUIC trials use these (a stranger's are never kept).
         self.links.dialer.remember_addrs(peer, &addrs, seen_at);
         let quic_allowed = self.links.dialer.allows_quic(peer, Instant::now());
@@ -861,6 +913,7 @@ impl Network {
             messages: self.totals.clone(),
             consensus_events_dropped: self.consensus.dropped_events,
             security: self.security_status(),
+            nat: self.nat_status(),
         }
     }
 

@@ -35,7 +35,9 @@ impl RollingRtt {
 }
 
 pub fn transport_of(addr: &Multiaddr) -> Transport {
-    if is_quic(addr) {
+    if super::nat::is_relayed(addr) {
+        Transport::Relayed
+    } else if is_quic(addr) {
         Transport::Quic
     } else if is_tcp(addr) {
         Transport::Tcp
@@ -47,8 +49,21 @@ pub fn transport_of(addr: &Multiaddr) -> Transport {
 #[derive(Debug)]
 struct Connection {
     remote_addr: Multiaddr,
+    /// Through a relay: the remote address of an inbound relayed
+    /// connection is only `/p2p/<peer>`; its local one says so.
+    relayed: bool,
     outbound: bool,
     since: Instant,
+}
+
+impl Connection {
+    fn transport(&self) -> Transport {
+        if self.relayed {
+            Transport::Relayed
+        } else {
+            transport_of(&self.remote_addr)
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -78,11 +93,12 @@ pub fn run_of(agent_version: &str) -> Option<&str> {
 pub enum Duplicate {
     /// Both ends dialled at once: close this one (both ends pick the same).
     Race(ConnectionId),
-    /// The peer reconnected while `stale` still looked open here.
-    Reconnection {
-        stale: ConnectionId,
-        new: ConnectionId,
-    },
+    /// Set up further apart than a simultaneous dial: a reconnection
+    /// while the older one still looked open here, or a connection made
+    /// for a purpose of its own (an AutoNAT dial-back). What to do is
+    /// decided once the newer one's identify tells whether the peer
+    /// restarted (see `superseded`).
+    Later,
 }
 
 /// Connected peers only: an entry goes when its last connection closes, so
@@ -96,6 +112,7 @@ impl PeerTable {
     pub fn connected(&mut self, peer: PeerId, id: ConnectionId, endpoint: &ConnectedPoint) {
         let conn = Connection {
             remote_addr: endpoint.get_remote_address().clone(),
+            relayed: endpoint.is_relayed(),
             outbound: endpoint.is_dialer(),
             since: Instant::now(),
         };
@@ -202,10 +219,9 @@ impl PeerTable {
     /// If `peer` has two connections of the same transport, what to close.
     /// Two set up within [`SIMULTANEOUS_DIAL_WINDOW`] are a simultaneous
     /// dial: both ends keep the connection dialled by the smaller peer id
-    /// (the oldest, if one side dialled both). Further apart, it is a
-    /// reconnection: a peer only dials a peer it has no connection to, so
-    /// the older one is dead on its side (typically the peer restarted and
-    /// this end has not noticed yet).
+    /// (the oldest, if one side dialled both). Further apart: see
+    /// [`Duplicate::Later`]. A relayed and a direct connection are not
+    /// duplicates: the relayed one is closed when hole punching succeeds.
     pub fn duplicate_to_close(&self, peer: &PeerId, local: &PeerId) -> Option<Duplicate> {
         let entry = self.peers.get(peer)?;
         let smaller_dialed = |c: &Connection| {
@@ -214,18 +230,13 @@ impl PeerTable {
         };
         for (i, (id_a, a)) in entry.connections.iter().enumerate() {
             for (id_b, b) in &entry.connections[i + 1..] {
-                let transport = transport_of(&a.remote_addr);
-                if transport != transport_of(&b.remote_addr) {
+                let transport = a.transport();
+                if transport != b.transport() {
                     continue;
                 }
                 let apart = a.since.max(b.since) - a.since.min(b.since);
                 if apart > SIMULTANEOUS_DIAL_WINDOW {
-                    let (stale, new) = if a.since < b.since {
-                        (*id_a, *id_b)
-                    } else {
-                        (*id_b, *id_a)
-                    };
-                    return Some(Duplicate::Reconnection { stale, new });
+                    return Some(Duplicate::Later);
                 }
                 // Keep a over b if a was dialled by the smaller id and b was
                 // not, or if both were and a is older.
@@ -240,11 +251,64 @@ impl PeerTable {
         None
     }
 
+    /// Connections of `peer` older than `newer` by more than a
+    /// simultaneous dial, of the same transport: once `newer` is known to
+    /// come from the same process, they are redundant (the peer dialled
+    /// again because it lost them, or `newer` is a dial-back).
+    pub fn superseded(&self, peer: &PeerId, newer: ConnectionId) -> Vec<ConnectionId> {
+        let Some(entry) = self.peers.get(peer) else {
+            return Vec::new();
+        };
+        let Some((_, new)) = entry.connections.iter().find(|(id, _)| *id == newer) else {
+            return Vec::new();
+        };
+        entry
+            .connections
+            .iter()
+            .filter(|(id, c)| {
+                *id != newer
+                    && c.transport() == new.transport()
+                    && c.since + SIMULTANEOUS_DIAL_WINDOW < new.since
+            })
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Connections of `peer` that go through a relay.
+    pub fn relayed_connections(&self, peer: &PeerId) -> Vec<ConnectionId> {
+        self.peers.get(peer).map_or_else(Vec::new, |e| {
+            e.connections
+                .iter()
+                .filter(|(_, c)| c.transport() == Transport::Relayed)
+                .map(|(id, _)| *id)
+                .collect()
+        })
+    }
+
+    /// Connections of `peer` that do not go through a relay.
+    pub fn direct_connections(&self, peer: &PeerId) -> usize {
+        self.peers.get(peer).map_or(0, |e| {
+            e.connections
+                .iter()
+                .filter(|(_, c)| c.transport() != Transport::Relayed)
+                .count()
+        })
+    }
+
+    /// Open connections that go through a relay, to any peer.
+    pub fn relayed_connection_count(&self) -> usize {
+        self.peers
+            .values()
+            .flat_map(|e| &e.connections)
+            .filter(|(_, c)| c.transport() == Transport::Relayed)
+            .count()
+    }
+
     pub fn has_quic(&self, peer: &PeerId) -> bool {
         self.peers.get(peer).is_some_and(|e| {
             e.connections
                 .iter()
-                .any(|(_, c)| transport_of(&c.remote_addr) == Transport::Quic)
+                .any(|(_, c)| c.transport() == Transport::Quic)
         })
     }
 
@@ -252,7 +316,7 @@ impl PeerTable {
         self.peers.get(peer).map_or_else(Vec::new, |e| {
             e.connections
                 .iter()
-                .filter(|(_, c)| transport_of(&c.remote_addr) != Transport::Quic)
+                .filter(|(_, c)| c.transport() != Transport::Quic)
                 .map(|(id, _)| *id)
                 .collect()
         })
@@ -277,14 +341,14 @@ impl PeerTable {
                     .connections
                     .iter()
                     .min_by_key(|(_, c)| c.since)
-                    .map(|(_, c)| transport_of(&c.remote_addr))
+                    .map(|(_, c)| c.transport())
                     .unwrap_or(Transport::Other),
                 connections: e
                     .connections
                     .iter()
                     .map(|(_, c)| ConnectionInfo {
                         remote_addr: c.remote_addr.to_string(),
-                        transport: transport_of(&c.remote_addr),
+                        transport: c.transport(),
                         direction: if c.outbound { "outbound" } else { "inbound" }.into(),
                         established_secs: now.duration_since(c.since).as_secs(),
                     })
@@ -368,7 +432,7 @@ mod tests {
     }
 
     #[test]
-    fn a_connection_long_after_another_is_a_reconnection_not_a_race() {
+    fn a_connection_long_after_another_is_not_a_race_and_supersedes_it() {
         let (x, y) = (PeerId::random(), PeerId::random());
         let (old, new) = (
             ConnectionId::new_unchecked(1),
@@ -378,8 +442,8 @@ mod tests {
             format!("/ip4/10.0.0.1/udp/{port}/quic-v1").parse().unwrap()
         };
         let mut table = PeerTable::default();
-        // Whichever end dialled the old connection, both are named (the
-        // node closes both and the peer reconnects).
+        // Whichever end dialled the old connection, the newer one
+        // supersedes it (once identify shows the same process).
         for old_outbound in [true, false] {
             let old_end = if old_outbound {
                 ConnectedPoint::Dialer {
@@ -403,13 +467,37 @@ mod tests {
                     send_back_addr: quic(9),
                 },
             );
-            assert_eq!(
-                table.duplicate_to_close(&y, &x),
-                Some(Duplicate::Reconnection { stale: old, new })
-            );
+            assert_eq!(table.duplicate_to_close(&y, &x), Some(Duplicate::Later));
+            assert_eq!(table.superseded(&y, new), vec![old]);
+            assert!(table.superseded(&y, old).is_empty());
             table.closed(&y, old);
             table.closed(&y, new);
         }
+        // A relayed connection and a direct one are never duplicates.
+        let relayed: Multiaddr = format!("/ip4/10.0.0.5/udp/4001/quic-v1/p2p/{x}/p2p-circuit")
+            .parse()
+            .unwrap();
+        table.connected(
+            y,
+            old,
+            &ConnectedPoint::Listener {
+                local_addr: relayed.clone(),
+                send_back_addr: relayed,
+            },
+        );
+        table.peers.get_mut(&y).unwrap().connections[0].1.since -= Duration::from_secs(10);
+        table.connected(
+            y,
+            new,
+            &ConnectedPoint::Listener {
+                local_addr: quic(1),
+                send_back_addr: quic(9),
+            },
+        );
+        assert_eq!(table.duplicate_to_close(&y, &x), None);
+        assert!(table.superseded(&y, new).is_empty());
+        assert_eq!(table.relayed_connections(&y), vec![old]);
+        assert_eq!(table.relayed_connection_count(), 1);
     }
 
     #[test]

@@ -22,6 +22,42 @@ pub struct Status {
     /// consensus service's queue was full.
     pub consensus_events_dropped: u64,
     pub security: SecurityStatus,
+    /// Reachability, relays and hole punching (see docs/nat.md).
+    #[serde(default)]
+    pub nat: NatStatus,
+}
+
+/// Whether other hosts can dial this node, and how it is reached if not.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NatStatus {
+    /// `public` (an address of this node was dialled back by a peer, or is
+    /// configured), `private` (dial-backs failed: reached through relays),
+    /// or `unknown` (not tested yet).
+    pub reachability: String,
+    /// `auto`, `public` or `private` (`nat.reachability`).
+    pub mode: String,
+    /// Direct addresses confirmed by dial-backs, or configured.
+    pub confirmed_addrs: Vec<String>,
+    /// AutoNAT dial-backs of this node's addresses that worked and failed.
+    pub probes_ok: u64,
+    pub probes_failed: u64,
+    /// Relays this node holds an accepted slot on.
+    pub relays: Vec<String>,
+    /// `/p2p-circuit` addresses peers reach this node at.
+    pub relayed_addrs: Vec<String>,
+    /// Reservation requests that failed (refused, relay gone, unreachable).
+    pub reservations_failed: u64,
+    /// Relayed connections upgraded to direct ones by hole punching, and
+    /// attempts that failed (the connection stays relayed).
+    pub hole_punches_ok: u64,
+    pub hole_punches_failed: u64,
+    /// Connections to peers open now that go through a relay.
+    pub relayed_connections: usize,
+    /// As a relay: whether the service is offered now, slots held for
+    /// others, and circuits relayed now.
+    pub relay_service: bool,
+    pub relay_reservations: usize,
+    pub relay_circuits: usize,
 }
 
 /// Membership and misbehaviour counters.
@@ -102,6 +138,8 @@ pub struct MessageCounters {
 pub enum Transport {
     Quic,
     Tcp,
+    /// Through a circuit relay (`/p2p-circuit`).
+    Relayed,
     Other,
 }
 

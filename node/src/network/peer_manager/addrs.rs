@@ -7,8 +7,18 @@ use libp2p::multiaddr::Protocol;
 use libp2p::Multiaddr;
 use std::net::IpAddr;
 
-/// The IP an address starts with, if it starts with one.
+/// The IP an address starts with, if it starts with one and does not go
+/// through a relay: the IP of a relayed address is the relay's, shared by
+/// every peer behind it, and says nothing of where the peer is (the relay
+/// limits its circuits itself).
 pub fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
+    if addr.iter().any(|p| p == Protocol::P2pCircuit) {
+        return None;
+    }
+    first_ip(addr)
+}
+
+fn first_ip(addr: &Multiaddr) -> Option<IpAddr> {
     match addr.iter().next()? {
         Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
         Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
@@ -38,8 +48,9 @@ pub enum Reach {
     Public,
 }
 
+/// How far an address reaches; a relayed one as far as its relay's.
 pub fn reach(addr: &Multiaddr) -> Reach {
-    match ip_of(addr) {
+    match first_ip(addr) {
         Some(ip) => reach_of_ip(ip),
         None => Reach::Public,
     }
@@ -94,7 +105,7 @@ pub fn is_routable_from(addr: &Multiaddr, seen_at: Option<IpAddr>, private: &[Ip
         Reach::Link => false,
         Reach::Private => {
             seen <= Reach::Private
-                || ip_of(addr).is_some_and(|ip| private.iter().any(|n| n.contains(&ip)))
+                || first_ip(addr).is_some_and(|ip| private.iter().any(|n| n.contains(&ip)))
         }
         Reach::Public => true,
     }
@@ -128,9 +139,23 @@ mod tests {
             ("/ip4/8.8.8.8/tcp/1", Reach::Public),
             ("/ip6/2001:db8::1/tcp/1", Reach::Public),
             ("/dns4/example.org/tcp/1", Reach::Public),
+            (
+                "/ip4/10.1.2.3/tcp/1/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN/p2p-circuit",
+                Reach::Private,
+            ),
         ] {
             assert_eq!(reach(&a(addr)), expected, "{addr}");
         }
+    }
+
+    #[test]
+    fn relayed_addresses_have_no_peer_ip() {
+        let relayed = a("/ip4/10.1.2.3/tcp/1/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN/p2p-circuit");
+        assert_eq!(ip_of(&relayed), None);
+        assert_eq!(ip_of(&a("/ip4/10.1.2.3/tcp/1")), ip("10.1.2.3"));
+        // A relay on this host, named by a remote peer, points nowhere good.
+        let local_relay = a("/ip4/127.0.0.1/tcp/1/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN/p2p-circuit");
+        assert!(!is_routable_from(&local_relay, ip("203.0.113.9"), &[]));
     }
 
     #[test]

@@ -1,0 +1,525 @@
+//! Hosts behind NAT: whether this node is reachable, the relay slots it
+//! holds while it is not, and hole punching.
+//!
+//! - **Reachability.** Peers tell this node the address they see it at
+//!   (identify); AutoNAT v2 asks a peer to dial that address back on a new
+//!   connection. A dial-back that arrives confirms the address, and only
+//!   confirmed or configured addresses make the node `public`. Failed
+//!   dial-backs with none confirmed make it `private`.
+//! - **Relays.** A private node reserves a slot on up to `nat.max_relays`
+//!   relays: the configured ones first, then admitted members that offer
+//!   the relay service. Its `/p2p-circuit` addresses then reach its peers
+//!   through identify and Kademlia like any other address.
+//! - **Relay service.** Offered only while this node is public by a direct
+//!   address (a relayed one would make it a relay through a relay).
+//! - **Hole punching.** DCUtR runs on every relayed connection; once a
+//!   direct connection is up, the relayed one is closed.
+
+use super::Network;
+use crate::config::ReachabilityMode;
+use crate::types::NatStatus;
+use libp2p::core::transport::ListenerId;
+use libp2p::multiaddr::Protocol;
+use libp2p::{autonat, dcutr, relay, Multiaddr, PeerId};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+/// How long a relay whose reservation failed is left alone before it is
+/// asked again.
+const RELAY_RETRY: Duration = Duration::from_secs(30);
+
+/// Whether an address goes through a relay.
+pub fn is_relayed(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| p == Protocol::P2pCircuit)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reachability {
+    Unknown,
+    Public,
+    Private,
+}
+
+impl Reachability {
+    pub fn name(self) -> &'static str {
+        match self {
+            Reachability::Unknown => "unknown",
+            Reachability::Public => "public",
+            Reachability::Private => "private",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Reservation {
+    listener: ListenerId,
+    accepted: bool,
+}
+
+/// What the node knows about its own reachability and its relays.
+#[derive(Debug)]
+pub struct Nat {
+    mode: ReachabilityMode,
+    max_relays: usize,
+    probes_ok: u64,
+    probes_failed: u64,
+    /// Relays that may be asked for a slot, with the address to reach
+    /// them: configured ones (never forgotten) and members that offer the
+    /// service (forgotten when they stop or leave).
+    relays: BTreeMap<PeerId, (Multiaddr, bool)>,
+    reservations: HashMap<PeerId, Reservation>,
+    /// Relays not to ask again before the given time.
+    resting: HashMap<PeerId, Instant>,
+    reservations_failed: u64,
+    hole_punches_ok: u64,
+    hole_punches_failed: u64,
+    /// As a relay: peers holding a slot (until they disconnect: libp2p's
+    /// `ReservationClosed` fires for any of a peer's connections closing,
+    /// so it cannot be counted on), circuits open now.
+    served_reservations: HashSet<PeerId>,
+    served_circuits: usize,
+    serving: bool,
+}
+
+impl Nat {
+    pub fn new(
+        mode: ReachabilityMode,
+        max_relays: usize,
+        configured: &[(PeerId, Multiaddr)],
+    ) -> Nat {
+        Nat {
+            mode,
+            max_relays,
+            probes_ok: 0,
+            probes_failed: 0,
+            relays: configured
+                .iter()
+                .map(|(peer, addr)| (*peer, (addr.clone(), true)))
+                .collect(),
+            reservations: HashMap::new(),
+            resting: HashMap::new(),
+            reservations_failed: 0,
+            hole_punches_ok: 0,
+            hole_punches_failed: 0,
+            served_reservations: HashSet::new(),
+            served_circuits: 0,
+            serving: false,
+        }
+    }
+
+    /// `confirmed_direct`: whether the swarm holds a confirmed (or
+    /// configured) external address that does not go through a relay.
+    pub fn reachability(&self, confirmed_direct: bool) -> Reachability {
+        match self.mode {
+            ReachabilityMode::Public => Reachability::Public,
+            ReachabilityMode::Private => Reachability::Private,
+            ReachabilityMode::Auto if confirmed_direct => Reachability::Public,
+            ReachabilityMode::Auto if self.probes_failed > 0 => Reachability::Private,
+            ReachabilityMode::Auto => Reachability::Unknown,
+        }
+    }
+
+    pub fn on_probe(&mut self, ok: bool) {
+        if ok {
+            self.probes_ok += 1;
+        } else {
+            self.probes_failed += 1;
+        }
+    }
+
+    /// A member's identify said whether it offers the relay service, and
+    /// where it listens.
+    pub fn relay_seen(&mut self, peer: PeerId, serves: bool, addrs: &[Multiaddr]) {
+        if self
+            .relays
+            .get(&peer)
+            .is_some_and(|(_, configured)| *configured)
+        {
+            return;
+        }
+        match addrs.iter().find(|a| !is_relayed(a)) {
+            Some(addr) if serves => {
+                self.relays.insert(peer, (addr.clone(), false));
+            }
+            _ => {
+                self.relays.remove(&peer);
+            }
+        }
+    }
+
+    /// A member left: it is no longer a relay to pick (a slot held on it
+    /// ends with its listener).
+    pub fn peer_gone(&mut self, peer: &PeerId) {
+        self.served_reservations.remove(peer);
+        if self
+            .relays
+            .get(peer)
+            .is_some_and(|(_, configured)| !*configured)
+        {
+            self.relays.remove(peer);
+        }
+    }
+
+    /// Relays to ask for a slot now, with the circuit listen address on
+    /// each: while private, up to `max_relays` slots in all, configured
+    /// relays first.
+    pub fn relays_to_reserve(
+        &self,
+        reachability: Reachability,
+        now: Instant,
+    ) -> Vec<(PeerId, Multiaddr)> {
+        if reachability != Reachability::Private {
+            return Vec::new();
+        }
+        let wanted = self.max_relays.saturating_sub(self.reservations.len());
+        let mut picks: Vec<(bool, PeerId, Multiaddr)> = self
+            .relays
+            .iter()
+            .filter(|(peer, _)| !self.reservations.contains_key(peer))
+            .filter(|(peer, _)| self.resting.get(peer).is_none_or(|until| *until <= now))
+            .map(|(peer, (addr, configured))| {
+                let circuit = addr
+                    .clone()
+                    .with(Protocol::P2p(*peer))
+                    .with(Protocol::P2pCircuit);
+                (*configured, *peer, circuit)
+            })
+            .collect();
+        // Configured ones first; BTreeMap order (peer id) otherwise.
+        picks.sort_by_key(|(configured, _, _)| !configured);
+        picks
+            .into_iter()
+            .take(wanted)
+            .map(|(_, peer, addr)| (peer, addr))
+            .collect()
+    }
+
+    pub fn reserving(&mut self, relay: PeerId, listener: ListenerId) {
+        self.reservations.insert(
+            relay,
+            Reservation {
+                listener,
+                accepted: false,
+            },
+        );
+    }
+
+    /// A reservation that could not even start (no transport for it).
+    pub fn reservation_failed(&mut self, relay: PeerId, now: Instant) {
+        self.reservations_failed += 1;
+        self.resting.insert(relay, now + RELAY_RETRY);
+    }
+
+    pub fn reservation_accepted(&mut self, relay: PeerId) -> bool {
+        match self.reservations.get_mut(&relay) {
+            Some(r) => !std::mem::replace(&mut r.accepted, true),
+            None => false,
+        }
+    }
+
+    /// A listener closed: if it was a relay slot, the relay is rested
+    /// (unless the slot was given up on purpose) and another is picked.
+    pub fn listener_closed(&mut self, listener: ListenerId, now: Instant) -> Option<PeerId> {
+        let relay = self
+            .reservations
+            .iter()
+            .find(|(_, r)| r.listener == listener)
+            .map(|(peer, _)| *peer)?;
+        self.reservations.remove(&relay);
+        self.reservations_failed += 1;
+        self.resting.insert(relay, now + RELAY_RETRY);
+        Some(relay)
+    }
+
+    /// Slots to give up: all of them once the node is public.
+    pub fn take_reservations_to_drop(&mut self, reachability: Reachability) -> Vec<ListenerId> {
+        if reachability != Reachability::Public {
+            return Vec::new();
+        }
+        self.reservations.drain().map(|(_, r)| r.listener).collect()
+    }
+
+    /// Whether the relay service should be offered, and if that changed.
+    pub fn set_serving(&mut self, serving: bool) -> bool {
+        std::mem::replace(&mut self.serving, serving) != serving
+    }
+
+    pub fn on_relay_service(&mut self, event: &relay::Event) {
+        match event {
+            relay::Event::ReservationReqAccepted { src_peer_id, .. } => {
+                self.served_reservations.insert(*src_peer_id);
+            }
+            relay::Event::ReservationTimedOut { src_peer_id } => {
+                self.served_reservations.remove(src_peer_id);
+            }
+            relay::Event::CircuitReqAccepted { .. } => self.served_circuits += 1,
+            relay::Event::CircuitClosed { .. } => {
+                self.served_circuits = self.served_circuits.saturating_sub(1)
+            }
+            _ => {}
+        }
+    }
+
+    pub fn on_hole_punch(&mut self, ok: bool) {
+        if ok {
+            self.hole_punches_ok += 1;
+        } else {
+            self.hole_punches_failed += 1;
+        }
+    }
+
+    pub fn status(
+        &self,
+        reachability: Reachability,
+        confirmed: Vec<String>,
+        relayed_addrs: Vec<String>,
+        relayed_connections: usize,
+    ) -> NatStatus {
+        let mut relays: Vec<String> = self
+            .reservations
+            .iter()
+            .filter(|(_, r)| r.accepted)
+            .map(|(peer, _)| peer.to_string())
+            .collect();
+        relays.sort();
+        NatStatus {
+            reachability: reachability.name().into(),
+            mode: match self.mode {
+                ReachabilityMode::Auto => "auto",
+                ReachabilityMode::Public => "public",
+                ReachabilityMode::Private => "private",
+            }
+            .into(),
+            confirmed_addrs: confirmed,
+            probes_ok: self.probes_ok,
+            probes_failed: self.probes_failed,
+            relays,
+            relayed_addrs,
+            reservations_failed: self.reservations_failed,
+            hole_punches_ok: self.hole_punches_ok,
+            hole_punches_failed: self.hole_punches_failed,
+            relayed_connections,
+            relay_service: self.serving,
+            relay_reservations: self.served_reservations.len(),
+            relay_circuits: self.served_circuits,
+        }
+    }
+}
+
+impl Network {
+    fn confirmed_direct_addrs(&self) -> Vec<Multiaddr> {
+        self.swarm
+            .external_addresses()
+            .filter(|a| !is_relayed(a))
+            .cloned()
+            .collect()
+    }
+
+    pub(super) fn reachability(&self) -> Reachability {
+        self.nat
+            .reachability(!self.confirmed_direct_addrs().is_empty())
+    }
+
+    /// Run on every maintenance tick: relay slots and the relay service
+    /// follow the node's reachability.
+    pub(super) fn maintain_nat(&mut self, now: Instant) {
+        let reachability = self.reachability();
+        let serving = reachability == Reachability::Public;
+        if self.nat.set_serving(serving) {
+            if let Some(relay) = self.swarm.behaviour_mut().relay.as_mut() {
+                tracing::info!(
+                    serving,
+                    "relay service {}",
+                    if serving { "offered" } else { "withdrawn" }
+                );
+                relay.set_serving(serving);
+            }
+        }
+        for listener in self.nat.take_reservations_to_drop(reachability) {
+            tracing::info!("publicly reachable; giving up relay slots");
+            self.swarm.remove_listener(listener);
+        }
+        for (relay, addr) in self.nat.relays_to_reserve(reachability, now) {
+            match self.swarm.listen_on(addr.clone()) {
+                Ok(listener) => {
+                    tracing::info!(%relay, %addr, "not publicly reachable; reserving a relay slot");
+                    self.nat.reserving(relay, listener);
+                }
+                Err(error) => {
+                    tracing::warn!(%relay, %addr, %error, "cannot reserve a relay slot");
+                    self.nat.reservation_failed(relay, now);
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_autonat(&mut self, event: autonat::v2::client::Event) {
+        let ok = event.result.is_ok();
+        self.nat.on_probe(ok);
+        match event.result {
+            Ok(()) => {
+                tracing::info!(addr = %event.tested_addr, server = %event.server, "address confirmed by a dial-back")
+            }
+            Err(error) => {
+                tracing::info!(addr = %event.tested_addr, server = %event.server, %error, "address not reachable from outside")
+            }
+        }
+    }
+
+    pub(super) fn on_relay_client(&mut self, event: relay::client::Event) {
+        match event {
+            relay::client::Event::ReservationReqAccepted { relay_peer_id, .. } => {
+                if self.nat.reservation_accepted(relay_peer_id) {
+                    tracing::info!(relay = %relay_peer_id, "relay slot reserved; reachable through it");
+                }
+            }
+            relay::client::Event::OutboundCircuitEstablished { relay_peer_id, .. } => {
+                tracing::debug!(relay = %relay_peer_id, "connected to a peer through a relay")
+            }
+            relay::client::Event::InboundCircuitEstablished { src_peer_id, .. } => {
+                tracing::debug!(peer = %src_peer_id, "a peer connected through a relay")
+            }
+        }
+    }
+
+    pub(super) fn on_hole_punch(&mut self, event: dcutr::Event) {
+        let peer = event.remote_peer_id;
+        match event.result {
+            Ok(_) => {
+                self.nat.on_hole_punch(true);
+                tracing::info!(%peer, "hole punched: direct connection up; closing the relayed one");
+                self.close_relayed_if_direct(peer, Instant::now());
+            }
+            Err(error) => {
+                self.nat.on_hole_punch(false);
+                tracing::info!(%peer, %error, "hole punching failed; staying relayed");
+            }
+        }
+    }
+
+    pub(super) fn on_listener_closed(&mut self, listener: ListenerId, reason: &str) {
+        if let Some(relay) = self.nat.listener_closed(listener, Instant::now()) {
+            tracing::warn!(%relay, reason, "relay slot lost; another relay will be picked");
+        }
+    }
+
+    pub(super) fn nat_status(&self) -> NatStatus {
+        let reachability = self.reachability();
+        let confirmed = self
+            .confirmed_direct_addrs()
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        let relayed_addrs = self
+            .listening
+            .addrs
+            .iter()
+            .filter(|a| is_relayed(a))
+            .map(|a| a.to_string())
+            .collect();
+        self.nat.status(
+            reachability,
+            confirmed,
+            relayed_addrs,
+            self.links.table.relayed_connection_count(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer() -> PeerId {
+        libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id()
+    }
+
+    fn addr(s: &str) -> Multiaddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn reachability_needs_a_confirmed_address_or_a_failed_probe() {
+        let mut nat = Nat::new(ReachabilityMode::Auto, 2, &[]);
+        assert_eq!(nat.reachability(false), Reachability::Unknown);
+        nat.on_probe(false);
+        assert_eq!(nat.reachability(false), Reachability::Private);
+        // One confirmed address outweighs any number of failures.
+        assert_eq!(nat.reachability(true), Reachability::Public);
+        let forced = Nat::new(ReachabilityMode::Private, 2, &[]);
+        assert_eq!(forced.reachability(true), Reachability::Private);
+    }
+
+    #[test]
+    fn a_private_node_reserves_on_configured_relays_first_and_rests_failed_ones() {
+        let now = Instant::now();
+        let (configured, member_a, member_b) = (peer(), peer(), peer());
+        let mut nat = Nat::new(
+            ReachabilityMode::Auto,
+            2,
+            &[(configured, addr("/ip4/10.0.0.1/tcp/4001"))],
+        );
+        nat.relay_seen(member_a, true, &[addr("/ip4/10.0.0.2/udp/4001/quic-v1")]);
+        nat.relay_seen(member_b, true, &[addr("/ip4/10.0.0.3/udp/4001/quic-v1")]);
+        assert!(nat.relays_to_reserve(Reachability::Public, now).is_empty());
+        assert!(nat.relays_to_reserve(Reachability::Unknown, now).is_empty());
+        let picks = nat.relays_to_reserve(Reachability::Private, now);
+        assert_eq!(picks.len(), 2);
+        assert_eq!(picks[0].0, configured);
+        assert!(is_relayed(&picks[0].1));
+        assert_eq!(
+            picks[0].1.to_string(),
+            format!("/ip4/10.0.0.1/tcp/4001/p2p/{configured}/p2p-circuit")
+        );
+        // Both slots taken: nothing more to reserve.
+        let ids: Vec<ListenerId> = picks.iter().map(|_| ListenerId::next()).collect();
+        for ((relay, _), id) in picks.iter().zip(&ids) {
+            nat.reserving(*relay, *id);
+        }
+        assert!(nat.relays_to_reserve(Reachability::Private, now).is_empty());
+        // The configured relay's slot is lost: it rests, the third one is picked.
+        assert_eq!(nat.listener_closed(ids[0], now), Some(configured));
+        let picks = nat.relays_to_reserve(Reachability::Private, now);
+        assert_eq!(picks.len(), 1);
+        assert_ne!(picks[0].0, configured);
+        assert!(nat
+            .relays_to_reserve(Reachability::Private, now + RELAY_RETRY)
+            .iter()
+            .any(|(p, _)| *p == configured));
+        // Once public, every slot is given up.
+        assert_eq!(nat.take_reservations_to_drop(Reachability::Public).len(), 1);
+    }
+
+    #[test]
+    fn members_that_stop_relaying_or_leave_are_not_picked_but_configured_relays_stay() {
+        let now = Instant::now();
+        let (configured, member) = (peer(), peer());
+        let mut nat = Nat::new(
+            ReachabilityMode::Private,
+            4,
+            &[(configured, addr("/ip4/10.0.0.1/tcp/4001"))],
+        );
+        nat.relay_seen(member, true, &[addr("/ip4/10.0.0.2/tcp/4001")]);
+        assert_eq!(nat.relays_to_reserve(Reachability::Private, now).len(), 2);
+        nat.relay_seen(member, false, &[addr("/ip4/10.0.0.2/tcp/4001")]);
+        assert_eq!(nat.relays_to_reserve(Reachability::Private, now).len(), 1);
+        nat.relay_seen(member, true, &[addr("/ip4/10.0.0.2/tcp/4001")]);
+        nat.peer_gone(&member);
+        nat.peer_gone(&configured);
+        nat.relay_seen(configured, false, &[]);
+        let picks = nat.relays_to_reserve(Reachability::Private, now);
+        assert_eq!(picks.len(), 1);
+        assert_eq!(picks[0].0, configured);
+        // A member known only by relayed addresses is no relay.
+        nat.relay_seen(
+            member,
+            true,
+            &[addr(&format!(
+                "/ip4/10.0.0.1/tcp/4001/p2p/{configured}/p2p-circuit"
+            ))],
+        );
+        assert_eq!(nat.relays_to_reserve(Reachability::Private, now).len(), 1);
+    }
+}

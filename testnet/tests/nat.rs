@@ -1,0 +1,231 @@
+//! Hosts behind real NAT routers (namespaces with iptables MASQUERADE and a
+//! firewall that drops what nobody inside asked for): they learn they are
+//! not reachable, reserve slots on the public node, reach each other
+//! through it, punch holes where the NAT allows, and everything (gossip,
+//! consensus, pattern replication) works either way. Skipped, with the
+//! reason printed, only where namespaces cannot be created (not root).
+
+mod common;
+
+use agentmesh_node::types::{NatStatus, PeerInfo, Transport};
+use agentmesh_testnet::hosts::{self, Hosts, NatKind, Placement};
+use agentmesh_testnet::{claims, demo, patterns, wait, Testnet};
+use std::sync::Arc;
+use std::time::Duration;
+
+const FAST: &[&str] = agentmesh_testnet::partition::FAST_FAILURE_DETECTION;
+const LONG: Duration = Duration::from_secs(90);
+
+fn view(peers: &[PeerInfo], peer_id: &str) -> Option<PeerInfo> {
+    peers.iter().find(|p| p.peer_id == peer_id).cloned()
+}
+
+async fn nat_of(net: &Testnet, i: usize) -> anyhow::Result<NatStatus> {
+    Ok(net.nodes[i].client.status().await?.nat)
+}
+
+fn rt_peers(net: &Testnet, i: usize) -> Vec<PeerInfo> {
+    let client = net.nodes[i].client.clone();
+    std::thread::spawn(move || {
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(client.peers())
+            .unwrap_or_default()
+    })
+    .join()
+    .unwrap()
+}
+
+fn logs(net: &Testnet) -> String {
+    (0..net.nodes.len())
+        .map(|i| format!("--- node {i}:\n{}", net.nodes[i].log_tail(25)))
+        .collect()
+}
+
+/// Host 0 is public (bootstrap and relay, its address configured as an
+/// operator would); hosts 1 and 2 sit behind port-restricted cone NATs,
+/// host 3 behind a symmetric one; host 4 is public too, and learns it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_behind_nat_join_through_a_relay_and_punch_holes_where_they_can() {
+    if let Some(why) = hosts::unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let hosts = Arc::new(
+        Hosts::create_placed(&[
+            Placement::Public,
+            Placement::Behind(NatKind::PortRestricted),
+            Placement::Behind(NatKind::PortRestricted),
+            Placement::Behind(NatKind::Symmetric),
+            Placement::Public,
+        ])
+        .expect("creating hosts behind NAT"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = common::options(5, &dir);
+    opts.hosts = Some(hosts.clone());
+    opts.extra_args = FAST.iter().map(|s| s.to_string()).collect();
+    // One slot each, so that losing its relay makes a node find another.
+    opts.extra_args
+        .extend(["--nat-max-relays".to_string(), "1".to_string()]);
+    // A node that only ever receives connections has nobody to ask for a
+    // dial-back (AutoNAT asks over connections it dialled itself): the
+    // bootstrap host's operator names its address.
+    let bootstrap = hosts.addr(0);
+    opts.node_args = vec![vec![
+        "--external-address".into(),
+        format!("/ip4/{bootstrap}/udp/4001/quic-v1,/ip4/{bootstrap}/tcp/4001"),
+    ]];
+    let mut net = Testnet::start(opts).await.expect("starting nodes");
+
+    // Reachability: host 4's address is dialled back, the NATed hosts' are
+    // not, so they reserve a slot on the bootstrap node.
+    let relays = [
+        net.nodes[0].info.peer_id.clone(),
+        net.nodes[4].info.peer_id.clone(),
+    ];
+    wait::until("reachability of every node", LONG, || async {
+        for i in [0, 4] {
+            let public = nat_of(&net, i).await?;
+            if public.reachability != "public" || !public.relay_service {
+                return Ok(None);
+            }
+        }
+        for i in 1..4 {
+            let nat = nat_of(&net, i).await?;
+            if nat.reachability != "private"
+                || nat.relays.len() != 1
+                || !relays.contains(&nat.relays[0])
+                || nat.relayed_addrs.is_empty()
+            {
+                return Ok(None);
+            }
+        }
+        Ok(Some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", logs(&net)));
+    let learned = nat_of(&net, 4).await.unwrap();
+    assert!(learned.probes_ok >= 1, "{learned:?}");
+    assert!(!learned.confirmed_addrs.is_empty(), "{learned:?}");
+    let served = nat_of(&net, 0).await.unwrap().relay_reservations
+        + nat_of(&net, 4).await.unwrap().relay_reservations;
+    assert_eq!(served, 3);
+    for i in 1..4 {
+        let nat = nat_of(&net, i).await.unwrap();
+        assert!(nat.confirmed_addrs.is_empty(), "node {i}: {nat:?}");
+        assert!(nat.probes_failed >= 1, "node {i}: {nat:?}");
+    }
+
+    // Everyone reaches everyone: the NATed hosts through the relay first.
+    net.wait_full_mesh(LONG)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", logs(&net)));
+
+    // The two cone NATs let a hole be punched: 1 and 2 end up direct, and
+    // the relayed connection is closed.
+    let id = |i: usize| net.nodes[i].info.peer_id.clone();
+    wait::until(
+        "a direct connection between hosts 1 and 2",
+        LONG,
+        || async {
+            let peers = net.nodes[1].client.peers().await?;
+            Ok(view(&peers, &id(2))
+                .filter(|p| p.transport != Transport::Relayed && p.connections.len() == 1)
+                .map(|_| ()))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e:#}\n{:#?}\n{}",
+            view(&rt_peers(&net, 1), &id(2)),
+            logs(&net)
+        )
+    });
+    let punched: u64 = {
+        let mut n = 0;
+        for i in 1..3 {
+            n += nat_of(&net, i).await.unwrap().hole_punches_ok;
+        }
+        n
+    };
+    assert!(punched >= 1);
+
+    // The symmetric NAT defeats hole punching: host 3 stays relayed to the
+    // other NATed hosts, and still works with them.
+    for other in [1, 2] {
+        let peers = net.nodes[3].client.peers().await.unwrap();
+        let p = view(&peers, &id(other)).expect("connected");
+        assert_eq!(
+            p.transport,
+            Transport::Relayed,
+            "host 3 to host {other}: {p:?}"
+        );
+    }
+
+    let report = demo::exchange(&net, "coordination", 2, LONG)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", logs(&net)));
+    assert_eq!(report.received, vec![10; 5]);
+    claims::contested_claim(&net, "nat-task", LONG)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", logs(&net)));
+    patterns::spread(&net, LONG)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", logs(&net)));
+    // The relay that host 3 uses goes away: host 3 (and any other host on
+    // it) reserves on the other one and is reached through it again.
+    let used = nat_of(&net, 3).await.unwrap().relays[0].clone();
+    let (gone, other) = if used == relays[0] {
+        (0, &relays[1])
+    } else {
+        (4, &relays[0])
+    };
+    let natted: Vec<String> = (1..4).map(id).collect();
+    net.kill(gone);
+    let index_of = |net: &Testnet, peer: &str| {
+        net.nodes
+            .iter()
+            .position(|n| n.info.peer_id == peer)
+            .unwrap()
+    };
+    wait::until(
+        "the NATed hosts to move to the remaining relay",
+        LONG,
+        || async {
+            for peer in &natted {
+                let nat = nat_of(&net, index_of(&net, peer)).await?;
+                if nat.relays != [other.clone()] {
+                    return Ok(None);
+                }
+            }
+            Ok(Some(()))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", logs(&net)));
+    net.wait_full_mesh(LONG)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", logs(&net)));
+    let report = demo::exchange(&net, "coordination", 1, LONG)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", logs(&net)));
+    assert_eq!(report.received, vec![4; 4]);
+
+    let after: Vec<NatStatus> = {
+        let mut v = Vec::new();
+        for i in 0..net.nodes.len() {
+            v.push(nat_of(&net, i).await.unwrap());
+        }
+        v
+    };
+    eprintln!("{after:#?}");
+    if std::env::var_os("NAT_TEST_LOGS").is_some() {
+        for i in 0..net.nodes.len() {
+            eprintln!("--- node {i}:\n{}", net.nodes[i].log_tail(400));
+        }
+    }
+    let symmetric = index_of(&net, &natted[2]);
+    assert!(after[symmetric].relayed_connections >= 2, "{after:#?}");
+}
