@@ -123,10 +123,35 @@ async fn status(args: ClientArgs) -> Result<()> {
         println!("network      {}", status.network);
         println!("uptime       {} s", status.uptime_secs);
         println!("listening    {}", status.listen_addrs.join(" "));
+        let nat = &status.nat;
         println!(
-            "peers        {} connected, {} in routing table, {} known",
-            status.connected_peers, status.routing_table_peers, status.known_peers
+            "reachability {} ({} dial-backs worked, {} failed; mode {})",
+            nat.reachability, nat.probes_ok, nat.probes_failed, nat.mode
         );
+        if !nat.confirmed_addrs.is_empty() {
+            println!("reachable at {}", nat.confirmed_addrs.join(" "));
+        }
+        if !nat.relays.is_empty() {
+            println!("relays       {}", nat.relays.join(" "));
+            println!("relayed at   {}", nat.relayed_addrs.join(" "));
+        }
+        println!(
+            "peers        {} connected ({} through a relay), {} in routing table, {} known",
+            status.connected_peers,
+            nat.relayed_connections,
+            status.routing_table_peers,
+            status.known_peers
+        );
+        println!(
+            "holes        {} punched, {} failed",
+            nat.hole_punches_ok, nat.hole_punches_failed
+        );
+        if nat.relay_service {
+            println!(
+                "relaying     {} slots held for peers, {} circuits open",
+                nat.relay_reservations, nat.relay_circuits
+            );
+        }
         let m = &status.messages;
         println!(
             "messages     {} published, {} received, {} rejected",

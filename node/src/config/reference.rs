@@ -94,6 +94,7 @@ fn kind_of(ty: &str) -> &'static str {
         "Option<String>" => "text, or unset",
         "Option<PathBuf>" => "path, or unset",
         "LogFormat" => "human / json",
+        "ReachabilityMode" => "auto / public / private",
         other => panic!("no reference name for the setting type {other}"),
     }
 }

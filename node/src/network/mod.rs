@@ -124,6 +124,11 @@ pub enum PeerRequestError {
     /// The peer answered, but its membership does not allow what it sent.
     #[error("the peer's membership certificate does not allow {0}")]
     NotAllowed(&'static str),
+    /// Large transfers never go through a relay (circuits carry
+    /// `nat.relay_circuit_bytes` at most, and a relay is someone else's
+    /// bandwidth): they wait for a direct connection.
+    #[error("the peer is reached only through a relay; {0} waits for a direct connection")]
+    RelayedOnly(&'static str),
 }
 
 /// A cheap, cloneable way to talk to the network task.

@@ -62,6 +62,11 @@ impl ModelIo {
 impl Network {
     pub(super) fn on_model_fetch(&mut self, fetch: ModelFetch) {
         match peer_id_of(&fetch.peer) {
+            Ok(peer) if self.relayed_only(&peer) => {
+                let _ = fetch.reply.send(Err(super::PeerRequestError::RelayedOnly(
+                    "a model transfer",
+                )));
+            }
             Ok(peer) => {
                 let id = self
                     .swarm
@@ -91,7 +96,13 @@ impl Network {
                     if !self.admit_request(&peer) {
                         return;
                     }
-                    let response = self.model.answer(&request);
+                    let response = if self.relayed_only(&peer) {
+                        ModelResponse::Unavailable {
+                            reason: "reached only through a relay: models are sent over direct connections".into(),
+                        }
+                    } else {
+                        self.model.answer(&request)
+                    };
                     let _ = self
                         .swarm
                         .behaviour_mut()

@@ -147,8 +147,8 @@ impl Nat {
         }
     }
 
-    /// A member left: it is no longer a relay to pick (a slot held on it
-    /// ends with its listener).
+    /// A peer left: it is no longer a relay to pick (a slot this node held
+    /// on it ends with its listener), nor holds a slot here.
     pub fn peer_gone(&mut self, peer: &PeerId) {
         self.served_reservations.remove(peer);
         if self
@@ -313,6 +313,11 @@ impl Network {
             .filter(|a| !is_relayed(a))
             .cloned()
             .collect()
+    }
+
+    /// Whether every connection to `peer` goes through a relay.
+    pub(super) fn relayed_only(&self, peer: &PeerId) -> bool {
+        self.links.table.connections(peer) > 0 && self.links.table.direct_connections(peer) == 0
     }
 
     pub(super) fn reachability(&self) -> Reachability {
