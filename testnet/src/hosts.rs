@@ -65,6 +65,18 @@ pub enum Placement {
     Behind(NatKind),
 }
 
+/// The demo's hosts: all public, or (`nat`) the first public and the rest
+/// behind NAT, alternately port-restricted and symmetric.
+pub fn demo_placements(n: usize, nat: bool) -> Vec<Placement> {
+    (0..n)
+        .map(|i| match (nat, i) {
+            (false, _) | (true, 0) => Placement::Public,
+            (true, i) if i % 2 == 1 => Placement::Behind(NatKind::PortRestricted),
+            (true, _) => Placement::Behind(NatKind::Symmetric),
+        })
+        .collect()
+}
+
 /// The API port of nodes on hosts; the only port a NAT router lets the
 /// test driver (the bridge's own address) reach inside.
 pub const API_PORT: u16 = 7700;

@@ -15,6 +15,7 @@ pub mod hosts;
 pub mod membership_bench;
 pub mod mesh;
 pub mod model_bench;
+pub mod nat_bench;
 #[cfg(feature = "nats")]
 pub mod nats_bench;
 pub mod partition;

@@ -40,6 +40,11 @@ enum Command {
         /// each, on a shared bridge (needs root, ip and iptables). Overrides N.
         #[arg(long)]
         hosts: Option<usize>,
+        /// With --hosts: put every host but the first behind its own NAT
+        /// router, alternately port-restricted cone and symmetric (see
+        /// docs/nat.md). The first host stays public: bootstrap and relay.
+        #[arg(long, requires = "hosts")]
+        nat: bool,
     },
     /// Start N nodes in the background and wait for the mesh.
     Up {
@@ -83,6 +88,14 @@ enum BenchCommand {
     /// TCP fallback time with UDP blocked, dead-peer detection, reconnection,
     /// gossip under 5% and 10% packet loss (namespaced hosts; needs root).
     Transport,
+    /// Hosts behind NAT routers (namespaced; needs root): per NAT kind, time
+    /// to a newcomer's first message and to a direct connection, the
+    /// hole-punch success rate over N attempts, relayed or direct gossip
+    /// latency between two NATed hosts.
+    Nat {
+        #[arg(long, default_value_t = 50)]
+        attempts: usize,
+    },
     /// Finalized transactions/s, finality and query round-trip percentiles,
     /// peak RSS; all honest, then with one contrary voter; and the
     /// simulator's cost per round at 100 nodes.
@@ -308,7 +321,12 @@ async fn run(cli: Cli) -> Result<()> {
         None => binary::locate()?,
     };
     match cli.command {
-        Command::Demo { nodes, dir, hosts } => {
+        Command::Demo {
+            nodes,
+            dir,
+            hosts,
+            nat,
+        } => {
             let tmp = tempfile::Builder::new()
                 .prefix("agentmesh-demo-")
                 .tempdir()?;
@@ -316,9 +334,26 @@ async fn run(cli: Cli) -> Result<()> {
             let mut options = TestnetOptions::new(hosts.unwrap_or(nodes), &root, &bin);
             options.progress = true;
             if let Some(n) = hosts {
+                let placements = agentmesh_testnet::hosts::demo_placements(n, nat);
                 eprintln!("[testnet] creating {n} hosts (network namespaces on a bridge)");
+                for (i, p) in placements.iter().enumerate() {
+                    if let agentmesh_testnet::hosts::Placement::Behind(kind) = p {
+                        eprintln!("[testnet] host {i} is behind a {kind:?} NAT");
+                    }
+                }
                 // Removed when the demo ends, fails or is interrupted.
-                options.hosts = Some(std::sync::Arc::new(Hosts::create(n)?));
+                let created = Hosts::create_placed(&placements)?;
+                if nat {
+                    // The public bootstrap host only ever receives
+                    // connections, so it has nobody to ask for a dial-back:
+                    // its address is configured, as an operator would.
+                    let a = created.addr(0);
+                    options.node_args = vec![vec![
+                        "--external-address".into(),
+                        format!("/ip4/{a}/udp/4001/quic-v1,/ip4/{a}/tcp/4001"),
+                    ]];
+                }
+                options.hosts = Some(std::sync::Arc::new(created));
             }
             tokio::select! {
                 r = run_demo(options) => r,
@@ -448,6 +483,16 @@ async fn bench(which: BenchCommand, bin: &Path) -> Result<()> {
         }
         BenchCommand::Transport => {
             for line in agentmesh_testnet::transport_bench::transport(bin).await? {
+                println!("{line}");
+            }
+            Ok(())
+        }
+        BenchCommand::Nat { attempts } => {
+            anyhow::ensure!(attempts >= 1, "--attempts must be at least 1");
+            if let Some(why) = agentmesh_testnet::hosts::unavailable() {
+                anyhow::bail!("namespaced hosts are unavailable: {why}");
+            }
+            for line in agentmesh_testnet::nat_bench::nat(bin, attempts).await? {
                 println!("{line}");
             }
             Ok(())
