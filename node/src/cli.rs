@@ -24,6 +24,10 @@ pub enum Command {
         #[command(subcommand)]
         action: ConfigCommand,
     },
+    /// Set up a host: create its identity, write a commented configuration
+    /// file (public host or behind NAT), print its peer id and, for a
+    /// public host, the bootstrap addresses other hosts start with.
+    Init(crate::init::InitArgs),
     /// Print this node's peer id (creates the identity if there is none yet).
     Id {
         #[arg(long, env = "AGENTMESH_DATA_DIR", default_value = "agentmesh-data")]

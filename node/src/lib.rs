@@ -10,6 +10,7 @@ pub mod clock;
 pub mod config;
 pub mod consensus;
 pub mod identity;
+pub mod init;
 pub mod logging;
 pub mod metrics;
 pub mod model;

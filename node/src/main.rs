@@ -37,6 +37,11 @@ async fn dispatch(command: Command) -> Result<()> {
             println!("{}", agentmesh_node::api::openapi().to_pretty_json()?);
             Ok(())
         }
+        Command::Init(args) => {
+            logging::init(LogFormat::Human, "warn");
+            print!("{}", agentmesh_node::init::init(&args)?);
+            Ok(())
+        }
         Command::Id { data_dir } => id(data_dir),
         Command::Keygen { out, force } => keygen(out, force),
         Command::Ca { action } => agentmesh_node::ca::run(action),

@@ -93,8 +93,13 @@ enum BenchCommand {
     /// hole-punch success rate over N attempts, relayed or direct gossip
     /// latency between two NATed hosts.
     Nat {
+        /// Newcomers started behind the port-restricted cone NAT.
         #[arg(long, default_value_t = 50)]
         attempts: usize,
+        /// Newcomers started behind the symmetric NAT (each waits for hole
+        /// punching to fail).
+        #[arg(long, default_value_t = 10)]
+        symmetric_attempts: usize,
     },
     /// Finalized transactions/s, finality and query round-trip percentiles,
     /// peak RSS; all honest, then with one contrary voter; and the
@@ -487,12 +492,19 @@ async fn bench(which: BenchCommand, bin: &Path) -> Result<()> {
             }
             Ok(())
         }
-        BenchCommand::Nat { attempts } => {
-            anyhow::ensure!(attempts >= 1, "--attempts must be at least 1");
+        BenchCommand::Nat {
+            attempts,
+            symmetric_attempts,
+        } => {
+            anyhow::ensure!(
+                attempts >= 1 && symmetric_attempts >= 1,
+                "--attempts and --symmetric-attempts must be at least 1"
+            );
             if let Some(why) = agentmesh_testnet::hosts::unavailable() {
                 anyhow::bail!("namespaced hosts are unavailable: {why}");
             }
-            for line in agentmesh_testnet::nat_bench::nat(bin, attempts).await? {
+            for line in agentmesh_testnet::nat_bench::nat(bin, attempts, symmetric_attempts).await?
+            {
                 println!("{line}");
             }
             Ok(())

@@ -191,11 +191,11 @@ async fn nat_kind(bin: &Path, kind: NatKind, attempts: usize) -> Result<Value> {
     }))
 }
 
-/// One JSON line per NAT kind.
-pub async fn nat(bin: &Path, attempts: usize) -> Result<Vec<Value>> {
-    let mut out = Vec::new();
-    for kind in [NatKind::PortRestricted, NatKind::Symmetric] {
-        out.push(nat_kind(bin, kind, attempts).await?);
-    }
-    Ok(out)
+/// One JSON line per NAT kind. Symmetric NATs get fewer attempts: each
+/// one waits for hole punching to fail.
+pub async fn nat(bin: &Path, attempts: usize, symmetric_attempts: usize) -> Result<Vec<Value>> {
+    Ok(vec![
+        nat_kind(bin, NatKind::PortRestricted, attempts).await?,
+        nat_kind(bin, NatKind::Symmetric, symmetric_attempts).await?,
+    ])
 }

@@ -110,12 +110,9 @@ async fn hosts_behind_nat_join_through_a_relay_and_punch_holes_where_they_can() 
     assert!(!learned.confirmed_addrs.is_empty(), "{learned:?}");
     let served = nat_of(&net, 0).await.unwrap().relay_reservations
         + nat_of(&net, 4).await.unwrap().relay_reservations;
-    assert_eq!(served, 3);
-    for i in 1..4 {
-        let nat = nat_of(&net, i).await.unwrap();
-        assert!(nat.confirmed_addrs.is_empty(), "node {i}: {nat:?}");
-        assert!(nat.probes_failed >= 1, "node {i}: {nat:?}");
-    }
+    // Three NATed hosts, one slot each (more for a moment if a slot is
+    // being replaced).
+    assert!(served >= 3, "{served}");
 
     // Everyone reaches everyone: the NATed hosts through the relay first.
     net.wait_full_mesh(LONG)
@@ -153,7 +150,13 @@ async fn hosts_behind_nat_join_through_a_relay_and_punch_holes_where_they_can() 
     assert!(punched >= 1);
 
     // The symmetric NAT defeats hole punching: host 3 stays relayed to the
-    // other NATed hosts, and still works with them.
+    // other NATed hosts (once hole punching has had its try), and still
+    // works with them.
+    wait::until("host 3's hole punching to give up", LONG, || async {
+        Ok((nat_of(&net, 3).await?.hole_punches_failed >= 1).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", logs(&net)));
     for other in [1, 2] {
         let peers = net.nodes[3].client.peers().await.unwrap();
         let p = view(&peers, &id(other)).expect("connected");

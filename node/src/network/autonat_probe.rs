@@ -1,30 +1,93 @@
 //! AutoNAT v2's client, shown only the address candidates worth testing.
 //!
-//! identify reports, as a candidate external address, whatever address a
-//! peer says it sees this node at, and peers connected through a relay
-//! see a relayed address (or a bare `/p2p/<id>`). Testing those says
-//! nothing about NAT, and a peer dialling one back opens a circuit through
-//! a relay for nothing. This wrapper drops such candidates before the
-//! client sees them and passes everything else through unchanged.
+//! identify reports, as a candidate external address, whatever address any
+//! connected peer says it sees this node at, strangers included, and the
+//! client keeps every candidate for good and tests each one (each test
+//! costs a server a dial, and a failed one counts towards "private"). So
+//! candidates pass only when:
+//!
+//! - they are direct IP addresses: peers connected through a relay see a
+//!   relayed address (or a bare `/p2p/<id>`), and testing those says
+//!   nothing about NAT;
+//! - an admitted member saw this node at that IP ([`Probe::vouch`]); a
+//!   candidate that arrives first waits, in a small buffer, for a member
+//!   to vouch for it;
+//! - fewer than [`MAX_CANDIDATES`] have passed so far.
 
+use super::peer_manager::addrs::ip_of;
 use libp2p::autonat::v2::client;
 use libp2p::core::transport::PortUse;
 use libp2p::core::Endpoint;
 use libp2p::swarm::{
-    ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent,
-    THandlerOutEvent, ToSwarm,
+    ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, NewExternalAddrCandidate,
+    THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
 };
 use libp2p::{Multiaddr, PeerId};
+use std::collections::{HashSet, VecDeque};
+use std::net::IpAddr;
 use std::task::{Context, Poll};
+
+/// Most candidates ever passed to the client (it never forgets one), and
+/// most waiting for a member's word.
+pub const MAX_CANDIDATES: usize = 16;
+/// Most IPs members vouched for that are remembered.
+const MAX_VOUCHED: usize = 16;
 
 #[derive(Default)]
 pub struct Probe {
     inner: client::Behaviour,
+    vouched: VecDeque<IpAddr>,
+    waiting: VecDeque<Multiaddr>,
+    passed: HashSet<Multiaddr>,
+}
+
+impl Probe {
+    /// An admitted member saw this node at `ip`.
+    pub fn vouch(&mut self, ip: IpAddr) {
+        if self.vouched.contains(&ip) {
+            return;
+        }
+        if self.vouched.len() == MAX_VOUCHED {
+            self.vouched.pop_front();
+        }
+        self.vouched.push_back(ip);
+        let (ready, still): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|a| ip_of(a) == Some(ip));
+        self.waiting = still.into();
+        for addr in ready {
+            self.pass(addr);
+        }
+    }
+
+    fn candidate(&mut self, addr: &Multiaddr) {
+        if !worth_testing(addr) || self.passed.contains(addr) {
+            return;
+        }
+        if ip_of(addr).is_some_and(|ip| self.vouched.contains(&ip)) {
+            self.pass(addr.clone());
+        } else if !self.waiting.contains(addr) {
+            if self.waiting.len() == MAX_CANDIDATES {
+                self.waiting.pop_front();
+            }
+            self.waiting.push_back(addr.clone());
+        }
+    }
+
+    fn pass(&mut self, addr: Multiaddr) {
+        if self.passed.len() >= MAX_CANDIDATES || !self.passed.insert(addr.clone()) {
+            return;
+        }
+        self.inner
+            .on_swarm_event(FromSwarm::NewExternalAddrCandidate(
+                NewExternalAddrCandidate { addr: &addr },
+            ));
+    }
 }
 
 /// Whether a candidate is a direct IP address (worth a dial-back).
 pub fn worth_testing(addr: &Multiaddr) -> bool {
-    !super::nat::is_relayed(addr) && super::peer_manager::addrs::ip_of(addr).is_some()
+    !super::nat::is_relayed(addr) && ip_of(addr).is_some()
 }
 
 impl NetworkBehaviour for Probe {
@@ -77,9 +140,8 @@ impl NetworkBehaviour for Probe {
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
         if let FromSwarm::NewExternalAddrCandidate(c) = &event {
-            if !worth_testing(c.addr) {
-                return;
-            }
+            self.candidate(c.addr);
+            return;
         }
         self.inner.on_swarm_event(event)
     }
@@ -104,6 +166,31 @@ impl NetworkBehaviour for Probe {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn candidates_wait_for_a_member_and_are_bounded() {
+        let a = |s: &str| s.parse::<Multiaddr>().unwrap();
+        let mut probe = Probe::default();
+        // A stranger's claims: none reaches the client.
+        for i in 0..100u32 {
+            probe.candidate(&a(&format!("/ip4/198.51.{}.{}/tcp/4001", i / 256, i % 256)));
+        }
+        assert!(probe.passed.is_empty());
+        assert_eq!(probe.waiting.len(), MAX_CANDIDATES);
+        // A member saw us at 203.0.113.5: its candidates pass, now or later.
+        probe.candidate(&a("/ip4/203.0.113.5/udp/4001/quic-v1"));
+        probe.vouch("203.0.113.5".parse().unwrap());
+        probe.candidate(&a("/ip4/203.0.113.5/tcp/4001"));
+        assert_eq!(probe.passed.len(), 2);
+        // However many a member vouches for, at most MAX_CANDIDATES pass.
+        for i in 0..40u32 {
+            let ip = format!("192.0.2.{i}");
+            probe.vouch(ip.parse().unwrap());
+            probe.candidate(&a(&format!("/ip4/{ip}/tcp/4001")));
+        }
+        assert_eq!(probe.passed.len(), MAX_CANDIDATES);
+        assert!(probe.vouched.len() <= MAX_VOUCHED);
+    }
 
     #[test]
     fn only_direct_ip_addresses_are_tested() {

@@ -294,9 +294,12 @@ fn relay_config(settings: &Settings) -> relay::Config {
     let nat = &settings.config.nat;
     relay::Config {
         max_reservations: nat.relay_max_reservations.get(),
-        max_reservations_per_peer: 1,
+        // libp2p-relay refuses only when a peer already holds *more* than
+        // these (`count > max`), so each is one below the limit meant:
+        // one slot per peer, `relay_max_circuits_per_peer` circuits.
+        max_reservations_per_peer: 0,
         max_circuits: nat.relay_max_circuits.get(),
-        max_circuits_per_peer: nat.relay_max_circuits_per_peer.get(),
+        max_circuits_per_peer: nat.relay_max_circuits_per_peer.get() - 1,
         max_circuit_duration: nat.relay_circuit_secs.duration(),
         max_circuit_bytes: nat.relay_circuit_bytes.get(),
         // libp2p's rate limits (per peer and per IP) are kept.

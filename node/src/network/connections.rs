@@ -230,7 +230,7 @@ impl Network {
         endpoint: &ConnectedPoint,
         dial_errors: Vec<Multiaddr>,
     ) {
-        self.links.own_dials.remove(&id);
+        let own = self.links.own_dials.remove(&id);
         if node_id_of(&peer).is_none() {
             tracing::warn!(%peer, "peer has no Ed25519 identity; disconnecting");
             self.mark_unwanted(peer);
@@ -269,13 +269,18 @@ impl Network {
         self.close_relayed_if_direct(peer, now);
         self.links.dialer.connected(peer, now);
         self.links.rejoin.restart(now);
-        // Breakers judge direct QUIC only.
+        // Breakers judge direct QUIC, by this node's own dials only (not
+        // AutoNAT dial-backs, hole punching or Kademlia's own).
         let ConnectedPoint::Dialer { address, .. } = endpoint else {
             return;
         };
-        if endpoint.is_relayed() {
+        if endpoint.is_relayed() || !(own || self.links.trials.contains_key(&id)) {
             return;
         }
+        let dial_errors: Vec<Multiaddr> = dial_errors
+            .into_iter()
+            .filter(|a| !super::nat::is_relayed(a))
+            .collect();
         let before = self.links.dialer.breaker_state(peer, now).0;
         let after = self
             .links

@@ -95,6 +95,8 @@ pub struct Identified {
     pub serves_kad: bool,
     /// It offers circuit relay service.
     pub serves_relay: bool,
+    /// The IP it sees this node at (directly connected only).
+    pub sees_us_at: Option<std::net::IpAddr>,
 }
 
 pub struct Membership {

@@ -127,7 +127,7 @@ pub enum PeerRequestError {
     /// Large transfers never go through a relay (circuits carry
     /// `nat.relay_circuit_bytes` at most, and a relay is someone else's
     /// bandwidth): they wait for a direct connection.
-    #[error("the peer is reached only through a relay; {0} waits for a direct connection")]
+    #[error("no direct connection to the peer (only through a relay, or none); {0} waits for one")]
     RelayedOnly(&'static str),
 }
 
@@ -348,6 +348,7 @@ impl Network {
                 .iter()
                 .map(|r| (r.peer_id, r.addr.clone()))
                 .collect::<Vec<_>>(),
+            &settings.external_addrs,
         );
         let peer_manager = peer_manager::PeerManager::new(&settings);
         let mut network = Network {
@@ -672,7 +673,18 @@ impl Network {
             BehaviourEvent::RelayClient(event) => self.on_relay_client(event),
             BehaviourEvent::Relay(event) => self.nat.on_relay_service(&event),
             BehaviourEvent::Dcutr(event) => self.on_hole_punch(event),
-            BehaviourEvent::Upnp(event) => tracing::info!(?event, "UPnP"),
+            BehaviourEvent::Upnp(event) => {
+                tracing::info!(?event, "UPnP");
+                match event {
+                    libp2p::upnp::Event::NewExternalAddr { external_addr, .. } => {
+                        self.nat.on_mapping(external_addr, true)
+                    }
+                    libp2p::upnp::Event::ExpiredExternalAddr { external_addr, .. } => {
+                        self.nat.on_mapping(external_addr, false)
+                    }
+                    _ => {}
+                }
+            }
             _ => {}
         }
     }
@@ -732,6 +744,7 @@ impl Network {
             seen_at,
             serves_kad: info.protocols.contains(&kad_protocol),
             serves_relay: info.protocols.contains(&libp2p::relay::HOP_PROTOCOL_NAME),
+            sees_us_at: peer_manager::addrs::ip_of(&info.observed_addr),
         };
         if self.membership.is_admitted(&peer) {
             self.route_to(peer, identified);
@@ -749,8 +762,12 @@ impl Network {
             seen_at,
             serves_kad,
             serves_relay,
+            sees_us_at,
         } = identified;
         self.nat.relay_seen(peer, serves_relay, &addrs);
+        if let Some(ip) = sees_us_at {
+            self.swarm.behaviour_mut().autonat.vouch(ip);
+        }
         // Redials and QUIC trials use these (a stranger's are never kept).
         self.links.dialer.remember_addrs(peer, &addrs, seen_at);
         let quic_allowed = self.links.dialer.allows_quic(peer, Instant::now());

@@ -62,7 +62,9 @@ impl ModelIo {
 impl Network {
     pub(super) fn on_model_fetch(&mut self, fetch: ModelFetch) {
         match peer_id_of(&fetch.peer) {
-            Ok(peer) if self.relayed_only(&peer) => {
+            // Only over a direct connection that is up: a request to a peer
+            // without one would dial it, maybe through a relay.
+            Ok(peer) if self.links.table.direct_connections(&peer) == 0 => {
                 let _ = fetch.reply.send(Err(super::PeerRequestError::RelayedOnly(
                     "a model transfer",
                 )));
@@ -88,7 +90,11 @@ impl Network {
         event: request_response::Event<ModelRequest, ModelResponse>,
     ) {
         match event {
-            request_response::Event::Message { peer, message, .. } => match message {
+            request_response::Event::Message {
+                peer,
+                message,
+                connection_id,
+            } => match message {
                 request_response::Message::Request {
                     request, channel, ..
                 } => {
@@ -96,7 +102,8 @@ impl Network {
                     if !self.admit_request(&peer) {
                         return;
                     }
-                    let response = if self.relayed_only(&peer) {
+                    // The answer goes back on the request's own connection.
+                    let response = if self.links.table.is_relayed(&peer, connection_id) {
                         ModelResponse::Unavailable {
                             reason: "reached only through a relay: models are sent over direct connections".into(),
                         }

@@ -21,12 +21,20 @@ use crate::types::NatStatus;
 use libp2p::core::transport::ListenerId;
 use libp2p::multiaddr::Protocol;
 use libp2p::{autonat, dcutr, relay, Multiaddr, PeerId};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
 use std::time::{Duration, Instant};
 
 /// How long a relay whose reservation failed is left alone before it is
 /// asked again.
 const RELAY_RETRY: Duration = Duration::from_secs(30);
+
+/// Distinct peers that must have dialled an address back before it counts
+/// as confirmed. One, because libp2p's AutoNAT v2 client tests each
+/// candidate once: one lying member (say, one that answers from the socket
+/// this node already talks to) can make a node behind NAT think it is
+/// public (docs/nat.md, "Not done yet").
+pub const MIN_CONFIRMATIONS: usize = 1;
 
 /// Whether an address goes through a relay.
 pub fn is_relayed(addr: &Multiaddr) -> bool {
@@ -63,14 +71,23 @@ pub struct Nat {
     max_relays: usize,
     probes_ok: u64,
     probes_failed: u64,
+    /// Who dialled each tested address back (only candidates the probe
+    /// passed are tested: at most `autonat_probe::MAX_CANDIDATES`).
+    confirmations: HashMap<Multiaddr, HashSet<PeerId>>,
+    /// `network.external_addresses`, and addresses the gateway mapped
+    /// (UPnP): reachable as far as the operator or the gateway says.
+    configured: Vec<Multiaddr>,
+    mapped: HashSet<Multiaddr>,
     /// Relays that may be asked for a slot, with the address to reach
     /// them: configured ones (never forgotten) and members that offer the
     /// service (forgotten when they stop or leave).
-    relays: BTreeMap<PeerId, (Multiaddr, bool)>,
+    relays: HashMap<PeerId, (Multiaddr, bool)>,
     reservations: HashMap<PeerId, Reservation>,
     /// Relays not to ask again before the given time.
     resting: HashMap<PeerId, Instant>,
     reservations_failed: u64,
+    /// Keys this node's order of member relays.
+    order: std::collections::hash_map::RandomState,
     hole_punches_ok: u64,
     hole_punches_failed: u64,
     /// As a relay: peers holding a slot (until they disconnect: libp2p's
@@ -85,20 +102,25 @@ impl Nat {
     pub fn new(
         mode: ReachabilityMode,
         max_relays: usize,
-        configured: &[(PeerId, Multiaddr)],
+        configured_relays: &[(PeerId, Multiaddr)],
+        external: &[Multiaddr],
     ) -> Nat {
         Nat {
             mode,
             max_relays,
             probes_ok: 0,
             probes_failed: 0,
-            relays: configured
+            confirmations: HashMap::new(),
+            configured: external.to_vec(),
+            mapped: HashSet::new(),
+            relays: configured_relays
                 .iter()
                 .map(|(peer, addr)| (*peer, (addr.clone(), true)))
                 .collect(),
             reservations: HashMap::new(),
             resting: HashMap::new(),
             reservations_failed: 0,
+            order: std::collections::hash_map::RandomState::new(),
             hole_punches_ok: 0,
             hole_punches_failed: 0,
             served_reservations: HashSet::new(),
@@ -107,23 +129,51 @@ impl Nat {
         }
     }
 
-    /// `confirmed_direct`: whether the swarm holds a confirmed (or
-    /// configured) external address that does not go through a relay.
-    pub fn reachability(&self, confirmed_direct: bool) -> Reachability {
+    /// Direct addresses this node is reachable at: configured, mapped by
+    /// the gateway, or dialled back by [`MIN_CONFIRMATIONS`] peers.
+    pub fn confirmed(&self) -> Vec<Multiaddr> {
+        let mut out: Vec<Multiaddr> = self.configured.clone();
+        out.extend(self.mapped.iter().cloned());
+        out.extend(
+            self.confirmations
+                .iter()
+                .filter(|(_, servers)| servers.len() >= MIN_CONFIRMATIONS)
+                .map(|(addr, _)| addr.clone()),
+        );
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    pub fn reachability(&self) -> Reachability {
         match self.mode {
             ReachabilityMode::Public => Reachability::Public,
             ReachabilityMode::Private => Reachability::Private,
-            ReachabilityMode::Auto if confirmed_direct => Reachability::Public,
+            ReachabilityMode::Auto if !self.confirmed().is_empty() => Reachability::Public,
             ReachabilityMode::Auto if self.probes_failed > 0 => Reachability::Private,
             ReachabilityMode::Auto => Reachability::Unknown,
         }
     }
 
-    pub fn on_probe(&mut self, ok: bool) {
+    /// A dial-back test of `addr` by `server` came out `ok` or not.
+    pub fn on_probe(&mut self, addr: &Multiaddr, server: PeerId, ok: bool) {
         if ok {
             self.probes_ok += 1;
+            self.confirmations
+                .entry(addr.clone())
+                .or_default()
+                .insert(server);
         } else {
             self.probes_failed += 1;
+        }
+    }
+
+    /// The gateway mapped (or stopped mapping) `addr` (UPnP).
+    pub fn on_mapping(&mut self, addr: Multiaddr, mapped: bool) {
+        if mapped {
+            self.mapped.insert(addr);
+        } else {
+            self.mapped.remove(&addr);
         }
     }
 
@@ -162,7 +212,7 @@ impl Nat {
 
     /// Relays to ask for a slot now, with the circuit listen address on
     /// each: while private, up to `max_relays` slots in all, configured
-    /// relays first.
+    /// relays first, then members picked at random.
     pub fn relays_to_reserve(
         &self,
         reachability: Reachability,
@@ -172,6 +222,9 @@ impl Nat {
             return Vec::new();
         }
         let wanted = self.max_relays.saturating_sub(self.reservations.len());
+        if wanted == 0 {
+            return Vec::new();
+        }
         let mut picks: Vec<(bool, PeerId, Multiaddr)> = self
             .relays
             .iter()
@@ -185,8 +238,11 @@ impl Nat {
                 (*configured, *peer, circuit)
             })
             .collect();
-        // Configured ones first; BTreeMap order (peer id) otherwise.
-        picks.sort_by_key(|(configured, _, _)| !configured);
+        // Configured ones first, members in an order of this node's own
+        // (a hash keyed at random when it started): peer ids are cheap to
+        // grind, so a fixed order would let one member make itself every
+        // NATed node's relay.
+        picks.sort_by_key(|(configured, peer, _)| (!configured, self.order.hash_one(peer)));
         picks
             .into_iter()
             .take(wanted)
@@ -207,6 +263,12 @@ impl Nat {
     /// A reservation that could not even start (no transport for it).
     pub fn reservation_failed(&mut self, relay: PeerId, now: Instant) {
         self.reservations_failed += 1;
+        self.rest(relay, now);
+    }
+
+    /// Leaves `relay` alone for a while; forgets those rested long enough.
+    fn rest(&mut self, relay: PeerId, now: Instant) {
+        self.resting.retain(|_, until| *until > now);
         self.resting.insert(relay, now + RELAY_RETRY);
     }
 
@@ -227,7 +289,7 @@ impl Nat {
             .map(|(peer, _)| *peer)?;
         self.reservations.remove(&relay);
         self.reservations_failed += 1;
-        self.resting.insert(relay, now + RELAY_RETRY);
+        self.rest(relay, now);
         Some(relay)
     }
 
@@ -307,22 +369,8 @@ impl Nat {
 }
 
 impl Network {
-    fn confirmed_direct_addrs(&self) -> Vec<Multiaddr> {
-        self.swarm
-            .external_addresses()
-            .filter(|a| !is_relayed(a))
-            .cloned()
-            .collect()
-    }
-
-    /// Whether every connection to `peer` goes through a relay.
-    pub(super) fn relayed_only(&self, peer: &PeerId) -> bool {
-        self.links.table.connections(peer) > 0 && self.links.table.direct_connections(peer) == 0
-    }
-
     pub(super) fn reachability(&self) -> Reachability {
-        self.nat
-            .reachability(!self.confirmed_direct_addrs().is_empty())
+        self.nat.reachability()
     }
 
     /// Run on every maintenance tick: relay slots and the relay service
@@ -360,7 +408,7 @@ impl Network {
 
     pub(super) fn on_autonat(&mut self, event: autonat::v2::client::Event) {
         let ok = event.result.is_ok();
-        self.nat.on_probe(ok);
+        self.nat.on_probe(&event.tested_addr, event.server, ok);
         match event.result {
             Ok(()) => {
                 tracing::info!(addr = %event.tested_addr, server = %event.server, "address confirmed by a dial-back")
@@ -410,11 +458,7 @@ impl Network {
 
     pub(super) fn nat_status(&self) -> NatStatus {
         let reachability = self.reachability();
-        let confirmed = self
-            .confirmed_direct_addrs()
-            .iter()
-            .map(|a| a.to_string())
-            .collect();
+        let confirmed = self.nat.confirmed().iter().map(|a| a.to_string()).collect();
         let relayed_addrs = self
             .listening
             .addrs
@@ -446,15 +490,20 @@ mod tests {
     }
 
     #[test]
-    fn reachability_needs_a_confirmed_address_or_a_failed_probe() {
-        let mut nat = Nat::new(ReachabilityMode::Auto, 2, &[]);
-        assert_eq!(nat.reachability(false), Reachability::Unknown);
-        nat.on_probe(false);
-        assert_eq!(nat.reachability(false), Reachability::Private);
-        // One confirmed address outweighs any number of failures.
-        assert_eq!(nat.reachability(true), Reachability::Public);
-        let forced = Nat::new(ReachabilityMode::Private, 2, &[]);
-        assert_eq!(forced.reachability(true), Reachability::Private);
+    fn reachability_needs_a_dial_back_or_a_configured_address() {
+        let at = addr("/ip4/203.0.113.5/udp/4001/quic-v1");
+        let mut nat = Nat::new(ReachabilityMode::Auto, 2, &[], &[]);
+        assert_eq!(nat.reachability(), Reachability::Unknown);
+        nat.on_probe(&addr("/ip4/203.0.113.5/tcp/4001"), peer(), false);
+        assert_eq!(nat.reachability(), Reachability::Private);
+        // A confirmed address outweighs failures.
+        nat.on_probe(&at, peer(), true);
+        assert_eq!(nat.reachability(), Reachability::Public);
+        assert_eq!(nat.confirmed(), vec![at.clone()]);
+        let configured = Nat::new(ReachabilityMode::Auto, 2, &[], &[at.clone()]);
+        assert_eq!(configured.reachability(), Reachability::Public);
+        let forced = Nat::new(ReachabilityMode::Private, 2, &[], &[at]);
+        assert_eq!(forced.reachability(), Reachability::Private);
     }
 
     #[test]
@@ -465,6 +514,7 @@ mod tests {
             ReachabilityMode::Auto,
             2,
             &[(configured, addr("/ip4/10.0.0.1/tcp/4001"))],
+            &[],
         );
         nat.relay_seen(member_a, true, &[addr("/ip4/10.0.0.2/udp/4001/quic-v1")]);
         nat.relay_seen(member_b, true, &[addr("/ip4/10.0.0.3/udp/4001/quic-v1")]);
@@ -505,6 +555,7 @@ mod tests {
             ReachabilityMode::Private,
             4,
             &[(configured, addr("/ip4/10.0.0.1/tcp/4001"))],
+            &[],
         );
         nat.relay_seen(member, true, &[addr("/ip4/10.0.0.2/tcp/4001")]);
         assert_eq!(nat.relays_to_reserve(Reachability::Private, now).len(), 2);

@@ -285,6 +285,15 @@ impl PeerTable {
         })
     }
 
+    /// Whether `peer`'s connection `id` goes through a relay.
+    pub fn is_relayed(&self, peer: &PeerId, id: ConnectionId) -> bool {
+        self.peers.get(peer).is_some_and(|e| {
+            e.connections
+                .iter()
+                .any(|(c, conn)| *c == id && conn.transport() == Transport::Relayed)
+        })
+    }
+
     /// Connections of `peer` that do not go through a relay.
     pub fn direct_connections(&self, peer: &PeerId) -> usize {
         self.peers.get(peer).map_or(0, |e| {

@@ -18,7 +18,17 @@ pub fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
     first_ip(addr)
 }
 
-fn first_ip(addr: &Multiaddr) -> Option<IpAddr> {
+/// The relay's IP of an address that goes through a relay.
+pub fn relay_ip_of(addr: &Multiaddr) -> Option<IpAddr> {
+    if addr.iter().any(|p| p == Protocol::P2pCircuit) {
+        first_ip(addr)
+    } else {
+        None
+    }
+}
+
+/// The IP an address starts with, relayed or not.
+pub fn first_ip(addr: &Multiaddr) -> Option<IpAddr> {
     match addr.iter().next()? {
         Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
         Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
@@ -152,6 +162,8 @@ mod tests {
     fn relayed_addresses_have_no_peer_ip() {
         let relayed = a("/ip4/10.1.2.3/tcp/1/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN/p2p-circuit");
         assert_eq!(ip_of(&relayed), None);
+        assert_eq!(relay_ip_of(&relayed), ip("10.1.2.3"));
+        assert_eq!(relay_ip_of(&a("/ip4/10.1.2.3/tcp/1")), None);
         assert_eq!(ip_of(&a("/ip4/10.1.2.3/tcp/1")), ip("10.1.2.3"));
         // A relay on this host, named by a remote peer, points nowhere good.
         let local_relay = a("/ip4/127.0.0.1/tcp/1/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN/p2p-circuit");

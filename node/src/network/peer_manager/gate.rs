@@ -13,7 +13,7 @@
 //! limits nor IP bans. Total, per-peer and pending limits are
 //! `libp2p-connection-limits`' job.
 
-use super::addrs::{ip_of, subnet_of};
+use super::addrs::{first_ip, ip_of, reach, relay_ip_of, subnet_of, Reach};
 use ipnet::IpNet;
 use libp2p::core::{transport::PortUse, ConnectedPoint, Endpoint, Multiaddr};
 use libp2p::swarm::{
@@ -61,6 +61,11 @@ pub enum Refusal {
     PerIp,
     #[error("too many connections from this subnet")]
     PerSubnet,
+    /// A dial to this host or a link-local address outside the exempt
+    /// networks: such addresses reach a dial only when a peer chose them
+    /// (hole punching, Kademlia answers), never from address hygiene.
+    #[error("dialling this host or a link-local address is refused")]
+    LocalDial,
 }
 
 impl Refusal {
@@ -71,15 +76,17 @@ impl Refusal {
             Refusal::Full => "full",
             Refusal::PerIp => "per_ip",
             Refusal::PerSubnet => "per_subnet",
+            Refusal::LocalDial => "local_dial",
         }
     }
 
-    pub const ALL: [Refusal; 5] = [
+    pub const ALL: [Refusal; 6] = [
         Refusal::IpBanned,
         Refusal::InboundFull,
         Refusal::Full,
         Refusal::PerIp,
         Refusal::PerSubnet,
+        Refusal::LocalDial,
     ];
 }
 
@@ -96,6 +103,10 @@ struct Inbound {
     peer: Option<PeerId>,
     /// The counted address, if per-address limits apply to it.
     counted: Option<IpAddr>,
+    /// Through a relay: `counted` is the relay's address, which the
+    /// peer's misbehaviour must not strike (a Sybil behind a relay would
+    /// get the relay, and every peer behind it, banned).
+    relayed: bool,
 }
 
 pub struct Gate {
@@ -178,12 +189,13 @@ impl Gate {
         self.outbound.len()
     }
 
-    /// The non-exempt addresses `peer` is connected from (inbound).
+    /// The non-exempt addresses `peer` is connected from (inbound,
+    /// directly).
     pub fn counted_ips_of(&self, peer: &PeerId) -> Vec<IpAddr> {
         let mut ips: Vec<IpAddr> = self
             .inbound
             .values()
-            .filter(|c| c.peer.as_ref() == Some(peer))
+            .filter(|c| c.peer.as_ref() == Some(peer) && !c.relayed)
             .filter_map(|c| c.counted)
             .collect();
         ips.sort();
@@ -202,9 +214,14 @@ impl Gate {
     }
 
     /// The address per-address limits count for a connection from
-    /// `remote`, or None where they do not apply.
-    fn counted_ip(&self, remote: &Multiaddr) -> Option<IpAddr> {
-        ip_of(remote).filter(|ip| !self.is_exempt(ip))
+    /// `remote` to `local`, or None where they do not apply. A connection
+    /// through a relay counts under the relay's address: its peers share
+    /// it, so one relay brings in at most `max_peers_per_ip` of them, and
+    /// a banned relay address brings in none.
+    fn counted_ip(&self, local: &Multiaddr, remote: &Multiaddr) -> Option<IpAddr> {
+        relay_ip_of(local)
+            .or_else(|| ip_of(remote))
+            .filter(|ip| !self.is_exempt(ip))
     }
 
     fn release(&mut self, id: &ConnectionId) {
@@ -237,10 +254,10 @@ impl NetworkBehaviour for Gate {
     fn handle_pending_inbound_connection(
         &mut self,
         connection_id: ConnectionId,
-        _local: &Multiaddr,
+        local: &Multiaddr,
         remote: &Multiaddr,
     ) -> Result<(), ConnectionDenied> {
-        let counted = self.counted_ip(remote);
+        let counted = self.counted_ip(local, remote);
         if let Some(ip) = counted {
             if self.is_ip_banned(&ip, Instant::now()) {
                 return Err(self.refuse(Refusal::IpBanned));
@@ -260,6 +277,7 @@ impl NetworkBehaviour for Gate {
             Inbound {
                 peer: None,
                 counted,
+                relayed: relay_ip_of(local).is_some(),
             },
         );
         Ok(())
@@ -285,6 +303,23 @@ impl NetworkBehaviour for Gate {
             return Err(self.refuse(Refusal::InboundFull));
         }
         Ok(dummy::ConnectionHandler)
+    }
+
+    fn handle_pending_outbound_connection(
+        &mut self,
+        _connection_id: ConnectionId,
+        _peer: Option<PeerId>,
+        addresses: &[Multiaddr],
+        _role: Endpoint,
+    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
+        let local = addresses.iter().any(|a| {
+            matches!(reach(a), Reach::Host | Reach::Link)
+                && !first_ip(a).is_some_and(|ip| self.is_exempt(&ip))
+        });
+        if local {
+            return Err(self.refuse(Refusal::LocalDial));
+        }
+        Ok(Vec::new())
     }
 
     fn handle_established_outbound_connection(
@@ -428,6 +463,66 @@ mod tests {
         close(&mut g, ids[0], "203.0.113.5");
         assert!(connect(&mut g, "203.0.113.5").is_ok());
         assert_eq!(g.refused(Refusal::PerIp), 1);
+    }
+
+    #[test]
+    fn peers_through_one_relay_share_its_address_limit_but_are_not_struck_there() {
+        let mut g = gate(100, 3, 100);
+        let relay = "/ip4/203.0.113.9/udp/4001/quic-v1/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN/p2p-circuit";
+        let relayed = |g: &mut Gate| {
+            let id = ConnectionId::new_unchecked(rand_id());
+            let peer = PeerId::random();
+            let local: Multiaddr = relay.parse().unwrap();
+            let remote: Multiaddr = format!("/p2p/{peer}").parse().unwrap();
+            g.handle_pending_inbound_connection(id, &local, &remote)
+                .map_err(|e| e.downcast::<Refusal>().unwrap())?;
+            g.handle_established_inbound_connection(id, peer, &local, &remote)
+                .map_err(|e| e.downcast::<Refusal>().unwrap())?;
+            let endpoint = ConnectedPoint::Listener {
+                local_addr: local,
+                send_back_addr: remote,
+            };
+            g.on_swarm_event(FromSwarm::ConnectionEstablished(ConnectionEstablished {
+                peer_id: peer,
+                connection_id: id,
+                endpoint: &endpoint,
+                failed_addresses: &[],
+                other_established: 0,
+            }));
+            Ok::<_, Refusal>(peer)
+        };
+        let peers: Vec<PeerId> = (0..3).map(|_| relayed(&mut g).unwrap()).collect();
+        assert_eq!(relayed(&mut g), Err(Refusal::PerIp));
+        // Another address is unaffected; no relayed peer names the relay's
+        // address for strikes.
+        assert!(connect(&mut g, "203.0.113.10").is_ok());
+        assert!(g.counted_ips_of(&peers[0]).is_empty());
+    }
+
+    #[test]
+    fn dials_to_this_host_or_a_link_are_refused_unless_exempt() {
+        let mut g = gate(100, 3, 100);
+        let dial = |g: &mut Gate, a: &str| {
+            g.handle_pending_outbound_connection(
+                ConnectionId::new_unchecked(rand_id()),
+                None,
+                &[a.parse().unwrap()],
+                Endpoint::Dialer,
+            )
+            .map_err(|e| e.downcast::<Refusal>().unwrap())
+        };
+        // The test gate exempts loopback, as the default settings do.
+        assert!(dial(&mut g, "/ip4/127.0.0.1/tcp/4001").is_ok());
+        assert_eq!(
+            dial(&mut g, "/ip4/169.254.1.1/tcp/4001"),
+            Err(Refusal::LocalDial)
+        );
+        assert_eq!(
+            dial(&mut g, "/ip4/0.0.0.0/tcp/4001"),
+            Err(Refusal::LocalDial)
+        );
+        assert!(dial(&mut g, "/ip4/10.0.0.7/udp/4001/quic-v1").is_ok());
+        assert!(dial(&mut g, "/ip4/203.0.113.7/tcp/4001").is_ok());
     }
 
     #[test]
