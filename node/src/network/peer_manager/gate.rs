@@ -117,6 +117,9 @@ pub struct Gate {
     outbound: HashSet<ConnectionId>,
     per_ip: HashMap<IpAddr, usize>,
     per_subnet: HashMap<IpNet, usize>,
+    /// Inbound connections through each relay (by its address), held to
+    /// `max_per_subnet`: apart from the relay's own.
+    per_relay: HashMap<IpAddr, usize>,
     /// Banned addresses and until when.
     ip_bans: LruCache<IpAddr, Instant>,
     refused: HashMap<Refusal, u64>,
@@ -132,6 +135,7 @@ impl Gate {
             outbound: HashSet::new(),
             per_ip: HashMap::new(),
             per_subnet: HashMap::new(),
+            per_relay: HashMap::new(),
             ip_bans: LruCache::new(NonZeroUsize::new(MAX_IP_BANS).expect("non-zero")),
             refused: HashMap::new(),
             to_close: VecDeque::new(),
@@ -216,8 +220,9 @@ impl Gate {
     /// The address per-address limits count for a connection from
     /// `remote` to `local`, or None where they do not apply. A connection
     /// through a relay counts under the relay's address: its peers share
-    /// it, so one relay brings in at most `max_peers_per_ip` of them, and
-    /// a banned relay address brings in none.
+    /// it, so one relay brings in at most `max_peers_per_subnet` of them
+    /// (a relay stands for many hosts), and a banned relay address brings
+    /// in none.
     fn counted_ip(&self, local: &Multiaddr, remote: &Multiaddr) -> Option<IpAddr> {
         relay_ip_of(local)
             .or_else(|| ip_of(remote))
@@ -231,9 +236,13 @@ impl Gate {
         if conn.peer.is_some() {
             self.established_inbound -= 1;
         }
-        if let Some(ip) = conn.counted {
-            decrement(&mut self.per_ip, &ip);
-            decrement(&mut self.per_subnet, &subnet_of(ip));
+        match conn.counted {
+            Some(ip) if conn.relayed => decrement(&mut self.per_relay, &ip),
+            Some(ip) => {
+                decrement(&mut self.per_ip, &ip);
+                decrement(&mut self.per_subnet, &subnet_of(ip));
+            }
+            None => {}
         }
     }
 }
@@ -258,7 +267,17 @@ impl NetworkBehaviour for Gate {
         remote: &Multiaddr,
     ) -> Result<(), ConnectionDenied> {
         let counted = self.counted_ip(local, remote);
-        if let Some(ip) = counted {
+        let relayed = relay_ip_of(local).is_some();
+        if let Some(ip) = counted.filter(|_| relayed) {
+            // Peers through one relay: as many as one subnet may bring.
+            if self.is_ip_banned(&ip, Instant::now()) {
+                return Err(self.refuse(Refusal::IpBanned));
+            }
+            if self.per_relay.get(&ip).copied().unwrap_or(0) >= self.limits.max_per_subnet {
+                return Err(self.refuse(Refusal::PerIp));
+            }
+            *self.per_relay.entry(ip).or_default() += 1;
+        } else if let Some(ip) = counted {
             if self.is_ip_banned(&ip, Instant::now()) {
                 return Err(self.refuse(Refusal::IpBanned));
             }
@@ -277,7 +296,7 @@ impl NetworkBehaviour for Gate {
             Inbound {
                 peer: None,
                 counted,
-                relayed: relay_ip_of(local).is_some(),
+                relayed,
             },
         );
         Ok(())
@@ -467,7 +486,7 @@ mod tests {
 
     #[test]
     fn peers_through_one_relay_share_its_address_limit_but_are_not_struck_there() {
-        let mut g = gate(100, 3, 100);
+        let mut g = gate(100, 2, 3);
         let relay = "/ip4/203.0.113.9/udp/4001/quic-v1/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN/p2p-circuit";
         let relayed = |g: &mut Gate| {
             let id = ConnectionId::new_unchecked(rand_id());
@@ -493,8 +512,9 @@ mod tests {
         };
         let peers: Vec<PeerId> = (0..3).map(|_| relayed(&mut g).unwrap()).collect();
         assert_eq!(relayed(&mut g), Err(Refusal::PerIp));
-        // Another address is unaffected; no relayed peer names the relay's
-        // address for strikes.
+        // The relay's own address and its subnet are unaffected; no
+        // relayed peer names the relay's address for strikes.
+        assert!(connect(&mut g, "203.0.113.9").is_ok());
         assert!(connect(&mut g, "203.0.113.10").is_ok());
         assert!(g.counted_ips_of(&peers[0]).is_empty());
     }
