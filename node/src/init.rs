@@ -29,7 +29,7 @@ pub struct InitArgs {
     /// `init` printed on the bootstrap host).
     #[arg(long, value_delimiter = ',')]
     pub bootstrap: Vec<String>,
-    /// Where to write the configuration [default: <data dir>/agentmesh.toml].
+    /// Where to write the configuration (default: `<data dir>/agentmesh.toml`).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Replace an existing configuration file.

@@ -316,7 +316,10 @@ impl Hosts {
             &router_lan.to_string(),
         ])?;
         // Translation and filtering.
-        in_router(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        // Forwarding on, for the router's namespace only (`ip netns exec`
+        // shows each namespace its own /proc/sys/net); no sysctl binary
+        // needed.
+        in_router(&["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"])?;
         let mut masquerade = vec![
             "iptables",
             "-t",

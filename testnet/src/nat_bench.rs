@@ -87,9 +87,14 @@ async fn attempt(net: &mut Testnet) -> Result<Attempt> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    // The next attempt is a new node, with a new identity.
-    let spec = net.kill(2);
-    let _ = std::fs::remove_dir_all(&spec.data_dir);
+    // Stopped cleanly (a killed one would leave its circuits on the relay
+    // until the relay notices, and they count against the per-peer
+    // circuit limit of the peer on their other end). The next attempt is
+    // a new node, with a new identity.
+    let node = net.nodes.remove(2);
+    let data_dir = node.spec.data_dir.clone();
+    node.stop(Duration::from_secs(10)).await?;
+    let _ = std::fs::remove_dir_all(&data_dir);
     Ok(Attempt {
         first_message_ms: first.as_secs_f64() * 1e3,
         direct_ms: direct.map(|d| d.as_secs_f64() * 1e3),

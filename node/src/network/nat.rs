@@ -377,7 +377,8 @@ impl Network {
     /// follow the node's reachability.
     pub(super) fn maintain_nat(&mut self, now: Instant) {
         let reachability = self.reachability();
-        let serving = reachability == Reachability::Public;
+        let serving =
+            reachability == Reachability::Public && self.swarm.behaviour().relay.is_enabled();
         if self.nat.set_serving(serving) {
             if let Some(relay) = self.swarm.behaviour_mut().relay.as_mut() {
                 tracing::info!(
@@ -500,7 +501,7 @@ mod tests {
         nat.on_probe(&at, peer(), true);
         assert_eq!(nat.reachability(), Reachability::Public);
         assert_eq!(nat.confirmed(), vec![at.clone()]);
-        let configured = Nat::new(ReachabilityMode::Auto, 2, &[], &[at.clone()]);
+        let configured = Nat::new(ReachabilityMode::Auto, 2, &[], std::slice::from_ref(&at));
         assert_eq!(configured.reachability(), Reachability::Public);
         let forced = Nat::new(ReachabilityMode::Private, 2, &[], &[at]);
         assert_eq!(forced.reachability(), Reachability::Private);

@@ -430,16 +430,26 @@ mod tests {
 
     /// Runs a connection from `ip` through the gate as the swarm would.
     fn connect(g: &mut Gate, ip: &str) -> Result<ConnectionId, Refusal> {
+        connect_between(g, local(), addr(ip), PeerId::random()).map(|(id, _)| id)
+    }
+
+    /// Runs a connection from `remote` (peer `peer`) to `local` through
+    /// the gate as the swarm would.
+    fn connect_between(
+        g: &mut Gate,
+        local: Multiaddr,
+        remote: Multiaddr,
+        peer: PeerId,
+    ) -> Result<(ConnectionId, PeerId), Refusal> {
         let id = ConnectionId::new_unchecked(rand_id());
         let refusal = |e: ConnectionDenied| e.downcast::<Refusal>().unwrap();
-        g.handle_pending_inbound_connection(id, &local(), &addr(ip))
+        g.handle_pending_inbound_connection(id, &local, &remote)
             .map_err(refusal)?;
-        let peer = PeerId::random();
-        g.handle_established_inbound_connection(id, peer, &local(), &addr(ip))
+        g.handle_established_inbound_connection(id, peer, &local, &remote)
             .map_err(refusal)?;
         let endpoint = ConnectedPoint::Listener {
-            local_addr: local(),
-            send_back_addr: addr(ip),
+            local_addr: local,
+            send_back_addr: remote,
         };
         g.on_swarm_event(FromSwarm::ConnectionEstablished(ConnectionEstablished {
             peer_id: peer,
@@ -448,7 +458,7 @@ mod tests {
             failed_addresses: &[],
             other_established: 0,
         }));
-        Ok(id)
+        Ok((id, peer))
     }
 
     fn rand_id() -> usize {
@@ -489,26 +499,9 @@ mod tests {
         let mut g = gate(100, 2, 3);
         let relay = "/ip4/203.0.113.9/udp/4001/quic-v1/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN/p2p-circuit";
         let relayed = |g: &mut Gate| {
-            let id = ConnectionId::new_unchecked(rand_id());
             let peer = PeerId::random();
-            let local: Multiaddr = relay.parse().unwrap();
             let remote: Multiaddr = format!("/p2p/{peer}").parse().unwrap();
-            g.handle_pending_inbound_connection(id, &local, &remote)
-                .map_err(|e| e.downcast::<Refusal>().unwrap())?;
-            g.handle_established_inbound_connection(id, peer, &local, &remote)
-                .map_err(|e| e.downcast::<Refusal>().unwrap())?;
-            let endpoint = ConnectedPoint::Listener {
-                local_addr: local,
-                send_back_addr: remote,
-            };
-            g.on_swarm_event(FromSwarm::ConnectionEstablished(ConnectionEstablished {
-                peer_id: peer,
-                connection_id: id,
-                endpoint: &endpoint,
-                failed_addresses: &[],
-                other_established: 0,
-            }));
-            Ok::<_, Refusal>(peer)
+            connect_between(g, relay.parse().unwrap(), remote, peer).map(|(_, p)| p)
         };
         let peers: Vec<PeerId> = (0..3).map(|_| relayed(&mut g).unwrap()).collect();
         assert_eq!(relayed(&mut g), Err(Refusal::PerIp));
