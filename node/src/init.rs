@@ -63,7 +63,28 @@ fn toml_list(items: &[String]) -> String {
 
 /// The configuration file's text.
 pub fn config_text(args: &InitArgs) -> Result<String> {
+    // `run` resolves a relative path against its own working directory
+    // (`/` under systemd): the file names the directory absolutely.
+    let data_dir = std::path::absolute(&args.data_dir)
+        .with_context(|| format!("cannot resolve {}", args.data_dir.display()))?;
+    let data_dir = data_dir
+        .to_str()
+        .with_context(|| format!("{} is not valid UTF-8", data_dir.display()))?
+        .to_string();
     let port = args.port;
+    // Listen on the family of the public address too (IPv4 always).
+    let mut listen = vec![
+        format!("/ip4/0.0.0.0/udp/{port}/quic-v1"),
+        format!("/ip4/0.0.0.0/tcp/{port}"),
+    ];
+    if args
+        .public_address
+        .as_deref()
+        .is_some_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok())
+    {
+        listen.push(format!("/ip6/::/udp/{port}/quic-v1"));
+        listen.push(format!("/ip6/::/tcp/{port}"));
+    }
     let external = match &args.public_address {
         Some(a) => {
             let host = host_protocol(a)?;
@@ -100,7 +121,7 @@ data_dir = {data_dir:?}
 
 [network]
 # Open UDP {port} and TCP {port} in the host's firewall.
-listen = ["/ip4/0.0.0.0/udp/{port}/quic-v1", "/ip4/0.0.0.0/tcp/{port}"]
+listen = {listen}
 # Where other hosts reach this one (announced to peers). Public hosts name
 # their address here; hosts behind NAT leave it empty.
 external_addresses = {external}
@@ -123,8 +144,9 @@ relay_service = true
 listen = "127.0.0.1:7700"
 "#,
         network = args.network,
-        data_dir = args.data_dir.display().to_string(),
+        data_dir = data_dir,
         external = toml_list(&external),
+        listen = toml_list(&listen),
         bootstrap = toml_list(&args.bootstrap),
     ))
 }
@@ -165,11 +187,15 @@ pub fn init(args: &InitArgs) -> Result<String> {
     Ok(report)
 }
 
+/// Writes to a temporary file beside `path`, then renames it over: a crash
+/// leaves the old file or the new one, never half of one.
 fn write_file(path: &Path, text: &str) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+    let tmp = path.with_extension("toml.tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
 }
 
 #[cfg(test)]
@@ -229,6 +255,28 @@ mod tests {
         assert_eq!(c.network.bootstrap, a.bootstrap);
         assert_eq!(c.nat.reachability, crate::config::ReachabilityMode::Auto);
         assert!(!report.contains("bootstrap   "));
+    }
+
+    #[test]
+    fn an_ipv6_public_host_listens_on_ipv6_and_names_its_data_dir_absolutely() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = args(dir.path());
+        a.public_address = Some("2001:db8::7".into());
+        init(&a).unwrap();
+        let c: Config = toml::from_str(
+            &std::fs::read_to_string(dir.path().join("data/agentmesh.toml")).unwrap(),
+        )
+        .unwrap();
+        assert!(c
+            .network
+            .listen
+            .iter()
+            .any(|l| l == "/ip6/::/udp/4001/quic-v1"));
+        assert_eq!(
+            c.network.external_addresses[0],
+            "/ip6/2001:db8::7/udp/4001/quic-v1"
+        );
+        assert!(c.node.data_dir.is_absolute());
     }
 
     #[test]

@@ -110,6 +110,12 @@ async fn hosts_behind_nat_join_through_a_relay_and_punch_holes_where_they_can() 
     assert!(!learned.confirmed_addrs.is_empty(), "{learned:?}");
     let served = nat_of(&net, 0).await.unwrap().relay_reservations
         + nat_of(&net, 4).await.unwrap().relay_reservations;
+    // Nothing made a NATed host think it is reachable.
+    for i in 1..4 {
+        let nat = nat_of(&net, i).await.unwrap();
+        assert!(nat.confirmed_addrs.is_empty(), "node {i}: {nat:?}");
+        assert!(nat.probes_failed >= 1, "node {i}: {nat:?}");
+    }
     // Three NATed hosts, one slot each (more for a moment if a slot is
     // being replaced).
     assert!(served >= 3, "{served}");

@@ -6,18 +6,20 @@
 //! costs a server a dial, and a failed one counts towards "private"). So
 //! candidates pass only when:
 //!
-//! - they are direct IP addresses: peers connected through a relay see a
-//!   relayed address (or a bare `/p2p/<id>`), and testing those says
-//!   nothing about NAT;
-//! - an admitted member saw this node at that IP ([`Probe::vouch`]); a
-//!   candidate that arrives first waits, in a small buffer, for a member
-//!   to vouch for it;
+//! - they are plain `/ip4|ip6/<ip>/tcp/<port>` or `.../udp/<port>/quic-v1`
+//!   addresses on a port this node listens on: peers connected through a
+//!   relay see a relayed address (or a bare `/p2p/<id>`), which says
+//!   nothing about NAT, and anything else is not where this node listens;
+//! - a member this node dialled itself saw it at that IP
+//!   ([`Probe::vouch`]; the caller decides who may vouch). A candidate
+//!   that arrives first waits, in a small buffer, for such a word;
 //! - fewer than [`MAX_CANDIDATES`] have passed so far.
 
 use super::peer_manager::addrs::ip_of;
 use libp2p::autonat::v2::client;
 use libp2p::core::transport::PortUse;
 use libp2p::core::Endpoint;
+use libp2p::multiaddr::Protocol;
 use libp2p::swarm::{
     ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, NewExternalAddrCandidate,
     THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
@@ -39,6 +41,8 @@ pub struct Probe {
     vouched: VecDeque<IpAddr>,
     waiting: VecDeque<Multiaddr>,
     passed: HashSet<Multiaddr>,
+    /// Ports this node listens on, by listener address.
+    listening: HashSet<Multiaddr>,
 }
 
 impl Probe {
@@ -61,7 +65,9 @@ impl Probe {
     }
 
     fn candidate(&mut self, addr: &Multiaddr) {
-        if !worth_testing(addr) || self.passed.contains(addr) {
+        let on_our_port = port_of(addr)
+            .is_some_and(|port| self.listening.iter().any(|l| port_of(l) == Some(port)));
+        if !worth_testing(addr) || !on_our_port || self.passed.contains(addr) {
             return;
         }
         if ip_of(addr).is_some_and(|ip| self.vouched.contains(&ip)) {
@@ -85,9 +91,23 @@ impl Probe {
     }
 }
 
-/// Whether a candidate is a direct IP address (worth a dial-back).
+/// Whether a candidate is a plain direct TCP or QUIC address (worth a
+/// dial-back).
 pub fn worth_testing(addr: &Multiaddr) -> bool {
-    !super::nat::is_relayed(addr) && ip_of(addr).is_some()
+    port_of(addr).is_some()
+}
+
+/// The port of `/ip4|ip6/<ip>/tcp/<port>` or `/ip4|ip6/<ip>/udp/<port>/quic-v1`,
+/// told apart by transport; None for any other shape.
+fn port_of(addr: &Multiaddr) -> Option<(bool, u16)> {
+    let parts: Vec<Protocol> = addr.iter().collect();
+    match parts.as_slice() {
+        [Protocol::Ip4(_) | Protocol::Ip6(_), Protocol::Tcp(port)] => Some((false, *port)),
+        [Protocol::Ip4(_) | Protocol::Ip6(_), Protocol::Udp(port), Protocol::QuicV1] => {
+            Some((true, *port))
+        }
+        _ => None,
+    }
 }
 
 impl NetworkBehaviour for Probe {
@@ -139,9 +159,18 @@ impl NetworkBehaviour for Probe {
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
-        if let FromSwarm::NewExternalAddrCandidate(c) = &event {
-            self.candidate(c.addr);
-            return;
+        match &event {
+            FromSwarm::NewExternalAddrCandidate(c) => {
+                self.candidate(c.addr);
+                return;
+            }
+            FromSwarm::NewListenAddr(l) => {
+                self.listening.insert(l.addr.clone());
+            }
+            FromSwarm::ExpiredListenAddr(l) => {
+                self.listening.remove(l.addr);
+            }
+            _ => {}
         }
         self.inner.on_swarm_event(event)
     }
@@ -171,6 +200,9 @@ mod tests {
     fn candidates_wait_for_a_member_and_are_bounded() {
         let a = |s: &str| s.parse::<Multiaddr>().unwrap();
         let mut probe = Probe::default();
+        for l in ["/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1"] {
+            probe.listening.insert(a(l));
+        }
         // A stranger's claims: none reaches the client.
         for i in 0..100u32 {
             probe.candidate(&a(&format!("/ip4/198.51.{}.{}/tcp/4001", i / 256, i % 256)));
@@ -181,6 +213,16 @@ mod tests {
         probe.candidate(&a("/ip4/203.0.113.5/udp/4001/quic-v1"));
         probe.vouch("203.0.113.5".parse().unwrap());
         probe.candidate(&a("/ip4/203.0.113.5/tcp/4001"));
+        assert_eq!(probe.passed.len(), 2);
+        // Other shapes and ports at that IP never pass.
+        for junk in [
+            "/ip4/203.0.113.5/tcp/4001/ws",
+            "/ip4/203.0.113.5/udp/4001/quic",
+            "/ip4/203.0.113.5/tcp/4002",
+            "/ip4/203.0.113.5/tcp/4001/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN",
+        ] {
+            probe.candidate(&a(junk));
+        }
         assert_eq!(probe.passed.len(), 2);
         // However many a member vouches for, at most MAX_CANDIDATES pass.
         for i in 0..40u32 {

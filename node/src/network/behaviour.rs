@@ -280,12 +280,13 @@ fn build_transport(
         .multiplex(yamux::Config::default())
         .timeout(Duration::from_secs(20))
         .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
-    Ok(relayed
+    let all = relayed
         .or_transport(direct_transport(keypair, settings)?)
         .map(|either, _| match either {
             Either::Left(out) | Either::Right(out) => out,
         })
-        .boxed())
+        .boxed();
+    Ok(super::dial_filter::NoLocalDials::new(all, settings.exempt_nets.clone()).boxed())
 }
 
 /// The relay service's limits: every one from the `nat` section, so a

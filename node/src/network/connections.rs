@@ -34,10 +34,6 @@ pub(super) struct Links {
     pub dialer: Dialer,
     /// QUIC trial dials under way.
     pub trials: HashMap<ConnectionId, PeerId>,
-    /// This node's own dials under way (not those behaviours make for
-    /// their own ends: AutoNAT dial-backs of a peer's NATed address, hole
-    /// punching). Only their failures count against a peer's QUIC breaker.
-    pub own_dials: HashSet<ConnectionId>,
     /// Duplicate connections to close, and when.
     pub closing_duplicates: Vec<(Instant, ConnectionId)>,
     /// Peers reconnected because their gossip subscriptions never arrived:
@@ -81,12 +77,8 @@ impl Network {
             opts = opts.extend_addresses_through_behaviour();
         }
         let opts = opts.build();
-        let id = opts.connection_id();
-        match self.swarm.dial(opts) {
-            Ok(()) => {
-                self.links.own_dials.insert(id);
-            }
-            Err(e) => tracing::debug!(%peer, error = %e, "dial not started"),
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!(%peer, error = %e, "dial not started");
         }
     }
 
@@ -230,7 +222,11 @@ impl Network {
         endpoint: &ConnectedPoint,
         dial_errors: Vec<Multiaddr>,
     ) {
-        let own = self.links.own_dials.remove(&id);
+        // Dials of a peer already connected are others' (an AutoNAT
+        // dial-back, hole punching; this node's own dials and Kademlia's
+        // wait for no connection), apart from QUIC trials.
+        let foreign =
+            self.links.table.connections(&peer) > 0 && !self.links.trials.contains_key(&id);
         if node_id_of(&peer).is_none() {
             tracing::warn!(%peer, "peer has no Ed25519 identity; disconnecting");
             self.mark_unwanted(peer);
@@ -274,7 +270,7 @@ impl Network {
         let ConnectedPoint::Dialer { address, .. } = endpoint else {
             return;
         };
-        if endpoint.is_relayed() || !(own || self.links.trials.contains_key(&id)) {
+        if endpoint.is_relayed() || foreign {
             return;
         }
         let dial_errors: Vec<Multiaddr> = dial_errors
@@ -353,12 +349,15 @@ impl Network {
             self.on_breaker_change(peer, before, after);
             return;
         }
-        if !self.links.own_dials.remove(&id) {
-            return;
-        }
         let (Some(peer), DialError::Transport(errors)) = (peer, error) else {
             return;
         };
+        // See `on_connection_established`: a failed dial of a connected
+        // peer was someone else's (a dial-back through a NAT fails by
+        // design) and says nothing about QUIC to that peer.
+        if self.links.table.connections(&peer) > 0 {
+            return;
+        }
         let failed: Vec<Multiaddr> = errors
             .iter()
             .map(|(a, _)| a.clone())

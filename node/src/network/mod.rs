@@ -9,6 +9,7 @@ pub mod cbor_codec;
 mod connections;
 pub mod consensus_io;
 mod counters;
+mod dial_filter;
 mod dialer;
 mod guard;
 mod inbound;
@@ -378,7 +379,6 @@ impl Network {
                 table: PeerTable::default(),
                 dialer,
                 trials: HashMap::new(),
-                own_dials: HashSet::new(),
                 closing_duplicates: Vec::new(),
                 deaf_peers: HashMap::new(),
                 unwanted: HashSet::new(),
@@ -730,9 +730,16 @@ impl Network {
             return;
         }
         // The same process on a newer connection: the older ones of its
-        // transport are redundant (see `PeerTable::superseded`).
+        // transport are redundant (see `PeerTable::superseded`), unless the
+        // peer is a relay this node holds a slot on (the slot lives on the
+        // connection it was reserved over).
         let due = Instant::now() + DUPLICATE_CLOSE_DELAY;
-        for old in self.links.table.superseded(&peer, connection) {
+        let superseded = if self.nat.holds_slot_on(&peer) {
+            Vec::new()
+        } else {
+            self.links.table.superseded(&peer, connection)
+        };
+        for old in superseded {
             if !self.links.closing_duplicates.iter().any(|(_, c)| *c == old) {
                 tracing::debug!(%peer, connection = ?old, "closing a connection superseded by a newer one");
                 self.links.closing_duplicates.push((due, old));
@@ -765,7 +772,9 @@ impl Network {
             sees_us_at,
         } = identified;
         self.nat.relay_seen(peer, serves_relay, &addrs);
-        if let Some(ip) = sees_us_at {
+        // Only a peer this node chose (dialled) may say where it sees it:
+        // in open mode every peer is a member, strangers included.
+        if let Some(ip) = sees_us_at.filter(|_| self.links.table.dialled(&peer)) {
             self.swarm.behaviour_mut().autonat.vouch(ip);
         }
         // Redials and QUIC trials use these (a stranger's are never kept).

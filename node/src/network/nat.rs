@@ -250,6 +250,11 @@ impl Nat {
             .collect()
     }
 
+    /// Whether this node holds (or is asking for) a slot on `relay`.
+    pub fn holds_slot_on(&self, relay: &PeerId) -> bool {
+        self.reservations.contains_key(relay)
+    }
+
     pub fn reserving(&mut self, relay: PeerId, listener: ListenerId) {
         self.reservations.insert(
             relay,

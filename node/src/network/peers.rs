@@ -212,6 +212,11 @@ impl PeerTable {
         super::peer_manager::addrs::ip_of(&conn.remote_addr)
     }
 
+    /// Whether this node dialled one of `peer`'s connections.
+    pub fn dialled(&self, peer: &PeerId) -> bool {
+        self.peers.get(peer).is_some_and(|e| e.dialled)
+    }
+
     pub fn connections(&self, peer: &PeerId) -> usize {
         self.peers.get(peer).map_or(0, |e| e.connections.len())
     }

@@ -13,7 +13,7 @@
 //! limits nor IP bans. Total, per-peer and pending limits are
 //! `libp2p-connection-limits`' job.
 
-use super::addrs::{first_ip, ip_of, reach, relay_ip_of, subnet_of, Reach};
+use super::addrs::{ip_of, relay_ip_of, subnet_of};
 use ipnet::IpNet;
 use libp2p::core::{transport::PortUse, ConnectedPoint, Endpoint, Multiaddr};
 use libp2p::swarm::{
@@ -61,11 +61,6 @@ pub enum Refusal {
     PerIp,
     #[error("too many connections from this subnet")]
     PerSubnet,
-    /// A dial to this host or a link-local address outside the exempt
-    /// networks: such addresses reach a dial only when a peer chose them
-    /// (hole punching, Kademlia answers), never from address hygiene.
-    #[error("dialling this host or a link-local address is refused")]
-    LocalDial,
 }
 
 impl Refusal {
@@ -76,17 +71,15 @@ impl Refusal {
             Refusal::Full => "full",
             Refusal::PerIp => "per_ip",
             Refusal::PerSubnet => "per_subnet",
-            Refusal::LocalDial => "local_dial",
         }
     }
 
-    pub const ALL: [Refusal; 6] = [
+    pub const ALL: [Refusal; 5] = [
         Refusal::IpBanned,
         Refusal::InboundFull,
         Refusal::Full,
         Refusal::PerIp,
         Refusal::PerSubnet,
-        Refusal::LocalDial,
     ];
 }
 
@@ -324,23 +317,6 @@ impl NetworkBehaviour for Gate {
         Ok(dummy::ConnectionHandler)
     }
 
-    fn handle_pending_outbound_connection(
-        &mut self,
-        _connection_id: ConnectionId,
-        _peer: Option<PeerId>,
-        addresses: &[Multiaddr],
-        _role: Endpoint,
-    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
-        let local = addresses.iter().any(|a| {
-            matches!(reach(a), Reach::Host | Reach::Link)
-                && !first_ip(a).is_some_and(|ip| self.is_exempt(&ip))
-        });
-        if local {
-            return Err(self.refuse(Refusal::LocalDial));
-        }
-        Ok(Vec::new())
-    }
-
     fn handle_established_outbound_connection(
         &mut self,
         _connection_id: ConnectionId,
@@ -510,32 +486,6 @@ mod tests {
         assert!(connect(&mut g, "203.0.113.9").is_ok());
         assert!(connect(&mut g, "203.0.113.10").is_ok());
         assert!(g.counted_ips_of(&peers[0]).is_empty());
-    }
-
-    #[test]
-    fn dials_to_this_host_or_a_link_are_refused_unless_exempt() {
-        let mut g = gate(100, 3, 100);
-        let dial = |g: &mut Gate, a: &str| {
-            g.handle_pending_outbound_connection(
-                ConnectionId::new_unchecked(rand_id()),
-                None,
-                &[a.parse().unwrap()],
-                Endpoint::Dialer,
-            )
-            .map_err(|e| e.downcast::<Refusal>().unwrap())
-        };
-        // The test gate exempts loopback, as the default settings do.
-        assert!(dial(&mut g, "/ip4/127.0.0.1/tcp/4001").is_ok());
-        assert_eq!(
-            dial(&mut g, "/ip4/169.254.1.1/tcp/4001"),
-            Err(Refusal::LocalDial)
-        );
-        assert_eq!(
-            dial(&mut g, "/ip4/0.0.0.0/tcp/4001"),
-            Err(Refusal::LocalDial)
-        );
-        assert!(dial(&mut g, "/ip4/10.0.0.7/udp/4001/quic-v1").is_ok());
-        assert!(dial(&mut g, "/ip4/203.0.113.7/tcp/4001").is_ok());
     }
 
     #[test]
