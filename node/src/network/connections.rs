@@ -265,8 +265,8 @@ impl Network {
         self.close_relayed_if_direct(peer, now);
         self.links.dialer.connected(peer, now);
         self.links.rejoin.restart(now);
-        // Breakers judge direct QUIC, by this node's own dials only (not
-        // AutoNAT dial-backs, hole punching or Kademlia's own).
+        // Breakers judge direct QUIC, by dials of a peer that was not
+        // connected (this node's and Kademlia's) and QUIC trials.
         let ConnectedPoint::Dialer { address, .. } = endpoint else {
             return;
         };
