@@ -151,10 +151,16 @@ async fn status(args: ClientArgs) -> Result<()> {
             "holes        {} punched, {} failed",
             nat.hole_punches_ok, nat.hole_punches_failed
         );
+        if nat.relayed_sync_deferred > 0 {
+            println!(
+                "relay budget {} pattern sync requests deferred (1 MiB a minute per relayed peer)",
+                nat.relayed_sync_deferred
+            );
+        }
         if nat.relay_service {
             println!(
-                "relaying     {} slots held for peers, {} circuits open",
-                nat.relay_reservations, nat.relay_circuits
+                "relaying     {} slots held for peers, {} circuits open, {} requests refused",
+                nat.relay_reservations, nat.relay_circuits, nat.relay_denied
             );
         }
         let m = &status.messages;

@@ -238,3 +238,65 @@ async fn hosts_behind_nat_join_through_a_relay_and_punch_holes_where_they_can() 
     let symmetric = index_of(&net, &natted[2]);
     assert!(after[symmetric].relayed_connections >= 2, "{after:#?}");
 }
+
+/// With QUIC off everywhere, hole punching works over TCP: two hosts
+/// behind port-restricted NATs end up connected directly over TCP
+/// (simultaneous open from the ports they listen on), and the relayed
+/// connection is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_only_hosts_behind_cone_nats_punch_a_tcp_hole() {
+    if let Some(why) = hosts::unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let hosts = Arc::new(
+        Hosts::create_placed(&[
+            Placement::Public,
+            Placement::Behind(NatKind::PortRestricted),
+            Placement::Behind(NatKind::PortRestricted),
+        ])
+        .expect("creating hosts behind NAT"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = common::options(3, &dir);
+    opts.hosts = Some(hosts.clone());
+    opts.extra_args = FAST.iter().map(|s| s.to_string()).collect();
+    opts.extra_args
+        .extend(["--quic".to_string(), "false".to_string()]);
+    let bootstrap = hosts.addr(0);
+    opts.node_args = vec![vec![
+        "--external-address".into(),
+        format!("/ip4/{bootstrap}/tcp/4001"),
+    ]];
+    let net = Testnet::start(opts).await.expect("starting nodes");
+    net.wait_full_mesh(LONG)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", logs(&net)));
+    let id = |i: usize| net.nodes[i].info.peer_id.clone();
+    wait::until(
+        "a direct TCP connection between hosts 1 and 2",
+        LONG,
+        || async {
+            let peers = net.nodes[1].client.peers().await?;
+            Ok(view(&peers, &id(2))
+                .filter(|p| p.transport == Transport::Tcp && p.connections.len() == 1)
+                .map(|_| ()))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e:#}\n{:#?}\n{}",
+            view(&rt_peers(&net, 1), &id(2)),
+            logs(&net)
+        )
+    });
+    for i in 1..3 {
+        let nat = nat_of(&net, i).await.unwrap();
+        assert_eq!(nat.reachability, "private", "node {i}: {nat:?}");
+    }
+    let report = demo::exchange(&net, "coordination", 2, LONG)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", logs(&net)));
+    assert_eq!(report.received, vec![4; 3]);
+}

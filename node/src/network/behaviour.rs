@@ -21,7 +21,7 @@ use libp2p::{
     Swarm, Transport,
 };
 use std::hash::{BuildHasher, Hasher};
-use std::num::NonZeroU8;
+use std::num::{NonZeroU32, NonZeroU8};
 use std::time::Duration;
 
 #[derive(NetworkBehaviour)]
@@ -303,9 +303,36 @@ fn relay_config(settings: &Settings) -> relay::Config {
         max_circuits_per_peer: nat.relay_max_circuits_per_peer.get() - 1,
         max_circuit_duration: nat.relay_circuit_secs.duration(),
         max_circuit_bytes: nat.relay_circuit_bytes.get(),
-        // libp2p's rate limits (per peer and per IP) are kept.
+        // Circuit rates of our own, below. libp2p's reservation rates (per
+        // peer 30 at once then one every 2 min; per IP 60 then one a
+        // minute) are kept: a node reserves once per relay.
+        circuit_src_rate_limiters: Vec::new(),
         ..relay::Config::default()
     }
+    .circuit_src_per_peer(
+        CIRCUIT_BURST_PER_PEER.saturating_mul(nonzero(nat.relay_max_circuits_per_peer.get())),
+        CIRCUIT_REFILL_PER_PEER,
+    )
+    .circuit_src_per_ip(nonzero(nat.relay_max_circuits.get()), CIRCUIT_REFILL_PER_IP)
+}
+
+/// Circuits a peer may open in a burst, per circuit it may hold at once.
+///
+/// libp2p's default (30 circuits per source peer, then one every 2 minutes;
+/// 60 per source IP, then one a minute) cut off a NATed node after it had
+/// met about ten other NATed peers (`bench nat` found it): each meeting
+/// takes a few circuits (both ends dial, hole punching retries), and every
+/// circuit closes after `nat.relay_circuit_secs` and is opened again. Ours
+/// let a node reach a mesh's worth of NATed peers at once, then keep a new
+/// one every 10 s; a NAT that hides many hosts behind one IP gets a burst
+/// of `relay_max_circuits` and one every 2 s. Each circuit is bounded in
+/// bytes and time, so the rate bounds only setup work.
+const CIRCUIT_BURST_PER_PEER: NonZeroU32 = NonZeroU32::new(4).unwrap();
+const CIRCUIT_REFILL_PER_PEER: Duration = Duration::from_secs(10);
+const CIRCUIT_REFILL_PER_IP: Duration = Duration::from_secs(2);
+
+fn nonzero(n: usize) -> NonZeroU32 {
+    NonZeroU32::new(u32::try_from(n).unwrap_or(u32::MAX)).unwrap_or(NonZeroU32::MIN)
 }
 
 pub fn build_swarm(keypair: Keypair, settings: &Settings) -> Result<Swarm<Behaviour>> {

@@ -323,8 +323,42 @@ impl Network {
         } else {
             self.links.dialer.forget(&peer);
         }
+        self.forget_dead_relayed_addrs(peer);
         if self.links.table.is_empty() {
             self.links.rejoin.restart(Instant::now());
+        }
+    }
+
+    /// Cleans a departed peer's Kademlia entry of relayed addresses that
+    /// cannot work any more, since Kademlia hands its entries to every peer
+    /// that asks (`bench nat` saw newcomers spend their circuit rate on
+    /// dozens of departed NATed peers and not reach the live one):
+    /// - addresses through this node: the peer's slot here ended with its
+    ///   connection;
+    /// - all of them, when the peer is known by relayed addresses only (it
+    ///   is behind NAT). If it is still up, its relays (it stays connected
+    ///   to them) still know it.
+    fn forget_dead_relayed_addrs(&mut self, peer: PeerId) {
+        let local = *self.swarm.local_peer_id();
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let Some(addrs) = kad.kbucket(peer).and_then(|bucket| {
+            bucket
+                .iter()
+                .find(|e| *e.node.key.preimage() == peer)
+                .map(|e| e.node.value.iter().cloned().collect::<Vec<_>>())
+        }) else {
+            return;
+        };
+        if addrs.iter().all(super::nat::is_relayed) {
+            kad.remove_peer(&peer);
+            tracing::debug!(%peer, "forgot a departed peer reachable only through relays");
+            return;
+        }
+        for addr in addrs
+            .iter()
+            .filter(|a| super::dialer::relay_of(a) == Some(local))
+        {
+            kad.remove_address(&peer, addr);
         }
     }
 
@@ -350,8 +384,10 @@ impl Network {
             return;
         }
         let (Some(peer), DialError::Transport(errors)) = (peer, error) else {
+            tracing::debug!(?peer, %error, "dial failed");
             return;
         };
+        tracing::debug!(%peer, ?errors, "dial failed");
         // See `on_connection_established`: a failed dial of a connected
         // peer was someone else's (a dial-back through a NAT fails by
         // design) and says nothing about QUIC to that peer.

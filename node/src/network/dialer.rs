@@ -6,8 +6,10 @@
 
 use super::backoff::Backoff;
 use super::breaker::{BreakerState, CircuitBreaker};
+use super::nat::is_relayed;
 use super::peer_manager::addrs::ip_of;
 use crate::config::is_quic;
+use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -86,7 +88,11 @@ impl Dialer {
         (b.state(now), b.quic_failures, b.quic_successes)
     }
 
-    /// Addresses to dial, in order: QUIC first when allowed, else TCP only.
+    /// Addresses to dial, in order: direct QUIC first when allowed (else
+    /// none), direct TCP, then relayed ones. The breaker judges the peer's
+    /// own QUIC: a relayed address crosses QUIC only to the relay, and is
+    /// what reaches a NATed peer, whose direct dials all fail (and open
+    /// its breaker).
     pub fn dial_order(
         &mut self,
         peer: PeerId,
@@ -94,24 +100,37 @@ impl Dialer {
         now: Instant,
     ) -> Vec<Multiaddr> {
         let quic_ok = self.allows_quic(peer, now);
-        let tcp_ok = self.tcp;
-        addrs.retain(|a| if is_quic(a) { quic_ok } else { tcp_ok });
-        addrs.sort_by_key(|a| !is_quic(a));
+        let (quic, tcp) = (self.quic, self.tcp);
+        addrs.retain(|a| match (is_relayed(a), is_quic(a)) {
+            (true, true) => quic,
+            (false, true) => quic_ok,
+            (_, false) => tcp,
+        });
+        addrs.sort_by_key(order_key);
         addrs.dedup();
         addrs
     }
 
     /// Remembers the addresses `peer` announced on `seen_at`, the IP it
     /// was seen connecting from (with no IP seen, none).
+    ///
+    /// Relayed addresses are kept when their relay is one of `relays` (peers
+    /// this node is connected to): a NATed peer is reached only at those,
+    /// and an address naming some other host as relay would have this node
+    /// dial that host.
     pub fn remember_addrs(
         &mut self,
         peer: PeerId,
         announced: &[Multiaddr],
         seen_at: Option<IpAddr>,
+        relays: impl Fn(&PeerId) -> bool,
     ) {
         let mut addrs: Vec<Multiaddr> = announced
             .iter()
-            .filter(|a| seen_at.is_some() && ip_of(a) == seen_at)
+            .filter(|a| match relay_of(a) {
+                Some(relay) => relays(&relay),
+                None => seen_at.is_some() && ip_of(a) == seen_at,
+            })
             .cloned()
             .collect();
         // Addresses this node reached it on stay.
@@ -127,7 +146,7 @@ impl Dialer {
     }
 
     fn store_addrs(&mut self, peer: PeerId, mut addrs: Vec<Multiaddr>) {
-        addrs.sort_by_key(|a| !is_quic(a));
+        addrs.sort_by_key(order_key);
         addrs.dedup();
         addrs.truncate(MAX_ADDRS_PER_PEER);
         if self.addrs.len() < MAX_TRACKED || self.addrs.contains_key(&peer) {
@@ -151,7 +170,7 @@ impl Dialer {
     pub fn quic_addrs(&self, peer: &PeerId) -> Vec<Multiaddr> {
         self.addrs
             .get(peer)
-            .map(|a| a.iter().filter(|a| is_quic(a)).cloned().collect())
+            .map(|a| a.iter().filter(|a| is_direct_quic(a)).cloned().collect())
             .unwrap_or_default()
     }
 
@@ -164,7 +183,7 @@ impl Dialer {
         now: Instant,
     ) -> &mut CircuitBreaker {
         let breaker = self.breaker(peer);
-        if failed.iter().any(is_quic) {
+        if failed.iter().any(is_direct_quic) {
             breaker.record(false, now);
         }
         breaker
@@ -181,7 +200,7 @@ impl Dialer {
     ) -> BreakerState {
         self.confirm_addr(peer, addr);
         let breaker = self.record_quic_failures(peer, failed, now);
-        if is_quic(addr) {
+        if is_direct_quic(addr) {
             breaker.record(true, now);
         }
         breaker.state(now)
@@ -281,6 +300,34 @@ impl Dialer {
     }
 }
 
+/// Direct QUIC first, then direct TCP, then relayed addresses.
+fn order_key(addr: &Multiaddr) -> u8 {
+    match (is_relayed(addr), is_quic(addr)) {
+        (false, true) => 0,
+        (false, false) => 1,
+        (true, _) => 2,
+    }
+}
+
+/// QUIC straight to the peer: what its breaker judges.
+fn is_direct_quic(addr: &Multiaddr) -> bool {
+    is_quic(addr) && !is_relayed(addr)
+}
+
+/// The relay a relayed address goes through (the peer id before
+/// `/p2p-circuit`).
+pub fn relay_of(addr: &Multiaddr) -> Option<PeerId> {
+    let mut relay = None;
+    for p in addr.iter() {
+        match p {
+            Protocol::P2p(id) => relay = Some(id),
+            Protocol::P2pCircuit => return relay,
+            _ => {}
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,11 +341,13 @@ mod tests {
             "/ip4/192.0.2.50/tcp/22".parse().unwrap(),
             "/dns4/victim.example/tcp/80".parse().unwrap(),
         ];
-        d.remember_addrs(peer, &announced, Some("10.0.0.2".parse().unwrap()));
+        d.remember_addrs(peer, &announced, Some("10.0.0.2".parse().unwrap()), |_| {
+            false
+        });
         assert_eq!(d.known_addrs(&peer), announced[..1].to_vec());
         // With no connection seen, nothing it claims is kept...
         let other = PeerId::random();
-        d.remember_addrs(other, &announced, None);
+        d.remember_addrs(other, &announced, None, |_| false);
         assert!(d.known_addrs(&other).is_empty());
         // ...but an address this node reached it on is.
         let reached: Multiaddr = "/ip4/198.51.100.1/udp/4001/quic-v1".parse().unwrap();
@@ -337,6 +386,46 @@ mod tests {
             "closed"
         );
         assert!(is_quic(&d.dial_order(peer, addrs(), later)[0]));
+    }
+
+    #[test]
+    fn a_natted_peer_stays_reachable_through_its_relay_when_direct_dials_fail() {
+        let now = Instant::now();
+        let peer = PeerId::random();
+        let relay = PeerId::random();
+        let stranger = PeerId::random();
+        let via = |r: PeerId, transport: &str| -> Multiaddr {
+            format!("/ip4/10.0.0.1/{transport}/p2p/{r}/p2p-circuit/p2p/{peer}")
+                .parse()
+                .unwrap()
+        };
+        let mut d = Dialer::new(Duration::from_secs(60), Duration::from_secs(60), true, true);
+        let mut announced = addrs();
+        announced.push(via(relay, "udp/4001/quic-v1"));
+        announced.push(via(relay, "tcp/4001"));
+        // An address naming a relay this node does not know is not kept.
+        announced.push(via(stranger, "tcp/4001"));
+        d.remember_addrs(peer, &announced, Some("10.0.0.2".parse().unwrap()), |r| {
+            *r == relay
+        });
+        let known = d.known_addrs(&peer);
+        assert_eq!(known.len(), 4, "{known:?}");
+        assert!(!known.contains(&via(stranger, "tcp/4001")));
+        // Direct dials fail (NAT): the breaker opens on direct QUIC...
+        let state = d.dial_succeeded(peer, &via(relay, "tcp/4001"), &addrs(), now);
+        assert_eq!(state.name(), "open");
+        // ...and the relayed addresses, QUIC to the relay included, stay.
+        let order = d.dial_order(peer, known, now);
+        assert_eq!(
+            order,
+            vec![
+                addrs()[0].clone(),
+                via(relay, "udp/4001/quic-v1"),
+                via(relay, "tcp/4001")
+            ]
+        );
+        // A relayed QUIC success is no QUIC trial of the peer itself.
+        assert!(d.quic_addrs(&peer).iter().all(|a| !is_relayed(a)));
     }
 
     #[test]

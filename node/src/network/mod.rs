@@ -20,6 +20,7 @@ pub mod peer_manager;
 mod peers;
 mod publish;
 mod relay_service;
+mod relayed_sync;
 pub mod router;
 pub mod sync_io;
 mod validation;
@@ -130,6 +131,10 @@ pub enum PeerRequestError {
     /// bandwidth): they wait for a direct connection.
     #[error("no direct connection to the peer (only through a relay, or none); {0} waits for one")]
     RelayedOnly(&'static str),
+    /// Pattern sync with a peer reached only through a relay spent its
+    /// byte budget for this minute (see `relayed_sync`).
+    #[error("pattern sync through a relay is limited to {0} bytes a minute per peer and this minute's are spent; the rest waits for the next minute or a direct connection")]
+    RelayBudget(usize),
 }
 
 /// A cheap, cloneable way to talk to the network task.
@@ -464,7 +469,27 @@ impl Network {
                 _ = tick.tick() => self.maintain(),
             }
         }
+        self.close_connections().await;
         tracing::info!("network task stopped");
+    }
+
+    /// Closes every connection and waits (up to a second) until they are
+    /// closed, so that peers learn at once that this node left: a relay
+    /// frees its slot and circuits, instead of holding them until an idle
+    /// timeout (a QUIC connection dropped with the process says nothing).
+    async fn close_connections(&mut self) {
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for peer in peers {
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+        let deadline = tokio::time::sleep(Duration::from_secs(1));
+        tokio::pin!(deadline);
+        while self.swarm.connected_peers().next().is_some() {
+            tokio::select! {
+                _ = self.swarm.select_next_some() => {}
+                _ = &mut deadline => break,
+            }
+        }
     }
 
     fn maintain(&mut self) {
@@ -778,11 +803,18 @@ impl Network {
             self.swarm.behaviour_mut().autonat.vouch(ip);
         }
         // Redials and QUIC trials use these (a stranger's are never kept).
-        self.links.dialer.remember_addrs(peer, &addrs, seen_at);
+        let table = &self.links.table;
+        self.links
+            .dialer
+            .remember_addrs(peer, &addrs, seen_at, |relay| table.contains(relay));
         let quic_allowed = self.links.dialer.allows_quic(peer, Instant::now());
         if serves_kad {
-            // While the breaker is open, Kademlia must not dial QUIC either.
-            for addr in addrs.iter().filter(|a| quic_allowed || !is_quic(a)) {
+            // While the breaker is open, Kademlia must not dial the peer's
+            // QUIC either (QUIC to its relay is another matter).
+            for addr in addrs
+                .iter()
+                .filter(|a| quic_allowed || !is_quic(a) || nat::is_relayed(a))
+            {
                 self.swarm
                     .behaviour_mut()
                     .kad

@@ -95,6 +95,8 @@ pub struct Nat {
     /// so it cannot be counted on), circuits open now.
     served_reservations: HashSet<PeerId>,
     served_circuits: usize,
+    /// Reservation and circuit requests the relay service refused.
+    served_denied: u64,
     serving: bool,
 }
 
@@ -125,6 +127,7 @@ impl Nat {
             hole_punches_failed: 0,
             served_reservations: HashSet::new(),
             served_circuits: 0,
+            served_denied: 0,
             serving: false,
         }
     }
@@ -323,6 +326,21 @@ impl Nat {
             relay::Event::CircuitClosed { .. } => {
                 self.served_circuits = self.served_circuits.saturating_sub(1)
             }
+            relay::Event::ReservationReqDenied {
+                src_peer_id,
+                status,
+            } => {
+                self.served_denied += 1;
+                tracing::debug!(peer = %src_peer_id, ?status, "relay slot refused");
+            }
+            relay::Event::CircuitReqDenied {
+                src_peer_id,
+                dst_peer_id,
+                status,
+            } => {
+                self.served_denied += 1;
+                tracing::debug!(src = %src_peer_id, dst = %dst_peer_id, ?status, "relay circuit refused");
+            }
             _ => {}
         }
     }
@@ -369,6 +387,8 @@ impl Nat {
             relay_service: self.serving,
             relay_reservations: self.served_reservations.len(),
             relay_circuits: self.served_circuits,
+            relay_denied: self.served_denied,
+            relayed_sync_deferred: 0,
         }
     }
 }
@@ -472,12 +492,14 @@ impl Network {
             .filter(|a| is_relayed(a))
             .map(|a| a.to_string())
             .collect();
-        self.nat.status(
+        let mut status = self.nat.status(
             reachability,
             confirmed,
             relayed_addrs,
             self.links.table.relayed_connection_count(),
-        )
+        );
+        status.relayed_sync_deferred = self.sync.relayed.refused;
+        status
     }
 }
 

@@ -3,6 +3,7 @@
 //! the service's own requests are sent and their answers (or failures)
 //! returned on the oneshot it gave.
 
+use super::relayed_sync::{RelayedSyncBudget, RELAYED_SYNC_BYTES_PER_MINUTE};
 use super::Network;
 use crate::identity::{node_id_of, peer_id_of};
 use agentmesh_protocol::pattern_wire::{SyncRequest, SyncResponse};
@@ -10,6 +11,7 @@ use agentmesh_protocol::NodeId;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::PeerId;
 use std::collections::HashMap;
+use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 #[derive(Debug)]
@@ -46,10 +48,14 @@ pub const SYNC_EVENT_QUEUE: usize = 256;
 
 pub struct SyncIo {
     events: mpsc::Sender<SyncEvent>,
-    inbound: HashMap<u64, ResponseChannel<SyncResponse>>,
+    /// Requests the pattern service is answering, with the peer when the
+    /// request came through a relay (its answer is charged to the budget).
+    inbound: HashMap<u64, (ResponseChannel<SyncResponse>, Option<PeerId>)>,
     next_inbound: u64,
     outbound: HashMap<OutboundRequestId, SyncReply>,
     last_peers: Vec<NodeId>,
+    /// Bytes moved with peers reached only through a relay.
+    pub relayed: RelayedSyncBudget,
 }
 
 impl SyncIo {
@@ -60,6 +66,7 @@ impl SyncIo {
             next_inbound: 0,
             outbound: HashMap::new(),
             last_peers: Vec::new(),
+            relayed: RelayedSyncBudget::default(),
         }
     }
 }
@@ -73,6 +80,17 @@ impl Network {
                 reply,
             } => match peer_id_of(&peer) {
                 Ok(peer) => {
+                    let now = Instant::now();
+                    if self.reached_only_through_relay(&peer) {
+                        if !self.sync.relayed.allows(&peer, now) {
+                            self.sync.relayed.refused += 1;
+                            let _ = reply.send(Err(super::PeerRequestError::RelayBudget(
+                                RELAYED_SYNC_BYTES_PER_MINUTE,
+                            )));
+                            return;
+                        }
+                        self.sync.relayed.charge(peer, wire_bytes(&request), now);
+                    }
                     let id = self.swarm.behaviour_mut().sync.send_request(&peer, request);
                     self.sync.outbound.insert(id, reply);
                 }
@@ -82,7 +100,11 @@ impl Network {
             },
             SyncCommand::Misled { peer } => self.charge(peer, super::guard::Offence::Misleading, 1),
             SyncCommand::Respond { request, response } => {
-                if let Some(channel) = self.sync.inbound.remove(&request) {
+                if let Some((channel, relayed)) = self.sync.inbound.remove(&request) {
+                    if let Some(peer) = relayed {
+                        let bytes = wire_bytes(&response);
+                        self.sync.relayed.charge(peer, bytes, Instant::now());
+                    }
                     // Fails only if the asker gave up.
                     let _ = self
                         .swarm
@@ -99,7 +121,11 @@ impl Network {
         event: request_response::Event<SyncRequest, SyncResponse>,
     ) {
         match event {
-            request_response::Event::Message { peer, message, .. } => match message {
+            request_response::Event::Message {
+                peer,
+                connection_id,
+                message,
+            } => match message {
                 request_response::Message::Request {
                     request, channel, ..
                 } => {
@@ -109,6 +135,30 @@ impl Network {
                     if !self.admit_request(&peer) {
                         return;
                     }
+                    let now = Instant::now();
+                    if self.links.table.is_relayed(&peer, connection_id) {
+                        if !self.sync.relayed.allows(&peer, now) {
+                            self.sync.relayed.refused += 1;
+                            let reason =
+                                super::PeerRequestError::RelayBudget(RELAYED_SYNC_BYTES_PER_MINUTE)
+                                    .to_string();
+                            let refused = SyncResponse::Refused { reason };
+                            let _ = self
+                                .swarm
+                                .behaviour_mut()
+                                .sync
+                                .send_response(channel, refused);
+                            return;
+                        }
+                        // The answer is charged too, once it is known: a
+                        // bound on it is charged now.
+                        self.sync.relayed.charge(peer, wire_bytes(&request), now);
+                    }
+                    let relayed = self
+                        .links
+                        .table
+                        .is_relayed(&peer, connection_id)
+                        .then_some(peer);
                     if matches!(request, SyncRequest::Push { .. })
                         && !self.may_share_patterns(&peer)
                     {
@@ -134,7 +184,7 @@ impl Network {
                     };
                     match self.sync.events.try_send(event) {
                         Ok(()) => {
-                            self.sync.inbound.insert(id, channel);
+                            self.sync.inbound.insert(id, (channel, relayed));
                         }
                         Err(_) => {
                             let busy = SyncResponse::Refused {
@@ -148,6 +198,10 @@ impl Network {
                     request_id,
                     response,
                 } => {
+                    if self.links.table.is_relayed(&peer, connection_id) {
+                        let bytes = wire_bytes(&response);
+                        self.sync.relayed.charge(peer, bytes, Instant::now());
+                    }
                     if let Some(reply) = self.sync.outbound.remove(&request_id) {
                         // Hashes, entries and states all say what this node
                         // should hold: only from a peer that may share.
@@ -203,6 +257,20 @@ impl Network {
         {
             self.sync.last_peers = peers.to_vec();
         }
-        self.sync.inbound.retain(|_, channel| channel.is_open());
+        self.sync
+            .inbound
+            .retain(|_, (channel, _)| channel.is_open());
+        self.sync.relayed.prune(Instant::now());
     }
+
+    /// Connected, but with no direct connection: traffic crosses a relay.
+    fn reached_only_through_relay(&self, peer: &PeerId) -> bool {
+        let table = &self.links.table;
+        table.direct_connections(peer) == 0 && !table.relayed_connections(peer).is_empty()
+    }
+}
+
+/// The size of a sync message on the wire.
+fn wire_bytes<T: serde::Serialize>(message: &T) -> usize {
+    agentmesh_protocol::codec::encode(message).map_or(0, |b| b.len())
 }

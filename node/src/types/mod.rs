@@ -58,6 +58,11 @@ pub struct NatStatus {
     pub relay_service: bool,
     pub relay_reservations: usize,
     pub relay_circuits: usize,
+    /// As a relay: slot and circuit requests refused (limits and rates).
+    pub relay_denied: u64,
+    /// Pattern sync requests held back or refused because the byte budget
+    /// for a peer reached only through a relay (1 MiB a minute) was spent.
+    pub relayed_sync_deferred: u64,
 }
 
 /// Membership and misbehaviour counters.
