@@ -150,8 +150,8 @@ impl Network {
                                 .send_response(channel, refused);
                             return;
                         }
-                        // The answer is charged too, once it is known: a
-                        // bound on it is charged now.
+                        // The request is charged now, the answer when it
+                        // is sent (`Respond`).
                         self.sync.relayed.charge(peer, wire_bytes(&request), now);
                     }
                     let relayed = self
