@@ -7,7 +7,7 @@
 use super::backoff::Backoff;
 use super::breaker::{BreakerState, CircuitBreaker};
 use super::nat::is_relayed;
-use super::peer_manager::addrs::ip_of;
+use super::peer_manager::addrs::{first_ip, ip_of};
 use crate::config::is_quic;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
@@ -114,21 +114,24 @@ impl Dialer {
     /// Remembers the addresses `peer` announced on `seen_at`, the IP it
     /// was seen connecting from (with no IP seen, none).
     ///
-    /// Relayed addresses are kept when their relay is one of `relays` (peers
-    /// this node is connected to): a NATed peer is reached only at those,
-    /// and an address naming some other host as relay would have this node
+    /// Relayed addresses are kept when they name, as relay, another peer
+    /// this node is directly connected to, at the IP it is connected at
+    /// (`relay_ip` says where, or `None`): a NATed peer is reached only at
+    /// those, and an address naming some other host would have this node
     /// dial that host.
     pub fn remember_addrs(
         &mut self,
         peer: PeerId,
         announced: &[Multiaddr],
         seen_at: Option<IpAddr>,
-        relays: impl Fn(&PeerId) -> bool,
+        relay_ip: impl Fn(&PeerId) -> Option<IpAddr>,
     ) {
         let mut addrs: Vec<Multiaddr> = announced
             .iter()
             .filter(|a| match relay_of(a) {
-                Some(relay) => relays(&relay),
+                Some(relay) => {
+                    relay != peer && relay_ip(&relay).is_some_and(|ip| first_ip(a) == Some(ip))
+                }
                 None => seen_at.is_some() && ip_of(a) == seen_at,
             })
             .cloned()
@@ -342,12 +345,12 @@ mod tests {
             "/dns4/victim.example/tcp/80".parse().unwrap(),
         ];
         d.remember_addrs(peer, &announced, Some("10.0.0.2".parse().unwrap()), |_| {
-            false
+            None
         });
         assert_eq!(d.known_addrs(&peer), announced[..1].to_vec());
         // With no connection seen, nothing it claims is kept...
         let other = PeerId::random();
-        d.remember_addrs(other, &announced, None, |_| false);
+        d.remember_addrs(other, &announced, None, |_| None);
         assert!(d.known_addrs(&other).is_empty());
         // ...but an address this node reached it on is.
         let reached: Multiaddr = "/ip4/198.51.100.1/udp/4001/quic-v1".parse().unwrap();
@@ -403,14 +406,29 @@ mod tests {
         let mut announced = addrs();
         announced.push(via(relay, "udp/4001/quic-v1"));
         announced.push(via(relay, "tcp/4001"));
-        // An address naming a relay this node does not know is not kept.
+        // Not kept: an address naming a relay this node is not connected
+        // to, one naming a connected relay at another host, and one naming
+        // the peer itself as relay.
         announced.push(via(stranger, "tcp/4001"));
-        d.remember_addrs(peer, &announced, Some("10.0.0.2".parse().unwrap()), |r| {
-            *r == relay
-        });
+        let elsewhere: Multiaddr =
+            format!("/ip4/192.0.2.9/tcp/80/p2p/{relay}/p2p-circuit/p2p/{peer}")
+                .parse()
+                .unwrap();
+        announced.push(elsewhere.clone());
+        announced.push(via(peer, "tcp/4001"));
+        let relay_ip =
+            |r: &PeerId| (*r == relay || *r == peer).then(|| "10.0.0.1".parse().unwrap());
+        d.remember_addrs(
+            peer,
+            &announced,
+            Some("10.0.0.2".parse().unwrap()),
+            relay_ip,
+        );
         let known = d.known_addrs(&peer);
         assert_eq!(known.len(), 4, "{known:?}");
         assert!(!known.contains(&via(stranger, "tcp/4001")));
+        assert!(!known.contains(&elsewhere));
+        assert!(!known.contains(&via(peer, "tcp/4001")));
         // Direct dials fail (NAT): the breaker opens on direct QUIC...
         let state = d.dial_succeeded(peer, &via(relay, "tcp/4001"), &addrs(), now);
         assert_eq!(state.name(), "open");

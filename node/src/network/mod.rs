@@ -806,7 +806,7 @@ impl Network {
         let table = &self.links.table;
         self.links
             .dialer
-            .remember_addrs(peer, &addrs, seen_at, |relay| table.contains(relay));
+            .remember_addrs(peer, &addrs, seen_at, |relay| table.remote_ip(relay));
         let quic_allowed = self.links.dialer.allows_quic(peer, Instant::now());
         if serves_kad {
             // While the breaker is open, Kademlia must not dial the peer's

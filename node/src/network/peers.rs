@@ -340,11 +340,6 @@ impl PeerTable {
         self.peers.len()
     }
 
-    /// Whether `peer` is connected.
-    pub fn contains(&self, peer: &PeerId) -> bool {
-        self.peers.contains_key(peer)
-    }
-
     pub fn is_empty(&self) -> bool {
         self.peers.is_empty()
     }

@@ -24,7 +24,10 @@ pub const RELAYED_SYNC_BYTES_PER_MINUTE: usize = 1024 * 1024;
 
 const WINDOW: Duration = Duration::from_secs(60);
 
-/// Bytes spent per relayed peer in the current one-minute window.
+/// Bytes spent per relayed peer in the current one-minute window. A
+/// request is charged with the largest answer it may get as soon as it is
+/// sent or admitted, and the unused part is given back when the answer is
+/// known: requests in flight at once cannot overrun the budget.
 #[derive(Default)]
 pub struct RelayedSyncBudget {
     spent: HashMap<PeerId, (Instant, usize)>,
@@ -55,6 +58,14 @@ impl RelayedSyncBudget {
         entry.1 = entry.1.saturating_add(bytes);
     }
 
+    /// Gives back bytes charged in advance (a bound on an answer) that the
+    /// answer did not use.
+    pub fn refund(&mut self, peer: &PeerId, bytes: usize) {
+        if let Some((_, spent)) = self.spent.get_mut(peer) {
+            *spent = spent.saturating_sub(bytes);
+        }
+    }
+
     /// Forgets windows that ended (peers come and go).
     pub fn prune(&mut self, now: Instant) {
         self.spent
@@ -83,6 +94,11 @@ mod tests {
         let later = t0 + WINDOW;
         assert!(b.allows(&peer, later));
         b.charge(peer, 10, later);
+        assert!(b.allows(&peer, later));
+        // An answer's bound charged in advance, the unused part given back.
+        b.charge(peer, RELAYED_SYNC_BYTES_PER_MINUTE, later);
+        assert!(!b.allows(&peer, later));
+        b.refund(&peer, RELAYED_SYNC_BYTES_PER_MINUTE - 100);
         assert!(b.allows(&peer, later));
         b.prune(later + WINDOW);
         assert!(b.spent.is_empty());

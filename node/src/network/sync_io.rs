@@ -6,7 +6,7 @@
 use super::relayed_sync::{RelayedSyncBudget, RELAYED_SYNC_BYTES_PER_MINUTE};
 use super::Network;
 use crate::identity::{node_id_of, peer_id_of};
-use agentmesh_protocol::pattern_wire::{SyncRequest, SyncResponse};
+use agentmesh_protocol::pattern_wire::{SyncRequest, SyncResponse, MAX_SYNC_RESPONSE_BYTES};
 use agentmesh_protocol::NodeId;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::PeerId;
@@ -52,7 +52,8 @@ pub struct SyncIo {
     /// request came through a relay (its answer is charged to the budget).
     inbound: HashMap<u64, (ResponseChannel<SyncResponse>, Option<PeerId>)>,
     next_inbound: u64,
-    outbound: HashMap<OutboundRequestId, SyncReply>,
+    /// Requests sent, with whether an answer's bound was charged for them.
+    outbound: HashMap<OutboundRequestId, (SyncReply, bool)>,
     last_peers: Vec<NodeId>,
     /// Bytes moved with peers reached only through a relay.
     pub relayed: RelayedSyncBudget,
@@ -81,7 +82,8 @@ impl Network {
             } => match peer_id_of(&peer) {
                 Ok(peer) => {
                     let now = Instant::now();
-                    if self.reached_only_through_relay(&peer) {
+                    let relayed = self.reached_only_through_relay(&peer);
+                    if relayed {
                         if !self.sync.relayed.allows(&peer, now) {
                             self.sync.relayed.refused += 1;
                             let _ = reply.send(Err(super::PeerRequestError::RelayBudget(
@@ -89,10 +91,11 @@ impl Network {
                             )));
                             return;
                         }
-                        self.sync.relayed.charge(peer, wire_bytes(&request), now);
+                        let bound = wire_bytes(&request) + MAX_SYNC_RESPONSE_BYTES;
+                        self.sync.relayed.charge(peer, bound, now);
                     }
                     let id = self.swarm.behaviour_mut().sync.send_request(&peer, request);
-                    self.sync.outbound.insert(id, reply);
+                    self.sync.outbound.insert(id, (reply, relayed));
                 }
                 Err(e) => {
                     let _ = reply.send(Err(super::PeerRequestError::NotAPeer(e.to_string())));
@@ -102,8 +105,8 @@ impl Network {
             SyncCommand::Respond { request, response } => {
                 if let Some((channel, relayed)) = self.sync.inbound.remove(&request) {
                     if let Some(peer) = relayed {
-                        let bytes = wire_bytes(&response);
-                        self.sync.relayed.charge(peer, bytes, Instant::now());
+                        let unused = MAX_SYNC_RESPONSE_BYTES.saturating_sub(wire_bytes(&response));
+                        self.sync.relayed.refund(&peer, unused);
                     }
                     // Fails only if the asker gave up.
                     let _ = self
@@ -136,7 +139,12 @@ impl Network {
                         return;
                     }
                     let now = Instant::now();
-                    if self.links.table.is_relayed(&peer, connection_id) {
+                    let relayed = self
+                        .links
+                        .table
+                        .is_relayed(&peer, connection_id)
+                        .then_some(peer);
+                    if relayed.is_some() {
                         if !self.sync.relayed.allows(&peer, now) {
                             self.sync.relayed.refused += 1;
                             let reason =
@@ -150,15 +158,11 @@ impl Network {
                                 .send_response(channel, refused);
                             return;
                         }
-                        // The request is charged now, the answer when it
-                        // is sent (`Respond`).
-                        self.sync.relayed.charge(peer, wire_bytes(&request), now);
+                        // The request and the largest answer it may get
+                        // are charged now; `Respond` gives back the rest.
+                        let bound = wire_bytes(&request) + MAX_SYNC_RESPONSE_BYTES;
+                        self.sync.relayed.charge(peer, bound, now);
                     }
-                    let relayed = self
-                        .links
-                        .table
-                        .is_relayed(&peer, connection_id)
-                        .then_some(peer);
                     if matches!(request, SyncRequest::Push { .. })
                         && !self.may_share_patterns(&peer)
                     {
@@ -198,11 +202,16 @@ impl Network {
                     request_id,
                     response,
                 } => {
-                    if self.links.table.is_relayed(&peer, connection_id) {
-                        let bytes = wire_bytes(&response);
+                    let charged = self.sync.outbound.get(&request_id).is_some_and(|o| o.1);
+                    let bytes = wire_bytes(&response);
+                    if charged {
+                        let unused = MAX_SYNC_RESPONSE_BYTES.saturating_sub(bytes);
+                        self.sync.relayed.refund(&peer, unused);
+                    } else if self.links.table.is_relayed(&peer, connection_id) {
+                        // Sent while a direct connection still existed.
                         self.sync.relayed.charge(peer, bytes, Instant::now());
                     }
-                    if let Some(reply) = self.sync.outbound.remove(&request_id) {
+                    if let Some((reply, _)) = self.sync.outbound.remove(&request_id) {
                         // Hashes, entries and states all say what this node
                         // should hold: only from a peer that may share.
                         let carries_patterns = !matches!(
@@ -223,7 +232,7 @@ impl Network {
             request_response::Event::OutboundFailure {
                 request_id, error, ..
             } => {
-                if let Some(reply) = self.sync.outbound.remove(&request_id) {
+                if let Some((reply, _)) = self.sync.outbound.remove(&request_id) {
                     let _ = reply.send(Err(error.into()));
                 }
             }

@@ -58,10 +58,13 @@ pub struct NatStatus {
     pub relay_service: bool,
     pub relay_reservations: usize,
     pub relay_circuits: usize,
-    /// As a relay: slot and circuit requests refused (limits and rates).
+    /// As a relay: slot and circuit requests refused (limits, rates, and
+    /// circuits to peers that hold no slot here, such as departed ones).
+    #[serde(default)]
     pub relay_denied: u64,
     /// Pattern sync requests held back or refused because the byte budget
     /// for a peer reached only through a relay (1 MiB a minute) was spent.
+    #[serde(default)]
     pub relayed_sync_deferred: u64,
 }
 
