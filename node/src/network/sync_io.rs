@@ -148,14 +148,8 @@ impl Network {
                         if !self.sync.relayed.allows(&peer, now) {
                             self.sync.relayed.refused += 1;
                             let reason =
-                                super::PeerRequestError::RelayBudget(RELAYED_SYNC_BYTES_PER_MINUTE)
-                                    .to_string();
-                            let refused = SyncResponse::Refused { reason };
-                            let _ = self
-                                .swarm
-                                .behaviour_mut()
-                                .sync
-                                .send_response(channel, refused);
+                                super::PeerRequestError::RelayBudget(RELAYED_SYNC_BYTES_PER_MINUTE);
+                            self.refuse_sync(channel, reason.to_string(), None);
                             return;
                         }
                         // The request and the largest answer it may get
@@ -166,15 +160,8 @@ impl Network {
                     if matches!(request, SyncRequest::Push { .. })
                         && !self.may_share_patterns(&peer)
                     {
-                        let refused = SyncResponse::Refused {
-                            reason: "your membership certificate does not allow sharing patterns"
-                                .into(),
-                        };
-                        let _ = self
-                            .swarm
-                            .behaviour_mut()
-                            .sync
-                            .send_response(channel, refused);
+                        let reason = "your membership certificate does not allow sharing patterns";
+                        self.refuse_sync(channel, reason.into(), relayed);
                         // Not charged: an honest node may hold patterns it
                         // has no scope to share.
                         return;
@@ -191,10 +178,7 @@ impl Network {
                             self.sync.inbound.insert(id, (channel, relayed));
                         }
                         Err(_) => {
-                            let busy = SyncResponse::Refused {
-                                reason: "busy; try again later".into(),
-                            };
-                            let _ = self.swarm.behaviour_mut().sync.send_response(channel, busy);
+                            self.refuse_sync(channel, "busy; try again later".into(), relayed)
                         }
                     }
                 }
@@ -270,6 +254,28 @@ impl Network {
             .inbound
             .retain(|_, (channel, _)| channel.is_open());
         self.sync.relayed.prune(Instant::now());
+    }
+
+    /// Answers a peer's request with `Refused`; for a request that came
+    /// through a relay (`relayed`), gives back the answer's bound charged
+    /// on admission beyond what the refusal costs.
+    fn refuse_sync(
+        &mut self,
+        channel: ResponseChannel<SyncResponse>,
+        reason: String,
+        relayed: Option<PeerId>,
+    ) {
+        let refused = SyncResponse::Refused { reason };
+        if let Some(peer) = relayed {
+            let unused = MAX_SYNC_RESPONSE_BYTES.saturating_sub(wire_bytes(&refused));
+            self.sync.relayed.refund(&peer, unused);
+        }
+        // Fails only if the asker gave up.
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .sync
+            .send_response(channel, refused);
     }
 
     /// Connected, but with no direct connection: traffic crosses a relay.
