@@ -7,11 +7,12 @@
 //! (and their accuracy before and after), and how many of the new label's
 //! own samples it then ranks first and in the top five. Prints JSON.
 //!
-//! `cargo run --release -p agentmesh-neural --example imprint -- FILE [SEED]`
+//! `cargo run --release -p agentmesh-neural --example imprint -- FILE [SEED] [--no-guard]`
+//! (the guard: the validation samples, as a node passes its held-out ones)
 //! (FILE: e.g. the cargo-registry data of `scripts/model/dataset.py`).
 
 use agentmesh_neural::classifier::{train, Classifier, TrainConfig};
-use agentmesh_neural::dataset::{load_jsonl, split, splitmix64, Sample};
+use agentmesh_neural::dataset::{load_jsonl, split, splitmix64, Context, Sample};
 use std::collections::BTreeSet;
 
 const HELD_OUT: usize = 4;
@@ -36,10 +37,17 @@ fn all_but<'a>(samples: &[&'a Sample], skip: usize) -> Vec<&'a Sample> {
 
 fn run() -> Result<(), String> {
     let mut args = std::env::args().skip(1);
-    let data = args.next().ok_or("usage: imprint FILE [SEED]")?;
+    let data = args
+        .next()
+        .ok_or("usage: imprint FILE [SEED] [--no-guard]")?;
     let seed: u64 = match args.next() {
         Some(s) => s.parse().map_err(|e| format!("seed {s:?}: {e}"))?,
         None => 42,
+    };
+    let no_guard = match args.next().as_deref() {
+        None => false,
+        Some("--no-guard") => true,
+        Some(other) => return Err(format!("unknown argument {other:?}")),
     };
     let all = load_jsonl(std::path::Path::new(&data)).map_err(|e| e.to_string())?;
     let labels: Vec<String> = all
@@ -72,6 +80,14 @@ fn run() -> Result<(), String> {
     let (model, report) = train(&known, &config, |_| {}).map_err(|e| e.to_string())?;
     let (_, _, test_idx) = split(known.len(), seed);
     let test: Vec<&Sample> = test_idx.iter().map(|&i| &known[i]).collect();
+    // What a node passes: the held-out samples of its training run (the
+    // validation part here, so the test part stays unseen), or none.
+    let (_, validation, _) = split(known.len(), seed);
+    let guard: Vec<&Context> = if no_guard {
+        Vec::new()
+    } else {
+        validation.iter().map(|&i| &known[i].context).collect()
+    };
 
     let (mut known_right, mut taken, mut first, mut top5, mut runs) = (0.0, 0.0, 0.0, 0.0, 0.0);
     for label in &held {
@@ -79,7 +95,7 @@ fn run() -> Result<(), String> {
         for j in 0..IMPRINTS_PER_LABEL {
             let mut grown: Classifier = model.clone();
             let source = j * 13 % own.len();
-            if !grown.add_label_from(label, &own[source].context) {
+            if !grown.add_label_from(label, &own[source].context, &guard) {
                 return Err(format!("{label}: not added"));
             }
             // The sample it was imprinted from is not counted.
@@ -118,7 +134,7 @@ fn run() -> Result<(), String> {
         for j in 0..IMPRINTS_PER_LABEL.min(same.len()) {
             let mut grown: Classifier = model.clone();
             let variant = format!("{label}-variant");
-            if !grown.add_label_from(&variant, &same[j].context) {
+            if !grown.add_label_from(&variant, &same[j].context, &guard) {
                 return Err(format!("{variant}: not added"));
             }
             // Its own source sample left out, as above.
@@ -137,6 +153,7 @@ fn run() -> Result<(), String> {
     let result = serde_json::json!({
         "bench": "imprint",
         "seed": seed,
+        "guard": guard.len(),
         "held_out": held,
         "known_test_accuracy_before": report.test.accuracy,
         "known_test_accuracy_after": known_right / runs,

@@ -63,14 +63,6 @@ impl Default for TrainConfig {
 pub const MAX_LABELS: usize = 10_000;
 pub const MAX_LABEL_BYTES: usize = 128;
 
-/// Imprinting a new label (see [`Classifier::add_label_from`]): the
-/// temperature of the weights it takes from the existing labels, and how
-/// far above the best of them it starts for its own context. How these
-/// values were chosen, and what they measured, is in docs/model.md
-/// ("Imprinting: the measurements").
-const IMPRINT_TEMPERATURE: f64 = 0.5;
-const IMPRINT_MARGIN: f64 = 0.5;
-
 /// What a training run measured on the held-out test part.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TrainReport {
@@ -426,21 +418,15 @@ impl Classifier {
     }
 
     /// Adds `label` as a new output, imprinted from one context it
-    /// succeeded for. Its logit for any context is the average of the
-    /// existing labels' logits there, weighted by how the model ranks them
-    /// for the imprinting context (softmax at `IMPRINT_TEMPERATURE`),
-    /// plus the constant C that puts it `IMPRINT_MARGIN` above the best of
-    /// them for that context (C = that best logit − the weighted mean +
-    /// the margin). A linear output cannot peak at one context; this one
-    /// wins only where the model is about as unsure among the same labels
-    /// as it was there, and never rises more than C above the best
-    /// existing logit, so a context the model gives confidently to a label
-    /// it did not weigh keeps it. Imprinted from a context the model gives
-    /// confidently to one label, it ranks first wherever that label is
-    /// first or within about the margin of it. Existing labels keep their
-    /// order everywhere. Returns false if the label exists, is not a valid
-    /// label, or the model knows [`MAX_LABELS`] already.
-    pub fn add_label_from(&mut self, label: &str, context: &Context) -> bool {
+    /// succeeded for ([`crate::imprint`]): it ranks first for that context
+    /// and spreads to contexts like it only as far as keeps it off the
+    /// `guard` contexts (the node's held-out samples; at most
+    /// [`crate::imprint::MAX_GUARD`] are read): without them, it ranks
+    /// first wherever the label the model gave the context did. Existing
+    /// labels keep their order everywhere. Returns false if the label
+    /// exists, is not a valid label, or the model knows [`MAX_LABELS`]
+    /// already.
+    pub fn add_label_from(&mut self, label: &str, context: &Context, guard: &[&Context]) -> bool {
         // At the cap a checkpoint of the grown model could not be read back.
         if self.labels.len() >= MAX_LABELS
             || label.is_empty()
@@ -449,52 +435,53 @@ impl Classifier {
         {
             return false;
         }
-        let device = cpu();
-        let v = self.features.extract_sparse(context);
-        let pre = pre_tensor(self.model.input.forward(&[&v]), 1, &device);
-        let logits: Vec<f64> = self
-            .model
-            .tail
-            .forward(pre)
-            .into_data()
-            .try_into_vec_as::<f32>()
-            .unwrap_or_default()
-            .into_iter()
-            .map(f64::from)
-            .collect();
+        let mut seen = self.seen(
+            std::iter::once(context)
+                .chain(guard.iter().copied().take(crate::imprint::MAX_GUARD))
+                .collect(),
+        );
+        let at = seen.remove(0);
         // Only the output layer grows: the 16-million-weight input layer
         // stays where it is.
         let [l2, l3, out] = self.model.tail.layer_weights();
+        let column = crate::imprint::new_column(&out, &at, &seen);
         let mut out = out.grown(1);
-        // The new output is the last column, after the existing `classes`.
-        let classes = out.d_out - 1;
-        // Without finite logits for every label (never from validated
-        // weights) the label starts unlikely, as a grown head's does.
-        if logits.len() == classes && logits.iter().all(|l| l.is_finite()) {
-            let top = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            let exp: Vec<f64> = logits
-                .iter()
-                .map(|l| ((l - top) / IMPRINT_TEMPERATURE).exp())
-                .collect();
-            let total: f64 = exp.iter().sum();
-            let share: Vec<f64> = exp.iter().map(|e| e / total).collect();
-            let mean: f64 = share.iter().zip(&logits).map(|(p, l)| p * l).sum();
-            let mix = |row: &[f32]| -> f32 {
-                share
-                    .iter()
-                    .zip(row)
-                    .map(|(p, w)| p * f64::from(*w))
-                    .sum::<f64>() as f32
-            };
-            let d = out.d_out;
-            for i in 0..out.d_in {
-                out.weight[i * d + classes] = mix(&out.weight[i * d..i * d + classes]);
+        // The new output is the last column, after the existing ones.
+        // Without finite activations (never from validated weights) the
+        // label starts unlikely, as a grown head's does.
+        if let Some(column) = column {
+            let (d, new) = (out.d_out, out.d_out - 1);
+            for (i, w) in column.weight.iter().enumerate() {
+                out.weight[i * d + new] = *w;
             }
-            out.bias[classes] = mix(&out.bias[..classes]) + (top - mean + IMPRINT_MARGIN) as f32;
+            out.bias[new] = column.bias;
         }
         self.labels.push(label.to_string());
-        self.model.tail = Tail::from_layers(&[l2, l3, out], &device);
+        self.model.tail = Tail::from_layers(&[l2, l3, out], &cpu());
         true
+    }
+
+    /// The last hidden layer's activations and the logits, per context.
+    fn seen(&self, contexts: Vec<&Context>) -> Vec<crate::imprint::Seen> {
+        let device = cpu();
+        let rows: Vec<SparseVec> = contexts
+            .iter()
+            .map(|c| self.features.extract_sparse(c))
+            .collect();
+        let refs: Vec<&SparseVec> = rows.iter().collect();
+        let pre = pre_tensor(self.model.input.forward(&refs), refs.len(), &device);
+        let flat = |t: Tensor<2>| t.into_data().try_into_vec_as::<f32>().unwrap_or_default();
+        let hidden = flat(self.model.tail.hidden(pre.clone()));
+        let logits = flat(self.model.tail.forward(pre));
+        let classes = self.labels.len().max(1);
+        hidden
+            .chunks(crate::model::HIDDEN[2])
+            .zip(logits.chunks(classes))
+            .map(|(h, z)| crate::imprint::Seen {
+                hidden: h.to_vec(),
+                logits: z.to_vec(),
+            })
+            .collect()
     }
 
     /// The raw output (one logit per label) for each of `contexts`.
@@ -677,5 +664,91 @@ pub(crate) mod tests {
             );
         }
         assert!(!classifier.learn_outcome(&context, "nope", true, 1e-2));
+    }
+
+    /// Four topics, each text four of its words and six shared ones.
+    fn topics(n: usize, offset: usize) -> Vec<Sample> {
+        const TOPICS: [(&str, [&str; 4]); 4] = [
+            ("net", ["socket", "dial", "peer", "packet"]),
+            ("db", ["table", "query", "index", "row"]),
+            ("ui", ["button", "click", "pixel", "layout"]),
+            ("fs", ["file", "directory", "path", "inode"]),
+        ];
+        let shared = ["the", "value", "result", "handle", "data", "item"];
+        (offset..offset + n)
+            .map(|i| {
+                let (label, words) = TOPICS[i % 4];
+                let text: Vec<&str> = (0..5)
+                    .flat_map(|j| [words[(i / 4 + j) % 4], shared[(i / 3 + j) % 6]])
+                    .collect();
+                Sample {
+                    context: Context::from_text(text.join(" ")),
+                    label: label.into(),
+                }
+            })
+            .collect()
+    }
+
+    /// A trained model's output layer scaled by `scale` (as calibration
+    /// after a merge sharpens it: a merged model is surer than a trained
+    /// one).
+    fn sharpened(trained: &Classifier, scale: f32) -> Classifier {
+        let mut c = crate::checkpoint::Checkpoint::of(trained, 0, 0, None);
+        let out = &mut c.weights.layers[3];
+        out.weight.iter_mut().for_each(|w| *w *= scale);
+        out.bias.iter_mut().for_each(|b| *b *= scale);
+        c.classifier().unwrap()
+    }
+
+    #[test]
+    fn a_pattern_learned_from_one_outcome_keeps_off_the_held_out_samples() {
+        // A context the model gives to one topic ("the" is all it knows of
+        // it), more surely the sharper the model.
+        let context = Context::from_text("retry the request with exponential backoff and jitter");
+        let samples = topics(400, 0);
+        // Other samples of the same topics, never seen.
+        let unseen = topics(200, 50_000);
+        let right = |c: &Classifier| {
+            unseen
+                .iter()
+                .filter(|s| c.predict(&s.context, 1)[0].0 == s.label)
+                .count()
+        };
+        let mut bare_took = 0;
+        for seed in 1..=4 {
+            let config = TrainConfig {
+                seed,
+                max_epochs: 10,
+                features: FeatureConfig {
+                    dim: 4096,
+                    ..FeatureConfig::default()
+                },
+                ..TrainConfig::default()
+            };
+            let (trained, _) = train(&samples, &config, |_| {}).unwrap();
+            // The held-out part, as a node keeps it.
+            let (_, validation, test) = split(samples.len(), seed);
+            let guard: Vec<&Context> = validation
+                .iter()
+                .chain(&test)
+                .map(|&i| &samples[i].context)
+                .collect();
+            for scale in [1.0, 4.0, 16.0] {
+                let model = sharpened(&trained, scale);
+                let before = right(&model);
+                let mut kept = model.clone();
+                assert!(kept.add_label_from("cache", &context, &guard));
+                assert_eq!(kept.predict(&context, 1)[0].0, "cache", "seed {seed}");
+                assert!(right(&kept) >= before, "seed {seed} ×{scale}");
+                // Without the guard it takes the answers of the topic it
+                // was blended from wherever the model is sure of them.
+                let mut bare = model.clone();
+                assert!(bare.add_label_from("cache", &context, &[]));
+                assert_eq!(bare.predict(&context, 1)[0].0, "cache");
+                bare_took = bare_took.max(before - right(&bare));
+            }
+        }
+        // The case arose: a topic's 50 samples taken without a guard.
+        assert!(bare_took >= 50, "{bare_took}");
     }
 }

@@ -11,6 +11,7 @@ pub mod dataset;
 pub mod error;
 pub mod features;
 mod floats;
+pub mod imprint;
 pub mod merge;
 pub mod metrics;
 pub mod model;

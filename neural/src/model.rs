@@ -480,15 +480,25 @@ impl Tail {
 
     /// Logits from the input layer's pre-activations, with `dropout` the
     /// training masks applied after each ReLU.
-    fn logits(&self, pre: Tensor<2>, mut dropout: Option<&mut SmallRng>) -> Tensor<2> {
+    fn logits(&self, pre: Tensor<2>, dropout: Option<&mut SmallRng>) -> Tensor<2> {
+        self.out.forward(self.last_hidden(pre, dropout))
+    }
+
+    /// The last hidden layer's activations (what the output layer reads).
+    fn last_hidden(&self, pre: Tensor<2>, mut dropout: Option<&mut SmallRng>) -> Tensor<2> {
         let mut drop = |x: Tensor<2>, layer: usize| match dropout.as_deref_mut() {
             Some(rng) => dropped(x, DROPOUT[layer], rng),
             None => x,
         };
         let x = drop(self.relu.forward(pre), 0);
         let x = drop(self.relu.forward(self.l2.forward(x)), 1);
-        let x = drop(self.relu.forward(self.l3.forward(x)), 2);
-        self.out.forward(x)
+        drop(self.relu.forward(self.l3.forward(x)), 2)
+    }
+
+    /// The last hidden layer's activations from the input layer's
+    /// pre-activations, one row of [`HIDDEN`]`[2]` per input row.
+    pub fn hidden(&self, pre: Tensor<2>) -> Tensor<2> {
+        self.last_hidden(pre, None)
     }
 
     /// Logits from the input layer's pre-activations.

@@ -107,13 +107,16 @@ impl Installed {
     }
 
     /// One outcome's gradient step at `rate` (a new pattern is imprinted
-    /// instead); every outcome that changes it raises the version.
+    /// instead, kept off the `guard` contexts: see
+    /// [`Classifier::add_label_from`]); every outcome that changes it
+    /// raises the version.
     pub fn learn_outcome(
         &mut self,
         context: &Context,
         pattern: &str,
         success: bool,
         rate: f64,
+        guard: &[&Context],
     ) -> OutcomeEffect {
         let mut effect = OutcomeEffect::default();
         if !self.learns_from(pattern, success) {
@@ -126,7 +129,7 @@ impl Installed {
         } else {
             // The imprint is what this outcome teaches; a gradient step
             // on top would only disturb the fresh weights.
-            effect.pattern_added = self.classifier.add_label_from(pattern, context);
+            effect.pattern_added = self.classifier.add_label_from(pattern, context, guard);
             effect.model_updated = effect.pattern_added;
         }
         if effect.model_updated {
@@ -262,10 +265,17 @@ impl Recommender {
 
     /// Learns from a reported outcome: the rules' statistics (and, on a
     /// success, the pattern's profile), and one gradient step of the model
-    /// — growing its head first if the pattern is new to it.
-    pub fn outcome(&mut self, context: &Context, pattern: &str, success: bool) -> OutcomeEffect {
+    /// — growing its head first if the pattern is new to it (kept off the
+    /// `guard` contexts: see [`Classifier::add_label_from`]).
+    pub fn outcome(
+        &mut self,
+        context: &Context,
+        pattern: &str,
+        success: bool,
+        guard: &[&Context],
+    ) -> OutcomeEffect {
         self.learn_rules(context, pattern, success);
-        self.learn_model(context, pattern, success)
+        self.learn_model(context, pattern, success, guard)
     }
 
     /// The rules' half of an outcome.
@@ -291,6 +301,7 @@ impl Recommender {
         context: &Context,
         pattern: &str,
         success: bool,
+        guard: &[&Context],
     ) -> OutcomeEffect {
         let rate = self.config.online_learning_rate;
         let Some(m) = self.model.as_mut().filter(|_| self.config.model_enabled) else {
@@ -302,7 +313,7 @@ impl Recommender {
             return OutcomeEffect::default();
         }
         self.cache.clear();
-        Arc::make_mut(m).learn_outcome(context, pattern, success, rate)
+        Arc::make_mut(m).learn_outcome(context, pattern, success, rate, guard)
     }
 
     /// Installs a trained, imported or merged model; its version becomes
@@ -384,7 +395,7 @@ mod tests {
         // it took.
         let being_saved = r.model_snapshot().unwrap();
         let ask = Context::from_text("the handle value error result");
-        let effect = r.outcome(&ask, "retry-policy", true);
+        let effect = r.outcome(&ask, "retry-policy", true, &[]);
         assert!(effect.pattern_added && effect.model_updated);
         assert!(r.version() > v0);
         assert_eq!(being_saved.version, v0);
@@ -407,11 +418,11 @@ mod tests {
                 .1
         };
         let before = p(&mut r, "net");
-        assert!(r.outcome(&ask, "net", false).model_updated);
+        assert!(r.outcome(&ask, "net", false, &[]).model_updated);
         let after = p(&mut r, "net");
         assert!(after < before, "{before} -> {after}");
         // A failure of an unknown pattern adds nothing.
-        assert!(!r.outcome(&ask, "never-seen", false).pattern_added);
+        assert!(!r.outcome(&ask, "never-seen", false, &[]).pattern_added);
     }
 
     #[test]
@@ -421,10 +432,16 @@ mod tests {
         let mut a = Installed::from_checkpoint(trained()).unwrap();
         let mut b = a.clone();
         let ask = Context::from_text("memoize lookups in an lru cache");
+        // The guard the node passes: its held-out samples.
+        let held_out = synthetic(60);
+        let guard: Vec<&Context> = held_out.iter().map(|s| &s.context).collect();
         for m in [&mut a, &mut b] {
-            assert!(m.learn_outcome(&ask, "cache", true, 1e-4).pattern_added);
-            assert!(m.learn_outcome(&ask, "net", false, 1e-4).model_updated);
-            assert!(m.learn_outcome(&ask, "cache", true, 1e-4).model_updated);
+            let learn = |m: &mut Installed, label, success| {
+                m.learn_outcome(&ask, label, success, 1e-4, &guard)
+            };
+            assert!(learn(m, "cache", true).pattern_added);
+            assert!(learn(m, "net", false).model_updated);
+            assert!(learn(m, "cache", true).model_updated);
         }
         assert_eq!(a.version, b.version);
         assert_eq!(

@@ -240,8 +240,8 @@ impl ModelHandle {
             recommender,
             outcomes_through: None,
         };
-        learn_stored_outcomes(&store, &mut local, mark);
         let check_slice = read_check_slice(&store);
+        learn_stored_outcomes(&store, &mut local, mark, &check_slice.guard());
         ModelHandle {
             shared: Arc::new(Shared {
                 saved_version: AtomicU64::new(saved),
@@ -329,10 +329,12 @@ impl ModelHandle {
                 bytes.len()
             )));
         }
+        let slice = self.check_slice();
+        let guard = slice.guard();
         let (effect, version) = {
             let mut local = self.recommender();
             let seq = self.shared.store.append_outcome(&bytes)?;
-            let effect = local.outcome(&outcome.context, &outcome.pattern, outcome.success);
+            let effect = local.outcome(&outcome.context, &outcome.pattern, outcome.success, &guard);
             local.outcomes_through = Some(seq);
             // Under the lock: a snapshot taken after this count is read
             // holds the change it counts.
@@ -474,13 +476,15 @@ impl ModelHandle {
         // rest under it (outcomes are stored under it), so that none is
         // missed or learned twice and the outcome mark stays true.
         let rate = self.recommender().config().online_learning_rate;
+        // New patterns are kept off the new model's held-out samples.
+        let guard = slice.guard();
         let (mut read_up_to, mut relearned) = (read_up_to, 0);
         for _ in 0..CATCH_UP_PASSES {
             let (late, last) = stored_outcomes(store, read_up_to)?;
             read_up_to = last;
             relearned += late.len();
             for o in &late {
-                built.learn_outcome(&o.context, &o.pattern, o.success, rate);
+                built.learn_outcome(&o.context, &o.pattern, o.success, rate, &guard);
             }
             if late.len() < CATCH_UP_REMAINDER {
                 break;
@@ -491,7 +495,7 @@ impl ModelHandle {
             let (rest, _) = stored_outcomes(store, read_up_to)?;
             relearned += rest.len();
             for o in &rest {
-                built.learn_outcome(&o.context, &o.pattern, o.success, rate);
+                built.learn_outcome(&o.context, &o.pattern, o.success, rate, &guard);
             }
             local.install_built(built);
         }

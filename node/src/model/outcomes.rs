@@ -3,6 +3,7 @@
 //! again and the model those after its checkpoint's mark.
 
 use super::{LocalModel, ModelError, Outcome};
+use agentmesh_neural::Context;
 use agentmesh_protocol::codec;
 use agentmesh_store::{ModelStore, OutcomeMark, StoreError};
 
@@ -51,7 +52,13 @@ pub(super) fn stored_outcomes(
 /// [`ModelHandle::load`]): the model those after `mark` (none while it is
 /// off or untrained: it learns no outcome then, and training reads them
 /// all).
-pub(super) fn learn_stored_outcomes(store: &ModelStore, local: &mut LocalModel, mark: OutcomeMark) {
+/// New patterns are kept off `guard` as when they were first learned.
+pub(super) fn learn_stored_outcomes(
+    store: &ModelStore,
+    local: &mut LocalModel,
+    mark: OutcomeMark,
+    guard: &[&Context],
+) {
     let trained = local.config().model_enabled && local.model().is_some();
     let mut relearned = 0;
     for item in read_outcomes(store, None) {
@@ -71,7 +78,7 @@ pub(super) fn learn_stored_outcomes(store: &ModelStore, local: &mut LocalModel, 
             OutcomeMark::Unknown => false,
         };
         if trained && after_mark {
-            local.learn_model(&o.context, &o.pattern, o.success);
+            local.learn_model(&o.context, &o.pattern, o.success, guard);
             relearned += 1;
         }
     }
