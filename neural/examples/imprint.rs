@@ -153,7 +153,7 @@ fn run() -> Result<(), String> {
     let result = serde_json::json!({
         "bench": "imprint",
         "seed": seed,
-        "guard": guard.len(),
+        "guard": guard.len().min(agentmesh_neural::imprint::MAX_GUARD),
         "held_out": held,
         "known_test_accuracy_before": report.test.accuracy,
         "known_test_accuracy_after": known_right / runs,

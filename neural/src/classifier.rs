@@ -419,13 +419,15 @@ impl Classifier {
 
     /// Adds `label` as a new output, imprinted from one context it
     /// succeeded for ([`crate::imprint`]): it ranks first for that context
-    /// and spreads to contexts like it only as far as keeps it off the
-    /// `guard` contexts (the node's held-out samples; at most
-    /// [`crate::imprint::MAX_GUARD`] are read): without them, it ranks
-    /// first wherever the label the model gave the context did. Existing
-    /// labels keep their order everywhere. Returns false if the label
-    /// exists, is not a valid label, or the model knows [`MAX_LABELS`]
-    /// already.
+    /// and is kept from ranking first on as many of the `guard` contexts
+    /// (the node's held-out samples; the first
+    /// [`crate::imprint::MAX_GUARD`] are read) as one steepness along one
+    /// direction can. Without a guard it ranks first wherever the model
+    /// is about as sure of the same labels as for the context: if that is
+    /// one label, wherever that label is first or within about the
+    /// imprint's constant of first. Existing labels keep their order
+    /// everywhere. Returns false if the label exists, is not a valid
+    /// label, or the model knows [`MAX_LABELS`] already.
     pub fn add_label_from(&mut self, label: &str, context: &Context, guard: &[&Context]) -> bool {
         // At the cap a checkpoint of the grown model could not be read back.
         if self.labels.len() >= MAX_LABELS
@@ -435,19 +437,21 @@ impl Classifier {
         {
             return false;
         }
-        let mut seen = self.seen(
+        let seen = self.seen(
             std::iter::once(context)
                 .chain(guard.iter().copied().take(crate::imprint::MAX_GUARD))
                 .collect(),
         );
-        let at = seen.remove(0);
         // Only the output layer grows: the 16-million-weight input layer
         // stays where it is.
         let [l2, l3, out] = self.model.tail.layer_weights();
-        let column = crate::imprint::new_column(&out, &at, &seen);
+        let column = seen
+            .split_first()
+            .and_then(|(at, guard)| crate::imprint::new_column(&out, at, guard));
         let mut out = out.grown(1);
         // The new output is the last column, after the existing ones.
-        // Without finite activations (never from validated weights) the
+        // Without finite activations (never from validated weights) or
+        // without the model's output (none: it could not be read) the
         // label starts unlikely, as a grown head's does.
         if let Some(column) = column {
             let (d, new) = (out.d_out, out.d_out - 1);
@@ -471,8 +475,8 @@ impl Classifier {
         let refs: Vec<&SparseVec> = rows.iter().collect();
         let pre = pre_tensor(self.model.input.forward(&refs), refs.len(), &device);
         let flat = |t: Tensor<2>| t.into_data().try_into_vec_as::<f32>().unwrap_or_default();
-        let hidden = flat(self.model.tail.hidden(pre.clone()));
-        let logits = flat(self.model.tail.forward(pre));
+        let (hidden, logits) = self.model.tail.hidden_and_logits(pre);
+        let (hidden, logits) = (flat(hidden), flat(logits));
         let classes = self.labels.len().max(1);
         hidden
             .chunks(crate::model::HIDDEN[2])

@@ -5,7 +5,7 @@
 //! existing labels' logits zₖ, weighted by how the model ranks them for the
 //! imprinting context x (softmax at [`TEMPERATURE`]), plus the constant C
 //! that puts it [`MARGIN`] above the best of them at x, plus a term that
-//! is 0 at x and falls along a unit direction u:
+//! is 0 at x and falls away from it along −u (u a unit direction):
 //!
 //!   new(h) = Σₖ sₖ zₖ(h) + C + β u·(h − h(x)).
 //!
@@ -17,13 +17,16 @@
 //! mean activations of the guard contexts the blend alone would take
 //! (come within [`GUARD_MARGIN`] of their best existing logit) towards
 //! h(x), and β is the smallest that keeps the new label at least
-//! [`GUARD_MARGIN`] below the best existing logit on as many guard
-//! contexts as any β can. It spreads to contexts like x as far as the
-//! node's own data allows, and no further. β is capped so that the column
-//! stays within [`MAX_LENGTH_FACTOR`] times the longest existing one
-//! (peers merging it clip longer new columns, which would undo the
-//! imprint there); guard contexts the cap, or the geometry (x between two
-//! of them), leaves taken are counted. Without a guard, β = 0.
+//! [`GUARD_MARGIN`] (and a hair, [`TIE`]) below the best existing logit on
+//! as many guard contexts as any β along u can. It spreads to contexts
+//! like x as far as the node's own data allows, and no further. β is
+//! capped so that the term does not make the column longer than
+//! [`MAX_LENGTH_FACTOR`] times the longest existing one, or than the blend
+//! alone if that is longer (peers merging it clip a new column longer
+//! than three times their own longest, which would undo the imprint
+//! there); guard contexts the cap, or the geometry (x between two of
+//! them), leaves taken are counted in [`NewColumn::guard_taken`]. Without
+//! a guard, β = 0.
 //! The output is linear in h, so the term rises beyond x along u (away
 //! from the contexts it was kept off); contexts out there that no guard
 //! context stands for can still be taken.
@@ -43,6 +46,9 @@ pub const MARGIN: f64 = 0.5;
 /// them (84%, 74% against 53%) and the new crate ranked in the top five
 /// for fewer of its samples (52%, 63% against 79%).
 pub const GUARD_MARGIN: f64 = 0.0;
+/// How far below the kept-off line the steepness puts the guard context
+/// that sets it: a tie in f64 here could be a win in the model's f32.
+pub const TIE: f64 = 1e-3;
 /// Most guard contexts one imprint reads (their logits are computed under
 /// the model's lock).
 pub const MAX_GUARD: usize = 512;
@@ -138,14 +144,14 @@ pub fn new_column(out: &LayerWeights, at: &Seen, guard: &[Seen]) -> Option<NewCo
             .filter(|(e, s)| *e - beta * *s > 0.0)
             .count()
     };
-    let beta_max = longest_steepness(out, &mix_weight, mix_bias + c, &dir, dir_at);
+    let beta_max = max_steepness_within_cap(out, &mix_weight, mix_bias + c, &dir, dir_at);
     // The count changes only where a line crosses 0: just past each
     // crossing that frees a context, and the cap.
     let mut candidates: Vec<f64> = excess
         .iter()
         .zip(&slope)
-        .filter(|(e, s)| **e > 0.0 && **s > 0.0)
-        .map(|(e, s)| e / s * (1.0 + 1e-4))
+        .filter(|(e, s)| **e > -TIE && **s > 0.0)
+        .map(|(e, s)| (e + TIE) / s)
         .filter(|b| *b <= beta_max)
         .chain([0.0, beta_max])
         .collect();
@@ -196,9 +202,9 @@ fn direction(at: &Seen, guard: &[&Seen], excess: &[f64]) -> Vec<f64> {
 }
 
 /// The largest β at which the column (blend + β·(u, −u·h(x))) is at most
-/// [`MAX_LENGTH_FACTOR`] times the longest existing column (0 if the
-/// blend alone is longer).
-fn longest_steepness(
+/// [`MAX_LENGTH_FACTOR`] times the longest existing column, or as long as
+/// the blend alone if that is longer.
+fn max_steepness_within_cap(
     out: &LayerWeights,
     weight: &[f64],
     bias: f64,
@@ -222,11 +228,10 @@ fn longest_steepness(
     if vv == 0.0 {
         return 0.0;
     }
-    let rest = aa - limit * limit;
-    if rest >= 0.0 {
-        return 0.0;
-    }
-    (-av + (av * av - vv * rest).sqrt()) / vv
+    // A blend longer than the limit may still be pulled in by the term,
+    // never further out.
+    let rest = (aa - limit * limit).min(0.0);
+    ((-av + (av * av - vv * rest).sqrt()) / vv).max(0.0)
 }
 
 #[cfg(test)]

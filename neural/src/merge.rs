@@ -782,7 +782,7 @@ mod tests {
         let topics: Vec<_> = A.iter().chain(&B).copied().collect();
         let known = samples(&topics, 300);
         let base = trained(&topics, &TrainConfig { seed, ..small() });
-        // Each node's held-out samples: the imprint keeps off them.
+        // The samples the nodes hold: the imprint keeps off them.
         let guard: Vec<&Context> = known.iter().map(|s| &s.context).collect();
         let learn = |pattern: &str, text: &str| {
             let mut r = Recommender::new(RecommenderConfig::default());

@@ -495,10 +495,11 @@ impl Tail {
         drop(self.relu.forward(self.l3.forward(x)), 2)
     }
 
-    /// The last hidden layer's activations from the input layer's
-    /// pre-activations, one row of [`HIDDEN`]`[2]` per input row.
-    pub fn hidden(&self, pre: Tensor<2>) -> Tensor<2> {
-        self.last_hidden(pre, None)
+    /// The last hidden layer's activations (one row of [`HIDDEN`]`[2]` per
+    /// input row) and the logits, from the input layer's pre-activations.
+    pub fn hidden_and_logits(&self, pre: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
+        let hidden = self.last_hidden(pre, None);
+        (hidden.clone(), self.out.forward(hidden))
     }
 
     /// Logits from the input layer's pre-activations.

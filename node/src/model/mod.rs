@@ -329,10 +329,13 @@ impl ModelHandle {
                 bytes.len()
             )));
         }
-        let slice = self.check_slice();
-        let guard = slice.guard();
         let (effect, version) = {
             let mut local = self.recommender();
+            // Read under the lock, as training swaps model and slice under
+            // it: a new pattern is kept off the held-out samples of the
+            // model it is learned into (a restart learns it again so).
+            let slice = self.check_slice();
+            let guard = slice.guard();
             let seq = self.shared.store.append_outcome(&bytes)?;
             let effect = local.outcome(&outcome.context, &outcome.pattern, outcome.success, &guard);
             local.outcomes_through = Some(seq);
@@ -477,6 +480,8 @@ impl ModelHandle {
         // missed or learned twice and the outcome mark stays true.
         let rate = self.recommender().config().online_learning_rate;
         // New patterns are kept off the new model's held-out samples.
+        let slice_bytes = codec::encode(&slice).map_err(|e| ModelError::Invalid(e.to_string()))?;
+        let slice = Arc::new(slice);
         let guard = slice.guard();
         let (mut read_up_to, mut relearned) = (read_up_to, 0);
         for _ in 0..CATCH_UP_PASSES {
@@ -498,12 +503,13 @@ impl ModelHandle {
                 built.learn_outcome(&o.context, &o.pattern, o.success, rate, &guard);
             }
             local.install_built(built);
+            // With the model: merges are judged, and outcomes learned,
+            // against its held-out samples even if storing them fails.
+            self.install_check_slice(slice.clone());
         }
         self.shared.lineage.fetch_add(1, Ordering::Relaxed);
         self.shared.own_learning.fetch_add(1, Ordering::Release);
-        // The slice first: the new model is installed, and merges are
-        // judged against its held-out samples even if saving it fails.
-        self.save_check_slice(slice)?;
+        self.shared.store.save_check_slice(&slice_bytes)?;
         self.save()?;
         if relearned > 0 {
             tracing::info!(
@@ -658,13 +664,17 @@ impl ModelHandle {
     /// and stores it.
     fn save_check_slice(&self, slice: gate::CheckSlice) -> Result<(), ModelError> {
         let bytes = codec::encode(&slice).map_err(|e| ModelError::Invalid(e.to_string()))?;
+        self.install_check_slice(Arc::new(slice));
+        self.shared.store.save_check_slice(&bytes)?;
+        Ok(())
+    }
+
+    fn install_check_slice(&self, slice: Arc<gate::CheckSlice>) {
         *self
             .shared
             .check_slice
             .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Arc::new(slice);
-        self.shared.store.save_check_slice(&bytes)?;
-        Ok(())
+            .unwrap_or_else(|e| e.into_inner()) = slice;
     }
 
     fn check_slice(&self) -> Arc<gate::CheckSlice> {
@@ -817,7 +827,7 @@ fn read_check_slice(store: &ModelStore) -> gate::CheckSlice {
     match store.check_slice() {
         Ok(None) => gate::CheckSlice::default(),
         Ok(Some(bytes)) => codec::decode(&bytes, gate::MAX_SLICE_BYTES).unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "the stored held-out samples are damaged; merges are checked on outcomes only until the next training");
+            tracing::warn!(error = %e, "the stored held-out samples are damaged; merges are checked on outcomes only, and new patterns learned from outcomes are not kept off held-out samples, until the next training");
             gate::CheckSlice::default()
         }),
         Err(e) => {

@@ -48,7 +48,8 @@ pub struct NatStatus {
     /// Reservation requests that failed (refused, relay gone, unreachable).
     pub reservations_failed: u64,
     /// Relayed connections upgraded to direct ones by hole punching, and
-    /// attempts that failed (the connection stays relayed).
+    /// attempts that failed (the connection stays relayed; counted by the
+    /// side that retries: the node the relayed connection was dialled to).
     pub hole_punches_ok: u64,
     pub hole_punches_failed: u64,
     /// Connections to peers open now that go through a relay.
