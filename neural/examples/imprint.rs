@@ -12,7 +12,7 @@
 //! (FILE: e.g. the cargo-registry data of `scripts/model/dataset.py`).
 
 use agentmesh_neural::classifier::{train, Classifier, TrainConfig};
-use agentmesh_neural::dataset::{load_jsonl, split, splitmix64, Context, Sample};
+use agentmesh_neural::dataset::{load_jsonl, split, splitmix64, Sample};
 use std::collections::BTreeSet;
 
 const HELD_OUT: usize = 4;
@@ -83,10 +83,10 @@ fn run() -> Result<(), String> {
     // What a node passes: the held-out samples of its training run (the
     // validation part here, so the test part stays unseen), or none.
     let (_, validation, _) = split(known.len(), seed);
-    let guard: Vec<&Context> = if no_guard {
+    let guard: Vec<Sample> = if no_guard {
         Vec::new()
     } else {
-        validation.iter().map(|&i| &known[i].context).collect()
+        validation.iter().map(|&i| known[i].clone()).collect()
     };
 
     let (mut known_right, mut taken, mut first, mut top5, mut runs) = (0.0, 0.0, 0.0, 0.0, 0.0);

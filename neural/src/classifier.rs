@@ -419,8 +419,8 @@ impl Classifier {
 
     /// Adds `label` as a new output, imprinted from one context it
     /// succeeded for ([`crate::imprint`]): it ranks first for that context
-    /// and is kept from ranking first on as many of the `guard` contexts
-    /// (the node's held-out samples; the first
+    /// and is kept from ranking first on as many of the `guard` samples'
+    /// contexts (the node's held-out samples; the first
     /// [`crate::imprint::MAX_GUARD`] are read) as one steepness along one
     /// direction can. Without a guard it ranks first wherever the model
     /// is about as sure of the same labels as for the context: if that is
@@ -428,7 +428,7 @@ impl Classifier {
     /// imprint's constant of first. Existing labels keep their order
     /// everywhere. Returns false if the label exists, is not a valid
     /// label, or the model knows [`MAX_LABELS`] already.
-    pub fn add_label_from(&mut self, label: &str, context: &Context, guard: &[&Context]) -> bool {
+    pub fn add_label_from(&mut self, label: &str, context: &Context, guard: &[Sample]) -> bool {
         // At the cap a checkpoint of the grown model could not be read back.
         if self.labels.len() >= MAX_LABELS
             || label.is_empty()
@@ -439,7 +439,12 @@ impl Classifier {
         }
         let seen = self.seen(
             std::iter::once(context)
-                .chain(guard.iter().copied().take(crate::imprint::MAX_GUARD))
+                .chain(
+                    guard
+                        .iter()
+                        .take(crate::imprint::MAX_GUARD)
+                        .map(|s| &s.context),
+                )
                 .collect(),
         );
         // Only the output layer grows: the 16-million-weight input layer
@@ -732,10 +737,10 @@ pub(crate) mod tests {
             let (trained, _) = train(&samples, &config, |_| {}).unwrap();
             // The held-out part, as a node keeps it.
             let (_, validation, test) = split(samples.len(), seed);
-            let guard: Vec<&Context> = validation
+            let guard: Vec<Sample> = validation
                 .iter()
                 .chain(&test)
-                .map(|&i| &samples[i].context)
+                .map(|&i| samples[i].clone())
                 .collect();
             for scale in [1.0, 4.0, 16.0] {
                 let model = sharpened(&trained, scale);

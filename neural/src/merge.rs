@@ -783,12 +783,11 @@ mod tests {
         let known = samples(&topics, 300);
         let base = trained(&topics, &TrainConfig { seed, ..small() });
         // The samples the nodes hold: the imprint keeps off them.
-        let guard: Vec<&Context> = known.iter().map(|s| &s.context).collect();
         let learn = |pattern: &str, text: &str| {
             let mut r = Recommender::new(RecommenderConfig::default());
             r.install(base.clone()).unwrap();
             assert!(
-                r.outcome(&Context::from_text(text), pattern, true, &guard)
+                r.outcome(&Context::from_text(text), pattern, true, &known)
                     .pattern_added
             );
             assert_eq!(

@@ -7,7 +7,7 @@
 use crate::baseline::RuleRecommender;
 use crate::checkpoint::Checkpoint;
 use crate::classifier::{Classifier, TrainReport, MAX_LABELS};
-use crate::dataset::Context;
+use crate::dataset::{Context, Sample};
 use crate::error::NeuralError;
 use crate::features::FeatureConfig;
 use lru::LruCache;
@@ -107,7 +107,7 @@ impl Installed {
     }
 
     /// One outcome's gradient step at `rate` (a new pattern is imprinted
-    /// instead, kept off the `guard` contexts: see
+    /// instead, kept off the `guard` samples: see
     /// [`Classifier::add_label_from`]); every outcome that changes it
     /// raises the version.
     pub fn learn_outcome(
@@ -116,7 +116,7 @@ impl Installed {
         pattern: &str,
         success: bool,
         rate: f64,
-        guard: &[&Context],
+        guard: &[Sample],
     ) -> OutcomeEffect {
         let mut effect = OutcomeEffect::default();
         if !self.learns_from(pattern, success) {
@@ -266,13 +266,13 @@ impl Recommender {
     /// Learns from a reported outcome: the rules' statistics (and, on a
     /// success, the pattern's profile), and one gradient step of the model
     /// — growing its head first if the pattern is new to it (kept off the
-    /// `guard` contexts: see [`Classifier::add_label_from`]).
+    /// `guard` samples: see [`Classifier::add_label_from`]).
     pub fn outcome(
         &mut self,
         context: &Context,
         pattern: &str,
         success: bool,
-        guard: &[&Context],
+        guard: &[Sample],
     ) -> OutcomeEffect {
         self.learn_rules(context, pattern, success);
         self.learn_model(context, pattern, success, guard)
@@ -301,7 +301,7 @@ impl Recommender {
         context: &Context,
         pattern: &str,
         success: bool,
-        guard: &[&Context],
+        guard: &[Sample],
     ) -> OutcomeEffect {
         let rate = self.config.online_learning_rate;
         let Some(m) = self.model.as_mut().filter(|_| self.config.model_enabled) else {
@@ -434,10 +434,9 @@ mod tests {
         let ask = Context::from_text("memoize lookups in an lru cache");
         // The guard the node passes: its held-out samples.
         let held_out = synthetic(60);
-        let guard: Vec<&Context> = held_out.iter().map(|s| &s.context).collect();
         for m in [&mut a, &mut b] {
             let learn = |m: &mut Installed, label, success| {
-                m.learn_outcome(&ask, label, success, 1e-4, &guard)
+                m.learn_outcome(&ask, label, success, 1e-4, &held_out)
             };
             assert!(learn(m, "cache", true).pattern_added);
             assert!(learn(m, "net", false).model_updated);

@@ -48,7 +48,7 @@
 use agentmesh_neural::calibrate::{calibrate, new_label_share};
 use agentmesh_neural::checkpoint::Checkpoint;
 use agentmesh_neural::merge::{merge_capped, MergeReport};
-use agentmesh_neural::{Classifier, Context, NeuralError, Sample};
+use agentmesh_neural::{Classifier, NeuralError, Sample};
 use serde::{Deserialize, Serialize};
 
 /// A model that alone costs more than this many times the allowance is
@@ -95,12 +95,6 @@ pub struct CheckSlice {
 }
 
 impl CheckSlice {
-    /// The contexts a pattern learned from one outcome is kept off (see
-    /// `agentmesh_neural::Classifier::add_label_from`).
-    pub fn guard(&self) -> Vec<&Context> {
-        self.held_out.iter().map(|s| &s.context).collect()
-    }
-
     /// The held-out part of a training run's samples (the same seeded
     /// split training used; at most [`MAX_HELD_OUT`] samples and
     /// [`MAX_HELD_OUT_BYTES`] of text) and the trained model's score on it.

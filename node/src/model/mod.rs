@@ -241,7 +241,7 @@ impl ModelHandle {
             outcomes_through: None,
         };
         let check_slice = read_check_slice(&store);
-        learn_stored_outcomes(&store, &mut local, mark, &check_slice.guard());
+        learn_stored_outcomes(&store, &mut local, mark, &check_slice.held_out);
         ModelHandle {
             shared: Arc::new(Shared {
                 saved_version: AtomicU64::new(saved),
@@ -335,9 +335,13 @@ impl ModelHandle {
             // it: a new pattern is kept off the held-out samples of the
             // model it is learned into (a restart learns it again so).
             let slice = self.check_slice();
-            let guard = slice.guard();
             let seq = self.shared.store.append_outcome(&bytes)?;
-            let effect = local.outcome(&outcome.context, &outcome.pattern, outcome.success, &guard);
+            let effect = local.outcome(
+                &outcome.context,
+                &outcome.pattern,
+                outcome.success,
+                &slice.held_out,
+            );
             local.outcomes_through = Some(seq);
             // Under the lock: a snapshot taken after this count is read
             // holds the change it counts.
@@ -482,14 +486,14 @@ impl ModelHandle {
         // New patterns are kept off the new model's held-out samples.
         let slice_bytes = codec::encode(&slice).map_err(|e| ModelError::Invalid(e.to_string()))?;
         let slice = Arc::new(slice);
-        let guard = slice.guard();
+        let guard = &slice.held_out;
         let (mut read_up_to, mut relearned) = (read_up_to, 0);
         for _ in 0..CATCH_UP_PASSES {
             let (late, last) = stored_outcomes(store, read_up_to)?;
             read_up_to = last;
             relearned += late.len();
             for o in &late {
-                built.learn_outcome(&o.context, &o.pattern, o.success, rate, &guard);
+                built.learn_outcome(&o.context, &o.pattern, o.success, rate, guard);
             }
             if late.len() < CATCH_UP_REMAINDER {
                 break;
@@ -500,7 +504,7 @@ impl ModelHandle {
             let (rest, _) = stored_outcomes(store, read_up_to)?;
             relearned += rest.len();
             for o in &rest {
-                built.learn_outcome(&o.context, &o.pattern, o.success, rate, &guard);
+                built.learn_outcome(&o.context, &o.pattern, o.success, rate, guard);
             }
             local.install_built(built);
             // With the model: merges are judged, and outcomes learned,

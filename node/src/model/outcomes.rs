@@ -3,7 +3,7 @@
 //! again and the model those after its checkpoint's mark.
 
 use super::{LocalModel, ModelError, Outcome};
-use agentmesh_neural::Context;
+use agentmesh_neural::Sample;
 use agentmesh_protocol::codec;
 use agentmesh_store::{ModelStore, OutcomeMark, StoreError};
 
@@ -57,7 +57,7 @@ pub(super) fn learn_stored_outcomes(
     store: &ModelStore,
     local: &mut LocalModel,
     mark: OutcomeMark,
-    guard: &[&Context],
+    guard: &[Sample],
 ) {
     let trained = local.config().model_enabled && local.model().is_some();
     let mut relearned = 0;
