@@ -136,6 +136,9 @@ async fn status(args: ClientArgs) -> Result<()> {
         if !nat.confirmed_addrs.is_empty() {
             println!("reachable at {}", nat.confirmed_addrs.join(" "));
         }
+        if nat.upnp != "off" {
+            println!("upnp         {}", nat.upnp);
+        }
         if !nat.relays.is_empty() {
             println!("relays       {}", nat.relays.join(" "));
             println!("relayed at   {}", nat.relayed_addrs.join(" "));

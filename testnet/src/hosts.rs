@@ -10,7 +10,11 @@
 //! translates with iptables MASQUERADE and drops what nobody inside asked
 //! for, as home and office routers do.
 //!
-//! Needs root, `ip` (iproute2) and `iptables`.
+//! A router can also run a UPnP gateway (miniupnpd, [`Placement::BehindUpnp`])
+//! that maps ports for the host behind it, as many home routers do.
+//!
+//! Needs root, `ip` (iproute2) and `iptables`; UPnP gateways also need
+//! `miniupnpd` (its nftables build) and `nft`.
 
 use anyhow::{bail, Context, Result};
 use std::net::Ipv4Addr;
@@ -40,6 +44,16 @@ pub struct Router {
     /// The router's address on the bridge: what other hosts see the host at.
     pub public_addr: Ipv4Addr,
     pub kind: NatKind,
+    /// The UPnP gateway it runs, if any.
+    gateway: Option<Gateway>,
+}
+
+/// A miniupnpd process in a router's namespace, and its log.
+#[derive(Debug)]
+struct Gateway {
+    process: std::process::Child,
+    log: std::path::PathBuf,
+    pid_file: std::path::PathBuf,
 }
 
 /// How a NAT router maps a host's outgoing flows.
@@ -63,6 +77,24 @@ pub enum Placement {
     /// On the bridge, reachable by every other host.
     Public,
     Behind(NatKind),
+    /// Behind a NAT router that also runs a UPnP gateway. libp2p's UPnP
+    /// client and miniupnpd both refuse to map ports on a gateway whose
+    /// own address is private (it would be behind another NAT), so this
+    /// router's bridge side also has a global address, 11.b.c.i+1 beside
+    /// 10.b.c.i+1, which it uses for everything it sends to the bridge.
+    /// That address is routed only inside the testbed's namespaces, never
+    /// in the root namespace: nothing else on the machine is affected.
+    BehindUpnp(NatKind),
+}
+
+impl Placement {
+    /// The NAT a host sits behind, if any.
+    pub fn nat(&self) -> Option<NatKind> {
+        match self {
+            Placement::Public => None,
+            Placement::Behind(kind) | Placement::BehindUpnp(kind) => Some(*kind),
+        }
+    }
 }
 
 /// The demo's hosts: all public, or (`nat`) the first public and the rest
@@ -114,12 +146,19 @@ pub fn unavailable() -> Option<String> {
     if unsafe { libc::geteuid() } != 0 {
         return Some("network namespaces need root".into());
     }
-    for tool in ["ip", "iptables"] {
-        if Command::new(tool).arg("--version").output().is_err() {
-            return Some(format!("`{tool}` is not installed"));
-        }
-    }
-    None
+    missing(&["ip", "iptables"])
+}
+
+/// Why a UPnP gateway cannot be run here, if it cannot.
+pub fn upnp_unavailable() -> Option<String> {
+    unavailable().or_else(|| missing(&["miniupnpd", "nft"]))
+}
+
+fn missing(tools: &[&str]) -> Option<String> {
+    tools
+        .iter()
+        .find(|tool| Command::new(tool).arg("--version").output().is_err())
+        .map(|tool| format!("`{tool}` is not installed"))
 }
 
 impl Hosts {
@@ -135,14 +174,17 @@ impl Hosts {
         let n = placements.len();
         anyhow::ensure!((1..=200).contains(&n), "between 1 and 200 hosts");
         anyhow::ensure!(
-            placements
-                .iter()
-                .filter(|p| **p != Placement::Public)
-                .count()
-                <= 15,
+            placements.iter().filter(|p| p.nat().is_some()).count() <= 15,
             "at most 15 hosts behind NAT"
         );
-        if let Some(why) = unavailable() {
+        let upnp = placements
+            .iter()
+            .any(|p| matches!(p, Placement::BehindUpnp(_)));
+        if let Some(why) = if upnp {
+            upnp_unavailable()
+        } else {
+            unavailable()
+        } {
             bail!("cannot create hosts: {why}");
         }
         remove_stale();
@@ -215,9 +257,15 @@ impl Hosts {
                         &inner,
                     ])?;
                     in_ns(&["ip", "link", "set", &inner, "up"])?;
+                    if upnp {
+                        add_global_route(in_ns, (b, c), &inner)?;
+                    }
                 }
                 Placement::Behind(kind) => {
-                    hosts.add_behind_nat(i, &tag, (b, c), *kind)?;
+                    hosts.add_behind_nat(i, &tag, (b, c), *kind, (false, upnp))?;
+                }
+                Placement::BehindUpnp(kind) => {
+                    hosts.add_behind_nat(i, &tag, (b, c), *kind, (true, upnp))?;
                 }
             }
             in_ns(&["ip", "link", "set", "lo", "up"])?;
@@ -243,17 +291,27 @@ impl Hosts {
     /// Private networks are /28s of one /24 per process. The test driver
     /// (the bridge's address, in the root namespace) gets a route to the
     /// host and may open its API port; nothing else gets in unasked.
+    ///
+    /// With `gateway`, the router also runs a UPnP gateway on its global
+    /// address (see [`Placement::BehindUpnp`]); with `global_routes`
+    /// (some router of the testbed does), it routes to those addresses.
     fn add_behind_nat(
         &mut self,
         i: usize,
         tag: &str,
         (b, c): (u8, u8),
         kind: NatKind,
+        (gateway, global_routes): (bool, bool),
     ) -> Result<Ipv4Addr> {
         let behind = self.hosts.iter().filter(|h| h.router.is_some()).count() as u8;
         let ns = format!("am{tag}h{i}");
         let router = format!("am{tag}r{i}");
-        let public_addr = Ipv4Addr::new(10, b, c, i as u8 + 1);
+        let bridge_side = Ipv4Addr::new(10, b, c, i as u8 + 1);
+        let public_addr = if gateway {
+            Ipv4Addr::new(11, b, c, i as u8 + 1)
+        } else {
+            bridge_side
+        };
         let lan_base = Ipv4Addr::new(172, 16 + b % 16, c, behind * 16);
         let router_lan = Ipv4Addr::from(u32::from(lan_base) + 1);
         let addr = Ipv4Addr::from(u32::from(lan_base) + 2);
@@ -267,6 +325,7 @@ impl Hosts {
                 ns: router.clone(),
                 public_addr,
                 kind,
+                gateway: None,
             }),
         });
         let in_router =
@@ -284,11 +343,30 @@ impl Hosts {
             "ip",
             "addr",
             "add",
-            &format!("{public_addr}/24"),
+            &format!("{bridge_side}/24"),
             "dev",
             &wan,
         ])?;
         in_router(&["ip", "link", "set", &wan, "up"])?;
+        if global_routes {
+            add_global_route(in_router, (b, c), &wan)?;
+        }
+        if gateway {
+            // Everything the router sends to the bridge (translated flows
+            // included) leaves from its global address.
+            in_router(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{public_addr}/32"),
+                "dev",
+                &wan,
+            ])?;
+            let src = public_addr.to_string();
+            for net in [format!("10.{b}.{c}.0/24"), format!("11.{b}.{c}.0/24")] {
+                in_router(&["ip", "route", "replace", &net, "dev", &wan, "src", &src])?;
+            }
+        }
         // Router to host.
         run(&[
             "ip", "link", "add", &lan, "type", "veth", "peer", "name", &inner,
@@ -335,39 +413,36 @@ impl Hosts {
             masquerade.push("--random-fully");
         }
         in_router(&masquerade)?;
-        in_router(&[
-            "iptables",
-            "-A",
-            "FORWARD",
-            "-i",
-            &wan,
-            "-m",
-            "conntrack",
-            "--ctstate",
-            "ESTABLISHED,RELATED",
-            "-j",
-            "ACCEPT",
-        ])?;
+        // What belongs to a flow already let through (conntrack's state).
+        let accept_from_wan = |chain: &str, state: &str| {
+            in_router(&[
+                "iptables",
+                "-A",
+                chain,
+                "-i",
+                &wan,
+                "-m",
+                "conntrack",
+                "--ctstate",
+                state,
+                "-j",
+                "ACCEPT",
+            ])
+        };
+        accept_from_wan("FORWARD", "ESTABLISHED,RELATED")?;
         let driver = self.bridge_addr.to_string();
         let api_port = API_PORT.to_string();
         in_router(&[
             "iptables", "-A", "FORWARD", "-i", &wan, "-s", &driver, "-p", "tcp", "--dport",
             &api_port, "-j", "ACCEPT",
         ])?;
+        if gateway {
+            // What the gateway's mappings translate (DNAT) is let in; the
+            // mappings themselves are miniupnpd's nftables rules.
+            accept_from_wan("FORWARD", "DNAT")?;
+        }
         in_router(&["iptables", "-A", "FORWARD", "-i", &wan, "-j", "DROP"])?;
-        in_router(&[
-            "iptables",
-            "-A",
-            "INPUT",
-            "-i",
-            &wan,
-            "-m",
-            "conntrack",
-            "--ctstate",
-            "ESTABLISHED,RELATED",
-            "-j",
-            "ACCEPT",
-        ])?;
+        accept_from_wan("INPUT", "ESTABLISHED,RELATED")?;
         in_router(&["iptables", "-A", "INPUT", "-i", &wan, "-j", "DROP"])?;
         // The driver reaches the host's API through the router.
         run(&[
@@ -376,9 +451,15 @@ impl Hosts {
             "add",
             &format!("{lan_base}/28"),
             "via",
-            &public_addr.to_string(),
+            &bridge_side.to_string(),
         ])?;
         self.routes.push(format!("{lan_base}/28"));
+        if gateway {
+            let started = start_gateway(&router, &wan, &lan, public_addr, lan_base)?;
+            if let Some(r) = self.hosts.last_mut().and_then(|h| h.router.as_mut()) {
+                r.gateway = Some(started);
+            }
+        }
         Ok(addr)
     }
 
@@ -475,14 +556,120 @@ impl Hosts {
     }
 }
 
+/// Starts miniupnpd in `router`: UPnP IGD for the hosts on `lan` (which
+/// may map ports of their own address only, 1024 and up), mapping on
+/// `wan` at `public_addr`. Its nftables chains (where it puts the
+/// mappings) are made first; returns once it answers.
+fn start_gateway(
+    router: &str,
+    wan: &str,
+    lan: &str,
+    public_addr: Ipv4Addr,
+    lan_base: Ipv4Addr,
+) -> Result<Gateway> {
+    let nft = |args: &[&str]| run(&[&["ip", "netns", "exec", router, "nft"][..], args].concat());
+    nft(&["add", "table", "inet", "filter"])?;
+    for (chain, hook) in [
+        ("forward", Some("{ type filter hook forward priority 0 ; }")),
+        ("miniupnpd", None),
+        (
+            "prerouting",
+            Some("{ type nat hook prerouting priority -100 ; }"),
+        ),
+        ("prerouting_miniupnpd", None),
+        (
+            "postrouting",
+            Some("{ type nat hook postrouting priority 100 ; }"),
+        ),
+        ("postrouting_miniupnpd", None),
+    ] {
+        let mut args = vec!["add", "chain", "inet", "filter", chain];
+        args.extend(hook);
+        nft(&args)?;
+    }
+    for (from, to) in [
+        ("forward", "miniupnpd"),
+        ("prerouting", "prerouting_miniupnpd"),
+        ("postrouting", "postrouting_miniupnpd"),
+    ] {
+        nft(&["add", "rule", "inet", "filter", from, "jump", to])?;
+    }
+    let files = std::env::temp_dir().join(format!("{router}-miniupnpd"));
+    let (log, pid_file) = (files.with_extension("log"), files.with_extension("pid"));
+    let process = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            router,
+            "miniupnpd",
+            "-d",
+            "-f",
+            "/dev/null",
+        ])
+        .args(["-i", wan, "-o", &public_addr.to_string(), "-a", lan])
+        .args(["-S", "-U", "-P"])
+        .arg(&pid_file)
+        .args(["-A", &format!("allow 1024-65535 {lan_base}/28 1024-65535")])
+        .args(["-A", "deny 0-65535 0.0.0.0/0 0-65535"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).context("creating miniupnpd's log")?)
+        .spawn()
+        .context("cannot start miniupnpd")?;
+    let mut gateway = Gateway {
+        process,
+        log,
+        pid_file,
+    };
+    // Nodes search for the gateway once, at start-up: it must be up first.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let said = std::fs::read_to_string(&gateway.log).unwrap_or_default();
+        if said.contains("HTTP listening") {
+            return Ok(gateway);
+        }
+        if gateway.process.try_wait()?.is_some() || std::time::Instant::now() > deadline {
+            bail!("miniupnpd did not start in {router}:\n{said}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+        let _ = std::fs::remove_file(&self.log);
+        let _ = std::fs::remove_file(&self.pid_file);
+    }
+}
+
+/// Routes the testbed's global addresses (UPnP routers' bridge side,
+/// 11.b.c.0/24) over the bridge-side interface `dev` of a namespace, with
+/// `in_ns` running commands there.
+fn add_global_route(
+    in_ns: impl Fn(&[&str]) -> Result<()>,
+    (b, c): (u8, u8),
+    dev: &str,
+) -> Result<()> {
+    in_ns(&[
+        "ip",
+        "route",
+        "add",
+        &format!("11.{b}.{c}.0/24"),
+        "dev",
+        dev,
+    ])
+}
 impl Drop for Hosts {
     fn drop(&mut self) {
         for route in &self.routes {
             let _ = run(&["ip", "route", "del", route]);
         }
-        for host in &self.hosts {
+        for host in &mut self.hosts {
             let _ = run(&["ip", "netns", "del", &host.ns]);
-            if let Some(router) = &host.router {
+            if let Some(router) = &mut host.router {
+                // Stopped before its namespace goes.
+                drop(router.gateway.take());
                 let _ = run(&["ip", "netns", "del", &router.ns]);
             }
         }
@@ -518,6 +705,12 @@ fn remove_stale() {
                 && (name.contains('h') || name.contains('r'))
                 && !owner_alive(name, "am")
             {
+                // A UPnP gateway outlives its owner: stop it first.
+                if let Ok(pids) = Command::new("ip").args(["netns", "pids", name]).output() {
+                    for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+                        let _ = Command::new("kill").arg(pid).output();
+                    }
+                }
                 let _ = run(&["ip", "netns", "del", name]);
             }
         }

@@ -342,7 +342,7 @@ async fn run(cli: Cli) -> Result<()> {
                 let placements = agentmesh_testnet::hosts::demo_placements(n, nat);
                 eprintln!("[testnet] creating {n} hosts (network namespaces on a bridge)");
                 for (i, p) in placements.iter().enumerate() {
-                    if let agentmesh_testnet::hosts::Placement::Behind(kind) = p {
+                    if let Some(kind) = p.nat() {
                         eprintln!("[testnet] host {i} is behind a {kind:?} NAT");
                     }
                 }

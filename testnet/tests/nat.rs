@@ -243,3 +243,99 @@ async fn hosts_behind_nat_join_through_a_relay_and_punch_holes_where_they_can() 
     let symmetric = index_of(&net, &natted[2]);
     assert!(after[symmetric].relayed_connections >= 2, "{after:#?}");
 }
+
+/// A host whose router runs a UPnP gateway, with `nat.upnp` on, has its
+/// ports mapped: it is public at the router's address, holds no relay
+/// slot, and a host behind a symmetric NAT (which no hole can be punched
+/// through, and which nothing can dial) reaches it directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_whose_gateway_maps_its_ports_is_reached_directly() {
+    if let Some(why) = hosts::upnp_unavailable() {
+        // CI installs miniupnpd and requires this test to run.
+        assert!(
+            std::env::var_os("AGENTMESH_REQUIRE_UPNP").is_none() || hosts::unavailable().is_some(),
+            "{why}"
+        );
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let hosts = Arc::new(
+        Hosts::create_placed(&[
+            Placement::Public,
+            Placement::BehindUpnp(NatKind::PortRestricted),
+            Placement::Behind(NatKind::Symmetric),
+        ])
+        .expect("creating hosts behind NAT"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = common::options(3, &dir);
+    opts.hosts = Some(hosts.clone());
+    opts.extra_args = FAST.iter().map(|s| s.to_string()).collect();
+    let bootstrap = hosts.addr(0);
+    opts.node_args = vec![
+        vec![
+            "--external-address".into(),
+            format!("/ip4/{bootstrap}/udp/4001/quic-v1,/ip4/{bootstrap}/tcp/4001"),
+        ],
+        vec!["--nat-upnp".into(), "true".into()],
+    ];
+    let net = Testnet::start(opts).await.expect("starting nodes");
+    let gateway = hosts.public_addr(1);
+    let mapped = [
+        format!("/ip4/{gateway}/udp/4001/quic-v1"),
+        format!("/ip4/{gateway}/tcp/4001"),
+    ];
+    wait::until("the gateway to map host 1's ports", LONG, || async {
+        let nat = nat_of(&net, 1).await?;
+        Ok((nat.upnp == "mapped"
+            && mapped.iter().all(|a| nat.confirmed_addrs.contains(a))
+            && nat.reachability == "public")
+            .then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", logs(&net)));
+    wait::until("host 2 to reserve a relay slot", LONG, || async {
+        let nat = nat_of(&net, 2).await?;
+        Ok((nat.reachability == "private" && !nat.relays.is_empty()).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", logs(&net)));
+    net.wait_full_mesh(LONG)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", logs(&net)));
+    let id1 = net.nodes[1].info.peer_id.clone();
+    wait::until(
+        "a direct connection from host 2 to host 1",
+        LONG,
+        || async {
+            // Dialled by host 2 to the router's address: in through the
+            // mapping, since the router lets nothing else in unasked.
+            let peers = net.nodes[2].client.peers().await?;
+            Ok(view(&peers, &id1).and_then(|p| {
+                p.connections
+                    .iter()
+                    .any(|c| {
+                        c.transport != Transport::Relayed
+                            && c.direction == "outbound"
+                            && mapped.iter().any(|a| c.remote_addr.starts_with(a))
+                    })
+                    .then_some(())
+            }))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e:#}\n{:#?}\n{}",
+            view(&rt_peers(&net, 2), &id1),
+            logs(&net)
+        )
+    });
+    let one = nat_of(&net, 1).await.unwrap();
+    assert!(one.relays.is_empty(), "{one:?}");
+    assert_eq!(nat_of(&net, 0).await.unwrap().upnp, "off");
+    let report = demo::exchange(&net, "coordination", 2, LONG)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", logs(&net)));
+    assert_eq!(report.received, vec![6; 3]);
+}

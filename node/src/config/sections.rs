@@ -160,7 +160,8 @@ config_section! {
         /// punching (DCUtR) (`--nat-hole-punching false` to disable).
         #[arg(num_args = 0..=1, default_missing_value = "true")]
         hole_punching: bool = true,
-        /// Ask the local gateway for a port mapping with UPnP IGD.
+        /// Ask the local gateway for a port mapping with UPnP IGD: the node
+        /// is then public at the mapped address (docs/nat.md, UPnP).
         #[arg(num_args = 0..=1, default_missing_value = "true")]
         upnp: bool = false,
     }

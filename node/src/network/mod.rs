@@ -346,7 +346,7 @@ impl Network {
         let consensus =
             consensus_io::ConsensusIo::new(&settings.config.node.network, consensus_events);
         let guard = guard::Guard::new(&settings, store.bans()?);
-        let nat = nat::Nat::new(
+        let mut nat = nat::Nat::new(
             settings.config.nat.reachability,
             settings.config.nat.max_relays,
             &settings
@@ -356,6 +356,9 @@ impl Network {
                 .collect::<Vec<_>>(),
             &settings.external_addrs,
         );
+        if settings.config.nat.upnp {
+            nat.upnp_searching();
+        }
         let peer_manager = peer_manager::PeerManager::new(&settings);
         let mut network = Network {
             membership,
@@ -699,16 +702,16 @@ impl Network {
             BehaviourEvent::Relay(event) => self.nat.on_relay_service(&event),
             BehaviourEvent::Dcutr(event) => self.on_hole_punch(event),
             BehaviourEvent::Upnp(event) => {
-                tracing::info!(?event, "UPnP");
-                match event {
-                    libp2p::upnp::Event::NewExternalAddr { external_addr, .. } => {
-                        self.nat.on_mapping(external_addr, true)
+                match &event {
+                    libp2p::upnp::Event::GatewayNotFound => {
+                        tracing::warn!("UPnP: no gateway answered; no port is mapped")
                     }
-                    libp2p::upnp::Event::ExpiredExternalAddr { external_addr, .. } => {
-                        self.nat.on_mapping(external_addr, false)
+                    libp2p::upnp::Event::NonRoutableGateway => {
+                        tracing::warn!("UPnP: the gateway is itself behind NAT; no port is mapped")
                     }
-                    _ => {}
+                    _ => tracing::info!(?event, "UPnP"),
                 }
+                self.nat.on_upnp(&event);
             }
             _ => {}
         }

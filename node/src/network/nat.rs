@@ -58,6 +58,20 @@ impl Reachability {
     }
 }
 
+/// Where UPnP port mapping stands (`nat.upnp`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Upnp {
+    Off,
+    Searching,
+    /// A gateway answered and mapped at least one address.
+    Found,
+    /// No gateway answered the search.
+    NoGateway,
+    /// The gateway's own external address is private (behind another
+    /// NAT): a mapping on it would not make this node reachable.
+    NotRoutable,
+}
+
 #[derive(Debug)]
 struct Reservation {
     listener: ListenerId,
@@ -78,6 +92,7 @@ pub struct Nat {
     /// (UPnP): reachable as far as the operator or the gateway says.
     configured: Vec<Multiaddr>,
     mapped: HashSet<Multiaddr>,
+    upnp: Upnp,
     /// Relays that may be asked for a slot, with the address to reach
     /// them: configured ones (never forgotten) and members that offer the
     /// service (forgotten when they stop or leave).
@@ -115,6 +130,7 @@ impl Nat {
             confirmations: HashMap::new(),
             configured: external.to_vec(),
             mapped: HashSet::new(),
+            upnp: Upnp::Off,
             relays: configured_relays
                 .iter()
                 .map(|(peer, addr)| (*peer, (addr.clone(), true)))
@@ -171,12 +187,36 @@ impl Nat {
         }
     }
 
-    /// The gateway mapped (or stopped mapping) `addr` (UPnP).
-    pub fn on_mapping(&mut self, addr: Multiaddr, mapped: bool) {
-        if mapped {
-            self.mapped.insert(addr);
-        } else {
-            self.mapped.remove(&addr);
+    /// UPnP is on: the gateway is being searched for (once, at start-up:
+    /// libp2p's behaviour does not search again).
+    pub fn upnp_searching(&mut self) {
+        self.upnp = Upnp::Searching;
+    }
+
+    /// What the UPnP behaviour found: a mapped address counts as confirmed
+    /// (the gateway forwards it to this node), an expired one no longer.
+    pub fn on_upnp(&mut self, event: &libp2p::upnp::Event) {
+        match event {
+            libp2p::upnp::Event::NewExternalAddr { external_addr, .. } => {
+                self.upnp = Upnp::Found;
+                self.mapped.insert(external_addr.clone());
+            }
+            libp2p::upnp::Event::ExpiredExternalAddr { external_addr, .. } => {
+                self.mapped.remove(external_addr);
+            }
+            libp2p::upnp::Event::GatewayNotFound => self.upnp = Upnp::NoGateway,
+            libp2p::upnp::Event::NonRoutableGateway => self.upnp = Upnp::NotRoutable,
+        }
+    }
+
+    fn upnp_name(&self) -> &'static str {
+        match self.upnp {
+            Upnp::Off => "off",
+            Upnp::Searching => "searching",
+            Upnp::Found if !self.mapped.is_empty() => "mapped",
+            Upnp::Found => "mapping expired",
+            Upnp::NoGateway => "no gateway",
+            Upnp::NotRoutable => "gateway not routable",
         }
     }
 
@@ -376,6 +416,7 @@ impl Nat {
             }
             .into(),
             confirmed_addrs: confirmed,
+            upnp: self.upnp_name().into(),
             probes_ok: self.probes_ok,
             probes_failed: self.probes_failed,
             relays,
@@ -532,6 +573,61 @@ mod tests {
         assert_eq!(configured.reachability(), Reachability::Public);
         let forced = Nat::new(ReachabilityMode::Private, 2, &[], &[at]);
         assert_eq!(forced.reachability(), Reachability::Private);
+    }
+
+    #[test]
+    fn an_address_the_gateway_maps_makes_the_node_public_until_the_mapping_expires() {
+        let now = Instant::now();
+        let relay = peer();
+        let mut nat = Nat::new(
+            ReachabilityMode::Auto,
+            1,
+            &[(relay, addr("/ip4/203.0.113.9/tcp/4001"))],
+            &[],
+        );
+        nat.upnp_searching();
+        assert_eq!(
+            nat.status(Reachability::Unknown, vec![], vec![], 0).upnp,
+            "searching"
+        );
+        nat.on_probe(&addr("/ip4/203.0.113.5/tcp/4001"), peer(), false);
+        assert_eq!(nat.relays_to_reserve(nat.reachability(), now).len(), 1);
+        let mapped = addr("/ip4/198.51.100.7/tcp/4001");
+        let local = addr("/ip4/192.168.1.20/tcp/4001");
+        nat.on_upnp(&libp2p::upnp::Event::NewExternalAddr {
+            local_addr: local.clone(),
+            external_addr: mapped.clone(),
+        });
+        assert_eq!(nat.reachability(), Reachability::Public);
+        assert_eq!(nat.confirmed(), vec![mapped.clone()]);
+        assert!(nat.relays_to_reserve(nat.reachability(), now).is_empty());
+        assert_eq!(
+            nat.status(Reachability::Public, vec![], vec![], 0).upnp,
+            "mapped"
+        );
+        // The gateway stopped renewing it: back to private, relays again.
+        nat.on_upnp(&libp2p::upnp::Event::ExpiredExternalAddr {
+            local_addr: local,
+            external_addr: mapped,
+        });
+        assert_eq!(nat.reachability(), Reachability::Private);
+        assert_eq!(nat.relays_to_reserve(nat.reachability(), now).len(), 1);
+        assert_eq!(
+            nat.status(Reachability::Private, vec![], vec![], 0).upnp,
+            "mapping expired"
+        );
+        let mut lost = Nat::new(ReachabilityMode::Auto, 1, &[], &[]);
+        lost.upnp_searching();
+        lost.on_upnp(&libp2p::upnp::Event::NonRoutableGateway);
+        assert_eq!(
+            lost.status(Reachability::Unknown, vec![], vec![], 0).upnp,
+            "gateway not routable"
+        );
+        let off = Nat::new(ReachabilityMode::Auto, 1, &[], &[]);
+        assert_eq!(
+            off.status(Reachability::Unknown, vec![], vec![], 0).upnp,
+            "off"
+        );
     }
 
     #[test]

@@ -36,8 +36,15 @@ pub struct NatStatus {
     pub reachability: String,
     /// `auto`, `public` or `private` (`nat.reachability`).
     pub mode: String,
-    /// Direct addresses confirmed by dial-backs, or configured.
+    /// Direct addresses confirmed by dial-backs, configured, or mapped by
+    /// the gateway (UPnP).
     pub confirmed_addrs: Vec<String>,
+    /// UPnP port mapping (`nat.upnp`): `off`, `searching`, `mapped` (the
+    /// gateway forwards an address to this node now), `mapping expired`,
+    /// `no gateway` (none answered the search at start-up) or `gateway not
+    /// routable` (the gateway is itself behind NAT).
+    #[serde(default)]
+    pub upnp: String,
     /// AutoNAT dial-backs of this node's addresses that worked and failed.
     pub probes_ok: u64,
     pub probes_failed: u64,
