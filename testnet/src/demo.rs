@@ -89,6 +89,7 @@ pub async fn print_summary(net: &Testnet, report: Option<&ExchangeReport>) -> Re
             status.listen_addrs.join(" ")
         );
     }
+    print_nat(net).await?;
     if let Some(r) = report {
         let total = r.published * r.received.len();
         let got: usize = r.received.iter().sum();
@@ -99,6 +100,48 @@ pub async fn print_summary(net: &Testnet, report: Option<&ExchangeReport>) -> Re
             r.duplicates,
             r.elapsed.as_secs_f64() * 1e3
         );
+    }
+    Ok(())
+}
+
+/// Where nodes behind NAT stand, when some are: reachability, whose relay
+/// each holds a slot on, and how many of its connections go through one.
+async fn print_nat(net: &Testnet) -> Result<()> {
+    let mut lines = Vec::new();
+    let mut any_private = false;
+    let index_of = |peer: &str| {
+        net.nodes
+            .iter()
+            .position(|n| n.info.peer_id == peer)
+            .map_or_else(|| peer.to_string(), |i| format!("node {i}"))
+    };
+    for (i, node) in net.nodes.iter().enumerate() {
+        let status = node.client.status().await?;
+        let nat = &status.nat;
+        any_private |= nat.reachability == "private";
+        let mut line = format!("  node {i}: {}", nat.reachability);
+        if nat.relay_service {
+            line += &format!(", relay for {} slot(s)", nat.relay_reservations);
+        }
+        if !nat.relays.is_empty() {
+            let on: Vec<String> = nat.relays.iter().map(|r| index_of(r)).collect();
+            line += &format!(", slot on {}", on.join(" and "));
+        }
+        line += &format!(
+            "; {} of {} peers through a relay; holes {} punched, {} failed",
+            nat.relayed_connections,
+            status.connected_peers,
+            nat.hole_punches_ok,
+            nat.hole_punches_failed
+        );
+        lines.push(line);
+    }
+    if any_private {
+        println!();
+        println!("reachability (AutoNAT), relays and hole punching:");
+        for line in lines {
+            println!("{line}");
+        }
     }
     Ok(())
 }

@@ -479,6 +479,21 @@ impl Hosts {
         self.hosts[i].addr
     }
 
+    /// `--external-address` for the node on public host `i`: its QUIC and
+    /// TCP addresses on the node's port, or (`tcp_only`) TCP alone. A node
+    /// that only ever receives connections has nobody to ask for a
+    /// dial-back (AutoNAT asks over connections it dialled itself), so a
+    /// bootstrap host's operator names its address.
+    pub fn external_address_args(&self, i: usize, tcp_only: bool) -> Vec<String> {
+        let a = self.addr(i);
+        let addrs = if tcp_only {
+            format!("/ip4/{a}/tcp/4001")
+        } else {
+            format!("/ip4/{a}/udp/4001/quic-v1,/ip4/{a}/tcp/4001")
+        };
+        vec!["--external-address".into(), addrs]
+    }
+
     /// Command prefix that runs a program on host `i`.
     pub fn exec_prefix(&self, i: usize) -> Vec<String> {
         vec![

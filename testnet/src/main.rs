@@ -100,6 +100,9 @@ enum BenchCommand {
         /// punching to fail).
         #[arg(long, default_value_t = 10)]
         symmetric_attempts: usize,
+        /// Every node runs TCP alone (`--quic false`): TCP hole punching.
+        #[arg(long)]
+        tcp: bool,
     },
     /// Finalized transactions/s, finality and query round-trip percentiles,
     /// peak RSS; all honest, then with one contrary voter; and the
@@ -352,11 +355,7 @@ async fn run(cli: Cli) -> Result<()> {
                     // The public bootstrap host only ever receives
                     // connections, so it has nobody to ask for a dial-back:
                     // its address is configured, as an operator would.
-                    let a = created.addr(0);
-                    options.node_args = vec![vec![
-                        "--external-address".into(),
-                        format!("/ip4/{a}/udp/4001/quic-v1,/ip4/{a}/tcp/4001"),
-                    ]];
+                    options.node_args = vec![created.external_address_args(0, false)];
                 }
                 options.hosts = Some(std::sync::Arc::new(created));
             }
@@ -495,6 +494,7 @@ async fn bench(which: BenchCommand, bin: &Path) -> Result<()> {
         BenchCommand::Nat {
             attempts,
             symmetric_attempts,
+            tcp,
         } => {
             anyhow::ensure!(
                 attempts >= 1 && symmetric_attempts >= 1,
@@ -503,7 +503,8 @@ async fn bench(which: BenchCommand, bin: &Path) -> Result<()> {
             if let Some(why) = agentmesh_testnet::hosts::unavailable() {
                 anyhow::bail!("namespaced hosts are unavailable: {why}");
             }
-            for line in agentmesh_testnet::nat_bench::nat(bin, attempts, symmetric_attempts).await?
+            for line in
+                agentmesh_testnet::nat_bench::nat(bin, attempts, symmetric_attempts, tcp).await?
             {
                 println!("{line}");
             }

@@ -22,8 +22,9 @@ const LONG: Duration = Duration::from_secs(60);
 /// a failed hole punch.
 const PUNCH_DEADLINE: Duration = Duration::from_secs(30);
 
-/// Host 0 public (bootstrap, relay); hosts 1 and 2 behind `kind`.
-async fn start(bin: &Path, root: &Path, kind: NatKind) -> Result<(Testnet, Arc<Hosts>)> {
+/// Host 0 public (bootstrap, relay); hosts 1 and 2 behind `kind`; with
+/// `tcp`, every node runs TCP alone (`--quic false`).
+async fn start(bin: &Path, root: &Path, kind: NatKind, tcp: bool) -> Result<(Testnet, Arc<Hosts>)> {
     let hosts = Arc::new(Hosts::create_placed(&[
         Placement::Public,
         Placement::Behind(kind),
@@ -31,11 +32,10 @@ async fn start(bin: &Path, root: &Path, kind: NatKind) -> Result<(Testnet, Arc<H
     ])?);
     let mut o = TestnetOptions::new(2, root, bin);
     o.hosts = Some(hosts.clone());
-    let a = hosts.addr(0);
-    o.node_args = vec![vec![
-        "--external-address".into(),
-        format!("/ip4/{a}/udp/4001/quic-v1,/ip4/{a}/tcp/4001"),
-    ]];
+    if tcp {
+        o.extra_args.push("--quic=false".into());
+    }
+    o.node_args = vec![hosts.external_address_args(0, tcp)];
     let net = Testnet::start(o).await?;
     net.wait_full_mesh(LONG).await?;
     Ok((net, hosts))
@@ -177,7 +177,7 @@ fn record(
     }
 }
 
-async fn nat_kind(bin: &Path, kind: NatKind, attempts: usize) -> Result<Value> {
+async fn nat_kind(bin: &Path, kind: NatKind, attempts: usize, tcp: bool) -> Result<Value> {
     let mut first = Vec::new();
     let mut direct = Vec::new();
     let mut done = 0;
@@ -190,7 +190,7 @@ async fn nat_kind(bin: &Path, kind: NatKind, attempts: usize) -> Result<Value> {
             drop((hosts, dir));
         }
         let dir = tempfile::tempdir()?;
-        let (mut net, hosts) = start(bin, dir.path(), kind).await?;
+        let (mut net, hosts) = start(bin, dir.path(), kind, tcp).await?;
         for _ in 0..ATTEMPTS_PER_MESH.min(attempts - done) {
             done += 1;
             progress(&format!("{kind:?} NAT: attempt {done}/{attempts}"));
@@ -219,6 +219,7 @@ async fn nat_kind(bin: &Path, kind: NatKind, attempts: usize) -> Result<Value> {
     Ok(json!({
         "bench": "nat_traversal",
         "nat": format!("{kind:?}"),
+        "transport": if tcp { "tcp" } else { "quic, tcp" },
         "attempts": attempts,
         "first_message_ms": {
             "p50": percentile(&first, 50.0),
@@ -234,10 +235,15 @@ async fn nat_kind(bin: &Path, kind: NatKind, attempts: usize) -> Result<Value> {
 }
 
 /// One JSON line per NAT kind. Symmetric NATs get fewer attempts: each
-/// one waits for hole punching to fail.
-pub async fn nat(bin: &Path, attempts: usize, symmetric_attempts: usize) -> Result<Vec<Value>> {
+/// one waits for hole punching to fail. With `tcp`, nodes run TCP alone.
+pub async fn nat(
+    bin: &Path,
+    attempts: usize,
+    symmetric_attempts: usize,
+    tcp: bool,
+) -> Result<Vec<Value>> {
     Ok(vec![
-        nat_kind(bin, NatKind::PortRestricted, attempts).await?,
-        nat_kind(bin, NatKind::Symmetric, symmetric_attempts).await?,
+        nat_kind(bin, NatKind::PortRestricted, attempts, tcp).await?,
+        nat_kind(bin, NatKind::Symmetric, symmetric_attempts, tcp).await?,
     ])
 }

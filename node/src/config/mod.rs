@@ -14,6 +14,7 @@ pub use section::{Millis, Secs, SettingDoc};
 pub use sections::*;
 pub use settings::{
     is_quic, is_tcp, BootstrapPeer, MembershipSettings, Settings, MAX_MESSAGE_BYTES_LIMIT,
+    TCP_SETUP_TIMEOUT,
 };
 
 use serde::{Deserialize, Serialize};

@@ -91,6 +91,11 @@ config_section! {
         /// A QUIC dial not answered within this many milliseconds fails,
         /// and TCP is tried.
         quic_dial_timeout_ms: Millis = Millis::new(1500),
+        /// A TCP connection not set up within this many milliseconds fails
+        /// (a NAT or firewall that drops connection attempts answers
+        /// nothing). Below AutoNAT's 10 s, so that a dial-back through a
+        /// NAT fails in time to tell the node it is not reachable.
+        tcp_connect_timeout_ms: Millis = Millis::new(5000),
         /// Seconds a peer's circuit breaker stays open (TCP only) before
         /// QUIC is tried again.
         breaker_cooldown_secs: Secs = Secs::new(300),

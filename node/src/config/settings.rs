@@ -17,6 +17,9 @@ use std::path::PathBuf;
 /// another protocol.
 pub const MAX_MESSAGE_BYTES_LIMIT: usize = 16 * 1024 * 1024;
 
+/// The limit on setting up a TCP connection: connecting, Noise and yamux.
+pub const TCP_SETUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// The validated configuration the node runs with.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -154,6 +157,15 @@ fn check_network(n: &NetworkConfig) -> Result<(), ConfigError> {
         return Err(invalid(
             "network.gossip_heartbeat_ms",
             "must be at least 50",
+        ));
+    }
+    if n.tcp_connect_timeout_ms.duration() >= TCP_SETUP_TIMEOUT {
+        return Err(invalid(
+            "network.tcp_connect_timeout_ms",
+            format!(
+                "must be below {} (the limit on a whole TCP connection setup, handshakes included)",
+                TCP_SETUP_TIMEOUT.as_millis()
+            ),
         ));
     }
     Ok(())
@@ -510,6 +522,10 @@ mod tests {
             (
                 |c| c.patterns.gossip_delay_ms = Millis::new(10_001),
                 "patterns.gossip_delay_ms",
+            ),
+            (
+                |c| c.network.tcp_connect_timeout_ms = Millis::new(20_000),
+                "network.tcp_connect_timeout_ms",
             ),
             (
                 |c| {

@@ -10,6 +10,7 @@ use crate::network::peer_manager::gate::{Gate, GateLimits};
 use agentmesh_protocol::{frame::max_frame_bytes, sha256};
 use anyhow::{Context, Result};
 use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::timeout::TransportTimeout;
 use libp2p::core::transport::{Boxed, OptionalTransport};
 use libp2p::core::upgrade;
 use libp2p::futures::future::Either;
@@ -225,12 +226,17 @@ type BoxedTransport = Boxed<(PeerId, StreamMuxerBox)>;
 /// QUIC and/or TCP (Noise + yamux), as enabled.
 fn base_transport(keypair: &Keypair, settings: &Settings) -> Result<BoxedTransport> {
     let tcp = if settings.config.network.tcp {
-        let t = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
-            .upgrade(upgrade::Version::V1Lazy)
-            .authenticate(noise::Config::new(keypair).context("noise configuration")?)
-            .multiplex(yamux::Config::default())
-            .timeout(Duration::from_secs(20))
-            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
+        // The connection attempt alone gets its own limit; the one below
+        // covers it and the upgrade (Noise, yamux) together.
+        let t = TransportTimeout::new(
+            tcp::tokio::Transport::new(tcp::Config::default().nodelay(true)),
+            settings.config.network.tcp_connect_timeout_ms.duration(),
+        )
+        .upgrade(upgrade::Version::V1Lazy)
+        .authenticate(noise::Config::new(keypair).context("noise configuration")?)
+        .multiplex(yamux::Config::default())
+        .timeout(crate::config::TCP_SETUP_TIMEOUT)
+        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
         OptionalTransport::some(t)
     } else {
         OptionalTransport::none()

@@ -104,16 +104,7 @@ impl Network {
             SyncCommand::Misled { peer } => self.charge(peer, super::guard::Offence::Misleading, 1),
             SyncCommand::Respond { request, response } => {
                 if let Some((channel, relayed)) = self.sync.inbound.remove(&request) {
-                    if let Some(peer) = relayed {
-                        let unused = MAX_SYNC_RESPONSE_BYTES.saturating_sub(wire_bytes(&response));
-                        self.sync.relayed.refund(&peer, unused);
-                    }
-                    // Fails only if the asker gave up.
-                    let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .sync
-                        .send_response(channel, response);
+                    self.answer_sync(channel, response, relayed);
                 }
             }
         }
@@ -256,18 +247,27 @@ impl Network {
         self.sync.relayed.prune(Instant::now());
     }
 
-    /// Answers a peer's request with `Refused`; for a request that came
-    /// through a relay (`relayed`), gives back the answer's bound charged
-    /// on admission beyond what the refusal costs.
+    /// Answers a peer's request with `Refused`.
     fn refuse_sync(
         &mut self,
         channel: ResponseChannel<SyncResponse>,
         reason: String,
         relayed: Option<PeerId>,
     ) {
-        let refused = SyncResponse::Refused { reason };
+        self.answer_sync(channel, SyncResponse::Refused { reason }, relayed);
+    }
+
+    /// Sends an answer; for a request that came through a relay
+    /// (`relayed`), gives back the answer's bound charged on admission
+    /// beyond what the answer costs.
+    fn answer_sync(
+        &mut self,
+        channel: ResponseChannel<SyncResponse>,
+        response: SyncResponse,
+        relayed: Option<PeerId>,
+    ) {
         if let Some(peer) = relayed {
-            let unused = MAX_SYNC_RESPONSE_BYTES.saturating_sub(wire_bytes(&refused));
+            let unused = MAX_SYNC_RESPONSE_BYTES.saturating_sub(wire_bytes(&response));
             self.sync.relayed.refund(&peer, unused);
         }
         // Fails only if the asker gave up.
@@ -275,7 +275,7 @@ impl Network {
             .swarm
             .behaviour_mut()
             .sync
-            .send_response(channel, refused);
+            .send_response(channel, response);
     }
 
     /// Connected, but with no direct connection: traffic crosses a relay.
