@@ -136,7 +136,7 @@ async fn status(args: ClientArgs) -> Result<()> {
         if !nat.confirmed_addrs.is_empty() {
             println!("reachable at {}", nat.confirmed_addrs.join(" "));
         }
-        if nat.upnp != "off" {
+        if !nat.upnp.is_empty() && nat.upnp != "off" {
             println!("upnp         {}", nat.upnp);
         }
         if !nat.relays.is_empty() {

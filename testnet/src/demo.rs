@@ -128,7 +128,7 @@ async fn print_nat(net: &Testnet) -> Result<()> {
             line += &format!(", slot on {}", on.join(" and "));
         }
         line += &format!(
-            "; {} of {} peers through a relay; holes {} punched, {} failed",
+            "; {} relayed connection(s) among {} peers; holes {} punched, {} failed",
             nat.relayed_connections,
             status.connected_peers,
             nat.hole_punches_ok,

@@ -151,7 +151,20 @@ pub fn unavailable() -> Option<String> {
 
 /// Why a UPnP gateway cannot be run here, if it cannot.
 pub fn upnp_unavailable() -> Option<String> {
-    unavailable().or_else(|| missing(&["miniupnpd", "nft"]))
+    unavailable()
+        .or_else(|| missing(&["miniupnpd", "nft"]))
+        .or_else(|| {
+            // The gateway's mappings go into nftables chains made for it.
+            let version = Command::new("miniupnpd").arg("--version").output().ok()?;
+            let said = String::from_utf8_lossy(&version.stdout).to_string()
+                + &String::from_utf8_lossy(&version.stderr);
+            (!said.contains("nftables")).then(|| {
+                format!(
+                    "miniupnpd is not the nftables build (miniupnpd-nftables): {}",
+                    said.trim()
+                )
+            })
+        })
 }
 
 fn missing(tools: &[&str]) -> Option<String> {
@@ -352,8 +365,6 @@ impl Hosts {
             add_global_route(in_router, (b, c), &wan)?;
         }
         if gateway {
-            // Everything the router sends to the bridge (translated flows
-            // included) leaves from its global address.
             in_router(&[
                 "ip",
                 "addr",
@@ -362,10 +373,6 @@ impl Hosts {
                 "dev",
                 &wan,
             ])?;
-            let src = public_addr.to_string();
-            for net in [format!("10.{b}.{c}.0/24"), format!("11.{b}.{c}.0/24")] {
-                in_router(&["ip", "route", "replace", &net, "dev", &wan, "src", &src])?;
-            }
         }
         // Router to host.
         run(&[
@@ -398,6 +405,9 @@ impl Hosts {
         // shows each namespace its own /proc/sys/net); no sysctl binary
         // needed.
         in_router(&["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"])?;
+        // A gateway's flows leave from its global address (MASQUERADE
+        // would pick the interface's address on the peer's subnet, 10.x).
+        let source = public_addr.to_string();
         let mut masquerade = vec![
             "iptables",
             "-t",
@@ -407,8 +417,12 @@ impl Hosts {
             "-o",
             &wan,
             "-j",
-            "MASQUERADE",
         ];
+        if gateway {
+            masquerade.extend(["SNAT", "--to-source", &source]);
+        } else {
+            masquerade.push("MASQUERADE");
+        }
         if kind == NatKind::Symmetric {
             masquerade.push("--random-fully");
         }
@@ -609,9 +623,20 @@ fn start_gateway(
     ] {
         nft(&["add", "rule", "inet", "filter", from, "jump", to])?;
     }
-    let files = std::env::temp_dir().join(format!("{router}-miniupnpd"));
-    let (log, pid_file) = (files.with_extension("log"), files.with_extension("pid"));
-    let process = Command::new("ip")
+    let (log, pid_file) = gateway_files(router);
+    let mut command = Command::new("ip");
+    // `ip netns exec` becomes miniupnpd: it dies with this process.
+    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let process = command
         .args([
             "netns",
             "exec",
@@ -647,6 +672,12 @@ fn start_gateway(
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+/// miniupnpd's log and pid file for `router`.
+fn gateway_files(router: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let files = std::env::temp_dir().join(format!("{router}-miniupnpd"));
+    (files.with_extension("log"), files.with_extension("pid"))
 }
 
 impl Drop for Gateway {
@@ -720,12 +751,19 @@ fn remove_stale() {
                 && (name.contains('h') || name.contains('r'))
                 && !owner_alive(name, "am")
             {
-                // A UPnP gateway outlives its owner: stop it first.
+                // A UPnP gateway can outlive its owner (if the death
+                // signal was missed): stop it, and remove its files.
                 if let Ok(pids) = Command::new("ip").args(["netns", "pids", name]).output() {
                     for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
-                        let _ = Command::new("kill").arg(pid).output();
+                        if let Ok(pid) = pid.parse::<libc::pid_t>() {
+                            // SAFETY: kill has no memory preconditions.
+                            unsafe { libc::kill(pid, libc::SIGKILL) };
+                        }
                     }
                 }
+                let (log, pid_file) = gateway_files(name);
+                let _ = std::fs::remove_file(log);
+                let _ = std::fs::remove_file(pid_file);
                 let _ = run(&["ip", "netns", "del", name]);
             }
         }

@@ -341,6 +341,14 @@ async fn a_host_whose_gateway_maps_its_ports_is_reached_directly() {
     });
     let one = nat_of(&net, 1).await.unwrap();
     assert!(one.relays.is_empty(), "{one:?}");
+    // The bootstrap host sees host 1 at the router's global address.
+    let seen = view(&net.nodes[0].client.peers().await.unwrap(), &id1).expect("connected");
+    assert!(
+        seen.connections
+            .iter()
+            .any(|c| c.remote_addr.starts_with(&format!("/ip4/{gateway}/"))),
+        "{seen:?}"
+    );
     assert_eq!(nat_of(&net, 0).await.unwrap().upnp, "off");
     let report = demo::exchange(&net, "coordination", 2, LONG)
         .await

@@ -228,7 +228,7 @@ fn base_transport(keypair: &Keypair, settings: &Settings) -> Result<BoxedTranspo
     let tcp = if settings.config.network.tcp {
         // The connection attempt alone gets its own limit; the one below
         // covers it and the upgrade (Noise, yamux) together.
-        let t = TransportTimeout::new(
+        let t = TransportTimeout::with_outgoing_timeout(
             tcp::tokio::Transport::new(tcp::Config::default().nodelay(true)),
             settings.config.network.tcp_connect_timeout_ms.duration(),
         )

@@ -576,6 +576,10 @@ impl Network {
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
                 self.listening.addrs.retain(|a| *a != address);
+                for mapped in self.nat.listen_addr_gone(&address) {
+                    tracing::info!(%mapped, "UPnP mapping removed with its listen address");
+                    self.swarm.remove_external_address(&mapped);
+                }
             }
             SwarmEvent::ListenerError { error, .. } => tracing::warn!(%error, "listener error"),
             SwarmEvent::ListenerClosed {

@@ -91,7 +91,8 @@ pub struct Nat {
     /// `network.external_addresses`, and addresses the gateway mapped
     /// (UPnP): reachable as far as the operator or the gateway says.
     configured: Vec<Multiaddr>,
-    mapped: HashSet<Multiaddr>,
+    /// Mapped addresses, each with the listen address it forwards to.
+    mapped: HashMap<Multiaddr, Multiaddr>,
     upnp: Upnp,
     /// Relays that may be asked for a slot, with the address to reach
     /// them: configured ones (never forgotten) and members that offer the
@@ -129,7 +130,7 @@ impl Nat {
             probes_failed: 0,
             confirmations: HashMap::new(),
             configured: external.to_vec(),
-            mapped: HashSet::new(),
+            mapped: HashMap::new(),
             upnp: Upnp::Off,
             relays: configured_relays
                 .iter()
@@ -152,7 +153,7 @@ impl Nat {
     /// the gateway, or dialled back by [`MIN_CONFIRMATIONS`] peers.
     pub fn confirmed(&self) -> Vec<Multiaddr> {
         let mut out: Vec<Multiaddr> = self.configured.clone();
-        out.extend(self.mapped.iter().cloned());
+        out.extend(self.mapped.keys().cloned());
         out.extend(
             self.confirmations
                 .iter()
@@ -197,16 +198,43 @@ impl Nat {
     /// (the gateway forwards it to this node), an expired one no longer.
     pub fn on_upnp(&mut self, event: &libp2p::upnp::Event) {
         match event {
-            libp2p::upnp::Event::NewExternalAddr { external_addr, .. } => {
+            libp2p::upnp::Event::NewExternalAddr {
+                local_addr,
+                external_addr,
+            } => {
                 self.upnp = Upnp::Found;
-                self.mapped.insert(external_addr.clone());
+                self.mapped
+                    .insert(external_addr.clone(), local_addr.clone());
             }
             libp2p::upnp::Event::ExpiredExternalAddr { external_addr, .. } => {
-                self.mapped.remove(external_addr);
+                self.mapping_gone(external_addr);
             }
             libp2p::upnp::Event::GatewayNotFound => self.upnp = Upnp::NoGateway,
             libp2p::upnp::Event::NonRoutableGateway => self.upnp = Upnp::NotRoutable,
         }
+    }
+
+    /// A listen address went away: libp2p's UPnP behaviour then removes
+    /// its mappings without a word, so they are forgotten here. Returns the
+    /// mapped addresses that went with it (no longer external addresses).
+    pub fn listen_addr_gone(&mut self, local: &Multiaddr) -> Vec<Multiaddr> {
+        let gone: Vec<Multiaddr> = self
+            .mapped
+            .iter()
+            .filter(|(_, l)| *l == local)
+            .map(|(external, _)| external.clone())
+            .collect();
+        for external in &gone {
+            self.mapping_gone(external);
+        }
+        gone
+    }
+
+    /// A dial-back of a mapped address came in through the mapping: it
+    /// proves nothing once the mapping is gone.
+    fn mapping_gone(&mut self, external: &Multiaddr) {
+        self.mapped.remove(external);
+        self.confirmations.remove(external);
     }
 
     fn upnp_name(&self) -> &'static str {
@@ -601,14 +629,17 @@ mod tests {
         assert_eq!(nat.reachability(), Reachability::Public);
         assert_eq!(nat.confirmed(), vec![mapped.clone()]);
         assert!(nat.relays_to_reserve(nat.reachability(), now).is_empty());
+        // AutoNAT's dial-back of the same address came in through the
+        // mapping, and goes with it.
+        nat.on_probe(&mapped, peer(), true);
         assert_eq!(
             nat.status(Reachability::Public, vec![], vec![], 0).upnp,
             "mapped"
         );
         // The gateway stopped renewing it: back to private, relays again.
         nat.on_upnp(&libp2p::upnp::Event::ExpiredExternalAddr {
-            local_addr: local,
-            external_addr: mapped,
+            local_addr: local.clone(),
+            external_addr: mapped.clone(),
         });
         assert_eq!(nat.reachability(), Reachability::Private);
         assert_eq!(nat.relays_to_reserve(nat.reachability(), now).len(), 1);
@@ -616,6 +647,17 @@ mod tests {
             nat.status(Reachability::Private, vec![], vec![], 0).upnp,
             "mapping expired"
         );
+        // A mapping whose listen address goes away is forgotten too.
+        nat.on_upnp(&libp2p::upnp::Event::NewExternalAddr {
+            local_addr: local.clone(),
+            external_addr: mapped.clone(),
+        });
+        assert_eq!(nat.reachability(), Reachability::Public);
+        assert!(nat
+            .listen_addr_gone(&addr("/ip4/192.168.1.20/udp/4001/quic-v1"))
+            .is_empty());
+        assert_eq!(nat.listen_addr_gone(&local), vec![mapped.clone()]);
+        assert_eq!(nat.reachability(), Reachability::Private);
         let mut lost = Nat::new(ReachabilityMode::Auto, 1, &[], &[]);
         lost.upnp_searching();
         lost.on_upnp(&libp2p::upnp::Event::NonRoutableGateway);
