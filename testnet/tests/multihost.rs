@@ -39,7 +39,12 @@ async fn start_hosts(n: usize, before_start: impl FnOnce(&Hosts)) -> Option<Host
     let net = Testnet::start(opts)
         .await
         .expect("starting nodes on the hosts");
-    net.wait_full_mesh(LONG).await.expect("mesh across hosts");
+    if let Err(e) = net.wait_full_mesh(LONG).await {
+        let logs: String = (0..n)
+            .map(|i| format!("--- node {i}:\n{}", net.nodes[i].log_tail(40)))
+            .collect();
+        panic!("mesh across hosts: {e:#}\n{logs}");
+    }
     Some(HostNet {
         net,
         hosts,

@@ -134,6 +134,35 @@ async fn hosts_behind_nat_join_through_a_relay_and_punch_holes_where_they_can() 
     // Three NATed hosts, one slot each (more for a moment if a slot is
     // being replaced).
     assert!(served >= 3, "{served}");
+    // What each node announces: the NATed hosts only their relayed
+    // addresses (never their private ones), host 4 only what was dialled
+    // back.
+    let id = |i: usize| net.nodes[i].info.peer_id.clone();
+    let peers = wait::until(
+        "the bootstrap to know each host by what it announces",
+        LONG,
+        || async {
+            let peers = net.nodes[0].client.peers().await?;
+            let known =
+                (1..5).all(|i| view(&peers, &id(i)).is_some_and(|p| !p.listen_addrs.is_empty()));
+            Ok(known.then_some(peers))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", logs(&net)));
+    for i in 1..4 {
+        let announced = view(&peers, &id(i)).unwrap().listen_addrs;
+        assert!(
+            announced.iter().all(|a| a.contains("/p2p-circuit/")),
+            "host {i} announces {announced:?}"
+        );
+    }
+    let confirmed = nat_of(&net, 4).await.unwrap().confirmed_addrs;
+    let announced = view(&peers, &id(4)).unwrap().listen_addrs;
+    assert!(
+        announced.iter().all(|a| confirmed.contains(a)),
+        "host 4 announces {announced:?}, confirmed {confirmed:?}"
+    );
 
     // Everyone reaches everyone: the NATed hosts through the relay first.
     net.wait_full_mesh(LONG)
@@ -142,7 +171,6 @@ async fn hosts_behind_nat_join_through_a_relay_and_punch_holes_where_they_can() 
 
     // The two cone NATs let a hole be punched: 1 and 2 end up direct, and
     // the relayed connection is closed.
-    let id = |i: usize| net.nodes[i].info.peer_id.clone();
     wait::until(
         "a direct connection between hosts 1 and 2",
         LONG,

@@ -57,7 +57,8 @@ config_section! {
             "/ip4/0.0.0.0/tcp/4001".into(),
         ],
         /// Addresses other hosts should dial this node on (announced to
-        /// peers through identify).
+        /// peers through identify, beside addresses confirmed by a
+        /// dial-back; listen addresses themselves are not announced).
         #[arg(value_delimiter = ',', long = "external-address", env = "AGENTMESH_EXTERNAL_ADDRESS")]
         external_addresses: Vec<String> = Vec::new(),
         /// Peers to join through, as full multiaddrs ending in `/p2p/<peer id>`.
@@ -75,8 +76,11 @@ config_section! {
         /// Most established connections in total (at least
         /// `peers.target_peers + peers.peer_excess`).
         max_connections: NonZeroU32 = nz32(256),
-        /// Most established connections to one peer.
-        max_connections_per_peer: NonZeroU32 = nz32(2),
+        /// Most established connections to one peer. Hole punching needs
+        /// three: a peer behind NAT may be reached through two relayed
+        /// connections at once (both ends dialled, or a retry), and the
+        /// direct one is a third; with less, its dial is refused here.
+        max_connections_per_peer: NonZeroU32 = nz32(3),
         /// Most connections being set up at once (each direction).
         max_pending_connections: NonZeroU32 = nz32(64),
         /// Peers remembered on disk for rejoining after a restart (the most
@@ -124,7 +128,8 @@ pub enum ReachabilityMode {
     /// Learned with AutoNAT: peers dial back the addresses they see this
     /// node at.
     Auto,
-    /// Reachable: never reserve relay slots.
+    /// Reachable at every listen address: announce them all, never
+    /// reserve relay slots.
     Public,
     /// Behind NAT or a firewall: reserve relay slots at once.
     Private,
@@ -135,7 +140,8 @@ config_section! {
     /// punching (DCUtR). How they work together: docs/nat.md.
     NatConfig / NatFlags, "nat", prefix nat_ {
         /// `auto` (learned from peers dialling back the addresses they see
-        /// this node at), `public` or `private`.
+        /// this node at), `public` (its listen addresses reach it; they are
+        /// announced) or `private`.
         reachability: ReachabilityMode = ReachabilityMode::Auto,
         /// Relays to reserve a slot on while this node is not publicly
         /// reachable, as full multiaddrs ending in `/p2p/<peer id>`; members

@@ -67,16 +67,56 @@ impl Probe {
     fn candidate(&mut self, addr: &Multiaddr) {
         let on_our_port = port_of(addr)
             .is_some_and(|port| self.listening.iter().any(|l| port_of(l) == Some(port)));
-        if !worth_testing(addr) || !on_our_port || self.passed.contains(addr) {
+        if !worth_testing(addr) || !on_our_port {
             return;
         }
-        if ip_of(addr).is_some_and(|ip| self.vouched.contains(&ip)) {
-            self.pass(addr.clone());
-        } else if !self.waiting.contains(addr) {
+        // A peer sees the transport its connection runs on, QUIC first:
+        // the node's other transport at the same IP is tested as well, or
+        // a node whose connections all run QUIC would never confirm (and
+        // so never announce) its TCP address, and peers that cannot use
+        // UDP could not reach it.
+        let siblings = self.other_transport_at(addr);
+        for candidate in std::iter::once(addr.clone()).chain(siblings) {
+            self.consider(candidate);
+        }
+    }
+
+    /// `addr`'s IP with each port this node listens on by the other
+    /// transport (TCP for a QUIC address and the reverse).
+    fn other_transport_at(&self, addr: &Multiaddr) -> Vec<Multiaddr> {
+        let (Some(ip), Some((quic, _))) = (addr.iter().next(), port_of(addr)) else {
+            return Vec::new();
+        };
+        let mut out: Vec<Multiaddr> = self
+            .listening
+            .iter()
+            .filter_map(port_of)
+            .filter(|(other_quic, _)| *other_quic != quic)
+            .map(|(other_quic, port)| {
+                let at = Multiaddr::empty().with(ip.clone());
+                if other_quic {
+                    at.with(Protocol::Udp(port)).with(Protocol::QuicV1)
+                } else {
+                    at.with(Protocol::Tcp(port))
+                }
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    fn consider(&mut self, addr: Multiaddr) {
+        if self.passed.contains(&addr) {
+            return;
+        }
+        if ip_of(&addr).is_some_and(|ip| self.vouched.contains(&ip)) {
+            self.pass(addr);
+        } else if !self.waiting.contains(&addr) {
             if self.waiting.len() == MAX_CANDIDATES {
                 self.waiting.pop_front();
             }
-            self.waiting.push_back(addr.clone());
+            self.waiting.push_back(addr);
         }
     }
 
@@ -196,13 +236,25 @@ impl NetworkBehaviour for Probe {
 mod tests {
     use super::*;
 
+    fn a(s: &str) -> Multiaddr {
+        s.parse().unwrap()
+    }
+
+    /// A probe on a node listening at `tcp` and `quic` ports.
+    fn listening_on(tcp: u16, quic: u16) -> Probe {
+        let mut probe = Probe::default();
+        probe
+            .listening
+            .insert(a(&format!("/ip4/0.0.0.0/tcp/{tcp}")));
+        probe
+            .listening
+            .insert(a(&format!("/ip4/0.0.0.0/udp/{quic}/quic-v1")));
+        probe
+    }
+
     #[test]
     fn candidates_wait_for_a_member_and_are_bounded() {
-        let a = |s: &str| s.parse::<Multiaddr>().unwrap();
-        let mut probe = Probe::default();
-        for l in ["/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1"] {
-            probe.listening.insert(a(l));
-        }
+        let mut probe = listening_on(4001, 4001);
         // A stranger's claims: none reaches the client.
         for i in 0..100u32 {
             probe.candidate(&a(&format!("/ip4/198.51.{}.{}/tcp/4001", i / 256, i % 256)));
@@ -235,8 +287,27 @@ mod tests {
     }
 
     #[test]
+    fn the_other_transport_is_tested_at_the_ip_a_peer_saw() {
+        let mut probe = listening_on(4002, 4001);
+        probe.vouch("203.0.113.5".parse().unwrap());
+        // Seen over QUIC only: TCP, on the port it listens on, is tested too.
+        probe.candidate(&a("/ip4/203.0.113.5/udp/4001/quic-v1"));
+        let mut passed: Vec<String> = probe.passed.iter().map(|p| p.to_string()).collect();
+        passed.sort();
+        assert_eq!(
+            passed,
+            [
+                "/ip4/203.0.113.5/tcp/4002",
+                "/ip4/203.0.113.5/udp/4001/quic-v1"
+            ]
+        );
+        // A claim on a port it does not listen on brings no sibling.
+        probe.candidate(&a("/ip4/203.0.113.5/udp/5000/quic-v1"));
+        assert_eq!(probe.passed.len(), 2);
+    }
+
+    #[test]
     fn only_direct_ip_addresses_are_tested() {
-        let a = |s: &str| s.parse::<Multiaddr>().unwrap();
         assert!(worth_testing(&a("/ip4/203.0.113.5/udp/4001/quic-v1")));
         assert!(!worth_testing(&a(
             "/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN"

@@ -369,7 +369,12 @@ pub fn build_swarm(keypair: Keypair, settings: &Settings) -> Result<Swarm<Behavi
                 .build_hasher()
                 .finish()
         ))
-        .with_push_listen_addr_updates(true),
+        .with_push_listen_addr_updates(true)
+        // Announce only external addresses: configured, mapped by the
+        // gateway, dialled back (AutoNAT), relayed, or every listen address
+        // when the operator says the node is public. A host behind NAT
+        // would otherwise hand its private addresses to the whole mesh.
+        .with_hide_listen_addrs(true),
     );
     let ping = ping::Behaviour::new(
         ping::Config::new()

@@ -566,6 +566,7 @@ impl Network {
                 address,
             } => {
                 tracing::info!(%address, "listening");
+                self.announce_if_public(&address);
                 self.listening.addrs.push(address);
                 self.listening.pending.remove(&listener_id);
                 if self.listening.pending.is_empty() {
@@ -576,10 +577,20 @@ impl Network {
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
                 self.listening.addrs.retain(|a| *a != address);
+                if self.settings.config.nat.reachability == crate::config::ReachabilityMode::Public
+                {
+                    self.swarm.remove_external_address(&address);
+                }
                 for mapped in self.nat.listen_addr_gone(&address) {
                     tracing::info!(%mapped, "UPnP mapping removed with its listen address");
                     self.swarm.remove_external_address(&mapped);
                 }
+            }
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                self.external_addrs_changed(&address, true)
+            }
+            SwarmEvent::ExternalAddrExpired { address } => {
+                self.external_addrs_changed(&address, false)
             }
             SwarmEvent::ListenerError { error, .. } => tracing::warn!(%error, "listener error"),
             SwarmEvent::ListenerClosed {

@@ -20,6 +20,7 @@ use crate::config::ReachabilityMode;
 use crate::types::NatStatus;
 use libp2p::core::transport::ListenerId;
 use libp2p::multiaddr::Protocol;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::{autonat, dcutr, relay, Multiaddr, PeerId};
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
@@ -28,6 +29,15 @@ use std::time::{Duration, Instant};
 /// How long a relay whose reservation failed is left alone before it is
 /// asked again.
 const RELAY_RETRY: Duration = Duration::from_secs(30);
+
+/// New relayed connections made to try hole punching again after it
+/// failed, per peer.
+const MAX_PUNCH_RETRIES: u32 = 2;
+/// Wait before such a connection, times the retry's number; the peer with
+/// the larger id waits [`PUNCH_RETRY_STAGGER`] more, so that the two ends
+/// do not both dial at once (see [`Nat::punch_failed`]).
+const PUNCH_RETRY_DELAY: Duration = Duration::from_secs(4);
+const PUNCH_RETRY_STAGGER: Duration = Duration::from_secs(10);
 
 /// Distinct peers that must have dialled an address back before it counts
 /// as confirmed. One, because libp2p's AutoNAT v2 client tests each
@@ -106,6 +116,9 @@ pub struct Nat {
     order: std::collections::hash_map::RandomState,
     hole_punches_ok: u64,
     hole_punches_failed: u64,
+    /// Peers whose hole punch failed: retries made, and when the next is
+    /// due (connected peers only: forgotten when they leave).
+    punch_retries: HashMap<PeerId, (u32, Option<Instant>)>,
     /// As a relay: peers holding a slot (until they disconnect: libp2p's
     /// `ReservationClosed` fires for any of a peer's connections closing,
     /// so it cannot be counted on), circuits open now.
@@ -142,6 +155,7 @@ impl Nat {
             order: std::collections::hash_map::RandomState::new(),
             hole_punches_ok: 0,
             hole_punches_failed: 0,
+            punch_retries: HashMap::new(),
             served_reservations: HashSet::new(),
             served_circuits: 0,
             served_denied: 0,
@@ -249,7 +263,10 @@ impl Nat {
     }
 
     /// A member's identify said whether it offers the relay service, and
-    /// where it listens.
+    /// where it can be dialled. identify arrives per connection: over one
+    /// through a relay (or before the member's address is confirmed) it
+    /// shows no usable direct address, which says nothing against the one
+    /// another connection showed. So only "no service" forgets a relay.
     pub fn relay_seen(&mut self, peer: PeerId, serves: bool, addrs: &[Multiaddr]) {
         if self
             .relays
@@ -262,6 +279,7 @@ impl Nat {
             Some(addr) if serves => {
                 self.relays.insert(peer, (addr.clone(), false));
             }
+            None if serves => {}
             _ => {
                 self.relays.remove(&peer);
             }
@@ -272,6 +290,7 @@ impl Nat {
     /// on it ends with its listener), nor holds a slot here.
     pub fn peer_gone(&mut self, peer: &PeerId) {
         self.served_reservations.remove(peer);
+        self.punch_retries.remove(peer);
         if self
             .relays
             .get(peer)
@@ -421,6 +440,41 @@ impl Nat {
         }
     }
 
+    /// Hole punching with `peer` failed: whether (and when) to make a new
+    /// relayed connection, on which DCUtR tries again. A punch fails when
+    /// the NATs do not allow it, but also when both ends dialled each other
+    /// through the relay at once (Kademlia lookups that found each other
+    /// together): two punches at the same moment spoil each other. So the
+    /// retry is staggered by peer id, the smaller one first, and a peer
+    /// gets `MAX_PUNCH_RETRIES` (2) in all (a symmetric NAT costs that many
+    /// circuits, then stays relayed).
+    pub fn punch_failed(&mut self, peer: PeerId, local: &PeerId, now: Instant) -> Option<Instant> {
+        let (made, due) = self.punch_retries.entry(peer).or_insert((0, None));
+        if *made >= MAX_PUNCH_RETRIES || due.is_some() {
+            return None;
+        }
+        *made += 1;
+        let stagger = if *local > peer {
+            PUNCH_RETRY_STAGGER
+        } else {
+            Duration::ZERO
+        };
+        *due = Some(now + PUNCH_RETRY_DELAY * *made + stagger);
+        *due
+    }
+
+    /// Peers whose hole punching retry is due now.
+    pub fn punch_retries_due(&mut self, now: Instant) -> Vec<PeerId> {
+        let mut out = Vec::new();
+        for (peer, (_, due)) in &mut self.punch_retries {
+            if due.is_some_and(|at| at <= now) {
+                *due = None;
+                out.push(*peer);
+            }
+        }
+        out
+    }
+
     pub fn status(
         &self,
         reachability: Reachability,
@@ -487,6 +541,9 @@ impl Network {
             tracing::info!("publicly reachable; giving up relay slots");
             self.swarm.remove_listener(listener);
         }
+        for peer in self.nat.punch_retries_due(now) {
+            self.retry_hole_punch(peer);
+        }
         for (relay, addr) in self.nat.relays_to_reserve(reachability, now) {
             match self.swarm.listen_on(addr.clone()) {
                 Ok(listener) => {
@@ -498,6 +555,50 @@ impl Network {
                     self.nat.reservation_failed(relay, now);
                 }
             }
+        }
+    }
+
+    /// With `nat.reachability = "public"` the operator says the node's
+    /// listen addresses reach it: they are announced as they come up
+    /// (relayed ones are announced by the relay client once reserved).
+    pub(super) fn announce_if_public(&mut self, listen_addr: &Multiaddr) {
+        if self.nat.mode == ReachabilityMode::Public && !is_relayed(listen_addr) {
+            self.swarm.add_external_address(listen_addr.clone());
+        }
+    }
+
+    /// identify announces external addresses only, and pushes on its own
+    /// only when listen addresses change: peers hear of a confirmed or
+    /// expired one from this push. A node with a newly confirmed direct
+    /// address also looks for peers again, since peers that looked before
+    /// could not find it. Not for a relayed one: NATed nodes reserve at
+    /// about the same moment, and looking up at once, they would dial
+    /// each other through relays at once, two relayed connections whose
+    /// hole punches spoil each other (seen over TCP).
+    pub(super) fn external_addrs_changed(&mut self, address: &Multiaddr, confirmed: bool) {
+        tracing::info!(%address, confirmed, "announced addresses changed");
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        self.swarm.behaviour_mut().identify.push(peers);
+        if confirmed && !is_relayed(address) {
+            self.links.discovery.restart(Instant::now());
+        }
+    }
+
+    /// A new relayed connection to `peer`, if it is still reached through
+    /// relays only: DCUtR runs on every new relayed connection (the peer
+    /// it was dialled to starts it), and the older relayed connection is
+    /// closed as superseded once the new one is identified.
+    fn retry_hole_punch(&mut self, peer: PeerId) {
+        let relayed = self.links.table.relayed_connections(&peer).len();
+        if relayed == 0 || self.links.table.direct_connections(&peer) > 0 {
+            return;
+        }
+        tracing::info!(%peer, "trying hole punching again: a new relayed connection");
+        let opts = DialOpts::peer_id(peer)
+            .condition(PeerCondition::Always)
+            .build();
+        if let Err(error) = self.swarm.dial(opts) {
+            tracing::debug!(%peer, %error, "hole punching retry not dialled");
         }
     }
 
@@ -540,7 +641,13 @@ impl Network {
             }
             Err(error) => {
                 self.nat.on_hole_punch(false);
-                tracing::info!(%peer, %error, "hole punching failed; staying relayed");
+                let local = *self.swarm.local_peer_id();
+                match self.nat.punch_failed(peer, &local, Instant::now()) {
+                    Some(at) => {
+                        tracing::info!(%peer, %error, retry_in = ?at.saturating_duration_since(Instant::now()), "hole punching failed; staying relayed, will try again on a new relayed connection")
+                    }
+                    None => tracing::info!(%peer, %error, "hole punching failed; staying relayed"),
+                }
             }
         }
     }
@@ -714,6 +821,33 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_hole_punch_is_retried_twice_the_smaller_peer_id_first() {
+        let now = Instant::now();
+        let mut nat = Nat::new(ReachabilityMode::Auto, 2, &[], &[]);
+        let (a, b) = (peer(), peer());
+        let (small, large) = if a < b { (a, b) } else { (b, a) };
+        // Each end schedules its retry: the larger id waits longer, so the
+        // two do not dial each other through the relay at once.
+        let first_small = nat.punch_failed(large, &small, now).unwrap();
+        let mut other = Nat::new(ReachabilityMode::Auto, 2, &[], &[]);
+        let first_large = other.punch_failed(small, &large, now).unwrap();
+        assert!(first_small + Duration::from_secs(5) < first_large);
+        // One retry pending at a time; none due before its time.
+        assert_eq!(nat.punch_failed(large, &small, now), None);
+        assert!(nat.punch_retries_due(now).is_empty());
+        assert_eq!(nat.punch_retries_due(first_small), vec![large]);
+        assert!(nat.punch_retries_due(first_small).is_empty());
+        // The second retry waits longer; after it, the peer stays relayed.
+        let second = nat.punch_failed(large, &small, now).unwrap();
+        assert!(second > first_small);
+        assert_eq!(nat.punch_retries_due(second), vec![large]);
+        assert_eq!(nat.punch_failed(large, &small, now), None);
+        // A peer that leaves and comes back gets its retries again.
+        nat.peer_gone(&large);
+        assert!(nat.punch_failed(large, &small, now).is_some());
+    }
+
+    #[test]
     fn members_that_stop_relaying_or_leave_are_not_picked_but_configured_relays_stay() {
         let now = Instant::now();
         let (configured, member) = (peer(), peer());
@@ -735,13 +869,16 @@ mod tests {
         assert_eq!(picks.len(), 1);
         assert_eq!(picks[0].0, configured);
         // A member known only by relayed addresses is no relay.
-        nat.relay_seen(
-            member,
-            true,
-            &[addr(&format!(
-                "/ip4/10.0.0.1/tcp/4001/p2p/{configured}/p2p-circuit"
-            ))],
-        );
+        let relayed = addr(&format!(
+            "/ip4/10.0.0.1/tcp/4001/p2p/{configured}/p2p-circuit"
+        ));
+        nat.relay_seen(member, true, std::slice::from_ref(&relayed));
         assert_eq!(nat.relays_to_reserve(Reachability::Private, now).len(), 1);
+        // Once seen at a direct address, a later identify over a relayed
+        // connection (no direct address usable from there) keeps it.
+        nat.relay_seen(member, true, &[addr("/ip4/10.0.0.2/tcp/4001")]);
+        nat.relay_seen(member, true, &[relayed]);
+        nat.relay_seen(member, true, &[]);
+        assert_eq!(nat.relays_to_reserve(Reachability::Private, now).len(), 2);
     }
 }

@@ -205,11 +205,20 @@ impl PeerTable {
             .collect()
     }
 
-    /// The IP address `peer`'s oldest connection comes from.
+    /// The IP address `peer`'s oldest direct connection comes from (none
+    /// while it is reached through relays only). Direct ones only: while
+    /// a hole-punched connection replaces a relayed one, both are open,
+    /// and the relayed one, older, shows no IP of the peer's own.
     pub fn remote_ip(&self, peer: &PeerId) -> Option<std::net::IpAddr> {
         let entry = self.peers.get(peer)?;
-        let (_, conn) = entry.connections.iter().min_by_key(|(_, c)| c.since)?;
-        super::peer_manager::addrs::ip_of(&conn.remote_addr)
+        entry
+            .connections
+            .iter()
+            .filter_map(|(_, c)| {
+                Some((c.since, super::peer_manager::addrs::ip_of(&c.remote_addr)?))
+            })
+            .min_by_key(|(since, _)| *since)
+            .map(|(_, ip)| ip)
     }
 
     /// Whether this node dialled one of `peer`'s connections.
@@ -512,6 +521,14 @@ mod tests {
         assert!(table.superseded(&y, new).is_empty());
         assert_eq!(table.relayed_connections(&y), vec![old]);
         assert_eq!(table.relayed_connection_count(), 1);
+        // Where the peer is seen: at its direct connection, though the
+        // relayed one is older; nowhere once only the relayed one is left.
+        assert_eq!(
+            table.remote_ip(&y),
+            super::super::peer_manager::addrs::ip_of(&quic(9))
+        );
+        table.closed(&y, new);
+        assert_eq!(table.remote_ip(&y), None);
     }
 
     #[test]

@@ -182,6 +182,9 @@ pub struct PeerInfo {
     /// The transport of the oldest open connection (the one in use).
     pub transport: Transport,
     pub connections: Vec<ConnectionInfo>,
+    /// The addresses the peer announces (identify): configured, mapped by
+    /// its gateway, dialled back by AutoNAT, or relayed. Its other listen
+    /// addresses are not announced.
     pub listen_addrs: Vec<String>,
     pub agent_version: Option<String>,
     pub rtt: Option<RttInfo>,
