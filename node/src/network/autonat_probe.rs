@@ -31,7 +31,7 @@ use std::task::{Context, Poll};
 
 /// Most candidates ever passed to the client (it never forgets one), and
 /// most waiting for a member's word.
-pub const MAX_CANDIDATES: usize = 16;
+pub const MAX_CANDIDATES: usize = 32;
 /// Most IPs members vouched for that are remembered.
 const MAX_VOUCHED: usize = 16;
 
@@ -82,14 +82,21 @@ impl Probe {
     }
 
     /// `addr`'s IP with each port this node listens on by the other
-    /// transport (TCP for a QUIC address and the reverse).
+    /// transport (TCP for a QUIC address and the reverse), on listeners of
+    /// the same IP family bound to all interfaces or to that very IP.
     fn other_transport_at(&self, addr: &Multiaddr) -> Vec<Multiaddr> {
         let (Some(ip), Some((quic, _))) = (addr.iter().next(), port_of(addr)) else {
             return Vec::new();
         };
+        let covers = |listener: &Multiaddr| match (listener.iter().next(), &ip) {
+            (Some(Protocol::Ip4(l)), Protocol::Ip4(seen)) => l.is_unspecified() || l == *seen,
+            (Some(Protocol::Ip6(l)), Protocol::Ip6(seen)) => l.is_unspecified() || l == *seen,
+            _ => false,
+        };
         let mut out: Vec<Multiaddr> = self
             .listening
             .iter()
+            .filter(|l| covers(l))
             .filter_map(port_of)
             .filter(|(other_quic, _)| *other_quic != quic)
             .map(|(other_quic, port)| {
@@ -304,6 +311,18 @@ mod tests {
         // A claim on a port it does not listen on brings no sibling.
         probe.candidate(&a("/ip4/203.0.113.5/udp/5000/quic-v1"));
         assert_eq!(probe.passed.len(), 2);
+        // Nor does a listener of the other family, or one bound elsewhere.
+        let mut probe = Probe::default();
+        for l in [
+            "/ip4/127.0.0.1/tcp/4003",
+            "/ip6/::/tcp/4004",
+            "/ip4/0.0.0.0/udp/4001/quic-v1",
+        ] {
+            probe.listening.insert(a(l));
+        }
+        probe.vouch("203.0.113.5".parse().unwrap());
+        probe.candidate(&a("/ip4/203.0.113.5/udp/4001/quic-v1"));
+        assert_eq!(probe.passed.len(), 1);
     }
 
     #[test]

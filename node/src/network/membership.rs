@@ -97,6 +97,8 @@ pub struct Identified {
     pub serves_relay: bool,
     /// The IP it sees this node at (directly connected only).
     pub sees_us_at: Option<std::net::IpAddr>,
+    /// This identify came over a connection through a relay.
+    pub via_relay: bool,
 }
 
 pub struct Membership {

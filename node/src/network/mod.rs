@@ -792,6 +792,7 @@ impl Network {
         let identified = membership::Identified {
             addrs,
             seen_at,
+            via_relay: self.links.table.is_relayed(&peer, connection),
             serves_kad: info.protocols.contains(&kad_protocol),
             serves_relay: info.protocols.contains(&libp2p::relay::HOP_PROTOCOL_NAME),
             sees_us_at: peer_manager::addrs::ip_of(&info.observed_addr),
@@ -813,8 +814,9 @@ impl Network {
             serves_kad,
             serves_relay,
             sees_us_at,
+            via_relay,
         } = identified;
-        self.nat.relay_seen(peer, serves_relay, &addrs);
+        self.nat.relay_seen(peer, serves_relay, via_relay, &addrs);
         // Only a peer this node chose (dialled) may say where it sees it:
         // in open mode every peer is a member, strangers included.
         if let Some(ip) = sees_us_at.filter(|_| self.links.table.dialled(&peer)) {
@@ -839,9 +841,21 @@ impl Network {
                     .add_address(&peer, addr.clone());
             }
         }
-        if let Some(node) = node_id_of(&peer) {
+        // Remembered for rejoining after a restart: what it announces, and
+        // where this node reached it itself. Peers announce only confirmed
+        // addresses (a bootstrap host without `external_addresses` may
+        // announce none), so an announcement with nothing usable never
+        // replaces a record that has something.
+        let mut remembered = addrs.clone();
+        for dialled in self.links.table.dialled_addrs(&peer) {
+            if !remembered.contains(&dialled) {
+                remembered.push(dialled);
+            }
+        }
+        remembered.truncate(16);
+        if let (Some(node), false) = (node_id_of(&peer), remembered.is_empty()) {
             let record = KnownPeer {
-                addrs: addrs.iter().map(|a| a.to_string()).collect(),
+                addrs: remembered.iter().map(|a| a.to_string()).collect(),
                 last_seen_ms: now_ms(),
             };
             if let Err(e) = self.peer_book.put(&node, &record) {

@@ -264,10 +264,11 @@ impl Nat {
 
     /// A member's identify said whether it offers the relay service, and
     /// where it can be dialled. identify arrives per connection: over one
-    /// through a relay (or before the member's address is confirmed) it
-    /// shows no usable direct address, which says nothing against the one
-    /// another connection showed. So only "no service" forgets a relay.
-    pub fn relay_seen(&mut self, peer: PeerId, serves: bool, addrs: &[Multiaddr]) {
+    /// through a relay (`via_relay`) it shows no usable direct address,
+    /// which says nothing against the one a direct connection showed, so
+    /// it changes nothing but "no service". Over a direct connection it
+    /// is the member's word: no direct address, no relay.
+    pub fn relay_seen(&mut self, peer: PeerId, serves: bool, via_relay: bool, addrs: &[Multiaddr]) {
         if self
             .relays
             .get(&peer)
@@ -279,7 +280,7 @@ impl Nat {
             Some(addr) if serves => {
                 self.relays.insert(peer, (addr.clone(), false));
             }
-            None if serves => {}
+            None if serves && via_relay => {}
             _ => {
                 self.relays.remove(&peer);
             }
@@ -562,7 +563,12 @@ impl Network {
     /// listen addresses reach it: they are announced as they come up
     /// (relayed ones are announced by the relay client once reserved).
     pub(super) fn announce_if_public(&mut self, listen_addr: &Multiaddr) {
-        if self.nat.mode == ReachabilityMode::Public && !is_relayed(listen_addr) {
+        use super::peer_manager::addrs::{reach, Reach};
+        // Not loopback or link-local ones: nobody elsewhere reaches them,
+        // and identify keeps only 20 external addresses, dropping the
+        // oldest (the configured ones) first.
+        let useful = !matches!(reach(listen_addr), Reach::Host | Reach::Link);
+        if self.nat.mode == ReachabilityMode::Public && !is_relayed(listen_addr) && useful {
             self.swarm.add_external_address(listen_addr.clone());
         }
     }
@@ -642,7 +648,13 @@ impl Network {
             Err(error) => {
                 self.nat.on_hole_punch(false);
                 let local = *self.swarm.local_peer_id();
-                match self.nat.punch_failed(peer, &local, Instant::now()) {
+                // DCUtR may report after the peer (and its relayed
+                // connection) left: nothing to retry, nothing to remember.
+                let still_relayed = !self.links.table.relayed_connections(&peer).is_empty();
+                let retry = still_relayed
+                    .then(|| self.nat.punch_failed(peer, &local, Instant::now()))
+                    .flatten();
+                match retry {
                     Some(at) => {
                         tracing::info!(%peer, %error, retry_in = ?at.saturating_duration_since(Instant::now()), "hole punching failed; staying relayed, will try again on a new relayed connection")
                     }
@@ -789,8 +801,18 @@ mod tests {
             &[(configured, addr("/ip4/10.0.0.1/tcp/4001"))],
             &[],
         );
-        nat.relay_seen(member_a, true, &[addr("/ip4/10.0.0.2/udp/4001/quic-v1")]);
-        nat.relay_seen(member_b, true, &[addr("/ip4/10.0.0.3/udp/4001/quic-v1")]);
+        nat.relay_seen(
+            member_a,
+            true,
+            false,
+            &[addr("/ip4/10.0.0.2/udp/4001/quic-v1")],
+        );
+        nat.relay_seen(
+            member_b,
+            true,
+            false,
+            &[addr("/ip4/10.0.0.3/udp/4001/quic-v1")],
+        );
         assert!(nat.relays_to_reserve(Reachability::Public, now).is_empty());
         assert!(nat.relays_to_reserve(Reachability::Unknown, now).is_empty());
         let picks = nat.relays_to_reserve(Reachability::Private, now);
@@ -857,14 +879,14 @@ mod tests {
             &[(configured, addr("/ip4/10.0.0.1/tcp/4001"))],
             &[],
         );
-        nat.relay_seen(member, true, &[addr("/ip4/10.0.0.2/tcp/4001")]);
+        nat.relay_seen(member, true, false, &[addr("/ip4/10.0.0.2/tcp/4001")]);
         assert_eq!(nat.relays_to_reserve(Reachability::Private, now).len(), 2);
-        nat.relay_seen(member, false, &[addr("/ip4/10.0.0.2/tcp/4001")]);
+        nat.relay_seen(member, false, false, &[addr("/ip4/10.0.0.2/tcp/4001")]);
         assert_eq!(nat.relays_to_reserve(Reachability::Private, now).len(), 1);
-        nat.relay_seen(member, true, &[addr("/ip4/10.0.0.2/tcp/4001")]);
+        nat.relay_seen(member, true, false, &[addr("/ip4/10.0.0.2/tcp/4001")]);
         nat.peer_gone(&member);
         nat.peer_gone(&configured);
-        nat.relay_seen(configured, false, &[]);
+        nat.relay_seen(configured, false, false, &[]);
         let picks = nat.relays_to_reserve(Reachability::Private, now);
         assert_eq!(picks.len(), 1);
         assert_eq!(picks[0].0, configured);
@@ -872,13 +894,16 @@ mod tests {
         let relayed = addr(&format!(
             "/ip4/10.0.0.1/tcp/4001/p2p/{configured}/p2p-circuit"
         ));
-        nat.relay_seen(member, true, std::slice::from_ref(&relayed));
+        nat.relay_seen(member, true, false, std::slice::from_ref(&relayed));
         assert_eq!(nat.relays_to_reserve(Reachability::Private, now).len(), 1);
         // Once seen at a direct address, a later identify over a relayed
         // connection (no direct address usable from there) keeps it.
-        nat.relay_seen(member, true, &[addr("/ip4/10.0.0.2/tcp/4001")]);
-        nat.relay_seen(member, true, &[relayed]);
-        nat.relay_seen(member, true, &[]);
+        nat.relay_seen(member, true, false, &[addr("/ip4/10.0.0.2/tcp/4001")]);
+        nat.relay_seen(member, true, true, &[relayed]);
+        nat.relay_seen(member, true, true, &[]);
         assert_eq!(nat.relays_to_reserve(Reachability::Private, now).len(), 2);
+        // Over a direct connection, no direct address means no relay.
+        nat.relay_seen(member, true, false, &[]);
+        assert_eq!(nat.relays_to_reserve(Reachability::Private, now).len(), 1);
     }
 }

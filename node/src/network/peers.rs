@@ -308,6 +308,17 @@ impl PeerTable {
         })
     }
 
+    /// The addresses this node reached `peer` at by dialling it directly.
+    pub fn dialled_addrs(&self, peer: &PeerId) -> Vec<Multiaddr> {
+        self.peers.get(peer).map_or_else(Vec::new, |e| {
+            e.connections
+                .iter()
+                .filter(|(_, c)| c.outbound && c.transport() != Transport::Relayed)
+                .map(|(_, c)| c.remote_addr.clone())
+                .collect()
+        })
+    }
+
     /// Connections of `peer` that do not go through a relay.
     pub fn direct_connections(&self, peer: &PeerId) -> usize {
         self.peers.get(peer).map_or(0, |e| {
@@ -521,6 +532,8 @@ mod tests {
         assert!(table.superseded(&y, new).is_empty());
         assert_eq!(table.relayed_connections(&y), vec![old]);
         assert_eq!(table.relayed_connection_count(), 1);
+        // Neither was dialled directly by this node.
+        assert!(table.dialled_addrs(&y).is_empty());
         // Where the peer is seen: at its direct connection, though the
         // relayed one is older; nowhere once only the relayed one is left.
         assert_eq!(
